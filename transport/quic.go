@@ -1,0 +1,230 @@
+package transport
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/quic-go/quic-go"
+)
+
+func quicConfig(o Options) *quic.Config {
+	return &quic.Config{
+		HandshakeIdleTimeout:           o.HandshakeTimeout,
+		MaxIdleTimeout:                 o.IdleTimeout,
+		KeepAlivePeriod:                o.KeepAlive,
+		MaxIncomingStreams:             int64(o.MaxIncomingStreams),
+		MaxIncomingUniStreams:          -1,
+		InitialStreamReceiveWindow:     uint64(min(512<<10, o.StreamWindow)),
+		MaxStreamReceiveWindow:         uint64(o.StreamWindow),
+		InitialConnectionReceiveWindow: uint64(min(1<<20, o.SessionWindow)),
+		MaxConnectionReceiveWindow:     uint64(o.SessionWindow),
+		EnableDatagrams:                true,
+	}
+}
+
+// QUICDialer dials QUIC sessions.
+type QUICDialer struct {
+	TLS     *tls.Config
+	Options Options
+}
+
+func (d *QUICDialer) Kind() string { return KindQUIC }
+
+// Dial opens a QUIC session to addr ("host:port").
+func (d *QUICDialer) Dial(ctx context.Context, addr string) (Session, error) {
+	if err := d.Options.Validate(); err != nil {
+		return nil, err
+	}
+	c, err := quic.DialAddr(ctx, addr, d.TLS, quicConfig(d.Options))
+	if err != nil {
+		return nil, fmt.Errorf("quic: %w", err)
+	}
+	return newQUICSession(c), nil
+}
+
+// quicListener adapts *quic.Listener.
+type quicListener struct {
+	l  *quic.Listener
+	pc net.PacketConn
+}
+
+// ListenQUIC listens for QUIC sessions on pc, which it then owns.
+func ListenQUIC(pc net.PacketConn, tlsConf *tls.Config, o Options) (Listener, error) {
+	if err := o.Validate(); err != nil {
+		return nil, err
+	}
+	l, err := quic.Listen(pc, tlsConf, quicConfig(o))
+	if err != nil {
+		return nil, fmt.Errorf("quic: %w", err)
+	}
+	return &quicListener{l: l, pc: pc}, nil
+}
+
+func (l *quicListener) Accept(ctx context.Context) (Session, error) {
+	c, err := l.l.Accept(ctx)
+	if err != nil {
+		if errors.Is(err, quic.ErrServerClosed) {
+			return nil, ErrClosed
+		}
+		return nil, err
+	}
+	return newQUICSession(c), nil
+}
+
+func (l *quicListener) Addr() net.Addr { return l.l.Addr() }
+
+func (l *quicListener) Close() error {
+	err := l.l.Close()
+	// quic.Listen does not close a PacketConn it was given.
+	l.pc.Close()
+	return err
+}
+
+type quicSession struct {
+	c *quic.Conn
+}
+
+func newQUICSession(c *quic.Conn) *quicSession { return &quicSession{c: c} }
+
+func (s *quicSession) OpenStream(ctx context.Context) (Stream, error) {
+	st, err := s.c.OpenStreamSync(ctx)
+	if err != nil {
+		return nil, s.wrapErr(err)
+	}
+	return &quicStream{s: st, conn: s.c}, nil
+}
+
+func (s *quicSession) AcceptStream(ctx context.Context) (Stream, error) {
+	st, err := s.c.AcceptStream(ctx)
+	if err != nil {
+		return nil, s.wrapErr(err)
+	}
+	return &quicStream{s: st, conn: s.c}, nil
+}
+
+func (s *quicSession) SendDatagram(p []byte) error {
+	err := s.c.SendDatagram(p)
+	var tooLarge *quic.DatagramTooLargeError
+	if errors.As(err, &tooLarge) {
+		return &DatagramTooLargeError{Size: len(p), Max: int(tooLarge.MaxDatagramPayloadSize)}
+	}
+	return s.wrapErr(err)
+}
+
+func (s *quicSession) ReceiveDatagram(ctx context.Context) ([]byte, error) {
+	p, err := s.c.ReceiveDatagram(ctx)
+	return p, s.wrapErr(err)
+}
+
+func (s *quicSession) ExportKeyingMaterial(label string, context []byte, length int) ([]byte, error) {
+	cs := s.c.ConnectionState().TLS
+	return cs.ExportKeyingMaterial(label, context, length)
+}
+
+func (s *quicSession) ConnectionState() tls.ConnectionState { return s.c.ConnectionState().TLS }
+func (s *quicSession) LocalAddr() net.Addr                  { return s.c.LocalAddr() }
+func (s *quicSession) RemoteAddr() net.Addr                 { return s.c.RemoteAddr() }
+func (s *quicSession) Kind() string                         { return KindQUIC }
+func (s *quicSession) Done() <-chan struct{}                { return s.c.Context().Done() }
+
+func (s *quicSession) CloseWithError(code uint64, reason string) error {
+	return s.c.CloseWithError(quic.ApplicationErrorCode(code), reason)
+}
+
+func (s *quicSession) Close() error { return s.CloseWithError(0, "") }
+
+// wrapErr makes a closed session look like net.ErrClosed to callers, keeping
+// the peer's reason in the message.
+func (s *quicSession) wrapErr(err error) error {
+	if err == nil {
+		return nil
+	}
+	var appErr *quic.ApplicationError
+	var idle *quic.IdleTimeoutError
+	switch {
+	case errors.As(err, &appErr):
+		if appErr.ErrorMessage != "" {
+			return fmt.Errorf("session closed: %s: %w", appErr.ErrorMessage, net.ErrClosed)
+		}
+		return fmt.Errorf("session closed: %w", net.ErrClosed)
+	case errors.As(err, &idle):
+		return fmt.Errorf("session timed out: %w", net.ErrClosed)
+	}
+	if s.c.Context().Err() != nil {
+		return fmt.Errorf("%v: %w", err, net.ErrClosed)
+	}
+	return err
+}
+
+// quicStream adds CloseWrite and a both-ways Close to a QUIC stream. quic-go's
+// own Close only ends the send direction, and must not run concurrently with
+// Write; wmu enforces that.
+type quicStream struct {
+	s    *quic.Stream
+	conn *quic.Conn
+
+	wmu       sync.Mutex
+	closeOnce sync.Once
+}
+
+func (s *quicStream) Read(p []byte) (int, error) {
+	n, err := s.s.Read(p)
+	return n, quicStreamErr(err)
+}
+
+func (s *quicStream) Write(p []byte) (int, error) {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	n, err := s.s.Write(p)
+	return n, quicStreamErr(err)
+}
+
+// CloseWrite sends FIN after everything written so far.
+func (s *quicStream) CloseWrite() error {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	return s.s.Close()
+}
+
+// Close stops reading (the peer's writes fail) and ends the send direction:
+// with FIN when no Write is in progress, otherwise by resetting it so the
+// blocked Write returns.
+func (s *quicStream) Close() error {
+	s.closeOnce.Do(func() {
+		s.s.CancelRead(0)
+		if s.wmu.TryLock() {
+			s.s.Close()
+			s.wmu.Unlock()
+		} else {
+			s.s.CancelWrite(0)
+		}
+	})
+	return nil
+}
+
+func (s *quicStream) LocalAddr() net.Addr                { return s.conn.LocalAddr() }
+func (s *quicStream) RemoteAddr() net.Addr               { return s.conn.RemoteAddr() }
+func (s *quicStream) SetDeadline(t time.Time) error      { return s.s.SetDeadline(t) }
+func (s *quicStream) SetReadDeadline(t time.Time) error  { return s.s.SetReadDeadline(t) }
+func (s *quicStream) SetWriteDeadline(t time.Time) error { return s.s.SetWriteDeadline(t) }
+
+// quicStreamErr maps stream cancellation to net.ErrClosed, so callers need
+// not know quic-go's error types.
+func quicStreamErr(err error) error {
+	if err == nil {
+		return nil
+	}
+	var se *quic.StreamError
+	if errors.As(err, &se) {
+		return fmt.Errorf("stream %s: %w", se.Error(), net.ErrClosed)
+	}
+	if errors.Is(err, quic.ErrStreamClosed) {
+		return fmt.Errorf("stream closed: %w", net.ErrClosed)
+	}
+	return err
+}

@@ -1,0 +1,699 @@
+package transport
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/xtaci/smux"
+)
+
+// TLS+smux sessions.
+//
+// smux has no stream resets and no datagrams, and its own half-close (FIN)
+// discards data still unread when the second FIN of a stream meets the
+// first (smux v1.5.56 stream.tryHalfCloseCleanup). So this transport never
+// uses smux's CloseWrite: half-close, reset and datagrams travel on a signal
+// stream that the dialer opens before anything else and both sides read for
+// the life of the session. It starts with the 4 bytes "RSIG" from the dialer,
+// then carries frames in both directions:
+//
+//	+--------+----------------+-----------------+
+//	| type:1 | length:2 (BE)  | payload:length  |
+//	+--------+----------------+-----------------+
+//
+//	type 1 RESET     payload: stream id:4 (BE). The sender closed the stream
+//	                 before reading to its end: the receiver's writes on it
+//	                 fail from now on, blocked ones at once. Its reads go on
+//	                 to the sender's end of data, as with QUIC's STOP_SENDING.
+//	type 2 DATAGRAM  payload: the datagram (at most MaxTCPDatagram bytes).
+//	type 3 FIN       payload: stream id:4 (BE). The sender will write no
+//	                 more on the stream (CloseWrite).
+//
+// A FIN is written only after every data frame before it has been written to
+// the connection, and the receiving session queues data frames before it
+// reads the signal stream's next bytes, so a stream's data is always
+// buffered by the time its FIN is seen. Any other type, or a RESET or FIN
+// whose length is not 4, closes the session. Datagrams on this transport
+// are reliable and ordered, so one slow datagram delays the ones behind it
+// (head-of-line blocking); QUIC has no such delay.
+
+const (
+	sigMagic      = "RSIG"
+	sigReset      = 1
+	sigDatagram   = 2
+	sigFIN        = 3
+	sigHeaderSize = 3
+	// MaxTCPDatagram is the largest datagram the TCP transport carries.
+	MaxTCPDatagram = 65535
+)
+
+func smuxConfig(o Options) *smux.Config {
+	c := smux.DefaultConfig()
+	c.Version = 2
+	c.KeepAliveInterval = o.KeepAlive
+	c.KeepAliveTimeout = o.IdleTimeout
+	c.MaxFrameSize = 32 << 10
+	c.MaxStreamBuffer = o.StreamWindow
+	c.MaxReceiveBuffer = o.SessionWindow
+	return c
+}
+
+// TCPDialer dials TLS+smux sessions.
+type TCPDialer struct {
+	TLS     *tls.Config
+	Options Options
+}
+
+func (d *TCPDialer) Kind() string { return KindTCP }
+
+// Dial connects to addr over TCP, runs the TLS handshake and starts smux.
+func (d *TCPDialer) Dial(ctx context.Context, addr string) (Session, error) {
+	if err := d.Options.Validate(); err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, d.Options.HandshakeTimeout)
+	defer cancel()
+	var nd net.Dialer
+	raw, err := nd.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	tc := tls.Client(raw, d.TLS)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		raw.Close()
+		return nil, fmt.Errorf("tls: %w", err)
+	}
+	ms, err := smux.Client(tc, smuxConfig(d.Options))
+	if err != nil {
+		tc.Close()
+		return nil, err
+	}
+	sig, err := ms.OpenStream()
+	if err != nil {
+		ms.Close()
+		return nil, fmt.Errorf("opening signal stream: %w", err)
+	}
+	if _, err := sig.Write([]byte(sigMagic)); err != nil {
+		ms.Close()
+		return nil, fmt.Errorf("opening signal stream: %w", err)
+	}
+	return newSmuxSession(ms, tc, sig, true, d.Options), nil
+}
+
+// tcpListener accepts TLS+smux sessions. Handshakes run in their own
+// goroutines, at most Options.MaxHandshakes at once, each bounded by
+// Options.HandshakeTimeout, so slow or silent peers cannot stall Accept.
+type tcpListener struct {
+	ln    net.Listener
+	tls   *tls.Config
+	opts  Options
+	ready chan Session
+	slots chan struct{}
+	done  chan struct{}
+	once  sync.Once
+	wg    sync.WaitGroup
+	// OnHandshakeError, if set, is told why a handshake failed.
+	onErr func(net.Addr, error)
+}
+
+// ListenTCP serves TLS+smux on ln, which it then owns. onErr, when not nil,
+// hears about failed handshakes (for logs and metrics).
+func ListenTCP(ln net.Listener, tlsConf *tls.Config, o Options, onErr func(net.Addr, error)) (Listener, error) {
+	if err := o.Validate(); err != nil {
+		return nil, err
+	}
+	l := &tcpListener{
+		ln:    ln,
+		tls:   tlsConf,
+		opts:  o,
+		ready: make(chan Session),
+		slots: make(chan struct{}, o.MaxHandshakes),
+		done:  make(chan struct{}),
+		onErr: onErr,
+	}
+	l.wg.Add(1)
+	go l.acceptLoop()
+	return l, nil
+}
+
+func (l *tcpListener) acceptLoop() {
+	defer l.wg.Done()
+	for {
+		c, err := l.ln.Accept()
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				time.Sleep(5 * time.Millisecond)
+				continue
+			}
+			l.Close()
+			return
+		}
+		select {
+		case l.slots <- struct{}{}:
+		default:
+			// Too many handshakes in progress: refuse rather than queue.
+			c.Close()
+			l.handshakeFailed(c.RemoteAddr(), errors.New("too many handshakes in progress"))
+			continue
+		}
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			s, err := l.handshake(c)
+			<-l.slots
+			if err != nil {
+				c.Close()
+				l.handshakeFailed(c.RemoteAddr(), err)
+				return
+			}
+			select {
+			case l.ready <- s:
+			case <-l.done:
+				s.Close()
+			}
+		}()
+	}
+}
+
+func (l *tcpListener) handshakeFailed(a net.Addr, err error) {
+	if l.onErr != nil {
+		l.onErr(a, err)
+	}
+}
+
+func (l *tcpListener) handshake(c net.Conn) (*smuxSession, error) {
+	deadline := time.Now().Add(l.opts.HandshakeTimeout)
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	defer cancel()
+	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Now()) })
+	defer stop()
+	go func() {
+		select {
+		case <-l.done:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	tc := tls.Server(c, l.tls)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		return nil, fmt.Errorf("tls handshake: %w", err)
+	}
+	ms, err := smux.Server(tc, smuxConfig(l.opts))
+	if err != nil {
+		return nil, err
+	}
+	ms.SetDeadline(deadline)
+	sig, err := ms.AcceptStream()
+	if err != nil {
+		ms.Close()
+		return nil, fmt.Errorf("waiting for signal stream: %w", err)
+	}
+	sig.SetReadDeadline(deadline)
+	var magic [len(sigMagic)]byte
+	if _, err := io.ReadFull(sig, magic[:]); err != nil || string(magic[:]) != sigMagic {
+		ms.Close()
+		if err == nil {
+			err = errors.New("bad signal stream preamble")
+		}
+		return nil, fmt.Errorf("waiting for signal stream: %w", err)
+	}
+	if !stop() {
+		// The deadline fired between the last read and now.
+		ms.Close()
+		return nil, errors.New("handshake timed out")
+	}
+	c.SetDeadline(time.Time{})
+	sig.SetReadDeadline(time.Time{})
+	ms.SetDeadline(time.Time{})
+	return newSmuxSession(ms, tc, sig, false, l.opts), nil
+}
+
+func (l *tcpListener) Accept(ctx context.Context) (Session, error) {
+	select {
+	case s := <-l.ready:
+		return s, nil
+	case <-l.done:
+		return nil, ErrClosed
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+func (l *tcpListener) Addr() net.Addr { return l.ln.Addr() }
+
+func (l *tcpListener) Close() error {
+	var err error
+	l.once.Do(func() {
+		close(l.done)
+		err = l.ln.Close()
+	})
+	return err
+}
+
+type smuxSession struct {
+	ms     *smux.Session
+	tc     *tls.Conn
+	sig    *smux.Stream
+	client bool
+	opts   Options
+
+	sigMu    sync.Mutex // serialises frames on sig
+	accepted chan *smuxStream
+	dgrams   chan []byte
+
+	mu        sync.Mutex
+	streams   map[uint32]*smuxStream
+	maxPeerID uint32          // highest stream id the peer opened that we registered
+	early     map[uint32]byte // signals that arrived before their stream was registered
+
+	done      chan struct{}
+	closeOnce sync.Once
+}
+
+const maxEarly = 4096
+
+func newSmuxSession(ms *smux.Session, tc *tls.Conn, sig *smux.Stream, client bool, o Options) *smuxSession {
+	s := &smuxSession{
+		ms:       ms,
+		tc:       tc,
+		sig:      sig,
+		client:   client,
+		opts:     o,
+		accepted: make(chan *smuxStream, 64),
+		dgrams:   make(chan []byte, o.DatagramQueue),
+		streams:  make(map[uint32]*smuxStream),
+		early:    make(map[uint32]byte),
+		done:     make(chan struct{}),
+	}
+	go s.acceptLoop()
+	go s.signalLoop()
+	go func() {
+		select {
+		case <-ms.CloseChan():
+			s.Close()
+		case <-s.done:
+		}
+	}()
+	return s
+}
+
+// acceptLoop registers every stream the peer opens before handing it out, so
+// a RESET for it can always find it.
+func (s *smuxSession) acceptLoop() {
+	for {
+		st, err := s.ms.AcceptStream()
+		if err != nil {
+			s.Close()
+			return
+		}
+		w := newSmuxStream(st, s)
+		id := st.ID()
+		s.mu.Lock()
+		if len(s.streams) >= s.opts.MaxIncomingStreams {
+			s.mu.Unlock()
+			w.Close()
+			continue
+		}
+		s.streams[id] = w
+		if id > s.maxPeerID {
+			s.maxPeerID = id
+		}
+		early := s.early[id]
+		delete(s.early, id)
+		s.mu.Unlock()
+		w.signal(early)
+		select {
+		case s.accepted <- w:
+		case <-s.done:
+			w.Close()
+			return
+		}
+	}
+}
+
+func (s *smuxSession) signalLoop() {
+	defer s.Close()
+	var hdr [sigHeaderSize]byte
+	buf := make([]byte, MaxTCPDatagram)
+	for {
+		if _, err := io.ReadFull(s.sig, hdr[:]); err != nil {
+			return
+		}
+		n := int(binary.BigEndian.Uint16(hdr[1:]))
+		if _, err := io.ReadFull(s.sig, buf[:n]); err != nil {
+			return
+		}
+		switch hdr[0] {
+		case sigReset, sigFIN:
+			if n != 4 {
+				return
+			}
+			s.handleStreamSignal(binary.BigEndian.Uint32(buf[:4]), hdr[0])
+		case sigDatagram:
+			p := make([]byte, n)
+			copy(p, buf[:n])
+			select {
+			case s.dgrams <- p:
+			default: // queue full: drop, as a datagram may be
+			}
+		default:
+			return
+		}
+	}
+}
+
+// ours reports whether id belongs to a stream this side opened: smux clients
+// use odd ids, servers even ones.
+func (s *smuxSession) ours(id uint32) bool { return (id%2 == 1) == s.client }
+
+// Bits of a stream's received signals.
+const (
+	gotReset byte = 1 << iota
+	gotFIN
+)
+
+func (s *smuxSession) handleStreamSignal(id uint32, typ byte) {
+	bit := gotReset
+	if typ == sigFIN {
+		bit = gotFIN
+	}
+	s.mu.Lock()
+	st := s.streams[id]
+	if st == nil && !s.ours(id) && id > s.maxPeerID && len(s.early) < maxEarly {
+		s.early[id] |= bit
+	}
+	s.mu.Unlock()
+	if st != nil {
+		st.signal(bit)
+	}
+}
+
+func (s *smuxSession) streamSignal(typ byte, id uint32) error {
+	var p [4]byte
+	binary.BigEndian.PutUint32(p[:], id)
+	return s.writeSignal(typ, p[:])
+}
+
+func (s *smuxSession) writeSignal(typ byte, payload []byte) error {
+	if len(payload) > MaxTCPDatagram {
+		return &DatagramTooLargeError{Size: len(payload), Max: MaxTCPDatagram}
+	}
+	frame := make([]byte, sigHeaderSize+len(payload))
+	frame[0] = typ
+	binary.BigEndian.PutUint16(frame[1:], uint16(len(payload)))
+	copy(frame[sigHeaderSize:], payload)
+	s.sigMu.Lock()
+	defer s.sigMu.Unlock()
+	_, err := s.sig.Write(frame)
+	if err != nil {
+		return s.wrapErr(err)
+	}
+	return nil
+}
+
+func (s *smuxSession) OpenStream(ctx context.Context) (Stream, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	st, err := s.ms.OpenStream()
+	if err != nil {
+		return nil, s.wrapErr(err)
+	}
+	w := newSmuxStream(st, s)
+	s.mu.Lock()
+	s.streams[st.ID()] = w
+	s.mu.Unlock()
+	return w, nil
+}
+
+func (s *smuxSession) AcceptStream(ctx context.Context) (Stream, error) {
+	select {
+	case st := <-s.accepted:
+		return st, nil
+	case <-s.done:
+		return nil, ErrClosed
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+func (s *smuxSession) SendDatagram(p []byte) error { return s.writeSignal(sigDatagram, p) }
+
+func (s *smuxSession) ReceiveDatagram(ctx context.Context) ([]byte, error) {
+	select {
+	case p := <-s.dgrams:
+		return p, nil
+	case <-s.done:
+		return nil, ErrClosed
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+func (s *smuxSession) ExportKeyingMaterial(label string, context []byte, length int) ([]byte, error) {
+	cs := s.tc.ConnectionState()
+	return cs.ExportKeyingMaterial(label, context, length)
+}
+
+func (s *smuxSession) ConnectionState() tls.ConnectionState { return s.tc.ConnectionState() }
+func (s *smuxSession) LocalAddr() net.Addr                  { return s.tc.LocalAddr() }
+func (s *smuxSession) RemoteAddr() net.Addr                 { return s.tc.RemoteAddr() }
+func (s *smuxSession) Kind() string                         { return KindTCP }
+func (s *smuxSession) Done() <-chan struct{}                { return s.done }
+
+// CloseWithError closes the session. TLS+smux has no close reason on the
+// wire; the tunnel protocol sends its own before closing.
+func (s *smuxSession) CloseWithError(uint64, string) error { return s.Close() }
+
+func (s *smuxSession) Close() error {
+	s.closeOnce.Do(func() {
+		close(s.done)
+		s.ms.Close()
+		s.tc.Close()
+	})
+	return nil
+}
+
+func (s *smuxSession) wrapErr(err error) error {
+	if err == nil {
+		return nil
+	}
+	select {
+	case <-s.done:
+		return fmt.Errorf("session closed: %w", net.ErrClosed)
+	default:
+	}
+	if s.ms.IsClosed() || errors.Is(err, io.ErrClosedPipe) {
+		return fmt.Errorf("session closed: %w", net.ErrClosed)
+	}
+	return err
+}
+
+func (s *smuxSession) forget(id uint32) {
+	s.mu.Lock()
+	delete(s.streams, id)
+	s.mu.Unlock()
+}
+
+// smuxStream is a smux stream whose half-close and reset travel on the
+// signal stream. Deadlines are kept here: the stream wakes its own blocked
+// Read or Write by moving smux's deadline into the past when a FIN or RESET
+// arrives, then tells that wake-up from the caller's deadline.
+type smuxStream struct {
+	st   *smux.Stream
+	sess *smuxSession
+
+	// wmu is held for reading by Write and for writing by CloseWrite, so
+	// the FIN follows every byte written before it.
+	wmu sync.RWMutex
+
+	mu            sync.Mutex
+	readDeadline  time.Time
+	writeDeadline time.Time
+	peerFIN       bool // the peer's FIN signal arrived: all its data is buffered
+	peerReset     bool // the peer stopped reading
+	writeClosed   bool
+	readEOF       bool
+	closed        bool
+}
+
+// past is a deadline that has passed: it makes smux return at once.
+var past = time.Unix(1, 0)
+
+func newSmuxStream(st *smux.Stream, s *smuxSession) *smuxStream {
+	return &smuxStream{st: st, sess: s}
+}
+
+func (s *smuxStream) signal(bits byte) {
+	if bits == 0 {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if bits&gotFIN != 0 {
+		s.peerFIN = true
+		s.st.SetReadDeadline(past)
+	}
+	if bits&gotReset != 0 {
+		s.peerReset = true
+		s.st.SetWriteDeadline(past)
+	}
+}
+
+func (s *smuxStream) Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	drained := false
+	for {
+		n, err := s.st.Read(p)
+		if n > 0 {
+			return n, nil
+		}
+		s.mu.Lock()
+		switch {
+		case s.closed:
+			s.mu.Unlock()
+			return 0, net.ErrClosed
+		case err == io.EOF:
+			// smux's own FIN: the peer closed the stream entirely.
+			s.readEOF = true
+			s.mu.Unlock()
+			return 0, io.EOF
+		case !errors.Is(err, smux.ErrTimeout):
+			s.mu.Unlock()
+			if errors.Is(err, io.ErrClosedPipe) {
+				return 0, net.ErrClosed
+			}
+			return 0, err
+		case s.peerFIN:
+			// Every byte before the FIN was buffered when it arrived,
+			// and smux's deadline stays in the past: one more empty
+			// read means the data is all gone.
+			if drained {
+				s.readEOF = true
+				s.mu.Unlock()
+				return 0, io.EOF
+			}
+			drained = true
+		case !s.readDeadline.IsZero() && !time.Now().Before(s.readDeadline):
+			s.mu.Unlock()
+			return 0, os.ErrDeadlineExceeded
+		default:
+			// Woken early, by a deadline since moved: wait again.
+			s.st.SetReadDeadline(s.readDeadline)
+		}
+		s.mu.Unlock()
+	}
+}
+
+func (s *smuxStream) Write(p []byte) (int, error) {
+	s.wmu.RLock()
+	defer s.wmu.RUnlock()
+	written := 0
+	for {
+		s.mu.Lock()
+		switch {
+		case s.closed || s.writeClosed:
+			s.mu.Unlock()
+			return written, net.ErrClosed
+		case s.peerReset:
+			s.mu.Unlock()
+			return written, fmt.Errorf("stream reset by peer: %w", net.ErrClosed)
+		}
+		s.mu.Unlock()
+		n, err := s.st.Write(p[written:])
+		written += n
+		if err == nil {
+			return written, nil
+		}
+		if !errors.Is(err, smux.ErrTimeout) {
+			if errors.Is(err, io.ErrClosedPipe) {
+				return written, net.ErrClosed
+			}
+			return written, err
+		}
+		s.mu.Lock()
+		if !s.peerReset && !s.writeDeadline.IsZero() && !time.Now().Before(s.writeDeadline) {
+			s.mu.Unlock()
+			return written, os.ErrDeadlineExceeded
+		}
+		if !s.peerReset {
+			s.st.SetWriteDeadline(s.writeDeadline)
+		}
+		s.mu.Unlock()
+	}
+}
+
+// CloseWrite sends FIN on the signal stream after everything written.
+func (s *smuxStream) CloseWrite() error {
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	s.mu.Lock()
+	if s.closed || s.writeClosed {
+		s.mu.Unlock()
+		return net.ErrClosed
+	}
+	s.writeClosed = true
+	s.mu.Unlock()
+	return s.sess.streamSignal(sigFIN, s.st.ID())
+}
+
+// Close ends both directions. Data written so far is still delivered, then
+// smux's FIN; if the peer may still be writing, a RESET tells it to stop.
+func (s *smuxStream) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	needReset := !s.readEOF && !s.peerFIN
+	s.st.SetReadDeadline(past)
+	s.mu.Unlock()
+	id := s.st.ID()
+	s.sess.forget(id)
+	if needReset {
+		// Best effort: on a dead session there is nobody to tell.
+		s.sess.streamSignal(sigReset, id)
+	}
+	s.st.Close()
+	return nil
+}
+
+func (s *smuxStream) LocalAddr() net.Addr  { return s.sess.LocalAddr() }
+func (s *smuxStream) RemoteAddr() net.Addr { return s.sess.RemoteAddr() }
+
+func (s *smuxStream) SetDeadline(t time.Time) error {
+	s.SetReadDeadline(t)
+	return s.SetWriteDeadline(t)
+}
+
+func (s *smuxStream) SetReadDeadline(t time.Time) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.readDeadline = t
+	if !s.peerFIN && !s.closed {
+		s.st.SetReadDeadline(t)
+	}
+	return nil
+}
+
+func (s *smuxStream) SetWriteDeadline(t time.Time) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.writeDeadline = t
+	if !s.peerReset {
+		s.st.SetWriteDeadline(t)
+	}
+	return nil
+}

@@ -1,0 +1,257 @@
+package tunnel
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/relaytun/relay/transport"
+)
+
+// kinds are the transports every end-to-end test body runs over.
+var kinds = []string{TransportQUIC, TransportTCP}
+
+// forEachTransport runs body once per transport, in parallel subtests.
+func forEachTransport(t *testing.T, body func(t *testing.T, kind string)) {
+	t.Helper()
+	for _, k := range kinds {
+		t.Run(k, func(t *testing.T) {
+			t.Parallel()
+			body(t, k)
+		})
+	}
+}
+
+// syncBuffer collects log output from several goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
+
+// testOptions shortens transport timeouts for tests.
+func testOptions() transport.Options {
+	o := transport.DefaultOptions()
+	o.HandshakeTimeout = 5 * time.Second
+	return o
+}
+
+type testRelay struct {
+	Relay       *Relay
+	Addr        string
+	Fingerprint string
+	Pin         []byte
+	Log         *syncBuffer
+	cancel      context.CancelFunc
+	done        chan struct{}
+}
+
+const testSecret = "test-secret-0123456789"
+
+// startRelay runs a relay on 127.0.0.1 with one token, testSecret, and lets
+// mod adjust the config first.
+func startRelay(t *testing.T, mod func(*RelayConfig)) *testRelay {
+	t.Helper()
+	key, _, err := transport.LoadOrCreateKey(filepath.Join(t.TempDir(), "relay.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := transport.SelfSignedCertificate(key, "127.0.0.1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs := &syncBuffer{}
+	cfg := DefaultRelayConfig()
+	cfg.BindHost = "127.0.0.1"
+	cfg.Tokens = []Token{{ID: "test", Secret: testSecret}}
+	cfg.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	cfg.Ports = PortSet{{1024, 65535}}
+	if mod != nil {
+		mod(&cfg)
+	}
+	r, err := NewRelay(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := transport.Listen("127.0.0.1:0", transport.ServerTLSConfig(cert, ALPN), testOptions(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	tr := &testRelay{
+		Relay: r, Addr: ln.Addr().String(), Fingerprint: transport.Fingerprint(cert.Leaf),
+		Log: logs, cancel: cancel, done: make(chan struct{}),
+	}
+	tr.Pin, _ = transport.ParseFingerprint(tr.Fingerprint)
+	go func() {
+		defer close(tr.done)
+		if err := r.Serve(ctx, ln); err != nil {
+			t.Errorf("relay Serve: %v", err)
+		}
+	}()
+	t.Cleanup(func() {
+		tr.Stop()
+		if t.Failed() {
+			t.Logf("relay log:\n%s", logs)
+		}
+	})
+	return tr
+}
+
+// Stop ends the relay and waits for it.
+func (r *testRelay) Stop() {
+	r.cancel()
+	<-r.done
+}
+
+type testAgent struct {
+	Endpoints []Endpoint
+	Log       *syncBuffer
+	Err       chan error
+	cancel    context.CancelFunc
+}
+
+// agentConfig returns a config for kind that trusts r and exposes locals.
+func (r *testRelay) agentConfig(kind string, locals ...string) AgentConfig {
+	cfg := DefaultAgentConfig()
+	cfg.Relay = r.Addr
+	cfg.Token = testSecret
+	cfg.Transport = kind
+	cfg.Verifier = &transport.Verifier{Pin: r.Pin}
+	cfg.TransportOptions = testOptions()
+	for i, l := range locals {
+		cfg.Tunnels = append(cfg.Tunnels, TunnelSpec{Name: "t" + string(rune('a'+i)), Local: l})
+	}
+	return cfg
+}
+
+// runAgent starts an agent and waits until it is live or fails. On failure
+// it returns the error and a nil agent.
+func runAgent(t *testing.T, cfg AgentConfig) (*testAgent, error) {
+	t.Helper()
+	logs := &syncBuffer{}
+	cfg.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	ready := make(chan []Endpoint, 1)
+	cfg.OnReady = func(eps []Endpoint) { ready <- eps }
+	a, err := NewAgent(cfg)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ta := &testAgent{Log: logs, Err: make(chan error, 1), cancel: cancel}
+	go func() { ta.Err <- a.Run(ctx) }()
+	select {
+	case ta.Endpoints = <-ready:
+	case err := <-ta.Err:
+		cancel()
+		return nil, err
+	case <-time.After(15 * time.Second):
+		cancel()
+		t.Fatal("agent did not become ready within 15 s")
+	}
+	t.Cleanup(func() {
+		ta.Stop()
+		if t.Failed() {
+			t.Logf("agent log:\n%s", logs)
+		}
+	})
+	return ta, nil
+}
+
+func mustRunAgent(t *testing.T, cfg AgentConfig) *testAgent {
+	t.Helper()
+	a, err := runAgent(t, cfg)
+	if err != nil {
+		t.Fatalf("agent: %v", err)
+	}
+	return a
+}
+
+// Stop ends the agent and waits for Run to return.
+func (a *testAgent) Stop() {
+	a.cancel()
+	select {
+	case err := <-a.Err:
+		a.Err <- err
+	case <-time.After(10 * time.Second):
+	}
+}
+
+// Public is the "127.0.0.1:port" of the agent's i-th tunnel.
+func (a *testAgent) Public(i int) string {
+	e := a.Endpoints[i]
+	return net.JoinHostPort(e.Host, strconv.Itoa(int(e.Port)))
+}
+
+// startServer runs handle for every connection on a fresh loopback port.
+func startServer(t *testing.T, handle func(net.Conn)) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	t.Cleanup(func() {
+		ln.Close()
+		wg.Wait()
+	})
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				handle(c)
+			}()
+		}
+	}()
+	return ln.Addr().String()
+}
+
+// echo copies everything back and half-closes on EOF, like a careful server.
+func echo(c net.Conn) {
+	defer c.Close()
+	io.Copy(c, c)
+	c.(*net.TCPConn).CloseWrite()
+}
+
+// waitFor polls cond until it holds or the deadline passes.
+func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", d, what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func isRefused(err error, code ErrorCode) bool {
+	var ref *RefusedError
+	return errors.As(err, &ref) && ref.Code == code
+}

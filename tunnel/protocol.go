@@ -1,0 +1,474 @@
+// Package tunnel is the relay protocol and its two ends: Relay, which runs on
+// a public machine and gives each tunnel a public port, and Agent, which runs
+// beside a private server and carries that port's connections to it.
+//
+// # Session flow
+//
+// The agent dials the relay over a transport.Session (QUIC, or TLS+smux on
+// TCP) with ALPN "relay/1", then opens the control stream, the first stream of
+// the session:
+//
+//	agent                                        relay
+//	  | HELLO {version, software, key id}  ------>  |  version check
+//	  | <------ CHALLENGE {version, software, nonce}|  (or ERROR bad-version)
+//	  | AUTH {proof}                       ------>  |  proof = HMAC-SHA256(secret,
+//	  |                                             |    "relay auth v1" | nonce | EKM)
+//	  | <------------------- WELCOME {public host}  |  (or ERROR unauthorized)
+//	  | REGISTER {req, name, protos, ports} ----->  |  lease a public port
+//	  | <------------ REGISTERED {req, tunnel, port}|  (or ERROR {req, code, text})
+//	  | PING / PONG, either way, any time           |
+//
+// EKM is 32 bytes of TLS keying material (RFC 5705/8446 exporter, label
+// "EXPORTER-relay-auth"), so a proof is bound to one TLS session: replaying it
+// on another session fails, and the secret never crosses the wire. The key id
+// is the first 16 bytes of SHA-256("relay token id" | secret); it only tells
+// the relay which secret to check the proof against.
+//
+// For every client that connects to a tunnel's public port, the relay opens a
+// new stream to the agent, writes a StreamHeader naming the tunnel and the
+// client's address, and then copies bytes both ways. The agent dials the local
+// server and does the same. EOF in either direction becomes CloseWrite on the
+// other leg, so the remaining direction keeps flowing until it ends too.
+//
+// # Control frames
+//
+// Every control message is one frame:
+//
+//	+---------+-----------------+------------------------+
+//	| type:1  | length:2 (BE)   | payload:length         |   length <= MaxControlPayload
+//	+---------+-----------------+------------------------+
+//
+// Payload fields are big-endian integers and strings (str = len:2 | bytes,
+// each with its own bound). A frame with an unknown type, a payload of the
+// wrong size, or a field over its bound is an error that closes the session.
+// The payloads, by type:
+//
+//	0x01 HELLO       version:2 | software:str(64) | key id:16
+//	0x02 CHALLENGE   version:2 | software:str(64) | nonce:32
+//	0x03 AUTH        proof:32
+//	0x04 WELCOME     public host:str(255)
+//	0x05 REGISTER    request:4 | name:str(63) | protos:1 | port low:2 | port high:2
+//	0x06 REGISTERED  request:4 | tunnel:4 | protos:1 | port:2
+//	0x07 ERROR       request:4 | code:2 | text:str(512)
+//	0x08 PING        data:8
+//	0x09 PONG        data:8
+//
+// protos is a bit set: 1 TCP, 2 UDP. Ports 0-0 ask the relay to choose.
+// Request 0 in ERROR means the session as a whole; the sender closes it next.
+//
+// # Stream header
+//
+// The first bytes of every stream the relay opens:
+//
+//	+-----------+-----------+-----------+----------------+-------------+
+//	| version:1 | tunnel:4  | family:1  | client IP:4/16 | client port:2|
+//	+-----------+-----------+-----------+----------------+-------------+
+//
+// version is StreamHeaderVersion; family is 4 or 6. The relay sends client
+// bytes right after it, without waiting. The agent's first byte back is a
+// status: StatusConnected, then the local server's bytes; or
+// StatusUnreachable, and the agent closes the stream.
+package tunnel
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+)
+
+// ProtocolVersion is the control protocol version this build speaks.
+const ProtocolVersion = 1
+
+// ALPN is the TLS application protocol for ProtocolVersion.
+const ALPN = "relay/1"
+
+// Message types.
+const (
+	typeHello      = 0x01
+	typeChallenge  = 0x02
+	typeAuth       = 0x03
+	typeWelcome    = 0x04
+	typeRegister   = 0x05
+	typeRegistered = 0x06
+	typeError      = 0x07
+	typePing       = 0x08
+	typePong       = 0x09
+)
+
+// Bounds.
+const (
+	MaxControlPayload = 1024
+	maxSoftware       = 64
+	maxHost           = 255
+	MaxNameLen        = 63
+	maxErrorText      = 512
+	keyIDLen          = 16
+	nonceLen          = 32
+	proofLen          = 32
+)
+
+// Protocol bits in REGISTER and REGISTERED.
+const (
+	ProtoTCP = 1 << 0
+	ProtoUDP = 1 << 1
+)
+
+// Message is one control message.
+type Message interface {
+	msgType() byte
+	encode(e *encoder)
+	decode(d *decoder)
+}
+
+// Hello opens the control stream.
+type Hello struct {
+	Version  uint16
+	Software string
+	KeyID    [keyIDLen]byte
+}
+
+// Challenge answers Hello with a fresh nonce.
+type Challenge struct {
+	Version  uint16
+	Software string
+	Nonce    [nonceLen]byte
+}
+
+// Auth proves the agent holds the token's secret.
+type Auth struct {
+	Proof [proofLen]byte
+}
+
+// Welcome accepts the agent.
+type Welcome struct {
+	// PublicHost is the host name clients should use, or empty to let the
+	// agent use the host it dialed.
+	PublicHost string
+}
+
+// Register asks for a tunnel.
+type Register struct {
+	Request  uint32
+	Name     string
+	Protos   uint8
+	PortLow  uint16
+	PortHigh uint16
+}
+
+// Registered grants a tunnel.
+type Registered struct {
+	Request uint32
+	Tunnel  uint32
+	Protos  uint8
+	Port    uint16
+}
+
+// Error refuses a request (Request != 0) or the session (Request == 0).
+type Error struct {
+	Request uint32
+	Code    ErrorCode
+	Text    string
+}
+
+// Ping asks for a Pong with the same data.
+type Ping struct{ Data uint64 }
+
+// Pong answers a Ping.
+type Pong struct{ Data uint64 }
+
+func (*Hello) msgType() byte      { return typeHello }
+func (*Challenge) msgType() byte  { return typeChallenge }
+func (*Auth) msgType() byte       { return typeAuth }
+func (*Welcome) msgType() byte    { return typeWelcome }
+func (*Register) msgType() byte   { return typeRegister }
+func (*Registered) msgType() byte { return typeRegistered }
+func (*Error) msgType() byte      { return typeError }
+func (*Ping) msgType() byte       { return typePing }
+func (*Pong) msgType() byte       { return typePong }
+
+func (m *Hello) encode(e *encoder) { e.u16(m.Version); e.str(m.Software); e.bytes(m.KeyID[:]) }
+func (m *Hello) decode(d *decoder) {
+	m.Version = d.u16()
+	m.Software = d.str(maxSoftware)
+	d.fixed(m.KeyID[:])
+}
+
+func (m *Challenge) encode(e *encoder) { e.u16(m.Version); e.str(m.Software); e.bytes(m.Nonce[:]) }
+func (m *Challenge) decode(d *decoder) {
+	m.Version = d.u16()
+	m.Software = d.str(maxSoftware)
+	d.fixed(m.Nonce[:])
+}
+
+func (m *Auth) encode(e *encoder) { e.bytes(m.Proof[:]) }
+func (m *Auth) decode(d *decoder) { d.fixed(m.Proof[:]) }
+
+func (m *Welcome) encode(e *encoder) { e.str(m.PublicHost) }
+func (m *Welcome) decode(d *decoder) { m.PublicHost = d.str(maxHost) }
+
+func (m *Register) encode(e *encoder) {
+	e.u32(m.Request)
+	e.str(m.Name)
+	e.u8(m.Protos)
+	e.u16(m.PortLow)
+	e.u16(m.PortHigh)
+}
+func (m *Register) decode(d *decoder) {
+	m.Request = d.u32()
+	m.Name = d.str(MaxNameLen)
+	m.Protos = d.u8()
+	m.PortLow = d.u16()
+	m.PortHigh = d.u16()
+}
+
+func (m *Registered) encode(e *encoder) {
+	e.u32(m.Request)
+	e.u32(m.Tunnel)
+	e.u8(m.Protos)
+	e.u16(m.Port)
+}
+func (m *Registered) decode(d *decoder) {
+	m.Request = d.u32()
+	m.Tunnel = d.u32()
+	m.Protos = d.u8()
+	m.Port = d.u16()
+}
+
+func (m *Error) encode(e *encoder) { e.u32(m.Request); e.u16(uint16(m.Code)); e.str(m.Text) }
+func (m *Error) decode(d *decoder) {
+	m.Request = d.u32()
+	m.Code = ErrorCode(d.u16())
+	m.Text = d.str(maxErrorText)
+}
+
+func (m *Ping) encode(e *encoder) { e.u64(m.Data) }
+func (m *Ping) decode(d *decoder) { m.Data = d.u64() }
+func (m *Pong) encode(e *encoder) { e.u64(m.Data) }
+func (m *Pong) decode(d *decoder) { m.Data = d.u64() }
+
+func newMessage(t byte) Message {
+	switch t {
+	case typeHello:
+		return new(Hello)
+	case typeChallenge:
+		return new(Challenge)
+	case typeAuth:
+		return new(Auth)
+	case typeWelcome:
+		return new(Welcome)
+	case typeRegister:
+		return new(Register)
+	case typeRegistered:
+		return new(Registered)
+	case typeError:
+		return new(Error)
+	case typePing:
+		return new(Ping)
+	case typePong:
+		return new(Pong)
+	}
+	return nil
+}
+
+// ErrFrame is wrapped by every decoding failure.
+var ErrFrame = errors.New("malformed control frame")
+
+// AppendMessage appends m's frame to b. Strings over their bound are an
+// error, so nothing undecodable is ever sent.
+func AppendMessage(b []byte, m Message) ([]byte, error) {
+	e := encoder{b: append(b, m.msgType(), 0, 0)}
+	start := len(e.b)
+	m.encode(&e)
+	n := len(e.b) - start
+	if n > MaxControlPayload {
+		return b, fmt.Errorf("encoding message type %#x: payload of %d bytes exceeds %d", m.msgType(), n, MaxControlPayload)
+	}
+	// Decode-check string bounds: cheaper than threading limits through encode.
+	if _, err := DecodeMessage(m.msgType(), e.b[start:]); err != nil {
+		return b, fmt.Errorf("encoding message type %#x: %w", m.msgType(), err)
+	}
+	binary.BigEndian.PutUint16(e.b[start-2:], uint16(n))
+	return e.b, nil
+}
+
+// WriteMessage writes m as one frame.
+func WriteMessage(w io.Writer, m Message) error {
+	b, err := AppendMessage(nil, m)
+	if err != nil {
+		return err
+	}
+	_, err = w.Write(b)
+	return err
+}
+
+// ReadMessage reads one frame. It never allocates more than
+// MaxControlPayload for a frame, whatever the header claims.
+func ReadMessage(r io.Reader) (Message, error) {
+	var hdr [3]byte
+	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		return nil, err
+	}
+	n := int(binary.BigEndian.Uint16(hdr[1:]))
+	if n > MaxControlPayload {
+		return nil, fmt.Errorf("%w: payload length %d exceeds %d", ErrFrame, n, MaxControlPayload)
+	}
+	if newMessage(hdr[0]) == nil {
+		return nil, fmt.Errorf("%w: unknown message type %#x", ErrFrame, hdr[0])
+	}
+	p := make([]byte, n)
+	if _, err := io.ReadFull(r, p); err != nil {
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		return nil, fmt.Errorf("%w: truncated payload: %w", ErrFrame, err)
+	}
+	return DecodeMessage(hdr[0], p)
+}
+
+// DecodeMessage decodes one payload of type t.
+func DecodeMessage(t byte, p []byte) (Message, error) {
+	m := newMessage(t)
+	if m == nil {
+		return nil, fmt.Errorf("%w: unknown message type %#x", ErrFrame, t)
+	}
+	d := decoder{b: p}
+	m.decode(&d)
+	if d.err == nil && len(d.b) != 0 {
+		d.err = fmt.Errorf("%d trailing bytes", len(d.b))
+	}
+	if d.err != nil {
+		return nil, fmt.Errorf("%w: type %#x: %w", ErrFrame, t, d.err)
+	}
+	return m, nil
+}
+
+type encoder struct{ b []byte }
+
+func (e *encoder) u8(v uint8)      { e.b = append(e.b, v) }
+func (e *encoder) u16(v uint16)    { e.b = binary.BigEndian.AppendUint16(e.b, v) }
+func (e *encoder) u32(v uint32)    { e.b = binary.BigEndian.AppendUint32(e.b, v) }
+func (e *encoder) u64(v uint64)    { e.b = binary.BigEndian.AppendUint64(e.b, v) }
+func (e *encoder) bytes(p []byte)  { e.b = append(e.b, p...) }
+func (e *encoder) str(s string)    { e.u16(uint16(min(len(s), 0xffff))); e.b = append(e.b, s...) }
+func (d *decoder) fail(err error)  { d.err = err; d.b = nil }
+func (d *decoder) need(n int) bool { return d.err == nil && len(d.b) >= n }
+
+type decoder struct {
+	b   []byte
+	err error
+}
+
+func (d *decoder) take(n int) []byte {
+	if !d.need(n) {
+		if d.err == nil {
+			d.fail(errors.New("truncated"))
+		}
+		return nil
+	}
+	p := d.b[:n]
+	d.b = d.b[n:]
+	return p
+}
+
+func (d *decoder) u8() uint8 {
+	if p := d.take(1); p != nil {
+		return p[0]
+	}
+	return 0
+}
+
+func (d *decoder) u16() uint16 {
+	if p := d.take(2); p != nil {
+		return binary.BigEndian.Uint16(p)
+	}
+	return 0
+}
+
+func (d *decoder) u32() uint32 {
+	if p := d.take(4); p != nil {
+		return binary.BigEndian.Uint32(p)
+	}
+	return 0
+}
+
+func (d *decoder) u64() uint64 {
+	if p := d.take(8); p != nil {
+		return binary.BigEndian.Uint64(p)
+	}
+	return 0
+}
+
+func (d *decoder) fixed(dst []byte) { copy(dst, d.take(len(dst))) }
+
+func (d *decoder) str(limit int) string {
+	n := int(d.u16())
+	if d.err == nil && n > limit {
+		d.fail(fmt.Errorf("string of %d bytes exceeds %d", n, limit))
+		return ""
+	}
+	return string(d.take(n))
+}
+
+// StreamHeaderVersion is the version byte of StreamHeader.
+const StreamHeaderVersion = 1
+
+// Stream status bytes, the agent's first byte on each stream.
+const (
+	StatusConnected   = 0
+	StatusUnreachable = 1
+)
+
+// StreamHeader starts every stream the relay opens for a client.
+type StreamHeader struct {
+	Tunnel uint32
+	Client netip.AddrPort
+}
+
+// maxStreamHeader is the header's size with an IPv6 address.
+const maxStreamHeader = 1 + 4 + 1 + 16 + 2
+
+// AppendStreamHeader appends h's encoding to b.
+func AppendStreamHeader(b []byte, h StreamHeader) []byte {
+	b = append(b, StreamHeaderVersion)
+	b = binary.BigEndian.AppendUint32(b, h.Tunnel)
+	ip := h.Client.Addr().Unmap()
+	if ip.Is4() {
+		b = append(b, 4)
+	} else {
+		b = append(b, 6)
+		ip = netip.AddrFrom16(ip.As16())
+	}
+	b = append(b, ip.AsSlice()...)
+	return binary.BigEndian.AppendUint16(b, h.Client.Port())
+}
+
+// ReadStreamHeader reads a StreamHeader from r.
+func ReadStreamHeader(r io.Reader) (StreamHeader, error) {
+	var b [maxStreamHeader]byte
+	if _, err := io.ReadFull(r, b[:6]); err != nil {
+		return StreamHeader{}, fmt.Errorf("reading stream header: %w", err)
+	}
+	if b[0] != StreamHeaderVersion {
+		return StreamHeader{}, fmt.Errorf("%w: stream header version %d, want %d", ErrFrame, b[0], StreamHeaderVersion)
+	}
+	var ipLen int
+	switch b[5] {
+	case 4:
+		ipLen = 4
+	case 6:
+		ipLen = 16
+	default:
+		return StreamHeader{}, fmt.Errorf("%w: stream header address family %d", ErrFrame, b[5])
+	}
+	rest := b[6 : 6+ipLen+2]
+	if _, err := io.ReadFull(r, rest); err != nil {
+		return StreamHeader{}, fmt.Errorf("reading stream header: %w", err)
+	}
+	ip, _ := netip.AddrFromSlice(rest[:ipLen])
+	return StreamHeader{
+		Tunnel: binary.BigEndian.Uint32(b[1:5]),
+		Client: netip.AddrPortFrom(ip, binary.BigEndian.Uint16(rest[ipLen:])),
+	}, nil
+}
