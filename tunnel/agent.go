@@ -8,6 +8,7 @@ import (
 	"net"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/relaytun/relay/transport"
@@ -298,6 +299,11 @@ func DialAuto(ctx context.Context, addr string, delay time.Duration, log *slog.L
 				return nil, idErr
 			}
 			errs = append(errs, r.err)
+			// Refused over TCP means the host answered with nothing on the
+			// port: QUIC, on the same port number, will not do better.
+			if started == 2 && errors.Is(r.err, syscall.ECONNREFUSED) {
+				return nil, errors.Join(errs...)
+			}
 			if started == 1 {
 				log.Info(first.Kind()+" failed; trying "+second.Kind(), "relay", addr, "err", r.err)
 				start(second)

@@ -73,8 +73,9 @@ func ParsePortRange(s string) (PortRange, error) {
 }
 
 func parsePort(s string) (uint16, error) {
-	n, err := strconv.Atoi(strings.TrimSpace(s))
-	if err != nil || n < 1 || n > 65535 {
+	t := strings.TrimSpace(s)
+	n, err := strconv.Atoi(t)
+	if err != nil || n < 1 || n > 65535 || strings.Trim(t, "0123456789") != "" || t[0] == '0' {
 		return 0, fmt.Errorf("%q is not a port number from 1 to 65535", s)
 	}
 	return uint16(n), nil
@@ -109,6 +110,9 @@ func (s PortSet) Size() int {
 
 // Nth returns the i-th port of the set, 0 <= i < Size().
 func (s PortSet) Nth(i int) uint16 {
+	if i < 0 {
+		panic("tunnel: PortSet.Nth out of range")
+	}
 	for _, r := range s {
 		if i < r.Size() {
 			return r.Low + uint16(i)

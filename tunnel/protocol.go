@@ -12,17 +12,18 @@
 //	  | HELLO {version, software, key id}  ------>  |  version check
 //	  | <------ CHALLENGE {version, software, nonce}|  (or ERROR bad-version)
 //	  | AUTH {proof}                       ------>  |  proof = HMAC-SHA256(secret,
-//	  |                                             |    "relay auth v1" | nonce | EKM)
+//	  |                                             |    "relay auth v1" | 0 | nonce | EKM)
 //	  | <------------------- WELCOME {public host}  |  (or ERROR unauthorized)
 //	  | REGISTER {req, name, protos, ports} ----->  |  lease a public port
 //	  | <------------ REGISTERED {req, tunnel, port}|  (or ERROR {req, code, text})
 //	  | PING / PONG, either way, any time           |
 //
 // EKM is 32 bytes of TLS keying material (RFC 5705/8446 exporter, label
-// "EXPORTER-relay-auth"), so a proof is bound to one TLS session: replaying it
-// on another session fails, and the secret never crosses the wire. The key id
-// is the first 16 bytes of SHA-256("relay token id" | secret); it only tells
-// the relay which secret to check the proof against.
+// "EXPORTER-relay-auth", no context), so a proof is bound to one TLS session:
+// replaying it on another session fails, and the secret never crosses the
+// wire. Each label is followed by one 0x00 byte. The key id is the first 16
+// bytes of SHA-256("relay token id" | 0x00 | secret); it only tells the relay
+// which secret to check the proof against.
 //
 // For every client that connects to a tunnel's public port, the relay opens a
 // new stream to the agent, writes a StreamHeader naming the tunnel and the
@@ -464,9 +465,13 @@ func ReadStreamHeader(r io.Reader) (StreamHeader, error) {
 	}
 	rest := b[6 : 6+ipLen+2]
 	if _, err := io.ReadFull(r, rest); err != nil {
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF // the header has begun: EOF here is not a clean close
+		}
 		return StreamHeader{}, fmt.Errorf("reading stream header: %w", err)
 	}
 	ip, _ := netip.AddrFromSlice(rest[:ipLen])
+	ip = ip.Unmap() // the canonical form, as AppendStreamHeader sends it
 	return StreamHeader{
 		Tunnel: binary.BigEndian.Uint32(b[1:5]),
 		Client: netip.AddrPortFrom(ip, binary.BigEndian.Uint16(rest[ipLen:])),

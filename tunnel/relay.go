@@ -210,10 +210,8 @@ func (r *Relay) serveSession(ctx context.Context, s transport.Session) {
 
 	a, err := r.handshake(ctx, s, log)
 	if err != nil {
-		var ref *RefusedError
-		if errors.As(err, &ref) {
-			log.Warn("agent refused", "code", ref.Code.String(), "reason", ref.Text)
-		} else {
+		var sent *sentRefusal
+		if !errors.As(err, &sent) {
 			log.Info("agent handshake failed", "err", err)
 		}
 		return
@@ -231,7 +229,9 @@ func (r *Relay) serveSession(ctx context.Context, s transport.Session) {
 	}()
 	err = a.controlLoop(ctx)
 	a.closeTunnels()
+	var sent *sentRefusal
 	switch {
+	case errors.As(err, &sent):
 	case err == nil || errors.Is(err, io.EOF) || transport.IsClosed(err) || ctx.Err() != nil:
 		a.log.Info("agent disconnected")
 	default:
@@ -287,7 +287,7 @@ func (r *Relay) handshake(ctx context.Context, s transport.Session, log *slog.Lo
 	}
 	want := Proof(secret, ch.Nonce, ekm)
 	if !hmac.Equal(want[:], auth.Proof[:]) || !known {
-		return nil, a.refuse(CodeUnauthorized, "the relay did not accept the token: check --token (or RELAY_TOKEN) against the relay's relay.toml")
+		return nil, a.refuse(CodeUnauthorized, "token not accepted: check --token (or RELAY_TOKEN) against the [[tokens]] in the relay's relay.toml")
 	}
 	a.token = tok
 	a.log = log.With("token", tok.ID)
@@ -304,10 +304,16 @@ func (a *agentConn) send(m Message) error {
 	return WriteMessage(a.ctl, m)
 }
 
-// refuse tells the agent why the session ends and closes it. The agent
-// closes its end on reading the ERROR; waiting for that (briefly) keeps the
-// frame from being lost to a reset.
+// sentRefusal is a refusal this relay sent and logged.
+type sentRefusal struct{ *RefusedError }
+
+func (e *sentRefusal) Unwrap() error { return e.RefusedError }
+
+// refuse logs why the session ends, tells the agent, and closes it. The
+// agent closes its end on reading the ERROR; waiting for that (briefly)
+// keeps the frame from being lost to a reset.
 func (a *agentConn) refuse(code ErrorCode, text string) error {
+	a.log.Warn("agent refused", "code", code.String(), "reason", text)
 	a.ctl.SetWriteDeadline(time.Now().Add(2 * time.Second))
 	if err := a.send(&Error{Code: code, Text: text}); err == nil {
 		a.ctl.CloseWrite()
@@ -315,7 +321,7 @@ func (a *agentConn) refuse(code ErrorCode, text string) error {
 		io.Copy(io.Discard, io.LimitReader(a.ctl, 64<<10))
 	}
 	a.sess.CloseWithError(uint64(code), text)
-	return &RefusedError{Code: code, Text: text}
+	return &sentRefusal{&RefusedError{Code: code, Text: text}}
 }
 
 func (a *agentConn) controlLoop(ctx context.Context) error {

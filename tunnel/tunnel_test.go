@@ -252,7 +252,7 @@ func TestRefusals(t *testing.T) {
 			cfg := r.agentConfig(kind, local)
 			cfg.Token = "not-the-right-token"
 			_, err := runAgent(t, cfg)
-			if !isRefused(err, CodeUnauthorized) || !strings.Contains(err.Error(), "did not accept the token") {
+			if !isRefused(err, CodeUnauthorized) || !strings.Contains(err.Error(), "token not accepted") {
 				t.Fatalf("got %v, want an unauthorized refusal", err)
 			}
 			waitFor(t, "relay log", 5*time.Second, func() bool { return strings.Contains(r.Log.String(), "code=unauthorized") })

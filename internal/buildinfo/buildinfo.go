@@ -1,0 +1,62 @@
+// Package buildinfo reports what build of the relay is running.
+package buildinfo
+
+import (
+	"fmt"
+	"runtime"
+	"runtime/debug"
+)
+
+// Version is set at link time (-ldflags "-X github.com/relaytun/relay/internal/buildinfo.Version=v1.2.3");
+// otherwise it comes from the module's build information.
+var Version = ""
+
+// Info is the version, commit and toolchain of this binary.
+type Info struct {
+	Version   string
+	Commit    string
+	Modified  bool
+	GoVersion string
+}
+
+// Read returns this binary's Info.
+func Read() Info {
+	in := Info{Version: Version, GoVersion: runtime.Version()}
+	bi, ok := debug.ReadBuildInfo()
+	if ok {
+		if in.Version == "" && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+			in.Version = bi.Main.Version
+		}
+		for _, s := range bi.Settings {
+			switch s.Key {
+			case "vcs.revision":
+				in.Commit = s.Value
+			case "vcs.modified":
+				in.Modified = s.Value == "true"
+			}
+		}
+	}
+	if in.Version == "" {
+		in.Version = "devel"
+	}
+	return in
+}
+
+// Software is the short name sent in the protocol handshake: "relayd v1.2.3".
+func Software(program string) string { return program + " " + Read().Version }
+
+// String is the full version line a `version` command prints.
+func String(program string, protocol int) string {
+	in := Read()
+	commit := in.Commit
+	if commit == "" {
+		commit = "unknown"
+	} else if len(commit) > 12 {
+		commit = commit[:12]
+	}
+	if in.Modified {
+		commit += "+dirty"
+	}
+	return fmt.Sprintf("%s %s (commit %s, protocol %d, %s %s/%s)",
+		program, in.Version, commit, protocol, in.GoVersion, runtime.GOOS, runtime.GOARCH)
+}

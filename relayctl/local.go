@@ -1,0 +1,55 @@
+package main
+
+import (
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+)
+
+// parseLocal turns LOCAL ("8080", "localhost:8080", "[::1]:8080",
+// "host:port") into a dialable "host:port".
+func parseLocal(s string) (string, error) {
+	if n, err := strconv.Atoi(s); err == nil {
+		if n < 1 || n > 65535 {
+			return "", fmt.Errorf("LOCAL %q: port must be 1-65535", s)
+		}
+		return net.JoinHostPort("localhost", s), nil
+	}
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return "", fmt.Errorf("LOCAL %q is not PORT or HOST:PORT (for example 8080 or localhost:8080)", s)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return "", fmt.Errorf("LOCAL %q: port must be 1-65535", s)
+	}
+	if host == "" {
+		host = "localhost"
+	}
+	return net.JoinHostPort(host, port), nil
+}
+
+// deriveName names a tunnel after its local address, the same way every
+// time, so the same command asks for the same tunnel: "localhost-8080".
+func deriveName(local string) string {
+	host, port, _ := net.SplitHostPort(local)
+	var b strings.Builder
+	for _, r := range host {
+		switch {
+		case r >= 'a' && r <= 'z', r >= 'A' && r <= 'Z', r >= '0' && r <= '9', r == '.', r == '-', r == '_':
+			b.WriteRune(r)
+		default:
+			b.WriteByte('-')
+		}
+	}
+	h := strings.Trim(b.String(), "-._")
+	if h == "" {
+		h = "local"
+	}
+	name := h + "-" + port
+	if len(name) > 63 {
+		name = name[len(name)-63:]
+		name = strings.TrimLeft(name, "-._")
+	}
+	return name
+}

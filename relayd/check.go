@@ -1,0 +1,26 @@
+package main
+
+import (
+	"fmt"
+
+	"github.com/urfave/cli/v2"
+)
+
+var checkCommand = &cli.Command{
+	Name:      "check",
+	Usage:     "validate relay.toml; exit 1 with the file, line and key of the first problem",
+	ArgsUsage: " ",
+	Flags:     configFlags(),
+	Action: func(c *cli.Context) error {
+		if !c.IsSet("config") {
+			return cli.Exit("check needs --config FILE", 2)
+		}
+		cfg, err := loadConfig(c)
+		if err != nil {
+			return cli.Exit(err.Error(), 1)
+		}
+		fmt.Fprintf(c.App.Writer, "%s: ok (listen %s, ports %s, %d token(s))\n",
+			c.String("config"), cfg.Relay.Listen, cfg.Relay.Ports, len(cfg.Tokens))
+		return nil
+	},
+}

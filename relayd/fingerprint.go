@@ -1,0 +1,28 @@
+package main
+
+import (
+	"fmt"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/relaytun/relay/transport"
+)
+
+var fingerprintCommand = &cli.Command{
+	Name:      "fingerprint",
+	Usage:     "print the relay's key fingerprint for relayctl --fingerprint (creates the key if absent)",
+	ArgsUsage: " ",
+	Flags:     configFlags(),
+	Action: func(c *cli.Context) error {
+		cfg, err := loadConfig(c)
+		if err != nil {
+			return cli.Exit(err.Error(), 1)
+		}
+		id, err := loadIdentity(cfg)
+		if err != nil {
+			return cli.Exit(err.Error(), 1)
+		}
+		fmt.Fprintln(c.App.Writer, transport.Fingerprint(id.cert.Leaf))
+		return nil
+	},
+}

@@ -1,0 +1,86 @@
+package main
+
+import (
+	"crypto/rand"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/relaytun/relay/transport"
+	"github.com/relaytun/relay/tunnel"
+)
+
+// identity is the relay's certificate and where its state lives.
+type identity struct {
+	cert       tls.Certificate
+	stateDir   string
+	createdKey bool
+}
+
+// loadIdentity uses cert_file/key_file, or the key in state_dir (created on
+// first use) with a self-signed certificate.
+func loadIdentity(cfg *Config) (*identity, error) {
+	dir, err := cfg.stateDir()
+	if err != nil {
+		return nil, err
+	}
+	if cfg.Relay.CertFile != "" {
+		cert, err := transport.LoadCertificate(cfg.Relay.CertFile, cfg.Relay.KeyFile)
+		if err != nil {
+			return nil, err
+		}
+		return &identity{cert: cert, stateDir: dir}, nil
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("creating state_dir: %w", err)
+	}
+	key, created, err := transport.LoadOrCreateKey(filepath.Join(dir, "relay.key"))
+	if err != nil {
+		return nil, err
+	}
+	cert, err := transport.SelfSignedCertificate(key, cfg.Relay.PublicHost)
+	if err != nil {
+		return nil, err
+	}
+	return &identity{cert: cert, stateDir: dir, createdKey: created}, nil
+}
+
+// tokenFile holds the token relayd makes when relay.toml defines none.
+const tokenFile = "token"
+
+// generatedTokenID names that token in logs.
+const generatedTokenID = "default"
+
+// loadTokens returns relay.toml's tokens, or else the generated one from
+// state_dir, creating it on first use (created reports that).
+func loadTokens(cfg *Config, stateDir string) (tokens []tunnel.Token, created bool, err error) {
+	for _, t := range cfg.Tokens {
+		tokens = append(tokens, tunnel.Token{ID: t.ID, Secret: t.Secret})
+	}
+	if len(tokens) > 0 {
+		return tokens, false, nil
+	}
+	path := filepath.Join(stateDir, tokenFile)
+	data, err := os.ReadFile(path)
+	switch {
+	case err == nil:
+		secret := strings.TrimSpace(string(data))
+		if len(secret) < tunnel.MinSecretLen {
+			return nil, false, fmt.Errorf("%s: the token there is shorter than %d characters; delete the file to make a new one", path, tunnel.MinSecretLen)
+		}
+		return []tunnel.Token{{ID: generatedTokenID, Secret: secret}}, false, nil
+	case !errors.Is(err, os.ErrNotExist):
+		return nil, false, fmt.Errorf("reading token: %w", err)
+	}
+	if err := os.MkdirAll(stateDir, 0o700); err != nil {
+		return nil, false, fmt.Errorf("creating state_dir: %w", err)
+	}
+	secret := rand.Text()
+	if err := transport.WriteFileAtomic(path, []byte(secret+"\n"), 0o600); err != nil {
+		return nil, false, fmt.Errorf("writing token: %w", err)
+	}
+	return []tunnel.Token{{ID: generatedTokenID, Secret: secret}}, true, nil
+}

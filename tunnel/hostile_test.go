@@ -1,0 +1,229 @@
+package tunnel
+
+import (
+	"context"
+	"crypto/rand"
+	"io"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/relaytun/relay/transport"
+)
+
+// dialRaw opens a bare session to r, for speaking the protocol by hand.
+func dialRaw(t *testing.T, r *testRelay, kind string) transport.Session {
+	t.Helper()
+	tc, err := (&transport.Verifier{Pin: r.Pin}).ClientTLSConfig(r.Addr, ALPN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var d transport.Dialer = &transport.QUICDialer{TLS: tc, Options: testOptions()}
+	if kind == TransportTCP {
+		d = &transport.TCPDialer{TLS: tc, Options: testOptions()}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	s, err := d.Dial(ctx, r.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// authenticate runs the handshake by hand and returns the control stream.
+func authenticate(t *testing.T, s transport.Session) transport.Stream {
+	t.Helper()
+	ctl, err := s.OpenStream(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctl.SetDeadline(time.Now().Add(5 * time.Second))
+	if err := WriteMessage(ctl, &Hello{Version: ProtocolVersion, Software: "test", KeyID: KeyID(testSecret)}); err != nil {
+		t.Fatal(err)
+	}
+	m, err := ReadMessage(ctl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ekm, _ := sessionBinding(s)
+	WriteMessage(ctl, &Auth{Proof: Proof(testSecret, m.(*Challenge).Nonce, ekm)})
+	if m, err = ReadMessage(ctl); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := m.(*Welcome); !ok {
+		t.Fatalf("got %T, want *Welcome", m)
+	}
+	ctl.SetDeadline(time.Time{})
+	return ctl
+}
+
+// An agent of another protocol version hears which versions met.
+func TestVersionMismatch(t *testing.T) {
+	forEachTransport(t, func(t *testing.T, kind string) {
+		r := startRelay(t, nil)
+		s := dialRaw(t, r, kind)
+		ctl, err := s.OpenStream(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctl.SetDeadline(time.Now().Add(5 * time.Second))
+		WriteMessage(ctl, &Hello{Version: 2, Software: "relayctl 9.0", KeyID: KeyID(testSecret)})
+		m, err := ReadMessage(ctl)
+		if err != nil {
+			t.Fatalf("reading reply: %v", err)
+		}
+		e, ok := m.(*Error)
+		if !ok || e.Code != CodeBadVersion {
+			t.Fatalf("got %#v, want a bad-version ERROR", m)
+		}
+		for _, want := range []string{"speaks version 1", "relayctl 9.0", "speaks version 2"} {
+			if !strings.Contains(e.Text, want) {
+				t.Errorf("refusal %q does not mention %q", e.Text, want)
+			}
+		}
+	})
+}
+
+// The agent's side of a mismatch: a relay answering with another version.
+func TestAgentRefusesOtherRelayVersion(t *testing.T) {
+	forEachTransport(t, func(t *testing.T, kind string) {
+		r := startRelay(t, nil)
+		// A fake relay on its own port, with r's certificate rules.
+		key, _, _ := transport.LoadOrCreateKey(t.TempDir() + "/k")
+		cert, _ := transport.SelfSignedCertificate(key)
+		ln, err := transport.Listen("127.0.0.1:0", transport.ServerTLSConfig(cert, ALPN), testOptions(), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		go func() {
+			s, err := ln.Accept(context.Background())
+			if err != nil {
+				return
+			}
+			defer s.Close()
+			ctl, err := s.AcceptStream(context.Background())
+			if err != nil {
+				return
+			}
+			ReadMessage(ctl)
+			WriteMessage(ctl, &Challenge{Version: 7, Software: "relayd 7.0"})
+			io.Copy(io.Discard, ctl)
+		}()
+		cfg := r.agentConfig(kind, "127.0.0.1:1")
+		cfg.Relay = ln.Addr().String()
+		pin, _ := transport.ParseFingerprint(transport.Fingerprint(cert.Leaf))
+		cfg.Verifier = &transport.Verifier{Pin: pin}
+		_, err = runAgent(t, cfg)
+		if !isRefused(err, CodeBadVersion) || !strings.Contains(err.Error(), "relayd 7.0") || !strings.Contains(err.Error(), "speaks version 1") {
+			t.Fatalf("got %v, want a version mismatch naming both", err)
+		}
+	})
+}
+
+// Garbage on the control port, over TCP and UDP, costs nothing: the relay
+// keeps serving its tunnels and new agents.
+func TestGarbageOnControlPort(t *testing.T) {
+	r := startRelay(t, nil)
+	a := mustRunAgent(t, r.agentConfig(TransportQUIC, startServer(t, echo)))
+	for _, n := range []int{0, 1, 3, 17, 100, 1200, 5000, 70000} {
+		p := make([]byte, n)
+		rand.Read(p)
+		if c, err := net.Dial("tcp", r.Addr); err == nil {
+			c.Write(p)
+			c.Close()
+		}
+		// A TLS-looking record header with a huge length, then nothing.
+		if c, err := net.Dial("tcp", r.Addr); err == nil {
+			c.Write([]byte{0x16, 0x03, 0x01, 0xff, 0xff})
+			c.Close()
+		}
+		if c, err := net.Dial("udp", r.Addr); err == nil {
+			c.Write(p[:min(n, 1500)])
+			c.Close()
+		}
+	}
+	for _, kind := range kinds {
+		b := mustRunAgent(t, r.agentConfig(kind, startServer(t, echo)))
+		roundTrip(t, b.Public(0), "after garbage over "+kind)
+	}
+	roundTrip(t, a.Public(0), "existing tunnel")
+}
+
+func roundTrip(t *testing.T, addr, what string) {
+	t.Helper()
+	c := dialPublic(t, addr)
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	c.Write([]byte("hello"))
+	c.CloseWrite()
+	if got, err := io.ReadAll(c); string(got) != "hello" {
+		t.Fatalf("%s: echo gave %q, %v", what, got, err)
+	}
+}
+
+// Malformed frames from an authenticated agent close that session only.
+func TestMalformedFramesCloseOnlyThatSession(t *testing.T) {
+	forEachTransport(t, func(t *testing.T, kind string) {
+		r := startRelay(t, nil)
+		good := mustRunAgent(t, r.agentConfig(kind, startServer(t, echo)))
+		cases := map[string][]byte{
+			"unknown type":  {0xee, 0, 0},
+			"oversized":     {typeRegister, 0xff, 0xff},
+			"truncated":     {typeRegister, 0, 20, 1, 2},
+			"bad string":    {typeRegister, 0, 11, 0, 0, 0, 1, 0xff, 0xff, 1, 0, 0, 0, 0},
+			"wrong message": mustAppend(t, &Hello{Version: 1}),
+		}
+		seen := 0
+		for name, frame := range cases {
+			s := dialRaw(t, r, kind)
+			ctl := authenticate(t, s)
+			ctl.Write(frame)
+			if name == "truncated" {
+				ctl.CloseWrite()
+			}
+			ctl.SetReadDeadline(time.Now().Add(5 * time.Second))
+			m, err := ReadMessage(ctl)
+			if name != "truncated" {
+				if e, ok := m.(*Error); !ok || e.Code != CodeProtocol {
+					t.Errorf("%s: relay answered %v, %v; want a protocol ERROR", name, m, err)
+				}
+			}
+			s.Close() // as an agent does on an ERROR
+			waitFor(t, name+": relay to log the protocol error", 5*time.Second, func() bool {
+				return strings.Count(r.Log.String(), "code=protocol") >= seen+1
+			})
+			seen++
+		}
+		roundTrip(t, good.Public(0), "the well-behaved agent's tunnel")
+	})
+}
+
+func mustAppend(t *testing.T, m Message) []byte {
+	b, err := AppendMessage(nil, m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// A session that never authenticates is closed at the handshake deadline
+// and never gets a port.
+func TestHandshakeDeadline(t *testing.T) {
+	forEachTransport(t, func(t *testing.T, kind string) {
+		r := startRelay(t, func(c *RelayConfig) { c.HandshakeTimeout = 300 * time.Millisecond })
+		s := dialRaw(t, r, kind)
+		ctl, _ := s.OpenStream(context.Background())
+		ctl.Write([]byte{typeHello}) // a partial frame, then silence
+		select {
+		case <-s.Done():
+		case <-time.After(5 * time.Second):
+			t.Fatal("an unauthenticated session outlived the handshake deadline by seconds")
+		}
+		if n := len(r.Relay.Tunnels()); n != 0 {
+			t.Fatalf("%d tunnels exist", n)
+		}
+	})
+}
