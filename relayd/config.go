@@ -30,12 +30,12 @@ type Config struct {
 
 // RelaySection is [relay].
 type RelaySection struct {
-	Listen           string        `toml:"listen"`
-	Ports            string        `toml:"ports"`
-	StateDir         string        `toml:"state_dir"`
-	PublicHost       string        `toml:"public_host"`
-	CertFile         string        `toml:"cert_file"`
-	KeyFile          string        `toml:"key_file"`
+	Listen           string   `toml:"listen"`
+	Ports            string   `toml:"ports"`
+	StateDir         string   `toml:"state_dir"`
+	PublicHost       string   `toml:"public_host"`
+	CertFile         string   `toml:"cert_file"`
+	KeyFile          string   `toml:"key_file"`
 	HandshakeTimeout Duration `toml:"handshake_timeout"`
 	IdleTimeout      Duration `toml:"idle_timeout"`
 	KeepAlive        Duration `toml:"keepalive"`
