@@ -42,15 +42,28 @@ func (d *QUICDialer) Dial(ctx context.Context, addr string) (Session, error) {
 	}
 	c, err := quic.DialAddr(ctx, addr, d.TLS, quicConfig(d.Options))
 	if err != nil {
+		var te *quic.TransportError
+		if errors.As(err, &te) {
+			// A TransportError also matches net.ErrClosed, but a failed
+			// dial is not the quiet end of a session.
+			return nil, &dialError{err: te}
+		}
 		return nil, fmt.Errorf("quic: %w", err)
 	}
 	return newQUICSession(c), nil
 }
 
-// quicListener adapts *quic.Listener.
+// quicListener adapts *quic.Listener. Closing it stops new sessions only:
+// the sessions it accepted share its socket, which is closed once the last
+// of them ends.
 type quicListener struct {
 	l  *quic.Listener
+	tr *quic.Transport
 	pc net.PacketConn
+
+	mu     sync.Mutex
+	live   int
+	closed bool
 }
 
 // ListenQUIC listens for QUIC sessions on pc, which it then owns.
@@ -58,11 +71,12 @@ func ListenQUIC(pc net.PacketConn, tlsConf *tls.Config, o Options) (Listener, er
 	if err := o.Validate(); err != nil {
 		return nil, err
 	}
-	l, err := quic.Listen(pc, tlsConf, quicConfig(o))
+	tr := &quic.Transport{Conn: pc}
+	l, err := tr.Listen(tlsConf, quicConfig(o))
 	if err != nil {
 		return nil, fmt.Errorf("quic: %w", err)
 	}
-	return &quicListener{l: l, pc: pc}, nil
+	return &quicListener{l: l, tr: tr, pc: pc}, nil
 }
 
 func (l *quicListener) Accept(ctx context.Context) (Session, error) {
@@ -73,6 +87,18 @@ func (l *quicListener) Accept(ctx context.Context) (Session, error) {
 		}
 		return nil, err
 	}
+	l.mu.Lock()
+	l.live++
+	l.mu.Unlock()
+	context.AfterFunc(c.Context(), func() {
+		l.mu.Lock()
+		l.live--
+		last := l.closed && l.live == 0
+		l.mu.Unlock()
+		if last {
+			l.closeSocket()
+		}
+	})
 	return newQUICSession(c), nil
 }
 
@@ -80,9 +106,20 @@ func (l *quicListener) Addr() net.Addr { return l.l.Addr() }
 
 func (l *quicListener) Close() error {
 	err := l.l.Close()
-	// quic.Listen does not close a PacketConn it was given.
-	l.pc.Close()
+	l.mu.Lock()
+	first := !l.closed
+	l.closed = true
+	idle := l.live == 0
+	l.mu.Unlock()
+	if first && idle {
+		l.closeSocket()
+	}
 	return err
+}
+
+func (l *quicListener) closeSocket() {
+	l.tr.Close()
+	l.pc.Close()
 }
 
 type quicSession struct {
@@ -227,4 +264,20 @@ func quicStreamErr(err error) error {
 		return fmt.Errorf("stream closed: %w", net.ErrClosed)
 	}
 	return err
+}
+
+// dialError reports a QUIC handshake failure, unwrapping to its cause (a
+// *IdentityError, a TLS alert) but not to net.ErrClosed.
+type dialError struct{ err *quic.TransportError }
+
+func (e *dialError) Error() string { return "quic: " + e.err.Error() }
+
+func (e *dialError) Unwrap() []error {
+	var out []error
+	for _, c := range e.err.Unwrap() {
+		if c != nil && c != net.ErrClosed {
+			out = append(out, c)
+		}
+	}
+	return out
 }

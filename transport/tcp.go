@@ -51,6 +51,7 @@ const (
 	sigDatagram   = 2
 	sigFIN        = 3
 	sigHeaderSize = 3
+	smuxFrameSize = 32 << 10
 	// MaxTCPDatagram is the largest datagram the TCP transport carries.
 	MaxTCPDatagram = 65535
 )
@@ -60,7 +61,7 @@ func smuxConfig(o Options) *smux.Config {
 	c.Version = 2
 	c.KeepAliveInterval = o.KeepAlive
 	c.KeepAliveTimeout = o.IdleTimeout
-	c.MaxFrameSize = 32 << 10
+	c.MaxFrameSize = smuxFrameSize
 	c.MaxStreamBuffer = o.StreamWindow
 	c.MaxReceiveBuffer = o.SessionWindow
 	return c
@@ -146,17 +147,26 @@ func ListenTCP(ln net.Listener, tlsConf *tls.Config, o Options, onErr func(net.A
 
 func (l *tcpListener) acceptLoop() {
 	defer l.wg.Done()
+	var backoff time.Duration
 	for {
 		c, err := l.ln.Accept()
 		if err != nil {
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				time.Sleep(5 * time.Millisecond)
+			// Out of file descriptors and the like: wait and retry, as
+			// net/http's Server.Serve does.
+			var ne interface{ Temporary() bool }
+			if errors.As(err, &ne) && ne.Temporary() {
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				select {
+				case <-time.After(backoff):
+				case <-l.done:
+					return
+				}
 				continue
 			}
 			l.Close()
 			return
 		}
+		backoff = 0
 		select {
 		case l.slots <- struct{}{}:
 		default:
@@ -270,10 +280,11 @@ type smuxSession struct {
 	accepted chan *smuxStream
 	dgrams   chan []byte
 
-	mu        sync.Mutex
-	streams   map[uint32]*smuxStream
-	maxPeerID uint32          // highest stream id the peer opened that we registered
-	early     map[uint32]byte // signals that arrived before their stream was registered
+	mu          sync.Mutex
+	streams     map[uint32]*smuxStream
+	maxPeerID   uint32          // highest stream id the peer opened that we registered
+	peerStreams int             // streams the peer opened that are registered
+	early       map[uint32]byte // signals that arrived before their stream was registered
 
 	done      chan struct{}
 	closeOnce sync.Once
@@ -318,12 +329,13 @@ func (s *smuxSession) acceptLoop() {
 		w := newSmuxStream(st, s)
 		id := st.ID()
 		s.mu.Lock()
-		if len(s.streams) >= s.opts.MaxIncomingStreams {
+		if s.peerStreams >= s.opts.MaxIncomingStreams {
 			s.mu.Unlock()
 			w.Close()
 			continue
 		}
 		s.streams[id] = w
+		s.peerStreams++
 		if id > s.maxPeerID {
 			s.maxPeerID = id
 		}
@@ -498,8 +510,20 @@ func (s *smuxSession) wrapErr(err error) error {
 	return err
 }
 
+func (s *smuxSession) isClosed() bool {
+	select {
+	case <-s.done:
+		return true
+	default:
+		return s.ms.IsClosed()
+	}
+}
+
 func (s *smuxSession) forget(id uint32) {
 	s.mu.Lock()
+	if _, ok := s.streams[id]; ok && !s.ours(id) {
+		s.peerStreams--
+	}
 	delete(s.streams, id)
 	s.mu.Unlock()
 }
@@ -525,6 +549,9 @@ type smuxStream struct {
 	readEOF       bool
 	closed        bool
 }
+
+// writeBufs hold the copies smux writes from: one smux frame each.
+var writeBufs = sync.Pool{New: func() any { b := make([]byte, smuxFrameSize); return &b }}
 
 // past is a deadline that has passed: it makes smux return at once.
 var past = time.Unix(1, 0)
@@ -564,6 +591,10 @@ func (s *smuxStream) Read(p []byte) (int, error) {
 		case s.closed:
 			s.mu.Unlock()
 			return 0, net.ErrClosed
+		case err == io.EOF && !s.peerFIN && s.sess.isClosed():
+			// smux reports a dead session as EOF: that is a cut, not an end.
+			s.mu.Unlock()
+			return 0, fmt.Errorf("session closed: %w", net.ErrClosed)
 		case err == io.EOF:
 			// smux's own FIN: the peer closed the stream entirely.
 			s.readEOF = true
@@ -610,12 +641,26 @@ func (s *smuxStream) Write(p []byte) (int, error) {
 			s.mu.Unlock()
 			return written, fmt.Errorf("stream reset by peer: %w", net.ErrClosed)
 		}
+		if !s.writeDeadline.IsZero() && !time.Now().Before(s.writeDeadline) {
+			s.mu.Unlock()
+			return written, os.ErrDeadlineExceeded
+		}
 		s.mu.Unlock()
-		n, err := s.st.Write(p[written:])
-		written += n
+		// smux may still send (and so read) a frame queued when its
+		// deadline fires, after Write has returned: it gets a pooled copy,
+		// which goes back to the pool only when smux is done with it.
+		bp := writeBufs.Get().(*[]byte)
+		c := copy(*bp, p[written:])
+		n, err := s.st.Write((*bp)[:c])
 		if err == nil {
+			writeBufs.Put(bp)
+			written += n
+			if written < len(p) {
+				continue
+			}
 			return written, nil
 		}
+		written += n
 		if !errors.Is(err, smux.ErrTimeout) {
 			if errors.Is(err, io.ErrClosedPipe) {
 				return written, net.ErrClosed

@@ -35,8 +35,10 @@ type Stream interface {
 
 // Session is one authenticated-or-not TLS session between an agent and a relay.
 type Session interface {
-	// OpenStream opens a new stream. It blocks only while the peer's stream
-	// limit is reached.
+	// OpenStream opens a new stream. Over QUIC it blocks while the peer's
+	// stream limit (Options.MaxIncomingStreams) is reached; TLS+smux has no
+	// stream credit, so there the peer resets a stream over its limit and
+	// the stream's writes fail.
 	OpenStream(ctx context.Context) (Stream, error)
 	// AcceptStream waits for the next stream opened by the peer.
 	AcceptStream(ctx context.Context) (Stream, error)
