@@ -174,13 +174,15 @@ func agentExit(err error, relay string) error {
 	switch {
 	case errors.As(err, &idErr):
 		return cli.Exit(oneLine(idErr.Error()), exitUnverified)
+	case errors.As(err, &ref) && ref.Temporary():
+		return cli.Exit(fmt.Sprintf("the relay ended the session: %s; run relayctl again once it is back", oneLine(ref.Text)), exitFailure)
 	case errors.As(err, &ref):
 		return cli.Exit("the relay refused: "+oneLine(ref.Text), exitRefused)
 	case errors.As(err, &dialErr):
 		return cli.Exit(fmt.Sprintf("%s: check --relay, that relayd is running there, and that its port is open (UDP for QUIC, TCP for --transport tcp)",
 			oneLine(err.Error())), exitFailure)
 	case errors.Is(err, tunnel.ErrSessionClosed):
-		return cli.Exit(oneLine(err.Error()), exitFailure)
+		return cli.Exit(oneLine(err.Error())+": run relayctl again to reconnect", exitFailure)
 	}
 	return cli.Exit(fmt.Sprintf("session with %s failed: %s", relay, oneLine(err.Error())), exitFailure)
 }

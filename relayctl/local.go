@@ -10,8 +10,8 @@ import (
 // parseLocal turns LOCAL ("8080", "localhost:8080", "[::1]:8080",
 // "host:port") into a dialable "host:port".
 func parseLocal(s string) (string, error) {
-	if n, err := strconv.Atoi(s); err == nil {
-		if n < 1 || n > 65535 {
+	if isDigits(s) {
+		if n, err := strconv.Atoi(s); err != nil || n < 1 || n > 65535 {
 			return "", fmt.Errorf("LOCAL %q: port must be 1-65535", s)
 		}
 		return net.JoinHostPort("localhost", s), nil
@@ -20,7 +20,7 @@ func parseLocal(s string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("LOCAL %q is not PORT or HOST:PORT (for example 8080 or localhost:8080)", s)
 	}
-	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+	if n, err := strconv.Atoi(port); err != nil || !isDigits(port) || n < 1 || n > 65535 {
 		return "", fmt.Errorf("LOCAL %q: port must be 1-65535", s)
 	}
 	if host == "" {
@@ -52,4 +52,8 @@ func deriveName(local string) string {
 		name = strings.TrimLeft(name, "-._")
 	}
 	return name
+}
+
+func isDigits(s string) bool {
+	return s != "" && strings.Trim(s, "0123456789") == ""
 }

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
@@ -125,11 +126,15 @@ func ParseConfig(path, data string) (*Config, error) {
 		if errors.As(err, &pe) {
 			return nil, &ConfigError{File: path, Line: pe.Position.Line, Key: pe.LastKey, Msg: pe.Message}
 		}
+		if m := typeErrRE.FindStringSubmatch(err.Error()); m != nil {
+			line, _ := strconv.Atoi(m[1])
+			return nil, &ConfigError{File: path, Line: line, Key: m[2], Msg: m[3]}
+		}
 		return nil, &ConfigError{File: path, Msg: err.Error()}
 	}
 	if und := md.Undecoded(); len(und) > 0 {
 		k := und[0]
-		return nil, &ConfigError{File: path, Line: keyLine(data, k), Key: k.String(),
+		return nil, &ConfigError{File: path, Line: keyLine(data, k, 0), Key: k.String(),
 			Msg: "unknown key (see the sample relay.toml for the keys there are)"}
 	}
 	if err := c.Validate(); err != nil {
@@ -138,43 +143,62 @@ func ParseConfig(path, data string) (*Config, error) {
 	return &c, nil
 }
 
+// typeErrRE matches BurntSushi/toml's error for a value of the wrong type.
+var typeErrRE = regexp.MustCompile(`^toml: line (\d+) \(last key "([^"]+)"\): (.*)$`)
+
 // keyLine finds the line that sets key, or 0. It understands the plain
 // layout relay.toml uses: [table] and [[table]] headers, then key = value.
-func keyLine(data string, key toml.Key) int {
+// For an array of tables, index picks the table (0 is the first); when that
+// table does not set the key, its header's line is returned.
+func keyLine(data string, key toml.Key, index int) int {
 	if len(key) == 0 {
 		return 0
 	}
 	table, last := strings.Join(key[:len(key)-1], "."), key[len(key)-1]
 	cur := ""
+	seen := -1  // tables named `table` so far, minus one
+	header := 0 // line of the index-th such table's header
 	for i, line := range strings.Split(data, "\n") {
 		l := strings.TrimSpace(line)
 		if m := headerRE.FindStringSubmatch(l); m != nil {
+			if header > 0 && cur == table && seen == index {
+				return header // that table ended without the key
+			}
 			cur = strings.TrimSpace(m[1])
 			if cur == key.String() {
 				return i + 1
 			}
+			if cur == table {
+				if seen++; seen == index {
+					header = i + 1
+				}
+			}
 			continue
 		}
-		if cur != table {
+		if cur != table || (table != "" && seen != index) {
 			continue
 		}
-		k, _, ok := strings.Cut(l, "=")
-		if ok && strings.Trim(strings.TrimSpace(k), `"'`) == last {
+		if k, _, ok := strings.Cut(l, "="); ok && strings.Trim(strings.TrimSpace(k), `"'`) == last {
 			return i + 1
 		}
 	}
-	return 0
+	return header
 }
 
 var headerRE = regexp.MustCompile(`^\[\[?\s*([^\]]+?)\s*\]\]?`)
 
 // fail makes a ConfigError for key (e.g. "relay.ports").
 func (c *Config) fail(key string, format string, args ...any) error {
+	return c.failAt(key, 0, format, args...)
+}
+
+// failAt is fail for a key of the index-th table of an array ([[tokens]]).
+func (c *Config) failAt(key string, index int, format string, args ...any) error {
 	file := c.file
 	if file == "" {
 		file = "(defaults)"
 	}
-	return &ConfigError{File: file, Line: keyLine(c.data, strings.Split(key, ".")), Key: key, Msg: fmt.Sprintf(format, args...)}
+	return &ConfigError{File: file, Line: keyLine(c.data, strings.Split(key, "."), index), Key: key, Msg: fmt.Sprintf(format, args...)}
 }
 
 // Validate checks every value.
@@ -186,8 +210,11 @@ func (c *Config) Validate() error {
 	if _, err := tunnel.ParsePortSet(r.Ports); err != nil {
 		return c.fail("relay.ports", "%v", err)
 	}
-	if (r.CertFile == "") != (r.KeyFile == "") {
-		return c.fail("relay.cert_file", "cert_file and key_file go together: set both or neither")
+	if r.CertFile != "" && r.KeyFile == "" {
+		return c.fail("relay.cert_file", "cert_file needs key_file: set both or neither")
+	}
+	if r.KeyFile != "" && r.CertFile == "" {
+		return c.fail("relay.key_file", "key_file needs cert_file: set both or neither")
 	}
 	for _, d := range []struct {
 		key string
@@ -209,19 +236,18 @@ func (c *Config) Validate() error {
 	ids := map[string]bool{}
 	secrets := map[string]string{}
 	for i, t := range c.Tokens {
-		where := fmt.Sprintf("tokens[%d]", i+1)
 		if t.ID == "" {
-			return c.fail("tokens.id", "%s has no id", where)
+			return c.failAt("tokens.id", i, "token %d has no id", i+1)
 		}
 		if ids[t.ID] {
-			return c.fail("tokens.id", "token id %q is used twice", t.ID)
+			return c.failAt("tokens.id", i, "token id %q is used twice", t.ID)
 		}
 		ids[t.ID] = true
 		if len(t.Secret) < tunnel.MinSecretLen {
-			return c.fail("tokens.secret", "token %q: secret must be at least %d characters (try `openssl rand -base64 24`)", t.ID, tunnel.MinSecretLen)
+			return c.failAt("tokens.secret", i, "token %q: secret must be at least %d characters (try `openssl rand -base64 24`)", t.ID, tunnel.MinSecretLen)
 		}
 		if other, ok := secrets[t.Secret]; ok {
-			return c.fail("tokens.secret", "tokens %q and %q have the same secret", other, t.ID)
+			return c.failAt("tokens.secret", i, "tokens %q and %q have the same secret", other, t.ID)
 		}
 		secrets[t.Secret] = t.ID
 	}

@@ -21,6 +21,11 @@ func main() {
 		Commands:        []*cli.Command{checkCommand, fingerprintCommand, versionCommand},
 		HideHelpCommand: true,
 		ExitErrHandler:  func(*cli.Context, error) {},
+		OnUsageError:    usageError,
+	}
+	// urfave/cli gives commands the app's usage handler only at the root.
+	for _, cmd := range app.Commands {
+		cmd.OnUsageError = usageError
 	}
 	if err := app.Run(os.Args); err != nil {
 		fmt.Fprintln(os.Stderr, "relayd: "+err.Error())
@@ -30,6 +35,11 @@ func main() {
 		}
 		os.Exit(1)
 	}
+}
+
+// usageError keeps help text off stdout and exits 2 for a usage mistake.
+func usageError(_ *cli.Context, err error, _ bool) error {
+	return cli.Exit(err.Error()+" (see relayd --help)", 2)
 }
 
 func configFlags() []cli.Flag {

@@ -19,6 +19,9 @@ import (
 
 // runAction runs the relay until SIGINT or SIGTERM.
 func runAction(c *cli.Context) error {
+	// Catch signals first: a SIGTERM during start-up is a clean stop too.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
 	if c.Args().Present() {
 		return cli.Exit(fmt.Sprintf("unexpected argument %q (commands: check, fingerprint, version)", c.Args().First()), 2)
 	}
@@ -76,8 +79,6 @@ func runAction(c *cli.Context) error {
 		printAgentLine(log, cfg, ln.Addr(), tokens[0].Secret, fp, createdToken, id.stateDir)
 	}
 
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
 	if err := relay.Serve(ctx, ln); err != nil {
 		return cli.Exit(err.Error(), 1)
 	}

@@ -217,6 +217,14 @@ func (r *Relay) serveSession(ctx context.Context, s transport.Session) {
 		return
 	}
 	a.log.Info("agent connected")
+	// From here on, a shutdown is announced before the session goes.
+	stop()
+	stopNotice := context.AfterFunc(ctx, func() {
+		a.ctl.SetWriteDeadline(time.Now().Add(time.Second))
+		a.send(&Error{Code: CodeShutdown, Text: "the relay is shutting down"})
+		s.CloseWithError(uint64(CodeShutdown), "the relay is shutting down")
+	})
+	defer stopNotice()
 	// Only the relay opens streams after the control stream.
 	go func() {
 		for {

@@ -1,0 +1,424 @@
+// Package proctest runs the real relayd and relayctl binaries as processes
+// for the relayd and relayctl tests: it builds them once per test binary
+// (Main), starts and watches them (Start, Run, Proc), and provides what the
+// tests around them need (a relayd with its own public ports, echo servers,
+// tunnels checked end to end).
+package proctest
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Paths of the binaries Main builds.
+var (
+	RelaydBin   string
+	RelayctlBin string
+)
+
+// The public ports relayds started by a test binary hand out: blocks of
+// portBlock ports from portBase on, one block per relayd, so parallel tests
+// never share a public port. Each package passes its own portBase to Main
+// (the relayd package uses 61000-62999 and the relayctl package 63000-64999,
+// both above Linux's ephemeral range).
+const (
+	portBlocks = 100
+	portBlock  = 20
+)
+
+var (
+	portBase  int
+	nextBlock atomic.Int64
+)
+
+// Timeouts for things that take milliseconds when all is well.
+const (
+	StartTimeout = 15 * time.Second
+	ExitTimeout  = 10 * time.Second
+)
+
+// Main is the body of a TestMain: it builds relayd and relayctl, hands out
+// public ports from base on, runs the tests and exits. The test's package
+// must sit directly below the module root.
+func Main(m *testing.M, base int) {
+	dir, err := os.MkdirTemp("", "relay-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	code := func() int {
+		defer os.RemoveAll(dir)
+		// Built without -race (GOFLAGS from the environment still applies):
+		// the tests watch the processes from outside.
+		cmd := exec.Command("go", "build", "-o", dir+string(filepath.Separator),
+			"github.com/relaytun/relay/relayd", "github.com/relaytun/relay/relayctl")
+		cmd.Dir = ".."
+		if out, err := cmd.CombinedOutput(); err != nil {
+			fmt.Fprintf(os.Stderr, "building relayd and relayctl: %v\n%s", err, out)
+			return 1
+		}
+		RelaydBin = filepath.Join(dir, "relayd")
+		RelayctlBin = filepath.Join(dir, "relayctl")
+		portBase = base
+		nextBlock.Store(rand.Int64N(portBlocks)) // differ from a concurrent run of this package
+		return m.Run()
+	}()
+	os.Exit(code)
+}
+
+// portRange returns the first and last port of a block of public ports no
+// other relayd in this test binary uses.
+func portRange() (low, high int) {
+	b := nextBlock.Add(1) % portBlocks
+	low = portBase + int(b)*portBlock
+	return low, low + portBlock - 1
+}
+
+// Buffer collects a process's output.
+type Buffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *Buffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *Buffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// Proc is a running relayd or relayctl.
+type Proc struct {
+	Stdout Buffer
+	Stderr Buffer
+
+	t    testing.TB
+	name string
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+// testEnv is the environment of every process: the caller's, without the
+// variables relayd and relayctl read, and with a private home so no test
+// touches the user's known_relays or state.
+func testEnv(t testing.TB, extra ...string) []string {
+	t.Helper()
+	home := t.TempDir()
+	var env []string
+	for _, kv := range os.Environ() {
+		k, _, _ := strings.Cut(kv, "=")
+		switch {
+		case strings.HasPrefix(k, "RELAY"), k == "HOME", k == "STATE_DIRECTORY",
+			strings.HasPrefix(k, "XDG_"):
+			continue
+		}
+		env = append(env, kv)
+	}
+	env = append(env, "HOME="+home, "XDG_CONFIG_HOME="+filepath.Join(home, ".config"),
+		"XDG_STATE_HOME="+filepath.Join(home, ".state"))
+	return append(env, extra...)
+}
+
+// Start runs bin with args; env entries ("K=V") are added to an environment
+// stripped of the variables relayd and relayctl read, with a private HOME.
+// The process is killed when the test ends, and its output logged if the
+// test failed.
+func Start(t testing.TB, env []string, bin string, args ...string) *Proc {
+	t.Helper()
+	p := &Proc{t: t, name: filepath.Base(bin), done: make(chan struct{})}
+	p.cmd = exec.Command(bin, args...)
+	p.cmd.Env = testEnv(t, env...)
+	p.cmd.Stdout = &p.Stdout
+	p.cmd.Stderr = &p.Stderr
+	if err := p.cmd.Start(); err != nil {
+		t.Fatalf("starting %s: %v", p.name, err)
+	}
+	go func() {
+		p.cmd.Wait()
+		close(p.done)
+	}()
+	t.Cleanup(func() {
+		p.cmd.Process.Kill()
+		<-p.done
+		if t.Failed() {
+			t.Logf("%s %s\n--- stdout:\n%s--- stderr:\n%s", p.name, strings.Join(args, " "), p.Stdout.String(), p.Stderr.String())
+		}
+	})
+	return p
+}
+
+// Run runs bin to completion and returns its stdout, stderr and exit code.
+func Run(t testing.TB, env []string, bin string, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	p := Start(t, env, bin, args...)
+	code = p.Wait(ExitTimeout)
+	return p.Stdout.String(), p.Stderr.String(), code
+}
+
+func (p *Proc) exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// Wait waits for the process to exit and returns its exit code.
+func (p *Proc) Wait(timeout time.Duration) int {
+	p.t.Helper()
+	select {
+	case <-p.done:
+	case <-time.After(timeout):
+		p.t.Fatalf("%s did not exit within %v\nstderr:\n%s", p.name, timeout, p.Stderr.String())
+	}
+	return p.cmd.ProcessState.ExitCode()
+}
+
+// Signal sends sig to the process.
+func (p *Proc) Signal(sig os.Signal) {
+	p.t.Helper()
+	if err := p.cmd.Process.Signal(sig); err != nil {
+		p.t.Fatalf("signalling %s: %v", p.name, err)
+	}
+}
+
+// WaitFor polls buf until re matches, failing the test if the process exits
+// first or timeout passes. It returns the submatches.
+func (p *Proc) WaitFor(buf *Buffer, re *regexp.Regexp, timeout time.Duration) []string {
+	p.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		if m := re.FindStringSubmatch(buf.String()); m != nil {
+			return m
+		}
+		if p.exited() {
+			// One last look: output may have landed just before the exit.
+			if m := re.FindStringSubmatch(buf.String()); m != nil {
+				return m
+			}
+			p.t.Fatalf("%s exited (code %d) before printing %q\nstdout:\n%s\nstderr:\n%s",
+				p.name, p.cmd.ProcessState.ExitCode(), re, p.Stdout.String(), p.Stderr.String())
+		}
+		if time.Now().After(deadline) {
+			p.t.Fatalf("%s did not print %q within %v\nstdout:\n%s\nstderr:\n%s",
+				p.name, re, timeout, p.Stdout.String(), p.Stderr.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// Relayd is a running relayd.
+type Relayd struct {
+	*Proc
+	Addr     string // 127.0.0.1:PORT agents dial
+	FP       string // its key's fingerprint
+	StateDir string
+	Config   string // path of its relay.toml
+	Low      int    // its public ports; set by NewRelayd only
+	High     int
+}
+
+// TestSecret is the secret of the token in TokensTOML.
+const TestSecret = "test-secret-0123456789"
+
+// TokensTOML is a [[tokens]] table with TestSecret.
+const TokensTOML = "[[tokens]]\nid = \"test\"\nsecret = \"" + TestSecret + "\"\n"
+
+// WriteRelaydConfig writes a relay.toml listening on 127.0.0.1:0 with its
+// own block of public ports and state_dir, plus extra.
+func WriteRelaydConfig(t testing.TB, extra string) (path, stateDir string, low, high int) {
+	t.Helper()
+	dir := t.TempDir()
+	stateDir = filepath.Join(dir, "state")
+	low, high = portRange()
+	path = filepath.Join(dir, "relay.toml")
+	cfg := fmt.Sprintf("[relay]\nlisten = \"127.0.0.1:0\"\nports = \"%d-%d\"\nstate_dir = %q\n\n%s", low, high, stateDir, extra)
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path, stateDir, low, high
+}
+
+var listeningRE = regexp.MustCompile(`msg="relayd listening" listen=(127\.0\.0\.1:\d+) .*fingerprint=(SHA256:\S+)`)
+
+// StartRelayd starts relayd on config and waits until it listens.
+func StartRelayd(t testing.TB, config, stateDir string) *Relayd {
+	t.Helper()
+	p := Start(t, nil, RelaydBin, "--config", config)
+	m := p.WaitFor(&p.Stderr, listeningRE, StartTimeout)
+	return &Relayd{Proc: p, Addr: m[1], FP: m[2], StateDir: stateDir, Config: config}
+}
+
+// NewRelayd starts a relayd with a fresh config holding extra (e.g.
+// TokensTOML).
+func NewRelayd(t testing.TB, extra string) *Relayd {
+	t.Helper()
+	path, stateDir, low, high := WriteRelaydConfig(t, extra)
+	r := StartRelayd(t, path, stateDir)
+	r.Low, r.High = low, high
+	return r
+}
+
+// URLRE matches a tunnel's public address as relayctl prints it; the
+// submatch is the port.
+var URLRE = regexp.MustCompile(`^tcp://127\.0\.0\.1:(\d+)$`)
+
+// StartExpose starts relayctl expose with args and env and waits for n
+// lines on stdout, each checked against URLRE.
+func StartExpose(t testing.TB, n int, env []string, args ...string) (*Proc, []string) {
+	t.Helper()
+	p := Start(t, env, RelayctlBin, append([]string{"expose"}, args...)...)
+	lines := p.WaitFor(&p.Stdout, regexp.MustCompile(`^(?:[^\n]*\n){`+strconv.Itoa(n)+`}`), StartTimeout)
+	urls := strings.Split(strings.TrimSuffix(lines[0], "\n"), "\n")
+	for _, u := range urls {
+		if !URLRE.MatchString(u) {
+			t.Fatalf("relayctl printed %q, want a line matching %s", u, URLRE)
+		}
+	}
+	return p, urls
+}
+
+// HostPort turns tcp://HOST:PORT into HOST:PORT.
+func HostPort(t testing.TB, url string) string {
+	t.Helper()
+	hp, ok := strings.CutPrefix(url, "tcp://")
+	if !ok {
+		t.Fatalf("%q is not a tcp:// URL", url)
+	}
+	return hp
+}
+
+// StartEcho runs a TCP server on loopback that writes tag, then echoes what
+// it reads and half-closes at EOF. It returns the server's address.
+func StartEcho(t testing.TB, tag string) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	t.Cleanup(func() {
+		ln.Close()
+		wg.Wait()
+	})
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				c.SetDeadline(time.Now().Add(30 * time.Second))
+				io.WriteString(c, tag)
+				io.Copy(c, c)
+				c.(*net.TCPConn).CloseWrite()
+			}()
+		}
+	}()
+	return ln.Addr().String()
+}
+
+// CheckEcho sends a payload through the tunnel at url, half-closes, and
+// expects tag and the payload back, then EOF.
+func CheckEcho(t testing.TB, url, tag string, size int) {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", HostPort(t, url), 5*time.Second)
+	if err != nil {
+		t.Fatalf("dialing %s: %v", url, err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	payload := make([]byte, size)
+	for i := range payload {
+		payload[i] = byte(rand.IntN(256))
+	}
+	werr := make(chan error, 1)
+	go func() {
+		_, err := c.Write(payload)
+		if err == nil {
+			err = c.(*net.TCPConn).CloseWrite()
+		}
+		werr <- err
+	}()
+	got, err := io.ReadAll(c)
+	if err != nil {
+		t.Fatalf("reading from %s: %v (got %d bytes)", url, err, len(got))
+	}
+	if err := <-werr; err != nil {
+		t.Fatalf("writing to %s: %v", url, err)
+	}
+	want := append([]byte(tag), payload...)
+	if !bytes.Equal(got, want) {
+		t.Fatalf("through %s: got %d bytes, want %d (tag %q + payload); equal prefix %d bytes",
+			url, len(got), len(want), tag, commonPrefix(got, want))
+	}
+}
+
+func commonPrefix(a, b []byte) int {
+	n := 0
+	for n < len(a) && n < len(b) && a[n] == b[n] {
+		n++
+	}
+	return n
+}
+
+// LastLine is the last non-empty line of s.
+func LastLine(s string) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	return lines[len(lines)-1]
+}
+
+// ClosedPort returns a loopback address nothing listens on (TCP or UDP).
+func ClosedPort(t testing.TB) string {
+	t.Helper()
+	for range 20 {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := ln.Addr().String()
+		pc, err := net.ListenPacket("udp", addr)
+		ln.Close()
+		if err != nil {
+			continue
+		}
+		pc.Close()
+		return addr
+	}
+	t.Fatal("no free loopback port")
+	return ""
+}
+
+// Stopped sends sig to p and expects exit code 0 within ExitTimeout.
+func Stopped(t testing.TB, p *Proc, sig syscall.Signal) {
+	t.Helper()
+	p.Signal(sig)
+	if code := p.Wait(ExitTimeout); code != 0 {
+		t.Fatalf("%s exited with %d after %v, want 0\nstderr:\n%s", p.name, code, sig, p.Stderr.String())
+	}
+}

@@ -1,0 +1,96 @@
+package main
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/relaytun/relay/tunnel"
+)
+
+func TestParseLocal(t *testing.T) {
+	good := []struct{ in, want string }{
+		{"8080", "localhost:8080"},
+		{"1", "localhost:1"},
+		{"65535", "localhost:65535"},
+		{"localhost:8080", "localhost:8080"},
+		{":8080", "localhost:8080"},
+		{"127.0.0.1:9", "127.0.0.1:9"},
+		{"192.168.1.5:25565", "192.168.1.5:25565"},
+		{"[::1]:8080", "[::1]:8080"},
+		{"game.lan:27015", "game.lan:27015"},
+	}
+	for _, tt := range good {
+		got, err := parseLocal(tt.in)
+		if err != nil || got != tt.want {
+			t.Errorf("parseLocal(%q) = %q, %v; want %q", tt.in, got, err, tt.want)
+		}
+	}
+	bad := []struct{ in, want string }{
+		{"notaport", "is not PORT or HOST:PORT"},
+		{"", "is not PORT or HOST:PORT"},
+		{"0", "1-65535"},
+		{"70000", "1-65535"},
+		{"-1", "not PORT or HOST:PORT"},
+		{"+8080", "not PORT or HOST:PORT"},
+		{"localhost:+80", "1-65535"},
+		{"localhost:0", "1-65535"},
+		{"localhost:70000", "1-65535"},
+		{"localhost:http", "1-65535"},
+		{"localhost:", "1-65535"},
+		{"::1:8080", "is not PORT or HOST:PORT"},
+		{"localhost", "is not PORT or HOST:PORT"},
+	}
+	for _, tt := range bad {
+		got, err := parseLocal(tt.in)
+		if err == nil {
+			t.Errorf("parseLocal(%q) = %q, want an error", tt.in, got)
+			continue
+		}
+		if !strings.Contains(err.Error(), tt.want) || !strings.Contains(err.Error(), "LOCAL") {
+			t.Errorf("parseLocal(%q): error %q, want it to name LOCAL and say %q", tt.in, err, tt.want)
+		}
+	}
+}
+
+func TestDeriveName(t *testing.T) {
+	long := strings.Repeat("a", 70) + ".example.com"
+	tests := []struct{ local, want string }{
+		{"localhost:8080", "localhost-8080"},
+		{"127.0.0.1:9", "127.0.0.1-9"},
+		{"192.168.1.5:25565", "192.168.1.5-25565"},
+		{"game.lan:27015", "game.lan-27015"},
+		{"[::1]:8080", "1-8080"},
+		{"[::]:80", "local-80"},
+		{"[fe80::1%eth0]:22", "fe80--1-eth0-22"},
+		{"_weird_:1", "weird-1"},
+		{long + ":8080", strings.Repeat("a", 46) + ".example.com-8080"},
+	}
+	for _, tt := range tests {
+		got := deriveName(tt.local)
+		if got != tt.want {
+			t.Errorf("deriveName(%q) = %q, want %q", tt.local, got, tt.want)
+		}
+		if !tunnel.ValidName(got) {
+			t.Errorf("deriveName(%q) = %q, which the relay would refuse", tt.local, got)
+		}
+		if again := deriveName(tt.local); again != got {
+			t.Errorf("deriveName(%q) is not stable: %q then %q", tt.local, got, again)
+		}
+	}
+}
+
+// TestDeriveNameFromEveryLocal: whatever parseLocal accepts gets a name the
+// relay accepts.
+func TestDeriveNameFromEveryLocal(t *testing.T) {
+	for _, in := range []string{"8080", "localhost:1", "[::1]:65535", "[2001:db8::1]:80", ":443",
+		strings.Repeat("x-", 40) + ":80", "...:80", "a_b.c-d:80"} {
+		local, err := parseLocal(in)
+		if err != nil {
+			t.Errorf("parseLocal(%q): %v", in, err)
+			continue
+		}
+		if name := deriveName(local); !tunnel.ValidName(name) {
+			t.Errorf("LOCAL %q: derived name %q is invalid", in, name)
+		}
+	}
+}
