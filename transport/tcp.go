@@ -354,33 +354,51 @@ func (s *smuxSession) acceptLoop() {
 
 func (s *smuxSession) signalLoop() {
 	defer s.Close()
-	var hdr [sigHeaderSize]byte
 	buf := make([]byte, MaxTCPDatagram)
 	for {
-		if _, err := io.ReadFull(s.sig, hdr[:]); err != nil {
+		typ, payload, err := readSignal(s.sig, buf)
+		if err != nil {
 			return
 		}
-		n := int(binary.BigEndian.Uint16(hdr[1:]))
-		if _, err := io.ReadFull(s.sig, buf[:n]); err != nil {
-			return
-		}
-		switch hdr[0] {
+		switch typ {
 		case sigReset, sigFIN:
-			if n != 4 {
-				return
-			}
-			s.handleStreamSignal(binary.BigEndian.Uint32(buf[:4]), hdr[0])
+			s.handleStreamSignal(binary.BigEndian.Uint32(payload), typ)
 		case sigDatagram:
-			p := make([]byte, n)
-			copy(p, buf[:n])
+			p := make([]byte, len(payload))
+			copy(p, payload)
 			select {
 			case s.dgrams <- p:
 			default: // queue full: drop, as a datagram may be
 			}
-		default:
-			return
 		}
 	}
+}
+
+// errSignal is a signal frame this side does not understand.
+var errSignal = errors.New("malformed signal frame")
+
+// readSignal reads one signal frame into buf (at least MaxTCPDatagram
+// bytes) and returns its type and payload. An unknown type, or a RESET or
+// FIN whose payload is not 4 bytes, is an error.
+func readSignal(r io.Reader, buf []byte) (typ byte, payload []byte, err error) {
+	var hdr [sigHeaderSize]byte
+	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		return 0, nil, err
+	}
+	n := int(binary.BigEndian.Uint16(hdr[1:]))
+	switch hdr[0] {
+	case sigReset, sigFIN:
+		if n != 4 {
+			return 0, nil, fmt.Errorf("%w: type %d with %d payload bytes", errSignal, hdr[0], n)
+		}
+	case sigDatagram:
+	default:
+		return 0, nil, fmt.Errorf("%w: unknown type %d", errSignal, hdr[0])
+	}
+	if _, err := io.ReadFull(r, buf[:n]); err != nil {
+		return 0, nil, fmt.Errorf("%w: truncated: %w", errSignal, err)
+	}
+	return hdr[0], buf[:n], nil
 }
 
 // ours reports whether id belongs to a stream this side opened: smux clients

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"strconv"
 	"sync"
 	"syscall"
@@ -29,6 +30,11 @@ type TunnelSpec struct {
 	Local string
 	// Ports asks for a public port or range; zero lets the relay choose.
 	Ports PortRange
+	// Allow, when not empty, admits only public clients in these
+	// prefixes; Deny turns away clients in these. The relay's own limits
+	// apply as well.
+	Allow []netip.Prefix
+	Deny  []netip.Prefix
 }
 
 // Endpoint is a tunnel the relay granted.
@@ -113,6 +119,9 @@ func (c *AgentConfig) Validate() error {
 		names[t.Name] = true
 		if _, _, err := net.SplitHostPort(t.Local); err != nil {
 			return fmt.Errorf("local address %q is not host:port", t.Local)
+		}
+		if len(t.Allow) > MaxPrefixes || len(t.Deny) > MaxPrefixes {
+			return fmt.Errorf("tunnel %s: at most %d allow and %d deny prefixes", t.Name, MaxPrefixes, MaxPrefixes)
 		}
 	}
 	if c.FallbackDelay <= 0 || c.HandshakeTimeout <= 0 || c.DialLocalTimeout <= 0 {
@@ -382,7 +391,8 @@ func (a *Agent) register(ctl transport.Stream, w *Welcome) ([]Endpoint, error) {
 	eps := make([]Endpoint, 0, len(a.cfg.Tunnels))
 	for i, t := range a.cfg.Tunnels {
 		req := uint32(i + 1)
-		err := WriteMessage(ctl, &Register{Request: req, Name: t.Name, Protos: ProtoTCP, PortLow: t.Ports.Low, PortHigh: t.Ports.High})
+		err := WriteMessage(ctl, &Register{Request: req, Name: t.Name, Protos: ProtoTCP, PortLow: t.Ports.Low, PortHigh: t.Ports.High,
+			Allow: prefixStrings(t.Allow), Deny: prefixStrings(t.Deny)})
 		if err != nil {
 			return nil, fmt.Errorf("registering %s: %w", t.Name, err)
 		}
@@ -467,4 +477,12 @@ func (a *Agent) carry(ctx context.Context, st transport.Stream) {
 	stats := Join(local, st)
 	log.Debug("client closed", "duration", time.Since(start).Round(time.Millisecond),
 		"bytes_in", stats.BToA, "bytes_out", stats.AToB)
+}
+
+func prefixStrings(ps []netip.Prefix) []string {
+	out := make([]string, len(ps))
+	for i, p := range ps {
+		out[i] = p.String()
+	}
+	return out
 }

@@ -46,10 +46,3 @@ func Proof(secret string, nonce [nonceLen]byte, ekm []byte) [proofLen]byte {
 	copy(p[:], m.Sum(nil))
 	return p
 }
-
-// Token is one credential the relay accepts.
-type Token struct {
-	// ID names the token in logs and leases; it is not secret.
-	ID     string
-	Secret string
-}

@@ -22,6 +22,8 @@ const (
 	CodeUnsupported    ErrorCode = 8  // a feature this relay does not offer
 	CodeProtocol       ErrorCode = 9  // a frame the receiver could not understand
 	CodeShutdown       ErrorCode = 10 // the relay is stopping
+	CodeForbidden      ErrorCode = 11 // the token's scope does not allow it (name, UDP)
+	CodeLimit          ErrorCode = 12 // a limit of the token is reached (max_tunnels)
 )
 
 var codeNames = map[ErrorCode]string{
@@ -35,6 +37,8 @@ var codeNames = map[ErrorCode]string{
 	CodeUnsupported:    "unsupported",
 	CodeProtocol:       "protocol",
 	CodeShutdown:       "shutdown",
+	CodeForbidden:      "forbidden",
+	CodeLimit:          "limit",
 }
 
 func (c ErrorCode) String() string {

@@ -71,6 +71,13 @@ const testSecret = "test-secret-0123456789"
 // mod adjust the config first.
 func startRelay(t *testing.T, mod func(*RelayConfig)) *testRelay {
 	t.Helper()
+	return startRelayWith(t, mod, nil)
+}
+
+// startRelayWith is startRelay with the relay's transport options adjusted
+// by optMod too.
+func startRelayWith(t *testing.T, mod func(*RelayConfig), optMod func(*transport.Options)) *testRelay {
+	t.Helper()
 	key, _, err := transport.LoadOrCreateKey(filepath.Join(t.TempDir(), "relay.key"))
 	if err != nil {
 		t.Fatal(err)
@@ -92,7 +99,11 @@ func startRelay(t *testing.T, mod func(*RelayConfig)) *testRelay {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := transport.Listen("127.0.0.1:0", transport.ServerTLSConfig(cert, ALPN), testOptions(), nil)
+	opts := testOptions()
+	if optMod != nil {
+		optMod(&opts)
+	}
+	ln, err := transport.Listen("127.0.0.1:0", transport.ServerTLSConfig(cert, ALPN), opts, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

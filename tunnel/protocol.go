@@ -48,7 +48,9 @@
 //	0x02 CHALLENGE   version:2 | software:str(64) | nonce:32
 //	0x03 AUTH        proof:32
 //	0x04 WELCOME     public host:str(255)
-//	0x05 REGISTER    request:4 | name:str(63) | protos:1 | port low:2 | port high:2
+//	0x05 REGISTER    request:4 | name:str(63) | protos:1 | port low:2 | port high:2 |
+//	                 allow:list | deny:list
+//	                 (list = count:1 (at most 16) | that many str(49): CIDR prefixes)
 //	0x06 REGISTERED  request:4 | tunnel:4 | protos:1 | port:2
 //	0x07 ERROR       request:4 | code:2 | text:str(512)
 //	0x08 PING        data:8
@@ -105,6 +107,8 @@ const (
 	maxHost           = 255
 	MaxNameLen        = 63
 	maxErrorText      = 512
+	MaxPrefixes       = 16
+	maxPrefixLen      = 49
 	keyIDLen          = 16
 	nonceLen          = 32
 	proofLen          = 32
@@ -156,6 +160,10 @@ type Register struct {
 	Protos   uint8
 	PortLow  uint16
 	PortHigh uint16
+	// Allow and Deny restrict which public clients the tunnel admits
+	// (CIDR prefixes), on top of the relay's own limits.
+	Allow []string
+	Deny  []string
 }
 
 // Registered grants a tunnel.
@@ -215,6 +223,8 @@ func (m *Register) encode(e *encoder) {
 	e.u8(m.Protos)
 	e.u16(m.PortLow)
 	e.u16(m.PortHigh)
+	e.list(m.Allow)
+	e.list(m.Deny)
 }
 func (m *Register) decode(d *decoder) {
 	m.Request = d.u32()
@@ -222,6 +232,8 @@ func (m *Register) decode(d *decoder) {
 	m.Protos = d.u8()
 	m.PortLow = d.u16()
 	m.PortHigh = d.u16()
+	m.Allow = d.list(MaxPrefixes, maxPrefixLen)
+	m.Deny = d.list(MaxPrefixes, maxPrefixLen)
 }
 
 func (m *Registered) encode(e *encoder) {
@@ -347,12 +359,18 @@ func DecodeMessage(t byte, p []byte) (Message, error) {
 
 type encoder struct{ b []byte }
 
-func (e *encoder) u8(v uint8)      { e.b = append(e.b, v) }
-func (e *encoder) u16(v uint16)    { e.b = binary.BigEndian.AppendUint16(e.b, v) }
-func (e *encoder) u32(v uint32)    { e.b = binary.BigEndian.AppendUint32(e.b, v) }
-func (e *encoder) u64(v uint64)    { e.b = binary.BigEndian.AppendUint64(e.b, v) }
-func (e *encoder) bytes(p []byte)  { e.b = append(e.b, p...) }
-func (e *encoder) str(s string)    { e.u16(uint16(min(len(s), 0xffff))); e.b = append(e.b, s...) }
+func (e *encoder) u8(v uint8)     { e.b = append(e.b, v) }
+func (e *encoder) u16(v uint16)   { e.b = binary.BigEndian.AppendUint16(e.b, v) }
+func (e *encoder) u32(v uint32)   { e.b = binary.BigEndian.AppendUint32(e.b, v) }
+func (e *encoder) u64(v uint64)   { e.b = binary.BigEndian.AppendUint64(e.b, v) }
+func (e *encoder) bytes(p []byte) { e.b = append(e.b, p...) }
+func (e *encoder) str(s string)   { e.u16(uint16(min(len(s), 0xffff))); e.b = append(e.b, s...) }
+func (e *encoder) list(ss []string) {
+	e.u8(uint8(min(len(ss), 0xff)))
+	for _, s := range ss {
+		e.str(s)
+	}
+}
 func (d *decoder) fail(err error)  { d.err = err; d.b = nil }
 func (d *decoder) need(n int) bool { return d.err == nil && len(d.b) >= n }
 
@@ -410,6 +428,23 @@ func (d *decoder) str(limit int) string {
 		return ""
 	}
 	return string(d.take(n))
+}
+
+func (d *decoder) list(maxItems, maxLen int) []string {
+	n := int(d.u8())
+	if d.err == nil && n > maxItems {
+		d.fail(fmt.Errorf("list of %d items exceeds %d", n, maxItems))
+		return nil
+	}
+	var out []string
+	for range n {
+		s := d.str(maxLen)
+		if d.err != nil {
+			return nil
+		}
+		out = append(out, s)
+	}
+	return out
 }
 
 // StreamHeaderVersion is the version byte of StreamHeader.

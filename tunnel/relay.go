@@ -12,8 +12,10 @@ import (
 	"net"
 	"net/netip"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -37,6 +39,11 @@ type RelayConfig struct {
 	HandshakeTimeout time.Duration
 	// OpenStreamTimeout bounds opening a stream to the agent for a client.
 	OpenStreamTimeout time.Duration
+	// MaxPendingSessions caps sessions between connect and authentication;
+	// more are closed at once.
+	MaxPendingSessions int
+	// Clients limits every tunnel's public clients; tokens may override.
+	Clients ClientLimits
 	// Software names this build in the handshake ("relayd 1.2.3").
 	Software string
 	Logger   *slog.Logger
@@ -45,10 +52,11 @@ type RelayConfig struct {
 // DefaultRelayConfig returns the embedded defaults, with no tokens.
 func DefaultRelayConfig() RelayConfig {
 	return RelayConfig{
-		Ports:             PortSet{{20000, 29999}},
-		HandshakeTimeout:  10 * time.Second,
-		OpenStreamTimeout: 10 * time.Second,
-		Software:          "relayd",
+		Ports:              PortSet{{20000, 29999}},
+		HandshakeTimeout:   10 * time.Second,
+		OpenStreamTimeout:  10 * time.Second,
+		MaxPendingSessions: 256,
+		Software:           "relayd",
 	}
 }
 
@@ -78,6 +86,30 @@ func (c *RelayConfig) Validate() error {
 			return fmt.Errorf("relay: tokens %q and %q have the same secret", other, t.ID)
 		}
 		keys[k] = t.ID
+		for _, p := range t.Names {
+			if err := ValidNamePattern(p); err != nil {
+				return fmt.Errorf("relay: token %q: %w", t.ID, err)
+			}
+		}
+		for _, r := range t.Ports {
+			for p := int(r.Low); p <= int(r.High); p++ {
+				if !c.Ports.Contains(uint16(p)) {
+					return fmt.Errorf("relay: token %q: port %d is outside the relay's ports (%s)", t.ID, p, c.Ports)
+				}
+			}
+		}
+		if t.MaxTunnels < 0 || t.MaxConnections < 0 {
+			return fmt.Errorf("relay: token %q: limits must not be negative", t.ID)
+		}
+		if err := t.Clients.Validate(); err != nil {
+			return fmt.Errorf("relay: token %q: %w", t.ID, err)
+		}
+	}
+	if err := c.Clients.Validate(); err != nil {
+		return fmt.Errorf("relay: %w", err)
+	}
+	if c.MaxPendingSessions <= 0 {
+		return errors.New("relay: max pending sessions must be positive")
 	}
 	if c.HandshakeTimeout <= 0 {
 		return errors.New("relay: handshake timeout must be positive")
@@ -93,9 +125,10 @@ const MinSecretLen = 16
 
 // Relay accepts agent sessions and gives their tunnels public ports.
 type Relay struct {
-	cfg    RelayConfig
-	log    *slog.Logger
-	tokens map[[keyIDLen]byte]Token
+	cfg     RelayConfig
+	log     *slog.Logger
+	tokens  map[[keyIDLen]byte]*tokenState
+	pending chan struct{} // slots for sessions not yet authenticated
 	// dummySecret keeps the proof check's cost the same for unknown keys.
 	dummySecret string
 
@@ -119,12 +152,16 @@ func NewRelay(cfg RelayConfig) (*Relay, error) {
 	r := &Relay{
 		cfg:         cfg,
 		log:         log,
-		tokens:      make(map[[keyIDLen]byte]Token),
+		tokens:      make(map[[keyIDLen]byte]*tokenState),
+		pending:     make(chan struct{}, cfg.MaxPendingSessions),
 		dummySecret: rand.Text(),
 		ports:       make(map[uint16]*relayTunnel),
 	}
-	for _, t := range cfg.Tokens {
-		r.tokens[KeyID(t.Secret)] = t
+	// A copy, so the caller's slice can change without touching the relay.
+	r.cfg.Tokens = slices.Clone(cfg.Tokens)
+	for i := range r.cfg.Tokens {
+		t := &r.cfg.Tokens[i]
+		r.tokens[KeyID(t.Secret)] = &tokenState{tok: t}
 	}
 	return r, nil
 }
@@ -153,6 +190,14 @@ func (r *Relay) Serve(ctx context.Context, ln transport.Listener) error {
 			}
 			return fmt.Errorf("accepting sessions: %w", err)
 		}
+		select {
+		case r.pending <- struct{}{}:
+		default:
+			// Too many sessions still authenticating: refuse rather than queue.
+			s.CloseWithError(uint64(CodeLimit), "too many sessions in handshake")
+			r.log.Warn("agent refused: too many sessions in handshake", "agent", s.RemoteAddr().String(), "max", cap(r.pending))
+			continue
+		}
 		r.wg.Add(1)
 		go func() {
 			defer r.wg.Done()
@@ -170,6 +215,10 @@ type TunnelInfo struct {
 	Transport string
 	Agent     string
 	Since     time.Time
+	// Connections is how many public clients are connected now.
+	Connections int64
+	// Refused counts public clients turned away, by reason (Refused*).
+	Refused map[string]int64
 }
 
 // Tunnels lists the live tunnels, by port.
@@ -179,8 +228,9 @@ func (r *Relay) Tunnels() []TunnelInfo {
 	out := make([]TunnelInfo, 0, len(r.ports))
 	for _, t := range r.ports {
 		out = append(out, TunnelInfo{
-			ID: t.id, Name: t.name, TokenID: t.agent.token.ID, Port: t.port,
+			ID: t.id, Name: t.name, TokenID: t.agent.token.tok.ID, Port: t.port,
 			Transport: t.agent.sess.Kind(), Agent: t.agent.sess.RemoteAddr().String(), Since: t.since,
+			Connections: t.active.Load(), Refused: t.gate.counts(),
 		})
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Port < out[j].Port })
@@ -192,7 +242,7 @@ type agentConn struct {
 	r     *Relay
 	sess  transport.Session
 	ctl   transport.Stream
-	token Token
+	token *tokenState
 	log   *slog.Logger
 
 	wmu     sync.Mutex // serialises control frames
@@ -209,6 +259,7 @@ func (r *Relay) serveSession(ctx context.Context, s transport.Session) {
 	log := r.log.With("agent", s.RemoteAddr().String(), "transport", s.Kind())
 
 	a, err := r.handshake(ctx, s, log)
+	<-r.pending
 	if err != nil {
 		var sent *sentRefusal
 		if !errors.As(err, &sent) {
@@ -288,17 +339,17 @@ func (r *Relay) handshake(ctx context.Context, s transport.Session, log *slog.Lo
 	if err != nil {
 		return nil, a.refuse(CodeInternal, "relay could not bind authentication to the TLS session")
 	}
-	tok, known := r.tokens[hello.KeyID]
+	ts, known := r.tokens[hello.KeyID]
 	secret := r.dummySecret
 	if known {
-		secret = tok.Secret
+		secret = ts.tok.Secret
 	}
 	want := Proof(secret, ch.Nonce, ekm)
 	if !hmac.Equal(want[:], auth.Proof[:]) || !known {
 		return nil, a.refuse(CodeUnauthorized, "token not accepted: check --token (or RELAY_TOKEN) against the [[tokens]] in the relay's relay.toml")
 	}
-	a.token = tok
-	a.log = log.With("token", tok.ID)
+	a.token = ts
+	a.log = log.With("token", ts.tok.ID)
 	if err := a.send(&Welcome{PublicHost: r.cfg.PublicHost}); err != nil {
 		return nil, fmt.Errorf("sending welcome: %w", err)
 	}
@@ -374,10 +425,27 @@ func (a *agentConn) register(ctx context.Context, m *Register) Message {
 	if !ValidName(m.Name) {
 		return fail(CodeBadRequest, "tunnel name %q is invalid: use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit", m.Name)
 	}
+	tok := a.token.tok
+	if !matchName(tok.Names, m.Name) {
+		return fail(CodeForbidden, "token %q may not use the tunnel name %q: its names rule allows only %s",
+			tok.ID, m.Name, strings.Join(tok.Names, ", "))
+	}
+	if m.Protos&ProtoUDP != 0 && tok.DenyUDP {
+		return fail(CodeForbidden, "token %q may not open UDP tunnels (its udp rule is false)", tok.ID)
+	}
 	if m.Protos != ProtoTCP {
 		return fail(CodeUnsupported, "this relay carries TCP tunnels only; protocol set %#x was requested", m.Protos)
 	}
-	t, err := a.r.allocate(a, m)
+	allow, err := ParsePrefixes(m.Allow)
+	if err != nil {
+		return fail(CodeBadRequest, "allow list: %v", err)
+	}
+	deny, err := ParsePrefixes(m.Deny)
+	if err != nil {
+		return fail(CodeBadRequest, "deny list: %v", err)
+	}
+	gate := newClientGate([]ClientLimits{a.r.cfg.Clients, tok.Clients, {Allow: allow, Deny: deny}}, a.token)
+	t, err := a.r.allocate(a, m, gate)
 	if err != nil {
 		var ref *RefusedError
 		if errors.As(err, &ref) {
@@ -412,24 +480,33 @@ func (a *agentConn) closeTunnels() {
 
 // allocate picks and binds a public port for m: the requested one, or a
 // free one within the requested range, or any free allowed port.
-func (r *Relay) allocate(a *agentConn, m *Register) (*relayTunnel, error) {
-	cands := r.cfg.Ports
+func (r *Relay) allocate(a *agentConn, m *Register, gate *clientGate) (*relayTunnel, error) {
+	tok := a.token.tok
+	allowed, whose := r.cfg.Ports, "this relay allows"
+	if len(tok.Ports) > 0 {
+		allowed, whose = tok.Ports, fmt.Sprintf("token %q may use (its ports rule)", tok.ID)
+	}
+	cands := allowed
 	single := m.PortLow != 0 && m.PortLow == m.PortHigh
 	if m.PortLow != 0 {
 		if m.PortHigh < m.PortLow {
 			return nil, &RefusedError{Code: CodeBadRequest, Text: fmt.Sprintf("port range %d-%d is empty", m.PortLow, m.PortHigh)}
 		}
 		want := PortRange{m.PortLow, m.PortHigh}
-		cands = r.cfg.Ports.Intersect(want)
-		if len(cands) == 0 || (single && !r.cfg.Ports.Contains(m.PortLow)) {
+		cands = allowed.Intersect(want)
+		if len(cands) == 0 || (single && !allowed.Contains(m.PortLow)) {
 			return nil, &RefusedError{Code: CodePortNotAllowed, Text: fmt.Sprintf(
-				"port %s is outside the ports this relay allows (%s): ask for one of those, or none", want, r.cfg.Ports)}
+				"port %s is outside the ports %s (%s): ask for one of those, or none", want, whose, allowed)}
 		}
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.closing {
 		return nil, &RefusedError{Code: CodeShutdown, Text: "the relay is shutting down"}
+	}
+	if tok.MaxTunnels > 0 && a.token.tunnels >= tok.MaxTunnels {
+		return nil, &RefusedError{Code: CodeLimit, Text: fmt.Sprintf(
+			"token %q already has %d tunnels open, its max_tunnels: close one first", tok.ID, a.token.tunnels)}
 	}
 	n := cands.Size()
 	start := 0
@@ -457,10 +534,11 @@ func (r *Relay) allocate(a *agentConn, m *Register) (*relayTunnel, error) {
 			continue
 		}
 		t := &relayTunnel{
-			id: r.nextTunnel.Add(1), name: m.Name, port: port, ln: ln, agent: a,
+			id: r.nextTunnel.Add(1), name: m.Name, port: port, ln: ln, agent: a, gate: gate,
 			since: time.Now(), log: a.log.With("tunnel", m.Name, "port", port),
 		}
 		r.ports[port] = t
+		a.token.tunnels++
 		return t, nil
 	}
 	if lastErr != nil {
@@ -476,19 +554,22 @@ func (r *Relay) release(t *relayTunnel) {
 	r.mu.Lock()
 	if r.ports[t.port] == t {
 		delete(r.ports, t.port)
+		t.agent.token.tunnels--
 	}
 	r.mu.Unlock()
 	t.log.Info("tunnel closed")
 }
 
 type relayTunnel struct {
-	id    uint32
-	name  string
-	port  uint16
-	ln    net.Listener
-	agent *agentConn
-	since time.Time
-	log   *slog.Logger
+	gate   *clientGate
+	active atomic.Int64
+	id     uint32
+	name   string
+	port   uint16
+	ln     net.Listener
+	agent  *agentConn
+	since  time.Time
+	log    *slog.Logger
 }
 
 func (t *relayTunnel) serve(ctx context.Context) {
@@ -504,9 +585,21 @@ func (t *relayTunnel) serve(ctx context.Context) {
 			}
 			return
 		}
+		client := addrPort(c.RemoteAddr())
+		release, reason := t.gate.admit(client.Addr())
+		if reason != "" {
+			// Closed at once, before any work: a flood costs an accept
+			// and a close.
+			c.Close()
+			t.log.Debug("client refused", "client", client.String(), "reason", reason)
+			continue
+		}
+		t.active.Add(1)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			defer t.active.Add(-1)
+			defer release()
 			t.carry(ctx, c)
 		}()
 	}

@@ -1,0 +1,289 @@
+package tunnel
+
+import (
+	"fmt"
+	"net/netip"
+	"path"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/time/rate"
+)
+
+// Token is one credential the relay accepts, with what it may do. The zero
+// value of every limit means "no limit beyond the relay's own".
+type Token struct {
+	// ID names the token in logs; it is not secret.
+	ID     string
+	Secret string
+	// Names are path.Match patterns ("game-*") a tunnel name must match;
+	// empty allows any name.
+	Names []string
+	// Ports are the public ports the token may use, within the relay's;
+	// empty allows all of the relay's.
+	Ports PortSet
+	// MaxTunnels caps the token's tunnels, over all its sessions.
+	MaxTunnels int
+	// MaxConnections caps the public connections open at once over all the
+	// token's tunnels.
+	MaxConnections int
+	// DenyUDP refuses UDP tunnels.
+	DenyUDP bool
+	// Clients overrides the relay's limits on public clients for this
+	// token's tunnels: a non-zero number replaces the relay's, and the
+	// allow and deny lists apply on top of the relay's.
+	Clients ClientLimits
+}
+
+// ClientLimits are the public-side limits of a tunnel, per client IP.
+type ClientLimits struct {
+	// MaxConnsPerIP caps connections open at once from one IP address.
+	MaxConnsPerIP int
+	// RatePerIP caps new connections per second from one IP address, with
+	// bursts of BurstPerIP (default: twice the rate, at least 1).
+	RatePerIP  float64
+	BurstPerIP int
+	// Allow, when not empty, admits only clients in these prefixes; Deny
+	// refuses clients in these.
+	Allow []netip.Prefix
+	Deny  []netip.Prefix
+}
+
+// Validate checks the numbers.
+func (l ClientLimits) Validate() error {
+	if l.MaxConnsPerIP < 0 || l.RatePerIP < 0 || l.BurstPerIP < 0 {
+		return fmt.Errorf("client limits must not be negative")
+	}
+	return nil
+}
+
+// matchName reports whether name matches one of patterns (any when empty).
+func matchName(patterns []string, name string) bool {
+	if len(patterns) == 0 {
+		return true
+	}
+	for _, p := range patterns {
+		if ok, _ := path.Match(p, name); ok {
+			return true
+		}
+	}
+	return false
+}
+
+// ValidNamePattern reports whether p is a usable name pattern.
+func ValidNamePattern(p string) error {
+	if p == "" {
+		return fmt.Errorf("empty name pattern")
+	}
+	if _, err := path.Match(p, ""); err != nil {
+		return fmt.Errorf("name pattern %q: %v", p, err)
+	}
+	return nil
+}
+
+// ParsePrefixes parses CIDR prefixes ("10.0.0.0/8") and bare addresses
+// (a /32 or /128).
+func ParsePrefixes(ss []string) ([]netip.Prefix, error) {
+	out := make([]netip.Prefix, 0, len(ss))
+	for _, s := range ss {
+		s = strings.TrimSpace(s)
+		if p, err := netip.ParsePrefix(s); err == nil {
+			out = append(out, p.Masked())
+			continue
+		}
+		a, err := netip.ParseAddr(s)
+		if err != nil {
+			return nil, fmt.Errorf("%q is not an IP address or CIDR prefix (like 203.0.113.0/24)", s)
+		}
+		out = append(out, netip.PrefixFrom(a.Unmap(), a.Unmap().BitLen()))
+	}
+	return out, nil
+}
+
+func inAny(ps []netip.Prefix, a netip.Addr) bool {
+	for _, p := range ps {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// Refusal reasons for public clients, as counted per tunnel.
+const (
+	RefusedDenied      = "denied"          // outside an allow list or inside a deny list
+	RefusedPerIPConns  = "per_ip_conns"    // too many open connections from the IP
+	RefusedPerIPRate   = "per_ip_rate"     // too many new connections from the IP
+	RefusedTokenConns  = "token_conns"     // the token's max_connections reached
+	RefusedTooManyIPs  = "too_many_ips"    // the per-IP table is full
+	RefusedAgentFailed = "agent_unreached" // no stream could be opened to the agent
+)
+
+// maxTrackedIPs bounds the per-IP table of one tunnel.
+const maxTrackedIPs = 100_000
+
+// clientGate decides which public clients a tunnel admits.
+type clientGate struct {
+	// Every layer (relay, token, agent) must admit a client.
+	allows   [][]netip.Prefix
+	denies   [][]netip.Prefix
+	maxConns int
+	rate     rate.Limit
+	burst    int
+	// token counts the token's open connections against its cap.
+	token *tokenState
+
+	mu    sync.Mutex
+	perIP map[netip.Addr]*ipState
+	sweep time.Time
+
+	refused sync.Map // reason -> *atomic.Int64
+}
+
+type ipState struct {
+	conns int
+	lim   *rate.Limiter
+}
+
+func newClientGate(layers []ClientLimits, tok *tokenState) *clientGate {
+	g := &clientGate{perIP: make(map[netip.Addr]*ipState), token: tok}
+	for _, l := range layers {
+		if len(l.Allow) > 0 {
+			g.allows = append(g.allows, l.Allow)
+		}
+		if len(l.Deny) > 0 {
+			g.denies = append(g.denies, l.Deny)
+		}
+		if l.MaxConnsPerIP > 0 {
+			g.maxConns = l.MaxConnsPerIP
+		}
+		if l.RatePerIP > 0 {
+			g.rate = rate.Limit(l.RatePerIP)
+			g.burst = l.BurstPerIP
+			if g.burst == 0 {
+				g.burst = max(1, int(2*l.RatePerIP))
+			}
+		}
+	}
+	return g
+}
+
+// admit decides on a client from ip. On success it returns a release func
+// to call when the connection ends; otherwise the reason it was refused.
+func (g *clientGate) admit(ip netip.Addr) (release func(), reason string) {
+	ip = ip.Unmap()
+	for _, allow := range g.allows {
+		if !inAny(allow, ip) {
+			return nil, g.count(RefusedDenied)
+		}
+	}
+	for _, deny := range g.denies {
+		if inAny(deny, ip) {
+			return nil, g.count(RefusedDenied)
+		}
+	}
+	tracked := g.maxConns > 0 || g.rate > 0
+	if tracked {
+		g.mu.Lock()
+		now := time.Now()
+		st := g.perIP[ip]
+		if st == nil {
+			if len(g.perIP) >= maxTrackedIPs {
+				g.sweepLocked(now)
+				if len(g.perIP) >= maxTrackedIPs {
+					g.mu.Unlock()
+					return nil, g.count(RefusedTooManyIPs)
+				}
+			}
+			st = &ipState{}
+			if g.rate > 0 {
+				st.lim = rate.NewLimiter(g.rate, g.burst)
+			}
+			g.perIP[ip] = st
+		}
+		if g.maxConns > 0 && st.conns >= g.maxConns {
+			g.mu.Unlock()
+			return nil, g.count(RefusedPerIPConns)
+		}
+		if st.lim != nil && !st.lim.AllowN(now, 1) {
+			g.mu.Unlock()
+			return nil, g.count(RefusedPerIPRate)
+		}
+		st.conns++
+		if now.Sub(g.sweep) > time.Minute {
+			g.sweepLocked(now)
+		}
+		g.mu.Unlock()
+	}
+	if g.token != nil && !g.token.addConn() {
+		if tracked {
+			g.releaseIP(ip)
+		}
+		return nil, g.count(RefusedTokenConns)
+	}
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			if tracked {
+				g.releaseIP(ip)
+			}
+			if g.token != nil {
+				g.token.conns.Add(-1)
+			}
+		})
+	}, ""
+}
+
+func (g *clientGate) releaseIP(ip netip.Addr) {
+	g.mu.Lock()
+	if st := g.perIP[ip]; st != nil {
+		st.conns--
+	}
+	g.mu.Unlock()
+}
+
+// sweepLocked forgets IPs with no connection whose rate allowance is full
+// again, so the table holds only clients that matter now.
+func (g *clientGate) sweepLocked(now time.Time) {
+	g.sweep = now
+	for ip, st := range g.perIP {
+		if st.conns == 0 && (st.lim == nil || st.lim.TokensAt(now) >= float64(g.burst)) {
+			delete(g.perIP, ip)
+		}
+	}
+}
+
+func (g *clientGate) count(reason string) string {
+	c, _ := g.refused.LoadOrStore(reason, new(atomic.Int64))
+	c.(*atomic.Int64).Add(1)
+	return reason
+}
+
+// counts returns the refusals so far, by reason.
+func (g *clientGate) counts() map[string]int64 {
+	out := map[string]int64{}
+	g.refused.Range(func(k, v any) bool {
+		out[k.(string)] = v.(*atomic.Int64).Load()
+		return true
+	})
+	return out
+}
+
+// tokenState is what the relay tracks per token across sessions.
+type tokenState struct {
+	tok     *Token
+	tunnels int // guarded by Relay.mu
+	conns   atomic.Int64
+}
+
+// addConn takes one of the token's connection slots, if it has a cap.
+func (s *tokenState) addConn() bool {
+	n := s.conns.Add(1)
+	if s.tok.MaxConnections > 0 && n > int64(s.tok.MaxConnections) {
+		s.conns.Add(-1)
+		return false
+	}
+	return true
+}

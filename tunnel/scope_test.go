@@ -1,0 +1,354 @@
+package tunnel
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/relaytun/relay/transport"
+)
+
+const gameSecret = "game-secret-0123456789"
+
+// A token's names, ports and max_tunnels rules each refuse with their own
+// sentence, and a freed tunnel slot can be used again.
+func TestTokenScope(t *testing.T) {
+	forEachTransport(t, func(t *testing.T, kind string) {
+		// Each transport's relay gets its own block: the subtests run at once.
+		base := uint16(42000)
+		if kind == TransportTCP {
+			base = 43000
+		}
+		r := startRelay(t, func(c *RelayConfig) {
+			c.Ports = PortSet{{base, base + 999}}
+			c.Tokens = append(c.Tokens, Token{ID: "games", Secret: gameSecret,
+				Names: []string{"game-*"}, Ports: PortSet{{base + 100, base + 109}}, MaxTunnels: 2})
+		})
+		local := startServer(t, echo)
+		game := func(name string, ports PortRange) AgentConfig {
+			cfg := r.agentConfig(kind, local)
+			cfg.Token = gameSecret
+			cfg.Tunnels[0].Name = name
+			cfg.Tunnels[0].Ports = ports
+			return cfg
+		}
+		_, err := runAgent(t, game("web", PortRange{}))
+		if !isRefused(err, CodeForbidden) || !strings.Contains(err.Error(), `"web"`) || !strings.Contains(err.Error(), "names rule allows only game-*") {
+			t.Fatalf("name outside scope: %v", err)
+		}
+		_, err = runAgent(t, game("game-a", PortRange{base + 500, base + 500}))
+		if !isRefused(err, CodePortNotAllowed) || !strings.Contains(err.Error(), fmt.Sprintf(`token "games" may use (its ports rule) (%d-%d)`, base+100, base+109)) {
+			t.Fatalf("port outside the token's ports: %v", err)
+		}
+		a := mustRunAgent(t, game("game-a", PortRange{}))
+		if p := a.Endpoints[0].Port; p < base+100 || p > base+109 {
+			t.Fatalf("tunnel got port %d, outside the token's %d-%d", p, base+100, base+109)
+		}
+		b := game("game-b", PortRange{})
+		b.Tunnels[0].Ports = PortRange{base + 100, base + 109}
+		mustRunAgent(t, b)
+		_, err = runAgent(t, game("game-c", PortRange{}))
+		if !isRefused(err, CodeLimit) || !strings.Contains(err.Error(), "max_tunnels") {
+			t.Fatalf("third tunnel: %v, want a max_tunnels refusal", err)
+		}
+		// The other token is not limited by this one's count.
+		mustRunAgent(t, r.agentConfig(kind, local))
+		a.Stop()
+		waitFor(t, "the slot to free", 5*time.Second, func() bool {
+			_, err := runAgent(t, game("game-c", PortRange{}))
+			return err == nil
+		})
+	})
+}
+
+// holdClient connects to addr and proves the connection reaches the local
+// server, leaving it open.
+func holdClient(t *testing.T, addr string) net.Conn {
+	t.Helper()
+	c := dialPublic(t, addr)
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(c, make([]byte, 1)); err != nil {
+		t.Fatalf("held client got no echo: %v", err)
+	}
+	c.SetDeadline(time.Time{})
+	return c
+}
+
+// refusedAtOnce reports whether a new client of addr is closed without
+// reaching the local server.
+func refusedAtOnce(t *testing.T, addr string) bool {
+	t.Helper()
+	c := dialPublic(t, addr)
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	c.Write([]byte("x"))
+	n, err := c.Read(make([]byte, 1))
+	return n == 0 && err != nil
+}
+
+func refusals(r *testRelay, reason string) int64 {
+	var n int64
+	for _, ti := range r.Relay.Tunnels() {
+		n += ti.Refused[reason]
+	}
+	return n
+}
+
+// max_connections caps the token's open public connections, across its
+// tunnels; a closed connection frees its slot.
+func TestTokenMaxConnections(t *testing.T) {
+	forEachTransport(t, func(t *testing.T, kind string) {
+		r := startRelay(t, func(c *RelayConfig) { c.Tokens[0].MaxConnections = 2 })
+		a := mustRunAgent(t, r.agentConfig(kind, startServer(t, echo), startServer(t, echo)))
+		c1 := holdClient(t, a.Public(0))
+		holdClient(t, a.Public(1))
+		if !refusedAtOnce(t, a.Public(0)) {
+			t.Fatal("a third connection over max_connections = 2 reached the server")
+		}
+		if n := refusals(r, RefusedTokenConns); n != 1 {
+			t.Fatalf("token_conns refusals = %d, want 1", n)
+		}
+		c1.Close()
+		waitFor(t, "the slot to free", 5*time.Second, func() bool {
+			return r.Relay.Tunnels()[0].Connections+r.Relay.Tunnels()[1].Connections < 2
+		})
+		holdClient(t, a.Public(1))
+	})
+}
+
+// Per-IP connection and rate limits turn away the excess at once and count
+// it; other clients are untouched.
+func TestPerIPLimits(t *testing.T) {
+	forEachTransport(t, func(t *testing.T, kind string) {
+		r := startRelay(t, func(c *RelayConfig) { c.Clients = ClientLimits{MaxConnsPerIP: 3} })
+		a := mustRunAgent(t, r.agentConfig(kind, startServer(t, echo)))
+		for range 3 {
+			holdClient(t, a.Public(0))
+		}
+		if !refusedAtOnce(t, a.Public(0)) {
+			t.Fatal("a 4th connection from one IP reached the server with per-IP max 3")
+		}
+		if n := refusals(r, RefusedPerIPConns); n != 1 {
+			t.Fatalf("per_ip_conns refusals = %d, want 1", n)
+		}
+
+		// Rate: 20 connections at once against 2/s with a burst of 5.
+		r2 := startRelay(t, func(c *RelayConfig) { c.Clients = ClientLimits{RatePerIP: 2, BurstPerIP: 5} })
+		b := mustRunAgent(t, r2.agentConfig(kind, startServer(t, echo)))
+		ok := 0
+		for range 20 {
+			if !refusedAtOnce(t, b.Public(0)) {
+				ok++
+			}
+		}
+		if ok < 5 || ok > 7 {
+			t.Fatalf("%d of 20 rapid connections got through at 2/s with burst 5; want about 5", ok)
+		}
+		if n := refusals(r2, RefusedPerIPRate); n != int64(20-ok) {
+			t.Fatalf("per_ip_rate refusals = %d, want %d", n, 20-ok)
+		}
+	})
+}
+
+// Allow and deny lists from the relay, the token and the agent all apply.
+func TestAllowDeny(t *testing.T) {
+	forEachTransport(t, func(t *testing.T, kind string) {
+		local := startServer(t, echo)
+		for _, tc := range []struct {
+			name         string
+			relay, token ClientLimits
+			agent        TunnelSpec
+			admitted     bool
+		}{
+			{name: "agent allows other nets", agent: TunnelSpec{Allow: pfx("10.0.0.0/8")}},
+			{name: "agent denies loopback", agent: TunnelSpec{Deny: pfx("127.0.0.0/8")}},
+			{name: "agent allows loopback", agent: TunnelSpec{Allow: pfx("127.0.0.1/32")}, admitted: true},
+			{name: "relay denies, agent allows", relay: ClientLimits{Deny: pfx("127.0.0.1/32")}, agent: TunnelSpec{Allow: pfx("127.0.0.0/8")}},
+			{name: "token allows other nets", token: ClientLimits{Allow: pfx("192.0.2.0/24")}},
+			{name: "all allow", relay: ClientLimits{Allow: pfx("127.0.0.0/8")}, token: ClientLimits{Allow: pfx("127.0.0.1/32")}, admitted: true},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				r := startRelay(t, func(c *RelayConfig) {
+					c.Clients = tc.relay
+					c.Tokens[0].Clients = tc.token
+				})
+				cfg := r.agentConfig(kind, local)
+				cfg.Tunnels[0].Allow, cfg.Tunnels[0].Deny = tc.agent.Allow, tc.agent.Deny
+				a := mustRunAgent(t, cfg)
+				if got := !refusedAtOnce(t, a.Public(0)); got != tc.admitted {
+					t.Fatalf("admitted = %v, want %v", got, tc.admitted)
+				}
+				if want := map[bool]int64{true: 0, false: 1}[tc.admitted]; refusals(r, RefusedDenied) != want {
+					t.Fatalf("denied count = %d, want %d", refusals(r, RefusedDenied), want)
+				}
+			})
+		}
+	})
+}
+
+func pfx(ss ...string) []netip.Prefix {
+	p, err := ParsePrefixes(ss)
+	if err != nil {
+		panic(err)
+	}
+	return p
+}
+
+// A proof captured on one session is refused on another: it is bound to the
+// first session's nonce and TLS keying material.
+func TestProofReplay(t *testing.T) {
+	forEachTransport(t, func(t *testing.T, kind string) {
+		r := startRelay(t, nil)
+		s1 := dialRaw(t, r, kind)
+		ctl1, _ := s1.OpenStream(context.Background())
+		ctl1.SetDeadline(time.Now().Add(5 * time.Second))
+		WriteMessage(ctl1, &Hello{Version: ProtocolVersion, KeyID: KeyID(testSecret)})
+		m, err := ReadMessage(ctl1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ekm1, _ := sessionBinding(s1)
+		captured := Proof(testSecret, m.(*Challenge).Nonce, ekm1)
+
+		for _, variant := range []string{"captured proof", "new nonce, old session's keying material"} {
+			s2 := dialRaw(t, r, kind)
+			ctl2, _ := s2.OpenStream(context.Background())
+			ctl2.SetDeadline(time.Now().Add(5 * time.Second))
+			WriteMessage(ctl2, &Hello{Version: ProtocolVersion, KeyID: KeyID(testSecret)})
+			m, err := ReadMessage(ctl2)
+			if err != nil {
+				t.Fatal(err)
+			}
+			proof := captured
+			if variant != "captured proof" {
+				proof = Proof(testSecret, m.(*Challenge).Nonce, ekm1)
+			}
+			WriteMessage(ctl2, &Auth{Proof: proof})
+			m, err = ReadMessage(ctl2)
+			if e, ok := m.(*Error); !ok || e.Code != CodeUnauthorized {
+				t.Fatalf("%s: relay answered %#v, %v; want unauthorized", variant, m, err)
+			}
+			s2.Close()
+		}
+	})
+}
+
+// Sessions that connect but never authenticate are capped, and closed at
+// the deadline.
+func TestPendingSessionCap(t *testing.T) {
+	forEachTransport(t, func(t *testing.T, kind string) {
+		r := startRelay(t, func(c *RelayConfig) { c.MaxPendingSessions = 2 })
+		held := []transport.Session{dialRaw(t, r, kind), dialRaw(t, r, kind)}
+		waitFor(t, "two pending sessions", 5*time.Second, func() bool { return len(r.Relay.pending) == 2 })
+		third := dialRaw(t, r, kind)
+		select {
+		case <-third.Done():
+		case <-time.After(5 * time.Second):
+			// TLS+smux learns of the close on its next read.
+			if _, err := third.AcceptStream(context.Background()); err == nil {
+				t.Fatal("a session over the pending cap was kept")
+			}
+		}
+		for _, s := range held {
+			s.Close()
+		}
+		waitFor(t, "slots to free", 5*time.Second, func() bool { return len(r.Relay.pending) == 0 })
+		mustRunAgent(t, r.agentConfig(kind, startServer(t, echo)))
+	})
+}
+
+// 300 TCP connections that never finish a handshake are all closed by the
+// deadline (or at once, past the handshake cap), while an existing tunnel
+// keeps carrying its clients.
+func TestIdleHandshakeFlood(t *testing.T) {
+	r := startRelayWith(t, nil, func(o *transport.Options) { o.HandshakeTimeout = time.Second })
+	a := mustRunAgent(t, r.agentConfig(TransportTCP, startServer(t, echo)))
+	conns := make([]net.Conn, 0, 300)
+	for range 300 {
+		c, err := net.Dial("tcp", r.Addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+	}
+	roundTrip(t, a.Public(0), "existing tunnel during the flood")
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	open := 0
+	for _, c := range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer c.Close()
+			c.SetReadDeadline(time.Now().Add(10 * time.Second))
+			if _, err := io.Copy(io.Discard, c); err != nil {
+				mu.Lock()
+				open++ // the deadline above, not the relay, ended it
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	if open > 0 {
+		t.Fatalf("%d of 300 idle connections were still open 10 s later (handshake timeout 1 s)", open)
+	}
+	roundTrip(t, a.Public(0), "existing tunnel after the flood")
+}
+
+// A flood of public connections beyond the per-IP limit costs the relay
+// little memory and does not stop another client's transfer.
+func TestPublicFlood(t *testing.T) {
+	r := startRelay(t, func(c *RelayConfig) { c.Clients = ClientLimits{MaxConnsPerIP: 50} })
+	a := mustRunAgent(t, r.agentConfig(TransportQUIC, startServer(t, echo)))
+	runtime.GC()
+	var before runtime.MemStats
+	runtime.ReadMemStats(&before)
+
+	done := make(chan error, 1)
+	go func() {
+		c, err := net.Dial("tcp", a.Public(0))
+		if err != nil {
+			done <- err
+			return
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(30 * time.Second))
+		want := make([]byte, 4<<20)
+		go func() { c.Write(want); c.(*net.TCPConn).CloseWrite() }()
+		n, err := io.Copy(io.Discard, c)
+		if err == nil && n != int64(len(want)) {
+			err = fmt.Errorf("echoed %d of %d bytes", n, len(want))
+		}
+		done <- err
+	}()
+	var conns []net.Conn
+	for range 2000 {
+		if c, err := net.Dial("tcp", a.Public(0)); err == nil {
+			conns = append(conns, c)
+		}
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("transfer during the flood: %v", err)
+	}
+	waitFor(t, "refusals to be counted", 10*time.Second, func() bool { return refusals(r, RefusedPerIPConns) >= 1900 })
+	runtime.GC()
+	var after runtime.MemStats
+	runtime.ReadMemStats(&after)
+	for _, c := range conns {
+		c.Close()
+	}
+	// Relay, agent, local server and 2000 client sockets share this process.
+	if grew := int64(after.HeapInuse) - int64(before.HeapInuse); grew > 64<<20 {
+		t.Fatalf("heap grew by %d MiB during a 2000-connection flood", grew>>20)
+	}
+}
