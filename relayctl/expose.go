@@ -4,8 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"io/fs"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -33,11 +36,14 @@ var exposeCommand = &cli.Command{
 	Flags: []cli.Flag{
 		&cli.StringFlag{Name: "relay", Aliases: []string{"r"}, EnvVars: []string{"RELAY_ADDR"}, Usage: "the relay's `HOST:PORT` (port 7000 if left out)"},
 		&cli.StringFlag{Name: "token", Aliases: []string{"t"}, EnvVars: []string{"RELAY_TOKEN"}, Usage: "the `SECRET` the relay knows you by"},
+		&cli.StringFlag{Name: "token-file", EnvVars: []string{"RELAY_TOKEN_FILE"}, Usage: "read the secret from `FILE` instead of --token, so it shows in no process list"},
 		&cli.StringFlag{Name: "fingerprint", EnvVars: []string{"RELAY_FINGERPRINT"}, Usage: "pin the relay's key (`SHA256:…`, from `relayd fingerprint`)"},
 		&cli.StringFlag{Name: "transport", Value: tunnel.TransportAuto, EnvVars: []string{"RELAY_TRANSPORT"}, Usage: "auto, quic or tcp; auto tries QUIC and falls back to TCP when UDP is blocked"},
 		&cli.StringFlag{Name: "name", Usage: "tunnel `NAME` on the relay (default: from LOCAL, e.g. localhost-8080)"},
 		&cli.StringFlag{Name: "port", Usage: "public port `N` or a range A-B to pick from (default: any the relay allows)"},
 		&cli.StringFlag{Name: "proto", Value: "tcp", Usage: "tcp (UDP tunnels are not in this build yet)"},
+		&cli.StringSliceFlag{Name: "allow", Usage: "admit only public clients from `CIDR` (or a bare IP); repeat it or separate with commas"},
+		&cli.StringSliceFlag{Name: "deny", Usage: "turn away public clients from `CIDR` (or a bare IP); repeat it or separate with commas"},
 		&cli.StringFlag{Name: "known-relays", EnvVars: []string{"RELAY_KNOWN_RELAYS"}, Usage: "`FILE` of relay keys trusted on first use (default: ~/.config/relayctl/known_relays)"},
 		&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error"},
 		&cli.StringFlag{Name: "log-format", Value: "text", Usage: "text or json"},
@@ -90,8 +96,17 @@ func exposeConfig(c *cli.Context) (tunnel.AgentConfig, error) {
 	}
 	cfg.Relay = relay
 	cfg.Token = c.String("token")
-	if cfg.Token == "" {
-		return usage("--token (or RELAY_TOKEN) is required: the secret from the relay's operator (relayd prints one on first start)")
+	switch file := c.String("token-file"); {
+	case cfg.Token != "" && file != "":
+		return usage("--token and --token-file are both set (RELAY_TOKEN and RELAY_TOKEN_FILE count as well): use one")
+	case file != "":
+		secret, err := readTokenFile(file)
+		if err != nil {
+			return usage("--token-file: %v", err)
+		}
+		cfg.Token = secret
+	case cfg.Token == "":
+		return usage("--token or --token-file (or RELAY_TOKEN, RELAY_TOKEN_FILE) is required: the secret from the relay's operator (relayd prints one on first start)")
 	}
 	cfg.Transport = c.String("transport")
 	switch cfg.Transport {
@@ -137,6 +152,14 @@ func exposeConfig(c *cli.Context) (tunnel.AgentConfig, error) {
 		}
 		ports = r
 	}
+	allow, err := prefixFlag(c, "allow")
+	if err != nil {
+		return usage("%v", err)
+	}
+	deny, err := prefixFlag(c, "deny")
+	if err != nil {
+		return usage("%v", err)
+	}
 	name := c.String("name")
 	if name != "" && !tunnel.ValidName(name) {
 		return usage("--name %q is invalid: use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit", name)
@@ -146,7 +169,7 @@ func exposeConfig(c *cli.Context) (tunnel.AgentConfig, error) {
 		if err != nil {
 			return usage("%v", err)
 		}
-		t := tunnel.TunnelSpec{Name: deriveName(local), Local: local, Ports: ports}
+		t := tunnel.TunnelSpec{Name: deriveName(local), Local: local, Ports: ports, Allow: allow, Deny: deny}
 		if name != "" {
 			t.Name = name
 			if c.NArg() > 1 {
@@ -160,6 +183,65 @@ func exposeConfig(c *cli.Context) (tunnel.AgentConfig, error) {
 		return usage("%v", err)
 	}
 	return cfg, nil
+}
+
+// maxTokenFile bounds --token-file: it holds one secret, not a document.
+const maxTokenFile = 4 << 10
+
+// readTokenFile reads the secret from path, trimming surrounding
+// whitespace. Errors name the file.
+func readTokenFile(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", fmt.Errorf("cannot read %s: %v", path, pathErr(err))
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, maxTokenFile+1))
+	if err != nil {
+		return "", fmt.Errorf("cannot read %s: %v", path, pathErr(err))
+	}
+	if len(data) > maxTokenFile {
+		return "", fmt.Errorf("%s is larger than %d bytes: it should hold the token's secret alone", path, maxTokenFile)
+	}
+	secret := strings.TrimSpace(string(data))
+	if secret == "" {
+		return "", fmt.Errorf("%s is empty: it should hold the token's secret", path)
+	}
+	return secret, nil
+}
+
+// pathErr drops the operation and path from a *fs.PathError, for messages
+// that name the file already.
+func pathErr(err error) error {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
+}
+
+// prefixFlag parses --allow or --deny: CIDR prefixes or bare IPs, the flag
+// repeated or its values separated by commas.
+func prefixFlag(c *cli.Context, flag string) ([]netip.Prefix, error) {
+	var ss []string
+	for _, v := range c.StringSlice(flag) {
+		for s := range strings.SplitSeq(v, ",") {
+			if s = strings.TrimSpace(s); s != "" {
+				ss = append(ss, s)
+			}
+		}
+	}
+	if len(ss) == 0 {
+		return nil, nil
+	}
+	if len(ss) > tunnel.MaxPrefixes {
+		return nil, fmt.Errorf("--%s: %d prefixes given, at most %d: use wider prefixes", flag, len(ss), tunnel.MaxPrefixes)
+	}
+	ps, err := tunnel.ParsePrefixes(ss)
+	if err != nil {
+		return nil, fmt.Errorf("--%s: %v", flag, err)
+	}
+	return ps, nil
 }
 
 // agentExit turns Run's result into the exit status and one line that says

@@ -5,6 +5,7 @@ package main
 // refusals on stderr, signals.
 
 import (
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -98,6 +99,10 @@ func TestRefusals(t *testing.T) {
 	taken := pt.URLRE.FindStringSubmatch(urls[0])[1]
 	wrongFP := "SHA256:" + strings.Repeat("A", 43)
 	down := pt.ClosedPort(t)
+	tokenFile := pt.WriteSecret(t, pt.TestSecret)
+	emptyFile := pt.WriteSecret(t, "  ")
+	missingFile := filepath.Join(t.TempDir(), "no-token")
+	seventeen := strings.TrimSuffix(strings.Repeat("10.0.0.0/8,", 17), ",")
 
 	ok := []string{"--relay", r.Addr, "--token", pt.TestSecret, "--fingerprint", r.FP}
 	tests := []struct {
@@ -116,7 +121,17 @@ func TestRefusals(t *testing.T) {
 		{"relay unreachable", nil, []string{local, "--relay", down, "--token", pt.TestSecret, "--fingerprint", r.FP}, exitFailure, "could not reach the relay"},
 		{"relay unreachable tcp", nil, []string{local, "--relay", down, "--token", pt.TestSecret, "--fingerprint", r.FP, "--transport", "tcp"}, exitFailure, "could not reach the relay"},
 		{"no relay", nil, []string{local, "--token", pt.TestSecret, "--fingerprint", r.FP}, exitUsage, "--relay"},
-		{"no token", nil, []string{local, "--relay", r.Addr, "--fingerprint", r.FP}, exitUsage, "--token"},
+		{"no token", nil, []string{local, "--relay", r.Addr, "--fingerprint", r.FP}, exitUsage, "--token or --token-file"},
+		{"token and token file", nil, []string{local, "--relay", r.Addr, "--fingerprint", r.FP, "--token", pt.TestSecret, "--token-file", tokenFile}, exitUsage, "--token and --token-file are both set"},
+		{"token env and token file", []string{"RELAY_TOKEN=" + pt.TestSecret}, []string{local, "--relay", r.Addr, "--fingerprint", r.FP, "--token-file", tokenFile}, exitUsage, "--token and --token-file are both set"},
+		{"token and token file env", []string{"RELAY_TOKEN_FILE=" + tokenFile}, []string{local, "--relay", r.Addr, "--fingerprint", r.FP, "--token", pt.TestSecret}, exitUsage, "--token and --token-file are both set"},
+		{"token file missing", nil, []string{local, "--relay", r.Addr, "--fingerprint", r.FP, "--token-file", missingFile}, exitUsage, "--token-file: cannot read " + missingFile + ": no such file"},
+		{"token file empty", nil, []string{local, "--relay", r.Addr, "--fingerprint", r.FP, "--token-file", emptyFile}, exitUsage, "--token-file: " + emptyFile + " is empty"},
+		{"token file a folder", nil, []string{local, "--relay", r.Addr, "--fingerprint", r.FP, "--token-file", filepath.Dir(emptyFile)}, exitUsage, "--token-file: cannot read " + filepath.Dir(emptyFile)},
+		{"token file wrong secret", nil, []string{local, "--relay", r.Addr, "--fingerprint", r.FP, "--token-file", pt.WriteSecret(t, "not-the-right-secret")}, exitRefused, "token not accepted"},
+		{"bad allow", nil, append([]string{local, "--allow", "10.0.0.0/8", "--allow", "nope"}, ok...), exitUsage, `--allow: "nope" is not an IP address or CIDR prefix`},
+		{"bad deny in a list", nil, append([]string{local, "--deny", "10.0.0.0/8,10.0.0.0/40"}, ok...), exitUsage, `--deny: "10.0.0.0/40" is not`},
+		{"too many deny", nil, append([]string{local, "--deny", seventeen}, ok...), exitUsage, "--deny: 17 prefixes given, at most 16"},
 		{"no local", nil, ok, exitUsage, "LOCAL"},
 		{"local not a port", nil, append([]string{"notaport"}, ok...), exitUsage, `"notaport"`},
 		{"local port too big", nil, append([]string{"70000"}, ok...), exitUsage, "1-65535"},
@@ -233,5 +248,145 @@ func TestTrustOnFirstUse(t *testing.T) {
 	}
 	if data, _ := os.ReadFile(known); string(data) != other {
 		t.Errorf("known relays file changed to %q", data)
+	}
+}
+
+// TestTokenFile: --token-file and RELAY_TOKEN_FILE carry the secret, so it
+// shows in no process list.
+func TestTokenFile(t *testing.T) {
+	t.Parallel()
+	r := pt.NewRelayd(t, pt.TokensTOML)
+	local := pt.StartEcho(t, "file:")
+	file := pt.WriteSecret(t, "\n  "+pt.TestSecret+"  \n") // whitespace around it is dropped
+	for _, tc := range []struct {
+		name string
+		env  []string
+		args []string
+	}{
+		{"flag", nil, []string{"--token-file", file}},
+		{"env", []string{"RELAY_TOKEN_FILE=" + file}, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			p, urls := pt.StartExpose(t, 1, tc.env, append([]string{local, "--relay", r.Addr, "--fingerprint", r.FP}, tc.args...)...)
+			pt.CheckEcho(t, urls[0], "file:", 4096)
+			cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", p.Pid()))
+			if err == nil && strings.Contains(string(cmdline), pt.TestSecret) {
+				t.Errorf("the secret is on relayctl's command line: %q", cmdline)
+			}
+			if strings.Contains(p.Stderr.String(), pt.TestSecret) {
+				t.Errorf("relayctl logged the secret:\n%s", p.Stderr.String())
+			}
+		})
+	}
+}
+
+// TestScopedTokens: a token's names, ports and max_tunnels are enforced,
+// and a refusal exits 3 with one line naming the rule.
+func TestScopedTokens(t *testing.T) {
+	t.Parallel()
+	const (
+		gameSecret = "game-secret-0123456789"
+		oneSecret  = "one-secret-0123456789"
+		portSecret = "port-secret-0123456789"
+	)
+	var scoped int
+	r := pt.NewRelaydFunc(t, func(low, high int) string {
+		scoped = low + 5
+		return fmt.Sprintf("[[tokens]]\nid = \"game\"\nsecret = %q\nnames = [\"game-*\"]\n\n"+
+			"[[tokens]]\nid = \"one\"\nsecret = %q\nmax_tunnels = 1\n\n"+
+			"[[tokens]]\nid = \"port\"\nsecret_file = %q\nports = \"%d\"\n",
+			gameSecret, oneSecret, pt.WriteSecret(t, portSecret), scoped)
+	})
+	local := pt.StartEcho(t, "scope:")
+	args := func(secret string, more ...string) []string {
+		return append([]string{"expose", local, "--relay", r.Addr, "--fingerprint", r.FP, "--token", secret}, more...)
+	}
+	refused := func(t *testing.T, args []string, want ...string) {
+		t.Helper()
+		out, errOut, code := pt.Run(t, nil, pt.RelayctlBin, args...)
+		if code != exitRefused {
+			t.Errorf("exit %d, want %d", code, exitRefused)
+		}
+		if out != "" {
+			t.Errorf("stdout %q, want nothing", out)
+		}
+		last := pt.LastLine(errOut)
+		if !strings.HasPrefix(last, "relayctl: the relay refused: ") {
+			t.Errorf("stderr ends %q, want \"relayctl: the relay refused: …\"", last)
+		}
+		for _, w := range want {
+			if !strings.Contains(last, w) {
+				t.Errorf("stderr ends %q, want it to say %q", last, w)
+			}
+		}
+	}
+
+	t.Run("names", func(t *testing.T) {
+		t.Parallel()
+		refused(t, args(gameSecret, "--name", "web"), `"web"`, "names", "game-*")
+		refused(t, args(gameSecret), `"127.0.0.1-`, "names") // the name made from LOCAL
+		_, urls := pt.StartExpose(t, 1, nil, args(gameSecret, "--name", "game-1")[1:]...)
+		pt.CheckEcho(t, urls[0], "scope:", 1024)
+	})
+	t.Run("max_tunnels", func(t *testing.T) {
+		t.Parallel()
+		first, urls := pt.StartExpose(t, 1, nil, args(oneSecret)[1:]...)
+		pt.CheckEcho(t, urls[0], "scope:", 1024)
+		refused(t, args(oneSecret), "max_tunnels")
+		// Two LOCALs in one session count as two.
+		pt.Stopped(t, first, syscall.SIGTERM)
+		local2 := pt.StartEcho(t, "")
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			_, errOut, code := pt.Run(t, nil, pt.RelayctlBin, args(oneSecret, local2)...)
+			if code == exitRefused && strings.Contains(pt.LastLine(errOut), "max_tunnels") {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("two LOCALs with max_tunnels = 1: exit %d, stderr ends %q; want a max_tunnels refusal", code, pt.LastLine(errOut))
+			}
+			time.Sleep(50 * time.Millisecond) // the first tunnel's release may lag its agent's exit
+		}
+	})
+	t.Run("ports", func(t *testing.T) {
+		t.Parallel()
+		refused(t, args(portSecret, "--port", strconv.Itoa(scoped+1)), "ports rule", strconv.Itoa(scoped))
+		_, urls := pt.StartExpose(t, 1, nil, args(portSecret)[1:]...)
+		if want := fmt.Sprintf("tcp://127.0.0.1:%d", scoped); urls[0] != want {
+			t.Errorf("got %s, want %s: the token's only port", urls[0], want)
+		}
+		pt.CheckEcho(t, urls[0], "scope:", 1024)
+	})
+}
+
+// TestAllowDeny: --allow and --deny reach the relay, which turns away the
+// clients they exclude.
+func TestAllowDeny(t *testing.T) {
+	t.Parallel()
+	r := pt.NewRelayd(t, pt.TokensTOML)
+	for _, tc := range []struct {
+		name  string
+		flags []string
+		ok    bool
+	}{
+		{"deny loopback", []string{"--deny", "127.0.0.1"}, false},
+		{"deny list", []string{"--deny", "192.0.2.0/24, 127.0.0.0/8"}, false},
+		{"allow elsewhere", []string{"--allow", "10.0.0.0/8", "--allow", "192.0.2.1"}, false},
+		{"allow loopback", []string{"--allow", "10.0.0.0/8,127.0.0.0/8"}, true},
+		{"allow but deny", []string{"--allow", "127.0.0.0/8", "--deny", "127.0.0.1/32"}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			a, b := pt.StartEcho(t, "ad:"), pt.StartEcho(t, "ad:")
+			_, urls := pt.StartExpose(t, 2, nil, append([]string{a, b, "--relay", r.Addr, "--token", pt.TestSecret, "--fingerprint", r.FP}, tc.flags...)...)
+			for _, u := range urls { // every tunnel gets the lists
+				if tc.ok {
+					pt.CheckEcho(t, u, "ad:", 1024)
+				} else {
+					pt.CheckTurnedAway(t, u)
+				}
+			}
+		})
 	}
 }

@@ -19,6 +19,9 @@ var checkCommand = &cli.Command{
 		if err != nil {
 			return cli.Exit(err.Error(), 1)
 		}
+		for _, w := range readableSecrets(cfg) {
+			fmt.Fprintf(c.App.ErrWriter, "relayd: warning: %s: %s (mode %04o): %s\n", w.file, w.msg, w.mode, w.fix)
+		}
 		fmt.Fprintf(c.App.Writer, "%s: ok (listen %s, ports %s, %d token(s))\n",
 			c.String("config"), cfg.Relay.Listen, cfg.Relay.Ports, len(cfg.Tokens))
 		return nil

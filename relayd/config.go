@@ -3,7 +3,11 @@ package main
 import (
 	"errors"
 	"fmt"
+	"io"
+	"io/fs"
+	"math"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -20,6 +24,7 @@ import (
 // sample relay.toml at the top of the repository documents each one.
 type Config struct {
 	Relay  RelaySection   `toml:"relay"`
+	Limits LimitsSection  `toml:"limits"`
 	Log    LogSection     `toml:"log"`
 	Tokens []TokenSection `toml:"tokens"`
 
@@ -40,6 +45,25 @@ type RelaySection struct {
 	HandshakeTimeout Duration `toml:"handshake_timeout"`
 	IdleTimeout      Duration `toml:"idle_timeout"`
 	KeepAlive        Duration `toml:"keepalive"`
+	// MaxHandshakes caps TCP+TLS handshakes in progress at once.
+	MaxHandshakes int `toml:"max_handshakes"`
+}
+
+// ClientSection holds the limits on a tunnel's public clients, per source
+// IP: the relay-wide ones in [limits], and a token's own in [[tokens]].
+type ClientSection struct {
+	PerIPConnections int      `toml:"per_ip_connections"` // open at once; 0: no limit
+	PerIPRate        float64  `toml:"per_ip_rate"`        // new connections per second; 0: no limit
+	PerIPBurst       int      `toml:"per_ip_burst"`       // 0: twice the rate
+	Allow            []string `toml:"allow"`              // CIDR prefixes or bare IPs
+	Deny             []string `toml:"deny"`
+}
+
+// LimitsSection is [limits]: the defaults for every tunnel's public
+// clients, and the cap on sessions still authenticating.
+type LimitsSection struct {
+	ClientSection
+	MaxPendingSessions int `toml:"max_pending_sessions"`
 }
 
 // LogSection is [log].
@@ -48,10 +72,29 @@ type LogSection struct {
 	Format string `toml:"format"`
 }
 
-// TokenSection is one [[tokens]] table.
+// TokenSection is one [[tokens]] table: a credential and what it may do.
+// Every limit is off when left out (0, or empty).
 type TokenSection struct {
-	ID     string `toml:"id"`
-	Secret string `toml:"secret"`
+	ID string `toml:"id"`
+	// Exactly one of Secret and SecretFile: the secret itself, or a file
+	// holding it (read at load, surrounding whitespace trimmed).
+	Secret     string `toml:"secret"`
+	SecretFile string `toml:"secret_file"`
+	// Names are glob patterns ("game-*") a tunnel name must match.
+	Names []string `toml:"names"`
+	// Ports are the public ports the token may use, within [relay] ports.
+	Ports          string `toml:"ports"`
+	MaxTunnels     int    `toml:"max_tunnels"`
+	MaxConnections int    `toml:"max_connections"`
+	// UDP allows UDP tunnels; left out, it is true.
+	UDP *bool `toml:"udp"`
+	// The token's own public-client limits; see tunnel.Token.Clients.
+	ClientSection
+
+	// secret is the secret in effect (Secret, or SecretFile's content), and
+	// secretPath the file it came from, resolved; both set by Validate.
+	secret     string
+	secretPath string
 }
 
 // DefaultConfig is what relayd runs with when no file is given.
@@ -63,6 +106,11 @@ func DefaultConfig() Config {
 			HandshakeTimeout: Duration{10 * time.Second},
 			IdleTimeout:      Duration{15 * time.Second},
 			KeepAlive:        Duration{5 * time.Second},
+			MaxHandshakes:    256,
+		},
+		Limits: LimitsSection{
+			ClientSection:      ClientSection{Allow: []string{}, Deny: []string{}},
+			MaxPendingSessions: 256,
 		},
 		Log: LogSection{Level: "info", Format: "text"},
 	}
@@ -207,7 +255,8 @@ func (c *Config) Validate() error {
 	if _, port, err := net.SplitHostPort(r.Listen); err != nil || port == "" {
 		return c.fail("relay.listen", "%q is not host:port (for example \"0.0.0.0:7000\")", r.Listen)
 	}
-	if _, err := tunnel.ParsePortSet(r.Ports); err != nil {
+	relayPorts, err := tunnel.ParsePortSet(r.Ports)
+	if err != nil {
 		return c.fail("relay.ports", "%v", err)
 	}
 	if r.CertFile != "" && r.KeyFile == "" {
@@ -227,6 +276,15 @@ func (c *Config) Validate() error {
 	if r.KeepAlive.Duration >= r.IdleTimeout.Duration {
 		return c.fail("relay.keepalive", "must be shorter than idle_timeout (%v)", r.IdleTimeout)
 	}
+	if r.MaxHandshakes < 1 {
+		return c.fail("relay.max_handshakes", "must be at least 1 (the default is 256)")
+	}
+	if _, err := c.clientLimits("limits", -1, c.Limits.ClientSection); err != nil {
+		return err
+	}
+	if c.Limits.MaxPendingSessions < 1 {
+		return c.fail("limits.max_pending_sessions", "must be at least 1 (the default is 256)")
+	}
 	if _, err := parseLevel(c.Log.Level); err != nil {
 		return c.fail("log.level", "%v", err)
 	}
@@ -235,7 +293,8 @@ func (c *Config) Validate() error {
 	}
 	ids := map[string]bool{}
 	secrets := map[string]string{}
-	for i, t := range c.Tokens {
+	for i := range c.Tokens {
+		t := &c.Tokens[i]
 		if t.ID == "" {
 			return c.failAt("tokens.id", i, "token %d has no id", i+1)
 		}
@@ -243,15 +302,169 @@ func (c *Config) Validate() error {
 			return c.failAt("tokens.id", i, "token id %q is used twice", t.ID)
 		}
 		ids[t.ID] = true
-		if len(t.Secret) < tunnel.MinSecretLen {
-			return c.failAt("tokens.secret", i, "token %q: secret must be at least %d characters (try `openssl rand -base64 24`)", t.ID, tunnel.MinSecretLen)
+		if err := c.resolveSecret(i); err != nil {
+			return err
 		}
-		if other, ok := secrets[t.Secret]; ok {
-			return c.failAt("tokens.secret", i, "tokens %q and %q have the same secret", other, t.ID)
+		if other, ok := secrets[t.secret]; ok {
+			return c.failAt(t.secretKey(), i, "tokens %q and %q have the same secret", other, t.ID)
 		}
-		secrets[t.Secret] = t.ID
+		secrets[t.secret] = t.ID
+		if _, err := c.token(i, relayPorts); err != nil {
+			return err
+		}
 	}
 	return nil
+}
+
+// maxSecretFile bounds a secret_file: it holds one secret, not a document.
+const maxSecretFile = 4 << 10
+
+// resolveSecret sets the index-th token's secret from secret or
+// secret_file; a relative secret_file is taken from the config's folder.
+func (c *Config) resolveSecret(i int) error {
+	t := &c.Tokens[i]
+	t.secret, t.secretPath = t.Secret, ""
+	switch {
+	case t.Secret != "" && t.SecretFile != "":
+		return c.failAt("tokens.secret_file", i, "token %q sets both secret and secret_file: keep one", t.ID)
+	case t.Secret == "" && t.SecretFile == "":
+		return c.failAt("tokens.secret", i, "token %q has no secret: set secret, or secret_file to a file holding it", t.ID)
+	case t.SecretFile != "":
+		path := t.SecretFile
+		if !filepath.IsAbs(path) && c.file != "" {
+			path = filepath.Join(filepath.Dir(c.file), path)
+		}
+		secret, err := readSecretFile(path)
+		if err != nil {
+			return c.failAt("tokens.secret_file", i, "token %q: %v", t.ID, err)
+		}
+		t.secret, t.secretPath = secret, path
+		if len(secret) < tunnel.MinSecretLen {
+			return c.failAt("tokens.secret_file", i, "token %q: the secret in %s is shorter than %d characters (`openssl rand -base64 24 > %s` makes one)",
+				t.ID, path, tunnel.MinSecretLen, path)
+		}
+		return nil
+	}
+	if len(t.Secret) < tunnel.MinSecretLen {
+		return c.failAt("tokens.secret", i, "token %q: secret must be at least %d characters (try `openssl rand -base64 24`)", t.ID, tunnel.MinSecretLen)
+	}
+	return nil
+}
+
+// readSecretFile reads a secret from path, trimming surrounding whitespace.
+// Errors name the file.
+func readSecretFile(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", fmt.Errorf("cannot read %s: %v", path, pathErr(err))
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, maxSecretFile+1))
+	if err != nil {
+		return "", fmt.Errorf("cannot read %s: %v", path, pathErr(err))
+	}
+	if len(data) > maxSecretFile {
+		return "", fmt.Errorf("%s is larger than %d bytes: it should hold the secret alone", path, maxSecretFile)
+	}
+	return strings.TrimSpace(string(data)), nil
+}
+
+// pathErr drops the operation and path from a *fs.PathError, for messages
+// that name the file already.
+func pathErr(err error) error {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
+}
+
+// secretKey is the key the token's secret came from, for messages.
+func (t *TokenSection) secretKey() string {
+	if t.secretPath != "" {
+		return "tokens.secret_file"
+	}
+	return "tokens.secret"
+}
+
+// token checks the index-th [[tokens]] table (after resolveSecret) and
+// turns it into the relay's tunnel.Token. relayPorts is [relay] ports.
+func (c *Config) token(i int, relayPorts tunnel.PortSet) (tunnel.Token, error) {
+	t := &c.Tokens[i]
+	tok := tunnel.Token{ID: t.ID, Secret: t.secret, MaxTunnels: t.MaxTunnels, MaxConnections: t.MaxConnections}
+	for _, p := range t.Names {
+		if err := tunnel.ValidNamePattern(p); err != nil {
+			return tok, c.failAt("tokens.names", i, "token %q: %v (patterns use * ? and [a-z], as in \"game-*\")", t.ID, err)
+		}
+	}
+	tok.Names = t.Names
+	if strings.TrimSpace(t.Ports) != "" {
+		ports, err := tunnel.ParsePortSet(t.Ports)
+		if err != nil {
+			return tok, c.failAt("tokens.ports", i, "token %q: %v", t.ID, err)
+		}
+		for _, r := range ports {
+			for p := int(r.Low); p <= int(r.High); p++ {
+				if !relayPorts.Contains(uint16(p)) {
+					return tok, c.failAt("tokens.ports", i, "token %q: port %d is outside [relay] ports (%s)", t.ID, p, relayPorts)
+				}
+			}
+		}
+		tok.Ports = ports
+	}
+	if t.MaxTunnels < 0 {
+		return tok, c.failAt("tokens.max_tunnels", i, "token %q: must be 0 (no limit) or more", t.ID)
+	}
+	if t.MaxConnections < 0 {
+		return tok, c.failAt("tokens.max_connections", i, "token %q: must be 0 (no limit) or more", t.ID)
+	}
+	tok.DenyUDP = t.UDP != nil && !*t.UDP
+	cl, err := c.clientLimits("tokens", i, t.ClientSection)
+	if err != nil {
+		return tok, err
+	}
+	tok.Clients = cl
+	return tok, nil
+}
+
+// clientLimits checks a ClientSection and turns it into tunnel.ClientLimits.
+// table is "limits" or "tokens"; index is the token's (-1 for [limits]).
+func (c *Config) clientLimits(table string, index int, s ClientSection) (tunnel.ClientLimits, error) {
+	fail := func(key, format string, args ...any) error {
+		if index >= 0 {
+			format = fmt.Sprintf("token %q: ", c.Tokens[index].ID) + format
+		}
+		return c.failAt(table+"."+key, max(index, 0), format, args...)
+	}
+	l := tunnel.ClientLimits{MaxConnsPerIP: s.PerIPConnections, RatePerIP: s.PerIPRate, BurstPerIP: s.PerIPBurst}
+	if s.PerIPConnections < 0 {
+		return l, fail("per_ip_connections", "must be 0 (no limit) or more")
+	}
+	if s.PerIPRate < 0 || math.IsNaN(s.PerIPRate) || math.IsInf(s.PerIPRate, 0) {
+		return l, fail("per_ip_rate", "must be 0 (no limit) or a positive number of new connections per second")
+	}
+	if s.PerIPBurst < 0 {
+		return l, fail("per_ip_burst", "must be 0 (twice the rate) or more")
+	}
+	if s.PerIPBurst > 0 && s.PerIPRate == 0 {
+		return l, fail("per_ip_burst", "applies to per_ip_rate, which this table does not set")
+	}
+	var err error
+	if l.Allow, err = parsePrefixes(s.Allow); err != nil {
+		return l, fail("allow", "%v", err)
+	}
+	if l.Deny, err = parsePrefixes(s.Deny); err != nil {
+		return l, fail("deny", "%v", err)
+	}
+	return l, nil
+}
+
+// parsePrefixes is tunnel.ParsePrefixes, with nil for an empty list.
+func parsePrefixes(ss []string) ([]netip.Prefix, error) {
+	if len(ss) == 0 {
+		return nil, nil
+	}
+	return tunnel.ParsePrefixes(ss)
 }
 
 // stateDir resolves [relay] state_dir: the configured folder, else

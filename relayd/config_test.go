@@ -2,13 +2,17 @@ package main
 
 import (
 	"errors"
+	"net/netip"
 	"os"
+	"path/filepath"
 	"reflect"
 	"regexp"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/relaytun/relay/tunnel"
 )
 
 const samplePath = "../relay.toml"
@@ -24,6 +28,9 @@ func TestSampleConfig(t *testing.T) {
 	if c.Relay != def.Relay {
 		t.Errorf("[relay] in %s:\n got %+v\nwant %+v (DefaultConfig)", samplePath, c.Relay, def.Relay)
 	}
+	if !reflect.DeepEqual(c.Limits, def.Limits) {
+		t.Errorf("[limits] in %s:\n got %#v\nwant %#v (DefaultConfig)", samplePath, c.Limits, def.Limits)
+	}
 	if c.Log != def.Log {
 		t.Errorf("[log] in %s:\n got %+v\nwant %+v (DefaultConfig)", samplePath, c.Log, def.Log)
 	}
@@ -31,7 +38,7 @@ func TestSampleConfig(t *testing.T) {
 		t.Errorf("tokens: sample has %d, defaults %d; want none in either", len(c.Tokens), len(def.Tokens))
 	}
 	// Every field compared above: a new field in Config needs a look here.
-	if n := reflect.TypeFor[Config]().NumField(); n != 5 {
+	if n := reflect.TypeFor[Config]().NumField(); n != 6 {
 		t.Errorf("Config has %d fields; update this test to compare the new ones", n)
 	}
 }
@@ -48,14 +55,23 @@ func TestSampleDocumentsEveryKey(t *testing.T) {
 		typ    reflect.Type
 	}{
 		{"", reflect.TypeFor[RelaySection]()},
+		{"", reflect.TypeFor[LimitsSection]()},
 		{"", reflect.TypeFor[LogSection]()},
 		{`#\s*`, reflect.TypeFor[TokenSection]()},
 	} {
-		for i := range sec.typ.NumField() {
-			key := sec.typ.Field(i).Tag.Get("toml")
+		n := 0
+		for _, f := range reflect.VisibleFields(sec.typ) {
+			key := f.Tag.Get("toml")
+			if f.Anonymous || !f.IsExported() || key == "" {
+				continue
+			}
+			n++
 			if !regexp.MustCompile(`(?m)^` + sec.prefix + regexp.QuoteMeta(key) + ` = `).Match(data) {
 				t.Errorf("%s does not document %s.%s", samplePath, sec.typ.Name(), key)
 			}
+		}
+		if n == 0 {
+			t.Errorf("%s has no keys: the check above is not looking", sec.typ.Name())
 		}
 	}
 }
@@ -65,7 +81,7 @@ func TestParseConfig(t *testing.T) {
 	if err != nil {
 		t.Fatalf("empty file: %v", err)
 	}
-	if def := DefaultConfig(); c.Relay != def.Relay || c.Log != def.Log || len(c.Tokens) != 0 {
+	if def := DefaultConfig(); c.Relay != def.Relay || !reflect.DeepEqual(c.Limits, def.Limits) || c.Log != def.Log || len(c.Tokens) != 0 {
 		t.Errorf("empty file: got %+v, want the defaults", c)
 	}
 
@@ -80,6 +96,15 @@ key_file = "/etc/relayd/key.pem"
 handshake_timeout = "3s"
 idle_timeout = "1m30s"
 keepalive = "500ms"
+max_handshakes = 64
+
+[limits]
+per_ip_connections = 64
+per_ip_rate = 20
+per_ip_burst = 50
+allow = ["0.0.0.0/0", "::/0"]
+deny = ["203.0.113.0/24", "2001:db8::1"]
+max_pending_sessions = 32
 
 [log]
 level = "DEBUG"
@@ -88,6 +113,16 @@ format = "json"
 [[tokens]]
 id = "alice"
 secret = "alice-secret-0123456789"
+names = ["game-*", "mc"]
+ports = "24100-24105,25565"
+max_tunnels = 3
+max_connections = 100
+udp = false
+per_ip_connections = 8
+per_ip_rate = 0.5
+per_ip_burst = 2
+allow = ["10.0.0.0/8"]
+deny = ["10.1.2.3"]
 
 [[tokens]]
 id = "bob"
@@ -101,15 +136,31 @@ secret = "bob-secret-0123456789"
 		Listen: "127.0.0.1:7100", Ports: "24100-24109, 25565", StateDir: "/var/lib/relayd",
 		PublicHost: "relay.example.com", CertFile: "/etc/relayd/cert.pem", KeyFile: "/etc/relayd/key.pem",
 		HandshakeTimeout: Duration{3 * time.Second}, IdleTimeout: Duration{90 * time.Second},
-		KeepAlive: Duration{500 * time.Millisecond},
+		KeepAlive: Duration{500 * time.Millisecond}, MaxHandshakes: 64,
 	}
 	if c.Relay != want {
 		t.Errorf("[relay]:\n got %+v\nwant %+v", c.Relay, want)
 	}
+	wantLimits := LimitsSection{
+		ClientSection: ClientSection{PerIPConnections: 64, PerIPRate: 20, PerIPBurst: 50,
+			Allow: []string{"0.0.0.0/0", "::/0"}, Deny: []string{"203.0.113.0/24", "2001:db8::1"}},
+		MaxPendingSessions: 32,
+	}
+	if !reflect.DeepEqual(c.Limits, wantLimits) {
+		t.Errorf("[limits]:\n got %+v\nwant %+v", c.Limits, wantLimits)
+	}
 	if c.Log != (LogSection{Level: "DEBUG", Format: "json"}) {
 		t.Errorf("[log]: got %+v", c.Log)
 	}
-	wantTokens := []TokenSection{{"alice", "alice-secret-0123456789"}, {"bob", "bob-secret-0123456789"}}
+	no := false
+	wantTokens := []TokenSection{
+		{ID: "alice", Secret: "alice-secret-0123456789", Names: []string{"game-*", "mc"}, Ports: "24100-24105,25565",
+			MaxTunnels: 3, MaxConnections: 100, UDP: &no,
+			ClientSection: ClientSection{PerIPConnections: 8, PerIPRate: 0.5, PerIPBurst: 2,
+				Allow: []string{"10.0.0.0/8"}, Deny: []string{"10.1.2.3"}},
+			secret: "alice-secret-0123456789"},
+		{ID: "bob", Secret: "bob-secret-0123456789", secret: "bob-secret-0123456789"},
+	}
 	if !reflect.DeepEqual(c.Tokens, wantTokens) {
 		t.Errorf("tokens: got %+v, want %+v", c.Tokens, wantTokens)
 	}
@@ -197,6 +248,47 @@ var badConfigs = []struct {
 	{"syntax: unterminated table", "[relay\nlisten = \"0.0.0.0:7000\"\n", -1, "", "table name"},
 	{"syntax: no value", "[relay]\nports =\n", 2, "", ""},
 	{"syntax: duplicate key", "[relay]\nports = \"1\"\nports = \"2\"\n", 3, "", "already been defined"},
+
+	// [relay] max_handshakes and [limits].
+	{"max_handshakes zero", "[relay]\nmax_handshakes = 0\n", 2, "relay.max_handshakes", "at least 1"},
+	{"max_handshakes not a number", "[relay]\nmax_handshakes = \"many\"\n", 2, "relay.max_handshakes", "incompatible types"},
+	{"unknown key in limits", "[limits]\nper_ip_connections = 4\nper_ip_conns = 5\n", 3, "limits.per_ip_conns", "unknown key"},
+	{"limits per_ip_connections negative", "[limits]\nper_ip_connections = -1\n", 2, "limits.per_ip_connections", "0 (no limit) or more"},
+	{"limits per_ip_rate negative", "[limits]\n\nper_ip_rate = -1\n", 3, "limits.per_ip_rate", "0 (no limit) or a positive number"},
+	{"limits per_ip_rate nan", "[limits]\nper_ip_rate = nan\n", 2, "limits.per_ip_rate", "0 (no limit) or a positive number"},
+	{"limits per_ip_rate inf", "[limits]\nper_ip_rate = inf\n", 2, "limits.per_ip_rate", "0 (no limit) or a positive number"},
+	{"limits per_ip_rate string", "[limits]\nper_ip_rate = \"20/s\"\n", 2, "limits.per_ip_rate", "incompatible types"},
+	{"limits per_ip_burst negative", "[limits]\nper_ip_rate = 1\nper_ip_burst = -2\n", 3, "limits.per_ip_burst", "0 (twice the rate) or more"},
+	{"limits per_ip_burst without rate", "[limits]\nper_ip_burst = 10\n", 2, "limits.per_ip_burst", "applies to per_ip_rate"},
+	{"limits allow not an address", "[limits]\nallow = [\"10.0.0.0/8\", \"nope\"]\n", 2, "limits.allow", `"nope" is not an IP address or CIDR prefix`},
+	{"limits deny prefix too long", "[limits]\ndeny = [\"10.0.0.0/33\"]\n", 2, "limits.deny", `"10.0.0.0/33" is not an IP address or CIDR prefix`},
+	{"limits allow not a list", "[limits]\nallow = \"10.0.0.0/8\"\n", 2, "limits.allow", "incompatible types"},
+	{"max_pending_sessions zero", "[limits]\nmax_pending_sessions = 0\n", 2, "limits.max_pending_sessions", "at least 1"},
+	{"max_pending_sessions negative", "[limits]\nmax_pending_sessions = -5\n", 2, "limits.max_pending_sessions", "at least 1"},
+
+	// [[tokens]] scopes and limits.
+	{"secret and secret_file", "[[tokens]]\nid = \"a\"\nsecret = \"" + secretA + "\"\nsecret_file = \"a.secret\"\n", 4, "tokens.secret_file", "both secret and secret_file"},
+	{"neither secret nor secret_file", "[[tokens]]\nid = \"a\"\nnames = [\"x\"]\n", 1, "tokens.secret", `token "a" has no secret`},
+	{"secret_file missing", "[[tokens]]\nid = \"a\"\nsecret_file = \"no-such.secret\"\n", 3, "tokens.secret_file", "no-such.secret: no such file"},
+	{"names bad pattern", "[[tokens]]\nid = \"a\"\nsecret = \"" + secretA + "\"\nnames = [\"game-*\", \"[bad\"]\n", 4, "tokens.names", `name pattern "[bad"`},
+	{"names empty pattern", "[[tokens]]\nid = \"a\"\nsecret = \"" + secretA + "\"\nnames = [\"\"]\n", 4, "tokens.names", "empty name pattern"},
+	{"names not a list", "[[tokens]]\nid = \"a\"\nsecret = \"" + secretA + "\"\nnames = \"game-*\"\n", 4, "tokens.names", "incompatible types"},
+	// A later token's mistake points at its own line.
+	{"second token's names", "[[tokens]]\nid = \"a\"\nsecret = \"" + secretA + "\"\nnames = [\"ok-*\"]\n\n[[tokens]]\nid = \"b\"\nsecret = \"" + secretB + "\"\nnames = [\"a[\"]\n", 9, "tokens.names", `token "b"`},
+	{"token ports outside relay ports", "[relay]\nports = \"20000-20009\"\n\n[[tokens]]\nid = \"a\"\nsecret = \"" + secretA + "\"\nports = \"20005-20011\"\n", 7, "tokens.ports", "port 20010 is outside [relay] ports (20000-20009)"},
+	{"token single port outside", "[[tokens]]\nid = \"a\"\nsecret = \"" + secretA + "\"\nports = \"20000,30000\"\n", 4, "tokens.ports", "port 30000 is outside [relay] ports (20000-29999)"},
+	{"token ports not numbers", "[[tokens]]\nid = \"a\"\nsecret = \"" + secretA + "\"\nports = \"web\"\n", 4, "tokens.ports", "not a port number"},
+	{"token ports overlap", "[[tokens]]\nid = \"a\"\nsecret = \"" + secretA + "\"\nports = \"20000-20005,20003\"\n", 4, "tokens.ports", "overlaps"},
+	{"max_tunnels negative", "[[tokens]]\nid = \"a\"\nsecret = \"" + secretA + "\"\nmax_tunnels = -1\n", 4, "tokens.max_tunnels", "0 (no limit) or more"},
+	{"max_tunnels fraction", "[[tokens]]\nid = \"a\"\nsecret = \"" + secretA + "\"\nmax_tunnels = 1.5\n", 4, "tokens.max_tunnels", "incompatible types"},
+	{"max_connections negative", "[[tokens]]\nid = \"a\"\nsecret = \"" + secretA + "\"\nmax_connections = -3\n", 4, "tokens.max_connections", "0 (no limit) or more"},
+	{"udp not a bool", "[[tokens]]\nid = \"a\"\nsecret = \"" + secretA + "\"\nudp = \"yes\"\n", 4, "tokens.udp", "incompatible types"},
+	{"token allow not an address", "[[tokens]]\nid = \"a\"\nsecret = \"" + secretA + "\"\nallow = [\"nope\"]\n", 4, "tokens.allow", `token "a": "nope" is not an IP address or CIDR prefix`},
+	{"token deny not an address", "[[tokens]]\nid = \"a\"\nsecret = \"" + secretA + "\"\ndeny = [\"1.2.3\"]\n", 4, "tokens.deny", `"1.2.3" is not an IP address`},
+	{"token per_ip_rate negative", "[[tokens]]\nid = \"a\"\nsecret = \"" + secretA + "\"\nper_ip_rate = -1\n", 4, "tokens.per_ip_rate", "0 (no limit) or a positive number"},
+	{"token per_ip_connections negative", "[[tokens]]\nid = \"a\"\nsecret = \"" + secretA + "\"\nper_ip_connections = -1\n", 4, "tokens.per_ip_connections", "0 (no limit) or more"},
+	{"token per_ip_burst without rate", "[[tokens]]\nid = \"a\"\nsecret = \"" + secretA + "\"\nper_ip_burst = 4\n", 4, "tokens.per_ip_burst", "applies to per_ip_rate"},
+	{"unknown key in a token", "[[tokens]]\nid = \"a\"\nsecret = \"" + secretA + "\"\nmax_tunnel = 1\n", 4, "tokens.max_tunnel", "unknown key"},
 }
 
 func TestParseConfigErrors(t *testing.T) {
@@ -256,5 +348,257 @@ func TestConfigErrorText(t *testing.T) {
 		if got := tt.e.Error(); got != tt.want {
 			t.Errorf("%+v.Error() = %q, want %q", tt.e, got, tt.want)
 		}
+	}
+}
+
+// writeFile writes data to dir/name with mode (umask aside) and returns
+// the path.
+func writeFile(t *testing.T, dir, name, data string, mode os.FileMode) string {
+	t.Helper()
+	path := filepath.Join(dir, name)
+	if err := os.WriteFile(path, []byte(data), mode); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(path, mode); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// TestSecretFile: secret_file is read at load, trimmed, relative to the
+// config's folder; a file that cannot serve is a ConfigError naming
+// tokens.secret_file, the line, and the file.
+func TestSecretFile(t *testing.T) {
+	dir := t.TempDir()
+	writeFile(t, dir, "alice.secret", "  alice-secret-from-a-file\n\n", 0o600)
+	bobPath := writeFile(t, dir, "bob.secret", "bob-secret-0123456789\n", 0o600)
+	config := writeFile(t, dir, "relay.toml", `[[tokens]]
+id = "alice"
+secret_file = "alice.secret"
+
+[[tokens]]
+id = "bob"
+secret_file = "`+bobPath+`"
+
+[[tokens]]
+id = "carol"
+secret = "carol-secret-0123456789"
+`, 0o600)
+	c, err := LoadConfig(config)
+	if err != nil {
+		t.Fatalf("LoadConfig: %v", err)
+	}
+	rc, err := relayConfig(c)
+	if err != nil {
+		t.Fatalf("relayConfig: %v", err)
+	}
+	got := map[string]string{}
+	for _, tok := range rc.Tokens {
+		got[tok.ID] = tok.Secret
+	}
+	want := map[string]string{"alice": "alice-secret-from-a-file", "bob": "bob-secret-0123456789", "carol": "carol-secret-0123456789"}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("secrets: got %q, want %q", got, want)
+	}
+
+	writeFile(t, dir, "short.secret", "short\n", 0o600)
+	writeFile(t, dir, "empty.secret", "\n \n", 0o600)
+	writeFile(t, dir, "big.secret", strings.Repeat("x", 5000), 0o600)
+	writeFile(t, dir, "carol.secret", "carol-secret-0123456789", 0o600)
+	if err := os.Mkdir(filepath.Join(dir, "folder.secret"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		name, file, msg string
+	}{
+		{"missing", "missing.secret", "cannot read " + filepath.Join(dir, "missing.secret") + ": no such file or directory"},
+		{"too short", "short.secret", "the secret in " + filepath.Join(dir, "short.secret") + " is shorter than 16 characters"},
+		{"only whitespace", "empty.secret", "the secret in " + filepath.Join(dir, "empty.secret") + " is shorter than 16 characters"},
+		{"too big", "big.secret", filepath.Join(dir, "big.secret") + " is larger than 4096 bytes"},
+		{"a folder", "folder.secret", "cannot read " + filepath.Join(dir, "folder.secret")},
+		{"same secret as another token", "carol.secret", `tokens "carol" and "dave" have the same secret`},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			path := writeFile(t, t.TempDir(), "relay.toml",
+				"[[tokens]]\nid = \"carol\"\nsecret = \"carol-secret-0123456789\"\n\n[[tokens]]\nid = \"dave\"\n"+
+					"secret_file = \""+filepath.Join(dir, tt.file)+"\"\n", 0o600)
+			_, err := LoadConfig(path)
+			var ce *ConfigError
+			if !errors.As(err, &ce) {
+				t.Fatalf("LoadConfig: %v (%T), want a *ConfigError", err, err)
+			}
+			if ce.Line != 7 || ce.Key != "tokens.secret_file" || !strings.Contains(ce.Msg, tt.msg) {
+				t.Errorf("got %q, want line 7, tokens.secret_file and %q", err, tt.msg)
+			}
+			if strings.Contains(err.Error(), "carol-secret") {
+				t.Errorf("the error shows a secret: %q", err)
+			}
+		})
+	}
+}
+
+// TestRelayConfig: relayConfig puts each relay.toml key where the relay
+// reads it.
+func TestRelayConfig(t *testing.T) {
+	dir := t.TempDir()
+	writeFile(t, dir, "web.secret", "web-secret-0123456789\n", 0o600)
+	config := writeFile(t, dir, "relay.toml", `
+[relay]
+listen = "192.0.2.1:7100"
+ports = "24000-24999"
+public_host = "relay.example.com"
+handshake_timeout = "4s"
+max_handshakes = 17
+
+[limits]
+per_ip_connections = 64
+per_ip_rate = 20
+allow = ["0.0.0.0/0", "::/0"]
+deny = ["203.0.113.7", "2001:db8::/32", "10.1.2.3/8"]
+max_pending_sessions = 33
+
+[[tokens]]
+id = "game"
+secret = "game-secret-0123456789"
+names = ["game-*", "mc"]
+ports = "24100-24109,24565"
+max_tunnels = 3
+max_connections = 100
+udp = false
+per_ip_connections = 8
+per_ip_rate = 0.5
+per_ip_burst = 2
+allow = ["10.0.0.0/8"]
+deny = ["10.1.2.3", "::1"]
+
+[[tokens]]
+id = "web"
+secret_file = "web.secret"
+udp = true
+
+[[tokens]]
+id = "plain"
+secret = "plain-secret-0123456789"
+`, 0o600)
+	c, err := LoadConfig(config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc, err := relayConfig(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pfx := func(ss ...string) []netip.Prefix {
+		var out []netip.Prefix
+		for _, s := range ss {
+			out = append(out, netip.MustParsePrefix(s))
+		}
+		return out
+	}
+	if want := (tunnel.PortSet{{Low: 24000, High: 24999}}); !reflect.DeepEqual(rc.Ports, want) {
+		t.Errorf("Ports = %v, want %v", rc.Ports, want)
+	}
+	if rc.BindHost != "192.0.2.1" || rc.PublicHost != "relay.example.com" || rc.HandshakeTimeout != 4*time.Second {
+		t.Errorf("BindHost %q, PublicHost %q, HandshakeTimeout %v", rc.BindHost, rc.PublicHost, rc.HandshakeTimeout)
+	}
+	if rc.MaxPendingSessions != 33 {
+		t.Errorf("MaxPendingSessions = %d, want 33", rc.MaxPendingSessions)
+	}
+	wantClients := tunnel.ClientLimits{MaxConnsPerIP: 64, RatePerIP: 20,
+		Allow: pfx("0.0.0.0/0", "::/0"), Deny: pfx("203.0.113.7/32", "2001:db8::/32", "10.0.0.0/8")}
+	if !reflect.DeepEqual(rc.Clients, wantClients) {
+		t.Errorf("Clients:\n got %+v\nwant %+v", rc.Clients, wantClients)
+	}
+	wantTokens := []tunnel.Token{
+		{ID: "game", Secret: "game-secret-0123456789", Names: []string{"game-*", "mc"},
+			Ports: tunnel.PortSet{{Low: 24100, High: 24109}, {Low: 24565, High: 24565}}, MaxTunnels: 3, MaxConnections: 100, DenyUDP: true,
+			Clients: tunnel.ClientLimits{MaxConnsPerIP: 8, RatePerIP: 0.5, BurstPerIP: 2,
+				Allow: pfx("10.0.0.0/8"), Deny: pfx("10.1.2.3/32", "::1/128")}},
+		{ID: "web", Secret: "web-secret-0123456789"},
+		{ID: "plain", Secret: "plain-secret-0123456789"},
+	}
+	if len(rc.Tokens) != len(wantTokens) {
+		t.Fatalf("%d tokens, want %d: %+v", len(rc.Tokens), len(wantTokens), rc.Tokens)
+	}
+	for i, want := range wantTokens {
+		if got := rc.Tokens[i]; !reflect.DeepEqual(got, want) {
+			t.Errorf("token %d:\n got %+v\nwant %+v", i, got, want)
+		}
+	}
+	// The relay agrees with what relayd check accepted.
+	if err := rc.Validate(); err != nil {
+		t.Errorf("the relay refuses the config: %v", err)
+	}
+	if opts := transportOptions(c); opts.MaxHandshakes != 17 || opts.HandshakeTimeout != 4*time.Second || opts.Validate() != nil {
+		t.Errorf("transport options %+v (Validate: %v), want MaxHandshakes 17 and HandshakeTimeout 4s", opts, opts.Validate())
+	}
+
+	// No file: the defaults, which turn every per-IP limit off.
+	def := DefaultConfig()
+	rc, err = relayConfig(&def)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(rc.Clients, tunnel.ClientLimits{}) || rc.MaxPendingSessions != 256 || len(rc.Tokens) != 0 {
+		t.Errorf("defaults: Clients %+v, MaxPendingSessions %d, %d tokens; want no limits, 256, none",
+			rc.Clients, rc.MaxPendingSessions, len(rc.Tokens))
+	}
+	if opts := transportOptions(&def); opts.MaxHandshakes != 256 {
+		t.Errorf("default MaxHandshakes = %d, want 256", opts.MaxHandshakes)
+	}
+}
+
+// TestReadableSecrets: relay.toml holding a secret is flagged when its
+// group or others can read it; a secret_file when everyone can.
+func TestReadableSecrets(t *testing.T) {
+	for _, tt := range []struct {
+		name       string
+		configMode os.FileMode
+		inline     bool
+		fileMode   os.FileMode // 0: no secret_file
+		want       []string    // files warned about ("relay.toml", "x.secret")
+	}{
+		{"inline 0600", 0o600, true, 0, nil},
+		{"inline 0400", 0o400, true, 0, nil},
+		{"inline 0644", 0o644, true, 0, []string{"relay.toml"}},
+		{"inline 0640", 0o640, true, 0, nil},
+		{"inline 0604", 0o604, true, 0, []string{"relay.toml"}},
+		{"secret_file only, config 0644, file 0600", 0o644, false, 0o600, nil},
+		{"secret_file 0640", 0o600, false, 0o640, nil},
+		{"secret_file 0644", 0o600, false, 0o644, []string{"x.secret"}},
+		{"both readable", 0o644, true, 0o604, []string{"relay.toml", "x.secret"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			text := ""
+			if tt.inline {
+				text += "[[tokens]]\nid = \"a\"\nsecret = \"" + secretA + "\"\n"
+			}
+			if tt.fileMode != 0 {
+				writeFile(t, dir, "x.secret", secretB+"\n", tt.fileMode)
+				text += "[[tokens]]\nid = \"b\"\nsecret_file = \"x.secret\"\n"
+			}
+			config := writeFile(t, dir, "relay.toml", text, tt.configMode)
+			c, err := LoadConfig(config)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for _, w := range readableSecrets(c) {
+				got = append(got, filepath.Base(w.file))
+				if !strings.Contains(w.fix, "chmod 600 "+w.file) {
+					t.Errorf("warning %+v does not say chmod 600 %s", w, w.file)
+				}
+				if w.file == config && !strings.Contains(w.fix, "secret_file") {
+					t.Errorf("warning %+v does not suggest secret_file", w)
+				}
+				if strings.Contains(w.msg+w.fix, secretA) || strings.Contains(w.msg+w.fix, secretB) {
+					t.Errorf("warning %+v shows a secret", w)
+				}
+			}
+			if !reflect.DeepEqual(got, tt.want) {
+				t.Errorf("warned about %q, want %q", got, tt.want)
+			}
+		})
 	}
 }

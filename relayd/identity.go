@@ -54,33 +54,27 @@ const tokenFile = "token"
 // generatedTokenID names that token in logs.
 const generatedTokenID = "default"
 
-// loadTokens returns relay.toml's tokens, or else the generated one from
-// state_dir, creating it on first use (created reports that).
-func loadTokens(cfg *Config, stateDir string) (tokens []tunnel.Token, created bool, err error) {
-	for _, t := range cfg.Tokens {
-		tokens = append(tokens, tunnel.Token{ID: t.ID, Secret: t.Secret})
-	}
-	if len(tokens) > 0 {
-		return tokens, false, nil
-	}
+// loadGeneratedToken returns the token kept in state_dir for a relay.toml
+// without [[tokens]], creating it on first use (created reports that).
+func loadGeneratedToken(stateDir string) (tok tunnel.Token, created bool, err error) {
 	path := filepath.Join(stateDir, tokenFile)
 	data, err := os.ReadFile(path)
 	switch {
 	case err == nil:
 		secret := strings.TrimSpace(string(data))
 		if len(secret) < tunnel.MinSecretLen {
-			return nil, false, fmt.Errorf("%s: the token there is shorter than %d characters; delete the file to make a new one", path, tunnel.MinSecretLen)
+			return tok, false, fmt.Errorf("%s: the token there is shorter than %d characters; delete the file to make a new one", path, tunnel.MinSecretLen)
 		}
-		return []tunnel.Token{{ID: generatedTokenID, Secret: secret}}, false, nil
+		return tunnel.Token{ID: generatedTokenID, Secret: secret}, false, nil
 	case !errors.Is(err, os.ErrNotExist):
-		return nil, false, fmt.Errorf("reading token: %w", err)
+		return tok, false, fmt.Errorf("reading token: %w", err)
 	}
 	if err := os.MkdirAll(stateDir, 0o700); err != nil {
-		return nil, false, fmt.Errorf("creating state_dir: %w", err)
+		return tok, false, fmt.Errorf("creating state_dir: %w", err)
 	}
 	secret := rand.Text()
 	if err := transport.WriteFileAtomic(path, []byte(secret+"\n"), 0o600); err != nil {
-		return nil, false, fmt.Errorf("writing token: %w", err)
+		return tok, false, fmt.Errorf("writing token: %w", err)
 	}
-	return []tunnel.Token{{ID: generatedTokenID, Secret: secret}}, true, nil
+	return tunnel.Token{ID: generatedTokenID, Secret: secret}, true, nil
 }

@@ -5,6 +5,8 @@ package main
 // generated token, signals.
 
 import (
+	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -263,5 +265,190 @@ func TestListenPortInUse(t *testing.T) {
 	if got := pt.LastLine(errOut); !strings.HasPrefix(got, "relayd: ") || !strings.Contains(got, "[relay] listen") ||
 		!strings.Contains(got, ln.Addr().String()) {
 		t.Errorf("stderr ends %q, want \"relayd: …%s…[relay] listen…\"", got, ln.Addr())
+	}
+}
+
+// TestSecretPermissionWarning: relayd warns at start when relay.toml holds
+// a secret and every user can read it, or everyone can read a
+// secret_file; it stays quiet when only relayd's user can.
+func TestSecretPermissionWarning(t *testing.T) {
+	t.Parallel()
+	const fileSecret = "file-secret-0123456789"
+	for _, tt := range []struct {
+		name       string
+		configMode os.FileMode
+		fileMode   os.FileMode // 0: the secret is inline
+		warn       string      // the warning's file ("config" or "secret"), or ""
+	}{
+		{"inline 0644", 0o644, 0, "config"},
+		{"inline 0640", 0o640, 0, ""},
+		{"inline 0604", 0o604, 0, "config"},
+		{"inline 0600", 0o600, 0, ""},
+		{"secret_file 0644", 0o644, 0o644, "secret"},
+		{"secret_file 0600", 0o644, 0o600, ""},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			extra := pt.TokensTOML
+			secretPath := ""
+			if tt.fileMode != 0 {
+				secretPath = pt.WriteSecret(t, fileSecret)
+				if err := os.Chmod(secretPath, tt.fileMode); err != nil {
+					t.Fatal(err)
+				}
+				extra = "[[tokens]]\nid = \"f\"\nsecret_file = \"" + secretPath + "\"\n"
+			}
+			config, stateDir, _, _ := pt.WriteRelaydConfig(t, extra)
+			if err := os.Chmod(config, tt.configMode); err != nil {
+				t.Fatal(err)
+			}
+			r := pt.StartRelayd(t, config, stateDir)
+			errOut := r.Stderr.String()
+			warnings := regexp.MustCompile(`(?m)^.*level=WARN.*$`).FindAllString(errOut, -1)
+			switch tt.warn {
+			case "":
+				if len(warnings) > 0 {
+					t.Errorf("warned with the file readable by its owner alone:\n%s", strings.Join(warnings, "\n"))
+				}
+			case "config":
+				want := fmt.Sprintf(`level=WARN msg="the config file holds token secrets and every user can read it" file=%s mode=%04o fix="chmod 600 %s (or 640 with relayd's group), or move each secret to a file of its own named by secret_file"`,
+					config, tt.configMode, config)
+				if len(warnings) != 1 || warnings[0][strings.Index(warnings[0], "level="):] != want {
+					t.Errorf("warnings:\n%s\nwant one:\n%s", strings.Join(warnings, "\n"), want)
+				}
+			case "secret":
+				want := fmt.Sprintf(`level=WARN msg="the secret_file of token \"f\" can be read by every user" file=%s mode=%04o fix="chmod 600 %s (or 640 with relayd's group)"`,
+					secretPath, tt.fileMode, secretPath)
+				if len(warnings) != 1 || warnings[0][strings.Index(warnings[0], "level="):] != want {
+					t.Errorf("warnings:\n%s\nwant one:\n%s", strings.Join(warnings, "\n"), want)
+				}
+			}
+			if strings.Contains(errOut, pt.TestSecret) || strings.Contains(errOut, fileSecret) {
+				t.Errorf("a secret appears in relayd's log:\n%s", errOut)
+			}
+		})
+	}
+}
+
+// TestSecretsNeverLogged: at debug level, through agents that authenticate
+// (a secret inline and one from secret_file), one that fails, clients and
+// a stop, no secret appears in relayd's or relayctl's output.
+func TestSecretsNeverLogged(t *testing.T) {
+	t.Parallel()
+	const fileSecret = "file-secret-0123456789"
+	const wrongSecret = "wrong-secret-0123456789"
+	secretPath := pt.WriteSecret(t, fileSecret)
+	r := pt.NewRelayd(t, "[log]\nlevel = \"debug\"\n\n"+pt.TokensTOML+
+		"\n[[tokens]]\nid = \"fromfile\"\nsecret_file = \""+secretPath+"\"\n")
+	local := pt.StartEcho(t, "s:")
+	var agents []*pt.Proc
+	for _, args := range [][]string{
+		{"--token", pt.TestSecret, "--transport", "quic"},
+		{"--token-file", secretPath, "--transport", "tcp"},
+	} {
+		p, urls := pt.StartExpose(t, 1, nil, append([]string{local, "--relay", r.Addr, "--fingerprint", r.FP, "--log-level", "debug"}, args...)...)
+		pt.CheckEcho(t, urls[0], "s:", 1024)
+		agents = append(agents, p)
+	}
+	_, wrongErr, code := pt.Run(t, nil, pt.RelayctlBin, "expose", local, "--relay", r.Addr, "--fingerprint", r.FP,
+		"--token", wrongSecret, "--log-level", "debug")
+	if code != 3 {
+		t.Errorf("wrong token: exit %d, want 3", code)
+	}
+	pt.Stopped(t, r.Proc, syscall.SIGTERM)
+	if !strings.Contains(r.Stderr.String(), `token=fromfile`) {
+		t.Errorf("relayd's debug log does not mention token=fromfile; is it logging at all?\n%s", r.Stderr.String())
+	}
+	outputs := map[string]string{"relayd stderr": r.Stderr.String(), "relayd stdout": r.Stdout.String(), "wrong-token relayctl": wrongErr}
+	for i, p := range agents {
+		p.Wait(pt.ExitTimeout)
+		outputs[fmt.Sprintf("relayctl %d stderr", i+1)] = p.Stderr.String()
+	}
+	for name, out := range outputs {
+		for _, s := range []string{pt.TestSecret, fileSecret, wrongSecret} {
+			if strings.Contains(out, s) {
+				t.Errorf("%s shows the secret %q:\n%s", name, s, out)
+			}
+		}
+	}
+}
+
+// TestClientLimits: [limits] and a token's own limits reach the relay:
+// clients over a limit are closed at once, the others served.
+func TestClientLimits(t *testing.T) {
+	t.Parallel()
+	expose := func(t *testing.T, r *pt.Relayd, token, tag string) string {
+		local := pt.StartEcho(t, tag)
+		_, urls := pt.StartExpose(t, 1, nil, local, "--relay", r.Addr, "--token", token, "--fingerprint", r.FP)
+		return urls[0]
+	}
+	const other = "other-secret-0123456789"
+	otherTOML := "[[tokens]]\nid = \"other\"\nsecret = \"" + other + "\"\n"
+
+	t.Run("limits deny", func(t *testing.T) {
+		t.Parallel()
+		r := pt.NewRelayd(t, "[limits]\ndeny = [\"10.0.0.0/8\", \"127.0.0.1\"]\n\n"+pt.TokensTOML)
+		pt.CheckTurnedAway(t, expose(t, r, pt.TestSecret, "d:"))
+	})
+	t.Run("limits allow", func(t *testing.T) {
+		t.Parallel()
+		r := pt.NewRelayd(t, "[limits]\nallow = [\"127.0.0.0/8\", \"::1\"]\n\n"+pt.TokensTOML)
+		pt.CheckEcho(t, expose(t, r, pt.TestSecret, "a:"), "a:", 1024)
+	})
+	t.Run("token allow", func(t *testing.T) {
+		t.Parallel()
+		// Only the token with the allow list turns loopback away.
+		r := pt.NewRelayd(t, pt.TokensTOML+"allow = [\"192.0.2.0/24\"]\n\n"+otherTOML)
+		pt.CheckTurnedAway(t, expose(t, r, pt.TestSecret, "t:"))
+		pt.CheckEcho(t, expose(t, r, other, "o:"), "o:", 1024)
+	})
+	t.Run("per_ip_connections", func(t *testing.T) {
+		t.Parallel()
+		r := pt.NewRelayd(t, "[limits]\nper_ip_connections = 1\n\n"+pt.TokensTOML)
+		url := expose(t, r, pt.TestSecret, "c:")
+		first := pt.Hold(t, url, "c:")
+		pt.CheckTurnedAway(t, url)
+		first.Close()
+		waitAdmitted(t, url, "c:")
+	})
+	t.Run("token per_ip_rate", func(t *testing.T) {
+		t.Parallel()
+		// One new connection per 100 s: the second at once is turned away.
+		r := pt.NewRelayd(t, pt.TokensTOML+"per_ip_rate = 0.01\nper_ip_burst = 1\n")
+		url := expose(t, r, pt.TestSecret, "r:")
+		pt.CheckEcho(t, url, "r:", 16)
+		pt.CheckTurnedAway(t, url)
+	})
+	t.Run("token max_connections", func(t *testing.T) {
+		t.Parallel()
+		r := pt.NewRelayd(t, pt.TokensTOML+"max_connections = 1\n")
+		a, b := expose(t, r, pt.TestSecret, "m:"), expose(t, r, pt.TestSecret, "n:")
+		first := pt.Hold(t, a, "m:")
+		pt.CheckTurnedAway(t, b) // another tunnel of the same token
+		first.Close()
+		waitAdmitted(t, b, "n:")
+	})
+}
+
+// waitAdmitted retries a client until the tunnel at url admits it again
+// (the relay frees a slot once the connection before it is fully closed).
+func waitAdmitted(t *testing.T, url, tag string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		c, err := net.DialTimeout("tcp", pt.HostPort(t, url), time.Second)
+		if err == nil {
+			c.SetReadDeadline(time.Now().Add(2 * time.Second))
+			got := make([]byte, len(tag))
+			_, err = io.ReadFull(c, got)
+			c.Close()
+			if err == nil && string(got) == tag {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s still turns clients away 5s after the first one closed: %v", url, err)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }

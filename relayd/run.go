@@ -3,10 +3,12 @@ package main
 import (
 	"context"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"os"
 	"os/signal"
+	"slices"
 	"syscall"
 
 	"github.com/urfave/cli/v2"
@@ -37,46 +39,43 @@ func runAction(c *cli.Context) error {
 	if err != nil {
 		return cli.Exit(err.Error(), 1)
 	}
-	tokens, createdToken, err := loadTokens(cfg, id.stateDir)
+	rc, err := relayConfig(cfg)
 	if err != nil {
 		return cli.Exit(err.Error(), 1)
 	}
-	ports, _ := tunnel.ParsePortSet(cfg.Relay.Ports) // validated with the config
-
-	opts := transport.DefaultOptions()
-	opts.HandshakeTimeout = cfg.Relay.HandshakeTimeout.Duration
-	opts.IdleTimeout = cfg.Relay.IdleTimeout.Duration
-	opts.KeepAlive = cfg.Relay.KeepAlive.Duration
-	listenHost, _, _ := net.SplitHostPort(cfg.Relay.Listen)
-
-	rc := tunnel.DefaultRelayConfig()
-	rc.BindHost = listenHost
-	rc.Ports = ports
-	rc.PublicHost = cfg.Relay.PublicHost
-	rc.Tokens = tokens
-	rc.HandshakeTimeout = cfg.Relay.HandshakeTimeout.Duration
+	createdToken := false
+	if len(rc.Tokens) == 0 {
+		tok, created, err := loadGeneratedToken(id.stateDir)
+		if err != nil {
+			return cli.Exit(err.Error(), 1)
+		}
+		rc.Tokens, createdToken = []tunnel.Token{tok}, created
+	}
 	rc.Software = buildinfo.Software("relayd")
 	rc.Logger = log
 	relay, err := tunnel.NewRelay(rc)
 	if err != nil {
 		return cli.Exit(err.Error(), 1)
 	}
+	for _, w := range readableSecrets(cfg) {
+		log.Warn(w.msg, "file", w.file, "mode", fmt.Sprintf("%04o", w.mode), "fix", w.fix)
+	}
 
 	onHandshakeErr := func(a net.Addr, err error) {
 		log.Debug("tcp handshake failed", "remote", a.String(), "err", err)
 	}
-	ln, err := transport.Listen(cfg.Relay.Listen, transport.ServerTLSConfig(id.cert, tunnel.ALPN), opts, onHandshakeErr)
+	ln, err := transport.Listen(cfg.Relay.Listen, transport.ServerTLSConfig(id.cert, tunnel.ALPN), transportOptions(cfg), onHandshakeErr)
 	if err != nil {
 		return cli.Exit(fmt.Sprintf("%v: stop whatever holds that port, or change [relay] listen", err), 1)
 	}
 	fp := transport.Fingerprint(id.cert.Leaf)
 	log.Info("relayd listening", "listen", ln.Addr().String(), "transports", "quic (udp), tls+smux (tcp)",
-		"ports", ports.String(), "fingerprint", fp, "state_dir", id.stateDir, "version", buildinfo.Read().Version)
+		"ports", rc.Ports.String(), "fingerprint", fp, "state_dir", id.stateDir, "version", buildinfo.Read().Version)
 	if id.createdKey {
 		log.Info("created a new relay key", "file", id.stateDir+"/relay.key")
 	}
 	if len(cfg.Tokens) == 0 {
-		printAgentLine(log, cfg, ln.Addr(), tokens[0].Secret, fp, createdToken, id.stateDir)
+		printAgentLine(log, cfg, ln.Addr(), rc.Tokens[0].Secret, fp, createdToken, id.stateDir)
 	}
 
 	if err := relay.Serve(ctx, ln); err != nil {
@@ -84,6 +83,79 @@ func runAction(c *cli.Context) error {
 	}
 	log.Info("relayd stopped")
 	return nil
+}
+
+// relayConfig maps relay.toml (validated) onto the relay's config: all but
+// the logger, the software name and, when relay.toml defines no token, the
+// generated one.
+func relayConfig(cfg *Config) (tunnel.RelayConfig, error) {
+	rc := tunnel.DefaultRelayConfig()
+	ports, err := tunnel.ParsePortSet(cfg.Relay.Ports)
+	if err != nil {
+		return rc, cfg.fail("relay.ports", "%v", err)
+	}
+	rc.Ports = ports
+	rc.BindHost, _, _ = net.SplitHostPort(cfg.Relay.Listen)
+	rc.PublicHost = cfg.Relay.PublicHost
+	rc.HandshakeTimeout = cfg.Relay.HandshakeTimeout.Duration
+	rc.MaxPendingSessions = cfg.Limits.MaxPendingSessions
+	if rc.Clients, err = cfg.clientLimits("limits", -1, cfg.Limits.ClientSection); err != nil {
+		return rc, err
+	}
+	for i := range cfg.Tokens {
+		tok, err := cfg.token(i, ports)
+		if err != nil {
+			return rc, err
+		}
+		rc.Tokens = append(rc.Tokens, tok)
+	}
+	return rc, nil
+}
+
+// transportOptions maps relay.toml onto the listener's options.
+func transportOptions(cfg *Config) transport.Options {
+	opts := transport.DefaultOptions()
+	opts.HandshakeTimeout = cfg.Relay.HandshakeTimeout.Duration
+	opts.IdleTimeout = cfg.Relay.IdleTimeout.Duration
+	opts.KeepAlive = cfg.Relay.KeepAlive.Duration
+	opts.MaxHandshakes = cfg.Relay.MaxHandshakes
+	return opts
+}
+
+// fileWarning is a file holding a secret that other users can read.
+type fileWarning struct {
+	msg  string
+	file string
+	mode fs.FileMode
+	fix  string
+}
+
+// readableSecrets finds the files holding token secrets that every user can
+// read: relay.toml with a secret inline, or a secret_file. Group-readable is
+// left alone: root:relayd 0640 is how a service is meant to read them.
+func readableSecrets(cfg *Config) []fileWarning {
+	var out []fileWarning
+	inline := slices.ContainsFunc(cfg.Tokens, func(t TokenSection) bool { return t.Secret != "" })
+	if fi, err := os.Stat(cfg.file); inline && err == nil && fi.Mode().Perm()&0o004 != 0 {
+		out = append(out, fileWarning{
+			msg:  "the config file holds token secrets and every user can read it",
+			file: cfg.file, mode: fi.Mode().Perm(),
+			fix: fmt.Sprintf("chmod 600 %s (or 640 with relayd's group), or move each secret to a file of its own named by secret_file", cfg.file),
+		})
+	}
+	for _, t := range cfg.Tokens {
+		if t.secretPath == "" {
+			continue
+		}
+		if fi, err := os.Stat(t.secretPath); err == nil && fi.Mode().Perm()&0o004 != 0 {
+			out = append(out, fileWarning{
+				msg:  fmt.Sprintf("the secret_file of token %q can be read by every user", t.ID),
+				file: t.secretPath, mode: fi.Mode().Perm(),
+				fix: fmt.Sprintf("chmod 600 %s (or 640 with relayd's group)", t.secretPath),
+			})
+		}
+	}
+	return out
 }
 
 // printAgentLine prints the relayctl command that reaches this relay with

@@ -427,7 +427,7 @@ func (a *agentConn) register(ctx context.Context, m *Register) Message {
 	}
 	tok := a.token.tok
 	if !matchName(tok.Names, m.Name) {
-		return fail(CodeForbidden, "token %q may not use the tunnel name %q: its names rule allows only %s",
+		return fail(CodeForbidden, "token %q may not use the tunnel name %q: its names rule allows only %s; pick a --name that matches",
 			tok.ID, m.Name, strings.Join(tok.Names, ", "))
 	}
 	if m.Protos&ProtoUDP != 0 && tok.DenyUDP {
@@ -506,7 +506,7 @@ func (r *Relay) allocate(a *agentConn, m *Register, gate *clientGate) (*relayTun
 	}
 	if tok.MaxTunnels > 0 && a.token.tunnels >= tok.MaxTunnels {
 		return nil, &RefusedError{Code: CodeLimit, Text: fmt.Sprintf(
-			"token %q already has %d tunnels open, its max_tunnels: close one first", tok.ID, a.token.tunnels)}
+			"token %q has %d tunnel(s) open, its max_tunnels = %d: close one first", tok.ID, a.token.tunnels, tok.MaxTunnels)}
 	}
 	n := cands.Size()
 	start := 0
@@ -573,6 +573,7 @@ type relayTunnel struct {
 }
 
 func (t *relayTunnel) serve(ctx context.Context) {
+	var lastSummary time.Time
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	for {
@@ -592,6 +593,11 @@ func (t *relayTunnel) serve(ctx context.Context) {
 			// and a close.
 			c.Close()
 			t.log.Debug("client refused", "client", client.String(), "reason", reason)
+			// One line per 10 s at most, so a flood cannot flood the log.
+			if now := time.Now(); now.Sub(lastSummary) >= 10*time.Second {
+				lastSummary = now
+				t.log.Info("public clients refused so far", "by_reason", t.gate.counts(), "latest", client.String())
+			}
 			continue
 		}
 		t.active.Add(1)

@@ -90,6 +90,11 @@ func ParsePrefixes(ss []string) ([]netip.Prefix, error) {
 	for _, s := range ss {
 		s = strings.TrimSpace(s)
 		if p, err := netip.ParsePrefix(s); err == nil {
+			// Clients are matched unmapped, so an IPv4-mapped prefix
+			// becomes the IPv4 prefix it means.
+			if a := p.Addr(); a.Is4In6() && p.Bits() >= 96 {
+				p = netip.PrefixFrom(a.Unmap(), p.Bits()-96)
+			}
 			out = append(out, p.Masked())
 			continue
 		}

@@ -141,6 +141,10 @@ func TestPerIPLimits(t *testing.T) {
 		if n := refusals(r, RefusedPerIPConns); n != 1 {
 			t.Fatalf("per_ip_conns refusals = %d, want 1", n)
 		}
+		waitFor(t, "the refusal summary in the log", 5*time.Second, func() bool {
+			return strings.Contains(r.Log.String(), `msg="public clients refused so far" `) &&
+				strings.Contains(r.Log.String(), "by_reason=map[per_ip_conns:1]")
+		})
 
 		// Rate: 20 connections at once against 2/s with a burst of 5.
 		r2 := startRelay(t, func(c *RelayConfig) { c.Clients = ClientLimits{RatePerIP: 2, BurstPerIP: 5} })

@@ -7,6 +7,7 @@ package proctest
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -422,3 +423,73 @@ func Stopped(t testing.TB, p *Proc, sig syscall.Signal) {
 		t.Fatalf("%s exited with %d after %v, want 0\nstderr:\n%s", p.name, code, sig, p.Stderr.String())
 	}
 }
+
+// NewRelaydFunc is NewRelayd with extra made from the public ports the
+// relayd gets (low-high), for tokens scoped to some of them.
+func NewRelaydFunc(t testing.TB, extra func(low, high int) string) *Relayd {
+	t.Helper()
+	dir := t.TempDir()
+	stateDir := filepath.Join(dir, "state")
+	low, high := portRange()
+	path := filepath.Join(dir, "relay.toml")
+	cfg := fmt.Sprintf("[relay]\nlisten = \"127.0.0.1:0\"\nports = \"%d-%d\"\nstate_dir = %q\n\n%s", low, high, stateDir, extra(low, high))
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r := StartRelayd(t, path, stateDir)
+	r.Low, r.High = low, high
+	return r
+}
+
+// WriteSecret writes secret and a newline to a new file readable by its
+// owner alone, and returns its path.
+func WriteSecret(t testing.TB, secret string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(path, []byte(secret+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// Hold connects a client to the tunnel at url and waits for the first
+// len(tag) bytes the server sends (its tag), proving the client was
+// admitted. The connection stays open until the caller closes it.
+func Hold(t testing.TB, url, tag string) net.Conn {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", HostPort(t, url), 5*time.Second)
+	if err != nil {
+		t.Fatalf("dialing %s: %v", url, err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	got := make([]byte, len(tag))
+	if _, err := io.ReadFull(c, got); err != nil || string(got) != tag {
+		t.Fatalf("through %s: read %q, %v; want the server's %q", url, got, err, tag)
+	}
+	c.SetReadDeadline(time.Time{})
+	return c
+}
+
+// CheckTurnedAway connects a client to the tunnel at url and expects the
+// relay to close the connection at once, before the server says anything.
+func CheckTurnedAway(t testing.TB, url string) {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", HostPort(t, url), 5*time.Second)
+	if err != nil {
+		return // refused before the accept: turned away too
+	}
+	defer c.Close()
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	got, err := io.ReadAll(c)
+	var ne net.Error
+	switch {
+	case len(got) > 0:
+		t.Fatalf("through %s: the server answered %q; want the client turned away", url, got)
+	case errors.As(err, &ne) && ne.Timeout():
+		t.Fatalf("through %s: the connection stayed open 5s; want it closed at once", url)
+	}
+}
+
+// Pid is the process's id.
+func (p *Proc) Pid() int { return p.cmd.Process.Pid }

@@ -1,0 +1,116 @@
+package main
+
+import (
+	"errors"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/relaytun/relay/tunnel"
+)
+
+// parseExpose runs exposeConfig on args (after "relayctl expose") with env
+// set, as main would.
+func parseExpose(t *testing.T, env map[string]string, args ...string) (tunnel.AgentConfig, error) {
+	t.Helper()
+	for _, k := range []string{"RELAY_ADDR", "RELAY_TOKEN", "RELAY_TOKEN_FILE", "RELAY_FINGERPRINT", "RELAY_TRANSPORT", "RELAY_KNOWN_RELAYS"} {
+		t.Setenv(k, env[k])
+		if env[k] == "" {
+			os.Unsetenv(k)
+		}
+	}
+	var cfg tunnel.AgentConfig
+	cmd := *exposeCommand
+	// Fresh flags each run: urfave/cli keeps a value read from the
+	// environment in the flag itself.
+	cmd.Flags = nil
+	for _, f := range exposeCommand.Flags {
+		v := reflect.New(reflect.TypeOf(f).Elem())
+		v.Elem().Set(reflect.ValueOf(f).Elem())
+		cmd.Flags = append(cmd.Flags, v.Interface().(cli.Flag))
+	}
+	cmd.Action = func(c *cli.Context) error {
+		var err error
+		cfg, err = exposeConfig(c)
+		return err
+	}
+	app := newApp()
+	app.Commands = []*cli.Command{&cmd}
+	err := app.Run(reorderArgs(app, append([]string{"relayctl", "expose"}, args...)))
+	return cfg, err
+}
+
+func TestExposeConfigAllowDeny(t *testing.T) {
+	fp := "SHA256:" + strings.Repeat("A", 43)
+	cfg, err := parseExpose(t, nil, "8080", "9090", "--relay", "r", "--token", "s", "--fingerprint", fp,
+		"--allow", "10.0.0.0/8, 192.0.2.7", "--allow", "2001:db8::/32", "--deny", "10.1.0.0/16")
+	if err != nil {
+		t.Fatal(err)
+	}
+	allow := []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("192.0.2.7/32"), netip.MustParsePrefix("2001:db8::/32")}
+	deny := []netip.Prefix{netip.MustParsePrefix("10.1.0.0/16")}
+	if len(cfg.Tunnels) != 2 {
+		t.Fatalf("%d tunnels, want 2", len(cfg.Tunnels))
+	}
+	for _, spec := range cfg.Tunnels {
+		if !reflect.DeepEqual(spec.Allow, allow) || !reflect.DeepEqual(spec.Deny, deny) {
+			t.Errorf("tunnel %s: allow %v, deny %v; want %v and %v", spec.Name, spec.Allow, spec.Deny, allow, deny)
+		}
+	}
+
+	// Without the flags, the lists are empty.
+	cfg, err = parseExpose(t, nil, "8080", "--relay", "r", "--token", "s", "--fingerprint", fp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s := cfg.Tunnels[0]; s.Allow != nil || s.Deny != nil {
+		t.Errorf("no flags: allow %v, deny %v; want none", s.Allow, s.Deny)
+	}
+
+	// Sixteen is the most the protocol carries.
+	sixteen := strings.TrimSuffix(strings.Repeat("10.0.0.0/8,", tunnel.MaxPrefixes), ",")
+	if _, err := parseExpose(t, nil, "8080", "--relay", "r", "--token", "s", "--fingerprint", fp, "--deny", sixteen); err != nil {
+		t.Errorf("%d deny prefixes: %v", tunnel.MaxPrefixes, err)
+	}
+}
+
+func TestExposeConfigTokenFile(t *testing.T) {
+	fp := "SHA256:" + strings.Repeat("A", 43)
+	path := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(path, []byte("\t secret-from-file \r\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		env  map[string]string
+		args []string
+	}{
+		{"flag", nil, []string{"--token-file", path}},
+		{"env", map[string]string{"RELAY_TOKEN_FILE": path}, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg, err := parseExpose(t, tc.env, append([]string{"8080", "--relay", "r", "--fingerprint", fp}, tc.args...)...)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if cfg.Token != "secret-from-file" {
+				t.Errorf("Token = %q, want the file's content trimmed", cfg.Token)
+			}
+		})
+	}
+
+	big := filepath.Join(t.TempDir(), "big")
+	if err := os.WriteFile(big, []byte(strings.Repeat("x", maxTokenFile+1)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err := parseExpose(t, nil, "8080", "--relay", "r", "--fingerprint", fp, "--token-file", big)
+	var ec cli.ExitCoder
+	if !errors.As(err, &ec) || ec.ExitCode() != exitUsage || !strings.Contains(err.Error(), big+" is larger than") {
+		t.Errorf("a %d-byte token file: %v, want exit %d naming the file", maxTokenFile+1, err, exitUsage)
+	}
+}
