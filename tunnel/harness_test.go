@@ -100,6 +100,7 @@ func startRelayWith(t *testing.T, mod func(*RelayConfig), optMod func(*transport
 		t.Fatal(err)
 	}
 	opts := testOptions()
+	opts.MaxIncomingStreams = MaxAgentStreams
 	if optMod != nil {
 		optMod(&opts)
 	}

@@ -227,3 +227,47 @@ func TestHandshakeDeadline(t *testing.T) {
 		}
 	})
 }
+
+// Before authenticating, an agent cannot pile up streams: the relay's
+// transport admits MaxAgentStreams, and the relay reads only the first.
+func TestUnauthenticatedStreamCap(t *testing.T) {
+	forEachTransport(t, func(t *testing.T, kind string) {
+		r := startRelay(t, nil)
+		s := dialRaw(t, r, kind)
+		var refused bool
+		for i := range MaxAgentStreams + 4 {
+			ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+			st, err := s.OpenStream(ctx)
+			cancel()
+			if err != nil {
+				refused = true // QUIC: the stream limit blocks the open
+				break
+			}
+			if i == 0 {
+				st.Write([]byte{typeHello}) // a control stream, mid-frame
+			} else {
+				st.Write([]byte{0})
+			}
+			if i >= MaxAgentStreams {
+				// TLS+smux: a stream over the limit is reset, so writes fail.
+				deadline := time.Now().Add(5 * time.Second)
+				for time.Now().Before(deadline) {
+					if _, err := st.Write([]byte{0}); err != nil {
+						refused = true
+						break
+					}
+					time.Sleep(10 * time.Millisecond)
+				}
+				break
+			}
+		}
+		if !refused {
+			t.Fatalf("an unauthenticated session opened more than %d streams", MaxAgentStreams)
+		}
+		select {
+		case <-s.Done():
+			t.Fatal("the session itself closed: the stream cap was not what refused")
+		default:
+		}
+	})
+}

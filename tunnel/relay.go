@@ -120,6 +120,11 @@ func (c *RelayConfig) Validate() error {
 	return nil
 }
 
+// MaxAgentStreams is how many streams a relay lets an agent open at once:
+// the control stream, with room to spare. Relays pass it as the transport's
+// MaxIncomingStreams.
+const MaxAgentStreams = 4
+
 // MinSecretLen is the shortest token secret accepted.
 const MinSecretLen = 16
 

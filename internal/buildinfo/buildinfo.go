@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"runtime"
 	"runtime/debug"
+
+	"github.com/urfave/cli/v2"
 )
 
 // Version is set at link time (-ldflags "-X github.com/relaytun/relay/internal/buildinfo.Version=v1.2.3");
@@ -59,4 +61,16 @@ func String(program string, protocol int) string {
 	}
 	return fmt.Sprintf("%s %s (commit %s, protocol %d, %s %s/%s)",
 		program, in.Version, commit, protocol, in.GoVersion, runtime.GOOS, runtime.GOARCH)
+}
+
+// VersionCommand is the `version` command both programs share.
+func VersionCommand(program string, protocol int) *cli.Command {
+	return &cli.Command{
+		Name:  "version",
+		Usage: "print the version, commit, protocol version and Go version",
+		Action: func(c *cli.Context) error {
+			fmt.Fprintln(c.App.Writer, String(program, protocol))
+			return nil
+		},
+	}
 }
