@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/netip"
 	"runtime"
@@ -150,13 +151,16 @@ func TestPerIPLimits(t *testing.T) {
 		r2 := startRelay(t, func(c *RelayConfig) { c.Clients = ClientLimits{RatePerIP: 2, BurstPerIP: 5} })
 		b := mustRunAgent(t, r2.agentConfig(kind, startServer(t, echo)))
 		ok := 0
+		start := time.Now()
 		for range 20 {
 			if !refusedAtOnce(t, b.Public(0)) {
 				ok++
 			}
 		}
-		if ok < 5 || ok > 7 {
-			t.Fatalf("%d of 20 rapid connections got through at 2/s with burst 5; want about 5", ok)
+		// The burst, plus what the rate refilled while the loop ran.
+		most := 5 + int(math.Ceil(2*time.Since(start).Seconds()))
+		if ok < 5 || ok > most {
+			t.Fatalf("%d of 20 rapid connections got through at 2/s with burst 5; want 5 to %d", ok, most)
 		}
 		if n := refusals(r2, RefusedPerIPRate); n != int64(20-ok) {
 			t.Fatalf("per_ip_rate refusals = %d, want %d", n, 20-ok)
