@@ -270,6 +270,14 @@ func DialAuto(ctx context.Context, addr string, delay time.Duration, log *slog.L
 			results <- result{s, err}
 		}()
 	}
+	// closeLate closes whatever the attempts still pending bring.
+	closeLate := func(pending int) {
+		for range pending {
+			if r := <-results; r.s != nil {
+				r.s.Close()
+			}
+		}
+	}
 	start(first)
 	started, done := 1, 0
 	timer := time.NewTimer(delay)
@@ -286,25 +294,12 @@ func DialAuto(ctx context.Context, addr string, delay time.Duration, log *slog.L
 		case r := <-results:
 			done++
 			if r.err == nil {
-				// Close whatever the other attempt still brings.
-				go func(pending int) {
-					for range pending {
-						if r := <-results; r.s != nil {
-							r.s.Close()
-						}
-					}
-				}(started - done)
+				go closeLate(started - done)
 				return r.s, nil
 			}
 			var idErr *transport.IdentityError
 			if errors.As(r.err, &idErr) {
-				go func(pending int) {
-					for range pending {
-						if r := <-results; r.s != nil {
-							r.s.Close()
-						}
-					}
-				}(started - done)
+				go closeLate(started - done)
 				return nil, idErr
 			}
 			errs = append(errs, r.err)

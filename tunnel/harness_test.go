@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/relaytun/relay/internal/proctest"
 	"github.com/relaytun/relay/transport"
 )
 
@@ -217,31 +218,7 @@ func (a *testAgent) Public(i int) string {
 // startServer runs handle for every connection on a fresh loopback port.
 func startServer(t *testing.T, handle func(net.Conn)) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	t.Cleanup(func() {
-		ln.Close()
-		wg.Wait()
-	})
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				handle(c)
-			}()
-		}
-	}()
-	return ln.Addr().String()
+	return proctest.Serve(t, handle)
 }
 
 // echo copies everything back and half-closes on EOF, like a careful server.

@@ -309,9 +309,9 @@ func HostPort(t testing.TB, url string) string {
 	return hp
 }
 
-// StartEcho runs a TCP server on loopback that writes tag, then echoes what
-// it reads and half-closes at EOF. It returns the server's address.
-func StartEcho(t testing.TB, tag string) string {
+// Serve runs handle for every connection on a fresh loopback port until
+// the test ends, and returns the port's address.
+func Serve(t testing.TB, handle func(net.Conn)) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -333,15 +333,24 @@ func StartEcho(t testing.TB, tag string) string {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				defer c.Close()
-				c.SetDeadline(time.Now().Add(30 * time.Second))
-				io.WriteString(c, tag)
-				io.Copy(c, c)
-				c.(*net.TCPConn).CloseWrite()
+				handle(c)
 			}()
 		}
 	}()
 	return ln.Addr().String()
+}
+
+// StartEcho runs a TCP server on loopback that writes tag, then echoes what
+// it reads and half-closes at EOF. It returns the server's address.
+func StartEcho(t testing.TB, tag string) string {
+	t.Helper()
+	return Serve(t, func(c net.Conn) {
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(30 * time.Second))
+		io.WriteString(c, tag)
+		io.Copy(c, c)
+		c.(*net.TCPConn).CloseWrite()
+	})
 }
 
 // CheckEcho sends a payload through the tunnel at url, half-closes, and
