@@ -292,11 +292,14 @@ func TestScopedTokens(t *testing.T) {
 	)
 	var scoped int
 	r := pt.NewRelaydFunc(t, func(low, high int) string {
+		// The other tokens keep off the scoped port, so the subtests,
+		// which run at once, never take it from "port".
 		scoped = low + 5
-		return fmt.Sprintf("[[tokens]]\nid = \"game\"\nsecret = %q\nnames = [\"game-*\"]\n\n"+
-			"[[tokens]]\nid = \"one\"\nsecret = %q\nmax_tunnels = 1\n\n"+
+		others := fmt.Sprintf("%d-%d", low, scoped-1)
+		return fmt.Sprintf("[[tokens]]\nid = \"game\"\nsecret = %q\nnames = [\"game-*\"]\nports = %q\n\n"+
+			"[[tokens]]\nid = \"one\"\nsecret = %q\nmax_tunnels = 1\nports = %q\n\n"+
 			"[[tokens]]\nid = \"port\"\nsecret_file = %q\nports = \"%d\"\n",
-			gameSecret, oneSecret, pt.WriteSecret(t, portSecret), scoped)
+			gameSecret, others, oneSecret, others, pt.WriteSecret(t, portSecret), scoped)
 	})
 	local := pt.StartEcho(t, "scope:")
 	args := func(secret string, more ...string) []string {
