@@ -10,13 +10,10 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"regexp"
-	"strconv"
 	"strings"
 	"time"
 
-	"github.com/BurntSushi/toml"
-
+	"github.com/relaytun/relay/internal/tomlconf"
 	"github.com/relaytun/relay/tunnel"
 )
 
@@ -103,9 +100,9 @@ func DefaultConfig() Config {
 		Relay: RelaySection{
 			Listen:           "0.0.0.0:7000",
 			Ports:            "20000-29999",
-			HandshakeTimeout: Duration{10 * time.Second},
-			IdleTimeout:      Duration{15 * time.Second},
-			KeepAlive:        Duration{5 * time.Second},
+			HandshakeTimeout: Duration{Duration: 10 * time.Second},
+			IdleTimeout:      Duration{Duration: 15 * time.Second},
+			KeepAlive:        Duration{Duration: 5 * time.Second},
 			MaxHandshakes:    256,
 		},
 		Limits: LimitsSection{
@@ -116,43 +113,11 @@ func DefaultConfig() Config {
 	}
 }
 
-// Duration is a time.Duration written as a string with a unit ("10s"). A
-// bare number is refused rather than read as nanoseconds.
-type Duration struct{ time.Duration }
-
-// UnmarshalText parses "10s", "1m30s" and the like.
-func (d *Duration) UnmarshalText(b []byte) error {
-	v, err := time.ParseDuration(string(b))
-	if err != nil {
-		return fmt.Errorf("%q is not a duration with a unit, such as \"10s\"", b)
-	}
-	d.Duration = v
-	return nil
-}
-
-// MarshalText prints the duration as UnmarshalText reads it.
-func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
+// Duration is a time.Duration written as a string with a unit ("10s").
+type Duration = tomlconf.Duration
 
 // ConfigError points at the place in relay.toml that is wrong.
-type ConfigError struct {
-	File string
-	Line int // 0 when unknown
-	Key  string
-	Msg  string
-}
-
-func (e *ConfigError) Error() string {
-	var b strings.Builder
-	b.WriteString(e.File)
-	if e.Line > 0 {
-		fmt.Fprintf(&b, ":%d", e.Line)
-	}
-	if e.Key != "" {
-		fmt.Fprintf(&b, ": %s", e.Key)
-	}
-	fmt.Fprintf(&b, ": %s", e.Msg)
-	return b.String()
-}
+type ConfigError = tomlconf.Error
 
 // LoadConfig reads path over the defaults, strictly: a syntax error, an
 // unknown key or an invalid value is an error naming the file, line and key.
@@ -168,72 +133,14 @@ func LoadConfig(path string) (*Config, error) {
 func ParseConfig(path, data string) (*Config, error) {
 	c := DefaultConfig()
 	c.file, c.data = path, data
-	md, err := toml.Decode(data, &c)
-	if err != nil {
-		var pe toml.ParseError
-		if errors.As(err, &pe) {
-			return nil, &ConfigError{File: path, Line: pe.Position.Line, Key: pe.LastKey, Msg: pe.Message}
-		}
-		if m := typeErrRE.FindStringSubmatch(err.Error()); m != nil {
-			line, _ := strconv.Atoi(m[1])
-			return nil, &ConfigError{File: path, Line: line, Key: m[2], Msg: m[3]}
-		}
-		return nil, &ConfigError{File: path, Msg: err.Error()}
-	}
-	if und := md.Undecoded(); len(und) > 0 {
-		k := und[0]
-		return nil, &ConfigError{File: path, Line: keyLine(data, k, 0), Key: k.String(),
-			Msg: "unknown key (see the sample relay.toml for the keys there are)"}
+	if err := tomlconf.Decode(path, data, &c, "relay.toml"); err != nil {
+		return nil, err
 	}
 	if err := c.Validate(); err != nil {
 		return nil, err
 	}
 	return &c, nil
 }
-
-// typeErrRE matches BurntSushi/toml's error for a value of the wrong type.
-var typeErrRE = regexp.MustCompile(`^toml: line (\d+) \(last key "([^"]+)"\): (.*)$`)
-
-// keyLine finds the line that sets key, or 0. It understands the plain
-// layout relay.toml uses: [table] and [[table]] headers, then key = value.
-// For an array of tables, index picks the table (0 is the first); when that
-// table does not set the key, its header's line is returned.
-func keyLine(data string, key toml.Key, index int) int {
-	if len(key) == 0 {
-		return 0
-	}
-	table, last := strings.Join(key[:len(key)-1], "."), key[len(key)-1]
-	cur := ""
-	seen := -1  // tables named `table` so far, minus one
-	header := 0 // line of the index-th such table's header
-	for i, line := range strings.Split(data, "\n") {
-		l := strings.TrimSpace(line)
-		if m := headerRE.FindStringSubmatch(l); m != nil {
-			if header > 0 && cur == table && seen == index {
-				return header // that table ended without the key
-			}
-			cur = strings.TrimSpace(m[1])
-			if cur == key.String() {
-				return i + 1
-			}
-			if cur == table {
-				if seen++; seen == index {
-					header = i + 1
-				}
-			}
-			continue
-		}
-		if cur != table || (table != "" && seen != index) {
-			continue
-		}
-		if k, _, ok := strings.Cut(l, "="); ok && strings.Trim(strings.TrimSpace(k), `"'`) == last {
-			return i + 1
-		}
-	}
-	return header
-}
-
-var headerRE = regexp.MustCompile(`^\[\[?\s*([^\]]+?)\s*\]\]?`)
 
 // fail makes a ConfigError for key (e.g. "relay.ports").
 func (c *Config) fail(key string, format string, args ...any) error {
@@ -242,11 +149,7 @@ func (c *Config) fail(key string, format string, args ...any) error {
 
 // failAt is fail for a key of the index-th table of an array ([[tokens]]).
 func (c *Config) failAt(key string, index int, format string, args ...any) error {
-	file := c.file
-	if file == "" {
-		file = "(defaults)"
-	}
-	return &ConfigError{File: file, Line: keyLine(c.data, strings.Split(key, "."), index), Key: key, Msg: fmt.Sprintf(format, args...)}
+	return tomlconf.Source{File: c.file, Data: c.data}.Fail(key, index, format, args...)
 }
 
 // Validate checks every value.

@@ -135,8 +135,8 @@ secret = "bob-secret-0123456789"
 	want := RelaySection{
 		Listen: "127.0.0.1:7100", Ports: "24100-24109, 25565", StateDir: "/var/lib/relayd",
 		PublicHost: "relay.example.com", CertFile: "/etc/relayd/cert.pem", KeyFile: "/etc/relayd/key.pem",
-		HandshakeTimeout: Duration{3 * time.Second}, IdleTimeout: Duration{90 * time.Second},
-		KeepAlive: Duration{500 * time.Millisecond}, MaxHandshakes: 64,
+		HandshakeTimeout: Duration{Duration: 3 * time.Second}, IdleTimeout: Duration{Duration: 90 * time.Second},
+		KeepAlive: Duration{Duration: 500 * time.Millisecond}, MaxHandshakes: 64,
 	}
 	if c.Relay != want {
 		t.Errorf("[relay]:\n got %+v\nwant %+v", c.Relay, want)
@@ -341,9 +341,9 @@ func TestConfigErrorText(t *testing.T) {
 		e    ConfigError
 		want string
 	}{
-		{ConfigError{"r.toml", 3, "relay.ports", "bad"}, "r.toml:3: relay.ports: bad"},
-		{ConfigError{"r.toml", 0, "relay.ports", "bad"}, "r.toml: relay.ports: bad"},
-		{ConfigError{"r.toml", 7, "", "bad"}, "r.toml:7: bad"},
+		{ConfigError{File: "r.toml", Line: 3, Key: "relay.ports", Msg: "bad"}, "r.toml:3: relay.ports: bad"},
+		{ConfigError{File: "r.toml", Line: 0, Key: "relay.ports", Msg: "bad"}, "r.toml: relay.ports: bad"},
+		{ConfigError{File: "r.toml", Line: 7, Key: "", Msg: "bad"}, "r.toml:7: bad"},
 	} {
 		if got := tt.e.Error(); got != tt.want {
 			t.Errorf("%+v.Error() = %q, want %q", tt.e, got, tt.want)

@@ -1,0 +1,165 @@
+// Package tomlconf holds what relayd's relay.toml and relayctl's agent.toml
+// share: strict decoding over defaults, durations that must carry a unit,
+// and errors that point at FILE:LINE: KEY.
+//
+// A config type decodes with Decode, keeps the file's name and text in a
+// Source, and reports each invalid value with Source.Fail, so every message
+// reads the same way in both programs.
+package tomlconf
+
+import (
+	"errors"
+	"fmt"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/BurntSushi/toml"
+)
+
+// Duration is a time.Duration written as a string with a unit ("10s"). A
+// bare number is refused rather than read as nanoseconds.
+type Duration struct{ time.Duration }
+
+// UnmarshalText parses "10s", "1m30s" and the like.
+func (d *Duration) UnmarshalText(b []byte) error {
+	v, err := time.ParseDuration(string(b))
+	if err != nil {
+		return fmt.Errorf("%q is not a duration with a unit, such as \"10s\"", b)
+	}
+	d.Duration = v
+	return nil
+}
+
+// MarshalText prints the duration as UnmarshalText reads it.
+func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
+
+// Error points at the place in a config file that is wrong.
+type Error struct {
+	File string
+	Line int // 0 when unknown
+	Key  string
+	Msg  string
+}
+
+func (e *Error) Error() string {
+	var b strings.Builder
+	b.WriteString(e.File)
+	if e.Line > 0 {
+		fmt.Fprintf(&b, ":%d", e.Line)
+	}
+	if e.Key != "" {
+		fmt.Fprintf(&b, ": %s", e.Key)
+	}
+	fmt.Fprintf(&b, ": %s", e.Msg)
+	return b.String()
+}
+
+// Decode decodes data, the text of the file path, over v (which holds the
+// defaults), strictly: a syntax error, a value of the wrong type or a key v
+// has no field for is an *Error naming path, the line and the key. sample
+// names the commented sample file that lists the keys there are.
+func Decode(path, data string, v any, sample string) error {
+	md, err := toml.Decode(data, v)
+	if err != nil {
+		var pe toml.ParseError
+		if errors.As(err, &pe) {
+			return &Error{File: path, Line: pe.Position.Line, Key: pe.LastKey, Msg: pe.Message}
+		}
+		if m := typeErrRE.FindStringSubmatch(err.Error()); m != nil {
+			line, _ := strconv.Atoi(m[1])
+			return &Error{File: path, Line: line, Key: m[2], Msg: m[3]}
+		}
+		return &Error{File: path, Msg: err.Error()}
+	}
+	if und := md.Undecoded(); len(und) > 0 {
+		k := und[0]
+		return &Error{File: path, Line: undecodedLine(data, k), Key: k.String(),
+			Msg: fmt.Sprintf("unknown key (see the sample %s for the keys there are)", sample)}
+	}
+	return nil
+}
+
+// typeErrRE matches BurntSushi/toml's error for a value of the wrong type.
+var typeErrRE = regexp.MustCompile(`^toml: line (\d+) \(last key "([^"]+)"\): (.*)$`)
+
+// Source is a config file's name and text, for errors that point into it.
+// File "" stands for embedded defaults.
+type Source struct {
+	File string
+	Data string
+}
+
+// Fail makes an *Error for key ("relay.ports", "tunnels.local") in the
+// index-th table of an array of tables (0 for keys outside one).
+func (s Source) Fail(key string, index int, format string, args ...any) error {
+	file := s.File
+	if file == "" {
+		file = "(defaults)"
+	}
+	return &Error{File: file, Line: KeyLine(s.Data, strings.Split(key, "."), index), Key: key, Msg: fmt.Sprintf(format, args...)}
+}
+
+// KeyLine finds the line that sets key, or 0. It understands the plain
+// layout the sample files use: top-level keys, [table] and [[table]]
+// headers, then key = value. For an array of tables, index picks the table
+// (0 is the first); when that table does not set the key, its header's line
+// is returned.
+func KeyLine(data string, key toml.Key, index int) int {
+	line, _ := keyLine(data, key, index)
+	return line
+}
+
+// undecodedLine is KeyLine for a key whose table index is unknown: the
+// first table of an array that sets it.
+func undecodedLine(data string, key toml.Key) int {
+	for i := 0; ; i++ {
+		line, set := keyLine(data, key, i)
+		if set || line == 0 {
+			if line == 0 && i > 0 {
+				return KeyLine(data, key, 0)
+			}
+			return line
+		}
+	}
+}
+
+// keyLine is KeyLine, also saying whether the line sets the key (rather
+// than being its table's header).
+func keyLine(data string, key toml.Key, index int) (line int, set bool) {
+	if len(key) == 0 {
+		return 0, false
+	}
+	table, last := strings.Join(key[:len(key)-1], "."), key[len(key)-1]
+	cur := ""
+	seen := -1  // tables named `table` so far, minus one
+	header := 0 // line of the index-th such table's header
+	for i, line := range strings.Split(data, "\n") {
+		l := strings.TrimSpace(line)
+		if m := headerRE.FindStringSubmatch(l); m != nil {
+			if header > 0 && cur == table && seen == index {
+				return header, false // that table ended without the key
+			}
+			cur = strings.TrimSpace(m[1])
+			if cur == key.String() {
+				return i + 1, true
+			}
+			if cur == table {
+				if seen++; seen == index {
+					header = i + 1
+				}
+			}
+			continue
+		}
+		if cur != table || (table != "" && seen != index) {
+			continue
+		}
+		if k, _, ok := strings.Cut(l, "="); ok && strings.Trim(strings.TrimSpace(k), `"'`) == last {
+			return i + 1, true
+		}
+	}
+	return header, false
+}
+
+var headerRE = regexp.MustCompile(`^\[\[?\s*([^\]]+?)\s*\]\]?`)

@@ -1,0 +1,111 @@
+package tomlconf
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+)
+
+type sample struct {
+	Top    string   `toml:"top"`
+	Wait   Duration `toml:"wait"`
+	Server struct {
+		Port int `toml:"port"`
+	} `toml:"server"`
+	Items []struct {
+		Name string `toml:"name"`
+		Size int    `toml:"size"`
+	} `toml:"items"`
+}
+
+const sampleText = `top = "a"
+wait = "1m30s"
+
+[server]
+port = 7
+
+[[items]]
+name = "one"
+
+[[items]]
+name = "two"
+size = 2
+`
+
+func TestDecode(t *testing.T) {
+	var s sample
+	s.Server.Port = 99 // a default the file replaces
+	if err := Decode("s.toml", sampleText, &s, "sample.toml"); err != nil {
+		t.Fatal(err)
+	}
+	if s.Top != "a" || s.Wait.Duration != 90*time.Second || s.Server.Port != 7 || len(s.Items) != 2 || s.Items[1].Size != 2 {
+		t.Errorf("decoded %+v", s)
+	}
+	if b, _ := s.Wait.MarshalText(); string(b) != "1m30s" {
+		t.Errorf("MarshalText = %q, want 1m30s", b)
+	}
+}
+
+func TestDecodeErrors(t *testing.T) {
+	for _, tt := range []struct {
+		name, text string
+		want       string
+	}{
+		{"syntax", "top = \"a\"\n[server\n", "s.toml:3: expected '.' or ']' to end table name"},
+		{"wrong type", "top = 3\n", `s.toml:1: top: incompatible types`},
+		{"bare number duration", "wait = 10\n", "s.toml:1: wait: "},
+		{"duration without unit", "wait = \"10\"\n", `s.toml:1: wait: "10" is not a duration with a unit, such as "10s"`},
+		{"unknown top-level key", "top = \"a\"\ntopp = 1\n", "s.toml:2: topp: unknown key (see the sample sample.toml for the keys there are)"},
+		{"unknown key in a table", "[server]\nport = 1\nhost = \"x\"\n", "s.toml:3: server.host: unknown key"},
+		{"unknown table", "[client]\nport = 1\n", "s.toml:1: client: unknown key"},
+		{"unknown key in the second item", "[[items]]\nname = \"a\"\n[[items]]\nname = \"b\"\nsise = 1\n", "s.toml:5: items.sise: unknown key"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			var s sample
+			err := Decode("s.toml", tt.text, &s, "sample.toml")
+			var e *Error
+			if !errors.As(err, &e) {
+				t.Fatalf("Decode: %v (%T), want an *Error", err, err)
+			}
+			if !strings.HasPrefix(err.Error(), tt.want) {
+				t.Errorf("error %q, want it to start with %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestKeyLine(t *testing.T) {
+	for _, tt := range []struct {
+		key   string
+		index int
+		want  int
+	}{
+		{"top", 0, 1},
+		{"wait", 0, 2},
+		{"server.port", 0, 5},
+		{"server", 0, 4},
+		{"items.name", 0, 8},
+		{"items.name", 1, 11},
+		{"items.size", 1, 12},
+		{"items.size", 0, 7},  // the first item has no size: its header
+		{"items.name", 2, 0},  // no third item
+		{"server.host", 0, 4}, // [server] has no host: its header
+		{"port", 0, 0},        // port is in [server], not at the top
+	} {
+		if got := KeyLine(sampleText, strings.Split(tt.key, "."), tt.index); got != tt.want {
+			t.Errorf("KeyLine(%s, %d) = %d, want %d", tt.key, tt.index, got, tt.want)
+		}
+	}
+}
+
+func TestSourceFail(t *testing.T) {
+	err := Source{File: "s.toml", Data: sampleText}.Fail("items.size", 1, "must be %s", "small")
+	if got, want := err.Error(), "s.toml:12: items.size: must be small"; got != want {
+		t.Errorf("got %q, want %q", got, want)
+	}
+	err = Source{}.Fail("top", 0, "bad")
+	if got, want := err.Error(), "(defaults): top: bad"; got != want {
+		t.Errorf("got %q, want %q", got, want)
+	}
+}
