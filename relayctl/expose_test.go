@@ -14,7 +14,7 @@ import (
 	"github.com/relaytun/relay/tunnel"
 )
 
-// parseExpose runs exposeConfig on args (after "relayctl expose") with env
+// parseExpose runs exposePlan on args (after "relayctl expose") with env
 // set, as main would.
 func parseExpose(t *testing.T, env map[string]string, args ...string) (tunnel.AgentConfig, error) {
 	t.Helper()
@@ -35,8 +35,10 @@ func parseExpose(t *testing.T, env map[string]string, args ...string) (tunnel.Ag
 		cmd.Flags = append(cmd.Flags, v.Interface().(cli.Flag))
 	}
 	cmd.Action = func(c *cli.Context) error {
-		var err error
-		cfg, err = exposeConfig(c)
+		p, err := exposePlan(c)
+		if p != nil {
+			cfg = p.cfg
+		}
 		return err
 	}
 	app := newApp()

@@ -8,20 +8,21 @@ import (
 )
 
 // parseLocal turns LOCAL ("8080", "localhost:8080", "[::1]:8080",
-// "host:port") into a dialable "host:port".
+// "host:port") into a dialable "host:port". Errors leave the setting's name
+// to the caller: LOCAL for expose, local in agent.toml.
 func parseLocal(s string) (string, error) {
 	if isDigits(s) {
 		if n, err := strconv.Atoi(s); err != nil || n < 1 || n > 65535 {
-			return "", fmt.Errorf("LOCAL %q: port must be 1-65535", s)
+			return "", fmt.Errorf("%q: port must be 1-65535", s)
 		}
 		return net.JoinHostPort("localhost", s), nil
 	}
 	host, port, err := net.SplitHostPort(s)
 	if err != nil {
-		return "", fmt.Errorf("LOCAL %q is not PORT or HOST:PORT (for example 8080 or localhost:8080)", s)
+		return "", fmt.Errorf("%q is not PORT or HOST:PORT (for example 8080 or localhost:8080)", s)
 	}
 	if n, err := strconv.Atoi(port); err != nil || !isDigits(port) || n < 1 || n > 65535 {
-		return "", fmt.Errorf("LOCAL %q: port must be 1-65535", s)
+		return "", fmt.Errorf("%q: port must be 1-65535", s)
 	}
 	if host == "" {
 		host = "localhost"

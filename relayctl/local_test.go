@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 
@@ -46,8 +47,8 @@ func TestParseLocal(t *testing.T) {
 			t.Errorf("parseLocal(%q) = %q, want an error", tt.in, got)
 			continue
 		}
-		if !strings.Contains(err.Error(), tt.want) || !strings.Contains(err.Error(), "LOCAL") {
-			t.Errorf("parseLocal(%q): error %q, want it to name LOCAL and say %q", tt.in, err, tt.want)
+		if !strings.Contains(err.Error(), tt.want) || !strings.Contains(err.Error(), fmt.Sprintf("%q", tt.in)) {
+			t.Errorf("parseLocal(%q): error %q, want it to quote LOCAL and say %q", tt.in, err, tt.want)
 		}
 	}
 }

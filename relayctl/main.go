@@ -6,23 +6,29 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 
 	"github.com/urfave/cli/v2"
 )
 
 // Exit codes. Scripts may rely on them.
+// A wrapped command's own exit code replaces them once it has run.
 const (
 	exitFailure    = 1 // the relay could not be reached, or the session was lost
-	exitUsage      = 2 // bad flags or arguments
+	exitUsage      = 2 // bad flags, arguments or agent.toml
 	exitRefused    = 3 // the relay refused: token, port, name or version
 	exitUnverified = 4 // the relay's identity did not verify
 )
+
+// commandKey holds, in the app's Metadata, the command to wrap: what
+// follows the first "--".
+const commandKey = "command"
 
 func newApp() *cli.App {
 	app := &cli.App{
 		Name:            "relayctl",
 		Usage:           "put a local server on a relay's public port",
-		Commands:        []*cli.Command{exposeCommand, versionCommand},
+		Commands:        []*cli.Command{exposeCommand, runCommand, versionCommand},
 		HideHelpCommand: true,
 		ExitErrHandler:  func(*cli.Context, error) {},
 		OnUsageError: func(c *cli.Context, err error, _ bool) error {
@@ -41,14 +47,29 @@ func newApp() *cli.App {
 
 func main() {
 	app := newApp()
-	err := app.Run(reorderArgs(app, os.Args))
+	args, command := splitCommand(os.Args)
+	app.Metadata = map[string]any{commandKey: command}
+	err := app.Run(reorderArgs(app, args))
 	if err == nil {
 		return
 	}
-	fmt.Fprintln(os.Stderr, "relayctl: "+err.Error())
+	// A wrapped command's exit code comes without a message.
+	if msg := err.Error(); msg != "" {
+		fmt.Fprintln(os.Stderr, "relayctl: "+msg)
+	}
 	var ec cli.ExitCoder
 	if errors.As(err, &ec) {
 		os.Exit(ec.ExitCode())
 	}
 	os.Exit(exitUsage)
+}
+
+// splitCommand cuts args at the first "--": relayctl's own arguments
+// before, the command to wrap after. Cutting here, not in urfave/cli,
+// keeps the command's own flags (java -jar) away from relayctl's.
+func splitCommand(args []string) (own, command []string) {
+	if i := slices.Index(args, "--"); i >= 0 {
+		return args[:i], args[i+1:]
+	}
+	return args, nil
 }

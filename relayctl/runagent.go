@@ -1,0 +1,121 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"github.com/relaytun/relay/transport"
+	"github.com/relaytun/relay/tunnel"
+)
+
+// runAgent runs plan's agent for expose and run, printing each public
+// address on stdout as it goes live. The first SIGINT or SIGTERM drains:
+// the relay sends no new clients and open connections may finish within
+// the drain timeout; a second signal stops at once. Either way the exit
+// status is 0. With a command to wrap (after "--"), wrap runs instead.
+func runAgent(c *cli.Context, p *agentPlan) error {
+	command, _ := c.App.Metadata[commandKey].([]string)
+	if command != nil && len(command) == 0 {
+		return cli.Exit("nothing follows --: put the command to start there, e.g. `-- java -jar server.jar`", exitUsage)
+	}
+	out := c.App.Writer
+	p.cfg.OnReady = func(eps []tunnel.Endpoint) {
+		for _, e := range eps {
+			fmt.Fprintln(out, e.URL())
+		}
+	}
+	agent, err := tunnel.NewAgent(p.cfg)
+	if err != nil {
+		return cli.Exit(err.Error(), exitUsage)
+	}
+	if len(command) > 0 {
+		return wrap(agent, p, command)
+	}
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+	r := startAgent(agent)
+	select {
+	case err := <-r.done:
+		return agentExit(err, p.cfg.Relay)
+	case sig := <-sigs:
+		p.log.Info("draining: the relay sends no new clients; open connections may finish",
+			"signal", sig.String(), "drain_timeout", p.drainTimeout)
+		return agentExit(r.drain(p.drainTimeout, sigs, p.log), p.cfg.Relay)
+	}
+}
+
+// running is an agent whose Run is under way.
+type running struct {
+	agent  *tunnel.Agent
+	cancel context.CancelFunc
+	done   chan error // Run's result
+}
+
+func startAgent(a *tunnel.Agent) *running {
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &running{agent: a, cancel: cancel, done: make(chan error, 1)}
+	go func() { r.done <- a.Run(ctx) }()
+	return r
+}
+
+// drain stops the agent gracefully, waiting up to timeout for open
+// connections; a signal on sigs meanwhile stops it at once. It returns
+// Run's result.
+func (r *running) drain(timeout time.Duration, sigs <-chan os.Signal, log *slog.Logger) error {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	if d, ok := any(r.agent).(interface{ Drain(context.Context) }); ok {
+		go d.Drain(ctx)
+	} else {
+		r.cancel() // TODO(agentcli): call r.agent.Drain once main has it.
+	}
+	select {
+	case err := <-r.done:
+		return err
+	case sig := <-sigs:
+		log.Warn("second signal: closing open connections now", "signal", sig.String())
+		cancel()
+		r.cancel()
+		return <-r.done
+	}
+}
+
+// agentExit turns Run's result into the exit status and one line that says
+// what happened and what to do.
+func agentExit(err error, relay string) error {
+	if err == nil {
+		return nil
+	}
+	var ref *tunnel.RefusedError
+	var idErr *transport.IdentityError
+	var dialErr *tunnel.DialError
+	switch {
+	case errors.As(err, &idErr):
+		return cli.Exit(oneLine(idErr.Error()), exitUnverified)
+	case errors.As(err, &ref) && ref.Temporary():
+		return cli.Exit(fmt.Sprintf("the relay ended the session: %s; run relayctl again once it is back", oneLine(ref.Text)), exitFailure)
+	case errors.As(err, &ref):
+		return cli.Exit("the relay refused: "+oneLine(ref.Text), exitRefused)
+	case errors.As(err, &dialErr):
+		return cli.Exit(fmt.Sprintf("%s: check --relay, that relayd is running there, and that its port is open (UDP for QUIC, TCP for --transport tcp)",
+			oneLine(err.Error())), exitFailure)
+	case errors.Is(err, tunnel.ErrSessionClosed):
+		return cli.Exit(oneLine(err.Error())+": run relayctl again to reconnect", exitFailure)
+	}
+	return cli.Exit(fmt.Sprintf("session with %s failed: %s", relay, oneLine(err.Error())), exitFailure)
+}
+
+// oneLine folds a multi-line error (errors.Join) onto one line.
+func oneLine(s string) string {
+	return strings.Join(strings.Fields(strings.ReplaceAll(s, "\n", "; ")), " ")
+}

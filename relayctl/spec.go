@@ -1,0 +1,329 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/relaytun/relay/internal/buildinfo"
+	"github.com/relaytun/relay/internal/tomlconf"
+	"github.com/relaytun/relay/transport"
+	"github.com/relaytun/relay/tunnel"
+)
+
+// defaultRelayPort is added to a relay address without a port.
+const defaultRelayPort = "7000"
+
+// agentSpec is what expose's flags and agent.toml's keys both describe:
+// agent.toml decodes into it, expose fills it from its flags, and build
+// checks it once for both, so the two cannot drift apart. The toml names
+// are also the keys errors carry; expose turns them into flag names.
+type agentSpec struct {
+	Relay       string `toml:"relay"`
+	Token       string `toml:"token"`
+	TokenFile   string `toml:"token_file"`
+	Fingerprint string `toml:"fingerprint"`
+	KnownRelays string `toml:"known_relays"`
+	Transport   string `toml:"transport"`
+	// Reconnecting: see tunnel.AgentConfig.
+	MaxRetries    int               `toml:"max_retries"`
+	RetryMaxDelay tomlconf.Duration `toml:"retry_max_delay"`
+	WaitForRelay  bool              `toml:"wait_for_relay"`
+	// DrainTimeout bounds the wait for open connections after a signal.
+	DrainTimeout tomlconf.Duration `toml:"drain_timeout"`
+	Log          logSpec           `toml:"log"`
+	Tunnels      []tunnelSpec      `toml:"tunnels"`
+}
+
+type logSpec struct {
+	Level  string `toml:"level"`
+	Format string `toml:"format"`
+}
+
+// tunnelSpec is one [[tunnels]] table, or one LOCAL of expose.
+type tunnelSpec struct {
+	Name  string     `toml:"name"`  // "": made from Local (deriveName)
+	Local portString `toml:"local"` // LOCAL: "8080", "localhost:8080"
+	Port  portString `toml:"port"`  // "", "N" or "A-B"
+	Proto string     `toml:"proto"` // "": tcp
+	Allow []string   `toml:"allow"`
+	Deny  []string   `toml:"deny"`
+}
+
+// portString is a string that TOML may also give as a bare number, so
+// `port = 25565` means what `port = "25565"` does.
+type portString string
+
+func (p *portString) UnmarshalTOML(v any) error {
+	switch v := v.(type) {
+	case string:
+		*p = portString(v)
+	case int64:
+		*p = portString(strconv.FormatInt(v, 10))
+	default:
+		return fmt.Errorf("%v is not a port number or a string", v)
+	}
+	return nil
+}
+
+func defaultSpec() agentSpec {
+	return agentSpec{
+		Transport:     tunnel.TransportAuto,
+		RetryMaxDelay: tomlconf.Duration{Duration: 30 * time.Second},
+		DrainTimeout:  tomlconf.Duration{Duration: 30 * time.Second},
+		Log:           logSpec{Level: "info", Format: "text"},
+	}
+}
+
+// specError is a bad setting: Key is its agent.toml key ("tunnels.port"),
+// Index the [[tunnels]] table it is in. Msg follows "KEY: " unless Whole,
+// when it is a sentence of its own that names the settings involved.
+type specError struct {
+	Key   string
+	Index int
+	Msg   string
+	Whole bool
+}
+
+func (e *specError) Error() string {
+	if e.Whole || e.Key == "" {
+		return e.Msg
+	}
+	return e.Key + ": " + e.Msg
+}
+
+// naming says how the user wrote each setting, for messages: expose by its
+// flags (--token-file), run by agent.toml's keys (token_file).
+type naming struct {
+	key func(key string) string
+	// How the environment may give the token: said when the token is
+	// missing, and when both token and token_file are set.
+	tokenEnvMissing, tokenEnvBoth string
+}
+
+// agentPlan is a checked agentSpec, ready to run.
+type agentPlan struct {
+	cfg          tunnel.AgentConfig
+	drainTimeout time.Duration
+	log          *slog.Logger
+}
+
+// build checks every setting and turns s into a plan; errors are
+// *specError.
+func (s *agentSpec) build(n naming) (*agentPlan, error) {
+	fail := func(key string, index int, format string, args ...any) error {
+		return &specError{Key: key, Index: index, Msg: fmt.Sprintf(format, args...)}
+	}
+	whole := func(key string, format string, args ...any) error {
+		return &specError{Key: key, Msg: fmt.Sprintf(format, args...), Whole: true}
+	}
+	cfg := tunnel.DefaultAgentConfig()
+	cfg.Software = buildinfo.Software("relayctl")
+
+	if s.Relay == "" {
+		return nil, whole("relay", "%s is required: the relay's HOST:PORT, e.g. relay.example.com:7000", n.key("relay"))
+	}
+	cfg.Relay = s.Relay
+	if _, _, err := net.SplitHostPort(s.Relay); err != nil {
+		cfg.Relay = net.JoinHostPort(strings.Trim(s.Relay, "[]"), defaultRelayPort)
+	}
+	switch {
+	case s.Token != "" && s.TokenFile != "":
+		return nil, whole("token_file", "%s and %s are both set%s: use one", n.key("token"), n.key("token_file"), n.tokenEnvBoth)
+	case s.TokenFile != "":
+		secret, err := readTokenFile(s.TokenFile)
+		if err != nil {
+			return nil, fail("token_file", 0, "%v", err)
+		}
+		cfg.Token = secret
+	case s.Token == "":
+		return nil, whole("token", "%s or %s%s is required: the secret from the relay's operator (relayd prints one on first start)",
+			n.key("token"), n.key("token_file"), n.tokenEnvMissing)
+	default:
+		cfg.Token = s.Token
+	}
+	switch s.Transport {
+	case tunnel.TransportAuto, tunnel.TransportQUIC, tunnel.TransportTCP:
+		cfg.Transport = s.Transport
+	default:
+		return nil, fail("transport", 0, "%q is not auto, quic or tcp", s.Transport)
+	}
+	v := &transport.Verifier{}
+	if s.Fingerprint != "" {
+		pin, err := transport.ParseFingerprint(s.Fingerprint)
+		if err != nil {
+			return nil, fail("fingerprint", 0, "%v", err)
+		}
+		v.Pin = pin
+	} else {
+		v.KnownRelays = s.KnownRelays
+		if v.KnownRelays == "" {
+			dir, err := os.UserConfigDir()
+			if err != nil {
+				return nil, whole("fingerprint", "no %s and no config directory for the known-relays file: set %s or %s",
+					n.key("fingerprint"), n.key("fingerprint"), n.key("known_relays"))
+			}
+			v.KnownRelays = filepath.Join(dir, "relayctl", "known_relays")
+		}
+	}
+	cfg.Verifier = v
+
+	if s.MaxRetries < 0 {
+		return nil, fail("max_retries", 0, "%d: must be 0 (retry forever) or more", s.MaxRetries)
+	}
+	if s.RetryMaxDelay.Duration <= 0 {
+		return nil, fail("retry_max_delay", 0, "%v: must be a positive duration such as \"30s\"", s.RetryMaxDelay)
+	}
+	if s.DrainTimeout.Duration < 0 {
+		return nil, fail("drain_timeout", 0, "%v: must be a duration such as \"30s\", or \"0s\" to close open connections at once", s.DrainTimeout)
+	}
+	setRetries(&cfg, s)
+
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(s.Log.Level)); err != nil {
+		return nil, fail("log.level", 0, "%q is not debug, info, warn or error", s.Log.Level)
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	var log *slog.Logger
+	switch s.Log.Format {
+	case "text":
+		log = slog.New(slog.NewTextHandler(os.Stderr, opts))
+	case "json":
+		log = slog.New(slog.NewJSONHandler(os.Stderr, opts))
+	default:
+		return nil, fail("log.format", 0, "%q is not text or json", s.Log.Format)
+	}
+	cfg.Logger, v.Logger = log, log
+
+	if len(s.Tunnels) == 0 {
+		return nil, fail("tunnels", 0, "no tunnel: add a [[tunnels]] table with local = \"PORT\" for each local server")
+	}
+	names := map[string]int{}
+	ports := map[uint16]int{}
+	for i, ts := range s.Tunnels {
+		// No "tunnel NAME:" in messages: agent.toml's line points at the
+		// table, and expose's flags apply to every tunnel alike.
+		t, err := ts.build()
+		if err != nil {
+			err.Index = i
+			return nil, err
+		}
+		if j, ok := names[t.Name]; ok {
+			hint := ""
+			if ts.Name == "" {
+				hint = fmt.Sprintf(" (made from %s %q; set %s)", n.key("tunnels.local"), ts.Local, n.key("tunnels.name"))
+			}
+			return nil, fail("tunnels.name", i, "tunnel name %q%s is already taken by tunnel %d", t.Name, hint, j+1)
+		}
+		names[t.Name] = i
+		if t.Ports.Low != 0 && t.Ports.Low == t.Ports.High {
+			if j, ok := ports[t.Ports.Low]; ok {
+				return nil, fail("tunnels.port", i, "port %d is already asked for by tunnel %d, and a port serves one tunnel", t.Ports.Low, j+1)
+			}
+			ports[t.Ports.Low] = i
+		}
+		cfg.Tunnels = append(cfg.Tunnels, t)
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, &specError{Msg: err.Error()}
+	}
+	return &agentPlan{cfg: cfg, drainTimeout: s.DrainTimeout.Duration, log: log}, nil
+}
+
+// build checks one tunnel's settings.
+func (ts *tunnelSpec) build() (tunnel.TunnelSpec, *specError) {
+	fail := func(key, format string, args ...any) *specError {
+		return &specError{Key: "tunnels." + key, Msg: fmt.Sprintf(format, args...)}
+	}
+	t := tunnel.TunnelSpec{Name: ts.Name}
+	if ts.Local == "" {
+		return t, fail("local", "missing: the local server's PORT or HOST:PORT, e.g. local = \"8080\"")
+	}
+	local, err := parseLocal(string(ts.Local))
+	if err != nil {
+		return t, fail("local", "%v", err)
+	}
+	t.Local = local
+	if t.Name == "" {
+		t.Name = deriveName(local)
+	} else if !tunnel.ValidName(t.Name) {
+		return t, fail("name", "tunnel name %q is invalid: use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit", t.Name)
+	}
+	if ts.Port != "" {
+		r, err := tunnel.ParsePortRange(string(ts.Port))
+		if err != nil {
+			return t, fail("port", "%v", err)
+		}
+		t.Ports = r
+	}
+	switch ts.Proto {
+	case "", "tcp":
+	case "udp", "tcp,udp", "udp,tcp":
+		return t, fail("proto", "%s: UDP tunnels are not in this build yet; use tcp", ts.Proto)
+	default:
+		return t, fail("proto", "%q is not tcp, udp or tcp,udp", ts.Proto)
+	}
+	if t.Allow, err = parsePrefixList(ts.Allow); err != nil {
+		return t, fail("allow", "%v", err)
+	}
+	if t.Deny, err = parsePrefixList(ts.Deny); err != nil {
+		return t, fail("deny", "%v", err)
+	}
+	return t, nil
+}
+
+// parsePrefixList parses allow or deny: CIDR prefixes or bare IPs, nil
+// for none.
+func parsePrefixList(ss []string) ([]netip.Prefix, error) {
+	if len(ss) == 0 {
+		return nil, nil
+	}
+	if len(ss) > tunnel.MaxPrefixes {
+		return nil, fmt.Errorf("%d prefixes given, at most %d: use wider prefixes", len(ss), tunnel.MaxPrefixes)
+	}
+	return tunnel.ParsePrefixes(ss)
+}
+
+// maxTokenFile bounds a token file: it holds one secret, not a document.
+const maxTokenFile = 4 << 10
+
+// readTokenFile reads the secret from path, trimming surrounding
+// whitespace. Errors name the file.
+func readTokenFile(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", fmt.Errorf("cannot read %s: %v", path, pathErr(err))
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, maxTokenFile+1))
+	if err != nil {
+		return "", fmt.Errorf("cannot read %s: %v", path, pathErr(err))
+	}
+	if len(data) > maxTokenFile {
+		return "", fmt.Errorf("%s is larger than %d bytes: it should hold the token's secret alone", path, maxTokenFile)
+	}
+	secret := strings.TrimSpace(string(data))
+	if secret == "" {
+		return "", fmt.Errorf("%s is empty: it should hold the token's secret", path)
+	}
+	return secret, nil
+}
+
+// pathErr drops the operation and path from a *fs.PathError, for messages
+// that name the file already.
+func pathErr(err error) error {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
+}

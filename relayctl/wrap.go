@@ -1,0 +1,227 @@
+//go:build unix
+
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/urfave/cli/v2"
+	"golang.org/x/sys/unix"
+	"golang.org/x/term"
+
+	"github.com/relaytun/relay/tunnel"
+)
+
+// Timing of wrap.
+const (
+	// localPoll is how often wrap tries the local servers while the
+	// command starts.
+	localPoll = 100 * time.Millisecond
+	// stopGrace is how long a command has to exit after SIGTERM, when
+	// relayctl stops it, before SIGKILL.
+	stopGrace = 10 * time.Second
+)
+
+// forwarded are the signals relayctl passes on to the command it wraps.
+var forwarded = []os.Signal{syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT}
+
+// wrap runs command beside the agent: the command starts first, the agent
+// connects once every local server accepts TCP connections, every signal
+// in forwarded goes to the command, and when the command exits the tunnels
+// close and relayctl exits with its exit code (128+N if signal N killed
+// it). If the agent ends first (refused, relay unverified, gave up), the
+// command is stopped and relayctl exits as expose would.
+func wrap(agent *tunnel.Agent, p *agentPlan, command []string) error {
+	log := p.log
+	// Before the start, so that no signal falls between the two.
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, forwarded...)
+	defer signal.Stop(sigs)
+	ch, err := startChild(command, log)
+	if err != nil {
+		return cli.Exit(fmt.Sprintf("starting %s: %v", command[0], pathErr(err)), exitFailure)
+	}
+
+	pollCtx, stopPoll := context.WithCancel(context.Background())
+	defer stopPoll()
+	waiting := make(chan string, len(p.cfg.Tunnels)) // each local server as its turn comes
+	ready := make(chan struct{})
+	go func() {
+		if waitLocals(pollCtx, p.cfg.Tunnels, waiting, log) == nil {
+			close(ready)
+		}
+	}()
+	local := p.cfg.Tunnels[0].Local
+	var r *running
+	var agentDone <-chan error
+	for {
+		select {
+		case sig := <-sigs:
+			ch.signal(sig.(syscall.Signal))
+		case local = <-waiting:
+		case <-ready:
+			ready = nil
+			r = startAgent(agent)
+			agentDone = r.done
+		case <-ch.done:
+			code := ch.exitCode()
+			if r == nil {
+				return cli.Exit(fmt.Sprintf("%s %s before %s accepted connections", ch.name, ch.status(), local), code)
+			}
+			log.Info("the command ended; closing the tunnels", "command", ch.name, "status", ch.status())
+			if err := r.drain(p.drainTimeout, sigs, log); err != nil {
+				log.Warn("closing the tunnels", "err", err)
+			}
+			if code != 0 {
+				return cli.Exit("", code)
+			}
+			return nil
+		case err := <-agentDone:
+			log.Info("the tunnels ended; stopping the command", "command", ch.name)
+			ch.stop(stopGrace)
+			if err == nil {
+				return cli.Exit(fmt.Sprintf("the tunnels ended; %s was stopped", ch.name), exitFailure)
+			}
+			return agentExit(err, p.cfg.Relay)
+		}
+	}
+}
+
+// waitLocals returns once every tunnel's local server accepts a TCP
+// connection, sending each address on waiting as its turn comes, or when
+// ctx ends.
+func waitLocals(ctx context.Context, tunnels []tunnel.TunnelSpec, waiting chan<- string, log *slog.Logger) error {
+	d := net.Dialer{Timeout: time.Second}
+	for _, t := range tunnels {
+		waiting <- t.Local
+		for logged := false; ; logged = true {
+			c, err := d.DialContext(ctx, "tcp", t.Local)
+			if err == nil {
+				c.Close()
+				break
+			}
+			if !logged {
+				log.Info("waiting for the local server to accept connections", "local", t.Local)
+			}
+			select {
+			case <-ctx.Done():
+				return ctx.Err()
+			case <-time.After(localPoll):
+			}
+		}
+	}
+	return nil
+}
+
+// child is the command relayctl wraps.
+type child struct {
+	name string
+	cmd  *exec.Cmd
+	done chan struct{} // closed once the command has exited
+	log  *slog.Logger
+}
+
+// startChild starts command with relayctl's stdin, stdout and stderr, in a
+// process group of its own.
+//
+// Why its own group: in relayctl's, a Ctrl-C in the terminal, or a
+// supervisor signalling relayctl's group, would reach the command twice:
+// once from the kernel and once from relayctl passing it on. In its own
+// group the command hears each signal once, from relayctl, which sends it
+// to the whole group so that the children of a `sh -c` hear it too. When
+// relayctl runs in the foreground of a terminal, the command's group takes
+// the foreground: Ctrl-C then reaches the command alone (relayctl sees it
+// exit, and exits with its code), and the command can read the terminal (a
+// game server's console) instead of being stopped by SIGTTIN. relayctl
+// takes the terminal back when the command ends.
+func startChild(command []string, log *slog.Logger) (*child, error) {
+	cmd := exec.Command(command[0], command[1:]...)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	tty := terminalForeground()
+	if tty {
+		cmd.SysProcAttr.Foreground = true
+		cmd.SysProcAttr.Ctty = syscall.Stdin
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	if tty {
+		// relayctl is in the background of its terminal now: writing to
+		// it (with stty tostop) or taking the foreground back would stop
+		// relayctl with SIGTTOU. Ignored only now, as the command would
+		// inherit the disposition.
+		signal.Ignore(syscall.SIGTTOU)
+	}
+	c := &child{name: command[0], cmd: cmd, done: make(chan struct{}), log: log}
+	log.Info("started the command", "command", c.name, "pid", cmd.Process.Pid)
+	go func() {
+		cmd.Wait()
+		if tty {
+			unix.IoctlSetPointerInt(syscall.Stdin, unix.TIOCSPGRP, syscall.Getpgrp())
+		}
+		close(c.done)
+	}()
+	return c, nil
+}
+
+// terminalForeground reports whether stdin is a terminal and relayctl's
+// process group is in its foreground.
+func terminalForeground() bool {
+	if !term.IsTerminal(syscall.Stdin) {
+		return false
+	}
+	pgrp, err := unix.IoctlGetInt(syscall.Stdin, unix.TIOCGPGRP)
+	return err == nil && pgrp == syscall.Getpgrp()
+}
+
+// signal sends sig to the command's process group.
+func (c *child) signal(sig syscall.Signal) {
+	select {
+	case <-c.done:
+		return // its group may be gone, and the id taken by another
+	default:
+	}
+	c.log.Debug("passing a signal on to the command", "signal", unix.SignalName(sig))
+	syscall.Kill(-c.cmd.Process.Pid, sig)
+}
+
+// stop ends the command: SIGTERM, then SIGKILL after grace.
+func (c *child) stop(grace time.Duration) {
+	c.signal(syscall.SIGTERM)
+	select {
+	case <-c.done:
+		return
+	case <-time.After(grace):
+	}
+	c.log.Warn("the command did not exit after SIGTERM; killing it", "command", c.name, "grace", grace)
+	syscall.Kill(-c.cmd.Process.Pid, syscall.SIGKILL)
+	<-c.done
+}
+
+// exitCode is the command's exit code, or 128+N if signal N killed it, as
+// a shell reports it.
+func (c *child) exitCode() int {
+	ws := c.cmd.ProcessState.Sys().(syscall.WaitStatus)
+	if ws.Signaled() {
+		return 128 + int(ws.Signal())
+	}
+	return ws.ExitStatus()
+}
+
+// status says how the command ended: "exited with code 7".
+func (c *child) status() string {
+	ws := c.cmd.ProcessState.Sys().(syscall.WaitStatus)
+	if ws.Signaled() {
+		return "was killed by " + unix.SignalName(ws.Signal())
+	}
+	return fmt.Sprintf("exited with code %d", ws.ExitStatus())
+}
