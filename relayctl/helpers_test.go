@@ -1,6 +1,7 @@
 package main
 
 import (
+	"os"
 	"testing"
 
 	"github.com/relaytun/relay/internal/proctest"
@@ -8,5 +9,12 @@ import (
 
 // TestMain builds relayd and relayctl for the tests, which run them as
 // processes (internal/proctest). This package's relayds hand out public
-// ports 63000-64999.
-func TestMain(m *testing.M) { proctest.Main(m, 63000) }
+// ports 63000-64999. Started with $RELAYCTL_TEST_HELPER set, the test
+// binary is instead the server the wrapping tests have relayctl start.
+func TestMain(m *testing.M) {
+	if addr := os.Getenv(helperEnv); addr != "" {
+		helperServer(addr)
+		return
+	}
+	proctest.Main(m, 63000)
+}

@@ -284,11 +284,12 @@ func NewRelayd(t testing.TB, extra string) *Relayd {
 // submatch is the port.
 var URLRE = regexp.MustCompile(`^tcp://127\.0\.0\.1:(\d+)$`)
 
-// StartExpose starts relayctl expose with args and env and waits for n
-// lines on stdout, each checked against URLRE.
-func StartExpose(t testing.TB, n int, env []string, args ...string) (*Proc, []string) {
+// StartRelayctl starts relayctl with args (a command, such as run, and its
+// arguments) and env, and waits for n lines on stdout, each checked
+// against URLRE.
+func StartRelayctl(t testing.TB, n int, env []string, args ...string) (*Proc, []string) {
 	t.Helper()
-	p := Start(t, env, RelayctlBin, append([]string{"expose"}, args...)...)
+	p := Start(t, env, RelayctlBin, args...)
 	lines := p.WaitFor(&p.Stdout, regexp.MustCompile(`^(?:[^\n]*\n){`+strconv.Itoa(n)+`}`), StartTimeout)
 	urls := strings.Split(strings.TrimSuffix(lines[0], "\n"), "\n")
 	for _, u := range urls {
@@ -297,6 +298,12 @@ func StartExpose(t testing.TB, n int, env []string, args ...string) (*Proc, []st
 		}
 	}
 	return p, urls
+}
+
+// StartExpose is StartRelayctl for relayctl expose with args.
+func StartExpose(t testing.TB, n int, env []string, args ...string) (*Proc, []string) {
+	t.Helper()
+	return StartRelayctl(t, n, env, append([]string{"expose"}, args...)...)
 }
 
 // HostPort turns tcp://HOST:PORT into HOST:PORT.

@@ -1,0 +1,288 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	pt "github.com/relaytun/relay/internal/proctest"
+	"github.com/relaytun/relay/internal/tomlconf"
+	"github.com/relaytun/relay/tunnel"
+)
+
+// clearTokenEnv keeps the test's own environment out of agent.toml's
+// token fallback.
+func clearTokenEnv(t *testing.T) {
+	t.Helper()
+	for _, k := range []string{"RELAY_TOKEN", "RELAY_TOKEN_FILE"} {
+		t.Setenv(k, "")
+		os.Unsetenv(k)
+	}
+}
+
+// TestSampleAgentFile: examples/agent.toml parses, and means what its
+// comments say.
+func TestSampleAgentFile(t *testing.T) {
+	clearTokenEnv(t)
+	data, err := os.ReadFile("../examples/agent.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	path := filepath.Join(dir, "agent.toml")
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "relay.token"), []byte("sample-secret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p, err := loadAgentFile(path)
+	if err != nil {
+		t.Fatalf("the sample agent.toml: %v", err)
+	}
+	c := p.cfg
+	if c.Relay != "relay.example.com:7000" || c.Token != "sample-secret" || c.Transport != tunnel.TransportAuto {
+		t.Errorf("relay %q, token %q, transport %q", c.Relay, c.Token, c.Transport)
+	}
+	if p.drainTimeout != 30*time.Second {
+		t.Errorf("drain timeout %v, want 30s", p.drainTimeout)
+	}
+	want := []tunnel.TunnelSpec{
+		{Name: "minecraft", Local: "localhost:25565", Ports: tunnel.PortRange{Low: 25565, High: 25565},
+			Deny: []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}},
+		{Name: "localhost-8080", Local: "localhost:8080"},
+	}
+	if !reflect.DeepEqual(c.Tunnels, want) {
+		t.Errorf("tunnels\n got %+v\nwant %+v", c.Tunnels, want)
+	}
+}
+
+func TestAgentFile(t *testing.T) {
+	clearTokenEnv(t)
+	dir := t.TempDir()
+	secret := pt.WriteSecret(t, "  from-a-file ")
+	if err := os.WriteFile(filepath.Join(dir, "tok"), []byte("relative-secret"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	fp := "SHA256:" + strings.Repeat("A", 43)
+	check := func(t *testing.T, text string, env map[string]string, want func(p *agentPlan) string) {
+		t.Helper()
+		for k, v := range env {
+			t.Setenv(k, v)
+		}
+		p, err := parseAgentFile(filepath.Join(dir, "agent.toml"), text)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if msg := want(p); msg != "" {
+			t.Error(msg)
+		}
+	}
+
+	t.Run("numbers for local and port, a relay without a port", func(t *testing.T) {
+		check(t, "relay = \"r.example\"\ntoken = \"s\"\n[[tunnels]]\nlocal = 8080\nport = 25565\n", nil, func(p *agentPlan) string {
+			spec := p.cfg.Tunnels[0]
+			if p.cfg.Relay != "r.example:7000" || spec.Name != "localhost-8080" || spec.Local != "localhost:8080" || spec.Ports != (tunnel.PortRange{Low: 25565, High: 25565}) {
+				return fmt.Sprintf("relay %q, tunnel %+v", p.cfg.Relay, spec)
+			}
+			return ""
+		})
+	})
+	t.Run("every key", func(t *testing.T) {
+		text := `relay = "[::1]:7100"
+token_file = "tok"
+fingerprint = "` + fp + `"
+transport = "tcp"
+max_retries = 5
+retry_max_delay = "1m"
+wait_for_relay = true
+drain_timeout = "0s"
+
+[log]
+level = "debug"
+format = "json"
+
+[[tunnels]]
+name = "game"
+local = "192.168.1.5:25565"
+port = "24000-24009"
+proto = "tcp"
+allow = ["10.0.0.0/8", "192.0.2.7"]
+`
+		check(t, text, nil, func(p *agentPlan) string {
+			c := p.cfg
+			spec := c.Tunnels[0]
+			switch {
+			case c.Relay != "[::1]:7100", c.Token != "relative-secret", c.Transport != tunnel.TransportTCP, p.drainTimeout != 0:
+				return fmt.Sprintf("relay %q, token %q, transport %q, drain %v", c.Relay, c.Token, c.Transport, p.drainTimeout)
+			case c.Verifier.Pin == nil:
+				return "fingerprint not pinned"
+			case !p.log.Enabled(t.Context(), -4):
+				return "log level is not debug"
+			case spec.Name != "game" || spec.Local != "192.168.1.5:25565" || spec.Ports != (tunnel.PortRange{Low: 24000, High: 24009}) || len(spec.Allow) != 2:
+				return fmt.Sprintf("tunnel %+v", spec)
+			}
+			return retryMismatch(c, 5, time.Minute, true)
+		})
+	})
+	t.Run("defaults", func(t *testing.T) {
+		check(t, "relay = \"r:1\"\ntoken = \"s\"\nknown_relays = \"known\"\n[[tunnels]]\nlocal = \"1\"\n", nil, func(p *agentPlan) string {
+			if kr := p.cfg.Verifier.KnownRelays; kr != filepath.Join(dir, "known") {
+				return fmt.Sprintf("known_relays %q, want it beside agent.toml", kr)
+			}
+			if p.cfg.Transport != tunnel.TransportAuto || p.drainTimeout != 30*time.Second {
+				return fmt.Sprintf("transport %q, drain %v", p.cfg.Transport, p.drainTimeout)
+			}
+			return retryMismatch(p.cfg, 0, 30*time.Second, false)
+		})
+	})
+	const noToken = "relay = \"r:1\"\n[[tunnels]]\nlocal = \"1\"\n"
+	t.Run("RELAY_TOKEN", func(t *testing.T) {
+		check(t, noToken, map[string]string{"RELAY_TOKEN": "env-secret"}, func(p *agentPlan) string {
+			if p.cfg.Token != "env-secret" {
+				return fmt.Sprintf("token %q, want RELAY_TOKEN's", p.cfg.Token)
+			}
+			return ""
+		})
+	})
+	t.Run("RELAY_TOKEN_FILE", func(t *testing.T) {
+		check(t, noToken, map[string]string{"RELAY_TOKEN_FILE": secret}, func(p *agentPlan) string {
+			if p.cfg.Token != "from-a-file" {
+				return fmt.Sprintf("token %q, want RELAY_TOKEN_FILE's", p.cfg.Token)
+			}
+			return ""
+		})
+	})
+	t.Run("the file's token before RELAY_TOKEN", func(t *testing.T) {
+		check(t, "token = \"file-secret\"\n"+noToken, map[string]string{"RELAY_TOKEN": "env-secret", "RELAY_TOKEN_FILE": secret}, func(p *agentPlan) string {
+			if p.cfg.Token != "file-secret" {
+				return fmt.Sprintf("token %q, want the file's", p.cfg.Token)
+			}
+			return ""
+		})
+	})
+}
+
+func TestAgentFileErrors(t *testing.T) {
+	clearTokenEnv(t)
+	const head = "relay = \"r:7000\"\ntoken = \"s\"\n"
+	const one = "[[tunnels]]\nlocal = \"8080\"\n"
+	missing := filepath.Join(t.TempDir(), "missing")
+	seventeen := `"10.0.0.0/8"` + strings.Repeat(`, "10.0.0.0/8"`, 16)
+	for _, tt := range []struct {
+		name, text string
+		want       string // the whole message, or its start
+	}{
+		{"syntax", head + "[[tunnels]\n", "bad.toml:4: expected end of table array name"},
+		{"unknown key", head + "tokn = \"x\"\n" + one, "bad.toml:3: tokn: unknown key (see the sample examples/agent.toml for the keys there are)"},
+		{"unknown key in the second tunnel", head + one + one + "lcal = \"1\"\n", "bad.toml:7: tunnels.lcal: unknown key"},
+		{"unknown table", head + "[logs]\nlevel = \"info\"\n" + one, "bad.toml:3: logs: unknown key"},
+		{"wrong type", "relay = 7000\n", "bad.toml:1: relay: incompatible types"},
+		{"bare number duration", head + "drain_timeout = 30\n" + one, `bad.toml:3: drain_timeout: "30" is not a duration with a unit, such as "10s"`},
+		{"no relay", "token = \"s\"\n" + one, "bad.toml: relay is required: the relay's HOST:PORT"},
+		{"no token", "relay = \"r\"\n" + one, "bad.toml: token or token_file (or RELAY_TOKEN or RELAY_TOKEN_FILE in the environment) is required"},
+		{"token and token_file", head + "token_file = \"x\"\n" + one, "bad.toml:3: token and token_file are both set"},
+		{"token_file missing", "relay = \"r\"\ntoken_file = \"" + missing + "\"\n" + one, "bad.toml:2: token_file: cannot read " + missing + ": no such file or directory"},
+		{"transport", head + "transport = \"udp\"\n" + one, `bad.toml:3: transport: "udp" is not auto, quic or tcp`},
+		{"fingerprint", head + "fingerprint = \"abc\"\n" + one, "bad.toml:3: fingerprint: "},
+		{"max_retries", head + "max_retries = -1\n" + one, "bad.toml:3: max_retries: -1: must be 0 (retry forever) or more"},
+		{"retry_max_delay", head + "retry_max_delay = \"0s\"\n" + one, "bad.toml:3: retry_max_delay: 0s: must be a positive duration"},
+		{"drain_timeout", head + "drain_timeout = \"-1s\"\n" + one, "bad.toml:3: drain_timeout: -1s: must be a duration"},
+		{"log level", head + "[log]\nlevel = \"loud\"\n" + one, `bad.toml:4: log.level: "loud" is not debug, info, warn or error`},
+		{"log format", head + "[log]\nformat = \"xml\"\n" + one, `bad.toml:4: log.format: "xml" is not text or json`},
+		{"no tunnels", head, "bad.toml: tunnels: no tunnel: add a [[tunnels]] table"},
+		{"no local", head + one + "[[tunnels]]\nname = \"x\"\n", "bad.toml:5: tunnels.local: missing: the local server's PORT or HOST:PORT"},
+		{"bad local", head + "[[tunnels]]\nlocal = \"notaport\"\n", `bad.toml:4: tunnels.local: "notaport" is not PORT or HOST:PORT`},
+		{"local port too big", head + "[[tunnels]]\nlocal = 70000\n", `bad.toml:4: tunnels.local: "70000": port must be 1-65535`},
+		{"local not a string", head + "[[tunnels]]\nlocal = 1.5\n", "bad.toml:4: tunnels.local: 1.5 is not a port number or a string"},
+		{"bad name", head + one + "name = \"no spaces\"\n", `bad.toml:5: tunnels.name: tunnel name "no spaces" is invalid`},
+		{"name twice", head + one + "name = \"a\"\n" + one + "name = \"a\"\n", `bad.toml:8: tunnels.name: tunnel name "a" is already taken by tunnel 1`},
+		{"made name twice", head + one + "[[tunnels]]\nlocal = \"localhost:8080\"\n", `bad.toml:5: tunnels.name: tunnel name "localhost-8080" (made from local "localhost:8080"; set name) is already taken by tunnel 1`},
+		{"bad port", head + one + "port = \"eighty\"\n", "bad.toml:5: tunnels.port: "},
+		{"port twice", head + one + "port = \"20000\"\n[[tunnels]]\nlocal = \"9090\"\nport = 20000\n", "bad.toml:8: tunnels.port: port 20000 is already asked for by tunnel 1"},
+		{"udp", head + one + "proto = \"udp\"\n", "bad.toml:5: tunnels.proto: udp: UDP tunnels are not in this build yet; use tcp"},
+		{"bad proto", head + one + "proto = \"sctp\"\n", `bad.toml:5: tunnels.proto: "sctp" is not tcp, udp or tcp,udp`},
+		{"bad allow", head + one + "allow = [\"nope\"]\n", `bad.toml:5: tunnels.allow: "nope" is not an IP address or CIDR prefix`},
+		{"too many deny", head + one + "deny = [" + seventeen + "]\n", "bad.toml:5: tunnels.deny: 17 prefixes given, at most 16"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			p, err := parseAgentFile("bad.toml", tt.text)
+			if err == nil {
+				t.Fatalf("accepted:\n%s\nas %+v", tt.text, p.cfg)
+			}
+			var ce *tomlconf.Error
+			if !errors.As(err, &ce) {
+				t.Errorf("error %q is a %T, want a *tomlconf.Error", err, err)
+			}
+			if !strings.HasPrefix(err.Error(), tt.want) {
+				t.Errorf("error\n %q\nwant it to start with\n %q", err, tt.want)
+			}
+		})
+	}
+}
+
+// TestRun: relayctl run puts every [[tunnels]] table on the relay and
+// prints one line for each; SIGTERM ends it with exit 0.
+func TestRun(t *testing.T) {
+	t.Parallel()
+	r := pt.NewRelayd(t, pt.TokensTOML)
+	a, b := pt.StartEcho(t, "a:"), pt.StartEcho(t, "b:")
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "token"), []byte(pt.TestSecret), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	config := filepath.Join(dir, "agent.toml")
+	text := fmt.Sprintf("relay = %q\ntoken_file = \"token\"\nfingerprint = %q\ntransport = \"tcp\"\n\n"+
+		"[[tunnels]]\nlocal = %q\nname = \"a\"\n\n[[tunnels]]\nlocal = %q\nport = \"%d-%d\"\n", r.Addr, r.FP, a, b, r.Low, r.High)
+	if err := os.WriteFile(config, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p, urls := pt.StartRelayctl(t, 2, nil, "run", "--config", config)
+	pt.CheckEcho(t, urls[0], "a:", 64<<10)
+	pt.CheckEcho(t, urls[1], "b:", 64<<10)
+	pt.Stopped(t, p, syscall.SIGTERM)
+}
+
+// TestRunErrors: a bad agent.toml or command line exits 2 with one line
+// naming the file, line and key.
+func TestRunErrors(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "agent.toml")
+	if err := os.WriteFile(bad, []byte("relay = \"127.0.0.1:1\"\ntoken = \"s\"\n\n[[tunnels]]\nlocal = \"8080\"\nprot = \"tcp\"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	good := filepath.Join(dir, "good.toml")
+	if err := os.WriteFile(good, []byte("relay = \"127.0.0.1:1\"\ntoken = \"s\"\nfingerprint = \"SHA256:"+strings.Repeat("A", 43)+"\"\n\n[[tunnels]]\nlocal = \"8080\"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"unknown key", []string{"--config", bad}, bad + ":6: tunnels.prot: unknown key"},
+		{"no config", nil, "run needs --config FILE"},
+		{"missing file", []string{"--config", filepath.Join(dir, "none.toml")}, "reading " + filepath.Join(dir, "none.toml") + ": no such file"},
+		{"an argument", []string{"--config", bad, "8080"}, `unexpected argument "8080"`},
+		{"nothing after --", []string{"--config", good, "--"}, "nothing follows --"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			out, errOut, code := pt.Run(t, nil, pt.RelayctlBin, append([]string{"run"}, tt.args...)...)
+			if code != exitUsage || out != "" {
+				t.Errorf("exit %d, stdout %q; want %d and nothing", code, out, exitUsage)
+			}
+			if last := pt.LastLine(errOut); last != "relayctl: "+tt.want && !strings.HasPrefix(last, "relayctl: "+tt.want) {
+				t.Errorf("stderr ends %q, want \"relayctl: %s…\"", last, tt.want)
+			}
+		})
+	}
+}

@@ -1,0 +1,186 @@
+//go:build unix
+
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	pt "github.com/relaytun/relay/internal/proctest"
+)
+
+// helperEnv holds the address helperServer listens on.
+const helperEnv = "RELAYCTL_TEST_HELPER"
+
+// helperServer is the command the wrapping tests have relayctl start: an
+// echo server that reports each signal on stderr ("helper: got SIGHUP").
+// SIGTERM then kills it, as it would a server with no handler. With
+// $HELPER_EXIT set to N, it exits N once a client that sent something has
+// gone (relayctl's probes send nothing). With $HELPER_STDIN set, it reads
+// a line from stdin, as a server's console would, and reports it.
+func helperServer(addr string) {
+	sigs := make(chan os.Signal, 8)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGTERM)
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "helper:", err)
+		os.Exit(100)
+	}
+	fmt.Fprintln(os.Stderr, "helper: listening")
+	exit, err := strconv.Atoi(os.Getenv("HELPER_EXIT"))
+	if err != nil {
+		exit = -1
+	}
+	if os.Getenv("HELPER_STDIN") != "" {
+		go func() {
+			line, err := bufio.NewReader(os.Stdin).ReadString('\n')
+			fmt.Fprintf(os.Stderr, "helper: read %q, %v\n", line, err)
+		}()
+	}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				n, _ := io.Copy(c, c)
+				c.(*net.TCPConn).CloseWrite()
+				c.Close()
+				if n > 0 && exit >= 0 {
+					os.Exit(exit)
+				}
+			}()
+		}
+	}()
+	for sig := range sigs {
+		s := sig.(syscall.Signal)
+		fmt.Fprintf(os.Stderr, "helper: got %s\n", unix.SignalName(s))
+		if s == syscall.SIGTERM {
+			signal.Reset(s)
+			syscall.Kill(os.Getpid(), s)
+			select {}
+		}
+	}
+}
+
+// TestWrap: expose and run start the command after --, expose its port
+// once it accepts connections, pass signals on, and exit with its code.
+func TestWrap(t *testing.T) {
+	t.Parallel()
+	r := pt.NewRelayd(t, pt.TokensTOML)
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	relay := []string{"--relay", r.Addr, "--token", pt.TestSecret, "--fingerprint", r.FP}
+	// noErrorLine fails if relayctl reported an error of its own.
+	noErrorLine := func(t *testing.T, p *pt.Proc) {
+		t.Helper()
+		if errOut := p.Stderr.String(); strings.Contains(errOut, "relayctl: ") {
+			t.Errorf("relayctl reported an error:\n%s", errOut)
+		}
+	}
+
+	t.Run("exit code", func(t *testing.T) {
+		t.Parallel()
+		local := pt.ClosedPort(t)
+		env := []string{helperEnv + "=" + local, "HELPER_EXIT=7"}
+		p, urls := pt.StartExpose(t, 1, env, append(append([]string{local}, relay...), "--", self)...)
+		pt.CheckEcho(t, urls[0], "", 4096) // the helper exits 7 after this client
+		if code := p.Wait(pt.ExitTimeout); code != 7 {
+			t.Errorf("exit %d, want the command's 7", code)
+		}
+		if out := p.Stdout.String(); out != urls[0]+"\n" {
+			t.Errorf("stdout %q, want the tunnel's line alone", out)
+		}
+		if !strings.Contains(p.Stderr.String(), "helper: listening") {
+			t.Errorf("the command's stderr did not reach relayctl's:\n%s", p.Stderr.String())
+		}
+		noErrorLine(t, p)
+	})
+
+	t.Run("signals", func(t *testing.T) {
+		t.Parallel()
+		local := pt.ClosedPort(t)
+		config := filepath.Join(t.TempDir(), "agent.toml")
+		text := fmt.Sprintf("relay = %q\ntoken = %q\nfingerprint = %q\n[[tunnels]]\nlocal = %q\n", r.Addr, pt.TestSecret, r.FP, local)
+		if err := os.WriteFile(config, []byte(text), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		p, urls := pt.StartRelayctl(t, 1, []string{helperEnv + "=" + local}, "run", "--config", config, "--", self)
+		pt.CheckEcho(t, urls[0], "", 1024)
+		for _, sig := range []syscall.Signal{syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGINT} {
+			p.Signal(sig)
+			p.WaitFor(&p.Stderr, regexp.MustCompile("helper: got "+unix.SignalName(sig)+"\n"), pt.StartTimeout)
+		}
+		// The command lives on through those, and the tunnel with it.
+		pt.CheckEcho(t, urls[0], "", 1024)
+		p.Signal(syscall.SIGTERM)
+		if code := p.Wait(pt.ExitTimeout); code != 128+int(syscall.SIGTERM) {
+			t.Errorf("exit %d, want %d: the command was killed by SIGTERM", code, 128+int(syscall.SIGTERM))
+		}
+		for _, s := range []string{"SIGHUP", "SIGQUIT", "SIGINT", "SIGTERM"} {
+			if n := strings.Count(p.Stderr.String(), "helper: got "+s+"\n"); n != 1 {
+				t.Errorf("the command got %s %d times, want once", s, n)
+			}
+		}
+		noErrorLine(t, p)
+	})
+
+	t.Run("refused", func(t *testing.T) {
+		t.Parallel()
+		local := pt.ClosedPort(t)
+		p := pt.Start(t, []string{helperEnv + "=" + local}, pt.RelayctlBin, "expose", local, "--relay", r.Addr,
+			"--token", "not-the-right-secret", "--fingerprint", r.FP, "--", self)
+		if code := p.Wait(pt.ExitTimeout); code != exitRefused {
+			t.Errorf("exit %d, want %d", code, exitRefused)
+		}
+		errOut := p.Stderr.String()
+		if !strings.Contains(errOut, "helper: got SIGTERM") {
+			t.Errorf("the command was not stopped with SIGTERM:\n%s", errOut)
+		}
+		if last := pt.LastLine(errOut); !strings.HasPrefix(last, "relayctl: the relay refused: ") {
+			t.Errorf("stderr ends %q, want the refusal", last)
+		}
+	})
+
+	// The relay is never dialed in these: the command ends first.
+	for _, tc := range []struct {
+		name    string
+		command []string
+		code    int
+		want    string
+	}{
+		{"exits first", []string{"sh", "-c", "exit 5"}, 5, "sh exited with code 5 before 127.0.0.1:%s accepted connections"},
+		{"killed first", []string{"sh", "-c", "kill -TERM $$"}, 143, "sh was killed by SIGTERM before 127.0.0.1:%s accepted connections"},
+		{"not found", []string{"/no/such/command"}, exitFailure, "starting /no/such/command: no such file or directory"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			local := pt.ClosedPort(t)
+			_, port, _ := net.SplitHostPort(local)
+			args := append([]string{"expose", local, "--relay", "127.0.0.1:1", "--token", "x", "--fingerprint", r.FP, "--"}, tc.command...)
+			out, errOut, code := pt.Run(t, nil, pt.RelayctlBin, args...)
+			if code != tc.code || out != "" {
+				t.Errorf("exit %d, stdout %q; want %d and nothing", code, out, tc.code)
+			}
+			want := "relayctl: " + strings.ReplaceAll(tc.want, "%s", port)
+			if last := pt.LastLine(errOut); last != want {
+				t.Errorf("stderr ends %q, want %q", last, want)
+			}
+		})
+	}
+}
