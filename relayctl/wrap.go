@@ -124,9 +124,10 @@ func waitLocals(ctx context.Context, tunnels []tunnel.TunnelSpec, waiting chan<-
 // child is the command relayctl wraps.
 type child struct {
 	name string
-	cmd  *exec.Cmd
-	done chan struct{} // closed once the command has exited
+	pid  int // also its process group's id
 	log  *slog.Logger
+	done chan struct{}      // closed once the command has exited
+	ws   syscall.WaitStatus // how it exited, once done is closed
 }
 
 // startChild starts command with relayctl's stdin, stdout and stderr, in a
@@ -161,16 +162,56 @@ func startChild(command []string, log *slog.Logger) (*child, error) {
 		// inherit the disposition.
 		signal.Ignore(syscall.SIGTTOU)
 	}
-	c := &child{name: command[0], cmd: cmd, done: make(chan struct{}), log: log}
-	log.Info("started the command", "command", c.name, "pid", cmd.Process.Pid)
-	go func() {
-		cmd.Wait()
-		if tty {
-			unix.IoctlSetPointerInt(syscall.Stdin, unix.TIOCSPGRP, syscall.Getpgrp())
-		}
-		close(c.done)
-	}()
+	c := &child{name: command[0], pid: cmd.Process.Pid, log: log, done: make(chan struct{})}
+	log.Info("started the command", "command", c.name, "pid", c.pid)
+	go c.wait(cmd.Process, tty)
 	return c, nil
+}
+
+// wait reaps the command and closes done. It calls wait4 itself, not
+// cmd.Wait, to hear of the command being stopped from the terminal (see
+// suspend).
+func (c *child) wait(p *os.Process, tty bool) {
+	flags := 0
+	if tty {
+		flags = syscall.WUNTRACED
+	}
+	for {
+		var ws syscall.WaitStatus
+		_, err := syscall.Wait4(c.pid, &ws, flags, nil)
+		if err == syscall.EINTR {
+			continue
+		}
+		if err == nil && ws.Stopped() {
+			switch ws.StopSignal() {
+			case syscall.SIGTSTP, syscall.SIGTTIN, syscall.SIGTTOU:
+				c.suspend()
+			}
+			continue
+		}
+		c.ws = ws
+		break
+	}
+	p.Release()
+	if tty {
+		setForeground(syscall.Getpgrp())
+	}
+	close(c.done)
+}
+
+// suspend follows the command when the terminal stops it (Ctrl-Z):
+// relayctl takes the terminal back and stops itself, so that its shell
+// sees the job stopped and gets the terminal. When the shell continues the
+// job (fg, or bg), the command continues too, with the terminal if
+// relayctl has been given it.
+func (c *child) suspend() {
+	c.log.Info("the command was stopped from the terminal; stopping relayctl too until it is continued", "command", c.name)
+	setForeground(syscall.Getpgrp())
+	syscall.Kill(syscall.Getpid(), syscall.SIGSTOP)
+	if terminalForeground() {
+		setForeground(c.pid)
+	}
+	syscall.Kill(-c.pid, syscall.SIGCONT)
 }
 
 // terminalForeground reports whether stdin is a terminal and relayctl's
@@ -183,6 +224,11 @@ func terminalForeground() bool {
 	return err == nil && pgrp == syscall.Getpgrp()
 }
 
+// setForeground gives stdin's terminal to the process group pgrp.
+func setForeground(pgrp int) {
+	unix.IoctlSetPointerInt(syscall.Stdin, unix.TIOCSPGRP, pgrp)
+}
+
 // signal sends sig to the command's process group.
 func (c *child) signal(sig syscall.Signal) {
 	select {
@@ -191,7 +237,7 @@ func (c *child) signal(sig syscall.Signal) {
 	default:
 	}
 	c.log.Debug("passing a signal on to the command", "signal", unix.SignalName(sig))
-	syscall.Kill(-c.cmd.Process.Pid, sig)
+	syscall.Kill(-c.pid, sig)
 }
 
 // stop ends the command: SIGTERM, then SIGKILL after grace.
@@ -203,14 +249,14 @@ func (c *child) stop(grace time.Duration) {
 	case <-time.After(grace):
 	}
 	c.log.Warn("the command did not exit after SIGTERM; killing it", "command", c.name, "grace", grace)
-	syscall.Kill(-c.cmd.Process.Pid, syscall.SIGKILL)
+	syscall.Kill(-c.pid, syscall.SIGKILL)
 	<-c.done
 }
 
 // exitCode is the command's exit code, or 128+N if signal N killed it, as
 // a shell reports it.
 func (c *child) exitCode() int {
-	ws := c.cmd.ProcessState.Sys().(syscall.WaitStatus)
+	ws := c.ws
 	if ws.Signaled() {
 		return 128 + int(ws.Signal())
 	}
@@ -219,7 +265,7 @@ func (c *child) exitCode() int {
 
 // status says how the command ended: "exited with code 7".
 func (c *child) status() string {
-	ws := c.cmd.ProcessState.Sys().(syscall.WaitStatus)
+	ws := c.ws
 	if ws.Signaled() {
 		return "was killed by " + unix.SignalName(ws.Signal())
 	}

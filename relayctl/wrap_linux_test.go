@@ -16,8 +16,10 @@ import (
 )
 
 // TestWrapTerminal: run in the foreground of a terminal, the command gets
-// the terminal: it reads its console without being stopped, and a Ctrl-C
-// typed there reaches it once (not also through relayctl).
+// the terminal: it reads its console without being stopped, a Ctrl-Z stops
+// relayctl with it (for the shell to see) and continuing relayctl
+// continues it, and a Ctrl-C typed there reaches it once (not also through
+// relayctl).
 func TestWrapTerminal(t *testing.T) {
 	t.Parallel()
 	ptm, pts := openPTY(t)
@@ -57,10 +59,13 @@ func TestWrapTerminal(t *testing.T) {
 			}
 		}
 	}()
-	waitFor := func(re string) {
+	waitFor := func(re string) string {
 		t.Helper()
 		deadline := time.Now().Add(pt.StartTimeout)
-		for !regexp.MustCompile(re).MatchString(screen.String()) {
+		for {
+			if m := regexp.MustCompile(re).FindString(screen.String()); m != "" {
+				return m
+			}
 			if time.Now().After(deadline) {
 				t.Fatalf("the terminal did not show %q within %v:\n%s", re, pt.StartTimeout, screen.String())
 			}
@@ -68,9 +73,18 @@ func TestWrapTerminal(t *testing.T) {
 		}
 	}
 
-	waitFor(`tcp://127\.0\.0\.1:\d+`)
+	url := pt.URLRE.FindStringSubmatch(waitFor(`tcp://127\.0\.0\.1:\d+`))
 	ptm.WriteString("console line\n")
-	waitFor(`helper: read "console line\\n", <nil>`)
+	waitFor(`helper: read "console line"`)
+
+	ptm.WriteString("\x1a") // Ctrl-Z
+	waitState(t, cmd.Process.Pid, 'T')
+	// As a shell's fg would: relayctl has the terminal already.
+	cmd.Process.Signal(syscall.SIGCONT)
+	ptm.WriteString("after fg\n")
+	waitFor(`helper: read "after fg"`)
+	pt.CheckEcho(t, url[0], "", 1024)
+
 	ptm.WriteString("\x03") // Ctrl-C
 	waitFor(`helper: got SIGINT`)
 	cmd.Process.Signal(syscall.SIGTERM)
@@ -110,4 +124,25 @@ func openPTY(t *testing.T) (master, slave *os.File) {
 	}
 	t.Cleanup(func() { slave.Close() })
 	return master, slave
+}
+
+// waitState waits until process pid is in state (as /proc shows it: 'T'
+// for stopped).
+func waitState(t *testing.T, pid int, state byte) {
+	t.Helper()
+	deadline := time.Now().Add(pt.StartTimeout)
+	for {
+		stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		// pid (comm) state ...: comm may hold spaces, not ')'.
+		if i := strings.LastIndexByte(string(stat), ')'); i > 0 && i+2 < len(stat) && stat[i+2] == state {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("process %d is not in state %c within %v: %s", pid, state, pt.StartTimeout, stat)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }

@@ -29,7 +29,7 @@ const helperEnv = "RELAYCTL_TEST_HELPER"
 // SIGTERM then kills it, as it would a server with no handler. With
 // $HELPER_EXIT set to N, it exits N once a client that sent something has
 // gone (relayctl's probes send nothing). With $HELPER_STDIN set, it reads
-// a line from stdin, as a server's console would, and reports it.
+// lines from stdin, as a server's console would, and reports each.
 func helperServer(addr string) {
 	sigs := make(chan os.Signal, 8)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGTERM)
@@ -45,8 +45,10 @@ func helperServer(addr string) {
 	}
 	if os.Getenv("HELPER_STDIN") != "" {
 		go func() {
-			line, err := bufio.NewReader(os.Stdin).ReadString('\n')
-			fmt.Fprintf(os.Stderr, "helper: read %q, %v\n", line, err)
+			in := bufio.NewScanner(os.Stdin)
+			for in.Scan() {
+				fmt.Fprintf(os.Stderr, "helper: read %q\n", in.Text())
+			}
 		}()
 	}
 	go func() {
