@@ -8,6 +8,7 @@ import (
 	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/urfave/cli/v2"
 
@@ -114,5 +115,41 @@ func TestExposeConfigTokenFile(t *testing.T) {
 	var ec cli.ExitCoder
 	if !errors.As(err, &ec) || ec.ExitCode() != exitUsage || !strings.Contains(err.Error(), big+" is larger than") {
 		t.Errorf("a %d-byte token file: %v, want exit %d naming the file", maxTokenFile+1, err, exitUsage)
+	}
+}
+
+// TestExposeRetryFlags: the reconnect and drain flags reach the plan, and
+// bad values are usage errors naming the flag.
+func TestExposeRetryFlags(t *testing.T) {
+	fp := "SHA256:" + strings.Repeat("A", 43)
+	base := []string{"8080", "--relay", "r", "--token", "s", "--fingerprint", fp}
+	cfg, err := parseExpose(t, nil, base...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if msg := retryMismatch(cfg, 0, 30*time.Second, false); msg != "" {
+		t.Errorf("defaults: %s", msg)
+	}
+	cfg, err = parseExpose(t, nil, append(base, "--max-retries", "3", "--retry-max-delay", "5s", "--wait-for-relay", "--drain-timeout", "1m")...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if msg := retryMismatch(cfg, 3, 5*time.Second, true); msg != "" {
+		t.Errorf("flags: %s", msg)
+	}
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--max-retries", "-1"}, "--max-retries: -1: must be 0 (retry forever) or more"},
+		{[]string{"--retry-max-delay", "0s"}, "--retry-max-delay: 0s: must be a positive duration"},
+		{[]string{"--retry-max-delay", "30"}, "retry-max-delay"},
+		{[]string{"--drain-timeout", "-1s"}, "--drain-timeout: -1s: must be a duration"},
+	} {
+		_, err := parseExpose(t, nil, append(base, tt.args...)...)
+		var ec cli.ExitCoder
+		if !errors.As(err, &ec) || ec.ExitCode() != exitUsage || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%q: %v, want exit %d saying %q", tt.args, err, exitUsage, tt.want)
+		}
 	}
 }

@@ -48,8 +48,7 @@ func runAgent(c *cli.Context, p *agentPlan) error {
 	case err := <-r.done:
 		return agentExit(err, p.cfg.Relay)
 	case sig := <-sigs:
-		p.log.Info("draining: the relay sends no new clients; open connections may finish",
-			"signal", sig.String(), "drain_timeout", p.drainTimeout)
+		p.log.Info("stopping: draining, so open connections may finish", "signal", sig.String(), "drain_timeout", p.drainTimeout)
 		return agentExit(r.drain(p.drainTimeout, sigs, p.log), p.cfg.Relay)
 	}
 }
