@@ -32,8 +32,8 @@ type group struct {
 	// protos are the tunnel's protocols (ProtoTCP, ProtoUDP).
 	protos uint8
 	since  time.Time
-	log   *slog.Logger
-	gate  atomic.Pointer[clientGate]
+	log    *slog.Logger
+	gate   atomic.Pointer[clientGate]
 	traffic
 	refused counterMap
 
