@@ -9,14 +9,16 @@
 // the session:
 //
 //	agent                                        relay
-//	  | HELLO {version, software, key id}  ------>  |  version check
+//	  | HELLO {version, software, key id,  ------>  |  version check
+//	  |        instance}                            |
 //	  | <------ CHALLENGE {version, software, nonce}|  (or ERROR bad-version)
 //	  | AUTH {proof}                       ------>  |  proof = HMAC-SHA256(secret,
 //	  |                                             |    "relay auth v1" | 0 | nonce | EKM)
 //	  | <------------------- WELCOME {public host}  |  (or ERROR unauthorized)
 //	  | REGISTER {req, name, protos, ports} ----->  |  lease a public port
 //	  | <------------ REGISTERED {req, tunnel, port}|  (or ERROR {req, code, text})
-//	  | PING / PONG, either way, any time           |
+//	  | PING / PONG, either way, any time           |  liveness and round-trip time
+//	  | DRAIN {tunnel}, either way, any time        |  no new clients (see below)
 //
 // EKM is 32 bytes of TLS keying material (RFC 5705/8446 exporter, label
 // "EXPORTER-relay-auth", no context), so a proof is bound to one TLS session:
@@ -24,6 +26,21 @@
 // wire. Each label is followed by one 0x00 byte. The key id is the first 16
 // bytes of SHA-256("relay token id" | 0x00 | secret); it only tells the relay
 // which secret to check the proof against.
+//
+// The instance is 16 random bytes an agent picks once per process. A session
+// that authenticates with the token and instance of a session the relay still
+// holds replaces it: that is how an agent returns after its network changed,
+// before the relay has noticed the old session is dead. Agents with different
+// instances registering the same name with the same token form a group that
+// shares the tunnel's public port.
+//
+// The agent sends PING every keepalive interval; either side that hears
+// nothing on the control stream for the liveness timeout closes the session.
+//
+// DRAIN from the agent says it takes no new clients on the tunnel (0: on all
+// of them) while its clients in flight finish; from the relay it says the
+// relay is stopping and will open no new streams, and the agent should
+// reconnect once the session ends.
 //
 // For every client that connects to a tunnel's public port, the relay opens a
 // new stream to the agent, writes a StreamHeader naming the tunnel and the
@@ -44,7 +61,7 @@
 // wrong size, or a field over its bound is an error that closes the session.
 // The payloads, by type:
 //
-//	0x01 HELLO       version:2 | software:str(64) | key id:16
+//	0x01 HELLO       version:2 | software:str(64) | key id:16 | instance:16
 //	0x02 CHALLENGE   version:2 | software:str(64) | nonce:32
 //	0x03 AUTH        proof:32
 //	0x04 WELCOME     public host:str(255)
@@ -55,6 +72,7 @@
 //	0x07 ERROR       request:4 | code:2 | text:str(512)
 //	0x08 PING        data:8
 //	0x09 PONG        data:8
+//	0x0a DRAIN       tunnel:4
 //
 // protos is a bit set: 1 TCP, 2 UDP. Ports 0-0 ask the relay to choose.
 // Request 0 in ERROR means the session as a whole; the sender closes it next.
@@ -71,6 +89,28 @@
 // bytes right after it, without waiting. The agent's first byte back is a
 // status: StatusConnected, then the local server's bytes; or
 // StatusUnreachable, and the agent closes the stream.
+//
+// # Datagrams
+//
+// A UDP tunnel's datagrams never share a reliable stream: each travels as one
+// transport datagram (a QUIC DATAGRAM frame, RFC 9221; on TLS+smux, a frame on
+// the signal stream), both ways, prefixed with the stream header's layout:
+//
+//	+-----------+-----------+-----------+----------------+--------------+---------+
+//	| version:1 | tunnel:4  | family:1  | client IP:4/16 | client port:2| payload |
+//	+-----------+-----------+-----------+----------------+--------------+---------+
+//
+// From the relay it names the public client the payload came from; from the
+// agent, the client it goes to. A flow is one client address on one tunnel;
+// the agent gives each its own local UDP socket, so the server sees one peer
+// per player. The relay forwards an agent's datagram only to a client with a
+// live flow on that tunnel, so an agent cannot aim the relay at anyone else.
+//
+// A datagram too large for the path (a QUIC datagram must fit one packet)
+// goes on the session's datagram stream instead, whole: a stream whose first
+// byte is DatagramStreamMarker, opened by whichever side first needs one,
+// then frames of len:2 (BE) | datagram as above. It arrives intact, though in
+// order with the other large ones, and never truncated.
 package tunnel
 
 import (
@@ -98,6 +138,7 @@ const (
 	typeError      = 0x07
 	typePing       = 0x08
 	typePong       = 0x09
+	typeDrain      = 0x0a
 )
 
 // Bounds.
@@ -110,6 +151,7 @@ const (
 	MaxPrefixes       = 16
 	maxPrefixLen      = 49
 	keyIDLen          = 16
+	instanceLen       = 16
 	nonceLen          = 32
 	proofLen          = 32
 )
@@ -132,6 +174,8 @@ type Hello struct {
 	Version  uint16
 	Software string
 	KeyID    [keyIDLen]byte
+	// Instance identifies the agent process across its sessions.
+	Instance [instanceLen]byte
 }
 
 // Challenge answers Hello with a fresh nonce.
@@ -187,6 +231,9 @@ type Ping struct{ Data uint64 }
 // Pong answers a Ping.
 type Pong struct{ Data uint64 }
 
+// Drain stops new clients for one tunnel, or all of the sender's (0).
+type Drain struct{ Tunnel uint32 }
+
 func (*Hello) msgType() byte      { return typeHello }
 func (*Challenge) msgType() byte  { return typeChallenge }
 func (*Auth) msgType() byte       { return typeAuth }
@@ -196,12 +243,19 @@ func (*Registered) msgType() byte { return typeRegistered }
 func (*Error) msgType() byte      { return typeError }
 func (*Ping) msgType() byte       { return typePing }
 func (*Pong) msgType() byte       { return typePong }
+func (*Drain) msgType() byte      { return typeDrain }
 
-func (m *Hello) encode(e *encoder) { e.u16(m.Version); e.str(m.Software); e.bytes(m.KeyID[:]) }
+func (m *Hello) encode(e *encoder) {
+	e.u16(m.Version)
+	e.str(m.Software)
+	e.bytes(m.KeyID[:])
+	e.bytes(m.Instance[:])
+}
 func (m *Hello) decode(d *decoder) {
 	m.Version = d.u16()
 	m.Software = d.str(maxSoftware)
 	d.fixed(m.KeyID[:])
+	d.fixed(m.Instance[:])
 }
 
 func (m *Challenge) encode(e *encoder) { e.u16(m.Version); e.str(m.Software); e.bytes(m.Nonce[:]) }
@@ -256,10 +310,12 @@ func (m *Error) decode(d *decoder) {
 	m.Text = d.str(maxErrorText)
 }
 
-func (m *Ping) encode(e *encoder) { e.u64(m.Data) }
-func (m *Ping) decode(d *decoder) { m.Data = d.u64() }
-func (m *Pong) encode(e *encoder) { e.u64(m.Data) }
-func (m *Pong) decode(d *decoder) { m.Data = d.u64() }
+func (m *Ping) encode(e *encoder)  { e.u64(m.Data) }
+func (m *Ping) decode(d *decoder)  { m.Data = d.u64() }
+func (m *Pong) encode(e *encoder)  { e.u64(m.Data) }
+func (m *Pong) decode(d *decoder)  { m.Data = d.u64() }
+func (m *Drain) encode(e *encoder) { e.u32(m.Tunnel) }
+func (m *Drain) decode(d *decoder) { m.Tunnel = d.u32() }
 
 func newMessage(t byte) Message {
 	switch t {
@@ -281,6 +337,8 @@ func newMessage(t byte) Message {
 		return new(Ping)
 	case typePong:
 		return new(Pong)
+	case typeDrain:
+		return new(Drain)
 	}
 	return nil
 }
@@ -450,6 +508,13 @@ func (d *decoder) list(maxItems, maxLen int) []string {
 // StreamHeaderVersion is the version byte of StreamHeader.
 const StreamHeaderVersion = 1
 
+// DatagramStreamMarker is the first byte of a datagram stream, where a
+// StreamHeader would have its version.
+const DatagramStreamMarker = 0x44
+
+// MaxDatagram is the largest UDP payload a tunnel carries.
+const MaxDatagram = 65507
+
 // Stream status bytes, the agent's first byte on each stream.
 const (
 	StatusConnected   = 0
@@ -482,8 +547,22 @@ func AppendStreamHeader(b []byte, h StreamHeader) []byte {
 
 // ReadStreamHeader reads a StreamHeader from r.
 func ReadStreamHeader(r io.Reader) (StreamHeader, error) {
+	var b [1]byte
+	if _, err := io.ReadFull(r, b[:]); err != nil {
+		return StreamHeader{}, fmt.Errorf("reading stream header: %w", err)
+	}
+	return readStreamHeaderAfter(r, b[0])
+}
+
+// readStreamHeaderAfter reads the rest of a StreamHeader whose first byte,
+// already read, is first.
+func readStreamHeaderAfter(r io.Reader, first byte) (StreamHeader, error) {
 	var b [maxStreamHeader]byte
-	if _, err := io.ReadFull(r, b[:6]); err != nil {
+	b[0] = first
+	if _, err := io.ReadFull(r, b[1:6]); err != nil {
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
 		return StreamHeader{}, fmt.Errorf("reading stream header: %w", err)
 	}
 	if b[0] != StreamHeaderVersion {
@@ -511,4 +590,33 @@ func ReadStreamHeader(r io.Reader) (StreamHeader, error) {
 		Tunnel: binary.BigEndian.Uint32(b[1:5]),
 		Client: netip.AddrPortFrom(ip, binary.BigEndian.Uint16(rest[ipLen:])),
 	}, nil
+}
+
+// ParseDatagram splits a tunnel datagram into its header and payload. The
+// payload aliases p.
+func ParseDatagram(p []byte) (StreamHeader, []byte, error) {
+	if len(p) < 6 {
+		return StreamHeader{}, nil, fmt.Errorf("%w: datagram of %d bytes is shorter than its header", ErrFrame, len(p))
+	}
+	if p[0] != StreamHeaderVersion {
+		return StreamHeader{}, nil, fmt.Errorf("%w: datagram header version %d, want %d", ErrFrame, p[0], StreamHeaderVersion)
+	}
+	var ipLen int
+	switch p[5] {
+	case 4:
+		ipLen = 4
+	case 6:
+		ipLen = 16
+	default:
+		return StreamHeader{}, nil, fmt.Errorf("%w: datagram header address family %d", ErrFrame, p[5])
+	}
+	n := 6 + ipLen + 2
+	if len(p) < n {
+		return StreamHeader{}, nil, fmt.Errorf("%w: datagram of %d bytes is shorter than its header", ErrFrame, len(p))
+	}
+	ip, _ := netip.AddrFromSlice(p[6 : 6+ipLen])
+	return StreamHeader{
+		Tunnel: binary.BigEndian.Uint32(p[1:5]),
+		Client: netip.AddrPortFrom(ip.Unmap(), binary.BigEndian.Uint16(p[6+ipLen:])),
+	}, p[n:], nil
 }
