@@ -142,7 +142,7 @@ func TestExposeRetryFlags(t *testing.T) {
 		want string
 	}{
 		{[]string{"--max-retries", "-1"}, "--max-retries: -1: must be 0 (retry forever) or more"},
-		{[]string{"--retry-max-delay", "0s"}, "--retry-max-delay: 0s: must be a positive duration"},
+		{[]string{"--retry-max-delay", "0s"}, "--retry-max-delay: 0s: must be at least 500ms"},
 		{[]string{"--retry-max-delay", "30"}, "retry-max-delay"},
 		{[]string{"--drain-timeout", "-1s"}, "--drain-timeout: -1s: must be a duration"},
 	} {

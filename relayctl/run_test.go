@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -193,7 +194,7 @@ func TestAgentFileErrors(t *testing.T) {
 		{"transport", head + "transport = \"udp\"\n" + one, `bad.toml:3: transport: "udp" is not auto, quic or tcp`},
 		{"fingerprint", head + "fingerprint = \"abc\"\n" + one, "bad.toml:3: fingerprint: "},
 		{"max_retries", head + "max_retries = -1\n" + one, "bad.toml:3: max_retries: -1: must be 0 (retry forever) or more"},
-		{"retry_max_delay", head + "retry_max_delay = \"0s\"\n" + one, "bad.toml:3: retry_max_delay: 0s: must be a positive duration"},
+		{"retry_max_delay", head + "retry_max_delay = \"100ms\"\n" + one, "bad.toml:3: retry_max_delay: 100ms: must be at least 500ms"},
 		{"drain_timeout", head + "drain_timeout = \"-1s\"\n" + one, "bad.toml:3: drain_timeout: -1s: must be a duration"},
 		{"log level", head + "[log]\nlevel = \"loud\"\n" + one, `bad.toml:4: log.level: "loud" is not debug, info, warn or error`},
 		{"log format", head + "[log]\nformat = \"xml\"\n" + one, `bad.toml:4: log.format: "xml" is not text or json`},
@@ -250,6 +251,27 @@ func TestRun(t *testing.T) {
 	pt.Stopped(t, p, syscall.SIGTERM)
 }
 
+// TestRunWaitForRelay: with wait_for_relay, run keeps trying a relay that
+// is down, and comes up once it is back.
+func TestRunWaitForRelay(t *testing.T) {
+	t.Parallel()
+	r := pt.NewRelaydPinned(t, nil, pt.TokensTOML)
+	pt.Stopped(t, r.Proc, syscall.SIGTERM)
+	local := pt.StartEcho(t, "wait:")
+	config := filepath.Join(t.TempDir(), "agent.toml")
+	text := fmt.Sprintf("relay = %q\ntoken = %q\nfingerprint = %q\ntransport = \"tcp\"\nwait_for_relay = true\nretry_max_delay = \"1s\"\n\n"+
+		"[[tunnels]]\nlocal = %q\n", r.Addr, pt.TestSecret, r.FP, local)
+	if err := os.WriteFile(config, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	p := pt.Start(t, nil, pt.RelayctlBin, "run", "--config", config)
+	p.WaitFor(&p.Stderr, regexp.MustCompile(`retrying`), pt.StartTimeout)
+	r.Restart(t)
+	url := p.WaitFor(&p.Stdout, regexp.MustCompile(`^tcp://\S+`), pt.StartTimeout)[0]
+	pt.CheckEcho(t, url, "wait:", 4096)
+	pt.Stopped(t, p, syscall.SIGINT)
+}
+
 // TestRunErrors: a bad agent.toml or command line exits 2 with one line
 // naming the file, line and key.
 func TestRunErrors(t *testing.T) {
@@ -285,4 +307,13 @@ func TestRunErrors(t *testing.T) {
 			}
 		})
 	}
+}
+
+// retryMismatch says how c's reconnect settings differ from those given.
+func retryMismatch(c tunnel.AgentConfig, maxRetries int, maxDelay time.Duration, wait bool) string {
+	if c.MaxRetries != maxRetries || c.RetryMaxDelay != maxDelay || c.WaitForRelay != wait {
+		return fmt.Sprintf("max retries %d, retry max delay %v, wait for relay %v; want %d, %v, %v",
+			c.MaxRetries, c.RetryMaxDelay, c.WaitForRelay, maxRetries, maxDelay, wait)
+	}
+	return ""
 }

@@ -67,25 +67,37 @@ func startAgent(a *tunnel.Agent) *running {
 	return r
 }
 
-// drain stops the agent gracefully, waiting up to timeout for open
-// connections; a signal on sigs meanwhile stops it at once. It returns
-// Run's result.
+// drain stops the agent gracefully: the relay sends no new clients, and
+// open connections may finish within timeout. A signal on sigs meanwhile
+// stops it at once. It returns Run's result.
 func (r *running) drain(timeout time.Duration, sigs <-chan os.Signal, log *slog.Logger) error {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	if d, ok := any(r.agent).(interface{ Drain(context.Context) }); ok {
-		go d.Drain(ctx)
-	} else {
-		r.cancel() // TODO(agentcli): call r.agent.Drain once main has it.
-	}
+	go r.agent.Drain(ctx)
 	select {
 	case err := <-r.done:
 		return err
 	case sig := <-sigs:
 		log.Warn("second signal: closing open connections now", "signal", sig.String())
 		cancel()
-		r.cancel()
-		return <-r.done
+	case <-ctx.Done(): // Drain says so
+	}
+	return r.stop()
+}
+
+// stopWait bounds how long stop waits for Run to return.
+const stopWait = 2 * time.Second
+
+// stop ends Run at once. It waits for Run only briefly: a connection the
+// agent is slow to close must not keep relayctl alive, and relayctl
+// exiting closes it anyway.
+func (r *running) stop() error {
+	r.cancel()
+	select {
+	case err := <-r.done:
+		return err
+	case <-time.After(stopWait):
+		return nil
 	}
 }
 
@@ -101,15 +113,18 @@ func agentExit(err error, relay string) error {
 	switch {
 	case errors.As(err, &idErr):
 		return cli.Exit(oneLine(idErr.Error()), exitUnverified)
+	case errors.Is(err, tunnel.ErrGaveUp):
+		return cli.Exit(oneLine(err.Error())+"; --max-retries 0 (max_retries in agent.toml) keeps trying", exitFailure)
+	// The rest end the first connection: once live, the agent reconnects.
 	case errors.As(err, &ref) && ref.Temporary():
-		return cli.Exit(fmt.Sprintf("the relay ended the session: %s; run relayctl again once it is back", oneLine(ref.Text)), exitFailure)
+		return cli.Exit(fmt.Sprintf("the relay ended the session: %s; run relayctl again once it is back, or with --wait-for-relay (wait_for_relay)", oneLine(ref.Text)), exitFailure)
 	case errors.As(err, &ref):
 		return cli.Exit("the relay refused: "+oneLine(ref.Text), exitRefused)
 	case errors.As(err, &dialErr):
-		return cli.Exit(fmt.Sprintf("%s: check --relay, that relayd is running there, and that its port is open (UDP for QUIC, TCP for --transport tcp)",
+		return cli.Exit(fmt.Sprintf("%s: check the relay's address, that relayd is running there, and that its port is open (UDP for QUIC, TCP for --transport tcp); --wait-for-relay (wait_for_relay) keeps trying",
 			oneLine(err.Error())), exitFailure)
 	case errors.Is(err, tunnel.ErrSessionClosed):
-		return cli.Exit(oneLine(err.Error())+": run relayctl again to reconnect", exitFailure)
+		return cli.Exit(oneLine(err.Error())+": run relayctl again, or with --wait-for-relay (wait_for_relay)", exitFailure)
 	}
 	return cli.Exit(fmt.Sprintf("session with %s failed: %s", relay, oneLine(err.Error())), exitFailure)
 }

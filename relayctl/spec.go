@@ -180,13 +180,13 @@ func (s *agentSpec) build(n naming) (*agentPlan, error) {
 	if s.MaxRetries < 0 {
 		return nil, fail("max_retries", 0, "%d: must be 0 (retry forever) or more", s.MaxRetries)
 	}
-	if s.RetryMaxDelay.Duration <= 0 {
-		return nil, fail("retry_max_delay", 0, "%v: must be a positive duration such as \"30s\"", s.RetryMaxDelay)
+	if s.RetryMaxDelay.Duration < cfg.RetryBaseDelay {
+		return nil, fail("retry_max_delay", 0, "%v: must be at least %v, the wait before the second attempt (the default is 30s)", s.RetryMaxDelay, cfg.RetryBaseDelay)
 	}
 	if s.DrainTimeout.Duration < 0 {
 		return nil, fail("drain_timeout", 0, "%v: must be a duration such as \"30s\", or \"0s\" to close open connections at once", s.DrainTimeout)
 	}
-	setRetries(&cfg, s)
+	cfg.MaxRetries, cfg.RetryMaxDelay, cfg.WaitForRelay = s.MaxRetries, s.RetryMaxDelay.Duration, s.WaitForRelay
 
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(s.Log.Level)); err != nil {
