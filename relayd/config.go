@@ -26,6 +26,7 @@ type Config struct {
 	Relay  RelaySection   `toml:"relay"`
 	Limits LimitsSection  `toml:"limits"`
 	Log    LogSection     `toml:"log"`
+	Admin  AdminSection   `toml:"admin"`
 	Tokens []TokenSection `toml:"tokens"`
 
 	// file is where the config came from ("" for the embedded defaults);
@@ -108,6 +109,7 @@ func DefaultConfig() Config {
 			KeepAlive:        Duration{5 * time.Second},
 			MaxHandshakes:    256,
 		},
+		Admin: defaultAdmin(),
 		Limits: LimitsSection{
 			ClientSection:      ClientSection{Allow: []string{}, Deny: []string{}},
 			MaxPendingSessions: 256,
@@ -290,6 +292,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Log.Format != "text" && c.Log.Format != "json" {
 		return c.fail("log.format", "%q is not text or json", c.Log.Format)
+	}
+	if err := c.validateAdmin(); err != nil {
+		return err
 	}
 	ids := map[string]bool{}
 	secrets := map[string]string{}

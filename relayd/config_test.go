@@ -34,11 +34,14 @@ func TestSampleConfig(t *testing.T) {
 	if c.Log != def.Log {
 		t.Errorf("[log] in %s:\n got %+v\nwant %+v (DefaultConfig)", samplePath, c.Log, def.Log)
 	}
+	if c.Admin != def.Admin {
+		t.Errorf("[admin] in %s:\n got %+v\nwant %+v (DefaultConfig)", samplePath, c.Admin, def.Admin)
+	}
 	if len(c.Tokens) != 0 || len(def.Tokens) != 0 {
 		t.Errorf("tokens: sample has %d, defaults %d; want none in either", len(c.Tokens), len(def.Tokens))
 	}
 	// Every field compared above: a new field in Config needs a look here.
-	if n := reflect.TypeFor[Config]().NumField(); n != 6 {
+	if n := reflect.TypeFor[Config]().NumField(); n != 7 {
 		t.Errorf("Config has %d fields; update this test to compare the new ones", n)
 	}
 }

@@ -61,6 +61,12 @@ func runAction(c *cli.Context) error {
 		log.Warn(w.msg, "file", w.file, "mode", fmt.Sprintf("%04o", w.mode), "fix", w.fix)
 	}
 
+	waitAdmin, err := startAdmin(ctx, cfg, relay, log)
+	if err != nil {
+		return cli.Exit(err.Error(), 1)
+	}
+	defer waitAdmin()
+
 	onHandshakeErr := func(a net.Addr, err error) {
 		log.Debug("tcp handshake failed", "remote", a.String(), "err", err)
 	}
@@ -158,7 +164,7 @@ func readableSecrets(cfg *Config) []fileWarning {
 			})
 		}
 	}
-	return out
+	return append(out, adminWarnings(cfg)...)
 }
 
 // printAgentLine prints the relayctl command that reaches this relay with
