@@ -47,6 +47,7 @@ var exposeCommand = &cli.Command{
 		&cli.StringFlag{Name: "known-relays", EnvVars: []string{"RELAY_KNOWN_RELAYS"}, Usage: "`FILE` of relay keys trusted on first use (default: ~/.config/relayctl/known_relays)"},
 		&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error"},
 		&cli.StringFlag{Name: "log-format", Value: "text", Usage: "text or json"},
+		controlFlag(),
 	},
 	Action: exposeAction,
 }
@@ -71,6 +72,11 @@ func exposeAction(c *cli.Context) error {
 	if err != nil {
 		return cli.Exit(err.Error(), exitUsage)
 	}
+	stopControl, err := startControl(c, agent, log)
+	if err != nil {
+		return err
+	}
+	defer stopControl()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	return agentExit(agent.Run(ctx), cfg.Relay)
