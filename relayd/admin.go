@@ -134,7 +134,7 @@ func listenAdmin(cfg *Config, log *slog.Logger) (net.Listener, error) {
 	if err == nil {
 		return ln, nil
 	}
-	if !cfg.adminListenSet() && addr == defaultAdminListen {
+	if !cfg.adminListenSet() {
 		log.Info("admin API off: its default address is in use; set [admin] listen to a free address, or \"\" to silence this",
 			"listen", addr, "err", err)
 		return nil, nil

@@ -60,6 +60,7 @@ func TestSampleDocumentsEveryKey(t *testing.T) {
 		{"", reflect.TypeFor[RelaySection]()},
 		{"", reflect.TypeFor[LimitsSection]()},
 		{"", reflect.TypeFor[LogSection]()},
+		{"", reflect.TypeFor[AdminSection]()},
 		{`#\s*`, reflect.TypeFor[TokenSection]()},
 	} {
 		n := 0
