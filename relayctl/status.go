@@ -73,8 +73,10 @@ func statusAction(c *cli.Context) error {
 			json.NewEncoder(&b).Encode(map[string]string{"error": err.Error()})
 		case err != nil:
 			fmt.Fprintf(&b, "%s\n", err)
+		case asJSON:
+			json.NewEncoder(&b).Encode(sts) // one line a second
 		default:
-			writeStatus(&b, sts, asJSON)
+			writeStatus(&b, sts, false)
 		}
 		c.App.Writer.Write(b.Bytes())
 		select {

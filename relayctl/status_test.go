@@ -126,6 +126,12 @@ func TestStatus(t *testing.T) {
 		// Two redraws, each clearing the screen first.
 		p.WaitFor(&p.Stdout, regexp.MustCompile(`(?s)\x1b\[H\x1b\[2J.*\nst .*\x1b\[H\x1b\[2J.*\nst `), pt.StartTimeout)
 		pt.Stopped(t, p, syscall.SIGINT)
+
+		// With --json, one line of JSON a second.
+		p = pt.Start(t, nil, pt.RelayctlBin, "status", "--watch", "--json", "--control", sock)
+		line := `\[\{"pid":` + strconv.Itoa(agent.Pid()) + `,[^\n]*"name":"st"[^\n]*\}\]\n`
+		p.WaitFor(&p.Stdout, regexp.MustCompile(`^`+line+line), pt.StartTimeout)
+		pt.Stopped(t, p, syscall.SIGTERM)
 	})
 
 	t.Run("socket taken", func(t *testing.T) {

@@ -142,9 +142,11 @@ func listenAdmin(cfg *Config, log *slog.Logger) (net.Listener, error) {
 	return nil, fmt.Errorf("admin API: %w: stop whatever holds that port, or change [admin] listen (\"\" turns the admin API off)", err)
 }
 
-// serveAdmin serves h on ln until ctx ends, then shuts down gracefully:
-// a scrape in flight completes.
-func serveAdmin(ctx context.Context, ln net.Listener, h http.Handler, log *slog.Logger) (wait func()) {
+// serveAdmin serves h on ln. The returned wait shuts the server down
+// gracefully (a scrape in flight completes) and returns once it is down:
+// relayd calls it after the relay has stopped, so the metrics stay up
+// while agents drain.
+func serveAdmin(ln net.Listener, h http.Handler, log *slog.Logger) (wait func()) {
 	srv := &http.Server{
 		Handler:           h,
 		ReadHeaderTimeout: 10 * time.Second,
@@ -158,16 +160,10 @@ func serveAdmin(ctx context.Context, ln net.Listener, h http.Handler, log *slog.
 			log.Error("admin API stopped", "err", err)
 		}
 	}()
-	stop := context.AfterFunc(ctx, func() {
-		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		if srv.Shutdown(sctx) != nil {
-			srv.Close()
-		}
-	})
 	return func() {
-		if stop() {
-			// ctx has not ended: the caller is bailing out early.
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		if srv.Shutdown(ctx) != nil {
 			srv.Close()
 		}
 		<-done
@@ -184,7 +180,9 @@ func requireToken(token string, h http.Handler) http.Handler {
 	// token's length as well as its content.
 	want := sha256.Sum256([]byte(token))
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		// The scheme is case-insensitive (RFC 9110).
+		scheme, got, ok := strings.Cut(r.Header.Get("Authorization"), " ")
+		ok = ok && strings.EqualFold(scheme, "Bearer")
 		sum := sha256.Sum256([]byte(strings.TrimSpace(got)))
 		switch {
 		case !ok:
@@ -203,8 +201,8 @@ func unauthorized(w http.ResponseWriter, msg string) {
 }
 
 // startAdmin starts the admin API on [admin] listen, if it is on, and
-// returns what waits for it to stop once ctx ends.
-func startAdmin(ctx context.Context, cfg *Config, relay relayView, log *slog.Logger) (wait func(), err error) {
+// returns what stops it.
+func startAdmin(cfg *Config, relay relayView, log *slog.Logger) (stop func(), err error) {
 	ln, err := listenAdmin(cfg, log)
 	if err != nil || ln == nil {
 		return func() {}, err
@@ -215,5 +213,5 @@ func startAdmin(ctx context.Context, cfg *Config, relay relayView, log *slog.Log
 	}
 	log.Info("admin API listening", "admin", ln.Addr().String(), "auth", auth,
 		"endpoints", "/healthz /metrics /api/v1/tunnels /api/v1/stats")
-	return serveAdmin(ctx, ln, adminHandler(relay, advertisedHost(cfg), cfg.Admin.token), log), nil
+	return serveAdmin(ln, adminHandler(relay, advertisedHost(cfg), cfg.Admin.token), log), nil
 }

@@ -254,6 +254,8 @@ func TestAdminAuth(t *testing.T) {
 		{"/api/v1/stats", "Bearer wrong-token-0123456789", 401, "wrong bearer token: it does not match [admin] token\n"},
 		{"/api/v1/stats", "Bearer " + adminToken[:len(adminToken)-1], 401, "wrong bearer token"},
 		{"/api/v1/stats", "Bearer " + adminToken, 200, `"clients_total": 7`},
+		{"/api/v1/stats", "bearer " + adminToken, 200, `"clients_total": 7`},
+		{"/api/v1/stats", adminToken, 401, "missing bearer token"},
 		{"/metrics", "Bearer " + adminToken, 200, "relayd_tunnels 1\n"},
 		{"/nope", "Bearer " + adminToken, 404, "404 page not found"},
 		{"/nope", "", 401, "missing bearer token"},

@@ -61,11 +61,11 @@ func runAction(c *cli.Context) error {
 		log.Warn(w.msg, "file", w.file, "mode", fmt.Sprintf("%04o", w.mode), "fix", w.fix)
 	}
 
-	waitAdmin, err := startAdmin(ctx, cfg, relay, log)
+	stopAdmin, err := startAdmin(cfg, relay, log)
 	if err != nil {
 		return cli.Exit(err.Error(), 1)
 	}
-	defer waitAdmin()
+	defer stopAdmin()
 
 	onHandshakeErr := func(a net.Addr, err error) {
 		log.Debug("tcp handshake failed", "remote", a.String(), "err", err)
