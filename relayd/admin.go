@@ -90,9 +90,11 @@ func isLoopback(host string) bool {
 }
 
 // adminListenSet reports whether relay.toml sets [admin] listen itself,
-// rather than leaving it at the default.
+// rather than leaving it at the default. (The text decoded already; this
+// asks it one more question.)
 func (c *Config) adminListenSet() bool {
-	return keyLine(c.data, toml.Key{"admin", "listen"}, 0) > 0
+	md, err := toml.Decode(c.data, &struct{}{})
+	return err == nil && md.IsDefined("admin", "listen")
 }
 
 // adminWarnings finds the files holding the admin token that every user
