@@ -195,7 +195,9 @@ func writeStatus(w io.Writer, sts []controlStatus, asJSON bool) error {
 		transport, rtt, up := "-", "-", "-"
 		if st.Connected {
 			transport = st.Transport
-			rtt = formatRTT(st.RTT)
+			if st.RTT > 0 { // else not measured yet
+				rtt = formatRTT(st.RTT)
+			}
 			up = (time.Duration(st.Uptime * float64(time.Second))).Round(time.Second).String()
 		}
 		for _, t := range st.Tunnels {

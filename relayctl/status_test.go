@@ -286,3 +286,30 @@ func TestFormatBytes(t *testing.T) {
 		}
 	}
 }
+
+// TestWriteStatus: the table for an agent still connecting, and for one
+// that is up, with a tunnel not yet granted a public address.
+func TestWriteStatus(t *testing.T) {
+	t.Parallel()
+	sts := []controlStatus{
+		{PID: 7, Version: "v1.0.0", Control: "/run/relayctl/a/7.sock", Relay: "relay.example.com:7000", Reconnects: 2,
+			Tunnels: []controlTunnel{{Name: "web", Local: "localhost:8080"}}},
+		{PID: 9, Version: "v1.0.0", Control: "/tmp/9.sock", Relay: "relay.example.com:7000", Connected: true, Transport: "quic",
+			Uptime: 3725.4, RTT: 18.44, Tunnels: []controlTunnel{
+				{Name: "game", Public: "tcp://relay.example.com:24567", Local: "localhost:25565", Active: 3, BytesIn: 1 << 20, BytesOut: 5 << 30},
+			}},
+	}
+	var b strings.Builder
+	writeStatus(&b, sts, false)
+	const want = `agent 7 (relayctl v1.0.0) → relay.example.com:7000, connecting, reconnects 2  [/run/relayctl/a/7.sock]
+NAME  PUBLIC  LOCAL           TRANSPORT  RTT  ACTIVE  IN   OUT  UPTIME
+web   -       localhost:8080  -          -    0       0 B  0 B  -
+
+agent 9 (relayctl v1.0.0) → relay.example.com:7000, connected, reconnects 0  [/tmp/9.sock]
+NAME  PUBLIC                         LOCAL            TRANSPORT  RTT   ACTIVE  IN        OUT       UPTIME
+game  tcp://relay.example.com:24567  localhost:25565  quic       18ms  3       1.00 MiB  5.00 GiB  1h2m5s
+`
+	if b.String() != want {
+		t.Errorf("got\n%s\nwant\n%s", b.String(), want)
+	}
+}
