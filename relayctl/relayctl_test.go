@@ -117,7 +117,7 @@ func TestRefusals(t *testing.T) {
 		{"wrong fingerprint tcp", nil, []string{local, "--relay", r.Addr, "--token", pt.TestSecret, "--fingerprint", wrongFP, "--transport", "tcp"}, exitUnverified, "fingerprint"},
 		{"port outside range", nil, append([]string{local, "--port", strconv.Itoa(r.Low - 1)}, ok...), exitRefused, "outside the ports"},
 		{"port range outside", nil, append([]string{local, "--port", "1024-1030"}, ok...), exitRefused, "outside the ports"},
-		{"port taken", nil, append([]string{local, "--port", taken}, ok...), exitRefused, "already taken"},
+		{"port taken", nil, append([]string{local, "--port", taken, "--name", "other"}, ok...), exitRefused, "already taken"},
 		{"relay unreachable", nil, []string{local, "--relay", down, "--token", pt.TestSecret, "--fingerprint", r.FP}, exitFailure, "could not reach the relay"},
 		{"relay unreachable tcp", nil, []string{local, "--relay", down, "--token", pt.TestSecret, "--fingerprint", r.FP, "--transport", "tcp"}, exitFailure, "could not reach the relay"},
 		{"no relay", nil, []string{local, "--token", pt.TestSecret, "--fingerprint", r.FP}, exitUsage, "--relay"},
@@ -336,7 +336,7 @@ func TestScopedTokens(t *testing.T) {
 		t.Parallel()
 		first, urls := pt.StartExpose(t, 1, nil, args(oneSecret)[1:]...)
 		pt.CheckEcho(t, urls[0], "scope:", 1024)
-		refused(t, args(oneSecret), "max_tunnels")
+		refused(t, args(oneSecret, "--name", "second"), "max_tunnels") // the same name would join the first
 		// Two LOCALs in one session count as two.
 		pt.Stopped(t, first, syscall.SIGTERM)
 		local2 := pt.StartEcho(t, "")

@@ -48,6 +48,14 @@ type RelaySection struct {
 	KeepAlive        Duration `toml:"keepalive"`
 	// MaxHandshakes caps TCP+TLS handshakes in progress at once.
 	MaxHandshakes int `toml:"max_handshakes"`
+	// LeaseDuration is how long a tunnel's port stays reserved for its
+	// token and name after its last agent left.
+	LeaseDuration Duration `toml:"lease_duration"`
+	// RejoinWindow is how long the port of a tunnel whose agents vanished
+	// stays open, holding new clients, for one to come back ("0s": no wait).
+	RejoinWindow Duration `toml:"rejoin_window"`
+	// DrainTimeout bounds the wait for clients in flight on SIGTERM.
+	DrainTimeout Duration `toml:"drain_timeout"`
 }
 
 // ClientSection holds the limits on a tunnel's public clients, per source
@@ -108,6 +116,9 @@ func DefaultConfig() Config {
 			IdleTimeout:      Duration{15 * time.Second},
 			KeepAlive:        Duration{5 * time.Second},
 			MaxHandshakes:    256,
+			LeaseDuration:    Duration{24 * time.Hour},
+			RejoinWindow:     Duration{10 * time.Second},
+			DrainTimeout:     Duration{30 * time.Second},
 		},
 		Admin: defaultAdmin(),
 		Limits: LimitsSection{
@@ -270,10 +281,17 @@ func (c *Config) Validate() error {
 	for _, d := range []struct {
 		key string
 		v   time.Duration
-	}{{"relay.handshake_timeout", r.HandshakeTimeout.Duration}, {"relay.idle_timeout", r.IdleTimeout.Duration}, {"relay.keepalive", r.KeepAlive.Duration}} {
+	}{
+		{"relay.handshake_timeout", r.HandshakeTimeout.Duration}, {"relay.idle_timeout", r.IdleTimeout.Duration},
+		{"relay.keepalive", r.KeepAlive.Duration}, {"relay.lease_duration", r.LeaseDuration.Duration},
+		{"relay.drain_timeout", r.DrainTimeout.Duration},
+	} {
 		if d.v <= 0 {
 			return c.fail(d.key, "must be a positive duration such as \"10s\"")
 		}
+	}
+	if r.RejoinWindow.Duration < 0 {
+		return c.fail("relay.rejoin_window", "must not be negative (\"0s\" closes a tunnel's port as soon as its agents are gone)")
 	}
 	if r.KeepAlive.Duration >= r.IdleTimeout.Duration {
 		return c.fail("relay.keepalive", "must be shorter than idle_timeout (%v)", r.IdleTimeout)

@@ -101,6 +101,9 @@ handshake_timeout = "3s"
 idle_timeout = "1m30s"
 keepalive = "500ms"
 max_handshakes = 64
+lease_duration = "2h"
+rejoin_window = "0s"
+drain_timeout = "5s"
 
 [limits]
 per_ip_connections = 64
@@ -141,6 +144,7 @@ secret = "bob-secret-0123456789"
 		PublicHost: "relay.example.com", CertFile: "/etc/relayd/cert.pem", KeyFile: "/etc/relayd/key.pem",
 		HandshakeTimeout: Duration{3 * time.Second}, IdleTimeout: Duration{90 * time.Second},
 		KeepAlive: Duration{500 * time.Millisecond}, MaxHandshakes: 64,
+		LeaseDuration: Duration{2 * time.Hour}, RejoinWindow: Duration{0}, DrainTimeout: Duration{5 * time.Second},
 	}
 	if c.Relay != want {
 		t.Errorf("[relay]:\n got %+v\nwant %+v", c.Relay, want)
@@ -234,6 +238,10 @@ var badConfigs = []struct {
 	{"duration bare number", "[relay]\n\nidle_timeout = 5\n", 3, "relay.idle_timeout", "not a duration"},
 	{"duration without unit", "[relay]\nkeepalive = \"5\"\n", 2, "relay.keepalive", "not a duration"},
 	{"duration zero", "[relay]\nhandshake_timeout = \"0s\"\n", 2, "relay.handshake_timeout", "positive"},
+	{"lease zero", "[relay]\nlease_duration = \"0s\"\n", 2, "relay.lease_duration", "positive"},
+	{"drain negative", "[relay]\ndrain_timeout = \"-1s\"\n", 2, "relay.drain_timeout", "positive"},
+	{"rejoin negative", "[relay]\nrejoin_window = \"-5s\"\n", 2, "relay.rejoin_window", "not be negative"},
+	{"rejoin without unit", "[relay]\nrejoin_window = \"10\"\n", 2, "relay.rejoin_window", "not a duration"},
 	{"keepalive not below idle", "[relay]\nidle_timeout = \"5s\"\nkeepalive = \"5s\"\n", 3, "relay.keepalive", "shorter than idle_timeout"},
 	{"secret too short", "[[tokens]]\nid = \"alice\"\nsecret = \"short\"\n", 3, "tokens.secret", "at least 16"},
 	// A missing key points at its table's header.

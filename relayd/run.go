@@ -2,13 +2,16 @@ package main
 
 import (
 	"context"
+	"crypto"
 	"fmt"
 	"io/fs"
 	"log/slog"
 	"net"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"slices"
+	"sync/atomic"
 	"syscall"
 
 	"github.com/urfave/cli/v2"
@@ -19,11 +22,19 @@ import (
 	"github.com/relaytun/relay/tunnel"
 )
 
-// runAction runs the relay until SIGINT or SIGTERM.
+// runAction runs the relay. The first SIGINT or SIGTERM drains it (no new
+// agents or clients; those connected get up to drain_timeout to finish), a
+// second stops it at once; SIGHUP reloads relay.toml.
 func runAction(c *cli.Context) error {
 	// Catch signals first: a SIGTERM during start-up is a clean stop too.
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM, syscall.SIGHUP)
+	defer signal.Stop(sigs)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var running atomic.Pointer[runState]
+	go handleSignals(sigs, cancel, &running)
+
 	if c.Args().Present() {
 		return cli.Exit(fmt.Sprintf("unexpected argument %q (commands: check, fingerprint, version)", c.Args().First()), 2)
 	}
@@ -44,15 +55,18 @@ func runAction(c *cli.Context) error {
 		return cli.Exit(err.Error(), 1)
 	}
 	createdToken := false
+	var generated []tunnel.Token
 	if len(rc.Tokens) == 0 {
 		tok, created, err := loadGeneratedToken(id.stateDir)
 		if err != nil {
 			return cli.Exit(err.Error(), 1)
 		}
-		rc.Tokens, createdToken = []tunnel.Token{tok}, created
+		generated, createdToken = []tunnel.Token{tok}, created
+		rc.Tokens = generated
 	}
 	rc.Software = buildinfo.Software("relayd")
 	rc.Logger = log
+	rc.LeaseFile = filepath.Join(id.stateDir, leaseFile)
 	relay, err := tunnel.NewRelay(rc)
 	if err != nil {
 		return cli.Exit(err.Error(), 1)
@@ -70,7 +84,15 @@ func runAction(c *cli.Context) error {
 	onHandshakeErr := func(a net.Addr, err error) {
 		log.Debug("tcp handshake failed", "remote", a.String(), "err", err)
 	}
-	ln, err := transport.Listen(cfg.Relay.Listen, transport.ServerTLSConfig(id.cert, tunnel.ALPN), transportOptions(cfg), onHandshakeErr)
+	opts := transportOptions(cfg)
+	if signer, ok := id.cert.PrivateKey.(crypto.Signer); ok {
+		// The same key after a restart lets agents of the old process see at
+		// once that their sessions are gone (QUIC stateless resets).
+		if opts.ResetKey, err = transport.ResetKey(signer); err != nil {
+			log.Warn("agents will notice a restart only at their idle timeout", "err", err)
+		}
+	}
+	ln, err := transport.Listen(cfg.Relay.Listen, transport.ServerTLSConfig(id.cert, tunnel.ALPN), opts, onHandshakeErr)
 	if err != nil {
 		return cli.Exit(fmt.Sprintf("%v: stop whatever holds that port, or change [relay] listen", err), 1)
 	}
@@ -84,11 +106,113 @@ func runAction(c *cli.Context) error {
 		printAgentLine(log, cfg, ln.Addr(), rc.Tokens[0].Secret, fp, createdToken, id.stateDir)
 	}
 
+	running.Store(&runState{relay: relay, cfg: cfg, generated: generated, log: log})
 	if err := relay.Serve(ctx, ln); err != nil {
 		return cli.Exit(err.Error(), 1)
 	}
 	log.Info("relayd stopped")
 	return nil
+}
+
+// leaseFile, in state_dir, keeps which port each tunnel had.
+const leaseFile = "leases.json"
+
+// runState is what signals act on once the relay runs.
+type runState struct {
+	relay     *tunnel.Relay
+	cfg       *Config
+	generated []tunnel.Token // the token made when relay.toml has none
+	log       *slog.Logger
+}
+
+// handleSignals drains on the first stop signal, stops on the second, and
+// reloads on SIGHUP. Before the relay runs, a stop signal just stops.
+func handleSignals(sigs <-chan os.Signal, stop context.CancelFunc, running *atomic.Pointer[runState]) {
+	draining := false
+	for sig := range sigs {
+		st := running.Load()
+		switch {
+		case st == nil:
+			if sig != syscall.SIGHUP {
+				stop()
+			}
+		case sig == syscall.SIGHUP:
+			if next := reload(st.cfg, st.generated, st.relay, st.log); next != nil {
+				running.Store(&runState{relay: st.relay, cfg: next, generated: st.generated, log: st.log})
+			}
+		case draining:
+			st.log.Info("second signal: stopping now", "signal", sig.String())
+			stop()
+		default:
+			draining = true
+			timeout := st.cfg.Relay.DrainTimeout.Duration
+			st.log.Info("stopping: draining clients (signal again to stop now)", "signal", sig.String(), "drain_timeout", timeout)
+			go func() {
+				dctx, cancel := context.WithTimeout(context.Background(), timeout)
+				defer cancel()
+				st.relay.Shutdown(dctx)
+				stop()
+			}()
+		}
+	}
+}
+
+// reload re-reads running's file and applies it; on any error the running
+// configuration stays and the error is logged. It returns the new config,
+// or nil.
+func reload(running *Config, generated []tunnel.Token, relay *tunnel.Relay, log *slog.Logger) *Config {
+	if running.file == "" {
+		log.Warn("reload asked, but relayd runs without --config: nothing to re-read")
+		return nil
+	}
+	next, err := LoadConfig(running.file)
+	if err == nil {
+		var rc tunnel.RelayConfig
+		if rc, err = relayConfig(next); err == nil {
+			if len(rc.Tokens) == 0 {
+				rc.Tokens = generated
+			}
+			var res tunnel.ReloadResult
+			if res, err = relay.Reload(rc); err == nil {
+				for _, k := range restartOnly(running, next) {
+					log.Warn("changed in the config, but applies only after a restart", "key", k)
+				}
+				for _, w := range readableSecrets(next) {
+					log.Warn(w.msg, "file", w.file, "mode", fmt.Sprintf("%04o", w.mode), "fix", w.fix)
+				}
+				log.Info("relay.toml reloaded", "file", running.file, "sessions_closed", res.SessionsClosed)
+				return next
+			}
+		}
+	}
+	log.Error("reload failed; the running configuration stays", "file", running.file, "err", err)
+	return nil
+}
+
+// restartOnly names the keys that differ between a and b and that a running
+// relay cannot change.
+func restartOnly(a, b *Config) []string {
+	var out []string
+	for _, k := range []struct {
+		key  string
+		same bool
+	}{
+		{"relay.listen", a.Relay.Listen == b.Relay.Listen},
+		{"relay.state_dir", a.Relay.StateDir == b.Relay.StateDir},
+		{"relay.cert_file", a.Relay.CertFile == b.Relay.CertFile},
+		{"relay.key_file", a.Relay.KeyFile == b.Relay.KeyFile},
+		{"relay.idle_timeout", a.Relay.IdleTimeout == b.Relay.IdleTimeout},
+		{"relay.keepalive", a.Relay.KeepAlive == b.Relay.KeepAlive},
+		{"relay.max_handshakes", a.Relay.MaxHandshakes == b.Relay.MaxHandshakes},
+		{"limits.max_pending_sessions", a.Limits.MaxPendingSessions == b.Limits.MaxPendingSessions},
+		{"log.level", a.Log.Level == b.Log.Level},
+		{"log.format", a.Log.Format == b.Log.Format},
+	} {
+		if !k.same {
+			out = append(out, k.key)
+		}
+	}
+	return out
 }
 
 // relayConfig maps relay.toml (validated) onto the relay's config: all but
@@ -104,6 +228,9 @@ func relayConfig(cfg *Config) (tunnel.RelayConfig, error) {
 	rc.BindHost, _, _ = net.SplitHostPort(cfg.Relay.Listen)
 	rc.PublicHost = cfg.Relay.PublicHost
 	rc.HandshakeTimeout = cfg.Relay.HandshakeTimeout.Duration
+	rc.Liveness = cfg.Relay.IdleTimeout.Duration
+	rc.LeaseTTL = cfg.Relay.LeaseDuration.Duration
+	rc.RejoinWindow = cfg.Relay.RejoinWindow.Duration
 	rc.MaxPendingSessions = cfg.Limits.MaxPendingSessions
 	if rc.Clients, err = cfg.clientLimits("limits", -1, cfg.Limits.ClientSection); err != nil {
 		return rc, err

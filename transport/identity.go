@@ -344,3 +344,15 @@ func WriteFileAtomic(path string, data []byte, perm os.FileMode) error {
 	}
 	return os.Rename(tmp, path)
 }
+
+// ResetKey derives Options.ResetKey from a server's private key, so the same
+// key file gives the same stateless-reset tokens across restarts without
+// another secret to keep.
+func ResetKey(key crypto.Signer) ([]byte, error) {
+	der, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return nil, fmt.Errorf("deriving the reset key: %w", err)
+	}
+	sum := sha256.Sum256(append([]byte("relay reset key\x00"), der...))
+	return sum[:], nil
+}

@@ -28,6 +28,11 @@ type Options struct {
 	// DatagramQueue is how many received datagrams wait for
 	// ReceiveDatagram before new ones are dropped.
 	DatagramQueue int
+	// ResetKey, on a QUIC listener, derives the stateless-reset tokens it
+	// hands out. A server that restarts with the same key answers packets
+	// of sessions it lost with a reset, so peers notice at once rather than
+	// at the idle timeout. Empty: a random key per listener. See ResetKey.
+	ResetKey []byte
 }
 
 // DefaultOptions are tuned for a relay on a public link: dead peers are found

@@ -2,6 +2,7 @@ package transport
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -72,6 +73,10 @@ func ListenQUIC(pc net.PacketConn, tlsConf *tls.Config, o Options) (Listener, er
 		return nil, err
 	}
 	tr := &quic.Transport{Conn: pc}
+	if len(o.ResetKey) > 0 {
+		k := quic.StatelessResetKey(sha256.Sum256(append([]byte("relay stateless reset\x00"), o.ResetKey...)))
+		tr.StatelessResetKey = &k
+	}
 	l, err := tr.Listen(tlsConf, quicConfig(o))
 	if err != nil {
 		return nil, fmt.Errorf("quic: %w", err)

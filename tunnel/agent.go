@@ -2,13 +2,18 @@ package tunnel
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/big"
 	"net"
 	"net/netip"
+	"os"
+	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -72,8 +77,21 @@ type AgentConfig struct {
 	// Software names this build in the handshake ("relayctl 1.2.3").
 	Software string
 	Logger   *slog.Logger
-	// OnReady, if set, is called once with every tunnel, when all are live.
+	// OnReady, if set, is called with every tunnel when all are first
+	// live, and again whenever a reconnect changes their public addresses.
 	OnReady func([]Endpoint)
+
+	// MaxRetries is how many reconnect attempts in a row may fail before
+	// Run gives up (ErrGaveUp); 0 retries for ever.
+	MaxRetries int
+	// RetryBaseDelay is the wait before the second attempt (the first is
+	// at once); each later one doubles it, up to RetryMaxDelay, with
+	// jitter so a relay's agents do not all return in the same instant.
+	RetryBaseDelay time.Duration
+	RetryMaxDelay  time.Duration
+	// WaitForRelay retries the first connection too. Without it, Run
+	// returns the first connection's failure, so a mistake shows at once.
+	WaitForRelay bool
 }
 
 // DefaultAgentConfig returns defaults for everything but the relay, token,
@@ -86,6 +104,8 @@ func DefaultAgentConfig() AgentConfig {
 		HandshakeTimeout: 10 * time.Second,
 		DialLocalTimeout: 5 * time.Second,
 		Software:         "relayctl",
+		RetryBaseDelay:   500 * time.Millisecond,
+		RetryMaxDelay:    30 * time.Second,
 	}
 }
 
@@ -127,17 +147,45 @@ func (c *AgentConfig) Validate() error {
 	if c.FallbackDelay <= 0 || c.HandshakeTimeout <= 0 || c.DialLocalTimeout <= 0 {
 		return errors.New("agent timeouts must be positive")
 	}
+	if c.MaxRetries < 0 {
+		return errors.New("max retries must not be negative (0 retries for ever)")
+	}
+	if c.RetryBaseDelay <= 0 || c.RetryMaxDelay < c.RetryBaseDelay {
+		return errors.New("retry delays must be positive, the maximum no less than the base")
+	}
 	return c.TransportOptions.Validate()
 }
 
-// Agent keeps one session with a relay and carries its tunnels' clients to
-// local servers.
+// Agent keeps a session with a relay, reconnecting when it is lost, and
+// carries its tunnels' clients to local servers.
 type Agent struct {
-	cfg AgentConfig
-	log *slog.Logger
+	cfg      AgentConfig
+	log      *slog.Logger
+	instance [instanceLen]byte
+	tunnels  []*agentTunnel // as in cfg.Tunnels
 
-	mu      sync.Mutex
-	tunnels map[uint32]TunnelSpec
+	wmu       sync.Mutex // serialises control frames
+	mu        sync.Mutex
+	byID      map[uint32]*agentTunnel // the current session's tunnel ids
+	ctl       transport.Stream        // the current session's, or nil
+	sess      transport.Session
+	connected bool
+	since     time.Time
+	rtt       time.Duration
+	sessions  int
+	endpoints []Endpoint
+	draining  bool
+	stopRun   context.CancelFunc
+
+	clients sync.WaitGroup // client streams in flight, over every session
+	active  atomic.Int64
+}
+
+// agentTunnel is one TunnelSpec and what it carried, across sessions.
+type agentTunnel struct {
+	spec   TunnelSpec
+	public string
+	traffic
 }
 
 // NewAgent validates cfg.
@@ -149,71 +197,297 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Agent{cfg: cfg, log: log}, nil
+	a := &Agent{cfg: cfg, log: log, since: time.Now()}
+	rand.Read(a.instance[:])
+	for _, t := range cfg.Tunnels {
+		a.tunnels = append(a.tunnels, &agentTunnel{spec: t})
+	}
+	return a, nil
 }
 
-// Run connects, registers every tunnel, and carries clients until ctx ends
-// (returning nil) or the session fails. A refusal by the relay is a
-// *RefusedError; a relay that fails verification is a
-// *transport.IdentityError.
+// ErrGaveUp is wrapped by Run's error when MaxRetries attempts in a row
+// failed.
+var ErrGaveUp = errors.New("gave up reconnecting to the relay")
+
+// Run connects, registers every tunnel, and carries clients, reconnecting
+// whenever the session is lost, until ctx ends or Drain finishes (both
+// return nil). It returns a *RefusedError for a refusal that retrying cannot
+// heal, a *transport.IdentityError for a relay that fails verification, an
+// error wrapping ErrGaveUp once MaxRetries attempts failed, and the first
+// connection's failure unless WaitForRelay.
 func (a *Agent) Run(ctx context.Context) error {
-	sess, err := a.dial(ctx)
-	if err != nil {
-		return err
-	}
-	defer sess.Close()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	a.mu.Lock()
+	a.stopRun = cancel
+	stopped := a.draining
+	a.mu.Unlock()
+	if stopped {
+		return nil
+	}
+	// Streams in flight end with their session; wait for their goroutines.
+	defer a.clients.Wait()
+	var (
+		everLive bool
+		failures int
+		down     time.Time
+	)
+	for {
+		live, err := a.session(ctx, everLive, failures, down)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if live {
+			everLive, failures, down = true, 0, time.Now()
+			a.log.Warn("connection to the relay lost; reconnecting", "relay", a.cfg.Relay, "err", err)
+		}
+		if !retryable(err, everLive) || (!everLive && !a.cfg.WaitForRelay) {
+			return err
+		}
+		failures++
+		if a.cfg.MaxRetries > 0 && failures > a.cfg.MaxRetries {
+			return fmt.Errorf("%w after %d attempts: %w", ErrGaveUp, failures-1, err)
+		}
+		if failures == 2 {
+			// Said once per outage, not once per attempt.
+			a.log.Warn("the relay is not answering; retrying with backoff", "relay", a.cfg.Relay, "err", err, "max_delay", a.cfg.RetryMaxDelay)
+		}
+		delay := a.backoff(failures)
+		if !live {
+			a.log.Debug("reconnect attempt failed", "attempt", failures, "err", err, "next_in", delay.Round(time.Millisecond))
+		}
+		t := time.NewTimer(delay)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return nil
+		}
+	}
+}
+
+// backoff is the wait before attempt n+1 after n failures: none after the
+// first, then base, 2×base, … up to the maximum, each drawn from its upper
+// half so agents that lost the same relay spread out.
+func (a *Agent) backoff(n int) time.Duration {
+	if n <= 1 {
+		return 0
+	}
+	d := a.cfg.RetryBaseDelay << min(n-2, 30)
+	if d <= 0 || d > a.cfg.RetryMaxDelay {
+		d = a.cfg.RetryMaxDelay
+	}
+	half := int64(d / 2)
+	j, _ := rand.Int(rand.Reader, big.NewInt(half+1))
+	return time.Duration(half + j.Int64())
+}
+
+// retryable reports whether another attempt may succeed after err.
+func retryable(err error, everLive bool) bool {
+	var idErr *transport.IdentityError
+	if errors.As(err, &idErr) {
+		return false
+	}
+	var ref *RefusedError
+	if errors.As(err, &ref) {
+		switch {
+		case ref.Temporary():
+			return true
+		case ref.Code == CodeLimit || ref.Code == CodePortTaken || ref.Code == CodeNoPortFree:
+			// After a reconnect these are often our own old session, not
+			// yet timed out on the relay; at the start they are the user's
+			// to fix.
+			return everLive
+		}
+		return false
+	}
+	return true
+}
+
+// session runs one session: dial, handshake, register, carry clients until
+// it ends. live reports whether the tunnels went live.
+func (a *Agent) session(ctx context.Context, reconnect bool, failures int, down time.Time) (live bool, err error) {
+	sess, err := a.dial(ctx)
+	if err != nil {
+		return false, err
+	}
+	defer sess.Close()
 	stop := context.AfterFunc(ctx, func() { sess.Close() })
 	defer stop()
 	log := a.log.With("relay", a.cfg.Relay, "transport", sess.Kind())
 
 	ctl, welcome, err := a.handshake(ctx, sess)
 	if err != nil {
-		return err
+		return false, err
 	}
-	eps, err := a.register(ctl, welcome)
+	stop()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	eps, byID, err := a.register(ctl, welcome)
 	if err != nil {
-		return err
+		return false, err
+	}
+	a.mu.Lock()
+	changed := !slices.Equal(eps, a.endpoints)
+	a.endpoints = eps
+	a.byID, a.ctl, a.sess = byID, ctl, sess
+	a.connected, a.since = true, time.Now()
+	a.sessions++
+	draining := a.draining
+	a.mu.Unlock()
+	defer func() {
+		a.mu.Lock()
+		a.connected, a.ctl, a.sess, a.since = false, nil, nil, time.Now()
+		a.mu.Unlock()
+	}()
+	if draining {
+		// Drain came while connecting: take no clients on this session.
+		a.sendDrain(ctl)
+	}
+	if reconnect {
+		log.Info("reconnected", "after", time.Since(down).Round(time.Millisecond), "attempts", failures)
 	}
 	for _, e := range eps {
-		log.Info("tunnel live", "name", e.Name, "local", e.Local, "public", e.URL())
+		if !reconnect || changed {
+			log.Info("tunnel live", "name", e.Name, "local", e.Local, "public", e.URL())
+		}
 	}
-	if a.cfg.OnReady != nil {
-		a.cfg.OnReady(eps)
+	if changed {
+		if reconnect {
+			log.Warn("the relay gave different public addresses than before", "endpoints", eps)
+		}
+		if a.cfg.OnReady != nil {
+			a.cfg.OnReady(eps)
+		}
 	}
 
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	ctlErr := make(chan error, 1)
-	wg.Add(1)
+	wg.Add(2)
 	go func() {
 		defer wg.Done()
-		ctlErr <- a.controlLoop(ctl)
+		ctlErr <- a.controlLoop(ctl, log)
 		sess.Close()
+	}()
+	go func() {
+		defer wg.Done()
+		a.keepAlive(ctx, ctl)
 	}()
 	for {
 		st, err := sess.AcceptStream(ctx)
 		if err != nil {
 			if ctx.Err() != nil {
-				return nil
+				a.goodbye(ctl, sess)
+				return true, ctx.Err()
 			}
 			sess.Close()
 			if cerr := <-ctlErr; cerr != nil && !transport.IsClosed(cerr) {
 				var ref *RefusedError
 				if errors.As(cerr, &ref) {
-					return cerr
+					return true, cerr
 				}
-				return fmt.Errorf("%w: %v", ErrSessionClosed, cerr)
+				return true, fmt.Errorf("%w: %w", ErrSessionClosed, cerr)
 			}
-			return fmt.Errorf("%w: %v", ErrSessionClosed, err)
+			return true, fmt.Errorf("%w: %w", ErrSessionClosed, err)
 		}
-		wg.Add(1)
+		a.clients.Add(1)
+		a.active.Add(1)
 		go func() {
-			defer wg.Done()
-			a.carry(ctx, st)
+			defer a.clients.Done()
+			defer a.active.Add(-1)
+			a.carry(ctx, st, byID)
 		}()
 	}
+}
+
+// keepAlive pings the relay every keepalive interval; the answers prove the
+// path alive to both sides and measure its round trip.
+func (a *Agent) keepAlive(ctx context.Context, ctl transport.Stream) {
+	t := time.NewTicker(a.cfg.TransportOptions.KeepAlive)
+	defer t.Stop()
+	for {
+		if err := a.writeControl(ctl, &Ping{Data: uint64(time.Now().UnixNano())}); err != nil {
+			return
+		}
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+func (a *Agent) writeControl(ctl transport.Stream, m Message) error {
+	a.wmu.Lock()
+	defer a.wmu.Unlock()
+	return WriteMessage(ctl, m)
+}
+
+// Drain stops taking new clients (the relay is told, and sends them to
+// other members of the tunnel's group, or closes its port), waits until
+// the clients in flight finish or ctx ends, then makes Run return nil.
+func (a *Agent) Drain(ctx context.Context) {
+	a.mu.Lock()
+	a.draining = true
+	ctl, stop := a.ctl, a.stopRun
+	a.mu.Unlock()
+	if ctl != nil {
+		a.sendDrain(ctl)
+	}
+	a.log.Info("draining: no new clients; waiting for those connected", "clients", a.active.Load())
+	done := make(chan struct{})
+	go func() {
+		a.clients.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		a.log.Warn("drain cut short", "clients_cut", a.active.Load(), "err", ctx.Err())
+	}
+	if stop != nil {
+		stop()
+	}
+}
+
+// goodbye ends a session on purpose: it says so first, so the relay closes
+// the tunnel's port at once instead of holding it for this agent to return.
+func (a *Agent) goodbye(ctl transport.Stream, sess transport.Session) {
+	a.sendDrain(ctl)
+	ctl.CloseWrite()
+	// The relay closes the session on reading the end of the control
+	// stream; closing first could lose the frames still in flight.
+	t := time.NewTimer(time.Second)
+	select {
+	case <-sess.Done():
+	case <-t.C:
+	}
+	t.Stop()
+	sess.Close()
+}
+
+func (a *Agent) sendDrain(ctl transport.Stream) {
+	ctl.SetWriteDeadline(time.Now().Add(time.Second))
+	a.writeControl(ctl, &Drain{})
+	ctl.SetWriteDeadline(time.Time{})
+}
+
+// Status reports the agent's session and tunnels.
+func (a *Agent) Status() AgentStatus {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	st := AgentStatus{Relay: a.cfg.Relay, Connected: a.connected, Since: a.since, RTT: a.rtt, Reconnects: max(a.sessions-1, 0)}
+	if a.sess != nil {
+		st.Transport = a.sess.Kind()
+	}
+	for _, t := range a.tunnels {
+		st.Tunnels = append(st.Tunnels, AgentTunnelStatus{
+			Name: t.spec.Name, Local: t.spec.Local, Public: t.public,
+			Active: t.active.Load(), Total: t.total.Load(), BytesIn: t.bytesIn.Load(), BytesOut: t.bytesOut.Load(),
+		})
+	}
+	return st
 }
 
 // dial opens a session with the configured transport.
@@ -332,7 +606,7 @@ func (a *Agent) handshake(ctx context.Context, sess transport.Session) (transpor
 		return nil, nil, fmt.Errorf("opening control stream: %w", err)
 	}
 	ctl.SetDeadline(deadline)
-	if err := WriteMessage(ctl, &Hello{Version: ProtocolVersion, Software: a.cfg.Software, KeyID: KeyID(a.cfg.Token)}); err != nil {
+	if err := WriteMessage(ctl, &Hello{Version: ProtocolVersion, Software: a.cfg.Software, KeyID: KeyID(a.cfg.Token), Instance: a.instance}); err != nil {
 		return nil, nil, fmt.Errorf("sending hello: %w", err)
 	}
 	m, err := a.expect(ctl, "CHALLENGE")
@@ -377,19 +651,20 @@ func (a *Agent) expect(ctl transport.Stream, what string) (Message, error) {
 	return m, nil
 }
 
-func (a *Agent) register(ctl transport.Stream, w *Welcome) ([]Endpoint, error) {
+func (a *Agent) register(ctl transport.Stream, w *Welcome) ([]Endpoint, map[uint32]*agentTunnel, error) {
 	host := w.PublicHost
 	if host == "" {
 		host, _, _ = net.SplitHostPort(a.cfg.Relay)
 	}
-	tunnels := make(map[uint32]TunnelSpec, len(a.cfg.Tunnels))
-	eps := make([]Endpoint, 0, len(a.cfg.Tunnels))
-	for i, t := range a.cfg.Tunnels {
+	byID := make(map[uint32]*agentTunnel, len(a.tunnels))
+	eps := make([]Endpoint, 0, len(a.tunnels))
+	for i, at := range a.tunnels {
+		t := at.spec
 		req := uint32(i + 1)
 		err := WriteMessage(ctl, &Register{Request: req, Name: t.Name, Protos: ProtoTCP, PortLow: t.Ports.Low, PortHigh: t.Ports.High,
 			Allow: prefixStrings(t.Allow), Deny: prefixStrings(t.Deny)})
 		if err != nil {
-			return nil, fmt.Errorf("registering %s: %w", t.Name, err)
+			return nil, nil, fmt.Errorf("registering %s: %w", t.Name, err)
 		}
 		m, err := a.expect(ctl, "REGISTERED")
 		if err != nil {
@@ -397,35 +672,50 @@ func (a *Agent) register(ctl transport.Stream, w *Welcome) ([]Endpoint, error) {
 			if errors.As(err, &ref) {
 				ref.Text = fmt.Sprintf("tunnel %s (%s): %s", t.Name, t.Local, ref.Text)
 			}
-			return nil, err
+			return nil, nil, err
 		}
 		r, ok := m.(*Registered)
 		if !ok || r.Request != req {
-			return nil, fmt.Errorf("%w: unexpected reply to REGISTER", ErrFrame)
+			return nil, nil, fmt.Errorf("%w: unexpected reply to REGISTER", ErrFrame)
 		}
-		tunnels[r.Tunnel] = t
-		eps = append(eps, Endpoint{Name: t.Name, Local: t.Local, Host: host, Port: r.Port})
+		byID[r.Tunnel] = at
+		e := Endpoint{Name: t.Name, Local: t.Local, Host: host, Port: r.Port}
+		eps = append(eps, e)
+		a.mu.Lock()
+		at.public = e.URL()
+		a.mu.Unlock()
 	}
 	ctl.SetDeadline(time.Time{})
-	a.mu.Lock()
-	a.tunnels = tunnels
-	a.mu.Unlock()
-	return eps, nil
+	return eps, byID, nil
 }
 
-// controlLoop answers pings and reports the relay's ERROR or the stream's
-// end.
-func (a *Agent) controlLoop(ctl transport.Stream) error {
+// controlLoop answers pings, measures round trips, and reports the relay's
+// ERROR or the stream's end. Silence for the liveness timeout (the relay
+// answers every ping) means the relay or the path is gone.
+func (a *Agent) controlLoop(ctl transport.Stream, log *slog.Logger) error {
+	liveness := a.cfg.TransportOptions.IdleTimeout
 	for {
+		ctl.SetReadDeadline(time.Now().Add(liveness))
 		m, err := ReadMessage(ctl)
 		if err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				return fmt.Errorf("the relay was silent for %s", liveness)
+			}
 			return err
 		}
 		switch m := m.(type) {
 		case *Ping:
-			if err := WriteMessage(ctl, &Pong{Data: m.Data}); err != nil {
+			if err := a.writeControl(ctl, &Pong{Data: m.Data}); err != nil {
 				return err
 			}
+		case *Pong:
+			if sent := int64(m.Data); sent > 0 {
+				a.mu.Lock()
+				a.rtt = time.Duration(time.Now().UnixNano() - sent)
+				a.mu.Unlock()
+			}
+		case *Drain:
+			log.Info("the relay is shutting down: clients in flight continue; reconnecting once it closes the session")
 		case *Error:
 			return &RefusedError{Code: m.Code, Text: m.Text}
 		}
@@ -434,7 +724,7 @@ func (a *Agent) controlLoop(ctl transport.Stream) error {
 
 // carry serves one client stream: read its header, dial the local server,
 // report the outcome in the status byte, then join the two.
-func (a *Agent) carry(ctx context.Context, st transport.Stream) {
+func (a *Agent) carry(ctx context.Context, st transport.Stream, byID map[uint32]*agentTunnel) {
 	st.SetReadDeadline(time.Now().Add(a.cfg.HandshakeTimeout))
 	h, err := ReadStreamHeader(st)
 	if err != nil {
@@ -443,21 +733,19 @@ func (a *Agent) carry(ctx context.Context, st transport.Stream) {
 		return
 	}
 	st.SetReadDeadline(time.Time{})
-	a.mu.Lock()
-	t, ok := a.tunnels[h.Tunnel]
-	a.mu.Unlock()
+	t, ok := byID[h.Tunnel]
 	if !ok {
 		st.Close()
 		a.log.Warn("dropping stream for an unknown tunnel", "tunnel", h.Tunnel)
 		return
 	}
-	log := a.log.With("tunnel", t.Name, "client", h.Client.String())
+	log := a.log.With("tunnel", t.spec.Name, "client", h.Client.String())
 	d := net.Dialer{Timeout: a.cfg.DialLocalTimeout}
-	local, err := d.DialContext(ctx, "tcp", t.Local)
+	local, err := d.DialContext(ctx, "tcp", t.spec.Local)
 	if err != nil {
 		st.Write([]byte{StatusUnreachable})
 		st.Close()
-		log.Warn("client closed: the local server did not accept the connection", "local", t.Local, "err", err)
+		log.Warn("client closed: the local server did not accept the connection", "local", t.spec.Local, "err", err)
 		return
 	}
 	if tc, ok := local.(*net.TCPConn); ok {
@@ -468,10 +756,17 @@ func (a *Agent) carry(ctx context.Context, st transport.Stream) {
 		st.Close()
 		return
 	}
+	t.active.Add(1)
+	t.total.Add(1)
+	defer t.active.Add(-1)
+	log.Info("client connected")
 	start := time.Now()
-	stats := Join(local, st)
-	log.Debug("client closed", "duration", time.Since(start).Round(time.Millisecond),
-		"bytes_in", stats.BToA, "bytes_out", stats.AToB)
+	stats := JoinCounting(local, st, &t.bytesOut, &t.bytesIn)
+	args := []any{"duration", time.Since(start).Round(time.Millisecond), "bytes_in", stats.BToA, "bytes_out", stats.AToB}
+	if stats.Err != nil && !transport.IsClosed(stats.Err) {
+		args = append(args, "err", stats.Err)
+	}
+	log.Info("client disconnected", args...)
 }
 
 func prefixStrings(ps []netip.Prefix) []string {

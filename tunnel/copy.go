@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 )
 
 // copyBufSize is the buffer each direction of a joined pair borrows while it
@@ -28,7 +29,12 @@ type JoinStats struct {
 // keeps flowing (a client that half-closes still gets its whole reply). Any
 // other failure, or a side without CloseWrite, closes both at once so neither
 // end waits on a peer that is gone.
-func Join(a, b net.Conn) JoinStats {
+func Join(a, b net.Conn) JoinStats { return JoinCounting(a, b, nil, nil) }
+
+// JoinCounting is Join that also adds the bytes written to b and to a to
+// aToB and bToA (either may be nil) as they flow, so a long connection shows
+// in the totals before it ends.
+func JoinCounting(a, b net.Conn, aToB, bToA *atomic.Int64) JoinStats {
 	var (
 		st   JoinStats
 		wg   sync.WaitGroup
@@ -46,13 +52,17 @@ func Join(a, b net.Conn) JoinStats {
 			b.Close()
 		})
 	}
-	pipe := func(dst, src net.Conn, n *int64) {
+	pipe := func(dst, src net.Conn, n *int64, live *atomic.Int64) {
 		defer wg.Done()
 		bp := copyBufs.Get().(*[]byte)
 		defer copyBufs.Put(bp)
 		// Plain Reader/Writer wrappers keep io.CopyBuffer on our pooled
 		// buffer instead of each side's ReadFrom/WriteTo allocating its own.
-		written, err := io.CopyBuffer(writerOnly{dst}, readerOnly{src}, *bp)
+		var w io.Writer = writerOnly{dst}
+		if live != nil {
+			w = &countingWriter{dst, live}
+		}
+		written, err := io.CopyBuffer(w, readerOnly{src}, *bp)
 		*n = written
 		if err != nil {
 			abort(err)
@@ -68,8 +78,8 @@ func Join(a, b net.Conn) JoinStats {
 		}
 	}
 	wg.Add(2)
-	go pipe(b, a, &st.AToB)
-	go pipe(a, b, &st.BToA)
+	go pipe(b, a, &st.AToB, aToB)
+	go pipe(a, b, &st.BToA, bToA)
 	wg.Wait()
 	a.Close()
 	b.Close()
@@ -78,3 +88,14 @@ func Join(a, b net.Conn) JoinStats {
 
 type readerOnly struct{ io.Reader }
 type writerOnly struct{ io.Writer }
+
+type countingWriter struct {
+	w io.Writer
+	n *atomic.Int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n.Add(int64(n))
+	return n, err
+}

@@ -151,8 +151,11 @@ func (r *testRelay) agentConfig(kind string, locals ...string) AgentConfig {
 	cfg.Transport = kind
 	cfg.Verifier = &transport.Verifier{Pin: r.Pin}
 	cfg.TransportOptions = testOptions()
-	for i, l := range locals {
-		cfg.Tunnels = append(cfg.Tunnels, TunnelSpec{Name: "t" + string(rune('a'+i)), Local: l})
+	// Names differ per local server: agents of one token that share a name
+	// form a group, which only the group tests want.
+	for _, l := range locals {
+		_, port, _ := net.SplitHostPort(l)
+		cfg.Tunnels = append(cfg.Tunnels, TunnelSpec{Name: "t" + port, Local: l})
 	}
 	return cfg
 }

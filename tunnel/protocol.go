@@ -9,14 +9,16 @@
 // the session:
 //
 //	agent                                        relay
-//	  | HELLO {version, software, key id}  ------>  |  version check
+//	  | HELLO {version, software, key id,  ------>  |  version check
+//	  |        instance}                            |
 //	  | <------ CHALLENGE {version, software, nonce}|  (or ERROR bad-version)
 //	  | AUTH {proof}                       ------>  |  proof = HMAC-SHA256(secret,
 //	  |                                             |    "relay auth v1" | 0 | nonce | EKM)
 //	  | <------------------- WELCOME {public host}  |  (or ERROR unauthorized)
 //	  | REGISTER {req, name, protos, ports} ----->  |  lease a public port
 //	  | <------------ REGISTERED {req, tunnel, port}|  (or ERROR {req, code, text})
-//	  | PING / PONG, either way, any time           |
+//	  | PING / PONG, either way, any time           |  liveness and round-trip time
+//	  | DRAIN {tunnel}, either way, any time        |  no new clients (see below)
 //
 // EKM is 32 bytes of TLS keying material (RFC 5705/8446 exporter, label
 // "EXPORTER-relay-auth", no context), so a proof is bound to one TLS session:
@@ -24,6 +26,21 @@
 // wire. Each label is followed by one 0x00 byte. The key id is the first 16
 // bytes of SHA-256("relay token id" | 0x00 | secret); it only tells the relay
 // which secret to check the proof against.
+//
+// The instance is 16 random bytes an agent picks once per process. A session
+// that authenticates with the token and instance of a session the relay still
+// holds replaces it: that is how an agent returns after its network changed,
+// before the relay has noticed the old session is dead. Agents with different
+// instances registering the same name with the same token form a group that
+// shares the tunnel's public port.
+//
+// The agent sends PING every keepalive interval; either side that hears
+// nothing on the control stream for the liveness timeout closes the session.
+//
+// DRAIN from the agent says it takes no new clients on the tunnel (0: on all
+// of them) while its clients in flight finish; from the relay it says the
+// relay is stopping and will open no new streams, and the agent should
+// reconnect once the session ends.
 //
 // For every client that connects to a tunnel's public port, the relay opens a
 // new stream to the agent, writes a StreamHeader naming the tunnel and the
@@ -44,7 +61,7 @@
 // wrong size, or a field over its bound is an error that closes the session.
 // The payloads, by type:
 //
-//	0x01 HELLO       version:2 | software:str(64) | key id:16
+//	0x01 HELLO       version:2 | software:str(64) | key id:16 | instance:16
 //	0x02 CHALLENGE   version:2 | software:str(64) | nonce:32
 //	0x03 AUTH        proof:32
 //	0x04 WELCOME     public host:str(255)
@@ -55,6 +72,7 @@
 //	0x07 ERROR       request:4 | code:2 | text:str(512)
 //	0x08 PING        data:8
 //	0x09 PONG        data:8
+//	0x0a DRAIN       tunnel:4
 //
 // protos is a bit set: 1 TCP, 2 UDP. Ports 0-0 ask the relay to choose.
 // Request 0 in ERROR means the session as a whole; the sender closes it next.
@@ -98,6 +116,7 @@ const (
 	typeError      = 0x07
 	typePing       = 0x08
 	typePong       = 0x09
+	typeDrain      = 0x0a
 )
 
 // Bounds.
@@ -110,6 +129,7 @@ const (
 	MaxPrefixes       = 16
 	maxPrefixLen      = 49
 	keyIDLen          = 16
+	instanceLen       = 16
 	nonceLen          = 32
 	proofLen          = 32
 )
@@ -132,6 +152,8 @@ type Hello struct {
 	Version  uint16
 	Software string
 	KeyID    [keyIDLen]byte
+	// Instance identifies the agent process across its sessions.
+	Instance [instanceLen]byte
 }
 
 // Challenge answers Hello with a fresh nonce.
@@ -187,6 +209,9 @@ type Ping struct{ Data uint64 }
 // Pong answers a Ping.
 type Pong struct{ Data uint64 }
 
+// Drain stops new clients for one tunnel, or all of the sender's (0).
+type Drain struct{ Tunnel uint32 }
+
 func (*Hello) msgType() byte      { return typeHello }
 func (*Challenge) msgType() byte  { return typeChallenge }
 func (*Auth) msgType() byte       { return typeAuth }
@@ -196,12 +221,19 @@ func (*Registered) msgType() byte { return typeRegistered }
 func (*Error) msgType() byte      { return typeError }
 func (*Ping) msgType() byte       { return typePing }
 func (*Pong) msgType() byte       { return typePong }
+func (*Drain) msgType() byte      { return typeDrain }
 
-func (m *Hello) encode(e *encoder) { e.u16(m.Version); e.str(m.Software); e.bytes(m.KeyID[:]) }
+func (m *Hello) encode(e *encoder) {
+	e.u16(m.Version)
+	e.str(m.Software)
+	e.bytes(m.KeyID[:])
+	e.bytes(m.Instance[:])
+}
 func (m *Hello) decode(d *decoder) {
 	m.Version = d.u16()
 	m.Software = d.str(maxSoftware)
 	d.fixed(m.KeyID[:])
+	d.fixed(m.Instance[:])
 }
 
 func (m *Challenge) encode(e *encoder) { e.u16(m.Version); e.str(m.Software); e.bytes(m.Nonce[:]) }
@@ -256,10 +288,12 @@ func (m *Error) decode(d *decoder) {
 	m.Text = d.str(maxErrorText)
 }
 
-func (m *Ping) encode(e *encoder) { e.u64(m.Data) }
-func (m *Ping) decode(d *decoder) { m.Data = d.u64() }
-func (m *Pong) encode(e *encoder) { e.u64(m.Data) }
-func (m *Pong) decode(d *decoder) { m.Data = d.u64() }
+func (m *Ping) encode(e *encoder)  { e.u64(m.Data) }
+func (m *Ping) decode(d *decoder)  { m.Data = d.u64() }
+func (m *Pong) encode(e *encoder)  { e.u64(m.Data) }
+func (m *Pong) decode(d *decoder)  { m.Data = d.u64() }
+func (m *Drain) encode(e *encoder) { e.u32(m.Tunnel) }
+func (m *Drain) decode(d *decoder) { m.Tunnel = d.u32() }
 
 func newMessage(t byte) Message {
 	switch t {
@@ -281,6 +315,8 @@ func newMessage(t byte) Message {
 		return new(Ping)
 	case typePong:
 		return new(Pong)
+	case typeDrain:
+		return new(Drain)
 	}
 	return nil
 }

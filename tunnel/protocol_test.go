@@ -60,6 +60,7 @@ func messageCases() []messageCase {
 	key := [keyIDLen]byte(wirePattern(keyIDLen, 1))
 	nonce := [nonceLen]byte(wirePattern(nonceLen, 2))
 	proof := [proofLen]byte(wirePattern(proofLen, 3))
+	inst := [instanceLen]byte(wirePattern(instanceLen, 4))
 	sw64 := strings.Repeat("s", maxSoftware)
 	host255 := strings.Repeat("h", maxHost)
 	name63 := strings.Repeat("n", MaxNameLen)
@@ -67,14 +68,14 @@ func messageCases() []messageCase {
 
 	return []messageCase{
 		{"hello", 0x01,
-			&Hello{Version: 1, Software: "relay 1.2.3", KeyID: key},
-			wireCat(wireU16(1), wireStr("relay 1.2.3"), key[:])},
+			&Hello{Version: 1, Software: "relay 1.2.3", KeyID: key, Instance: inst},
+			wireCat(wireU16(1), wireStr("relay 1.2.3"), key[:], inst[:])},
 		{"hello/empty", 0x01,
 			&Hello{},
-			wireCat(wireU16(0), wireStr(""), make([]byte, keyIDLen))},
+			wireCat(wireU16(0), wireStr(""), make([]byte, keyIDLen+instanceLen))},
 		{"hello/software-at-bound", 0x01,
 			&Hello{Version: 0xffff, Software: sw64, KeyID: key},
-			wireCat(wireU16(0xffff), wireStr(sw64), key[:])},
+			wireCat(wireU16(0xffff), wireStr(sw64), key[:], make([]byte, instanceLen))},
 		{"challenge", 0x02,
 			&Challenge{Version: 1, Software: "relay 1.2.3", Nonce: nonce},
 			wireCat(wireU16(1), wireStr("relay 1.2.3"), nonce[:])},
@@ -136,6 +137,12 @@ func messageCases() []messageCase {
 		{"pong", 0x09,
 			&Pong{Data: 0xffffffffffffffff},
 			wireU64(0xffffffffffffffff)},
+		{"drain/all", 0x0a,
+			&Drain{},
+			wireU32(0)},
+		{"drain", 0x0a,
+			&Drain{Tunnel: 0x01020304},
+			wireU32(0x01020304)},
 	}
 }
 
@@ -361,8 +368,8 @@ func TestReadMessageErrors(t *testing.T) {
 			"unexpected EOF", []error{io.ErrUnexpectedEOF}, []error{ErrFrame}},
 		{"unknown-type/0x00", wireFrame(0x00, nil),
 			"malformed control frame: unknown message type 0x0", []error{ErrFrame}, nil},
-		{"unknown-type/0x0a", wireFrame(0x0a, wireU64(1)),
-			"malformed control frame: unknown message type 0xa", []error{ErrFrame}, nil},
+		{"unknown-type/0x0b", wireFrame(0x0b, wireU64(1)),
+			"malformed control frame: unknown message type 0xb", []error{ErrFrame}, nil},
 		{"unknown-type/0xff", wireFrame(0xff, nil),
 			"malformed control frame: unknown message type 0xff", []error{ErrFrame}, nil},
 		{"length/one-over", wireCat([]byte{typeWelcome}, wireU16(MaxControlPayload+1), make([]byte, MaxControlPayload+1)),
@@ -481,7 +488,7 @@ func TestReadMessageOversizeLengthNotRead(t *testing.T) {
 }
 
 func TestDecodeMessageUnknownType(t *testing.T) {
-	for _, typ := range []byte{0x00, 0x0a, 0x10, 0x80, 0xff} {
+	for _, typ := range []byte{0x00, 0x0b, 0x10, 0x80, 0xff} {
 		m, err := DecodeMessage(typ, wireU64(0))
 		checkFrameErr(t, "DecodeMessage", m, err, fmt.Sprintf("malformed control frame: unknown message type %#x", typ))
 	}
@@ -671,7 +678,7 @@ func FuzzReadMessage(f *testing.F) {
 	f.Add([]byte{typePing, 0})
 	f.Add(wireCat([]byte{typeWelcome}, wireU16(0xffff)))
 	f.Add(wireFrame(typeWelcome, wireCat(wireU16(10), []byte("abc"))))
-	f.Add(wireFrame(0x0a, nil))
+	f.Add(wireFrame(0x0b, nil))
 
 	f.Fuzz(func(t *testing.T, data []byte) {
 		r := bytes.NewReader(data)

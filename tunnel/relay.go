@@ -11,6 +11,8 @@ import (
 	"math/big"
 	"net"
 	"net/netip"
+	"os"
+	"reflect"
 	"regexp"
 	"slices"
 	"sort"
@@ -44,6 +46,21 @@ type RelayConfig struct {
 	MaxPendingSessions int
 	// Clients limits every tunnel's public clients; tokens may override.
 	Clients ClientLimits
+	// Liveness is how long an agent may stay silent before the relay
+	// drops its session; agents ping well within it.
+	Liveness time.Duration
+	// AnswerTimeout is how long a group member may take to answer a new
+	// client's stream before the client goes to another member.
+	AnswerTimeout time.Duration
+	// RejoinWindow is how long a tunnel whose every agent vanished (without
+	// draining) keeps its public port open, holding new clients, for an
+	// agent to come back.
+	RejoinWindow time.Duration
+	// LeaseFile, when set, keeps port leases across restarts.
+	LeaseFile string
+	// LeaseTTL is how long a tunnel's port stays promised to its token and
+	// name after its last agent left.
+	LeaseTTL time.Duration
 	// Software names this build in the handshake ("relayd 1.2.3").
 	Software string
 	Logger   *slog.Logger
@@ -56,6 +73,10 @@ func DefaultRelayConfig() RelayConfig {
 		HandshakeTimeout:   10 * time.Second,
 		OpenStreamTimeout:  10 * time.Second,
 		MaxPendingSessions: 256,
+		Liveness:           15 * time.Second,
+		AnswerTimeout:      2 * time.Second,
+		RejoinWindow:       10 * time.Second,
+		LeaseTTL:           24 * time.Hour,
 		Software:           "relayd",
 	}
 }
@@ -117,6 +138,12 @@ func (c *RelayConfig) Validate() error {
 	if c.OpenStreamTimeout <= 0 {
 		return errors.New("relay: open-stream timeout must be positive")
 	}
+	if c.Liveness <= 0 || c.AnswerTimeout <= 0 || c.LeaseTTL <= 0 {
+		return errors.New("relay: liveness, answer timeout and lease lifetime must be positive")
+	}
+	if c.RejoinWindow < 0 {
+		return errors.New("relay: rejoin window must not be negative")
+	}
 	return nil
 }
 
@@ -130,19 +157,33 @@ const MinSecretLen = 16
 
 // Relay accepts agent sessions and gives their tunnels public ports.
 type Relay struct {
-	cfg     RelayConfig
+	cfg     atomic.Pointer[RelayConfig] // swapped whole by Reload
 	log     *slog.Logger
-	tokens  map[[keyIDLen]byte]*tokenState
 	pending chan struct{} // slots for sessions not yet authenticated
 	// dummySecret keeps the proof check's cost the same for unknown keys.
 	dummySecret string
 
-	mu      sync.Mutex
-	ports   map[uint16]*relayTunnel
-	closing bool
+	mu        sync.Mutex
+	tokens    map[[keyIDLen]byte]*tokenState
+	groups    map[leaseKey]*group
+	ports     map[uint16]*group
+	agents    map[*agentConn]struct{}
+	leases    *leaseTable
+	closing   bool
+	ln        transport.Listener
+	stopServe context.CancelFunc
+
+	leaseDirty chan struct{}
+	saveMu     sync.Mutex
 
 	nextTunnel atomic.Uint32
 	wg         sync.WaitGroup
+
+	handshakeFailures counterMap
+	agentRefusals     counterMap
+	clientRefusals    counterMap
+	clientsTotal      atomic.Int64
+	clientsActive     atomic.Int64
 }
 
 // NewRelay validates cfg and returns a Relay ready to Serve.
@@ -155,27 +196,56 @@ func NewRelay(cfg RelayConfig) (*Relay, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	r := &Relay{
-		cfg:         cfg,
 		log:         log,
-		tokens:      make(map[[keyIDLen]byte]*tokenState),
 		pending:     make(chan struct{}, cfg.MaxPendingSessions),
 		dummySecret: rand.Text(),
-		ports:       make(map[uint16]*relayTunnel),
+		groups:      make(map[leaseKey]*group),
+		ports:       make(map[uint16]*group),
+		agents:      make(map[*agentConn]struct{}),
+		leaseDirty:  make(chan struct{}, 1),
 	}
 	// A copy, so the caller's slice can change without touching the relay.
-	r.cfg.Tokens = slices.Clone(cfg.Tokens)
-	for i := range r.cfg.Tokens {
-		t := &r.cfg.Tokens[i]
-		r.tokens[KeyID(t.Secret)] = &tokenState{tok: t}
+	cfg.Tokens = slices.Clone(cfg.Tokens)
+	r.cfg.Store(&cfg)
+	r.tokens = tokenStates(cfg.Tokens, nil)
+	leases, err := loadLeases(cfg.LeaseFile, cfg.LeaseTTL, time.Now())
+	if err != nil {
+		// A damaged file must not keep the relay down: set it aside, so
+		// nothing is lost, and start afresh.
+		bad := cfg.LeaseFile + ".bad"
+		os.Rename(cfg.LeaseFile, bad)
+		log.Warn("port leases could not be read; starting with none", "err", err, "moved_to", bad)
 	}
+	r.leases = leases
 	return r, nil
 }
 
+// tokenStates indexes tokens by key id, keeping the state (counts) of any
+// token in old that did not change.
+func tokenStates(tokens []Token, old map[[keyIDLen]byte]*tokenState) map[[keyIDLen]byte]*tokenState {
+	m := make(map[[keyIDLen]byte]*tokenState, len(tokens))
+	for i := range tokens {
+		t := &tokens[i]
+		k := KeyID(t.Secret)
+		if ts, ok := old[k]; ok && reflect.DeepEqual(*ts.tok, *t) {
+			m[k] = ts
+			continue
+		}
+		m[k] = &tokenState{tok: t}
+	}
+	return m
+}
+
+func (r *Relay) config() *RelayConfig { return r.cfg.Load() }
+
 // Serve accepts sessions from ln until ctx ends, then closes ln and every
-// session and returns once they are gone.
+// session and returns once they are gone. Shutdown ends it gracefully.
 func (r *Relay) Serve(ctx context.Context, ln transport.Listener) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	r.mu.Lock()
+	r.ln, r.stopServe = ln, cancel
+	r.mu.Unlock()
 	stop := context.AfterFunc(ctx, func() {
 		r.mu.Lock()
 		r.closing = true
@@ -183,14 +253,21 @@ func (r *Relay) Serve(ctx context.Context, ln transport.Listener) error {
 		ln.Close()
 	})
 	defer stop()
-	defer r.wg.Wait()
+	saved := make(chan struct{})
+	go func() {
+		defer close(saved)
+		r.leaseWriter(ctx)
+	}()
+	defer func() {
+		r.wg.Wait()
+		cancel()
+		<-saved
+		r.saveLeases() // the final state, after every tunnel closed
+	}()
 	for {
 		s, err := ln.Accept(ctx)
 		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			if errors.Is(err, net.ErrClosed) {
+			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
 				return nil
 			}
 			return fmt.Errorf("accepting sessions: %w", err)
@@ -200,6 +277,7 @@ func (r *Relay) Serve(ctx context.Context, ln transport.Listener) error {
 		default:
 			// Too many sessions still authenticating: refuse rather than queue.
 			s.CloseWithError(uint64(CodeLimit), "too many sessions in handshake")
+			r.handshakeFailures.add("too-many-pending")
 			r.log.Warn("agent refused: too many sessions in handshake", "agent", s.RemoteAddr().String(), "max", cap(r.pending))
 			continue
 		}
@@ -211,48 +289,103 @@ func (r *Relay) Serve(ctx context.Context, ln transport.Listener) error {
 	}
 }
 
-// TunnelInfo describes one live tunnel.
-type TunnelInfo struct {
-	ID        uint32
-	Name      string
-	TokenID   string
-	Port      uint16
-	Transport string
-	Agent     string
-	Since     time.Time
-	// Connections is how many public clients are connected now.
-	Connections int64
-	// Refused counts public clients turned away, by reason (Refused*).
-	Refused map[string]int64
+// Shutdown stops the relay gracefully: it accepts no more sessions or
+// clients, tells every agent, and waits for the clients in flight to finish
+// or ctx to end, then closes every session, which makes Serve return. It
+// returns ctx's error if clients were still connected when it ended.
+func (r *Relay) Shutdown(ctx context.Context) error {
+	r.mu.Lock()
+	r.closing = true
+	ln, stopServe := r.ln, r.stopServe
+	groups := make([]*group, 0, len(r.groups))
+	for _, g := range r.groups {
+		groups = append(groups, g)
+	}
+	agents := make([]*agentConn, 0, len(r.agents))
+	for a := range r.agents {
+		agents = append(agents, a)
+	}
+	r.mu.Unlock()
+	if ln != nil {
+		ln.Close()
+	}
+	for _, g := range groups {
+		g.ln.Close()
+	}
+	for _, a := range agents {
+		a.notice(&Drain{})
+	}
+	r.log.Info("draining", "agents", len(agents), "tunnels", len(groups), "clients", r.activeClients())
+	var err error
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for r.activeClients() > 0 && err == nil {
+		select {
+		case <-tick.C:
+		case <-ctx.Done():
+			err = ctx.Err()
+			r.log.Warn("drain cut short", "clients_cut", r.activeClients(), "err", err)
+		}
+	}
+	if stopServe != nil {
+		stopServe()
+	}
+	return err
 }
+
+func (r *Relay) activeClients() int64 { return r.clientsActive.Load() }
 
 // Tunnels lists the live tunnels, by port.
 func (r *Relay) Tunnels() []TunnelInfo {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	out := make([]TunnelInfo, 0, len(r.ports))
-	for _, t := range r.ports {
-		out = append(out, TunnelInfo{
-			ID: t.id, Name: t.name, TokenID: t.agent.token.tok.ID, Port: t.port,
-			Transport: t.agent.sess.Kind(), Agent: t.agent.sess.RemoteAddr().String(), Since: t.since,
-			Connections: t.active.Load(), Refused: t.gate.counts(),
-		})
+	out := make([]TunnelInfo, 0, len(r.groups))
+	for _, g := range r.groups {
+		out = append(out, g.info())
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Port < out[j].Port })
 	return out
 }
 
+// Stats returns the relay's totals.
+func (r *Relay) Stats() RelayStats {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	st := RelayStats{
+		Agents:            map[string]int{},
+		Tunnels:           len(r.groups),
+		ClientsTotal:      r.clientsTotal.Load(),
+		ClientsActive:     r.clientsActive.Load(),
+		HandshakeFailures: r.handshakeFailures.snapshot(),
+		AgentRefusals:     r.agentRefusals.snapshot(),
+		ClientRefusals:    r.clientRefusals.snapshot(),
+	}
+	for a := range r.agents {
+		st.Agents[a.sess.Kind()]++
+	}
+	return st
+}
+
 // agentConn is one authenticated agent session.
 type agentConn struct {
-	r     *Relay
-	sess  transport.Session
-	ctl   transport.Stream
-	token *tokenState
-	log   *slog.Logger
+	r        *Relay
+	sess     transport.Session
+	ctl      transport.Stream
+	token    *tokenState
+	instance [instanceLen]byte
+	log      *slog.Logger
 
-	wmu     sync.Mutex // serialises control frames
-	mu      sync.Mutex
-	tunnels map[uint32]*relayTunnel
+	wmu sync.Mutex // serialises control frames
+	// members are this session's places in groups, by tunnel id; guarded
+	// by Relay.mu.
+	members map[uint32]*member
+
+	// suspect is set when the agent missed a probe or a stream answer:
+	// groups send it new clients only when no other member can take them.
+	suspect  atomic.Bool
+	probing  atomic.Bool
+	lastPong atomic.Int64 // unix nanoseconds
+	since    time.Time
 }
 
 func (r *Relay) serveSession(ctx context.Context, s transport.Session) {
@@ -268,16 +401,25 @@ func (r *Relay) serveSession(ctx context.Context, s transport.Session) {
 	if err != nil {
 		var sent *sentRefusal
 		if !errors.As(err, &sent) {
+			reason := "aborted"
+			if errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, context.DeadlineExceeded) {
+				reason = "timeout"
+			}
+			r.handshakeFailures.add(reason)
 			log.Info("agent handshake failed", "err", err)
 		}
 		return
 	}
+	if !r.admitAgent(a) {
+		a.refuse(CodeShutdown, "the relay is shutting down")
+		return
+	}
+	defer r.forgetAgent(a)
 	a.log.Info("agent connected")
 	// From here on, a shutdown is announced before the session goes.
 	stop()
 	stopNotice := context.AfterFunc(ctx, func() {
-		a.ctl.SetWriteDeadline(time.Now().Add(time.Second))
-		a.send(&Error{Code: CodeShutdown, Text: "the relay is shutting down"})
+		a.notice(&Error{Code: CodeShutdown, Text: "the relay is shutting down"})
 		s.CloseWithError(uint64(CodeShutdown), "the relay is shutting down")
 	})
 	defer stopNotice()
@@ -292,20 +434,56 @@ func (r *Relay) serveSession(ctx context.Context, s transport.Session) {
 		}
 	}()
 	err = a.controlLoop(ctx)
-	a.closeTunnels()
+	// The end of the control stream is a goodbye; anything else may be an
+	// agent on its way back.
+	r.dropMembers(a, errors.Is(err, io.EOF))
 	var sent *sentRefusal
 	switch {
 	case errors.As(err, &sent):
 	case err == nil || errors.Is(err, io.EOF) || transport.IsClosed(err) || ctx.Err() != nil:
 		a.log.Info("agent disconnected")
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		a.log.Warn("agent disconnected: silent too long", "liveness", r.config().Liveness)
 	default:
 		a.log.Warn("agent disconnected", "err", err)
 	}
 }
 
+// admitAgent records a, replacing any session with the same token and
+// instance: the agent came back before the relay noticed it had gone.
+func (r *Relay) admitAgent(a *agentConn) bool {
+	var old []*agentConn
+	r.mu.Lock()
+	if r.closing {
+		r.mu.Unlock()
+		return false
+	}
+	if a.instance != ([instanceLen]byte{}) {
+		for o := range r.agents {
+			if o.instance == a.instance && o.token.tok.ID == a.token.tok.ID {
+				old = append(old, o)
+			}
+		}
+	}
+	r.agents[a] = struct{}{}
+	r.mu.Unlock()
+	for _, o := range old {
+		o.log.Info("agent session replaced by a newer one from the same agent", "new", a.sess.RemoteAddr().String())
+		o.sess.CloseWithError(uint64(CodeShutdown), "replaced by a newer session from the same agent")
+	}
+	return true
+}
+
+func (r *Relay) forgetAgent(a *agentConn) {
+	r.mu.Lock()
+	delete(r.agents, a)
+	r.mu.Unlock()
+}
+
 // handshake runs hello, challenge, auth and welcome on the control stream.
 func (r *Relay) handshake(ctx context.Context, s transport.Session, log *slog.Logger) (*agentConn, error) {
-	deadline := time.Now().Add(r.cfg.HandshakeTimeout)
+	cfg := r.config()
+	deadline := time.Now().Add(cfg.HandshakeTimeout)
 	hctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
 	ctl, err := s.AcceptStream(hctx)
@@ -313,7 +491,7 @@ func (r *Relay) handshake(ctx context.Context, s transport.Session, log *slog.Lo
 		return nil, fmt.Errorf("waiting for control stream: %w", err)
 	}
 	ctl.SetDeadline(deadline)
-	a := &agentConn{r: r, sess: s, ctl: ctl, log: log, tunnels: make(map[uint32]*relayTunnel)}
+	a := &agentConn{r: r, sess: s, ctl: ctl, log: log, members: make(map[uint32]*member), since: time.Now()}
 
 	m, err := ReadMessage(ctl)
 	if err != nil {
@@ -326,9 +504,9 @@ func (r *Relay) handshake(ctx context.Context, s transport.Session, log *slog.Lo
 	if hello.Version != ProtocolVersion {
 		return nil, a.refuse(CodeBadVersion, fmt.Sprintf(
 			"protocol version mismatch: the relay (%s) speaks version %d, the agent (%s) speaks version %d; upgrade the older of the two",
-			r.cfg.Software, ProtocolVersion, hello.Software, hello.Version))
+			cfg.Software, ProtocolVersion, hello.Software, hello.Version))
 	}
-	ch := Challenge{Version: ProtocolVersion, Software: r.cfg.Software}
+	ch := Challenge{Version: ProtocolVersion, Software: cfg.Software}
 	rand.Read(ch.Nonce[:])
 	if err := a.send(&ch); err != nil {
 		return nil, fmt.Errorf("sending challenge: %w", err)
@@ -344,7 +522,9 @@ func (r *Relay) handshake(ctx context.Context, s transport.Session, log *slog.Lo
 	if err != nil {
 		return nil, a.refuse(CodeInternal, "relay could not bind authentication to the TLS session")
 	}
+	r.mu.Lock()
 	ts, known := r.tokens[hello.KeyID]
+	r.mu.Unlock()
 	secret := r.dummySecret
 	if known {
 		secret = ts.tok.Secret
@@ -354,8 +534,9 @@ func (r *Relay) handshake(ctx context.Context, s transport.Session, log *slog.Lo
 		return nil, a.refuse(CodeUnauthorized, "token not accepted: check --token (or RELAY_TOKEN) against the [[tokens]] in the relay's relay.toml")
 	}
 	a.token = ts
+	a.instance = hello.Instance
 	a.log = log.With("token", ts.tok.ID)
-	if err := a.send(&Welcome{PublicHost: r.cfg.PublicHost}); err != nil {
+	if err := a.send(&Welcome{PublicHost: cfg.PublicHost}); err != nil {
 		return nil, fmt.Errorf("sending welcome: %w", err)
 	}
 	ctl.SetDeadline(time.Time{})
@@ -368,6 +549,15 @@ func (a *agentConn) send(m Message) error {
 	return WriteMessage(a.ctl, m)
 }
 
+// notice sends m without letting a stuck agent hold up the caller long.
+func (a *agentConn) notice(m Message) {
+	a.wmu.Lock()
+	defer a.wmu.Unlock()
+	a.ctl.SetWriteDeadline(time.Now().Add(time.Second))
+	WriteMessage(a.ctl, m)
+	a.ctl.SetWriteDeadline(time.Time{})
+}
+
 // sentRefusal is a refusal this relay sent and logged.
 type sentRefusal struct{ *RefusedError }
 
@@ -378,8 +568,15 @@ func (e *sentRefusal) Unwrap() error { return e.RefusedError }
 // keeps the frame from being lost to a reset.
 func (a *agentConn) refuse(code ErrorCode, text string) error {
 	a.log.Warn("agent refused", "code", code.String(), "reason", text)
+	a.r.agentRefusals.add(code.String())
+	if a.token == nil {
+		a.r.handshakeFailures.add(code.String())
+	}
+	a.wmu.Lock()
 	a.ctl.SetWriteDeadline(time.Now().Add(2 * time.Second))
-	if err := a.send(&Error{Code: code, Text: text}); err == nil {
+	err := WriteMessage(a.ctl, &Error{Code: code, Text: text})
+	a.wmu.Unlock()
+	if err == nil {
 		a.ctl.CloseWrite()
 		a.ctl.SetReadDeadline(time.Now().Add(2 * time.Second))
 		io.Copy(io.Discard, io.LimitReader(a.ctl, 64<<10))
@@ -390,6 +587,10 @@ func (a *agentConn) refuse(code ErrorCode, text string) error {
 
 func (a *agentConn) controlLoop(ctx context.Context) error {
 	for {
+		// An agent pings every keepalive; silence this long means the
+		// peer, or the path to it, is gone (a pulled cable, a suspended
+		// laptop, a half-open TCP connection).
+		a.ctl.SetReadDeadline(time.Now().Add(a.r.config().Liveness))
 		m, err := ReadMessage(a.ctl)
 		if err != nil {
 			if errors.Is(err, ErrFrame) {
@@ -408,12 +609,43 @@ func (a *agentConn) controlLoop(ctx context.Context) error {
 				return err
 			}
 		case *Pong:
+			a.lastPong.Store(time.Now().UnixNano())
+			if a.suspect.Swap(false) {
+				a.log.Info("agent answers again")
+			}
+		case *Drain:
+			a.r.drainMembers(a, m.Tunnel)
 		case *Error:
 			return &RefusedError{Code: m.Code, Text: m.Text}
 		default:
 			return a.refuse(CodeProtocol, fmt.Sprintf("unexpected message type %#x from agent", m.msgType()))
 		}
 	}
+}
+
+// probe pings the agent and marks it suspect unless it answers within the
+// answer timeout. Groups probe members when another member joins and when
+// one fails to answer a stream, so a dead member stops getting clients long
+// before the liveness timeout closes its session.
+func (a *agentConn) probe() {
+	if !a.probing.CompareAndSwap(false, true) {
+		return
+	}
+	sent := time.Now()
+	go func() {
+		defer a.probing.Store(false)
+		a.notice(&Ping{Data: uint64(sent.UnixNano())})
+		timer := time.NewTimer(a.r.config().AnswerTimeout)
+		defer timer.Stop()
+		select {
+		case <-timer.C:
+		case <-a.sess.Done():
+			return
+		}
+		if a.lastPong.Load() < sent.UnixNano() && !a.suspect.Swap(true) {
+			a.log.Warn("agent did not answer a probe; sending its clients elsewhere until it does")
+		}
+	}()
 }
 
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)
@@ -425,6 +657,7 @@ func (a *agentConn) register(ctx context.Context, m *Register) Message {
 	fail := func(code ErrorCode, format string, args ...any) Message {
 		text := fmt.Sprintf(format, args...)
 		a.log.Warn("tunnel refused", "name", m.Name, "code", code.String(), "reason", text)
+		a.r.agentRefusals.add(code.String())
 		return &Error{Request: m.Request, Code: code, Text: text}
 	}
 	if !ValidName(m.Name) {
@@ -449,8 +682,7 @@ func (a *agentConn) register(ctx context.Context, m *Register) Message {
 	if err != nil {
 		return fail(CodeBadRequest, "deny list: %v", err)
 	}
-	gate := newClientGate([]ClientLimits{a.r.cfg.Clients, tok.Clients, {Allow: allow, Deny: deny}}, a.token)
-	t, err := a.r.allocate(a, m, gate)
+	mem, err := a.r.join(ctx, a, m, allow, deny)
 	if err != nil {
 		var ref *RefusedError
 		if errors.As(err, &ref) {
@@ -458,60 +690,112 @@ func (a *agentConn) register(ctx context.Context, m *Register) Message {
 		}
 		return fail(CodeInternal, "relay failed to open a port: %v", err)
 	}
-	a.mu.Lock()
-	a.tunnels[t.id] = t
-	a.mu.Unlock()
-	a.log.Info("tunnel open", "name", t.name, "port", t.port)
-	a.r.wg.Add(1)
-	go func() {
-		defer a.r.wg.Done()
-		t.serve(ctx)
-	}()
-	return &Registered{Request: m.Request, Tunnel: t.id, Protos: ProtoTCP, Port: t.port}
+	return &Registered{Request: m.Request, Tunnel: mem.id, Protos: ProtoTCP, Port: mem.g.port}
 }
 
-func (a *agentConn) closeTunnels() {
-	a.mu.Lock()
-	ts := make([]*relayTunnel, 0, len(a.tunnels))
-	for _, t := range a.tunnels {
-		ts = append(ts, t)
-	}
-	a.tunnels = map[uint32]*relayTunnel{}
-	a.mu.Unlock()
-	for _, t := range ts {
-		a.r.release(t)
-	}
-}
-
-// allocate picks and binds a public port for m: the requested one, or a
-// free one within the requested range, or any free allowed port.
-func (r *Relay) allocate(a *agentConn, m *Register, gate *clientGate) (*relayTunnel, error) {
+// join puts a in the group for (its token, m.Name), opening the group (and
+// its public port) if there is none.
+func (r *Relay) join(ctx context.Context, a *agentConn, m *Register, allow, deny []netip.Prefix) (*member, error) {
 	tok := a.token.tok
-	allowed, whose := r.cfg.Ports, "this relay allows"
+	cfg := r.config()
+	allowed, whose := cfg.Ports, "this relay allows"
 	if len(tok.Ports) > 0 {
 		allowed, whose = tok.Ports, fmt.Sprintf("token %q may use (its ports rule)", tok.ID)
 	}
+	want := PortRange{m.PortLow, m.PortHigh}
 	cands := allowed
-	single := m.PortLow != 0 && m.PortLow == m.PortHigh
 	if m.PortLow != 0 {
 		if m.PortHigh < m.PortLow {
 			return nil, &RefusedError{Code: CodeBadRequest, Text: fmt.Sprintf("port range %d-%d is empty", m.PortLow, m.PortHigh)}
 		}
-		want := PortRange{m.PortLow, m.PortHigh}
 		cands = allowed.Intersect(want)
-		if len(cands) == 0 || (single && !allowed.Contains(m.PortLow)) {
+		if len(cands) == 0 || (want.Low == want.High && !allowed.Contains(m.PortLow)) {
 			return nil, &RefusedError{Code: CodePortNotAllowed, Text: fmt.Sprintf(
 				"port %s is outside the ports %s (%s): ask for one of those, or none", want, whose, allowed)}
 		}
 	}
+	key := leaseKey{tok.ID, m.Name}
+
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.closing {
 		return nil, &RefusedError{Code: CodeShutdown, Text: "the relay is shutting down"}
 	}
+	if g := r.groups[key]; g != nil {
+		if m.PortLow != 0 && !cands.Contains(g.port) {
+			return nil, &RefusedError{Code: CodePortTaken, Text: fmt.Sprintf(
+				"tunnel %s is already open on port %d (another agent with this token holds it): ask for port %d or none to join it",
+				m.Name, g.port, g.port)}
+		}
+		for _, o := range g.members {
+			if o.agent == a {
+				return nil, &RefusedError{Code: CodeBadRequest, Text: fmt.Sprintf("tunnel %s is already registered on this session", m.Name)}
+			}
+		}
+		mem := g.addMemberLocked(a, allow, deny)
+		a.log.Info("agent joined tunnel", "name", g.key.Name, "port", g.port, "members", len(g.members))
+		return mem, nil
+	}
 	if tok.MaxTunnels > 0 && a.token.tunnels >= tok.MaxTunnels {
 		return nil, &RefusedError{Code: CodeLimit, Text: fmt.Sprintf(
 			"token %q has %d tunnel(s) open, its max_tunnels = %d: close one first", tok.ID, a.token.tunnels, tok.MaxTunnels)}
+	}
+	port, ln, err := r.bindLocked(key, cands, want, cfg.BindHost)
+	if err != nil {
+		return nil, err
+	}
+	g := &group{
+		r: r, key: key, token: a.token, port: port, ln: ln, since: time.Now(),
+		log: r.log.With("tunnel", m.Name, "port", port, "token", tok.ID), joined: make(chan struct{}),
+	}
+	r.groups[key] = g
+	r.ports[port] = g
+	a.token.tunnels++
+	r.leases.take(key, port)
+	r.markLeasesDirty()
+	mem := g.addMemberLocked(a, allow, deny)
+	a.log.Info("tunnel open", "name", m.Name, "port", port)
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		g.serve(ctx)
+	}()
+	return mem, nil
+}
+
+// bindLocked picks and binds a public port for key: its lease's, if that
+// fits the request; the requested one; or a free one among cands that no
+// other tunnel holds a lease on.
+func (r *Relay) bindLocked(key leaseKey, cands PortSet, want PortRange, host string) (uint16, net.Listener, error) {
+	now := time.Now()
+	listen := func(port uint16) (net.Listener, error) {
+		return net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(int(port))))
+	}
+	if l, ok := r.leases.get(key, now); ok && cands.Contains(l.Port) && r.ports[l.Port] == nil {
+		ln, err := listen(l.Port)
+		if err == nil {
+			return l.Port, ln, nil
+		}
+		r.log.Warn("the port leased to a tunnel could not be bound; choosing another", "tunnel", key.Name, "token", key.Token, "port", l.Port, "err", err)
+	}
+	if want.Low != 0 && want.Low == want.High {
+		port := want.Low
+		if r.ports[port] != nil {
+			return 0, nil, &RefusedError{Code: CodePortTaken, Text: fmt.Sprintf(
+				"port %d is already taken by another tunnel on this relay: choose another --port, or leave it out", port)}
+		}
+		if holder, ok := r.leases.holder(port, now); ok && holder != key {
+			l := r.leases.m[holder]
+			return 0, nil, &RefusedError{Code: CodePortTaken, Text: fmt.Sprintf(
+				"port %d is reserved for another tunnel until %s: choose another --port, or leave it out",
+				port, l.Released.Add(r.leases.ttl).UTC().Format(time.RFC3339))}
+		}
+		ln, err := listen(port)
+		if err != nil {
+			return 0, nil, &RefusedError{Code: CodePortTaken, Text: fmt.Sprintf(
+				"port %d is in use on the relay host: choose another --port, or leave it out", port)}
+		}
+		return port, ln, nil
 	}
 	n := cands.Size()
 	start := 0
@@ -522,132 +806,123 @@ func (r *Relay) allocate(a *agentConn, m *Register, gate *clientGate) (*relayTun
 	var lastErr error
 	for i := range n {
 		port := cands.Nth((start + i) % n)
-		if _, used := r.ports[port]; used {
-			if single {
-				return nil, &RefusedError{Code: CodePortTaken, Text: fmt.Sprintf(
-					"port %d is already taken by another tunnel on this relay: choose another --port, or leave it out", port)}
-			}
+		if r.ports[port] != nil {
 			continue
 		}
-		ln, err := net.Listen("tcp", net.JoinHostPort(r.cfg.BindHost, strconv.Itoa(int(port))))
+		if holder, ok := r.leases.holder(port, now); ok && holder != key {
+			continue
+		}
+		ln, err := listen(port)
 		if err != nil {
 			lastErr = err
-			if single {
-				return nil, &RefusedError{Code: CodePortTaken, Text: fmt.Sprintf(
-					"port %d is in use on the relay host: choose another --port, or leave it out", port)}
-			}
 			continue
 		}
-		t := &relayTunnel{
-			id: r.nextTunnel.Add(1), name: m.Name, port: port, ln: ln, agent: a, gate: gate,
-			since: time.Now(), log: a.log.With("tunnel", m.Name, "port", port),
+		return port, ln, nil
+	}
+	// Every free port is promised to a tunnel that is away: take the one
+	// away the longest rather than turn this tunnel down.
+	for {
+		old, ok := r.leases.oldestIdle(func(p uint16) bool { return cands.Contains(p) && r.ports[p] == nil })
+		if !ok {
+			break
 		}
-		r.ports[port] = t
-		a.token.tunnels++
-		return t, nil
+		port := r.leases.m[old].Port
+		r.leases.drop(old)
+		ln, err := listen(port)
+		if err != nil {
+			lastErr = err
+			continue
+		}
+		r.log.Info("reusing the port of the longest-idle lease", "port", port, "was", old.Name, "was_token", old.Token)
+		return port, ln, nil
 	}
 	if lastErr != nil {
 		r.log.Warn("no public port could be bound", "ports", cands.String(), "last_err", lastErr)
 	}
-	return nil, &RefusedError{Code: CodeNoPortFree, Text: fmt.Sprintf("every allowed port in %s is in use", cands)}
+	return 0, nil, &RefusedError{Code: CodeNoPortFree, Text: fmt.Sprintf("every allowed port in %s is in use", cands)}
 }
 
-// release closes t's listener and frees its port for the next tunnel. The
-// clients it carried end with the agent's session.
-func (r *Relay) release(t *relayTunnel) {
-	t.ln.Close()
+// drainMembers stops new clients to a's member for tunnel id (0: all of
+// a's). A group whose every member drains closes its public port; clients
+// in flight finish.
+func (r *Relay) drainMembers(a *agentConn, id uint32) {
 	r.mu.Lock()
-	if r.ports[t.port] == t {
-		delete(r.ports, t.port)
-		t.agent.token.tunnels--
-	}
-	r.mu.Unlock()
-	t.log.Info("tunnel closed")
-}
-
-type relayTunnel struct {
-	gate   *clientGate
-	active atomic.Int64
-	id     uint32
-	name   string
-	port   uint16
-	ln     net.Listener
-	agent  *agentConn
-	since  time.Time
-	log    *slog.Logger
-}
-
-func (t *relayTunnel) serve(ctx context.Context) {
-	var lastSummary time.Time
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	for {
-		c, err := t.ln.Accept()
-		if err != nil {
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				time.Sleep(5 * time.Millisecond)
-				continue
-			}
-			return
-		}
-		client := addrPort(c.RemoteAddr())
-		release, reason := t.gate.admit(client.Addr())
-		if reason != "" {
-			// Closed at once, before any work: a flood costs an accept
-			// and a close.
-			c.Close()
-			t.log.Debug("client refused", "client", client.String(), "reason", reason)
-			// One line per 10 s at most, so a flood cannot flood the log.
-			if now := time.Now(); now.Sub(lastSummary) >= 10*time.Second {
-				lastSummary = now
-				t.log.Info("public clients refused so far", "by_reason", t.gate.counts(), "latest", client.String())
-			}
+	defer r.mu.Unlock()
+	for mid, m := range a.members {
+		if id != 0 && mid != id {
 			continue
 		}
-		t.active.Add(1)
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer t.active.Add(-1)
-			defer release()
-			t.carry(ctx, c)
-		}()
+		if m.draining.Swap(true) {
+			continue
+		}
+		a.log.Info("agent draining tunnel", "name", m.g.key.Name, "clients", m.active.Load())
+		if m.g.liveMembersLocked() == 0 {
+			r.closeGroupLocked(m.g, "its agents are draining")
+		}
 	}
 }
 
-// carry opens a stream to the agent for client c and joins the two.
-func (t *relayTunnel) carry(ctx context.Context, c net.Conn) {
-	if tc, ok := c.(*net.TCPConn); ok {
-		tc.SetNoDelay(true)
+// dropMembers takes every member of a's session out of its group.
+func (r *Relay) dropMembers(a *agentConn, goodbye bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for id, m := range a.members {
+		delete(a.members, id)
+		if goodbye {
+			m.draining.Store(true)
+		}
+		m.g.removeMemberLocked(m)
 	}
-	client := addrPort(c.RemoteAddr())
-	octx, cancel := context.WithTimeout(ctx, t.agent.r.cfg.OpenStreamTimeout)
-	st, err := t.agent.sess.OpenStream(octx)
-	cancel()
-	if err != nil {
-		c.Close()
-		t.log.Warn("client dropped: could not open a stream to the agent", "client", client.String(), "err", err)
+}
+
+// closeGroupLocked closes g's public port and starts its lease's lifetime.
+func (r *Relay) closeGroupLocked(g *group, why string) {
+	if g.closed {
 		return
 	}
-	hdr := AppendStreamHeader(make([]byte, 0, maxStreamHeader), StreamHeader{Tunnel: t.id, Client: client})
-	if _, err := st.Write(hdr); err != nil {
-		c.Close()
-		st.Close()
-		t.log.Warn("client dropped: writing stream header", "client", client.String(), "err", err)
-		return
+	g.closed = true
+	g.ln.Close()
+	if g.orphan != nil {
+		g.orphan.Stop()
 	}
-	// A dead agent session must not leave clients hanging.
-	stop := context.AfterFunc(ctx, func() { c.Close() })
-	defer stop()
-	start := time.Now()
-	stats := Join(c, &statusStream{Stream: st})
-	if errors.Is(stats.Err, errLocalUnreachable) {
-		t.log.Info("client closed: the agent could not reach its local server", "client", client.String())
-		return
+	close(g.joined)
+	delete(r.groups, g.key)
+	delete(r.ports, g.port)
+	g.token.tunnels--
+	r.leases.release(g.key, time.Now())
+	r.markLeasesDirty()
+	g.log.Info("tunnel closed", "why", why)
+}
+
+func (r *Relay) markLeasesDirty() {
+	select {
+	case r.leaseDirty <- struct{}{}:
+	default:
 	}
-	t.log.Debug("client closed", "client", client.String(), "duration", time.Since(start).Round(time.Millisecond),
-		"bytes_in", stats.AToB, "bytes_out", stats.BToA, "err", stats.Err)
+}
+
+// leaseWriter saves the lease table whenever it changed, coalescing bursts
+// (a thousand agents reconnecting at once) into a few writes.
+func (r *Relay) leaseWriter(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-r.leaseDirty:
+			r.saveLeases()
+		}
+	}
+}
+
+func (r *Relay) saveLeases() {
+	r.saveMu.Lock()
+	defer r.saveMu.Unlock()
+	r.mu.Lock()
+	data, file := r.leases.snapshot(), r.leases.file
+	r.mu.Unlock()
+	if err := saveLeases(file, data); err != nil {
+		r.log.Error("port leases not saved; they will not survive a restart", "err", err)
+	}
 }
 
 func addrPort(a net.Addr) netip.AddrPort {
@@ -660,27 +935,3 @@ func addrPort(a net.Addr) netip.AddrPort {
 	ap, _ := netip.ParseAddrPort(a.String())
 	return ap
 }
-
-// statusStream consumes the agent's status byte before the first payload
-// byte, turning a refusal into an error so Join closes the client at once.
-// Only Join's stream-to-client direction reads it.
-type statusStream struct {
-	transport.Stream
-	checked bool
-}
-
-func (s *statusStream) Read(p []byte) (int, error) {
-	if !s.checked {
-		var b [1]byte
-		if _, err := io.ReadFull(s.Stream, b[:]); err != nil {
-			return 0, fmt.Errorf("reading agent status: %w", err)
-		}
-		s.checked = true
-		if b[0] != StatusConnected {
-			return 0, errLocalUnreachable
-		}
-	}
-	return s.Stream.Read(p)
-}
-
-var errLocalUnreachable = errors.New("the agent could not reach its local server")

@@ -144,7 +144,8 @@ type clientGate struct {
 	perIP map[netip.Addr]*ipState
 	sweep time.Time
 
-	refused sync.Map // reason -> *atomic.Int64
+	// refused counts refusals by reason: the tunnel's, then the relay's.
+	refused []*counterMap
 }
 
 type ipState struct {
@@ -152,8 +153,8 @@ type ipState struct {
 	lim   *rate.Limiter
 }
 
-func newClientGate(layers []ClientLimits, tok *tokenState) *clientGate {
-	g := &clientGate{perIP: make(map[netip.Addr]*ipState), token: tok}
+func newClientGate(layers []ClientLimits, tok *tokenState, refused ...*counterMap) *clientGate {
+	g := &clientGate{perIP: make(map[netip.Addr]*ipState), token: tok, refused: refused}
 	for _, l := range layers {
 		if len(l.Allow) > 0 {
 			g.allows = append(g.allows, l.Allow)
@@ -261,19 +262,10 @@ func (g *clientGate) sweepLocked(now time.Time) {
 }
 
 func (g *clientGate) count(reason string) string {
-	c, _ := g.refused.LoadOrStore(reason, new(atomic.Int64))
-	c.(*atomic.Int64).Add(1)
+	for _, c := range g.refused {
+		c.add(reason)
+	}
 	return reason
-}
-
-// counts returns the refusals so far, by reason.
-func (g *clientGate) counts() map[string]int64 {
-	out := map[string]int64{}
-	g.refused.Range(func(k, v any) bool {
-		out[k.(string)] = v.(*atomic.Int64).Load()
-		return true
-	})
-	return out
 }
 
 // tokenState is what the relay tracks per token across sessions.

@@ -121,7 +121,7 @@ func TestTokenMaxConnections(t *testing.T) {
 		}
 		c1.Close()
 		waitFor(t, "the slot to free", 5*time.Second, func() bool {
-			return r.Relay.Tunnels()[0].Connections+r.Relay.Tunnels()[1].Connections < 2
+			return r.Relay.Tunnels()[0].Active+r.Relay.Tunnels()[1].Active < 2
 		})
 		holdClient(t, a.Public(1))
 	})

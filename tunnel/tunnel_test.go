@@ -282,6 +282,7 @@ func TestRefusals(t *testing.T) {
 			cfg := r.agentConfig(kind, local)
 			first := mustRunAgent(t, cfg)
 			cfg.Tunnels[0].Ports = PortRange{first.Endpoints[0].Port, first.Endpoints[0].Port}
+			cfg.Tunnels[0].Name = "other" // the same name would join first's group
 			_, err := runAgent(t, cfg)
 			if !isRefused(err, CodePortTaken) || !strings.Contains(err.Error(), "already taken") {
 				t.Fatalf("got %v, want port-taken", err)
@@ -303,6 +304,7 @@ func TestRefusals(t *testing.T) {
 			defer ln.Close()
 			cfg := r.agentConfig(kind, local)
 			cfg.Tunnels[0].Ports = PortRange{port, port}
+			cfg.Tunnels[0].Name = "busy"
 			_, err := runAgent(t, cfg)
 			if !isRefused(err, CodePortTaken) || !strings.Contains(err.Error(), "in use on the relay host") {
 				t.Fatalf("got %v, want port-taken (in use on host)", err)

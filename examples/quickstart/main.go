@@ -258,8 +258,8 @@ func unexpected(err error) error {
 // tunnel.
 func sessionKind(r *tunnel.Relay, port uint16, asked string) string {
 	for _, t := range r.Tunnels() {
-		if t.Port == port {
-			return t.Transport
+		if t.Port == port && len(t.Members) > 0 {
+			return t.Members[0].Transport
 		}
 	}
 	return asked

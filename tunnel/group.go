@@ -1,0 +1,352 @@
+package tunnel
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/relaytun/relay/transport"
+)
+
+// group is one public tunnel: a port, and the agents (members) serving it.
+// One agent is a group of one; agents registering the same name with the
+// same token share the port, and new clients go to the member with the
+// fewest, round robin among equals.
+type group struct {
+	r     *Relay
+	key   leaseKey
+	token *tokenState
+	port  uint16
+	ln    net.Listener
+	since time.Time
+	log   *slog.Logger
+	gate  atomic.Pointer[clientGate]
+	traffic
+	refused counterMap
+
+	// Guarded by Relay.mu.
+	members     []*member
+	allow, deny []netip.Prefix // the latest member's lists
+	rr          int
+	closed      bool
+	orphan      *time.Timer
+	joined      chan struct{} // closed, and replaced, when a member joins
+}
+
+// member is one agent session's place in a group.
+type member struct {
+	id       uint32 // the tunnel id in this member's stream headers
+	g        *group
+	agent    *agentConn
+	since    time.Time
+	active   atomic.Int64
+	draining atomic.Bool
+}
+
+func (g *group) addMemberLocked(a *agentConn, allow, deny []netip.Prefix) *member {
+	m := &member{id: g.r.nextTunnel.Add(1), g: g, agent: a, since: time.Now()}
+	others := g.members
+	g.members = append(g.members, m)
+	a.members[m.id] = m
+	if g.orphan != nil {
+		g.orphan.Stop()
+		g.orphan = nil
+	}
+	if g.gate.Load() == nil || !slices.Equal(allow, g.allow) || !slices.Equal(deny, g.deny) {
+		if g.gate.Load() != nil {
+			g.log.Info("client allow/deny lists replaced by the latest agent's", "allow", allow, "deny", deny)
+		}
+		g.allow, g.deny = allow, deny
+		g.rebuildGateLocked()
+	}
+	close(g.joined)
+	g.joined = make(chan struct{})
+	// A member that is gone but not yet timed out would get a share of the
+	// new clients: ask the others to show they are alive.
+	for _, o := range others {
+		if o.agent != a {
+			o.agent.probe()
+		}
+	}
+	return m
+}
+
+// rebuildGateLocked applies the relay's, the token's and the members'
+// client limits.
+func (g *group) rebuildGateLocked() {
+	cfg := g.r.config()
+	layers := []ClientLimits{cfg.Clients, g.token.tok.Clients, {Allow: g.allow, Deny: g.deny}}
+	g.gate.Store(newClientGate(layers, g.token, &g.refused, &g.r.clientRefusals))
+}
+
+func (g *group) removeMemberLocked(m *member) {
+	i := slices.Index(g.members, m)
+	if i < 0 {
+		return
+	}
+	g.members = slices.Delete(g.members, i, i+1)
+	if g.closed || len(g.members) > 0 {
+		return
+	}
+	window := g.r.config().RejoinWindow
+	if m.draining.Load() || g.r.closing || window == 0 {
+		g.r.closeGroupLocked(g, "its last agent left")
+		return
+	}
+	// The agent vanished without saying goodbye: it is likely reconnecting.
+	// Keep the port, and hold new clients, for a while.
+	g.log.Info("tunnel has no agent; keeping its port open for one to return", "window", window)
+	g.orphan = time.AfterFunc(window, func() {
+		g.r.mu.Lock()
+		defer g.r.mu.Unlock()
+		if len(g.members) == 0 {
+			g.r.closeGroupLocked(g, "no agent came back")
+		}
+	})
+}
+
+func (g *group) liveMembersLocked() int {
+	n := 0
+	for _, m := range g.members {
+		if !m.draining.Load() {
+			n++
+		}
+	}
+	return n
+}
+
+func (g *group) info() TunnelInfo {
+	ti := TunnelInfo{
+		Name: g.key.Name, TokenID: g.key.Token, Protos: []string{"tcp"}, Port: g.port, Since: g.since,
+		Active: g.active.Load(), Total: g.total.Load(), BytesIn: g.bytesIn.Load(), BytesOut: g.bytesOut.Load(),
+		Refused: g.refused.snapshot(),
+	}
+	for _, m := range g.members {
+		ti.Members = append(ti.Members, MemberInfo{
+			Agent: m.agent.sess.RemoteAddr().String(), Transport: m.agent.sess.Kind(), Since: m.since,
+			Active: m.active.Load(), Draining: m.draining.Load(),
+		})
+	}
+	return ti
+}
+
+func (g *group) serve(ctx context.Context) {
+	var lastSummary time.Time
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	for {
+		c, err := g.ln.Accept()
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				time.Sleep(5 * time.Millisecond)
+				continue
+			}
+			return
+		}
+		client := addrPort(c.RemoteAddr())
+		release, reason := g.gate.Load().admit(client.Addr())
+		if reason != "" {
+			// Closed at once, before any work: a flood costs an accept
+			// and a close.
+			c.Close()
+			g.log.Debug("client refused", "client", client.String(), "reason", reason)
+			// One line per 10 s at most, so a flood cannot flood the log.
+			if now := time.Now(); now.Sub(lastSummary) >= 10*time.Second {
+				lastSummary = now
+				g.log.Info("public clients refused so far", "by_reason", g.refused.snapshot(), "latest", client.String())
+			}
+			continue
+		}
+		g.active.Add(1)
+		g.total.Add(1)
+		g.r.clientsTotal.Add(1)
+		g.r.clientsActive.Add(1)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer g.r.clientsActive.Add(-1)
+			defer g.active.Add(-1)
+			defer release()
+			g.carry(ctx, c)
+		}()
+	}
+}
+
+// carry finds a member for client c, opens a stream to it and joins the
+// two. When another member could take the client, it first waits (briefly)
+// for the member's answer, so a member that died, or whose local server is
+// down, costs the client a retry instead of the connection.
+func (g *group) carry(ctx context.Context, c net.Conn) {
+	if tc, ok := c.(*net.TCPConn); ok {
+		tc.SetNoDelay(true)
+	}
+	client := addrPort(c.RemoteAddr())
+	cfg := g.r.config()
+	deadline := time.Now().Add(cfg.OpenStreamTimeout)
+	// A dead agent session must not leave clients hanging.
+	stop := context.AfterFunc(ctx, func() { c.Close() })
+	defer stop()
+	var tried []*member
+	unreachable := false
+	for {
+		m, alternatives, closed := g.pick(tried)
+		if m == nil {
+			if len(tried) == 0 && !closed && g.waitMember(ctx, deadline) {
+				continue
+			}
+			c.Close()
+			switch {
+			case unreachable:
+				g.log.Info("client closed: the agent could not reach its local server", "client", client.String())
+			case len(tried) > 0:
+				g.log.Warn("client dropped: no agent answered", "client", client.String(), "tried", len(tried))
+			default:
+				g.log.Warn("client dropped: the tunnel has no agent", "client", client.String())
+			}
+			return
+		}
+		tried = append(tried, m)
+		st, err := m.open(ctx, client, deadline)
+		if err != nil {
+			g.log.Debug("could not open a stream to an agent", "client", client.String(), "agent", m.agent.sess.RemoteAddr().String(), "err", err)
+			continue
+		}
+		var peer net.Conn = &statusStream{Stream: st}
+		if alternatives {
+			answer := min(time.Until(deadline), cfg.AnswerTimeout)
+			st.SetReadDeadline(time.Now().Add(answer))
+			var b [1]byte
+			_, err := io.ReadFull(st, b[:])
+			st.SetReadDeadline(time.Time{})
+			if err != nil {
+				st.Close()
+				if errors.Is(err, os.ErrDeadlineExceeded) {
+					m.agent.probe()
+				}
+				g.log.Debug("agent did not answer; trying another", "client", client.String(), "agent", m.agent.sess.RemoteAddr().String(), "err", err)
+				continue
+			}
+			if b[0] != StatusConnected {
+				st.Close()
+				unreachable = true
+				continue
+			}
+			peer = st
+		}
+		m.active.Add(1)
+		start := time.Now()
+		stats := JoinCounting(c, peer, &g.bytesIn, &g.bytesOut)
+		m.active.Add(-1)
+		if errors.Is(stats.Err, errLocalUnreachable) {
+			g.log.Info("client closed: the agent could not reach its local server", "client", client.String())
+			return
+		}
+		g.log.Debug("client closed", "client", client.String(), "duration", time.Since(start).Round(time.Millisecond),
+			"bytes_in", stats.AToB, "bytes_out", stats.BToA, "err", stats.Err)
+		return
+	}
+}
+
+// pick chooses the member for the next client among those not yet tried:
+// live members the fewest clients, round robin among equals; suspect ones
+// only when nothing else is left. alternatives reports whether another
+// member remains should this one fail; closed, that the group is gone.
+func (g *group) pick(tried []*member) (m *member, alternatives, closed bool) {
+	g.r.mu.Lock()
+	defer g.r.mu.Unlock()
+	var healthy, suspect []*member
+	for _, c := range g.members {
+		if c.draining.Load() || slices.Contains(tried, c) {
+			continue
+		}
+		if c.agent.suspect.Load() {
+			suspect = append(suspect, c)
+		} else {
+			healthy = append(healthy, c)
+		}
+	}
+	cands := healthy
+	if len(cands) == 0 {
+		cands = suspect
+	}
+	if len(cands) == 0 {
+		return nil, false, g.closed
+	}
+	g.rr++
+	for i := range cands {
+		c := cands[(g.rr+i)%len(cands)]
+		if m == nil || c.active.Load() < m.active.Load() {
+			m = c
+		}
+	}
+	return m, len(healthy)+len(suspect) > 1, g.closed
+}
+
+// waitMember waits for a member to join, until deadline.
+func (g *group) waitMember(ctx context.Context, deadline time.Time) bool {
+	g.r.mu.Lock()
+	joined, closed := g.joined, g.closed
+	g.r.mu.Unlock()
+	if closed {
+		return false
+	}
+	t := time.NewTimer(time.Until(deadline))
+	defer t.Stop()
+	select {
+	case <-joined:
+		return true
+	case <-t.C:
+	case <-ctx.Done():
+	}
+	return false
+}
+
+// open opens a stream to m's agent for client and writes its header.
+func (m *member) open(ctx context.Context, client netip.AddrPort, deadline time.Time) (transport.Stream, error) {
+	octx, cancel := context.WithDeadline(ctx, deadline)
+	st, err := m.agent.sess.OpenStream(octx)
+	cancel()
+	if err != nil {
+		return nil, fmt.Errorf("opening a stream: %w", err)
+	}
+	hdr := AppendStreamHeader(make([]byte, 0, maxStreamHeader), StreamHeader{Tunnel: m.id, Client: client})
+	if _, err := st.Write(hdr); err != nil {
+		st.Close()
+		return nil, fmt.Errorf("writing the stream header: %w", err)
+	}
+	return st, nil
+}
+
+// statusStream consumes the agent's status byte before the first payload
+// byte, turning a refusal into an error so Join closes the client at once.
+// Only Join's stream-to-client direction reads it.
+type statusStream struct {
+	transport.Stream
+	checked bool
+}
+
+func (s *statusStream) Read(p []byte) (int, error) {
+	if !s.checked {
+		var b [1]byte
+		if _, err := io.ReadFull(s.Stream, b[:]); err != nil {
+			return 0, fmt.Errorf("reading agent status: %w", err)
+		}
+		s.checked = true
+		if b[0] != StatusConnected {
+			return 0, errLocalUnreachable
+		}
+	}
+	return s.Stream.Read(p)
+}
+
+var errLocalUnreachable = errors.New("the agent could not reach its local server")

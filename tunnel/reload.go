@@ -1,0 +1,133 @@
+package tunnel
+
+import (
+	"fmt"
+	"reflect"
+	"slices"
+	"sort"
+	"strings"
+)
+
+// ReloadResult says what a Reload changed.
+type ReloadResult struct {
+	TokensAdded, TokensRemoved, TokensChanged []string
+	// SessionsClosed counts agent sessions closed because their token was
+	// revoked or changed, or their tunnel's port left the relay's ports.
+	SessionsClosed int
+	// NeedsRestart names settings that changed but apply only at start.
+	NeedsRestart []string
+}
+
+// Reload applies cfg to the running relay. Tunnels whose token and port
+// are untouched carry on undisturbed. Sessions of a revoked token are closed
+// for good (the agent is told its token is no longer accepted); sessions of
+// a changed token, or with a tunnel on a port the relay no longer offers,
+// are closed with a temporary error, so their agents reconnect at once and
+// are judged by the new rules (keeping their ports where those allow). An
+// invalid cfg changes nothing.
+func (r *Relay) Reload(cfg RelayConfig) (ReloadResult, error) {
+	var res ReloadResult
+	if err := cfg.Validate(); err != nil {
+		return res, err
+	}
+	cfg.Tokens = slices.Clone(cfg.Tokens)
+	old := r.config()
+	cfg.Logger = old.Logger
+	for _, c := range []struct {
+		name    string
+		changed bool
+	}{
+		{"bind host", cfg.BindHost != old.BindHost},
+		{"max pending sessions", cfg.MaxPendingSessions != old.MaxPendingSessions},
+		{"lease file", cfg.LeaseFile != old.LeaseFile},
+	} {
+		if c.changed {
+			res.NeedsRestart = append(res.NeedsRestart, c.name)
+		}
+	}
+	// Those keep their running values.
+	cfg.BindHost, cfg.MaxPendingSessions, cfg.LeaseFile = old.BindHost, old.MaxPendingSessions, old.LeaseFile
+
+	oldTok := map[string]Token{}
+	for _, t := range old.Tokens {
+		oldTok[t.ID] = t
+	}
+	newTok := map[string]Token{}
+	for _, t := range cfg.Tokens {
+		newTok[t.ID] = t
+		o, ok := oldTok[t.ID]
+		switch {
+		case !ok:
+			res.TokensAdded = append(res.TokensAdded, t.ID)
+		case !reflect.DeepEqual(o, t):
+			res.TokensChanged = append(res.TokensChanged, t.ID)
+		}
+	}
+	for id := range oldTok {
+		if _, ok := newTok[id]; !ok {
+			res.TokensRemoved = append(res.TokensRemoved, id)
+		}
+	}
+	sort.Strings(res.TokensAdded)
+	sort.Strings(res.TokensRemoved)
+	sort.Strings(res.TokensChanged)
+
+	type kick struct {
+		a    *agentConn
+		code ErrorCode
+		text string
+	}
+	var kicks []kick
+	r.mu.Lock()
+	r.tokens = tokenStates(cfg.Tokens, r.tokens)
+	r.cfg.Store(&cfg)
+	for a := range r.agents {
+		id := a.token.tok.ID
+		switch {
+		case slices.Contains(res.TokensRemoved, id):
+			kicks = append(kicks, kick{a, CodeUnauthorized, fmt.Sprintf("token %q was revoked on the relay", id)})
+		case slices.Contains(res.TokensChanged, id):
+			kicks = append(kicks, kick{a, CodeShutdown, fmt.Sprintf("token %q changed on the relay; reconnect to apply the new rules", id)})
+		default:
+			for _, m := range a.members {
+				if !cfg.Ports.Contains(m.g.port) {
+					kicks = append(kicks, kick{a, CodeShutdown, fmt.Sprintf("port %d is no longer among the relay's ports; reconnect for another", m.g.port)})
+					break
+				}
+			}
+		}
+	}
+	// Tunnels of the closed sessions go at once, without the rejoin window:
+	// the rules they opened under no longer hold. Their leases stay.
+	for _, k := range kicks {
+		for id, m := range k.a.members {
+			delete(k.a.members, id)
+			m.g.removeMemberLocked(m)
+			if len(m.g.members) == 0 {
+				r.closeGroupLocked(m.g, "configuration reloaded")
+			}
+		}
+	}
+	for _, g := range r.groups {
+		if slices.Contains(res.TokensRemoved, g.key.Token) || slices.Contains(res.TokensChanged, g.key.Token) {
+			r.closeGroupLocked(g, "its token changed")
+		}
+	}
+	if !reflect.DeepEqual(cfg.Clients, old.Clients) {
+		for _, g := range r.groups {
+			g.rebuildGateLocked()
+		}
+	}
+	r.mu.Unlock()
+
+	for _, k := range kicks {
+		k.a.log.Warn("closing agent session after reload", "reason", k.text)
+		k.a.notice(&Error{Code: k.code, Text: k.text})
+		k.a.sess.CloseWithError(uint64(k.code), k.text)
+	}
+	res.SessionsClosed = len(kicks)
+	r.log.Info("configuration reloaded",
+		"tokens_added", strings.Join(res.TokensAdded, ","), "tokens_removed", strings.Join(res.TokensRemoved, ","),
+		"tokens_changed", strings.Join(res.TokensChanged, ","), "sessions_closed", res.SessionsClosed)
+	return res, nil
+}
