@@ -192,6 +192,8 @@ func TestMetricsAfterTraffic(t *testing.T) {
 		{"relayd_agent_sessions", []string{"transport", "quic"}, 1},
 		{"relayd_agent_sessions", []string{"transport", "tcp"}, 2},
 		{"relayd_tunnels", nil, 3},
+		{"relayd_udp_flows", nil, 0},
+		{"relayd_udp_dropped_total", nil, 0},
 		{"relayd_build_info", []string{"protocol", "1", "goversion", runtime.Version()}, 1},
 	} {
 		if got := value(fams, c.metric, c.labels...); got != c.want {

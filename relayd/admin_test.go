@@ -159,6 +159,7 @@ func newFakeRelay() *fakeRelay {
 		stats: tunnel.RelayStats{
 			Agents: map[string]int{"quic": 1}, Tunnels: 1, ClientsActive: 2, ClientsTotal: 7,
 			HandshakeFailures: map[string]int64{"timeout": 1}, AgentRefusals: map[string]int64{"unauthorized": 4},
+			UDPFlows: 8, UDPDrops: 9,
 		},
 	}
 }
@@ -225,7 +226,7 @@ func TestAdminJSON(t *testing.T) {
 	}
 	delete(st, "started")
 	got, _ := json.Marshal(st)
-	const wantStats = `{"agent_refusals":{"unauthorized":4},"agents":{"quic":1,"tcp":0},"client_refusals":{},"clients_active":2,"clients_total":7,"handshake_failures":{"timeout":1},"tunnels":1}`
+	const wantStats = `{"agent_refusals":{"unauthorized":4},"agents":{"quic":1,"tcp":0},"client_refusals":{},"clients_active":2,"clients_total":7,"handshake_failures":{"timeout":1},"tunnels":1,"udp_drops":9,"udp_flows":8}`
 	if string(got) != wantStats {
 		t.Errorf("/api/v1/stats without version and started:\n got %s\nwant %s", got, wantStats)
 	}

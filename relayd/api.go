@@ -53,6 +53,8 @@ type apiStats struct {
 	HandshakeFailures map[string]int64 `json:"handshake_failures"`
 	AgentRefusals     map[string]int64 `json:"agent_refusals"`
 	ClientRefusals    map[string]int64 `json:"client_refusals"`
+	UDPFlows          int64            `json:"udp_flows"`
+	UDPDrops          int64            `json:"udp_drops"`
 	Started           time.Time        `json:"started"`
 	Version           apiVersion       `json:"version"`
 }
@@ -115,7 +117,7 @@ func newAPIStats(st tunnel.RelayStats, started time.Time) apiStats {
 	return apiStats{
 		Agents: agents, Tunnels: st.Tunnels, ClientsActive: st.ClientsActive, ClientsTotal: st.ClientsTotal,
 		HandshakeFailures: nonNil(st.HandshakeFailures), AgentRefusals: nonNil(st.AgentRefusals),
-		ClientRefusals: nonNil(st.ClientRefusals), Started: started,
+		ClientRefusals: nonNil(st.ClientRefusals), UDPFlows: st.UDPFlows, UDPDrops: st.UDPDrops, Started: started,
 		Version: apiVersion{Version: in.Version, Commit: in.Commit, GoVersion: in.GoVersion, Protocol: tunnel.ProtocolVersion},
 	}
 }

@@ -26,6 +26,7 @@ type relayCollector struct {
 
 	sessions, tunnels, clientsActive, clientsTotal  *prometheus.Desc
 	handshakeFailures, agentRefusals, clientRefused *prometheus.Desc
+	udpFlows, udpDrops                              *prometheus.Desc
 
 	tunnelAgents, tunnelActive, tunnelTotal, tunnelIn, tunnelOut *prometheus.Desc
 	tunnelRefused, tunnelUDPFlows, tunnelUDPDrops                *prometheus.Desc
@@ -47,6 +48,8 @@ func newRelayCollector(relay relayView) *relayCollector {
 		handshakeFailures: d("agent_handshake_failures_total", "Agent sessions that failed before authenticating, by reason.", "reason"),
 		agentRefusals:     d("agent_refusals_total", "Agents or tunnel registrations the relay refused, by error code.", "reason"),
 		clientRefused:     d("client_refusals_total", "Public clients turned away before reaching an agent, by reason.", "reason"),
+		udpFlows:          d("udp_flows", "UDP flows (client addresses) open, over all tunnels."),
+		udpDrops:          d("udp_dropped_total", "UDP datagrams dropped, over all tunnels."),
 		tunnelAgents:      d("tunnel_agents", "Agents serving the tunnel.", t...),
 		tunnelActive:      d("tunnel_client_connections", "Public client connections open on the tunnel.", t...),
 		tunnelTotal:       d("tunnel_client_connections_total", "Public client connections the tunnel carried since it opened.", t...),
@@ -62,6 +65,7 @@ func newRelayCollector(relay relayView) *relayCollector {
 func (c *relayCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
 		c.sessions, c.tunnels, c.clientsActive, c.clientsTotal, c.handshakeFailures, c.agentRefusals, c.clientRefused,
+		c.udpFlows, c.udpDrops,
 		c.tunnelAgents, c.tunnelActive, c.tunnelTotal, c.tunnelIn, c.tunnelOut, c.tunnelRefused, c.tunnelUDPFlows, c.tunnelUDPDrops,
 		c.build,
 	} {
@@ -95,6 +99,8 @@ func (c *relayCollector) Collect(ch chan<- prometheus.Metric) {
 	byReason(c.handshakeFailures, st.HandshakeFailures)
 	byReason(c.agentRefusals, st.AgentRefusals)
 	byReason(c.clientRefused, st.ClientRefusals)
+	gauge(c.udpFlows, float64(st.UDPFlows))
+	counter(c.udpDrops, float64(st.UDPDrops))
 
 	for _, t := range mergeTunnels(c.relay.Tunnels()) {
 		l := []string{t.Name, t.TokenID}

@@ -207,6 +207,8 @@ func restartOnly(a, b *Config) []string {
 		{"limits.max_pending_sessions", a.Limits.MaxPendingSessions == b.Limits.MaxPendingSessions},
 		{"log.level", a.Log.Level == b.Log.Level},
 		{"log.format", a.Log.Format == b.Log.Format},
+		{"admin.listen", a.Admin.Listen == b.Admin.Listen},
+		{"admin.token", a.Admin.token == b.Admin.token},
 	} {
 		if !k.same {
 			out = append(out, k.key)
