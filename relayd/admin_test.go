@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
@@ -11,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -316,5 +318,50 @@ relayd_agent_sessions{transport="tcp"} 0
 	// The snapshot the relay handed out is left as it was.
 	if f.tunnels[0].Refused["deny"] != 3 || len(f.tunnels[0].Members) != 1 {
 		t.Errorf("merging changed the relay's snapshot: %+v", f.tunnels[0])
+	}
+}
+
+// TestAdminWarnings: relayd warns when every user can read the admin
+// token, in token_file or inline in relay.toml.
+func TestAdminWarnings(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	tokenFile := filepath.Join(dir, "admin.token")
+	config := filepath.Join(dir, "relay.toml")
+	for _, tt := range []struct {
+		name, text string
+		mode       os.FileMode // of the file holding the token
+		want       string      // the warning, "" for none
+	}{
+		{"token_file 0644", "[admin]\ntoken_file = \"admin.token\"\n", 0o644,
+			"the admin token_file can be read by every user: " + tokenFile + " 0644: chmod 600 " + tokenFile + " (or 640 with relayd's group)"},
+		{"token_file 0640", "[admin]\ntoken_file = \"admin.token\"\n", 0o640, ""},
+		{"inline 0604", "[admin]\ntoken = \"" + adminToken + "\"\n", 0o604,
+			"the config file holds the admin token and every user can read it: " + config + " 0604: chmod 600 " + config +
+				" (or 640 with relayd's group), or move the token to a file named by [admin] token_file"},
+		{"inline 0600", "[admin]\ntoken = \"" + adminToken + "\"\n", 0o600, ""},
+		// A token's secret inline as well: readableSecrets' own warning says it.
+		{"inline with a secret", "[admin]\ntoken = \"" + adminToken + "\"\n\n[[tokens]]\nid = \"a\"\nsecret = \"" + secretA + "\"\n", 0o644,
+			"the config file holds token secrets and every user can read it: " + config + " 0644: chmod 600 " + config +
+				" (or 640 with relayd's group), or move each secret to a file of its own named by secret_file"},
+	} {
+		holder := config
+		if strings.Contains(tt.text, "token_file") {
+			holder = tokenFile
+		}
+		os.WriteFile(tokenFile, []byte(adminToken), 0o600)
+		os.WriteFile(config, []byte(tt.text), 0o600)
+		os.Chmod(holder, tt.mode)
+		cfg, err := LoadConfig(config)
+		if err != nil {
+			t.Fatalf("%s: %v", tt.name, err)
+		}
+		var got []string
+		for _, w := range readableSecrets(cfg) {
+			got = append(got, fmt.Sprintf("%s: %s %04o: %s", w.msg, w.file, w.mode, w.fix))
+		}
+		if want := []string{tt.want}; (tt.want == "" && len(got) > 0) || (tt.want != "" && !slices.Equal(got, want)) {
+			t.Errorf("%s: warnings %q, want %q", tt.name, got, tt.want)
+		}
 	}
 }
