@@ -56,6 +56,8 @@ type RelaySection struct {
 	RejoinWindow Duration `toml:"rejoin_window"`
 	// DrainTimeout bounds the wait for clients in flight on SIGTERM.
 	DrainTimeout Duration `toml:"drain_timeout"`
+	// UDPFlowTimeout ends a UDP flow quiet both ways for this long.
+	UDPFlowTimeout Duration `toml:"udp_flow_timeout"`
 }
 
 // ClientSection holds the limits on a tunnel's public clients, per source
@@ -73,6 +75,8 @@ type ClientSection struct {
 type LimitsSection struct {
 	ClientSection
 	MaxPendingSessions int `toml:"max_pending_sessions"`
+	// MaxUDPFlows caps each UDP tunnel's flows (client addresses).
+	MaxUDPFlows int `toml:"max_udp_flows"`
 }
 
 // LogSection is [log].
@@ -119,11 +123,13 @@ func DefaultConfig() Config {
 			LeaseDuration:    Duration{24 * time.Hour},
 			RejoinWindow:     Duration{10 * time.Second},
 			DrainTimeout:     Duration{30 * time.Second},
+			UDPFlowTimeout:   Duration{120 * time.Second},
 		},
 		Admin: defaultAdmin(),
 		Limits: LimitsSection{
 			ClientSection:      ClientSection{Allow: []string{}, Deny: []string{}},
 			MaxPendingSessions: 256,
+			MaxUDPFlows:        1024,
 		},
 		Log: LogSection{Level: "info", Format: "text"},
 	}
@@ -284,7 +290,7 @@ func (c *Config) Validate() error {
 	}{
 		{"relay.handshake_timeout", r.HandshakeTimeout.Duration}, {"relay.idle_timeout", r.IdleTimeout.Duration},
 		{"relay.keepalive", r.KeepAlive.Duration}, {"relay.lease_duration", r.LeaseDuration.Duration},
-		{"relay.drain_timeout", r.DrainTimeout.Duration},
+		{"relay.drain_timeout", r.DrainTimeout.Duration}, {"relay.udp_flow_timeout", r.UDPFlowTimeout.Duration},
 	} {
 		if d.v <= 0 {
 			return c.fail(d.key, "must be a positive duration such as \"10s\"")
@@ -304,6 +310,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Limits.MaxPendingSessions < 1 {
 		return c.fail("limits.max_pending_sessions", "must be at least 1 (the default is 256)")
+	}
+	if c.Limits.MaxUDPFlows < 1 {
+		return c.fail("limits.max_udp_flows", "must be at least 1 (the default is 1024)")
 	}
 	if _, err := parseLevel(c.Log.Level); err != nil {
 		return c.fail("log.level", "%v", err)

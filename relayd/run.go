@@ -233,6 +233,8 @@ func relayConfig(cfg *Config) (tunnel.RelayConfig, error) {
 	rc.Liveness = cfg.Relay.IdleTimeout.Duration
 	rc.LeaseTTL = cfg.Relay.LeaseDuration.Duration
 	rc.RejoinWindow = cfg.Relay.RejoinWindow.Duration
+	rc.FlowIdleTimeout = cfg.Relay.UDPFlowTimeout.Duration
+	rc.MaxFlows = cfg.Limits.MaxUDPFlows
 	rc.MaxPendingSessions = cfg.Limits.MaxPendingSessions
 	if rc.Clients, err = cfg.clientLimits("limits", -1, cfg.Limits.ClientSection); err != nil {
 		return rc, err

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/big"
 	"net"
@@ -12,10 +13,13 @@ import (
 	"os"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/pires/go-proxyproto"
 
 	"github.com/relaytun/relay/transport"
 )
@@ -40,19 +44,39 @@ type TunnelSpec struct {
 	// apply as well.
 	Allow []netip.Prefix
 	Deny  []netip.Prefix
+	// Protos are ProtoTCP, ProtoUDP or both (on one port number); zero
+	// means TCP.
+	Protos uint8
+	// ProxyProtocol, 1 or 2, sends the local server a PROXY protocol
+	// header with the client's address: before a TCP connection's first
+	// byte, and (v2 only) in front of a UDP flow's first datagram. 0: none.
+	ProxyProtocol int
 }
 
-// Endpoint is a tunnel the relay granted.
+func (t TunnelSpec) protos() uint8 {
+	if t.Protos == 0 {
+		return ProtoTCP
+	}
+	return t.Protos
+}
+
+// Endpoint is one public listener the relay granted: a tunnel for TCP and
+// UDP has two.
 type Endpoint struct {
 	Name  string
 	Local string
+	Proto string // "tcp" or "udp"
 	Host  string
 	Port  uint16
 }
 
-// URL is the address clients use: "tcp://host:port".
+// URL is the address clients use: "tcp://host:port" or "udp://host:port".
 func (e Endpoint) URL() string {
-	return "tcp://" + net.JoinHostPort(e.Host, strconv.Itoa(int(e.Port)))
+	proto := e.Proto
+	if proto == "" {
+		proto = "tcp"
+	}
+	return proto + "://" + net.JoinHostPort(e.Host, strconv.Itoa(int(e.Port)))
 }
 
 // AgentConfig configures an Agent. Start from DefaultAgentConfig.
@@ -92,6 +116,11 @@ type AgentConfig struct {
 	// WaitForRelay retries the first connection too. Without it, Run
 	// returns the first connection's failure, so a mistake shows at once.
 	WaitForRelay bool
+
+	// FlowIdleTimeout ends a UDP flow quiet both ways for this long, and
+	// MaxFlows caps a UDP tunnel's flows (local sockets).
+	FlowIdleTimeout time.Duration
+	MaxFlows        int
 }
 
 // DefaultAgentConfig returns defaults for everything but the relay, token,
@@ -106,6 +135,8 @@ func DefaultAgentConfig() AgentConfig {
 		Software:         "relayctl",
 		RetryBaseDelay:   500 * time.Millisecond,
 		RetryMaxDelay:    30 * time.Second,
+		FlowIdleTimeout:  120 * time.Second,
+		MaxFlows:         1024,
 	}
 }
 
@@ -143,12 +174,27 @@ func (c *AgentConfig) Validate() error {
 		if len(t.Allow) > MaxPrefixes || len(t.Deny) > MaxPrefixes {
 			return fmt.Errorf("tunnel %s: at most %d allow and %d deny prefixes", t.Name, MaxPrefixes, MaxPrefixes)
 		}
+		if t.Protos&^(ProtoTCP|ProtoUDP) != 0 {
+			return fmt.Errorf("tunnel %s: protocol set %#x is not tcp, udp or both", t.Name, t.Protos)
+		}
+		switch t.ProxyProtocol {
+		case 0, 2:
+		case 1:
+			if t.protos()&ProtoUDP != 0 {
+				return fmt.Errorf("tunnel %s: PROXY protocol v1 has no form for UDP; use v2", t.Name)
+			}
+		default:
+			return fmt.Errorf("tunnel %s: PROXY protocol version %d is not 1 or 2", t.Name, t.ProxyProtocol)
+		}
 	}
 	if c.FallbackDelay <= 0 || c.HandshakeTimeout <= 0 || c.DialLocalTimeout <= 0 {
 		return errors.New("agent timeouts must be positive")
 	}
 	if c.MaxRetries < 0 {
 		return errors.New("max retries must not be negative (0 retries for ever)")
+	}
+	if c.FlowIdleTimeout <= 0 || c.MaxFlows <= 0 {
+		return errors.New("the UDP flow timeout and flow cap must be positive")
 	}
 	if c.RetryBaseDelay <= 0 || c.RetryMaxDelay < c.RetryBaseDelay {
 		return errors.New("retry delays must be positive, the maximum no less than the base")
@@ -179,12 +225,16 @@ type Agent struct {
 
 	clients sync.WaitGroup // client streams in flight, over every session
 	active  atomic.Int64
+	link    atomic.Pointer[dgramLink] // the current session's datagram path
 }
 
 // agentTunnel is one TunnelSpec and what it carried, across sessions.
 type agentTunnel struct {
 	spec   TunnelSpec
 	public string
+	port   uint16        // guarded by Agent.mu
+	id     atomic.Uint32 // the tunnel id in the current session
+	udp    *agentUDP     // nil for a TCP-only tunnel
 	traffic
 }
 
@@ -200,7 +250,11 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 	a := &Agent{cfg: cfg, log: log, since: time.Now()}
 	rand.Read(a.instance[:])
 	for _, t := range cfg.Tunnels {
-		a.tunnels = append(a.tunnels, &agentTunnel{spec: t})
+		at := &agentTunnel{spec: t}
+		if t.protos()&ProtoUDP != 0 {
+			at.udp = &agentUDP{flows: make(map[netip.AddrPort]*agentFlow)}
+		}
+		a.tunnels = append(a.tunnels, at)
 	}
 	return a, nil
 }
@@ -227,6 +281,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	// Streams in flight end with their session; wait for their goroutines.
 	defer a.clients.Wait()
+	defer a.closeFlows()
 	var (
 		everLive bool
 		failures int
@@ -361,8 +416,19 @@ func (a *Agent) session(ctx context.Context, reconnect bool, failures int, down 
 		}
 	}
 
+	link := newDgramLink(sess)
+	a.link.Store(link)
+	defer func() {
+		a.link.CompareAndSwap(link, nil)
+		link.close()
+	}()
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		a.receiveDatagrams(ctx, sess, byID)
+	}()
 	ctlErr := make(chan error, 1)
 	wg.Add(2)
 	go func() {
@@ -661,7 +727,7 @@ func (a *Agent) register(ctl transport.Stream, w *Welcome) ([]Endpoint, map[uint
 	for i, at := range a.tunnels {
 		t := at.spec
 		req := uint32(i + 1)
-		err := WriteMessage(ctl, &Register{Request: req, Name: t.Name, Protos: ProtoTCP, PortLow: t.Ports.Low, PortHigh: t.Ports.High,
+		err := WriteMessage(ctl, &Register{Request: req, Name: t.Name, Protos: t.protos(), PortLow: t.Ports.Low, PortHigh: t.Ports.High,
 			Allow: prefixStrings(t.Allow), Deny: prefixStrings(t.Deny)})
 		if err != nil {
 			return nil, nil, fmt.Errorf("registering %s: %w", t.Name, err)
@@ -678,11 +744,24 @@ func (a *Agent) register(ctl transport.Stream, w *Welcome) ([]Endpoint, map[uint
 		if !ok || r.Request != req {
 			return nil, nil, fmt.Errorf("%w: unexpected reply to REGISTER", ErrFrame)
 		}
+		if r.Protos != t.protos() {
+			return nil, nil, fmt.Errorf("%w: the relay granted protocols %#x for %s, not the %#x asked", ErrFrame, r.Protos, t.Name, t.protos())
+		}
 		byID[r.Tunnel] = at
-		e := Endpoint{Name: t.Name, Local: t.Local, Host: host, Port: r.Port}
-		eps = append(eps, e)
+		at.id.Store(r.Tunnel)
+		var urls []string
+		for _, p := range []struct {
+			bit  uint8
+			name string
+		}{{ProtoTCP, "tcp"}, {ProtoUDP, "udp"}} {
+			if r.Protos&p.bit != 0 {
+				e := Endpoint{Name: t.Name, Local: t.Local, Proto: p.name, Host: host, Port: r.Port}
+				eps = append(eps, e)
+				urls = append(urls, e.URL())
+			}
+		}
 		a.mu.Lock()
-		at.public = e.URL()
+		at.public, at.port = strings.Join(urls, " "), r.Port
 		a.mu.Unlock()
 	}
 	ctl.SetDeadline(time.Time{})
@@ -726,7 +805,18 @@ func (a *Agent) controlLoop(ctl transport.Stream, log *slog.Logger) error {
 // report the outcome in the status byte, then join the two.
 func (a *Agent) carry(ctx context.Context, st transport.Stream, byID map[uint32]*agentTunnel) {
 	st.SetReadDeadline(time.Now().Add(a.cfg.HandshakeTimeout))
-	h, err := ReadStreamHeader(st)
+	var first [1]byte
+	if _, err := io.ReadFull(st, first[:]); err != nil {
+		st.Close()
+		return
+	}
+	if first[0] == DatagramStreamMarker {
+		st.SetReadDeadline(time.Time{})
+		defer st.Close()
+		readDatagramStream(st, func(p []byte) { a.deliverUDP(p, byID) })
+		return
+	}
+	h, err := readStreamHeaderAfter(st, first[0])
 	if err != nil {
 		st.Close()
 		a.log.Warn("dropping stream with a bad header", "err", err)
@@ -734,7 +824,7 @@ func (a *Agent) carry(ctx context.Context, st transport.Stream, byID map[uint32]
 	}
 	st.SetReadDeadline(time.Time{})
 	t, ok := byID[h.Tunnel]
-	if !ok {
+	if !ok || t.spec.protos()&ProtoTCP == 0 {
 		st.Close()
 		a.log.Warn("dropping stream for an unknown tunnel", "tunnel", h.Tunnel)
 		return
@@ -750,6 +840,16 @@ func (a *Agent) carry(ctx context.Context, st transport.Stream, byID map[uint32]
 	}
 	if tc, ok := local.(*net.TCPConn); ok {
 		tc.SetNoDelay(true)
+	}
+	if v := t.spec.ProxyProtocol; v != 0 {
+		hdr := proxyproto.HeaderProxyFromAddrs(byte(v), net.TCPAddrFromAddrPort(h.Client), a.publicAddr(t, "tcp", h.Client))
+		if _, err := hdr.WriteTo(local); err != nil {
+			local.Close()
+			st.Write([]byte{StatusUnreachable})
+			st.Close()
+			log.Warn("client closed: writing the PROXY header to the local server", "err", err)
+			return
+		}
 	}
 	if _, err := st.Write([]byte{StatusConnected}); err != nil {
 		local.Close()

@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -26,10 +27,13 @@ type group struct {
 	key   leaseKey
 	token *tokenState
 	port  uint16
-	ln    net.Listener
-	since time.Time
-	log   *slog.Logger
-	gate  atomic.Pointer[clientGate]
+	ln    net.Listener // nil for a UDP-only tunnel
+	udp   *udpPort     // nil for a TCP-only tunnel
+	// protos are the tunnel's protocols (ProtoTCP, ProtoUDP).
+	protos uint8
+	since  time.Time
+	log    *slog.Logger
+	gate   atomic.Pointer[clientGate]
 	traffic
 	refused counterMap
 
@@ -50,6 +54,17 @@ type member struct {
 	since    time.Time
 	active   atomic.Int64
 	draining atomic.Bool
+	gone     atomic.Bool // out of the group: its UDP flows move
+}
+
+// closeListeners closes the public socket(s).
+func (g *group) closeListeners() {
+	if g.ln != nil {
+		g.ln.Close()
+	}
+	if g.udp != nil {
+		g.udp.pc.Close()
+	}
 }
 
 func (g *group) addMemberLocked(a *agentConn, allow, deny []netip.Prefix) *member {
@@ -57,6 +72,7 @@ func (g *group) addMemberLocked(a *agentConn, allow, deny []netip.Prefix) *membe
 	others := g.members
 	g.members = append(g.members, m)
 	a.members[m.id] = m
+	a.byID.Store(m.id, m)
 	if g.orphan != nil {
 		g.orphan.Stop()
 		g.orphan = nil
@@ -94,6 +110,7 @@ func (g *group) removeMemberLocked(m *member) {
 		return
 	}
 	g.members = slices.Delete(g.members, i, i+1)
+	m.gone.Store(true)
 	if g.closed || len(g.members) > 0 {
 		return
 	}
@@ -126,9 +143,12 @@ func (g *group) liveMembersLocked() int {
 
 func (g *group) info() TunnelInfo {
 	ti := TunnelInfo{
-		Name: g.key.Name, TokenID: g.key.Token, Protos: []string{"tcp"}, Port: g.port, Since: g.since,
+		Name: g.key.Name, TokenID: g.key.Token, Protos: strings.Split(protoNames(g.protos), ","), Port: g.port, Since: g.since,
 		Active: g.active.Load(), Total: g.total.Load(), BytesIn: g.bytesIn.Load(), BytesOut: g.bytesOut.Load(),
 		Refused: g.refused.snapshot(),
+	}
+	if g.udp != nil {
+		ti.UDPFlows, ti.UDPDrops = g.udp.flowCount(), g.udp.drops.Load()
 	}
 	for _, m := range g.members {
 		ti.Members = append(ti.Members, MemberInfo{

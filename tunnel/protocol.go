@@ -89,6 +89,28 @@
 // bytes right after it, without waiting. The agent's first byte back is a
 // status: StatusConnected, then the local server's bytes; or
 // StatusUnreachable, and the agent closes the stream.
+//
+// # Datagrams
+//
+// A UDP tunnel's datagrams never share a reliable stream: each travels as one
+// transport datagram (a QUIC DATAGRAM frame, RFC 9221; on TLS+smux, a frame on
+// the signal stream), both ways, prefixed with the stream header's layout:
+//
+//	+-----------+-----------+-----------+----------------+--------------+---------+
+//	| version:1 | tunnel:4  | family:1  | client IP:4/16 | client port:2| payload |
+//	+-----------+-----------+-----------+----------------+--------------+---------+
+//
+// From the relay it names the public client the payload came from; from the
+// agent, the client it goes to. A flow is one client address on one tunnel;
+// the agent gives each its own local UDP socket, so the server sees one peer
+// per player. The relay forwards an agent's datagram only to a client with a
+// live flow on that tunnel, so an agent cannot aim the relay at anyone else.
+//
+// A datagram too large for the path (a QUIC datagram must fit one packet)
+// goes on the session's datagram stream instead, whole: a stream whose first
+// byte is DatagramStreamMarker, opened by whichever side first needs one,
+// then frames of len:2 (BE) | datagram as above. It arrives intact, though in
+// order with the other large ones, and never truncated.
 package tunnel
 
 import (
@@ -486,6 +508,13 @@ func (d *decoder) list(maxItems, maxLen int) []string {
 // StreamHeaderVersion is the version byte of StreamHeader.
 const StreamHeaderVersion = 1
 
+// DatagramStreamMarker is the first byte of a datagram stream, where a
+// StreamHeader would have its version.
+const DatagramStreamMarker = 0x44
+
+// MaxDatagram is the largest UDP payload a tunnel carries.
+const MaxDatagram = 65507
+
 // Stream status bytes, the agent's first byte on each stream.
 const (
 	StatusConnected   = 0
@@ -518,8 +547,22 @@ func AppendStreamHeader(b []byte, h StreamHeader) []byte {
 
 // ReadStreamHeader reads a StreamHeader from r.
 func ReadStreamHeader(r io.Reader) (StreamHeader, error) {
+	var b [1]byte
+	if _, err := io.ReadFull(r, b[:]); err != nil {
+		return StreamHeader{}, fmt.Errorf("reading stream header: %w", err)
+	}
+	return readStreamHeaderAfter(r, b[0])
+}
+
+// readStreamHeaderAfter reads the rest of a StreamHeader whose first byte,
+// already read, is first.
+func readStreamHeaderAfter(r io.Reader, first byte) (StreamHeader, error) {
 	var b [maxStreamHeader]byte
-	if _, err := io.ReadFull(r, b[:6]); err != nil {
+	b[0] = first
+	if _, err := io.ReadFull(r, b[1:6]); err != nil {
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
 		return StreamHeader{}, fmt.Errorf("reading stream header: %w", err)
 	}
 	if b[0] != StreamHeaderVersion {
@@ -547,4 +590,33 @@ func ReadStreamHeader(r io.Reader) (StreamHeader, error) {
 		Tunnel: binary.BigEndian.Uint32(b[1:5]),
 		Client: netip.AddrPortFrom(ip, binary.BigEndian.Uint16(rest[ipLen:])),
 	}, nil
+}
+
+// ParseDatagram splits a tunnel datagram into its header and payload. The
+// payload aliases p.
+func ParseDatagram(p []byte) (StreamHeader, []byte, error) {
+	if len(p) < 6 {
+		return StreamHeader{}, nil, fmt.Errorf("%w: datagram of %d bytes is shorter than its header", ErrFrame, len(p))
+	}
+	if p[0] != StreamHeaderVersion {
+		return StreamHeader{}, nil, fmt.Errorf("%w: datagram header version %d, want %d", ErrFrame, p[0], StreamHeaderVersion)
+	}
+	var ipLen int
+	switch p[5] {
+	case 4:
+		ipLen = 4
+	case 6:
+		ipLen = 16
+	default:
+		return StreamHeader{}, nil, fmt.Errorf("%w: datagram header address family %d", ErrFrame, p[5])
+	}
+	n := 6 + ipLen + 2
+	if len(p) < n {
+		return StreamHeader{}, nil, fmt.Errorf("%w: datagram of %d bytes is shorter than its header", ErrFrame, len(p))
+	}
+	ip, _ := netip.AddrFromSlice(p[6 : 6+ipLen])
+	return StreamHeader{
+		Tunnel: binary.BigEndian.Uint32(p[1:5]),
+		Client: netip.AddrPortFrom(ip.Unmap(), binary.BigEndian.Uint16(p[6+ipLen:])),
+	}, p[n:], nil
 }

@@ -56,6 +56,12 @@ type RelayConfig struct {
 	// draining) keeps its public port open, holding new clients, for an
 	// agent to come back.
 	RejoinWindow time.Duration
+	// FlowIdleTimeout ends a UDP flow (a client address on a UDP tunnel)
+	// that carried nothing either way for this long.
+	FlowIdleTimeout time.Duration
+	// MaxFlows caps a UDP tunnel's flows; datagrams from more new
+	// clients are dropped (and counted).
+	MaxFlows int
 	// LeaseFile, when set, keeps port leases across restarts.
 	LeaseFile string
 	// LeaseTTL is how long a tunnel's port stays promised to its token and
@@ -77,6 +83,8 @@ func DefaultRelayConfig() RelayConfig {
 		AnswerTimeout:      2 * time.Second,
 		RejoinWindow:       10 * time.Second,
 		LeaseTTL:           24 * time.Hour,
+		FlowIdleTimeout:    120 * time.Second,
+		MaxFlows:           1024,
 		Software:           "relayd",
 	}
 }
@@ -141,6 +149,9 @@ func (c *RelayConfig) Validate() error {
 	if c.Liveness <= 0 || c.AnswerTimeout <= 0 || c.LeaseTTL <= 0 {
 		return errors.New("relay: liveness, answer timeout and lease lifetime must be positive")
 	}
+	if c.FlowIdleTimeout <= 0 || c.MaxFlows <= 0 {
+		return errors.New("relay: the UDP flow timeout and flow cap must be positive")
+	}
 	if c.RejoinWindow < 0 {
 		return errors.New("relay: rejoin window must not be negative")
 	}
@@ -184,6 +195,7 @@ type Relay struct {
 	clientRefusals    counterMap
 	clientsTotal      atomic.Int64
 	clientsActive     atomic.Int64
+	udpDrops          atomic.Int64
 }
 
 // NewRelay validates cfg and returns a Relay ready to Serve.
@@ -310,7 +322,7 @@ func (r *Relay) Shutdown(ctx context.Context) error {
 		ln.Close()
 	}
 	for _, g := range groups {
-		g.ln.Close()
+		g.closeListeners()
 	}
 	for _, a := range agents {
 		a.notice(&Drain{})
@@ -359,6 +371,12 @@ func (r *Relay) Stats() RelayStats {
 		HandshakeFailures: r.handshakeFailures.snapshot(),
 		AgentRefusals:     r.agentRefusals.snapshot(),
 		ClientRefusals:    r.clientRefusals.snapshot(),
+		UDPDrops:          r.udpDrops.Load(),
+	}
+	for _, g := range r.groups {
+		if g.udp != nil {
+			st.UDPFlows += g.udp.flowCount()
+		}
 	}
 	for a := range r.agents {
 		st.Agents[a.sess.Kind()]++
@@ -377,8 +395,11 @@ type agentConn struct {
 
 	wmu sync.Mutex // serialises control frames
 	// members are this session's places in groups, by tunnel id; guarded
-	// by Relay.mu.
+	// by Relay.mu. byID holds the same for the datagram path, which must
+	// not take Relay.mu per datagram.
 	members map[uint32]*member
+	byID    sync.Map
+	link    *dgramLink
 
 	// suspect is set when the agent missed a probe or a stream answer:
 	// groups send it new clients only when no other member can take them.
@@ -423,16 +444,18 @@ func (r *Relay) serveSession(ctx context.Context, s transport.Session) {
 		s.CloseWithError(uint64(CodeShutdown), "the relay is shutting down")
 	})
 	defer stopNotice()
-	// Only the relay opens streams after the control stream.
+	// After the control stream an agent opens only its datagram stream.
 	go func() {
 		for {
 			st, err := s.AcceptStream(ctx)
 			if err != nil {
 				return
 			}
-			st.Close()
+			go a.serveAgentStream(st)
 		}
 	}()
+	go a.receiveDatagrams(ctx)
+	defer a.link.close()
 	err = a.controlLoop(ctx)
 	// The end of the control stream is a goodbye; anything else may be an
 	// agent on its way back.
@@ -491,7 +514,7 @@ func (r *Relay) handshake(ctx context.Context, s transport.Session, log *slog.Lo
 		return nil, fmt.Errorf("waiting for control stream: %w", err)
 	}
 	ctl.SetDeadline(deadline)
-	a := &agentConn{r: r, sess: s, ctl: ctl, log: log, members: make(map[uint32]*member), since: time.Now()}
+	a := &agentConn{r: r, sess: s, ctl: ctl, log: log, members: make(map[uint32]*member), since: time.Now(), link: newDgramLink(s)}
 
 	m, err := ReadMessage(ctl)
 	if err != nil {
@@ -668,11 +691,11 @@ func (a *agentConn) register(ctx context.Context, m *Register) Message {
 		return fail(CodeForbidden, "token %q may not use the tunnel name %q: its names rule allows only %s; pick a --name that matches",
 			tok.ID, m.Name, strings.Join(tok.Names, ", "))
 	}
+	if m.Protos == 0 || m.Protos&^(ProtoTCP|ProtoUDP) != 0 {
+		return fail(CodeUnsupported, "protocol set %#x is not one this relay carries (tcp, udp, or both)", m.Protos)
+	}
 	if m.Protos&ProtoUDP != 0 && tok.DenyUDP {
 		return fail(CodeForbidden, "token %q may not open UDP tunnels (its udp rule is false)", tok.ID)
-	}
-	if m.Protos != ProtoTCP {
-		return fail(CodeUnsupported, "this relay carries TCP tunnels only; protocol set %#x was requested", m.Protos)
 	}
 	allow, err := ParsePrefixes(m.Allow)
 	if err != nil {
@@ -690,7 +713,7 @@ func (a *agentConn) register(ctx context.Context, m *Register) Message {
 		}
 		return fail(CodeInternal, "relay failed to open a port: %v", err)
 	}
-	return &Registered{Request: m.Request, Tunnel: mem.id, Protos: ProtoTCP, Port: mem.g.port}
+	return &Registered{Request: m.Request, Tunnel: mem.id, Protos: mem.g.protos, Port: mem.g.port}
 }
 
 // join puts a in the group for (its token, m.Name), opening the group (and
@@ -722,6 +745,11 @@ func (r *Relay) join(ctx context.Context, a *agentConn, m *Register, allow, deny
 		return nil, &RefusedError{Code: CodeShutdown, Text: "the relay is shutting down"}
 	}
 	if g := r.groups[key]; g != nil {
+		if g.protos != m.Protos {
+			return nil, &RefusedError{Code: CodeBadRequest, Text: fmt.Sprintf(
+				"tunnel %s is already open for %s; this agent asked for %s: use the same --proto to join it",
+				m.Name, protoNames(g.protos), protoNames(m.Protos))}
+		}
 		if m.PortLow != 0 && !cands.Contains(g.port) {
 			return nil, &RefusedError{Code: CodePortTaken, Text: fmt.Sprintf(
 				"tunnel %s is already open on port %d (another agent with this token holds it): ask for port %d or none to join it",
@@ -740,12 +768,12 @@ func (r *Relay) join(ctx context.Context, a *agentConn, m *Register, allow, deny
 		return nil, &RefusedError{Code: CodeLimit, Text: fmt.Sprintf(
 			"token %q has %d tunnel(s) open, its max_tunnels = %d: close one first", tok.ID, a.token.tunnels, tok.MaxTunnels)}
 	}
-	port, ln, err := r.bindLocked(key, cands, want, cfg.BindHost)
+	port, ln, pc, err := r.bindLocked(key, cands, want, cfg.BindHost, m.Protos)
 	if err != nil {
 		return nil, err
 	}
 	g := &group{
-		r: r, key: key, token: a.token, port: port, ln: ln, since: time.Now(),
+		r: r, key: key, token: a.token, port: port, ln: ln, protos: m.Protos, since: time.Now(),
 		log: r.log.With("tunnel", m.Name, "port", port, "token", tok.ID), joined: make(chan struct{}),
 	}
 	r.groups[key] = g
@@ -753,49 +781,83 @@ func (r *Relay) join(ctx context.Context, a *agentConn, m *Register, allow, deny
 	a.token.tunnels++
 	r.leases.take(key, port)
 	r.markLeasesDirty()
+	if pc != nil {
+		g.udp = &udpPort{pc: pc, flows: make(map[netip.AddrPort]*udpFlow)}
+	}
 	mem := g.addMemberLocked(a, allow, deny)
-	a.log.Info("tunnel open", "name", m.Name, "port", port)
-	r.wg.Add(1)
-	go func() {
-		defer r.wg.Done()
-		g.serve(ctx)
-	}()
+	a.log.Info("tunnel open", "name", m.Name, "port", port, "protos", protoNames(m.Protos))
+	if ln != nil {
+		r.wg.Add(1)
+		go func() {
+			defer r.wg.Done()
+			g.serve(ctx)
+		}()
+	}
+	if pc != nil {
+		r.wg.Add(1)
+		go func() {
+			defer r.wg.Done()
+			g.serveUDP(ctx)
+		}()
+	}
 	return mem, nil
 }
 
-// bindLocked picks and binds a public port for key: its lease's, if that
-// fits the request; the requested one; or a free one among cands that no
-// other tunnel holds a lease on.
-func (r *Relay) bindLocked(key leaseKey, cands PortSet, want PortRange, host string) (uint16, net.Listener, error) {
+// bindLocked picks and binds a public port for key, for TCP, UDP or both
+// on the same number: its lease's, if that fits the request; the requested
+// one; or a free one among cands that no other tunnel holds a lease on.
+func (r *Relay) bindLocked(key leaseKey, cands PortSet, want PortRange, host string, protos uint8) (uint16, net.Listener, *net.UDPConn, error) {
 	now := time.Now()
-	listen := func(port uint16) (net.Listener, error) {
-		return net.Listen("tcp", net.JoinHostPort(host, strconv.Itoa(int(port))))
+	listen := func(port uint16) (net.Listener, *net.UDPConn, error) {
+		addr := net.JoinHostPort(host, strconv.Itoa(int(port)))
+		var ln net.Listener
+		if protos&ProtoTCP != 0 {
+			var err error
+			if ln, err = net.Listen("tcp", addr); err != nil {
+				return nil, nil, err
+			}
+		}
+		if protos&ProtoUDP == 0 {
+			return ln, nil, nil
+		}
+		ua, err := net.ResolveUDPAddr("udp", addr)
+		if err != nil {
+			return nil, nil, err
+		}
+		pc, err := net.ListenUDP("udp", ua)
+		if err != nil {
+			if ln != nil {
+				ln.Close()
+			}
+			return nil, nil, err
+		}
+		return ln, pc, nil
 	}
 	if l, ok := r.leases.get(key, now); ok && cands.Contains(l.Port) && r.ports[l.Port] == nil {
-		ln, err := listen(l.Port)
+		ln, pc, err := listen(l.Port)
 		if err == nil {
-			return l.Port, ln, nil
+			return l.Port, ln, pc, nil
 		}
 		r.log.Warn("the port leased to a tunnel could not be bound; choosing another", "tunnel", key.Name, "token", key.Token, "port", l.Port, "err", err)
 	}
 	if want.Low != 0 && want.Low == want.High {
 		port := want.Low
 		if r.ports[port] != nil {
-			return 0, nil, &RefusedError{Code: CodePortTaken, Text: fmt.Sprintf(
+			return 0, nil, nil, &RefusedError{Code: CodePortTaken, Text: fmt.Sprintf(
 				"port %d is already taken by another tunnel on this relay: choose another --port, or leave it out", port)}
 		}
 		if holder, ok := r.leases.holder(port, now); ok && holder != key {
 			l := r.leases.m[holder]
-			return 0, nil, &RefusedError{Code: CodePortTaken, Text: fmt.Sprintf(
+			return 0, nil, nil, &RefusedError{Code: CodePortTaken, Text: fmt.Sprintf(
 				"port %d is reserved for another tunnel until %s: choose another --port, or leave it out",
 				port, l.Released.Add(r.leases.ttl).UTC().Format(time.RFC3339))}
 		}
-		ln, err := listen(port)
+		ln, pc, err := listen(port)
 		if err != nil {
-			return 0, nil, &RefusedError{Code: CodePortTaken, Text: fmt.Sprintf(
+			return 0, nil, nil, &RefusedError{Code: CodePortTaken, Text: fmt.Sprintf(
 				"port %d is in use on the relay host: choose another --port, or leave it out", port)}
 		}
-		return port, ln, nil
+		return port, ln, pc, nil
 	}
 	n := cands.Size()
 	start := 0
@@ -812,12 +874,12 @@ func (r *Relay) bindLocked(key leaseKey, cands PortSet, want PortRange, host str
 		if holder, ok := r.leases.holder(port, now); ok && holder != key {
 			continue
 		}
-		ln, err := listen(port)
+		ln, pc, err := listen(port)
 		if err != nil {
 			lastErr = err
 			continue
 		}
-		return port, ln, nil
+		return port, ln, pc, nil
 	}
 	// Every free port is promised to a tunnel that is away: take the one
 	// away the longest rather than turn this tunnel down.
@@ -828,18 +890,43 @@ func (r *Relay) bindLocked(key leaseKey, cands PortSet, want PortRange, host str
 		}
 		port := r.leases.m[old].Port
 		r.leases.drop(old)
-		ln, err := listen(port)
+		ln, pc, err := listen(port)
 		if err != nil {
 			lastErr = err
 			continue
 		}
 		r.log.Info("reusing the port of the longest-idle lease", "port", port, "was", old.Name, "was_token", old.Token)
-		return port, ln, nil
+		return port, ln, pc, nil
 	}
 	if lastErr != nil {
 		r.log.Warn("no public port could be bound", "ports", cands.String(), "last_err", lastErr)
 	}
-	return 0, nil, &RefusedError{Code: CodeNoPortFree, Text: fmt.Sprintf("every allowed port in %s is in use", cands)}
+	return 0, nil, nil, &RefusedError{Code: CodeNoPortFree, Text: fmt.Sprintf("every allowed port in %s is in use", cands)}
+}
+
+// protoNames spells a protocol set as --proto does: "tcp", "udp", "tcp,udp".
+func protoNames(p uint8) string {
+	var names []string
+	if p&ProtoTCP != 0 {
+		names = append(names, "tcp")
+	}
+	if p&ProtoUDP != 0 {
+		names = append(names, "udp")
+	}
+	return strings.Join(names, ",")
+}
+
+// serveAgentStream serves a stream the agent opened: its datagram stream,
+// or nothing.
+func (a *agentConn) serveAgentStream(st transport.Stream) {
+	defer st.Close()
+	st.SetReadDeadline(time.Now().Add(a.r.config().HandshakeTimeout))
+	var b [1]byte
+	if _, err := io.ReadFull(st, b[:]); err != nil || b[0] != DatagramStreamMarker {
+		return
+	}
+	st.SetReadDeadline(time.Time{})
+	readDatagramStream(st, a.deliverUDP)
 }
 
 // drainMembers stops new clients to a's member for tunnel id (0: all of
@@ -868,6 +955,7 @@ func (r *Relay) dropMembers(a *agentConn, goodbye bool) {
 	defer r.mu.Unlock()
 	for id, m := range a.members {
 		delete(a.members, id)
+		a.byID.Delete(id)
 		if goodbye {
 			m.draining.Store(true)
 		}
@@ -881,7 +969,7 @@ func (r *Relay) closeGroupLocked(g *group, why string) {
 		return
 	}
 	g.closed = true
-	g.ln.Close()
+	g.closeListeners()
 	if g.orphan != nil {
 		g.orphan.Stop()
 	}

@@ -124,6 +124,7 @@ const (
 	RefusedTokenConns  = "token_conns"     // the token's max_connections reached
 	RefusedTooManyIPs  = "too_many_ips"    // the per-IP table is full
 	RefusedAgentFailed = "agent_unreached" // no stream could be opened to the agent
+	RefusedFlowLimit   = "flow_limit"      // the tunnel's UDP flow cap reached
 )
 
 // maxTrackedIPs bounds the per-IP table of one tunnel.

@@ -1,0 +1,204 @@
+package tunnel
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// udpFlow is one public client address sending to a UDP tunnel, pinned to
+// the member that carries it while that member lasts.
+type udpFlow struct {
+	member  atomic.Pointer[member]
+	last    atomic.Int64 // unix nanoseconds of the latest datagram either way
+	release func()
+}
+
+// udpPort is a group's public UDP socket and its flows.
+type udpPort struct {
+	pc    *net.UDPConn
+	drops atomic.Int64
+
+	mu    sync.Mutex
+	flows map[netip.AddrPort]*udpFlow
+}
+
+func (u *udpPort) flowCount() int64 {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return int64(len(u.flows))
+}
+
+// serveUDP reads the public socket and sends each datagram to the member
+// carrying its flow, opening flows (within the tunnel's client limits and
+// flow cap) for new client addresses.
+func (g *group) serveUDP(ctx context.Context) {
+	u := g.udp
+	stop := make(chan struct{})
+	defer close(stop)
+	go g.sweepFlows(stop)
+	// Room in front of the payload for the header, so each datagram is
+	// sent from one buffer without a copy.
+	buf := make([]byte, maxStreamHeader+MaxDatagram)
+	var hdr [maxStreamHeader]byte
+	for {
+		n, client, err := u.pc.ReadFromUDPAddrPort(buf[maxStreamHeader:])
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) || ctx.Err() != nil {
+				return
+			}
+			continue
+		}
+		client = netip.AddrPortFrom(client.Addr().Unmap(), client.Port())
+		f := g.flow(client)
+		if f == nil {
+			g.dropUDP()
+			continue
+		}
+		f.last.Store(time.Now().UnixNano())
+		m := f.member.Load()
+		h := AppendStreamHeader(hdr[:0], StreamHeader{Tunnel: m.id, Client: client})
+		start := maxStreamHeader - len(h)
+		copy(buf[start:], h)
+		if err := m.agent.link.send(buf[start : maxStreamHeader+n]); err != nil {
+			g.dropUDP()
+			continue
+		}
+		g.bytesIn.Add(int64(n))
+	}
+}
+
+func (g *group) dropUDP() {
+	g.udp.drops.Add(1)
+	g.r.udpDrops.Add(1)
+}
+
+// flow returns client's flow, opening one if the tunnel admits it; nil
+// drops the datagram.
+func (g *group) flow(client netip.AddrPort) *udpFlow {
+	u := g.udp
+	u.mu.Lock()
+	f := u.flows[client]
+	if m := f.get(); m != nil && !m.gone.Load() && !m.draining.Load() {
+		u.mu.Unlock()
+		return f
+	}
+	if f == nil && len(u.flows) >= g.r.config().MaxFlows {
+		u.mu.Unlock()
+		g.refused.add(RefusedFlowLimit)
+		g.r.clientRefusals.add(RefusedFlowLimit)
+		return nil
+	}
+	u.mu.Unlock()
+	// Outside the lock: pick takes the relay's.
+	m, _, _ := g.pick(nil)
+	if m == nil {
+		return nil
+	}
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if f != nil {
+		// Its member left or drains: the flow moves, keeping its place.
+		f.member.Store(m)
+		return f
+	}
+	if f = u.flows[client]; f != nil {
+		return f // opened by a racing datagram
+	}
+	release, reason := g.gate.Load().admit(client.Addr())
+	if reason != "" {
+		return nil
+	}
+	f = &udpFlow{release: release}
+	f.member.Store(m)
+	u.flows[client] = f
+	g.total.Add(1)
+	g.r.clientsTotal.Add(1)
+	return f
+}
+
+// get is the flow's member, or nil for a flow not yet set up.
+func (f *udpFlow) get() *member {
+	if f == nil {
+		return nil
+	}
+	return f.member.Load()
+}
+
+// sweepFlows closes flows idle for the flow timeout.
+func (g *group) sweepFlows(stop <-chan struct{}) {
+	idle := g.r.config().FlowIdleTimeout
+	t := time.NewTicker(max(idle/8, 50*time.Millisecond))
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			g.udp.mu.Lock()
+			for c, f := range g.udp.flows {
+				delete(g.udp.flows, c)
+				f.release()
+			}
+			g.udp.mu.Unlock()
+			return
+		case now := <-t.C:
+			cut := now.Add(-g.r.config().FlowIdleTimeout).UnixNano()
+			g.udp.mu.Lock()
+			for c, f := range g.udp.flows {
+				if f.last.Load() < cut {
+					delete(g.udp.flows, c)
+					f.release()
+				}
+			}
+			g.udp.mu.Unlock()
+		}
+	}
+}
+
+// deliverUDP sends an agent's datagram to its client, if the client has a
+// live flow on that tunnel: an agent cannot aim the relay at anyone else.
+func (a *agentConn) deliverUDP(p []byte) {
+	h, payload, err := ParseDatagram(p)
+	if err != nil {
+		a.r.udpDrops.Add(1)
+		return
+	}
+	v, ok := a.byID.Load(h.Tunnel)
+	if !ok {
+		a.r.udpDrops.Add(1)
+		return
+	}
+	g := v.(*member).g
+	if g.udp == nil {
+		a.r.udpDrops.Add(1)
+		return
+	}
+	g.udp.mu.Lock()
+	f := g.udp.flows[h.Client]
+	g.udp.mu.Unlock()
+	if f == nil {
+		g.dropUDP()
+		return
+	}
+	f.last.Store(time.Now().UnixNano())
+	if _, err := g.udp.pc.WriteToUDPAddrPort(payload, h.Client); err != nil {
+		g.dropUDP()
+		return
+	}
+	g.bytesOut.Add(int64(len(payload)))
+}
+
+// receiveDatagrams delivers the agent's transport datagrams until the
+// session ends.
+func (a *agentConn) receiveDatagrams(ctx context.Context) {
+	for {
+		p, err := a.sess.ReceiveDatagram(ctx)
+		if err != nil {
+			return
+		}
+		a.deliverUDP(p)
+	}
+}
