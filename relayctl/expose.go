@@ -40,6 +40,7 @@ var exposeCommand = &cli.Command{
 		&cli.DurationFlag{Name: "drain-timeout", Value: defaultSpec().DrainTimeout.Duration, Usage: "on SIGINT or SIGTERM, wait this long (`DURATION`) for open connections to finish"},
 		&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error"},
 		&cli.StringFlag{Name: "log-format", Value: "text", Usage: "text or json"},
+		controlFlag(),
 	},
 	Action: exposeAction,
 }

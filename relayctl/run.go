@@ -23,6 +23,7 @@ var runCommand = &cli.Command{
 		"accept connections, passes signals on to it, and exits with its exit code when it ends.",
 	Flags: []cli.Flag{
 		&cli.StringFlag{Name: "config", Aliases: []string{"c"}, Usage: "the agent's `FILE` (agent.toml)"},
+		controlFlag(),
 	},
 	Action: runAction,
 }

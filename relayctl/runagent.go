@@ -18,7 +18,8 @@ import (
 )
 
 // runAgent runs plan's agent for expose and run, printing each public
-// address on stdout as it goes live. The first SIGINT or SIGTERM drains:
+// address on stdout as it goes live and serving its status on the control
+// socket. The first SIGINT or SIGTERM drains:
 // the relay sends no new clients and open connections may finish within
 // the drain timeout; a second signal stops at once. Either way the exit
 // status is 0. With a command to wrap (after "--"), wrap runs instead.
@@ -37,6 +38,11 @@ func runAgent(c *cli.Context, p *agentPlan) error {
 	if err != nil {
 		return cli.Exit(err.Error(), exitUsage)
 	}
+	stopControl, err := startControl(c, agent, p.log)
+	if err != nil {
+		return err
+	}
+	defer stopControl()
 	if len(command) > 0 {
 		return wrap(agent, p, command)
 	}

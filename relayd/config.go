@@ -23,6 +23,7 @@ type Config struct {
 	Relay  RelaySection   `toml:"relay"`
 	Limits LimitsSection  `toml:"limits"`
 	Log    LogSection     `toml:"log"`
+	Admin  AdminSection   `toml:"admin"`
 	Tokens []TokenSection `toml:"tokens"`
 
 	// file is where the config came from ("" for the embedded defaults);
@@ -52,6 +53,8 @@ type RelaySection struct {
 	RejoinWindow Duration `toml:"rejoin_window"`
 	// DrainTimeout bounds the wait for clients in flight on SIGTERM.
 	DrainTimeout Duration `toml:"drain_timeout"`
+	// UDPFlowTimeout ends a UDP flow quiet both ways for this long.
+	UDPFlowTimeout Duration `toml:"udp_flow_timeout"`
 }
 
 // ClientSection holds the limits on a tunnel's public clients, per source
@@ -69,6 +72,8 @@ type ClientSection struct {
 type LimitsSection struct {
 	ClientSection
 	MaxPendingSessions int `toml:"max_pending_sessions"`
+	// MaxUDPFlows caps each UDP tunnel's flows (client addresses).
+	MaxUDPFlows int `toml:"max_udp_flows"`
 }
 
 // LogSection is [log].
@@ -108,24 +113,32 @@ func DefaultConfig() Config {
 		Relay: RelaySection{
 			Listen:           "0.0.0.0:7000",
 			Ports:            "20000-29999",
-			HandshakeTimeout: Duration{Duration: 10 * time.Second},
-			IdleTimeout:      Duration{Duration: 15 * time.Second},
-			KeepAlive:        Duration{Duration: 5 * time.Second},
+			HandshakeTimeout: Duration{10 * time.Second},
+			IdleTimeout:      Duration{15 * time.Second},
+			KeepAlive:        Duration{5 * time.Second},
 			MaxHandshakes:    256,
-			LeaseDuration:    Duration{Duration: 24 * time.Hour},
-			RejoinWindow:     Duration{Duration: 10 * time.Second},
-			DrainTimeout:     Duration{Duration: 30 * time.Second},
+			LeaseDuration:    Duration{24 * time.Hour},
+			RejoinWindow:     Duration{10 * time.Second},
+			DrainTimeout:     Duration{30 * time.Second},
+			UDPFlowTimeout:   Duration{120 * time.Second},
 		},
+		Admin: defaultAdmin(),
 		Limits: LimitsSection{
 			ClientSection:      ClientSection{Allow: []string{}, Deny: []string{}},
 			MaxPendingSessions: 256,
+			MaxUDPFlows:        1024,
 		},
 		Log: LogSection{Level: "info", Format: "text"},
 	}
 }
 
-// Duration is a time.Duration written as a string with a unit ("10s").
-type Duration = tomlconf.Duration
+// Duration is a time.Duration written as a string with a unit ("10s"): a
+// tomlconf.Duration, as a type of relayd's own so that defaults read
+// Duration{10 * time.Second}.
+type Duration struct{ time.Duration }
+
+func (d *Duration) UnmarshalText(b []byte) error { return (*tomlconf.Duration)(d).UnmarshalText(b) }
+func (d Duration) MarshalText() ([]byte, error)  { return tomlconf.Duration(d).MarshalText() }
 
 // ConfigError points at the place in relay.toml that is wrong.
 type ConfigError = tomlconf.Error
@@ -185,7 +198,7 @@ func (c *Config) Validate() error {
 	}{
 		{"relay.handshake_timeout", r.HandshakeTimeout.Duration}, {"relay.idle_timeout", r.IdleTimeout.Duration},
 		{"relay.keepalive", r.KeepAlive.Duration}, {"relay.lease_duration", r.LeaseDuration.Duration},
-		{"relay.drain_timeout", r.DrainTimeout.Duration},
+		{"relay.drain_timeout", r.DrainTimeout.Duration}, {"relay.udp_flow_timeout", r.UDPFlowTimeout.Duration},
 	} {
 		if d.v <= 0 {
 			return c.fail(d.key, "must be a positive duration such as \"10s\"")
@@ -206,11 +219,17 @@ func (c *Config) Validate() error {
 	if c.Limits.MaxPendingSessions < 1 {
 		return c.fail("limits.max_pending_sessions", "must be at least 1 (the default is 256)")
 	}
+	if c.Limits.MaxUDPFlows < 1 {
+		return c.fail("limits.max_udp_flows", "must be at least 1 (the default is 1024)")
+	}
 	if _, err := parseLevel(c.Log.Level); err != nil {
 		return c.fail("log.level", "%v", err)
 	}
 	if c.Log.Format != "text" && c.Log.Format != "json" {
 		return c.fail("log.format", "%q is not text or json", c.Log.Format)
+	}
+	if err := c.validateAdmin(); err != nil {
+		return err
 	}
 	ids := map[string]bool{}
 	secrets := map[string]string{}

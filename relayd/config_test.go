@@ -34,11 +34,14 @@ func TestSampleConfig(t *testing.T) {
 	if c.Log != def.Log {
 		t.Errorf("[log] in %s:\n got %+v\nwant %+v (DefaultConfig)", samplePath, c.Log, def.Log)
 	}
+	if c.Admin != def.Admin {
+		t.Errorf("[admin] in %s:\n got %+v\nwant %+v (DefaultConfig)", samplePath, c.Admin, def.Admin)
+	}
 	if len(c.Tokens) != 0 || len(def.Tokens) != 0 {
 		t.Errorf("tokens: sample has %d, defaults %d; want none in either", len(c.Tokens), len(def.Tokens))
 	}
 	// Every field compared above: a new field in Config needs a look here.
-	if n := reflect.TypeFor[Config]().NumField(); n != 6 {
+	if n := reflect.TypeFor[Config]().NumField(); n != 7 {
 		t.Errorf("Config has %d fields; update this test to compare the new ones", n)
 	}
 }
@@ -57,6 +60,7 @@ func TestSampleDocumentsEveryKey(t *testing.T) {
 		{"", reflect.TypeFor[RelaySection]()},
 		{"", reflect.TypeFor[LimitsSection]()},
 		{"", reflect.TypeFor[LogSection]()},
+		{"", reflect.TypeFor[AdminSection]()},
 		{`#\s*`, reflect.TypeFor[TokenSection]()},
 	} {
 		n := 0
@@ -100,6 +104,7 @@ max_handshakes = 64
 lease_duration = "2h"
 rejoin_window = "0s"
 drain_timeout = "5s"
+udp_flow_timeout = "30s"
 
 [limits]
 per_ip_connections = 64
@@ -138,9 +143,10 @@ secret = "bob-secret-0123456789"
 	want := RelaySection{
 		Listen: "127.0.0.1:7100", Ports: "24100-24109, 25565", StateDir: "/var/lib/relayd",
 		PublicHost: "relay.example.com", CertFile: "/etc/relayd/cert.pem", KeyFile: "/etc/relayd/key.pem",
-		HandshakeTimeout: Duration{Duration: 3 * time.Second}, IdleTimeout: Duration{Duration: 90 * time.Second},
-		KeepAlive: Duration{Duration: 500 * time.Millisecond}, MaxHandshakes: 64,
-		LeaseDuration: Duration{Duration: 2 * time.Hour}, RejoinWindow: Duration{Duration: 0}, DrainTimeout: Duration{Duration: 5 * time.Second},
+		HandshakeTimeout: Duration{3 * time.Second}, IdleTimeout: Duration{90 * time.Second},
+		KeepAlive: Duration{500 * time.Millisecond}, MaxHandshakes: 64,
+		LeaseDuration: Duration{2 * time.Hour}, RejoinWindow: Duration{0}, DrainTimeout: Duration{5 * time.Second},
+		UDPFlowTimeout: Duration{30 * time.Second},
 	}
 	if c.Relay != want {
 		t.Errorf("[relay]:\n got %+v\nwant %+v", c.Relay, want)
@@ -148,7 +154,7 @@ secret = "bob-secret-0123456789"
 	wantLimits := LimitsSection{
 		ClientSection: ClientSection{PerIPConnections: 64, PerIPRate: 20, PerIPBurst: 50,
 			Allow: []string{"0.0.0.0/0", "::/0"}, Deny: []string{"203.0.113.0/24", "2001:db8::1"}},
-		MaxPendingSessions: 32,
+		MaxPendingSessions: 32, MaxUDPFlows: 1024,
 	}
 	if !reflect.DeepEqual(c.Limits, wantLimits) {
 		t.Errorf("[limits]:\n got %+v\nwant %+v", c.Limits, wantLimits)
@@ -236,6 +242,8 @@ var badConfigs = []struct {
 	{"duration zero", "[relay]\nhandshake_timeout = \"0s\"\n", 2, "relay.handshake_timeout", "positive"},
 	{"lease zero", "[relay]\nlease_duration = \"0s\"\n", 2, "relay.lease_duration", "positive"},
 	{"drain negative", "[relay]\ndrain_timeout = \"-1s\"\n", 2, "relay.drain_timeout", "positive"},
+	{"udp flow timeout zero", "[relay]\nudp_flow_timeout = \"0s\"\n", 2, "relay.udp_flow_timeout", "positive"},
+	{"max udp flows zero", "[limits]\nmax_udp_flows = 0\n", 2, "limits.max_udp_flows", "at least 1"},
 	{"rejoin negative", "[relay]\nrejoin_window = \"-5s\"\n", 2, "relay.rejoin_window", "not be negative"},
 	{"rejoin without unit", "[relay]\nrejoin_window = \"10\"\n", 2, "relay.rejoin_window", "not a duration"},
 	{"keepalive not below idle", "[relay]\nidle_timeout = \"5s\"\nkeepalive = \"5s\"\n", 3, "relay.keepalive", "shorter than idle_timeout"},

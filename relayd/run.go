@@ -75,6 +75,12 @@ func runAction(c *cli.Context) error {
 		log.Warn(w.msg, "file", w.file, "mode", fmt.Sprintf("%04o", w.mode), "fix", w.fix)
 	}
 
+	stopAdmin, err := startAdmin(cfg, relay, log)
+	if err != nil {
+		return cli.Exit(err.Error(), 1)
+	}
+	defer stopAdmin()
+
 	onHandshakeErr := func(a net.Addr, err error) {
 		log.Debug("tcp handshake failed", "remote", a.String(), "err", err)
 	}
@@ -201,6 +207,8 @@ func restartOnly(a, b *Config) []string {
 		{"limits.max_pending_sessions", a.Limits.MaxPendingSessions == b.Limits.MaxPendingSessions},
 		{"log.level", a.Log.Level == b.Log.Level},
 		{"log.format", a.Log.Format == b.Log.Format},
+		{"admin.listen", a.Admin.Listen == b.Admin.Listen},
+		{"admin.token", a.Admin.token == b.Admin.token},
 	} {
 		if !k.same {
 			out = append(out, k.key)
@@ -225,6 +233,8 @@ func relayConfig(cfg *Config) (tunnel.RelayConfig, error) {
 	rc.Liveness = cfg.Relay.IdleTimeout.Duration
 	rc.LeaseTTL = cfg.Relay.LeaseDuration.Duration
 	rc.RejoinWindow = cfg.Relay.RejoinWindow.Duration
+	rc.FlowIdleTimeout = cfg.Relay.UDPFlowTimeout.Duration
+	rc.MaxFlows = cfg.Limits.MaxUDPFlows
 	rc.MaxPendingSessions = cfg.Limits.MaxPendingSessions
 	if rc.Clients, err = cfg.clientLimits("limits", -1, cfg.Limits.ClientSection); err != nil {
 		return rc, err
@@ -285,7 +295,7 @@ func readableSecrets(cfg *Config) []fileWarning {
 			})
 		}
 	}
-	return out
+	return append(out, adminWarnings(cfg)...)
 }
 
 // printAgentLine prints the relayctl command that reaches this relay with

@@ -18,8 +18,8 @@ func NewRelaydPinned(t testing.TB, relayKeys []string, extra string) *Relayd {
 	low, high := portRange()
 	addr := ClosedPort(t)
 	path := filepath.Join(dir, "relay.toml")
-	cfg := fmt.Sprintf("[relay]\nlisten = %q\nports = \"%d-%d\"\nstate_dir = %q\n%s\n\n%s",
-		addr, low, high, stateDir, strings.Join(relayKeys, "\n"), extra)
+	cfg := fmt.Sprintf("[relay]\nlisten = %q\nports = \"%d-%d\"\nstate_dir = %q\n%s\n\n%s%s",
+		addr, low, high, stateDir, strings.Join(relayKeys, "\n"), adminTOML(extra), extra)
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -40,4 +40,14 @@ func (r *Relayd) Restart(t testing.TB) {
 		t.Fatalf("restarted relayd listens on %s, not %s", n.Addr, r.Addr)
 	}
 	r.Proc = n.Proc
+}
+
+// adminTOML gives a test relayd an admin API on a port of its own, unless
+// extra has an [admin] table: relayds started in parallel would otherwise
+// race for the default 127.0.0.1:7001.
+func adminTOML(extra string) string {
+	if strings.Contains(extra, "[admin]") {
+		return ""
+	}
+	return "[admin]\nlisten = \"127.0.0.1:0\"\n\n"
 }

@@ -1,0 +1,243 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/urfave/cli/v2"
+)
+
+var statusCommand = &cli.Command{
+	Name:      "status",
+	Usage:     "show the tunnels of the running agents (relayctl expose or run)",
+	ArgsUsage: " ",
+	Description: "Asks every running agent of this user over its control socket (see --control on expose)\n" +
+		"and prints each tunnel: name, public and local address, transport, relay round-trip time,\n" +
+		"open connections, bytes in (clients to the local server) and out, and how long the session\n" +
+		"has been up. Exits 1 when no agent is running.",
+	Flags: []cli.Flag{
+		&cli.StringFlag{Name: "control", Usage: "ask only the agent serving the unix socket `PATH` (its --control)"},
+		&cli.BoolFlag{Name: "json", Usage: "print a JSON list with one object per agent"},
+		&cli.BoolFlag{Name: "watch", Aliases: []string{"w"}, Usage: "redraw every second until Ctrl-C"},
+	},
+	Action: statusAction,
+}
+
+func statusAction(c *cli.Context) error {
+	if c.Args().Present() {
+		return cli.Exit(fmt.Sprintf("status takes no arguments (got %q); pick an agent with --control PATH", c.Args().First()), exitUsage)
+	}
+	path, asJSON := c.String("control"), c.Bool("json")
+	if c.IsSet("control") && path == "" {
+		return cli.Exit("--control needs the PATH of an agent's control socket", exitUsage)
+	}
+	if !c.Bool("watch") {
+		sts, err := queryAgents(c.Context, path)
+		if err != nil {
+			return cli.Exit(err.Error(), exitFailure)
+		}
+		return writeStatus(c.App.Writer, sts, asJSON)
+	}
+
+	ctx, stop := signal.NotifyContext(c.Context, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		var b bytes.Buffer
+		sts, err := queryAgents(ctx, path)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if !asJSON {
+			// Home and clear: a plain redraw any terminal understands.
+			b.WriteString("\x1b[H\x1b[2J")
+			fmt.Fprintf(&b, "%s   (every 1s; Ctrl-C to stop)\n\n", time.Now().Format(time.TimeOnly))
+		}
+		switch {
+		case err != nil && asJSON:
+			json.NewEncoder(&b).Encode(map[string]string{"error": err.Error()})
+		case err != nil:
+			fmt.Fprintf(&b, "%s\n", err)
+		case asJSON:
+			json.NewEncoder(&b).Encode(sts) // one line a second
+		default:
+			writeStatus(&b, sts, false)
+		}
+		c.App.Writer.Write(b.Bytes())
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+		}
+	}
+}
+
+// queryAgents asks the agent at path, or every agent found when path is "".
+func queryAgents(ctx context.Context, path string) ([]controlStatus, error) {
+	if path != "" {
+		st, err := queryAgent(ctx, path)
+		if err != nil {
+			return nil, fmt.Errorf("no agent answers on %s: %v: is relayctl running with --control %s?", path, oneLine(err.Error()), path)
+		}
+		return []controlStatus{st}, nil
+	}
+	dirs := controlDirs()
+	var out []controlStatus
+	for _, dir := range dirs {
+		socks, _ := filepath.Glob(filepath.Join(dir, "*.sock"))
+		for _, s := range socks {
+			pid, named := socketPID(s)
+			if named && !processAlive(pid) {
+				os.Remove(s) // its agent is gone
+				continue
+			}
+			st, err := queryAgent(ctx, s)
+			if err != nil {
+				if named && errors.Is(err, syscall.ECONNREFUSED) {
+					os.Remove(s) // nothing listens: the PID is another process now
+				}
+				continue
+			}
+			out = append(out, st)
+		}
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("no relayctl agent is running (looked in %s): start one with relayctl expose, or name its socket with --control PATH",
+			strings.Join(dirs, ", "))
+	}
+	slices.SortFunc(out, func(a, b controlStatus) int { return a.PID - b.PID })
+	return out, nil
+}
+
+// controlDirs are the folders status looks through: this user's (where
+// its agents put their sockets, with or without $XDG_RUNTIME_DIR) and the
+// system units'.
+func controlDirs() []string {
+	var dirs []string
+	if d := os.Getenv("XDG_RUNTIME_DIR"); d != "" {
+		dirs = append(dirs, filepath.Join(d, "relayctl"))
+	}
+	if d, err := tempControlDir(false); err == nil {
+		dirs = append(dirs, d)
+	}
+	units, _ := filepath.Glob(filepath.Join(systemControlDir, "*"))
+	return append(dirs, units...)
+}
+
+// queryAgent asks the agent serving the socket at path for its status.
+func queryAgent(ctx context.Context, path string) (controlStatus, error) {
+	var st controlStatus
+	client := &http.Client{
+		Timeout: 3 * time.Second,
+		Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", path)
+		}},
+	}
+	defer client.CloseIdleConnections()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://relayctl/v1/status", nil)
+	if err != nil {
+		return st, err
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		var oe *net.OpError
+		if errors.As(err, &oe) {
+			return st, oe.Err // "connect: connection refused", without the URL
+		}
+		return st, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return st, fmt.Errorf("the agent answered %s", resp.Status)
+	}
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&st); err != nil {
+		return st, fmt.Errorf("reading the agent's status: %w", err)
+	}
+	st.Control = path
+	return st, nil
+}
+
+// writeStatus prints the agents' status: JSON, or one table per agent.
+func writeStatus(w io.Writer, sts []controlStatus, asJSON bool) error {
+	if asJSON {
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		return enc.Encode(sts)
+	}
+	for i, st := range sts {
+		if i > 0 {
+			fmt.Fprintln(w)
+		}
+		state := "connecting"
+		if st.Connected {
+			state = "connected"
+		}
+		fmt.Fprintf(w, "agent %d (relayctl %s) → %s, %s, reconnects %d  [%s]\n",
+			st.PID, st.Version, st.Relay, state, st.Reconnects, st.Control)
+		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "NAME\tPUBLIC\tLOCAL\tTRANSPORT\tRTT\tACTIVE\tIN\tOUT\tUPTIME")
+		transport, rtt, up := "-", "-", "-"
+		if st.Connected {
+			transport = st.Transport
+			if st.RTT > 0 { // else not measured yet
+				rtt = formatRTT(st.RTT)
+			}
+			up = (time.Duration(st.Uptime * float64(time.Second))).Round(time.Second).String()
+		}
+		for _, t := range st.Tunnels {
+			public := t.Public
+			if public == "" {
+				public = "-"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n",
+				t.Name, public, t.Local, transport, rtt, t.Active, formatBytes(t.BytesIn), formatBytes(t.BytesOut), up)
+		}
+		tw.Flush()
+	}
+	return nil
+}
+
+func formatRTT(ms float64) string {
+	if ms < 10 {
+		return fmt.Sprintf("%.1fms", ms)
+	}
+	return fmt.Sprintf("%.0fms", ms)
+}
+
+// formatBytes is n in B, KiB, MiB… with three significant digits or so.
+func formatBytes(n int64) string {
+	if n < 1024 {
+		return fmt.Sprintf("%d B", n)
+	}
+	v, unit := float64(n), ""
+	for _, u := range []string{"KiB", "MiB", "GiB", "TiB", "PiB"} {
+		v /= 1024
+		unit = u
+		if v < 1024 {
+			break
+		}
+	}
+	if v < 10 {
+		return fmt.Sprintf("%.2f %s", v, unit)
+	}
+	if v < 100 {
+		return fmt.Sprintf("%.1f %s", v, unit)
+	}
+	return fmt.Sprintf("%.0f %s", v, unit)
+}

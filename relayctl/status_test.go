@@ -1,0 +1,315 @@
+package main
+
+// relayctl status against running agents, and the control socket they serve.
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	pt "github.com/relaytun/relay/internal/proctest"
+)
+
+// statusJSON runs relayctl status --json with args and env and decodes it.
+func statusJSON(t *testing.T, env []string, args ...string) []map[string]any {
+	t.Helper()
+	out, errOut, code := pt.Run(t, env, pt.RelayctlBin, append([]string{"status", "--json"}, args...)...)
+	var sts []map[string]any
+	if err := json.Unmarshal([]byte(out), &sts); code != 0 || err != nil {
+		t.Fatalf("relayctl status --json %s: exit %d, %v\nstdout: %s\nstderr: %s", strings.Join(args, " "), code, err, out, errOut)
+	}
+	return sts
+}
+
+func keys(m map[string]any) string {
+	var ks []string
+	for k := range m {
+		ks = append(ks, k)
+	}
+	slices.Sort(ks)
+	return strings.Join(ks, " ")
+}
+
+func TestStatus(t *testing.T) {
+	t.Parallel()
+	r := pt.NewRelayd(t, pt.TokensTOML)
+	local := pt.StartEcho(t, "S:")
+	sock := filepath.Join(t.TempDir(), "agent.sock")
+	agent, urls := pt.StartExpose(t, 1, nil, local, "--relay", r.Addr, "--token", pt.TestSecret, "--fingerprint", r.FP,
+		"--transport", "tcp", "--name", "st", "--control", sock)
+	if fi, err := os.Stat(sock); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("control socket: %v, %v; want mode 0600", fi, err)
+	}
+	const big, small = 100_000, 5
+	pt.CheckEcho(t, urls[0], "S:", big)
+	pt.CheckEcho(t, urls[0], "S:", small)
+	wantIn, wantOut := float64(big+small), float64(2*len("S:")+big+small)
+
+	t.Run("json", func(t *testing.T) {
+		t.Parallel()
+		// The agent counts a connection's bytes as they pass; ask its socket
+		// until the last of them is in, then ask through the CLI.
+		for deadline := time.Now().Add(10 * time.Second); ; {
+			cs, err := queryAgent(context.Background(), sock)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(cs.Tunnels) == 1 && cs.Tunnels[0].BytesIn == int64(wantIn) && cs.Tunnels[0].BytesOut == int64(wantOut) && cs.Tunnels[0].Active == 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("after 10s: %+v; want one tunnel with bytes_in %v, bytes_out %v, active 0", cs, wantIn, wantOut)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		sts := statusJSON(t, nil, "--control", sock)
+		if len(sts) != 1 {
+			t.Fatalf("status --control printed %d agents, want 1: %v", len(sts), sts)
+		}
+		st := sts[0]
+		tuns, _ := st["tunnels"].([]any)
+		if len(tuns) != 1 {
+			t.Fatalf("status: %d tunnels, want 1: %v", len(tuns), st)
+		}
+		tun := tuns[0].(map[string]any)
+		if tun["bytes_in"] != wantIn || tun["bytes_out"] != wantOut {
+			t.Errorf("status --json: bytes in %v, out %v; want %v, %v", tun["bytes_in"], tun["bytes_out"], wantIn, wantOut)
+		}
+		if k := keys(st); k != "connected control pid reconnects relay rtt_ms since transport tunnels uptime_seconds version" {
+			t.Errorf("agent keys: %s", k)
+		}
+		if st["pid"] != float64(agent.Pid()) || st["control"] != sock || st["relay"] != r.Addr || st["connected"] != true ||
+			st["transport"] != "tcp" || st["reconnects"] != 0.0 || st["rtt_ms"].(float64) < 0 || st["uptime_seconds"].(float64) < 0 {
+			t.Errorf("agent: %v\nwant pid %d, control %s, relay %s, connected over tcp", st, agent.Pid(), sock, r.Addr)
+		}
+		if k := keys(tun); k != "active bytes_in bytes_out local name public total" {
+			t.Errorf("tunnel keys: %s", k)
+		}
+		if tun["name"] != "st" || tun["public"] != urls[0] || tun["local"] != local || tun["total"] != 2.0 {
+			t.Errorf("tunnel: %v\nwant name st, public %s, local %s, total 2", tun, urls[0], local)
+		}
+	})
+
+	t.Run("text", func(t *testing.T) {
+		t.Parallel()
+		out, errOut, code := pt.Run(t, nil, pt.RelayctlBin, "status", "--control", sock)
+		lines := strings.Split(strings.TrimSuffix(out, "\n"), "\n")
+		if code != 0 || len(lines) != 3 {
+			t.Fatalf("exit %d, stdout:\n%s\nstderr: %s\nwant 3 lines", code, out, errOut)
+		}
+		head := fmt.Sprintf("agent %d (relayctl devel) → %s, connected, reconnects 0  [%s]", agent.Pid(), r.Addr, sock)
+		if lines[0] != head {
+			t.Errorf("first line %q, want %q", lines[0], head)
+		}
+		if f := strings.Fields(lines[1]); strings.Join(f, " ") != "NAME PUBLIC LOCAL TRANSPORT RTT ACTIVE IN OUT UPTIME" {
+			t.Errorf("header %q", lines[1])
+		}
+		row := regexp.MustCompile(`^st +` + regexp.QuoteMeta(urls[0]) + ` +` + regexp.QuoteMeta(local) + ` +tcp +[0-9.]+ms +\d+ +[0-9.]+ (B|KiB) +[0-9.]+ (B|KiB) +\S+$`)
+		if !row.MatchString(lines[2]) {
+			t.Errorf("row %q does not match %s", lines[2], row)
+		}
+	})
+
+	t.Run("watch", func(t *testing.T) {
+		t.Parallel()
+		p := pt.Start(t, nil, pt.RelayctlBin, "status", "--watch", "--control", sock)
+		// Two redraws, each clearing the screen first.
+		p.WaitFor(&p.Stdout, regexp.MustCompile(`(?s)\x1b\[H\x1b\[2J.*\nst .*\x1b\[H\x1b\[2J.*\nst `), pt.StartTimeout)
+		pt.Stopped(t, p, syscall.SIGINT)
+
+		// With --json, one line of JSON a second.
+		p = pt.Start(t, nil, pt.RelayctlBin, "status", "--watch", "--json", "--control", sock)
+		line := `\[\{"pid":` + strconv.Itoa(agent.Pid()) + `,[^\n]*"name":"st"[^\n]*\}\]\n`
+		p.WaitFor(&p.Stdout, regexp.MustCompile(`^`+line+line), pt.StartTimeout)
+		pt.Stopped(t, p, syscall.SIGTERM)
+	})
+
+	t.Run("socket taken", func(t *testing.T) {
+		t.Parallel()
+		_, errOut, code := pt.Run(t, nil, pt.RelayctlBin, "expose", local, "--relay", r.Addr, "--token", pt.TestSecret,
+			"--fingerprint", r.FP, "--control", sock)
+		want := "relayctl: --control " + sock + ": another relayctl is serving this socket"
+		if code != 1 || pt.LastLine(errOut) != want {
+			t.Errorf("exit %d, stderr ends %q; want 1, %q", code, pt.LastLine(errOut), want)
+		}
+	})
+
+	t.Run("folder not private", func(t *testing.T) {
+		t.Parallel()
+		// $TMPDIR/relayctl-UID that others may enter is not used; the
+		// tunnel works all the same.
+		tmp := t.TempDir()
+		dir := filepath.Join(tmp, "relayctl-"+strconv.Itoa(os.Getuid()))
+		if err := os.Mkdir(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		os.Chmod(dir, 0o755) // whatever the umask
+		p, urls := pt.StartExpose(t, 1, []string{"TMPDIR=" + tmp}, local, "--relay", r.Addr, "--token", pt.TestSecret, "--fingerprint", r.FP)
+		pt.CheckEcho(t, urls[0], "S:", 10)
+		want := `level=WARN msg="no control socket, so relayctl status will not see this agent" err="` + dir + ` is not a folder that only this user can use: remove it"`
+		if !strings.Contains(p.Stderr.String(), want) {
+			t.Errorf("stderr:\n%s\nwant %s", p.Stderr.String(), want)
+		}
+		if socks, _ := filepath.Glob(filepath.Join(dir, "*")); len(socks) > 0 {
+			t.Errorf("sockets made in %s: %v", dir, socks)
+		}
+	})
+}
+
+// TestStatusFindsAgents: with no --control, status finds every agent of
+// the user, in $XDG_RUNTIME_DIR/relayctl and in $TMPDIR/relayctl-UID, and
+// removes the sockets of agents that are gone; once none runs, it exits 1.
+func TestStatusFindsAgents(t *testing.T) {
+	t.Parallel()
+	r := pt.NewRelayd(t, pt.TokensTOML)
+	local := pt.StartEcho(t, "F:")
+	runtimeDir, tmp := t.TempDir(), t.TempDir()
+	env := []string{"XDG_RUNTIME_DIR=" + runtimeDir, "TMPDIR=" + tmp}
+	userDir := filepath.Join(runtimeDir, "relayctl")
+	tmpDir := filepath.Join(tmp, "relayctl-"+strconv.Itoa(os.Getuid()))
+
+	expose := func(env []string, args ...string) *pt.Proc {
+		p, _ := pt.StartExpose(t, 1, env, append([]string{local, "--relay", r.Addr, "--token", pt.TestSecret, "--fingerprint", r.FP}, args...)...)
+		return p
+	}
+	a := expose(env, "--name", "in-runtime")
+	b := expose([]string{"TMPDIR=" + tmp}, "--name", "in-tmp") // no $XDG_RUNTIME_DIR
+	expose(env, "--name", "no-socket", "--control", "")
+	for dir, mode := range map[string]os.FileMode{userDir: 0o700, tmpDir: 0o700} {
+		if fi, err := os.Stat(dir); err != nil || fi.Mode().Perm() != mode {
+			t.Errorf("%s: %v, %v; want a folder with mode %v", dir, fi, err, mode)
+		}
+	}
+
+	// Two sockets whose agents are gone: a PID no process has, and this
+	// test's own PID, with nothing listening.
+	deadPID := filepath.Join(userDir, "4194999.sock")
+	if err := os.WriteFile(deadPID, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	noListener := filepath.Join(tmpDir, strconv.Itoa(os.Getpid())+".sock")
+	ln, err := net.Listen("unix", noListener)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln.(*net.UnixListener).SetUnlinkOnClose(false)
+	ln.Close()
+
+	sts := statusJSON(t, env)
+	var got []string
+	for _, st := range sts {
+		tun := st["tunnels"].([]any)[0].(map[string]any)
+		got = append(got, fmt.Sprintf("%v %v %v", st["pid"], tun["name"], st["control"]))
+	}
+	want := []string{
+		fmt.Sprintf("%d in-runtime %s/%d.sock", a.Pid(), userDir, a.Pid()),
+		fmt.Sprintf("%d in-tmp %s/%d.sock", b.Pid(), tmpDir, b.Pid()),
+	}
+	if a.Pid() > b.Pid() {
+		slices.Reverse(want)
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("status found\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	for _, s := range []string{deadPID, noListener} {
+		if _, err := os.Lstat(s); err == nil {
+			t.Errorf("status left the stale socket %s", s)
+		}
+	}
+
+	// Stopped agents take their sockets with them.
+	pt.Stopped(t, a, syscall.SIGTERM)
+	pt.Stopped(t, b, syscall.SIGINT)
+	for _, dir := range []string{userDir, tmpDir} {
+		if socks, _ := filepath.Glob(filepath.Join(dir, "*")); len(socks) > 0 {
+			t.Errorf("left in %s: %v", dir, socks)
+		}
+	}
+	out, errOut, code := pt.Run(t, env, pt.RelayctlBin, "status")
+	want0 := "relayctl: no relayctl agent is running (looked in " + userDir + ", " + tmpDir
+	if code != 1 || out != "" || !strings.HasPrefix(pt.LastLine(errOut), want0) ||
+		!strings.HasSuffix(errOut, "): start one with relayctl expose, or name its socket with --control PATH\n") {
+		t.Errorf("no agent: exit %d, stdout %q, stderr %q\nwant 1, nothing, %q…", code, out, errOut, want0)
+	}
+}
+
+// TestStatusErrors: mistakes with status and --control, each one line.
+func TestStatusErrors(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	missing := filepath.Join(dir, "none.sock")
+	file := filepath.Join(dir, "file")
+	os.WriteFile(file, nil, 0o600)
+	for _, tt := range []struct {
+		name string
+		args []string
+		code int
+		want string
+	}{
+		{"no agent there", []string{"status", "--control", missing}, 1,
+			"relayctl: no agent answers on " + missing + ": connect: no such file or directory: is relayctl running with --control " + missing + "?"},
+		{"empty control", []string{"status", "--control", ""}, 2, "relayctl: --control needs the PATH of an agent's control socket"},
+		{"argument", []string{"status", "web"}, 2, `relayctl: status takes no arguments (got "web"); pick an agent with --control PATH`},
+		{"control not a socket", []string{"expose", "8080", "--relay", pt.ClosedPort(t), "--token", pt.TestSecret, "--control", file}, 1,
+			"relayctl: --control " + file + ": a file that is not a socket is in the way"},
+		{"control folder missing", []string{"expose", "8080", "--relay", pt.ClosedPort(t), "--token", pt.TestSecret, "--control", filepath.Join(dir, "no", "a.sock")}, 1,
+			"relayctl: --control " + filepath.Join(dir, "no", "a.sock") + ": listen unix " + filepath.Join(dir, "no", "a.sock") + ": bind: no such file or directory"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			out, errOut, code := pt.Run(t, nil, pt.RelayctlBin, tt.args...)
+			if code != tt.code || out != "" || pt.LastLine(errOut) != tt.want {
+				t.Errorf("exit %d, stdout %q, stderr %q\nwant %d, nothing, %q", code, out, errOut, tt.code, tt.want)
+			}
+		})
+	}
+}
+
+func TestFormatBytes(t *testing.T) {
+	t.Parallel()
+	for n, want := range map[int64]string{
+		0: "0 B", 1023: "1023 B", 1024: "1.00 KiB", 100_005: "97.7 KiB", 5 << 20: "5.00 MiB",
+		300 << 30: "300 GiB", 2 << 50: "2.00 PiB",
+	} {
+		if got := formatBytes(n); got != want {
+			t.Errorf("formatBytes(%d) = %q, want %q", n, got, want)
+		}
+	}
+}
+
+// TestWriteStatus: the table for an agent still connecting, and for one
+// that is up, with a tunnel not yet granted a public address.
+func TestWriteStatus(t *testing.T) {
+	t.Parallel()
+	sts := []controlStatus{
+		{PID: 7, Version: "v1.0.0", Control: "/run/relayctl/a/7.sock", Relay: "relay.example.com:7000", Reconnects: 2,
+			Tunnels: []controlTunnel{{Name: "web", Local: "localhost:8080"}}},
+		{PID: 9, Version: "v1.0.0", Control: "/tmp/9.sock", Relay: "relay.example.com:7000", Connected: true, Transport: "quic",
+			Uptime: 3725.4, RTT: 18.44, Tunnels: []controlTunnel{
+				{Name: "game", Public: "tcp://relay.example.com:24567", Local: "localhost:25565", Active: 3, BytesIn: 1 << 20, BytesOut: 5 << 30},
+			}},
+	}
+	var b strings.Builder
+	writeStatus(&b, sts, false)
+	const want = `agent 7 (relayctl v1.0.0) → relay.example.com:7000, connecting, reconnects 2  [/run/relayctl/a/7.sock]
+NAME  PUBLIC  LOCAL           TRANSPORT  RTT  ACTIVE  IN   OUT  UPTIME
+web   -       localhost:8080  -          -    0       0 B  0 B  -
+
+agent 9 (relayctl v1.0.0) → relay.example.com:7000, connected, reconnects 0  [/tmp/9.sock]
+NAME  PUBLIC                         LOCAL            TRANSPORT  RTT   ACTIVE  IN        OUT       UPTIME
+game  tcp://relay.example.com:24567  localhost:25565  quic       18ms  3       1.00 MiB  5.00 GiB  1h2m5s
+`
+	if b.String() != want {
+		t.Errorf("got\n%s\nwant\n%s", b.String(), want)
+	}
+}
