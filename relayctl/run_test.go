@@ -229,8 +229,8 @@ func TestAgentFileErrors(t *testing.T) {
 	}
 }
 
-// TestRun: relayctl run puts every [[tunnels]] table on the relay and
-// prints one line for each; SIGTERM ends it with exit 0.
+// TestRun: relayctl run puts every [[tunnels]] table on the relay, prints
+// one line for each, and serves its status; SIGTERM ends it with exit 0.
 func TestRun(t *testing.T) {
 	t.Parallel()
 	r := pt.NewRelayd(t, pt.TokensTOML)
@@ -245,9 +245,16 @@ func TestRun(t *testing.T) {
 	if err := os.WriteFile(config, []byte(text), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	p, urls := pt.StartRelayctl(t, 2, nil, "run", "--config", config)
+	sock := filepath.Join(dir, "control.sock")
+	p, urls := pt.StartRelayctl(t, 2, nil, "run", "--config", config, "--control", sock)
 	pt.CheckEcho(t, urls[0], "a:", 64<<10)
 	pt.CheckEcho(t, urls[1], "b:", 64<<10)
+	// relayctl status sees both.
+	if sts := statusJSON(t, nil, "--control", sock); len(sts) != 1 {
+		t.Errorf("relayctl status: %v, want one agent", sts)
+	} else if tunnels, _ := sts[0]["tunnels"].([]any); len(tunnels) != 2 {
+		t.Errorf("relayctl status: tunnels %v, want two", sts[0]["tunnels"])
+	}
 	pt.Stopped(t, p, syscall.SIGTERM)
 }
 
