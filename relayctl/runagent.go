@@ -19,10 +19,10 @@ import (
 
 // runAgent runs plan's agent for expose and run, printing each public
 // address on stdout as it goes live and serving its status on the control
-// socket. The first SIGINT or SIGTERM drains:
-// the relay sends no new clients and open connections may finish within
-// the drain timeout; a second signal stops at once. Either way the exit
-// status is 0. With a command to wrap (after "--"), wrap runs instead.
+// socket. The first SIGINT or SIGTERM drains: the relay sends no new
+// clients and open connections may finish within the drain timeout; a
+// second signal stops at once. Either way the exit status is 0. With a
+// command to wrap (after "--"), wrap runs instead.
 func runAgent(c *cli.Context, p *agentPlan) error {
 	command, _ := c.App.Metadata[commandKey].([]string)
 	if command != nil && len(command) == 0 {
