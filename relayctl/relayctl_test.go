@@ -120,7 +120,7 @@ func TestRefusals(t *testing.T) {
 		{"port taken", nil, append([]string{local, "--port", taken, "--name", "other"}, ok...), exitRefused, "already taken"},
 		{"relay unreachable", nil, []string{local, "--relay", down, "--token", pt.TestSecret, "--fingerprint", r.FP}, exitFailure, "could not reach the relay"},
 		{"relay unreachable tcp", nil, []string{local, "--relay", down, "--token", pt.TestSecret, "--fingerprint", r.FP, "--transport", "tcp"}, exitFailure, "could not reach the relay"},
-		{"gave up", nil, []string{local, "--relay", down, "--token", pt.TestSecret, "--fingerprint", r.FP, "--transport", "tcp", "--wait-for-relay", "--max-retries", "2"}, exitFailure, "gave up reconnecting to the relay after 2 attempts"},
+		{"gave up", nil, []string{local, "--relay", down, "--token", pt.TestSecret, "--fingerprint", r.FP, "--transport", "tcp", "--wait-for-relay", "--max-retries", "2"}, exitFailure, "gave up reconnecting to the relay after 3 attempts"},
 		{"no relay", nil, []string{local, "--token", pt.TestSecret, "--fingerprint", r.FP}, exitUsage, "--relay"},
 		{"no token", nil, []string{local, "--relay", r.Addr, "--fingerprint", r.FP}, exitUsage, "--token or --token-file"},
 		{"token and token file", nil, []string{local, "--relay", r.Addr, "--fingerprint", r.FP, "--token", pt.TestSecret, "--token-file", tokenFile}, exitUsage, "--token and --token-file are both set"},

@@ -301,7 +301,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 		failures++
 		if a.cfg.MaxRetries > 0 && failures > a.cfg.MaxRetries {
-			return fmt.Errorf("%w after %d attempts: %w", ErrGaveUp, failures-1, err)
+			return fmt.Errorf("%w after %d attempts: %w", ErrGaveUp, failures, err)
 		}
 		if failures == 2 {
 			// Said once per outage, not once per attempt.
@@ -523,8 +523,9 @@ func (a *Agent) goodbye(ctl transport.Stream, sess transport.Session) {
 	a.sendDrain(ctl)
 	ctl.CloseWrite()
 	// The relay closes the session on reading the end of the control
-	// stream; closing first could lose the frames still in flight.
-	t := time.NewTimer(time.Second)
+	// stream, once its side of our clients has finished; closing first
+	// could lose the bytes still in flight.
+	t := time.NewTimer(goodbyeWait)
 	select {
 	case <-sess.Done():
 	case <-t.C:
@@ -532,6 +533,9 @@ func (a *Agent) goodbye(ctl transport.Stream, sess transport.Session) {
 	t.Stop()
 	sess.Close()
 }
+
+// goodbyeWait bounds how long a goodbye waits for the relay to close.
+const goodbyeWait = 5 * time.Second
 
 func (a *Agent) sendDrain(ctl transport.Stream) {
 	ctl.SetWriteDeadline(time.Now().Add(time.Second))
@@ -856,6 +860,13 @@ func (a *Agent) carry(ctx context.Context, st transport.Stream, byID map[uint32]
 		st.Close()
 		return
 	}
+	// Stopping at once (not draining) must not wait on a client whose
+	// server is idle.
+	stop := context.AfterFunc(ctx, func() {
+		local.Close()
+		st.Close()
+	})
+	defer stop()
 	t.active.Add(1)
 	t.total.Add(1)
 	defer t.active.Add(-1)

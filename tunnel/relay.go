@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"math/big"
 	"net"
 	"net/netip"
@@ -459,7 +460,17 @@ func (r *Relay) serveSession(ctx context.Context, s transport.Session) {
 	err = a.controlLoop(ctx)
 	// The end of the control stream is a goodbye; anything else may be an
 	// agent on its way back.
-	r.dropMembers(a, errors.Is(err, io.EOF))
+	goodbye := errors.Is(err, io.EOF)
+	r.mu.Lock()
+	members := slices.Collect(maps.Values(a.members))
+	r.mu.Unlock()
+	r.dropMembers(a, goodbye)
+	if goodbye {
+		// The agent's clients were done on its side before it said so,
+		// but their last bytes may still be on their way here: let each
+		// finish before the session, and its streams, close.
+		a.awaitClients(ctx, members)
+	}
 	var sent *sentRefusal
 	switch {
 	case errors.As(err, &sent):
@@ -945,6 +956,28 @@ func (r *Relay) drainMembers(a *agentConn, id uint32) {
 		a.log.Info("agent draining tunnel", "name", m.g.key.Name, "clients", m.active.Load())
 		if m.g.liveMembersLocked() == 0 {
 			r.closeGroupLocked(m.g, "its agents are draining")
+		}
+	}
+}
+
+// goodbyeGrace bounds the wait, after an agent's goodbye, for the relay's
+// side of its clients to finish.
+const goodbyeGrace = 10 * time.Second
+
+func (a *agentConn) awaitClients(ctx context.Context, members []*member) {
+	deadline := time.Now().Add(goodbyeGrace)
+	for time.Now().Before(deadline) && ctx.Err() == nil {
+		var n int64
+		for _, m := range members {
+			n += m.active.Load()
+		}
+		if n == 0 {
+			return
+		}
+		select {
+		case <-a.sess.Done():
+			return
+		case <-time.After(10 * time.Millisecond):
 		}
 	}
 }
