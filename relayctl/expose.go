@@ -30,7 +30,8 @@ var exposeCommand = &cli.Command{
 		&cli.StringFlag{Name: "transport", Value: tunnel.TransportAuto, EnvVars: []string{"RELAY_TRANSPORT"}, Usage: "auto, quic or tcp; auto tries QUIC and falls back to TCP when UDP is blocked"},
 		&cli.StringFlag{Name: "name", Usage: "tunnel `NAME` on the relay (default: from LOCAL, e.g. localhost-8080)"},
 		&cli.StringFlag{Name: "port", Usage: "public port `N` or a range A-B to pick from (default: any the relay allows)"},
-		&cli.StringFlag{Name: "proto", Value: "tcp", Usage: "tcp (UDP tunnels are not in this build yet)"},
+		&cli.StringFlag{Name: "proto", Value: "tcp", Usage: "tcp, udp, or tcp,udp (both on one public port number)"},
+		&cli.StringFlag{Name: "proxy-protocol", Usage: "send the local server a PROXY protocol header with the client's address: v1 or v2 (TCP), v2 (UDP)"},
 		&cli.StringSliceFlag{Name: "allow", Usage: "admit only public clients from `CIDR` (or a bare IP); repeat it or separate with commas"},
 		&cli.StringSliceFlag{Name: "deny", Usage: "turn away public clients from `CIDR` (or a bare IP); repeat it or separate with commas"},
 		&cli.StringFlag{Name: "known-relays", EnvVars: []string{"RELAY_KNOWN_RELAYS"}, Usage: "`FILE` of relay keys trusted on first use (default: ~/.config/relayctl/known_relays)"},
@@ -83,7 +84,7 @@ func exposePlan(c *cli.Context) (*agentPlan, error) {
 	}
 	allow, deny := splitCommas(c.StringSlice("allow")), splitCommas(c.StringSlice("deny"))
 	for _, arg := range c.Args().Slice() {
-		t := tunnelSpec{Name: c.String("name"), Local: portString(arg), Port: portString(port), Proto: c.String("proto"), Allow: allow, Deny: deny}
+		t := tunnelSpec{Name: c.String("name"), Local: portString(arg), Port: portString(port), Proto: c.String("proto"), ProxyProtocol: c.String("proxy-protocol"), Allow: allow, Deny: deny}
 		if t.Name != "" && c.NArg() > 1 {
 			// One name per tunnel: NAME-PORT, the port LOCAL's.
 			if local, err := parseLocal(arg); err == nil && tunnel.ValidName(t.Name) {

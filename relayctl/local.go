@@ -5,6 +5,8 @@ import (
 	"net"
 	"strconv"
 	"strings"
+
+	"github.com/relaytun/relay/tunnel"
 )
 
 // parseLocal turns LOCAL ("8080", "localhost:8080", "[::1]:8080",
@@ -28,6 +30,35 @@ func parseLocal(s string) (string, error) {
 		host = "localhost"
 	}
 	return net.JoinHostPort(host, port), nil
+}
+
+// parseLocalRange is parseLocal that also takes a port range, "2456-2458"
+// or "host:2456-2458": it returns the host and the ports.
+func parseLocalRange(s string) (string, tunnel.PortRange, error) {
+	host, ports := "", s
+	if i := strings.LastIndex(s, ":"); i >= 0 {
+		host, ports = s[:i], s[i+1:]
+	}
+	if lo, hi, ok := strings.Cut(ports, "-"); ok && isDigits(lo) && isDigits(hi) {
+		r, err := tunnel.ParsePortRange(ports)
+		if err != nil {
+			return "", r, fmt.Errorf("%q: %v", s, err)
+		}
+		if host == "" {
+			host = "localhost"
+		}
+		if _, err := parseLocal(net.JoinHostPort(strings.Trim(host, "[]"), lo)); err != nil {
+			return "", r, err
+		}
+		return strings.Trim(host, "[]"), r, nil
+	}
+	local, err := parseLocal(s)
+	if err != nil {
+		return "", tunnel.PortRange{}, err
+	}
+	h, p, _ := net.SplitHostPort(local)
+	n, _ := strconv.Atoi(p)
+	return h, tunnel.PortRange{Low: uint16(n), High: uint16(n)}, nil
 }
 
 // deriveName names a tunnel after its local address, the same way every

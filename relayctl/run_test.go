@@ -57,8 +57,8 @@ func TestSampleAgentFile(t *testing.T) {
 	}
 	want := []tunnel.TunnelSpec{
 		{Name: "minecraft", Local: "localhost:25565", Ports: tunnel.PortRange{Low: 25565, High: 25565},
-			Deny: []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}},
-		{Name: "localhost-8080", Local: "localhost:8080"},
+			Deny: []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}, Protos: tunnel.ProtoTCP},
+		{Name: "localhost-8080", Local: "localhost:8080", Protos: tunnel.ProtoTCP},
 	}
 	if !reflect.DeepEqual(c.Tunnels, want) {
 		t.Errorf("tunnels\n got %+v\nwant %+v", c.Tunnels, want)
@@ -208,7 +208,7 @@ func TestAgentFileErrors(t *testing.T) {
 		{"made name twice", head + one + "[[tunnels]]\nlocal = \"localhost:8080\"\n", `bad.toml:5: tunnels.name: tunnel name "localhost-8080" (made from local "localhost:8080"; set name) is already taken by tunnel 1`},
 		{"bad port", head + one + "port = \"eighty\"\n", "bad.toml:5: tunnels.port: "},
 		{"port twice", head + one + "port = \"20000\"\n[[tunnels]]\nlocal = \"9090\"\nport = 20000\n", "bad.toml:8: tunnels.port: port 20000 is already asked for by tunnel 1"},
-		{"udp", head + one + "proto = \"udp\"\n", "bad.toml:5: tunnels.proto: udp: UDP tunnels are not in this build yet; use tcp"},
+		{"proxy v1 on udp", head + one + "proto = \"udp\"\nproxy_protocol = \"v1\"\n", "bad.toml:6: tunnels.proxy_protocol: v1 has no form for UDP: use v2 (Geyser, Velocity and HAProxy read it)"},
 		{"bad proto", head + one + "proto = \"sctp\"\n", `bad.toml:5: tunnels.proto: "sctp" is not tcp, udp or tcp,udp`},
 		{"bad allow", head + one + "allow = [\"nope\"]\n", `bad.toml:5: tunnels.allow: "nope" is not an IP address or CIDR prefix`},
 		{"too many deny", head + one + "deny = [" + seventeen + "]\n", "bad.toml:5: tunnels.deny: 17 prefixes given, at most 16"},

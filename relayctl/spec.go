@@ -55,8 +55,10 @@ type tunnelSpec struct {
 	Local portString `toml:"local"` // LOCAL: "8080", "localhost:8080"
 	Port  portString `toml:"port"`  // "", "N" or "A-B"
 	Proto string     `toml:"proto"` // "": tcp
-	Allow []string   `toml:"allow"`
-	Deny  []string   `toml:"deny"`
+	// ProxyProtocol is "", "v1" or "v2".
+	ProxyProtocol string   `toml:"proxy_protocol"`
+	Allow         []string `toml:"allow"`
+	Deny          []string `toml:"deny"`
 }
 
 // portString is a string that TOML may also give as a bare number, so
@@ -212,26 +214,28 @@ func (s *agentSpec) build(n naming) (*agentPlan, error) {
 	for i, ts := range s.Tunnels {
 		// No "tunnel NAME:" in messages: agent.toml's line points at the
 		// table, and expose's flags apply to every tunnel alike.
-		t, err := ts.build()
+		expanded, err := ts.build()
 		if err != nil {
 			err.Index = i
 			return nil, err
 		}
-		if j, ok := names[t.Name]; ok {
-			hint := ""
-			if ts.Name == "" {
-				hint = fmt.Sprintf(" (made from %s %q; set %s)", n.key("tunnels.local"), ts.Local, n.key("tunnels.name"))
+		for _, t := range expanded {
+			if j, ok := names[t.Name]; ok {
+				hint := ""
+				if ts.Name == "" {
+					hint = fmt.Sprintf(" (made from %s %q; set %s)", n.key("tunnels.local"), ts.Local, n.key("tunnels.name"))
+				}
+				return nil, fail("tunnels.name", i, "tunnel name %q%s is already taken by tunnel %d", t.Name, hint, j+1)
 			}
-			return nil, fail("tunnels.name", i, "tunnel name %q%s is already taken by tunnel %d", t.Name, hint, j+1)
-		}
-		names[t.Name] = i
-		if t.Ports.Low != 0 && t.Ports.Low == t.Ports.High {
-			if j, ok := ports[t.Ports.Low]; ok {
-				return nil, fail("tunnels.port", i, "port %d is already asked for by tunnel %d, and a port serves one tunnel", t.Ports.Low, j+1)
+			names[t.Name] = i
+			if t.Ports.Low != 0 && t.Ports.Low == t.Ports.High {
+				if j, ok := ports[t.Ports.Low]; ok {
+					return nil, fail("tunnels.port", i, "port %d is already asked for by tunnel %d, and a port serves one tunnel", t.Ports.Low, j+1)
+				}
+				ports[t.Ports.Low] = i
 			}
-			ports[t.Ports.Low] = i
+			cfg.Tunnels = append(cfg.Tunnels, t)
 		}
-		cfg.Tunnels = append(cfg.Tunnels, t)
 	}
 	if err := cfg.Validate(); err != nil {
 		return nil, &specError{Msg: err.Error()}
@@ -239,46 +243,81 @@ func (s *agentSpec) build(n naming) (*agentPlan, error) {
 	return &agentPlan{cfg: cfg, drainTimeout: s.DrainTimeout.Duration, log: log}, nil
 }
 
-// build checks one tunnel's settings.
-func (ts *tunnelSpec) build() (tunnel.TunnelSpec, *specError) {
+// build checks one tunnel's settings. A LOCAL range ("2456-2458") makes
+// one tunnel per port, each asking for its place in the public range, so
+// the offsets between the ports are kept (what Valheim needs).
+func (ts *tunnelSpec) build() ([]tunnel.TunnelSpec, *specError) {
 	fail := func(key, format string, args ...any) *specError {
 		return &specError{Key: "tunnels." + key, Msg: fmt.Sprintf(format, args...)}
 	}
 	t := tunnel.TunnelSpec{Name: ts.Name}
 	if ts.Local == "" {
-		return t, fail("local", "missing: the local server's PORT or HOST:PORT, e.g. local = \"8080\"")
+		return nil, fail("local", "missing: the local server's PORT or HOST:PORT, e.g. local = \"8080\"")
 	}
-	local, err := parseLocal(string(ts.Local))
+	host, local, err := parseLocalRange(string(ts.Local))
 	if err != nil {
-		return t, fail("local", "%v", err)
+		return nil, fail("local", "%v", err)
 	}
-	t.Local = local
-	if t.Name == "" {
-		t.Name = deriveName(local)
-	} else if !tunnel.ValidName(t.Name) {
-		return t, fail("name", "tunnel name %q is invalid: use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit", t.Name)
+	if t.Name != "" && !tunnel.ValidName(t.Name) {
+		return nil, fail("name", "tunnel name %q is invalid: use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit", t.Name)
 	}
 	if ts.Port != "" {
 		r, err := tunnel.ParsePortRange(string(ts.Port))
 		if err != nil {
-			return t, fail("port", "%v", err)
+			return nil, fail("port", "%v", err)
 		}
 		t.Ports = r
 	}
 	switch ts.Proto {
 	case "", "tcp":
-	case "udp", "tcp,udp", "udp,tcp":
-		return t, fail("proto", "%s: UDP tunnels are not in this build yet; use tcp", ts.Proto)
+		t.Protos = tunnel.ProtoTCP
+	case "udp":
+		t.Protos = tunnel.ProtoUDP
+	case "tcp,udp", "udp,tcp":
+		t.Protos = tunnel.ProtoTCP | tunnel.ProtoUDP
 	default:
-		return t, fail("proto", "%q is not tcp, udp or tcp,udp", ts.Proto)
+		return nil, fail("proto", "%q is not tcp, udp or tcp,udp", ts.Proto)
+	}
+	switch ts.ProxyProtocol {
+	case "":
+	case "v1", "1":
+		if t.Protos&tunnel.ProtoUDP != 0 {
+			return nil, fail("proxy_protocol", "v1 has no form for UDP: use v2 (Geyser, Velocity and HAProxy read it)")
+		}
+		t.ProxyProtocol = 1
+	case "v2", "2":
+		t.ProxyProtocol = 2
+	default:
+		return nil, fail("proxy_protocol", "%q is not v1 or v2", ts.ProxyProtocol)
 	}
 	if t.Allow, err = parsePrefixList(ts.Allow); err != nil {
-		return t, fail("allow", "%v", err)
+		return nil, fail("allow", "%v", err)
 	}
 	if t.Deny, err = parsePrefixList(ts.Deny); err != nil {
-		return t, fail("deny", "%v", err)
+		return nil, fail("deny", "%v", err)
 	}
-	return t, nil
+	n := int(local.High-local.Low) + 1
+	if n > 1 && (t.Ports.Low == 0 || int(t.Ports.High-t.Ports.Low)+1 != n) {
+		return nil, fail("port", "local %s is a range of %d ports: give a public range of the same length (e.g. %d-%d), so the offsets between them are kept",
+			ts.Local, n, local.Low, local.High)
+	}
+	var out []tunnel.TunnelSpec
+	for i := range n {
+		one := t
+		one.Local = net.JoinHostPort(host, strconv.Itoa(int(local.Low)+i))
+		switch {
+		case ts.Name == "":
+			one.Name = deriveName(one.Local)
+		case n > 1:
+			one.Name = fmt.Sprintf("%s-%d", ts.Name, int(local.Low)+i)
+		}
+		if n > 1 {
+			p := t.Ports.Low + uint16(i)
+			one.Ports = tunnel.PortRange{Low: p, High: p}
+		}
+		out = append(out, one)
+	}
+	return out, nil
 }
 
 // parsePrefixList parses allow or deny: CIDR prefixes or bare IPs, nil
