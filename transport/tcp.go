@@ -87,9 +87,10 @@ func (d *TCPDialer) Dial(ctx context.Context, addr string) (Session, error) {
 	if err != nil {
 		return nil, err
 	}
-	tc := tls.Client(raw, d.TLS)
+	setTCPOptions(raw)
+	tc := tls.Client(newBatchConn(raw), d.TLS)
 	if err := tc.HandshakeContext(ctx); err != nil {
-		raw.Close()
+		tc.NetConn().Close()
 		return nil, fmt.Errorf("tls: %w", err)
 	}
 	ms, err := smux.Client(tc, smuxConfig(d.Options))
@@ -178,6 +179,8 @@ func (l *tcpListener) acceptLoop() {
 		l.wg.Add(1)
 		go func() {
 			defer l.wg.Done()
+			setTCPOptions(c)
+			c := newBatchConn(c)
 			s, err := l.handshake(c)
 			<-l.slots
 			if err != nil {
