@@ -362,7 +362,12 @@ func (a *Agent) session(ctx context.Context, reconnect bool, failures int, down 
 	}
 
 	var wg sync.WaitGroup
-	defer wg.Wait()
+	defer func() {
+		// Stop the keepalive now: left to its next tick, it would hold
+		// back the reconnect by up to a keepalive interval.
+		cancel()
+		wg.Wait()
+	}()
 	ctlErr := make(chan error, 1)
 	wg.Add(2)
 	go func() {
