@@ -99,7 +99,7 @@ func TestLoadLeases(t *testing.T) {
 	file := leaseFile{Version: 1, Leases: []leaseEntry{
 		{Token: "a", Name: "fresh", Port: 20001, Released: at(-time.Hour)},
 		{Token: "a", Name: "expired", Port: 20002, Released: at(-ttl)},
-		{Token: "a", Name: "live", Port: 20003},                           // live when the relay stopped
+		{Token: "a", Name: "live", Port: 20003},                            // live when the relay stopped
 		{Token: "a", Name: "future", Port: 20004, Released: at(time.Hour)}, // a clock that went back
 		{Token: "a", Name: "no-port", Port: 0},
 		{Token: "a", Name: "bad name!", Port: 20005},

@@ -429,18 +429,23 @@ func (p *tcpProxy) serve() {
 }
 
 // pump copies from src to dst until either fails, dropping what it reads
-// while the pair is dead.
+// while the pair is dead. The end of a dead pair's src is not passed on
+// either: a silent path carries no FIN.
 func (p *tcpProxy) pump(pair *proxyPair, src, dst net.Conn) {
 	defer p.wg.Done()
+	if src == nil {
+		return
+	}
 	defer func() {
+		if pair.dead.Load() {
+			src.Close()
+			return
+		}
 		pair.close()
 		p.mu.Lock()
 		delete(p.conns, pair)
 		p.mu.Unlock()
 	}()
-	if src == nil {
-		return
-	}
 	buf := make([]byte, 32<<10)
 	for {
 		n, err := src.Read(buf)
