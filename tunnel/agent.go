@@ -239,10 +239,12 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 		if live {
 			everLive, failures, down = true, 0, time.Now()
-			a.log.Warn("connection to the relay lost; reconnecting", "relay", a.cfg.Relay, "err", err)
 		}
 		if !retryable(err, everLive) || (!everLive && !a.cfg.WaitForRelay) {
 			return err
+		}
+		if live {
+			a.log.Warn("connection to the relay lost; reconnecting", "relay", a.cfg.Relay, "err", err)
 		}
 		failures++
 		if a.cfg.MaxRetries > 0 && failures > a.cfg.MaxRetries {
