@@ -82,6 +82,8 @@ func (r *Relay) Reload(cfg RelayConfig) (ReloadResult, error) {
 	r.mu.Lock()
 	r.tokens = tokenStates(cfg.Tokens, r.tokens)
 	r.cfg.Store(&cfg)
+	// A new lease lifetime applies to the leases held now as well.
+	r.leases.ttl = cfg.LeaseTTL
 	for a := range r.agents {
 		id := a.token.tok.ID
 		switch {
