@@ -38,6 +38,9 @@ var exposeCommand = &cli.Command{
 		&cli.IntFlag{Name: "max-retries", Value: defaultSpec().MaxRetries, Usage: "give up after `N` failed reconnects in a row (0: retry forever)"},
 		&cli.DurationFlag{Name: "retry-max-delay", Value: defaultSpec().RetryMaxDelay.Duration, Usage: "longest wait between reconnects (`DURATION`, e.g. 30s)"},
 		&cli.BoolFlag{Name: "wait-for-relay", Usage: "retry the first connection too, instead of exiting 1 when the relay is unreachable"},
+		&cli.DurationFlag{Name: "idle-timeout", Value: defaultSpec().IdleTimeout.Duration, Usage: "drop the session and reconnect when the relay is silent this long (`DURATION`)"},
+		&cli.DurationFlag{Name: "keepalive", Value: defaultSpec().KeepAlive.Duration, Usage: "ping the relay every `DURATION`; shorter than --idle-timeout"},
+		&cli.DurationFlag{Name: "udp-flow-timeout", Value: defaultSpec().FlowTimeout.Duration, Usage: "end a UDP flow quiet both ways for `DURATION`"},
 		&cli.DurationFlag{Name: "drain-timeout", Value: defaultSpec().DrainTimeout.Duration, Usage: "on SIGINT or SIGTERM, wait this long (`DURATION`) for open connections to finish"},
 		&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error"},
 		&cli.StringFlag{Name: "log-format", Value: "text", Usage: "text or json"},
@@ -74,6 +77,9 @@ func exposePlan(c *cli.Context) (*agentPlan, error) {
 		RetryMaxDelay: tomlconf.Duration{Duration: c.Duration("retry-max-delay")},
 		WaitForRelay:  c.Bool("wait-for-relay"),
 		DrainTimeout:  tomlconf.Duration{Duration: c.Duration("drain-timeout")},
+		IdleTimeout:   tomlconf.Duration{Duration: c.Duration("idle-timeout")},
+		KeepAlive:     tomlconf.Duration{Duration: c.Duration("keepalive")},
+		FlowTimeout:   tomlconf.Duration{Duration: c.Duration("udp-flow-timeout")},
 		Log:           logSpec{Level: c.String("log-level"), Format: c.String("log-format")},
 	}
 	port := c.String("port")

@@ -139,6 +139,8 @@ func TestRefusals(t *testing.T) {
 		{"host port too big", nil, append([]string{"localhost:70000"}, ok...), exitUsage, "1-65535"},
 		{"bad transport", nil, append([]string{local, "--transport", "bogus"}, ok...), exitUsage, `"bogus"`},
 		{"proxy v1 on udp", nil, append([]string{local, "--proto", "udp", "--proxy-protocol", "v1"}, ok...), exitUsage, "--proxy-protocol: v1 has no form for UDP"},
+		{"keepalive not below idle", nil, append([]string{local, "--idle-timeout", "5s", "--keepalive", "5s"}, ok...), exitUsage, "--idle-timeout: 5s: must be longer than the keepalive (5s)"},
+		{"zero flow timeout", nil, append([]string{local, "--udp-flow-timeout", "0s"}, ok...), exitUsage, "--udp-flow-timeout: 0s: must be a positive duration"},
 		{"bad proxy version", nil, append([]string{local, "--proxy-protocol", "v3"}, ok...), exitUsage, `--proxy-protocol: "v3" is not v1 or v2`},
 		{"range without ports", nil, append([]string{"2456-2458"}, ok...), exitUsage, "range of 3 ports"},
 		{"range of other length", nil, append([]string{"2456-2458", "--port", "3000-3001"}, ok...), exitUsage, "same length"},

@@ -40,8 +40,14 @@ type agentSpec struct {
 	WaitForRelay  bool              `toml:"wait_for_relay"`
 	// DrainTimeout bounds the wait for open connections after a signal.
 	DrainTimeout tomlconf.Duration `toml:"drain_timeout"`
-	Log          logSpec           `toml:"log"`
-	Tunnels      []tunnelSpec      `toml:"tunnels"`
+	// IdleTimeout is how long the relay may stay silent before the agent
+	// drops the session and reconnects; it pings every KeepAlive.
+	IdleTimeout tomlconf.Duration `toml:"idle_timeout"`
+	KeepAlive   tomlconf.Duration `toml:"keepalive"`
+	// FlowTimeout ends a UDP flow quiet both ways for this long.
+	FlowTimeout tomlconf.Duration `toml:"udp_flow_timeout"`
+	Log         logSpec           `toml:"log"`
+	Tunnels     []tunnelSpec      `toml:"tunnels"`
 }
 
 type logSpec struct {
@@ -82,6 +88,9 @@ func defaultSpec() agentSpec {
 		Transport:     tunnel.TransportAuto,
 		RetryMaxDelay: tomlconf.Duration{Duration: 30 * time.Second},
 		DrainTimeout:  tomlconf.Duration{Duration: 30 * time.Second},
+		IdleTimeout:   tomlconf.Duration{Duration: 15 * time.Second},
+		KeepAlive:     tomlconf.Duration{Duration: 5 * time.Second},
+		FlowTimeout:   tomlconf.Duration{Duration: 120 * time.Second},
 		Log:           logSpec{Level: "info", Format: "text"},
 	}
 }
@@ -189,6 +198,17 @@ func (s *agentSpec) build(n naming) (*agentPlan, error) {
 		return nil, fail("drain_timeout", 0, "%v: must be a duration such as \"30s\", or \"0s\" to close open connections at once", s.DrainTimeout)
 	}
 	cfg.MaxRetries, cfg.RetryMaxDelay, cfg.WaitForRelay = s.MaxRetries, s.RetryMaxDelay.Duration, s.WaitForRelay
+	if s.KeepAlive.Duration <= 0 {
+		return nil, fail("keepalive", 0, "%v: must be a positive duration such as \"5s\"", s.KeepAlive)
+	}
+	if s.IdleTimeout.Duration <= s.KeepAlive.Duration {
+		return nil, fail("idle_timeout", 0, "%v: must be longer than the keepalive (%v), so a live relay is never taken for dead", s.IdleTimeout, s.KeepAlive)
+	}
+	if s.FlowTimeout.Duration <= 0 {
+		return nil, fail("udp_flow_timeout", 0, "%v: must be a positive duration such as \"120s\"", s.FlowTimeout)
+	}
+	cfg.TransportOptions.IdleTimeout, cfg.TransportOptions.KeepAlive = s.IdleTimeout.Duration, s.KeepAlive.Duration
+	cfg.FlowIdleTimeout = s.FlowTimeout.Duration
 
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(s.Log.Level)); err != nil {

@@ -284,7 +284,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer a.closeFlows()
 	var (
 		everLive bool
-		failures int
+		failures int // since the last live session; its loss counts as one
+		attempts int // sessions that did not go live, since the last live one
 		down     time.Time
 	)
 	for {
@@ -293,15 +294,24 @@ func (a *Agent) Run(ctx context.Context) error {
 			return nil
 		}
 		if live {
-			everLive, failures, down = true, 0, time.Now()
-			a.log.Warn("connection to the relay lost; reconnecting", "relay", a.cfg.Relay, "err", err)
+			everLive, failures, attempts, down = true, 0, 0, time.Now()
+		} else {
+			attempts++
 		}
 		if !retryable(err, everLive) || (!everLive && !a.cfg.WaitForRelay) {
 			return err
 		}
+		if live {
+			a.log.Warn("connection to the relay lost; reconnecting", "relay", a.cfg.Relay, "err", err)
+		}
 		failures++
-		if a.cfg.MaxRetries > 0 && failures > a.cfg.MaxRetries {
-			return fmt.Errorf("%w after %d attempts: %w", ErrGaveUp, failures, err)
+		// Retries are the attempts after a loss, or after the first.
+		retries := attempts
+		if !everLive {
+			retries--
+		}
+		if a.cfg.MaxRetries > 0 && retries >= a.cfg.MaxRetries {
+			return fmt.Errorf("%w after %d attempts: %w", ErrGaveUp, attempts, err)
 		}
 		if failures == 2 {
 			// Said once per outage, not once per attempt.
@@ -423,7 +433,12 @@ func (a *Agent) session(ctx context.Context, reconnect bool, failures int, down 
 		link.close()
 	}()
 	var wg sync.WaitGroup
-	defer wg.Wait()
+	defer func() {
+		// Stop the keepalive now: left to its next tick, it would hold
+		// back the reconnect by up to a keepalive interval.
+		cancel()
+		wg.Wait()
+	}()
 	wg.Add(1)
 	go func() {
 		defer wg.Done()

@@ -70,14 +70,14 @@ const testSecret = "test-secret-0123456789"
 
 // startRelay runs a relay on 127.0.0.1 with one token, testSecret, and lets
 // mod adjust the config first.
-func startRelay(t *testing.T, mod func(*RelayConfig)) *testRelay {
+func startRelay(t testing.TB, mod func(*RelayConfig)) *testRelay {
 	t.Helper()
 	return startRelayWith(t, mod, nil)
 }
 
 // startRelayWith is startRelay with the relay's transport options adjusted
 // by optMod too.
-func startRelayWith(t *testing.T, mod func(*RelayConfig), optMod func(*transport.Options)) *testRelay {
+func startRelayWith(t testing.TB, mod func(*RelayConfig), optMod func(*transport.Options)) *testRelay {
 	t.Helper()
 	key, _, err := transport.LoadOrCreateKey(filepath.Join(t.TempDir(), "relay.key"))
 	if err != nil {
@@ -162,7 +162,7 @@ func (r *testRelay) agentConfig(kind string, locals ...string) AgentConfig {
 
 // runAgent starts an agent and waits until it is live or fails. On failure
 // it returns the error and a nil agent.
-func runAgent(t *testing.T, cfg AgentConfig) (*testAgent, error) {
+func runAgent(t testing.TB, cfg AgentConfig) (*testAgent, error) {
 	t.Helper()
 	logs := &syncBuffer{}
 	cfg.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
@@ -193,7 +193,7 @@ func runAgent(t *testing.T, cfg AgentConfig) (*testAgent, error) {
 	return ta, nil
 }
 
-func mustRunAgent(t *testing.T, cfg AgentConfig) *testAgent {
+func mustRunAgent(t testing.TB, cfg AgentConfig) *testAgent {
 	t.Helper()
 	a, err := runAgent(t, cfg)
 	if err != nil {

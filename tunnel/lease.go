@@ -85,6 +85,16 @@ func loadLeases(file string, ttl time.Duration, now time.Time) (*leaseTable, err
 			continue
 		}
 		k := leaseKey{e.Token, e.Name}
+		if prev, ok := t.m[k]; ok {
+			// One key twice (a hand edit too): keep its latest port, and
+			// forget the other, so the port index never names a key for a
+			// port its lease is not on.
+			if prev.Released.After(l.Released) {
+				continue
+			}
+			delete(t.port, prev.Port)
+			delete(t.m, k)
+		}
 		if old, taken := t.port[e.Port]; taken {
 			// Two keys on one port can only come from a hand-edited file:
 			// keep the most recently used.

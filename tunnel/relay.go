@@ -184,6 +184,8 @@ type Relay struct {
 	closing   bool
 	ln        transport.Listener
 	stopServe context.CancelFunc
+	// serveCtx is Serve's: groups outlive the session that opened them.
+	serveCtx context.Context
 
 	leaseDirty chan struct{}
 	saveMu     sync.Mutex
@@ -257,7 +259,7 @@ func (r *Relay) Serve(ctx context.Context, ln transport.Listener) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	r.mu.Lock()
-	r.ln, r.stopServe = ln, cancel
+	r.ln, r.stopServe, r.serveCtx = ln, cancel, ctx
 	r.mu.Unlock()
 	stop := context.AfterFunc(ctx, func() {
 		r.mu.Lock()
@@ -797,18 +799,22 @@ func (r *Relay) join(ctx context.Context, a *agentConn, m *Register, allow, deny
 	}
 	mem := g.addMemberLocked(a, allow, deny)
 	a.log.Info("tunnel open", "name", m.Name, "port", port, "protos", protoNames(m.Protos))
+	// The group serves with the relay's context, not this session's: the
+	// session may end while other members, or this agent's next session,
+	// carry on with the port.
+	gctx := r.serveCtx
 	if ln != nil {
 		r.wg.Add(1)
 		go func() {
 			defer r.wg.Done()
-			g.serve(ctx)
+			g.serve(gctx)
 		}()
 	}
 	if pc != nil {
 		r.wg.Add(1)
 		go func() {
 			defer r.wg.Done()
-			g.serveUDP(ctx)
+			g.serveUDP(gctx)
 		}()
 	}
 	return mem, nil

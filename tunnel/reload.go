@@ -6,6 +6,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"time"
 )
 
 // ReloadResult says what a Reload changed.
@@ -81,6 +82,8 @@ func (r *Relay) Reload(cfg RelayConfig) (ReloadResult, error) {
 	r.mu.Lock()
 	r.tokens = tokenStates(cfg.Tokens, r.tokens)
 	r.cfg.Store(&cfg)
+	// A new lease lifetime applies to the leases held now as well.
+	r.leases.ttl = cfg.LeaseTTL
 	for a := range r.agents {
 		id := a.token.tok.ID
 		switch {
@@ -122,12 +125,31 @@ func (r *Relay) Reload(cfg RelayConfig) (ReloadResult, error) {
 
 	for _, k := range kicks {
 		k.a.log.Warn("closing agent session after reload", "reason", k.text)
-		k.a.notice(&Error{Code: k.code, Text: k.text})
-		k.a.sess.CloseWithError(uint64(k.code), k.text)
+		r.wg.Add(1)
+		go func() {
+			defer r.wg.Done()
+			k.a.closeAfterNotice(k.code, k.text)
+		}()
 	}
 	res.SessionsClosed = len(kicks)
 	r.log.Info("configuration reloaded",
 		"tokens_added", strings.Join(res.TokensAdded, ","), "tokens_removed", strings.Join(res.TokensRemoved, ","),
 		"tokens_changed", strings.Join(res.TokensChanged, ","), "sessions_closed", res.SessionsClosed)
 	return res, nil
+}
+
+// closeAfterNotice tells the agent why its session ends, then closes the
+// session once the agent has closed it (it does on reading the ERROR) or a
+// second has passed. Closing at once could lose the ERROR: QUIC sends its
+// CONNECTION_CLOSE ahead of stream data still queued, and the agent would
+// then see a bare close, reconnect, and learn only "token not accepted".
+func (a *agentConn) closeAfterNotice(code ErrorCode, text string) {
+	a.notice(&Error{Code: code, Text: text})
+	t := time.NewTimer(time.Second)
+	select {
+	case <-a.sess.Done():
+	case <-t.C:
+	}
+	t.Stop()
+	a.sess.CloseWithError(uint64(code), text)
 }

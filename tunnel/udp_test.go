@@ -25,7 +25,7 @@ type udpEcho struct {
 	first map[string][]byte // each peer's first datagram
 }
 
-func startUDPEcho(t *testing.T) *udpEcho {
+func startUDPEcho(t testing.TB) *udpEcho {
 	t.Helper()
 	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
 	if err != nil {

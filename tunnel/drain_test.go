@@ -1,0 +1,165 @@
+package tunnel
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// transfer is a client sending size random bytes through an echo tunnel in
+// two halves, with a pause between them that the test controls.
+type transfer struct {
+	c      *net.TCPConn
+	sent   []byte
+	half   chan error // the first half came back
+	resume chan struct{}
+	done   chan error // the whole echo came back byte-identical, then EOF
+}
+
+func startTransfer(t *testing.T, addr string, size int) *transfer {
+	t.Helper()
+	x := &transfer{c: dialPublic(t, addr), sent: make([]byte, size),
+		half: make(chan error, 1), resume: make(chan struct{}), done: make(chan error, 1)}
+	rand.Read(x.sent)
+	x.c.SetDeadline(time.Now().Add(60 * time.Second))
+	mid := size / 2
+	go func() {
+		if _, err := x.c.Write(x.sent[:mid]); err != nil {
+			x.half <- err
+			return
+		}
+		<-x.resume
+		_, err := x.c.Write(x.sent[mid:])
+		if err == nil {
+			err = x.c.CloseWrite()
+		}
+		if err != nil {
+			x.done <- fmt.Errorf("writing the second half: %w", err)
+		}
+	}()
+	go func() {
+		h := sha256.New()
+		if _, err := io.CopyN(h, x.c, int64(mid)); err != nil {
+			x.half <- fmt.Errorf("reading the first half: %w", err)
+			return
+		}
+		x.half <- nil
+		n, err := io.Copy(h, x.c)
+		n += int64(mid)
+		switch want := sha256.Sum256(x.sent); {
+		case err != nil:
+			x.done <- fmt.Errorf("reading: %w (after %d of %d bytes)", err, n, size)
+		case n != int64(size) || string(h.Sum(nil)) != string(want[:]):
+			x.done <- fmt.Errorf("%d bytes came back for %d sent, or a different sha256", n, size)
+		default:
+			x.done <- nil
+		}
+	}()
+	return x
+}
+
+// Relay.Shutdown during transfers: new clients are refused at once, the
+// agent hears DRAIN, and every transfer in flight completes byte-identical
+// before Shutdown returns nil.
+func TestShutdownDrainsTransfers(t *testing.T) {
+	forEachTransport(t, func(t *testing.T, kind string) {
+		r := startRelay(t, nil)
+		a := liveAgentUp(t, r.agentConfig(kind, startServer(t, echo)))
+		var xs []*transfer
+		for i := range 4 {
+			xs = append(xs, startTransfer(t, a.Public(0), (1<<20)+i*7919))
+		}
+		for i, x := range xs {
+			if err := <-x.half; err != nil {
+				t.Fatalf("transfer %d before the drain: %v", i, err)
+			}
+		}
+
+		shut := make(chan error, 1)
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+			defer cancel()
+			shut <- r.Relay.Shutdown(ctx)
+		}()
+		waitFor(t, "the public port to close", 10*time.Second, func() bool {
+			c, err := net.DialTimeout("tcp", a.Public(0), time.Second)
+			if err == nil {
+				c.Close()
+			}
+			return errors.Is(err, syscall.ECONNREFUSED)
+		})
+		waitFor(t, "the agent to hear DRAIN", 10*time.Second, func() bool {
+			return strings.Contains(a.Log.String(), "the relay is shutting down: clients in flight continue")
+		})
+		select {
+		case err := <-shut:
+			t.Fatalf("Shutdown returned %v with transfers in flight", err)
+		default:
+		}
+
+		for _, x := range xs {
+			close(x.resume)
+		}
+		for i, x := range xs {
+			if err := <-x.done; err != nil {
+				t.Errorf("transfer %d across the drain: %v", i, err)
+			}
+		}
+		if err := <-shut; err != nil {
+			t.Errorf("Shutdown returned %v once the transfers were done, want nil", err)
+		}
+		select {
+		case <-r.done:
+		case <-time.After(10 * time.Second):
+			t.Fatal("Serve did not return after Shutdown")
+		}
+		if n := r.Relay.Stats().ClientsActive; n != 0 {
+			t.Errorf("%d clients still counted active", n)
+		}
+	})
+}
+
+// Shutdown whose context ends first cuts the clients still in flight and
+// says so.
+func TestShutdownDeadlineCuts(t *testing.T) {
+	forEachTransport(t, func(t *testing.T, kind string) {
+		r := startRelay(t, nil)
+		a := liveAgentUp(t, r.agentConfig(kind, startServer(t, echo)))
+		x := startTransfer(t, a.Public(0), 64<<10)
+		if err := <-x.half; err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		if err := r.Relay.Shutdown(ctx); !errors.Is(err, context.Canceled) {
+			t.Errorf("Shutdown with an ended context returned %v, want context.Canceled", err)
+		}
+		// The client is cut: its read ends (EOF or reset) well before its
+		// own 60 s deadline.
+		select {
+		case err := <-x.done:
+			if err == nil {
+				t.Error("the cut transfer completed")
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatal("the client in flight was not cut")
+		}
+		close(x.resume)
+		select {
+		case <-r.done:
+		case <-time.After(10 * time.Second):
+			t.Fatal("Serve did not return after Shutdown")
+		}
+		if want := `level=WARN msg="drain cut short" clients_cut=1 err="context canceled"`; !strings.Contains(r.Log.String(), want) {
+			t.Errorf("relay log does not say %s", want)
+		}
+	})
+}

@@ -1,0 +1,318 @@
+package tunnel
+
+import (
+	"context"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/relaytun/relay/internal/proctest"
+	"github.com/relaytun/relay/transport"
+)
+
+// A half-open path (a pulled cable, a suspended laptop: nothing arrives and
+// nothing says so) is noticed by both sides within their liveness timeout;
+// once the path carries packets again the agent is back on its port.
+func TestHalfOpenPath(t *testing.T) {
+	forEachTransport(t, func(t *testing.T, kind string) {
+		h := newRelayHost(t, fastLivenessRelay, fastLivenessOpts)
+		r := h.start()
+		p := newProxy(t, kind, r.Addr)
+		cfg := r.agentConfig(kind, proctest.StartEcho(t, "h:"))
+		cfg.Relay = p.Addr()
+		fastRetry(&cfg)
+		fastLivenessAgent(&cfg)
+		a := liveAgentUp(t, cfg)
+		if _, err := visit(a.Public(0), 2); err != nil {
+			t.Fatal(err)
+		}
+
+		p.Silence()
+		start := time.Now()
+		waitFor(t, "the relay to drop the silent agent", 15*time.Second, func() bool { return agentCount(r.Relay) == 0 })
+		waitFor(t, "the agent to drop the silent session", 15*time.Second, func() bool { return !a.connected() })
+		t.Logf("%s: both sides dropped the session %v after the path went silent (liveness %v)", kind, time.Since(start).Round(time.Millisecond), testIdle)
+		if !strings.Contains(r.Log.String(), `msg="agent disconnected`) {
+			t.Errorf("the relay did not log the agent's end")
+		}
+		if !strings.Contains(a.Log.String(), `msg="connection to the relay lost; reconnecting"`) {
+			t.Errorf("the agent did not log the lost session")
+		}
+
+		p.Restore()
+		waitFor(t, "the agent to come back", 20*time.Second, func() bool { return a.connected() && agentCount(r.Relay) == 1 })
+		if got := a.Status().Tunnels[0].Public; got != a.eps[0].URL() {
+			t.Errorf("after the outage the tunnel is %s, want %s", got, a.eps[0].URL())
+		}
+		if _, err := visit(a.Public(0), 2); err != nil {
+			t.Fatalf("after the outage: %v", err)
+		}
+	})
+}
+
+// groupAgent runs an agent in the group "grp" serving local.
+func groupAgent(t *testing.T, relayAddr string, r *testRelay, kind, local string, mod func(*AgentConfig)) *liveAgent {
+	t.Helper()
+	cfg := r.agentConfig(kind, local)
+	cfg.Tunnels[0].Name = "grp"
+	cfg.Relay = relayAddr
+	fastRetry(&cfg)
+	if mod != nil {
+		mod(&cfg)
+	}
+	return liveAgentUp(t, cfg)
+}
+
+// holdTag holds clients of addr until one reaches the server tagged tag.
+func holdTag(t *testing.T, addr, tag string) *heldClient {
+	t.Helper()
+	for range 50 {
+		h := hold(t, addr, len(tag))
+		if h.tag == tag {
+			return h
+		}
+		h.c.Close()
+	}
+	t.Fatalf("50 clients of %s and none reached %q", addr, tag)
+	return nil
+}
+
+// Two agents with one name and token share a port, and clients reach both.
+func TestGroupSharesPort(t *testing.T) {
+	forEachTransport(t, func(t *testing.T, kind string) {
+		r := startRelay(t, nil)
+		a := groupAgent(t, r.Addr, r, kind, proctest.StartEcho(t, "A:"), nil)
+		b := groupAgent(t, r.Addr, r, kind, proctest.StartEcho(t, "B:"), nil)
+		if a.eps[0].Port != b.eps[0].Port {
+			t.Fatalf("the members got ports %d and %d, want one shared port", a.eps[0].Port, b.eps[0].Port)
+		}
+		if ti := r.Relay.Tunnels(); len(ti) != 1 || len(ti[0].Members) != 2 {
+			t.Fatalf("relay tunnels %+v, want one with two members", ti)
+		}
+		seen := map[string]int{}
+		for range 20 {
+			tag, err := visit(a.Public(0), 2)
+			if err != nil {
+				t.Fatal(err)
+			}
+			seen[tag]++
+		}
+		if seen["A:"] == 0 || seen["B:"] == 0 {
+			t.Errorf("20 clients reached the members %v; want both to get some", seen)
+		}
+		// Least connections: with a client held on one member, the next
+		// clients go to the other.
+		held := hold(t, a.Public(0), 2)
+		other := map[string]string{"A:": "B:", "B:": "A:"}[held.tag]
+		for i := range 3 {
+			if tag, err := visit(a.Public(0), 2); err != nil || tag != other {
+				t.Errorf("client %d with one held on %s reached %q, %v; want the idle member %s", i, held.tag, tag, err, other)
+			}
+		}
+		if err := held.finish(1 << 10); err != nil {
+			t.Error(err)
+		}
+	})
+}
+
+// clientLoop runs visits to addr from n goroutines until stopped, counting
+// the successes by tag and keeping every failure.
+type clientLoop struct {
+	ok    atomic.Int64
+	mu    sync.Mutex
+	tags  map[string]int
+	fails []error
+	stop  chan struct{}
+	wg    sync.WaitGroup
+}
+
+func startClientLoop(addr string, tagLen, n int) *clientLoop {
+	l := &clientLoop{tags: map[string]int{}, stop: make(chan struct{})}
+	for range n {
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			for {
+				select {
+				case <-l.stop:
+					return
+				default:
+				}
+				tag, err := visit(addr, tagLen)
+				l.mu.Lock()
+				if err != nil {
+					l.fails = append(l.fails, err)
+				} else {
+					l.tags[tag]++
+				}
+				l.mu.Unlock()
+				if err == nil {
+					l.ok.Add(1)
+				}
+			}
+		}()
+	}
+	return l
+}
+
+// waitOK waits until n more visits succeeded, or one failed.
+func (l *clientLoop) waitOK(t *testing.T, n int64, what string) {
+	t.Helper()
+	target := l.ok.Load() + n
+	waitFor(t, what, 60*time.Second, func() bool {
+		l.mu.Lock()
+		failed := len(l.fails) > 0
+		l.mu.Unlock()
+		return failed || l.ok.Load() >= target
+	})
+}
+
+func (l *clientLoop) end() (map[string]int, []error) {
+	close(l.stop)
+	l.wg.Wait()
+	return l.tags, l.fails
+}
+
+// A member of a group dies while new clients keep arriving: no client
+// fails, and the other member's client in flight carries on. "cut" closes
+// the member's path (TCP: what the kernel does for a killed process);
+// "silent" stops it answering without a word (a pulled cable; QUIC after
+// kill -9), which the relay notices by the answer timeout and a probe long
+// before the liveness timeout. The dying member is the one that opened the
+// group.
+func TestGroupMemberLoss(t *testing.T) {
+	forEachTransport(t, func(t *testing.T, kind string) {
+		for _, mode := range []string{"cut", "silent"} {
+			t.Run(mode, func(t *testing.T) {
+				if mode == "cut" && kind == TransportQUIC {
+					t.Skip("a QUIC path cannot be closed from the middle; silent covers QUIC")
+				}
+				r := startRelayWith(t, func(c *RelayConfig) {
+					fastLivenessRelay(c)
+					c.AnswerTimeout = 500 * time.Millisecond
+				}, fastLivenessOpts)
+				p := newProxy(t, kind, r.Addr)
+				a := groupAgent(t, p.Addr(), r, kind, proctest.StartEcho(t, "A:"), fastLivenessAgent)
+				b := groupAgent(t, r.Addr, r, kind, proctest.StartEcho(t, "B:"), fastLivenessAgent)
+				if a.eps[0].Port != b.eps[0].Port {
+					t.Fatalf("the members got ports %d and %d", a.eps[0].Port, b.eps[0].Port)
+				}
+				held := holdTag(t, b.Public(0), "B:")
+
+				loop := startClientLoop(b.Public(0), 2, 2)
+				loop.waitOK(t, 20, "clients before the loss")
+				if mode == "cut" {
+					p.Cut()
+				} else {
+					p.Silence()
+				}
+				waitFor(t, "the relay to drop the lost member", 20*time.Second, func() bool { return agentCount(r.Relay) == 1 })
+				loop.waitOK(t, 30, "clients after the loss")
+				tags, fails := loop.end()
+				t.Logf("%s/%s: clients per member %v", kind, mode, tags)
+				for i, err := range fails {
+					if i < 5 {
+						t.Errorf("a client failed: %v", err)
+					}
+				}
+				if len(fails) > 0 {
+					t.Fatalf("%d of %d clients failed while a member was lost", len(fails), len(fails)+tags["A:"]+tags["B:"])
+				}
+				if tags["A:"] == 0 {
+					t.Error("no client reached the lost member before it was lost: the test proved nothing")
+				}
+				if mode == "silent" && !strings.Contains(r.Log.String(), "agent did not answer a probe") {
+					t.Error("the relay never marked the silent member suspect")
+				}
+				if err := held.finish(256 << 10); err != nil {
+					t.Errorf("the other member's client in flight: %v", err)
+				}
+			})
+		}
+	})
+}
+
+// A draining member (Agent.Drain) gets no new clients, its clients in
+// flight finish byte-identical, and then its Run returns nil.
+func TestGroupDrainMember(t *testing.T) {
+	forEachTransport(t, func(t *testing.T, kind string) {
+		r := startRelay(t, nil)
+		groupAgent(t, r.Addr, r, kind, proctest.StartEcho(t, "A:"), nil)
+		b := groupAgent(t, r.Addr, r, kind, proctest.StartEcho(t, "B:"), nil)
+		held := holdTag(t, b.Public(0), "B:")
+
+		drained := make(chan struct{})
+		go func() {
+			defer close(drained)
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			b.Drain(ctx)
+		}()
+		waitFor(t, "the relay to see the member draining", 10*time.Second, func() bool {
+			ti := r.Relay.Tunnels()
+			return len(ti) == 1 && len(ti[0].Members) == 2 && (ti[0].Members[0].Draining || ti[0].Members[1].Draining)
+		})
+		for i := range 10 {
+			if tag, err := visit(b.Public(0), 2); err != nil || tag != "A:" {
+				t.Fatalf("client %d during B's drain reached %q, %v; want A", i, tag, err)
+			}
+		}
+		select {
+		case <-drained:
+			t.Fatal("Drain returned with a client in flight")
+		default:
+		}
+		if err := held.finish(1 << 20); err != nil {
+			t.Fatalf("B's client in flight: %v", err)
+		}
+		<-drained
+		if err := b.wait(t, 10*time.Second); err != nil {
+			t.Errorf("Run after Drain returned %v, want nil", err)
+		}
+		waitFor(t, "the drained member to leave", 10*time.Second, func() bool {
+			ti := r.Relay.Tunnels()
+			return len(ti) == 1 && len(ti[0].Members) == 1
+		})
+		if _, err := visit(b.Public(0), 2); err != nil {
+			t.Errorf("the group after B left: %v", err)
+		}
+	})
+}
+
+// An agent whose path died comes back on a new path before the relay has
+// noticed: its new session (same instance) replaces the old one, which
+// would otherwise linger for the liveness timeout (an hour here) as a
+// member that never answers.
+func TestSameInstanceReplaces(t *testing.T) {
+	forEachTransport(t, func(t *testing.T, kind string) {
+		long := func(o *transport.Options) { o.IdleTimeout, o.KeepAlive = time.Hour, 20*time.Minute }
+		r := startRelayWith(t, func(c *RelayConfig) { c.Liveness = time.Hour }, long)
+		p := newProxy(t, kind, r.Addr)
+		cfg := r.agentConfig(kind, proctest.StartEcho(t, "s:"))
+		cfg.Relay = p.Addr()
+		fastRetry(&cfg)
+		long(&cfg.TransportOptions)
+		a := liveAgentUp(t, cfg)
+
+		// The old path goes silent, and the agent, as if its network
+		// changed, drops the session; the relay hears nothing of it.
+		p.SilenceExisting()
+		a.session().Close()
+		waitFor(t, "the agent to reconnect", 20*time.Second, func() bool { return a.Status().Reconnects == 1 && a.connected() })
+		waitFor(t, "the relay to hold one session", 20*time.Second, func() bool { return agentCount(r.Relay) == 1 })
+		if !strings.Contains(r.Log.String(), `msg="agent session replaced by a newer one from the same agent"`) {
+			t.Error("the relay did not log the replacement")
+		}
+		ti := r.Relay.Tunnels()
+		if len(ti) != 1 || len(ti[0].Members) != 1 || ti[0].Port != a.eps[0].Port {
+			t.Fatalf("relay tunnels %+v, want one on port %d with one member", ti, a.eps[0].Port)
+		}
+		for range 3 {
+			if _, err := visit(a.Public(0), 2); err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
+}
