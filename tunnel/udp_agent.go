@@ -83,6 +83,7 @@ func (a *Agent) flow(t *agentTunnel, client netip.AddrPort) (*agentFlow, error) 
 	if err != nil {
 		return nil, err
 	}
+	tuneUDPSocket(conn, a.log)
 	f := &agentFlow{conn: conn}
 	f.last.Store(time.Now().UnixNano())
 	if t.spec.ProxyProtocol == 2 {
