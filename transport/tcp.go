@@ -280,6 +280,7 @@ type smuxSession struct {
 	opts   Options
 
 	sigMu    sync.Mutex // serialises frames on sig
+	sigBuf   []byte     // the last signal frame's buffer, reused; under sigMu
 	accepted chan *smuxStream
 	dgrams   chan []byte
 
@@ -384,24 +385,25 @@ var errSignal = errors.New("malformed signal frame")
 // bytes) and returns its type and payload. An unknown type, or a RESET or
 // FIN whose payload is not 4 bytes, is an error.
 func readSignal(r io.Reader, buf []byte) (typ byte, payload []byte, err error) {
-	var hdr [sigHeaderSize]byte
-	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+	hdr := buf[:sigHeaderSize] // read into buf: a local array would escape
+	if _, err := io.ReadFull(r, hdr); err != nil {
 		return 0, nil, err
 	}
-	n := int(binary.BigEndian.Uint16(hdr[1:]))
-	switch hdr[0] {
+	typ, n := hdr[0], int(binary.BigEndian.Uint16(hdr[1:]))
+	switch typ {
 	case sigReset, sigFIN:
 		if n != 4 {
-			return 0, nil, fmt.Errorf("%w: type %d with %d payload bytes", errSignal, hdr[0], n)
+			return 0, nil, fmt.Errorf("%w: type %d with %d payload bytes", errSignal, typ, n)
 		}
 	case sigDatagram:
 	default:
-		return 0, nil, fmt.Errorf("%w: unknown type %d", errSignal, hdr[0])
+		return 0, nil, fmt.Errorf("%w: unknown type %d", errSignal, typ)
 	}
+	// The payload overwrites the header in buf.
 	if _, err := io.ReadFull(r, buf[:n]); err != nil {
 		return 0, nil, fmt.Errorf("%w: truncated: %w", errSignal, err)
 	}
-	return hdr[0], buf[:n], nil
+	return typ, buf[:n], nil
 }
 
 // ours reports whether id belongs to a stream this side opened: smux clients
@@ -440,15 +442,19 @@ func (s *smuxSession) writeSignal(typ byte, payload []byte) error {
 	if len(payload) > MaxTCPDatagram {
 		return &DatagramTooLargeError{Size: len(payload), Max: MaxTCPDatagram}
 	}
-	frame := make([]byte, sigHeaderSize+len(payload))
-	frame[0] = typ
-	binary.BigEndian.PutUint16(frame[1:], uint16(len(payload)))
-	copy(frame[sigHeaderSize:], payload)
 	s.sigMu.Lock()
 	defer s.sigMu.Unlock()
+	frame := append(s.sigBuf[:0], typ, 0, 0)
+	binary.BigEndian.PutUint16(frame[1:], uint16(len(payload)))
+	frame = append(frame, payload...)
 	_, err := s.sig.Write(frame)
 	if err != nil {
+		// smux may still read a frame it queued: never reuse this one.
+		s.sigBuf = nil
 		return s.wrapErr(err)
+	}
+	if cap(frame) <= 2<<10 {
+		s.sigBuf = frame // kept for the next frame: no allocation per datagram
 	}
 	return nil
 }
