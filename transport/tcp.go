@@ -1,6 +1,7 @@
 package transport
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"encoding/binary"
@@ -282,7 +283,7 @@ type smuxSession struct {
 	sigMu    sync.Mutex // serialises frames on sig
 	sigBuf   []byte     // the last signal frame's buffer, reused; under sigMu
 	accepted chan *smuxStream
-	dgrams   chan []byte
+	dgrams   *datagramQueue
 
 	mu          sync.Mutex
 	streams     map[uint32]*smuxStream
@@ -304,7 +305,7 @@ func newSmuxSession(ms *smux.Session, tc *tls.Conn, sig *smux.Stream, client boo
 		client:   client,
 		opts:     o,
 		accepted: make(chan *smuxStream, 64),
-		dgrams:   make(chan []byte, o.DatagramQueue),
+		dgrams:   newDatagramQueue(o.DatagramQueue),
 		streams:  make(map[uint32]*smuxStream),
 		early:    make(map[uint32]byte),
 		done:     make(chan struct{}),
@@ -358,7 +359,9 @@ func (s *smuxSession) acceptLoop() {
 
 func (s *smuxSession) signalLoop() {
 	defer s.Close()
-	buf := make([]byte, MaxTCPDatagram)
+	// Room for the signals and a full-size UDP datagram; a larger one
+	// gets a buffer of its own, so an idle session holds 2 KiB, not 64.
+	buf := make([]byte, 2<<10)
 	for {
 		typ, payload, err := readSignal(s.sig, buf)
 		if err != nil {
@@ -368,12 +371,7 @@ func (s *smuxSession) signalLoop() {
 		case sigReset, sigFIN:
 			s.handleStreamSignal(binary.BigEndian.Uint32(payload), typ)
 		case sigDatagram:
-			p := make([]byte, len(payload))
-			copy(p, payload)
-			select {
-			case s.dgrams <- p:
-			default: // queue full: drop, as a datagram may be
-			}
+			s.dgrams.push(bytes.Clone(payload)) // dropped when full, as a datagram may be
 		}
 	}
 }
@@ -381,9 +379,10 @@ func (s *smuxSession) signalLoop() {
 // errSignal is a signal frame this side does not understand.
 var errSignal = errors.New("malformed signal frame")
 
-// readSignal reads one signal frame into buf (at least MaxTCPDatagram
-// bytes) and returns its type and payload. An unknown type, or a RESET or
-// FIN whose payload is not 4 bytes, is an error.
+// readSignal reads one signal frame into buf (at least sigHeaderSize bytes;
+// a payload that does not fit gets a slice of its own) and returns its type
+// and payload. An unknown type, or a RESET or FIN whose payload is not 4
+// bytes, is an error.
 func readSignal(r io.Reader, buf []byte) (typ byte, payload []byte, err error) {
 	hdr := buf[:sigHeaderSize] // read into buf: a local array would escape
 	if _, err := io.ReadFull(r, hdr); err != nil {
@@ -400,6 +399,9 @@ func readSignal(r io.Reader, buf []byte) (typ byte, payload []byte, err error) {
 		return 0, nil, fmt.Errorf("%w: unknown type %d", errSignal, typ)
 	}
 	// The payload overwrites the header in buf.
+	if n > len(buf) {
+		buf = make([]byte, n)
+	}
 	if _, err := io.ReadFull(r, buf[:n]); err != nil {
 		return 0, nil, fmt.Errorf("%w: truncated: %w", errSignal, err)
 	}
@@ -488,14 +490,7 @@ func (s *smuxSession) AcceptStream(ctx context.Context) (Stream, error) {
 func (s *smuxSession) SendDatagram(p []byte) error { return s.writeSignal(sigDatagram, p) }
 
 func (s *smuxSession) ReceiveDatagram(ctx context.Context) ([]byte, error) {
-	select {
-	case p := <-s.dgrams:
-		return p, nil
-	case <-s.done:
-		return nil, ErrClosed
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
+	return s.dgrams.pop(ctx, s.done)
 }
 
 func (s *smuxSession) ExportKeyingMaterial(label string, context []byte, length int) ([]byte, error) {
