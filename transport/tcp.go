@@ -572,8 +572,16 @@ type smuxStream struct {
 	closed        bool
 }
 
-// writeBufs hold the copies smux writes from: one smux frame each.
-var writeBufs = sync.Pool{New: func() any { b := make([]byte, smuxFrameSize); return &b }}
+// writeBufs hold the copies smux writes from: one smux frame each, or a
+// small write's from smallWriteBufs, so a burst of small writes (a
+// thousand new clients' first requests) does not leave a pool of 32 KiB
+// buffers behind.
+var (
+	writeBufs      = sync.Pool{New: func() any { b := make([]byte, smuxFrameSize); return &b }}
+	smallWriteBufs = sync.Pool{New: func() any { b := make([]byte, smallWrite); return &b }}
+)
+
+const smallWrite = 2 << 10
 
 // past is a deadline that has passed: it makes smux return at once.
 var past = time.Unix(1, 0)
@@ -671,11 +679,15 @@ func (s *smuxStream) Write(p []byte) (int, error) {
 		// smux may still send (and so read) a frame queued when its
 		// deadline fires, after Write has returned: it gets a pooled copy,
 		// which goes back to the pool only when smux is done with it.
-		bp := writeBufs.Get().(*[]byte)
+		pool := &writeBufs
+		if len(p)-written <= smallWrite {
+			pool = &smallWriteBufs
+		}
+		bp := pool.Get().(*[]byte)
 		c := copy(*bp, p[written:])
 		n, err := s.st.Write((*bp)[:c])
 		if err == nil {
-			writeBufs.Put(bp)
+			pool.Put(bp)
 			written += n
 			if written < len(p) {
 				continue

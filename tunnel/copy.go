@@ -13,10 +13,13 @@ import (
 //
 //   - From a TCP socket (the public client on the relay, the local server on
 //     the agent), the loop waits for the socket to be readable without any
-//     buffer and takes one from bigBufs only to read (copy_unix.go).
-//   - From a transport stream, which cannot wait without a buffer, it reads
-//     into a small one, and moves up to a big one once a read fills the
-//     small one (bulk data), back down once reads come in small again.
+//     buffer and takes one only to read (copy_unix.go).
+//   - Either way, reads start in a small buffer and move up to a big one
+//     once a read fills the small one (bulk data), back down once reads
+//     come in small again: a burst of new connections, each with a short
+//     request, leaves no pool of big buffers behind.
+//   - From a transport stream, which cannot wait without a buffer, it holds
+//     a small one while it waits.
 const (
 	bigBufSize   = 32 << 10
 	smallBufSize = 1 << 10

@@ -18,19 +18,20 @@ func copyFromSocket(dst io.Writer, tc *net.TCPConn, live *atomic.Int64) (written
 	if err != nil {
 		return copyAdaptive(dst, tc, live)
 	}
-	var buf *[]byte
-	defer func() {
-		if buf != nil {
-			bigBufs.Put(buf)
-		}
-	}()
 	var (
+		buf  *[]byte
+		pool = &smallBufs // the pool buf comes from, and the next one
 		n    int
 		rerr error
 	)
+	defer func() {
+		if buf != nil {
+			pool.Put(buf)
+		}
+	}()
 	read := func(fd uintptr) bool {
 		if buf == nil {
-			buf = bigBufs.Get().(*[]byte)
+			buf = pool.Get().(*[]byte)
 		}
 		for {
 			n, rerr = syscall.Read(int(fd), *buf)
@@ -39,7 +40,7 @@ func copyFromSocket(dst io.Writer, tc *net.TCPConn, live *atomic.Int64) (written
 			}
 		}
 		if rerr == syscall.EAGAIN {
-			bigBufs.Put(buf)
+			pool.Put(buf)
 			buf = nil
 			return false // wait for readability, holding nothing
 		}
@@ -59,6 +60,14 @@ func copyFromSocket(dst io.Writer, tc *net.TCPConn, live *atomic.Int64) (written
 		written += int64(w)
 		if werr != nil {
 			return written, werr
+		}
+		switch {
+		case pool == &smallBufs && n == len(*buf):
+			pool.Put(buf)
+			buf, pool = nil, &bigBufs
+		case pool == &bigBufs && n <= smallBufSize:
+			pool.Put(buf)
+			buf, pool = nil, &smallBufs
 		}
 	}
 }
