@@ -21,7 +21,7 @@ import (
 //   - From a transport stream, which cannot wait without a buffer, it holds
 //     a small one while it waits.
 const (
-	bigBufSize   = 32 << 10
+	bigBufSize   = 128 << 10
 	smallBufSize = 1 << 10
 )
 
