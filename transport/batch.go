@@ -1,6 +1,7 @@
 package transport
 
 import (
+	"crypto/tls"
 	"net"
 	"sync"
 	"time"
@@ -216,4 +217,45 @@ func setTCPOptions(c net.Conn) {
 		return
 	}
 	tc.SetNoDelay(true)
+}
+
+// frameConn is the TLS connection as smux sees it. smux's sender writes a
+// frame as header and payload through WriteBuffers when the connection has
+// it; without, it copies both into a 64 KiB buffer of its own per session
+// first. frameConn writes a large payload as it is, after its 8-byte header
+// (a TLS record of its own: 22 bytes on the wire, no copy of the payload),
+// and copies only small frames, whose two records would otherwise cost two
+// system calls when the connection is quiet.
+type frameConn struct{ *tls.Conn }
+
+// frameCopyMax is the largest frame frameConn copies into one record.
+const frameCopyMax = 4 << 10
+
+var frameBufs = sync.Pool{New: func() any { b := make([]byte, 0, frameCopyMax+16); return &b }}
+
+func (c frameConn) WriteBuffers(v [][]byte) (int, error) {
+	size := 0
+	for _, b := range v {
+		size += len(b)
+	}
+	if size <= frameCopyMax {
+		bp := frameBufs.Get().(*[]byte)
+		buf := (*bp)[:0]
+		for _, b := range v {
+			buf = append(buf, b...)
+		}
+		n, err := c.Conn.Write(buf)
+		*bp = buf[:0]
+		frameBufs.Put(bp)
+		return n, err
+	}
+	n := 0
+	for _, b := range v {
+		m, err := c.Conn.Write(b)
+		n += m
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
 }

@@ -37,6 +37,8 @@ func BenchmarkStreamOpen(b *testing.B) {
 			var status [1]byte
 			b.ReportAllocs()
 			b.ResetTimer()
+			cpu := startCPU()
+			defer cpu.report(b)
 			for range b.N {
 				st, err := relay.OpenStream(ctx)
 				if err != nil {
@@ -50,6 +52,37 @@ func BenchmarkStreamOpen(b *testing.B) {
 				}
 				st.Close()
 			}
+		})
+	}
+}
+
+// BenchmarkStreamBulk measures one stream's bulk throughput over each
+// transport: 128 KiB writes on one side, reads on the other.
+func BenchmarkStreamBulk(b *testing.B) {
+	for _, kind := range kinds {
+		b.Run(kind, func(b *testing.B) {
+			relay, agent := newPair(b, kind)
+			sa, sb := openPair(b, relay, agent)
+			buf := make([]byte, 128<<10)
+			done := make(chan error, 1)
+			go func() {
+				_, err := io.CopyBuffer(io.Discard, struct{ io.Reader }{sb}, make([]byte, 128<<10))
+				done <- err
+			}()
+			b.SetBytes(int64(len(buf)))
+			b.ReportAllocs()
+			b.ResetTimer()
+			cpu := startCPU()
+			for range b.N {
+				if _, err := sa.Write(buf); err != nil {
+					b.Fatal(err)
+				}
+			}
+			sa.CloseWrite()
+			if err := <-done; err != nil {
+				b.Fatal(err)
+			}
+			cpu.report(b)
 		})
 	}
 }

@@ -94,7 +94,7 @@ func (d *TCPDialer) Dial(ctx context.Context, addr string) (Session, error) {
 		tc.NetConn().Close()
 		return nil, fmt.Errorf("tls: %w", err)
 	}
-	ms, err := smux.Client(tc, smuxConfig(d.Options))
+	ms, err := smux.Client(frameConn{tc}, smuxConfig(d.Options))
 	if err != nil {
 		tc.Close()
 		return nil, err
@@ -221,7 +221,7 @@ func (l *tcpListener) handshake(c net.Conn) (*smuxSession, error) {
 	if err := tc.HandshakeContext(ctx); err != nil {
 		return nil, fmt.Errorf("tls handshake: %w", err)
 	}
-	ms, err := smux.Server(tc, smuxConfig(l.opts))
+	ms, err := smux.Server(frameConn{tc}, smuxConfig(l.opts))
 	if err != nil {
 		return nil, err
 	}
@@ -310,15 +310,10 @@ func newSmuxSession(ms *smux.Session, tc *tls.Conn, sig *smux.Stream, client boo
 		early:    make(map[uint32]byte),
 		done:     make(chan struct{}),
 	}
+	// Both loops close the session when smux's ends: signalLoop's reads
+	// fail, and acceptLoop's accept does.
 	go s.acceptLoop()
 	go s.signalLoop()
-	go func() {
-		select {
-		case <-ms.CloseChan():
-			s.Close()
-		case <-s.done:
-		}
-	}()
 	return s
 }
 
@@ -352,6 +347,10 @@ func (s *smuxSession) acceptLoop() {
 		case s.accepted <- w:
 		case <-s.done:
 			w.Close()
+			return
+		case <-s.ms.CloseChan():
+			w.Close()
+			s.Close()
 			return
 		}
 	}
