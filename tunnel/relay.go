@@ -438,7 +438,10 @@ func (r *Relay) serveSession(ctx context.Context, s transport.Session) {
 	err = a.controlLoop(ctx)
 	// The end of the control stream is a goodbye; anything else may be an
 	// agent on its way back.
-	r.dropMembers(a, errors.Is(err, io.EOF))
+	goodbye := errors.Is(err, io.EOF)
+	if dropped := r.dropMembers(a, goodbye); goodbye {
+		a.finishClients(ctx, dropped)
+	}
 	var sent *sentRefusal
 	switch {
 	case errors.As(err, &sent):
@@ -869,16 +872,19 @@ func (r *Relay) drainMembers(a *agentConn, id uint32) {
 }
 
 // dropMembers takes every member of a's session out of its group.
-func (r *Relay) dropMembers(a *agentConn, goodbye bool) {
+func (r *Relay) dropMembers(a *agentConn, goodbye bool) []*member {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	var dropped []*member
 	for id, m := range a.members {
 		delete(a.members, id)
 		if goodbye {
 			m.draining.Store(true)
 		}
 		m.g.removeMemberLocked(m)
+		dropped = append(dropped, m)
 	}
+	return dropped
 }
 
 // closeGroupLocked closes g's public port and starts its lease's lifetime.
