@@ -108,6 +108,11 @@ func TestGroupSharesPort(t *testing.T) {
 		held := hold(t, a.Public(0), 2)
 		other := map[string]string{"A:": "B:", "B:": "A:"}[held.tag]
 		for i := range 3 {
+			// The client sees its end a moment before the relay does.
+			waitFor(t, "the relay to count only the held client", 10*time.Second, func() bool {
+				ti := r.Relay.Tunnels()
+				return len(ti) == 1 && ti[0].Active == 1
+			})
 			if tag, err := visit(a.Public(0), 2); err != nil || tag != other {
 				t.Errorf("client %d with one held on %s reached %q, %v; want the idle member %s", i, held.tag, tag, err, other)
 			}
