@@ -439,7 +439,9 @@ func (r *Relay) serveSession(ctx context.Context, s transport.Session) {
 	// The end of the control stream is a goodbye; anything else may be an
 	// agent on its way back.
 	goodbye := errors.Is(err, io.EOF)
-	if dropped := r.dropMembers(a, goodbye); goodbye {
+	// A stopping relay keeps no port open for the agent to come back to.
+	// (Serve's ctx may end this session before Serve marks it closing.)
+	if dropped := r.dropMembers(a, goodbye || ctx.Err() != nil); goodbye {
 		a.finishClients(ctx, dropped)
 	}
 	var sent *sentRefusal
