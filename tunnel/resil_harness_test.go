@@ -119,7 +119,7 @@ func (h *relayHost) agentConfig(kind string, locals ...string) AgentConfig {
 func fastRetry(cfg *AgentConfig) {
 	cfg.RetryBaseDelay = 20 * time.Millisecond
 	cfg.RetryMaxDelay = 200 * time.Millisecond
-	cfg.TransportOptions.HandshakeTimeout = 2 * time.Second
+	cfg.TransportOptions.HandshakeTimeout = time.Second
 }
 
 // Short liveness settings for tests where a silent path must be noticed.
