@@ -121,11 +121,13 @@ func (r *Relay) Reload(cfg RelayConfig) (ReloadResult, error) {
 			g.rebuildGateLocked()
 		}
 	}
+	// Counted while their sessions, still in r.agents, hold Serve's wait
+	// group above zero.
+	r.wg.Add(len(kicks))
 	r.mu.Unlock()
 
 	for _, k := range kicks {
 		k.a.log.Warn("closing agent session after reload", "reason", k.text)
-		r.wg.Add(1)
 		go func() {
 			defer r.wg.Done()
 			k.a.closeAfterNotice(k.code, k.text)
