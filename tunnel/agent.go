@@ -484,11 +484,25 @@ func (a *Agent) session(ctx context.Context, reconnect bool, failures int, down 
 
 // keepAlive pings the relay every keepalive interval; the answers prove the
 // path alive to both sides and measure its round trip.
+//
+// Each keepalive is two PINGs in one write. A QUIC packet carrying one is
+// about 40 bytes, and quic-go sends no stateless reset in answer to a
+// packet of 42 bytes or less (it could be a reset itself): an idle agent
+// whose relay restarted would then learn of it only at the liveness
+// timeout. With two, the restarted relay resets the old session at the next
+// keepalive and the agent reconnects at once.
 func (a *Agent) keepAlive(ctx context.Context, ctl transport.Stream) {
 	t := time.NewTicker(a.cfg.TransportOptions.KeepAlive)
 	defer t.Stop()
 	for {
-		if err := a.writeControl(ctl, &Ping{Data: uint64(time.Now().UnixNano())}); err != nil {
+		ping, err := AppendMessage(nil, &Ping{Data: uint64(time.Now().UnixNano())})
+		if err != nil {
+			return
+		}
+		a.wmu.Lock()
+		_, err = ctl.Write(append(ping, ping...))
+		a.wmu.Unlock()
+		if err != nil {
 			return
 		}
 		select {

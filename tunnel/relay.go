@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"maps"
 	"math/big"
 	"net"
 	"net/netip"
@@ -463,15 +462,10 @@ func (r *Relay) serveSession(ctx context.Context, s transport.Session) {
 	// The end of the control stream is a goodbye; anything else may be an
 	// agent on its way back.
 	goodbye := errors.Is(err, io.EOF)
-	r.mu.Lock()
-	members := slices.Collect(maps.Values(a.members))
-	r.mu.Unlock()
-	r.dropMembers(a, goodbye)
-	if goodbye {
-		// The agent's clients were done on its side before it said so,
-		// but their last bytes may still be on their way here: let each
-		// finish before the session, and its streams, close.
-		a.awaitClients(ctx, members)
+	// A stopping relay keeps no port open for the agent to come back to.
+	// (Serve's ctx may end this session before Serve marks it closing.)
+	if dropped := r.dropMembers(a, goodbye || ctx.Err() != nil); goodbye {
+		a.finishClients(ctx, dropped)
 	}
 	var sent *sentRefusal
 	switch {
@@ -966,32 +960,11 @@ func (r *Relay) drainMembers(a *agentConn, id uint32) {
 	}
 }
 
-// goodbyeGrace bounds the wait, after an agent's goodbye, for the relay's
-// side of its clients to finish.
-const goodbyeGrace = 10 * time.Second
-
-func (a *agentConn) awaitClients(ctx context.Context, members []*member) {
-	deadline := time.Now().Add(goodbyeGrace)
-	for time.Now().Before(deadline) && ctx.Err() == nil {
-		var n int64
-		for _, m := range members {
-			n += m.active.Load()
-		}
-		if n == 0 {
-			return
-		}
-		select {
-		case <-a.sess.Done():
-			return
-		case <-time.After(10 * time.Millisecond):
-		}
-	}
-}
-
 // dropMembers takes every member of a's session out of its group.
-func (r *Relay) dropMembers(a *agentConn, goodbye bool) {
+func (r *Relay) dropMembers(a *agentConn, goodbye bool) []*member {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	var dropped []*member
 	for id, m := range a.members {
 		delete(a.members, id)
 		a.byID.Delete(id)
@@ -999,7 +972,9 @@ func (r *Relay) dropMembers(a *agentConn, goodbye bool) {
 			m.draining.Store(true)
 		}
 		m.g.removeMemberLocked(m)
+		dropped = append(dropped, m)
 	}
+	return dropped
 }
 
 // closeGroupLocked closes g's public port and starts its lease's lifetime.

@@ -88,7 +88,7 @@ func (r *Relay) Reload(cfg RelayConfig) (ReloadResult, error) {
 		id := a.token.tok.ID
 		switch {
 		case slices.Contains(res.TokensRemoved, id):
-			kicks = append(kicks, kick{a, CodeUnauthorized, fmt.Sprintf("token %q was revoked on the relay", id)})
+			kicks = append(kicks, kick{a, CodeUnauthorized, fmt.Sprintf("token %q was revoked on the relay: ask the relay's operator for a new one", id)})
 		case slices.Contains(res.TokensChanged, id):
 			kicks = append(kicks, kick{a, CodeShutdown, fmt.Sprintf("token %q changed on the relay; reconnect to apply the new rules", id)})
 		default:
@@ -121,11 +121,13 @@ func (r *Relay) Reload(cfg RelayConfig) (ReloadResult, error) {
 			g.rebuildGateLocked()
 		}
 	}
+	// Counted while their sessions, still in r.agents, hold Serve's wait
+	// group above zero.
+	r.wg.Add(len(kicks))
 	r.mu.Unlock()
 
 	for _, k := range kicks {
 		k.a.log.Warn("closing agent session after reload", "reason", k.text)
-		r.wg.Add(1)
 		go func() {
 			defer r.wg.Done()
 			k.a.closeAfterNotice(k.code, k.text)
