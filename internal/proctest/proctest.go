@@ -253,7 +253,7 @@ func WriteRelaydConfig(t testing.TB, extra string) (path, stateDir string, low, 
 	stateDir = filepath.Join(dir, "state")
 	low, high = portRange()
 	path = filepath.Join(dir, "relay.toml")
-	cfg := fmt.Sprintf("[relay]\nlisten = \"127.0.0.1:0\"\nports = \"%d-%d\"\nstate_dir = %q\n\n%s%s", low, high, stateDir, adminTOML(extra), extra)
+	cfg := fmt.Sprintf("[relay]\nlisten = \"127.0.0.1:0\"\nports = \"%d-%d\"\nstate_dir = %q\n\n%s\n%s", low, high, stateDir, extra, adminTOML(extra))
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
