@@ -403,6 +403,10 @@ type agentConn struct {
 	byID    sync.Map
 	link    *dgramLink
 
+	// saveLease asks register to write the lease table before it replies;
+	// only the control loop's goroutine touches it.
+	saveLease bool
+
 	// suspect is set when the agent missed a probe or a stream answer:
 	// groups send it new clients only when no other member can take them.
 	suspect  atomic.Bool
@@ -433,8 +437,8 @@ func (r *Relay) serveSession(ctx context.Context, s transport.Session) {
 		}
 		return
 	}
-	if !r.admitAgent(a) {
-		a.refuse(CodeShutdown, "the relay is shutting down")
+	if ref := r.admitAgent(a); ref != nil {
+		a.refuse(ref.Code, ref.Text)
 		return
 	}
 	defer r.forgetAgent(a)
@@ -481,12 +485,18 @@ func (r *Relay) serveSession(ctx context.Context, s transport.Session) {
 
 // admitAgent records a, replacing any session with the same token and
 // instance: the agent came back before the relay noticed it had gone.
-func (r *Relay) admitAgent(a *agentConn) bool {
+func (r *Relay) admitAgent(a *agentConn) *RefusedError {
 	var old []*agentConn
 	r.mu.Lock()
 	if r.closing {
 		r.mu.Unlock()
-		return false
+		return &RefusedError{Code: CodeShutdown, Text: "the relay is shutting down"}
+	}
+	// A reload between the handshake's token lookup and here must not let
+	// a revoked or changed token in.
+	if ref := r.tokenCurrentLocked(a); ref != nil {
+		r.mu.Unlock()
+		return ref
 	}
 	if a.instance != ([instanceLen]byte{}) {
 		for o := range r.agents {
@@ -501,7 +511,7 @@ func (r *Relay) admitAgent(a *agentConn) bool {
 		o.log.Info("agent session replaced by a newer one from the same agent", "new", a.sess.RemoteAddr().String())
 		o.sess.CloseWithError(uint64(CodeShutdown), "replaced by a newer session from the same agent")
 	}
-	return true
+	return nil
 }
 
 func (r *Relay) forgetAgent(a *agentConn) {
@@ -720,6 +730,10 @@ func (a *agentConn) register(ctx context.Context, m *Register) Message {
 		}
 		return fail(CodeInternal, "relay failed to open a port: %v", err)
 	}
+	if a.saveLease {
+		a.saveLease = false
+		a.r.saveLeases()
+	}
 	return &Registered{Request: m.Request, Tunnel: mem.id, Protos: mem.g.protos, Port: mem.g.port}
 }
 
@@ -750,6 +764,9 @@ func (r *Relay) join(ctx context.Context, a *agentConn, m *Register, allow, deny
 	defer r.mu.Unlock()
 	if r.closing {
 		return nil, &RefusedError{Code: CodeShutdown, Text: "the relay is shutting down"}
+	}
+	if ref := r.tokenCurrentLocked(a); ref != nil {
+		return nil, ref
 	}
 	if g := r.groups[key]; g != nil {
 		if g.protos != m.Protos {
@@ -786,7 +803,11 @@ func (r *Relay) join(ctx context.Context, a *agentConn, m *Register, allow, deny
 	r.groups[key] = g
 	r.ports[port] = g
 	a.token.tunnels++
-	r.leases.take(key, port)
+	if r.leases.take(key, port) {
+		// A new promise goes to disk before the agent hears of it, so a
+		// relay killed right after still keeps it.
+		a.saveLease = true
+	}
 	r.markLeasesDirty()
 	if pc != nil {
 		g.udp = &udpPort{pc: pc, flows: make(map[netip.AddrPort]*udpFlow)}
@@ -958,6 +979,19 @@ func (r *Relay) drainMembers(a *agentConn, id uint32) {
 			r.closeGroupLocked(m.g, "its agents are draining")
 		}
 	}
+}
+
+// tokenCurrentLocked refuses a whose token was revoked or changed by a
+// reload since it authenticated.
+func (r *Relay) tokenCurrentLocked(a *agentConn) *RefusedError {
+	ts, ok := r.tokens[KeyID(a.token.tok.Secret)]
+	switch {
+	case !ok:
+		return &RefusedError{Code: CodeUnauthorized, Text: fmt.Sprintf("token %q was revoked on the relay: ask the relay's operator for a new one", a.token.tok.ID)}
+	case ts != a.token:
+		return &RefusedError{Code: CodeShutdown, Text: fmt.Sprintf("token %q changed on the relay; reconnect to apply the new rules", a.token.tok.ID)}
+	}
+	return nil
 }
 
 // dropMembers takes every member of a's session out of its group.
