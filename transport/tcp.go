@@ -151,16 +151,7 @@ func (l *tcpListener) acceptLoop() {
 	for {
 		c, err := l.ln.Accept()
 		if err != nil {
-			// Out of file descriptors and the like: wait and retry, as
-			// net/http's Server.Serve does.
-			var ne interface{ Temporary() bool }
-			if errors.As(err, &ne) && ne.Temporary() {
-				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-				select {
-				case <-time.After(backoff):
-				case <-l.done:
-					return
-				}
+			if RetryAccept(err, &backoff, l.done) {
 				continue
 			}
 			l.Close()
@@ -310,6 +301,11 @@ func newSmuxSession(ms *smux.Session, tc *tls.Conn, sig *smux.Stream, client boo
 		skipped:  make(map[uint32]struct{}),
 		done:     make(chan struct{}),
 	}
+	if !client {
+		// The agent's first stream is the signal stream; its data streams
+		// follow it. (The relay's first is id 2, counted from 0.)
+		s.maxPeerID = sig.ID()
+	}
 	go s.acceptLoop()
 	go s.signalLoop()
 	go func() {
@@ -338,7 +334,7 @@ func (s *smuxSession) acceptLoop() {
 		if id > s.maxPeerID {
 			// Stream ids go up by 2 on each side; the ones jumped over
 			// are on their way.
-			for j := s.maxPeerID + 2; s.maxPeerID != 0 && j < id && len(s.skipped) < maxEarly; j += 2 {
+			for j := s.maxPeerID + 2; j < id && len(s.skipped) < maxEarly; j += 2 {
 				s.skipped[j] = struct{}{}
 			}
 			s.maxPeerID = id

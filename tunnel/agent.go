@@ -212,8 +212,7 @@ type Agent struct {
 
 	wmu       sync.Mutex // serialises control frames
 	mu        sync.Mutex
-	byID      map[uint32]*agentTunnel // the current session's tunnel ids
-	ctl       transport.Stream        // the current session's, or nil
+	ctl       transport.Stream // the current session's, or nil
 	sess      transport.Session
 	connected bool
 	since     time.Time
@@ -224,6 +223,7 @@ type Agent struct {
 	stopRun   context.CancelFunc
 
 	clients sync.WaitGroup // client streams in flight, over every session
+	flows   sync.WaitGroup // UDP flows' goroutines
 	active  atomic.Int64
 	link    atomic.Pointer[dgramLink] // the current session's datagram path
 }
@@ -281,6 +281,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	// Streams in flight end with their session; wait for their goroutines.
 	defer a.clients.Wait()
+	defer a.flows.Wait()
 	defer a.closeFlows()
 	var (
 		everLive bool
@@ -395,7 +396,7 @@ func (a *Agent) session(ctx context.Context, reconnect bool, failures int, down 
 	a.mu.Lock()
 	changed := !slices.Equal(eps, a.endpoints)
 	a.endpoints = eps
-	a.byID, a.ctl, a.sess = byID, ctl, sess
+	a.ctl, a.sess = ctl, sess
 	a.connected, a.since = true, time.Now()
 	a.sessions++
 	draining := a.draining
@@ -475,9 +476,18 @@ func (a *Agent) session(ctx context.Context, reconnect bool, failures int, down 
 		a.clients.Add(1)
 		a.active.Add(1)
 		go func() {
-			defer a.clients.Done()
-			defer a.active.Add(-1)
-			a.carry(ctx, st, byID)
+			// Counted as a client until it shows it is the datagram
+			// stream, which lasts as long as the session: Drain must not
+			// wait for it.
+			var once sync.Once
+			done := func() {
+				once.Do(func() {
+					a.active.Add(-1)
+					a.clients.Done()
+				})
+			}
+			defer done()
+			a.carry(ctx, st, byID, done)
 		}()
 	}
 }
@@ -836,7 +846,7 @@ func (a *Agent) controlLoop(ctl transport.Stream, log *slog.Logger) error {
 
 // carry serves one client stream: read its header, dial the local server,
 // report the outcome in the status byte, then join the two.
-func (a *Agent) carry(ctx context.Context, st transport.Stream, byID map[uint32]*agentTunnel) {
+func (a *Agent) carry(ctx context.Context, st transport.Stream, byID map[uint32]*agentTunnel, notClient func()) {
 	st.SetReadDeadline(time.Now().Add(a.cfg.HandshakeTimeout))
 	var first [1]byte
 	if _, err := io.ReadFull(st, first[:]); err != nil {
@@ -844,6 +854,7 @@ func (a *Agent) carry(ctx context.Context, st transport.Stream, byID map[uint32]
 		return
 	}
 	if first[0] == DatagramStreamMarker {
+		notClient()
 		st.SetReadDeadline(time.Time{})
 		defer st.Close()
 		readDatagramStream(st, func(p []byte) { a.deliverUDP(p, byID) })

@@ -159,8 +159,9 @@ func (c *RelayConfig) Validate() error {
 }
 
 // MaxAgentStreams is how many streams a relay lets an agent open at once:
-// the control stream, with room to spare. Relays pass it as the transport's
-// MaxIncomingStreams.
+// the control stream and the datagram stream, with room for a datagram
+// stream reopened while the old one closes. Relays pass it as the
+// transport's MaxIncomingStreams.
 const MaxAgentStreams = 4
 
 // MinSecretLen is the shortest token secret accepted.
@@ -263,6 +264,11 @@ func (r *Relay) Serve(ctx context.Context, ln transport.Listener) error {
 	stop := context.AfterFunc(ctx, func() {
 		r.mu.Lock()
 		r.closing = true
+		// Tunnels waiting for their agents to return would hold Serve
+		// for their rejoin window.
+		for _, g := range r.groups {
+			r.closeGroupLocked(g, "the relay is stopping")
+		}
 		r.mu.Unlock()
 		ln.Close()
 	})
@@ -326,9 +332,13 @@ func (r *Relay) Shutdown(ctx context.Context) error {
 	for _, g := range groups {
 		g.closeListeners()
 	}
+	// At once, not one after another: a slow agent costs a second, not
+	// a second each.
+	var told sync.WaitGroup
 	for _, a := range agents {
-		a.notice(&Drain{})
+		told.Go(func() { a.notice(&Drain{}) })
 	}
+	told.Wait()
 	r.log.Info("draining", "agents", len(agents), "tunnels", len(groups), "clients", r.activeClients())
 	var err error
 	tick := time.NewTicker(20 * time.Millisecond)
@@ -583,7 +593,10 @@ func (r *Relay) handshake(ctx context.Context, s transport.Session, log *slog.Lo
 	return a, nil
 }
 
+// send writes m, giving up after the liveness timeout: an agent that stops
+// reading must not hold the control stream (and a shutdown) for ever.
 func (a *agentConn) send(m Message) error {
+	a.ctl.SetWriteDeadline(time.Now().Add(a.r.config().Liveness))
 	a.wmu.Lock()
 	defer a.wmu.Unlock()
 	return WriteMessage(a.ctl, m)
@@ -591,11 +604,12 @@ func (a *agentConn) send(m Message) error {
 
 // notice sends m without letting a stuck agent hold up the caller long.
 func (a *agentConn) notice(m Message) {
+	// The deadline goes first, so a writer stuck holding wmu wakes too.
+	a.ctl.SetWriteDeadline(time.Now().Add(time.Second))
 	a.wmu.Lock()
 	defer a.wmu.Unlock()
 	a.ctl.SetWriteDeadline(time.Now().Add(time.Second))
 	WriteMessage(a.ctl, m)
-	a.ctl.SetWriteDeadline(time.Time{})
 }
 
 // sentRefusal is a refusal this relay sent and logged.
@@ -998,6 +1012,13 @@ func (r *Relay) tokenCurrentLocked(a *agentConn) *RefusedError {
 func (r *Relay) dropMembers(a *agentConn, goodbye bool) []*member {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	return r.dropMembersLocked(a, goodbye)
+}
+
+// dropMembersLocked is dropMembers with Relay.mu held. Members dropped with
+// goodbye close their group at once when no live member is left; others
+// leave it open for the rejoin window.
+func (r *Relay) dropMembersLocked(a *agentConn, goodbye bool) []*member {
 	var dropped []*member
 	for id, m := range a.members {
 		delete(a.members, id)
