@@ -28,7 +28,7 @@ func newApp() *cli.App {
 	app := &cli.App{
 		Name:            "relayctl",
 		Usage:           "put a local server on a relay's public port",
-		Commands:        []*cli.Command{exposeCommand, runCommand, statusCommand, versionCommand},
+		Commands:        []*cli.Command{exposeCommand, runCommand, statusCommand, benchCommand, versionCommand},
 		HideHelpCommand: true,
 		ExitErrHandler:  func(*cli.Context, error) {},
 		OnUsageError: func(c *cli.Context, err error, _ bool) error {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/relaytun/relay/internal/debugpprof"
 	"github.com/relaytun/relay/transport"
 	"github.com/relaytun/relay/tunnel"
 )
@@ -38,6 +39,7 @@ func runAgent(c *cli.Context, p *agentPlan) error {
 	if err != nil {
 		return cli.Exit(err.Error(), exitUsage)
 	}
+	debugpprof.Start(p.log)
 	stopControl, err := startControl(c, agent, p.log)
 	if err != nil {
 		return err

@@ -18,6 +18,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/relaytun/relay/internal/buildinfo"
+	"github.com/relaytun/relay/internal/debugpprof"
 	"github.com/relaytun/relay/transport"
 	"github.com/relaytun/relay/tunnel"
 )
@@ -46,6 +47,7 @@ func runAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	debugpprof.Start(log)
 	id, err := loadIdentity(cfg)
 	if err != nil {
 		return cli.Exit(err.Error(), 1)

@@ -43,7 +43,7 @@ func DefaultOptions() Options {
 		IdleTimeout:        15 * time.Second,
 		KeepAlive:          5 * time.Second,
 		MaxHandshakes:      256,
-		MaxIncomingStreams: 10000,
+		MaxIncomingStreams: 65536,
 		StreamWindow:       4 << 20,
 		SessionWindow:      64 << 20,
 		DatagramQueue:      1024,

@@ -151,6 +151,9 @@ func (s *quicSession) AcceptStream(ctx context.Context) (Stream, error) {
 
 func (s *quicSession) SendDatagram(p []byte) error {
 	err := s.c.SendDatagram(p)
+	if err == nil {
+		return nil // no errors.As on the hot path: it allocates
+	}
 	var tooLarge *quic.DatagramTooLargeError
 	if errors.As(err, &tooLarge) {
 		return &DatagramTooLargeError{Size: len(p), Max: int(tooLarge.MaxDatagramPayloadSize)}

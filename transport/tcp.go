@@ -1,6 +1,7 @@
 package transport
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"encoding/binary"
@@ -87,9 +88,10 @@ func (d *TCPDialer) Dial(ctx context.Context, addr string) (Session, error) {
 	if err != nil {
 		return nil, err
 	}
-	tc := tls.Client(raw, d.TLS)
+	setTCPOptions(raw)
+	tc := tls.Client(newBatchConn(raw), d.TLS)
 	if err := tc.HandshakeContext(ctx); err != nil {
-		raw.Close()
+		tc.NetConn().Close()
 		return nil, fmt.Errorf("tls: %w", err)
 	}
 	ms, err := smux.Client(tc, smuxConfig(d.Options))
@@ -169,6 +171,8 @@ func (l *tcpListener) acceptLoop() {
 		l.wg.Add(1)
 		go func() {
 			defer l.wg.Done()
+			setTCPOptions(c)
+			c := newBatchConn(c)
 			s, err := l.handshake(c)
 			<-l.slots
 			if err != nil {
@@ -268,8 +272,9 @@ type smuxSession struct {
 	opts   Options
 
 	sigMu    sync.Mutex // serialises frames on sig
+	sigBuf   []byte     // the last signal frame's buffer, reused; under sigMu
 	accepted chan *smuxStream
-	dgrams   chan []byte
+	dgrams   *datagramQueue
 
 	mu          sync.Mutex
 	streams     map[uint32]*smuxStream
@@ -295,7 +300,7 @@ func newSmuxSession(ms *smux.Session, tc *tls.Conn, sig *smux.Stream, client boo
 		client:   client,
 		opts:     o,
 		accepted: make(chan *smuxStream, 64),
-		dgrams:   make(chan []byte, o.DatagramQueue),
+		dgrams:   newDatagramQueue(o.DatagramQueue),
 		streams:  make(map[uint32]*smuxStream),
 		early:    make(map[uint32]byte),
 		skipped:  make(map[uint32]struct{}),
@@ -362,7 +367,9 @@ func (s *smuxSession) acceptLoop() {
 
 func (s *smuxSession) signalLoop() {
 	defer s.Close()
-	buf := make([]byte, MaxTCPDatagram)
+	// Room for the signals and a full-size UDP datagram; a larger one
+	// gets a buffer of its own, so an idle session holds 2 KiB, not 64.
+	buf := make([]byte, 2<<10)
 	for {
 		typ, payload, err := readSignal(s.sig, buf)
 		if err != nil {
@@ -372,12 +379,7 @@ func (s *smuxSession) signalLoop() {
 		case sigReset, sigFIN:
 			s.handleStreamSignal(binary.BigEndian.Uint32(payload), typ)
 		case sigDatagram:
-			p := make([]byte, len(payload))
-			copy(p, payload)
-			select {
-			case s.dgrams <- p:
-			default: // queue full: drop, as a datagram may be
-			}
+			s.dgrams.push(bytes.Clone(payload)) // dropped when full, as a datagram may be
 		}
 	}
 }
@@ -385,28 +387,33 @@ func (s *smuxSession) signalLoop() {
 // errSignal is a signal frame this side does not understand.
 var errSignal = errors.New("malformed signal frame")
 
-// readSignal reads one signal frame into buf (at least MaxTCPDatagram
-// bytes) and returns its type and payload. An unknown type, or a RESET or
-// FIN whose payload is not 4 bytes, is an error.
+// readSignal reads one signal frame into buf (at least sigHeaderSize bytes;
+// a payload that does not fit gets a slice of its own) and returns its type
+// and payload. An unknown type, or a RESET or FIN whose payload is not 4
+// bytes, is an error.
 func readSignal(r io.Reader, buf []byte) (typ byte, payload []byte, err error) {
-	var hdr [sigHeaderSize]byte
-	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+	hdr := buf[:sigHeaderSize] // read into buf: a local array would escape
+	if _, err := io.ReadFull(r, hdr); err != nil {
 		return 0, nil, err
 	}
-	n := int(binary.BigEndian.Uint16(hdr[1:]))
-	switch hdr[0] {
+	typ, n := hdr[0], int(binary.BigEndian.Uint16(hdr[1:]))
+	switch typ {
 	case sigReset, sigFIN:
 		if n != 4 {
-			return 0, nil, fmt.Errorf("%w: type %d with %d payload bytes", errSignal, hdr[0], n)
+			return 0, nil, fmt.Errorf("%w: type %d with %d payload bytes", errSignal, typ, n)
 		}
 	case sigDatagram:
 	default:
-		return 0, nil, fmt.Errorf("%w: unknown type %d", errSignal, hdr[0])
+		return 0, nil, fmt.Errorf("%w: unknown type %d", errSignal, typ)
+	}
+	// The payload overwrites the header in buf.
+	if n > len(buf) {
+		buf = make([]byte, n)
 	}
 	if _, err := io.ReadFull(r, buf[:n]); err != nil {
 		return 0, nil, fmt.Errorf("%w: truncated: %w", errSignal, err)
 	}
-	return hdr[0], buf[:n], nil
+	return typ, buf[:n], nil
 }
 
 // ours reports whether id belongs to a stream this side opened: smux clients
@@ -450,15 +457,19 @@ func (s *smuxSession) writeSignal(typ byte, payload []byte) error {
 	if len(payload) > MaxTCPDatagram {
 		return &DatagramTooLargeError{Size: len(payload), Max: MaxTCPDatagram}
 	}
-	frame := make([]byte, sigHeaderSize+len(payload))
-	frame[0] = typ
-	binary.BigEndian.PutUint16(frame[1:], uint16(len(payload)))
-	copy(frame[sigHeaderSize:], payload)
 	s.sigMu.Lock()
 	defer s.sigMu.Unlock()
+	frame := append(s.sigBuf[:0], typ, 0, 0)
+	binary.BigEndian.PutUint16(frame[1:], uint16(len(payload)))
+	frame = append(frame, payload...)
 	_, err := s.sig.Write(frame)
 	if err != nil {
+		// smux may still read a frame it queued: never reuse this one.
+		s.sigBuf = nil
 		return s.wrapErr(err)
+	}
+	if cap(frame) <= 2<<10 {
+		s.sigBuf = frame // kept for the next frame: no allocation per datagram
 	}
 	return nil
 }
@@ -492,14 +503,7 @@ func (s *smuxSession) AcceptStream(ctx context.Context) (Stream, error) {
 func (s *smuxSession) SendDatagram(p []byte) error { return s.writeSignal(sigDatagram, p) }
 
 func (s *smuxSession) ReceiveDatagram(ctx context.Context) ([]byte, error) {
-	select {
-	case p := <-s.dgrams:
-		return p, nil
-	case <-s.done:
-		return nil, ErrClosed
-	case <-ctx.Done():
-		return nil, ctx.Err()
-	}
+	return s.dgrams.pop(ctx, s.done)
 }
 
 func (s *smuxSession) ExportKeyingMaterial(label string, context []byte, length int) ([]byte, error) {
@@ -581,8 +585,16 @@ type smuxStream struct {
 	closed        bool
 }
 
-// writeBufs hold the copies smux writes from: one smux frame each.
-var writeBufs = sync.Pool{New: func() any { b := make([]byte, smuxFrameSize); return &b }}
+// writeBufs hold the copies smux writes from: one smux frame each, or a
+// small write's from smallWriteBufs, so a burst of small writes (a
+// thousand new clients' first requests) does not leave a pool of 32 KiB
+// buffers behind.
+var (
+	writeBufs      = sync.Pool{New: func() any { b := make([]byte, smuxFrameSize); return &b }}
+	smallWriteBufs = sync.Pool{New: func() any { b := make([]byte, smallWrite); return &b }}
+)
+
+const smallWrite = 2 << 10
 
 // past is a deadline that has passed: it makes smux return at once.
 var past = time.Unix(1, 0)
@@ -680,11 +692,15 @@ func (s *smuxStream) Write(p []byte) (int, error) {
 		// smux may still send (and so read) a frame queued when its
 		// deadline fires, after Write has returned: it gets a pooled copy,
 		// which goes back to the pool only when smux is done with it.
-		bp := writeBufs.Get().(*[]byte)
+		pool := &writeBufs
+		if len(p)-written <= smallWrite {
+			pool = &smallWriteBufs
+		}
+		bp := pool.Get().(*[]byte)
 		c := copy(*bp, p[written:])
 		n, err := s.st.Write((*bp)[:c])
 		if err == nil {
-			writeBufs.Put(bp)
+			pool.Put(bp)
 			written += n
 			if written < len(p) {
 				continue

@@ -475,20 +475,10 @@ func (a *Agent) session(ctx context.Context, reconnect bool, failures int, down 
 		}
 		a.clients.Add(1)
 		a.active.Add(1)
-		go func() {
-			// Counted as a client until it shows it is the datagram
-			// stream, which lasts as long as the session: Drain must not
-			// wait for it.
-			var once sync.Once
-			done := func() {
-				once.Do(func() {
-					a.active.Add(-1)
-					a.clients.Done()
-				})
-			}
-			defer done()
-			a.carry(ctx, st, byID, done)
-		}()
+		go a.carry(ctx, st, byID, func() {
+			a.active.Add(-1)
+			a.clients.Done()
+		})
 	}
 }
 
@@ -845,8 +835,15 @@ func (a *Agent) controlLoop(ctl transport.Stream, log *slog.Logger) error {
 }
 
 // carry serves one client stream: read its header, dial the local server,
-// report the outcome in the status byte, then join the two.
-func (a *Agent) carry(ctx context.Context, st transport.Stream, byID map[uint32]*agentTunnel, notClient func()) {
+// report the outcome in the status byte, then join the two. finish runs once
+// the stream is done: at carry's return, or once the joined pair ends.
+func (a *Agent) carry(ctx context.Context, st transport.Stream, byID map[uint32]*agentTunnel, finish func()) {
+	joined := false
+	defer func() {
+		if !joined {
+			finish()
+		}
+	}()
 	st.SetReadDeadline(time.Now().Add(a.cfg.HandshakeTimeout))
 	var first [1]byte
 	if _, err := io.ReadFull(st, first[:]); err != nil {
@@ -854,7 +851,10 @@ func (a *Agent) carry(ctx context.Context, st transport.Stream, byID map[uint32]
 		return
 	}
 	if first[0] == DatagramStreamMarker {
-		notClient()
+		// The datagram stream lasts as long as the session and is no
+		// client: Drain must not wait for it.
+		joined = true
+		finish()
 		st.SetReadDeadline(time.Time{})
 		defer st.Close()
 		readDatagramStream(st, func(p []byte) { a.deliverUDP(p, byID) })
@@ -906,18 +906,22 @@ func (a *Agent) carry(ctx context.Context, st transport.Stream, byID map[uint32]
 		local.Close()
 		st.Close()
 	})
-	defer stop()
 	t.active.Add(1)
 	t.total.Add(1)
-	defer t.active.Add(-1)
 	log.Info("client connected")
 	start := time.Now()
-	stats := JoinCounting(local, st, &t.bytesOut, &t.bytesIn)
-	args := []any{"duration", time.Since(start).Round(time.Millisecond), "bytes_in", stats.BToA, "bytes_out", stats.AToB}
-	if stats.Err != nil && !transport.IsClosed(stats.Err) {
-		args = append(args, "err", stats.Err)
-	}
-	log.Info("client disconnected", args...)
+	// The copies run on goroutines of their own, and this one ends.
+	joined = true
+	StartJoin(local, st, &t.bytesOut, &t.bytesIn, func(stats JoinStats) {
+		args := []any{"duration", time.Since(start).Round(time.Millisecond), "bytes_in", stats.BToA, "bytes_out", stats.AToB}
+		if stats.Err != nil && !transport.IsClosed(stats.Err) {
+			args = append(args, "err", stats.Err)
+		}
+		log.Info("client disconnected", args...)
+		stop()
+		t.active.Add(-1)
+		finish()
+	})
 }
 
 func prefixStrings(ps []netip.Prefix) []string {

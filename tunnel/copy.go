@@ -8,11 +8,27 @@ import (
 	"sync/atomic"
 )
 
-// copyBufSize is the buffer each direction of a joined pair borrows while it
-// copies; buffers are pooled, so an idle connection holds none.
-const copyBufSize = 32 << 10
+// The copy loop's buffers. A connection copies through a big pooled buffer
+// only while bytes are moving: an idle connection holds none.
+//
+//   - From a TCP socket (the public client on the relay, the local server on
+//     the agent), the loop waits for the socket to be readable without any
+//     buffer and takes one only to read (copy_unix.go).
+//   - Either way, reads start in a small buffer and move up to a big one
+//     once a read fills the small one (bulk data), back down once reads
+//     come in small again: a burst of new connections, each with a short
+//     request, leaves no pool of big buffers behind.
+//   - From a transport stream, which cannot wait without a buffer, it holds
+//     a small one while it waits.
+const (
+	bigBufSize   = 128 << 10
+	smallBufSize = 1 << 10
+)
 
-var copyBufs = sync.Pool{New: func() any { b := make([]byte, copyBufSize); return &b }}
+var (
+	bigBufs   = sync.Pool{New: func() any { b := make([]byte, bigBufSize); return &b }}
+	smallBufs = sync.Pool{New: func() any { b := make([]byte, smallBufSize); return &b }}
+)
 
 type closeWriter interface{ CloseWrite() error }
 
@@ -34,68 +50,156 @@ func Join(a, b net.Conn) JoinStats { return JoinCounting(a, b, nil, nil) }
 // JoinCounting is Join that also adds the bytes written to b and to a to
 // aToB and bToA (either may be nil) as they flow, so a long connection shows
 // in the totals before it ends.
+//
+// The caller's goroutine copies a to b and one more goroutine copies b to a,
+// so a joined pair costs one goroutine beyond the caller's.
 func JoinCounting(a, b net.Conn, aToB, bToA *atomic.Int64) JoinStats {
-	var (
-		st   JoinStats
-		wg   sync.WaitGroup
-		once sync.Once
-		mu   sync.Mutex
-	)
-	abort := func(err error) {
-		mu.Lock()
-		if st.Err == nil {
-			st.Err = err
-		}
-		mu.Unlock()
-		once.Do(func() {
-			a.Close()
-			b.Close()
-		})
-	}
-	pipe := func(dst, src net.Conn, n *int64, live *atomic.Int64) {
-		defer wg.Done()
-		bp := copyBufs.Get().(*[]byte)
-		defer copyBufs.Put(bp)
-		// Plain Reader/Writer wrappers keep io.CopyBuffer on our pooled
-		// buffer instead of each side's ReadFrom/WriteTo allocating its own.
-		var w io.Writer = writerOnly{dst}
-		if live != nil {
-			w = &countingWriter{dst, live}
-		}
-		written, err := io.CopyBuffer(w, readerOnly{src}, *bp)
-		*n = written
-		if err != nil {
-			abort(err)
-			return
-		}
-		cw, ok := dst.(closeWriter)
-		if !ok {
-			abort(nil)
-			return
-		}
-		if err := cw.CloseWrite(); err != nil && !errors.Is(err, net.ErrClosed) {
-			abort(err)
-		}
-	}
-	wg.Add(2)
-	go pipe(b, a, &st.AToB, aToB)
-	go pipe(a, b, &st.BToA, bToA)
-	wg.Wait()
+	j := &join{a: a, b: b, aToB: aToB, bToA: bToA, left: 2}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		j.pipe(a, b, &j.st.BToA, bToA)
+	}()
+	j.pipe(b, a, &j.st.AToB, aToB)
+	<-done
 	a.Close()
 	b.Close()
-	return st
+	return j.st
 }
 
-type readerOnly struct{ io.Reader }
-type writerOnly struct{ io.Writer }
-
-type countingWriter struct {
-	w io.Writer
-	n *atomic.Int64
+// StartJoin is JoinCounting from two new goroutines: it returns at once, and
+// done (if not nil) runs, on one of them, once both directions have ended and
+// both connections are closed. The caller's goroutine may end meanwhile, so a
+// long-lived connection costs just the two copying goroutines, whose stacks
+// stay small: the caller's grew with whatever it did before (dialing,
+// logging), and a blocked goroutine's stack does not shrink back.
+func StartJoin(a, b net.Conn, aToB, bToA *atomic.Int64, done func(JoinStats)) {
+	j := &join{a: a, b: b, aToB: aToB, bToA: bToA, left: 2, done: done}
+	go j.run(a, b, &j.st.BToA, bToA)
+	go j.run(b, a, &j.st.AToB, aToB)
 }
 
-func (c *countingWriter) Write(p []byte) (int, error) {
-	n, err := c.w.Write(p)
-	c.n.Add(int64(n))
+// join is one joined pair in flight.
+type join struct {
+	a, b       net.Conn
+	aToB, bToA *atomic.Int64
+	done       func(JoinStats)
+
+	mu   sync.Mutex
+	st   JoinStats
+	left int // directions still copying
+	shut bool
+}
+
+// run copies one direction for StartJoin; the last to finish closes both
+// connections and calls done.
+func (j *join) run(dst, src net.Conn, n *int64, live *atomic.Int64) {
+	j.pipe(dst, src, n, live)
+	j.mu.Lock()
+	j.left--
+	last := j.left == 0
+	j.mu.Unlock()
+	if !last {
+		return
+	}
+	j.a.Close()
+	j.b.Close()
+	if j.done != nil {
+		j.done(j.st)
+	}
+}
+
+// abort records err (the first one wins) and closes both connections, so
+// the other direction stops too.
+func (j *join) abort(err error) {
+	j.mu.Lock()
+	if j.st.Err == nil {
+		j.st.Err = err
+	}
+	shut := j.shut
+	j.shut = true
+	j.mu.Unlock()
+	if !shut {
+		j.a.Close()
+		j.b.Close()
+	}
+}
+
+// pipe copies src to dst, then half-closes dst; n receives the count.
+func (j *join) pipe(dst, src net.Conn, n *int64, live *atomic.Int64) {
+	written, err := copyConn(dst, src, live)
+	j.mu.Lock()
+	*n = written
+	j.mu.Unlock()
+	if err != nil {
+		j.abort(err)
+		return
+	}
+	cw, ok := dst.(closeWriter)
+	if !ok {
+		j.abort(nil)
+		return
+	}
+	if err := cw.CloseWrite(); err != nil && !errors.Is(err, net.ErrClosed) {
+		j.abort(err)
+	}
+}
+
+// copyConn copies src to dst until src's EOF (a nil error) or a failure,
+// adding the bytes written to live (if not nil) as it goes.
+func copyConn(dst io.Writer, src net.Conn, live *atomic.Int64) (int64, error) {
+	if tc, ok := src.(*net.TCPConn); ok {
+		return copyFromSocket(dst, tc, live)
+	}
+	return copyAdaptive(dst, src, live)
+}
+
+// copyAdaptive copies through a small buffer, and a big one while reads
+// fill the small one.
+func copyAdaptive(dst io.Writer, src io.Reader, live *atomic.Int64) (written int64, err error) {
+	small := smallBufs.Get().(*[]byte)
+	defer smallBufs.Put(small)
+	var big *[]byte
+	defer func() {
+		if big != nil {
+			bigBufs.Put(big)
+		}
+	}()
+	for {
+		buf := *small
+		if big != nil {
+			buf = *big
+		}
+		n, rerr := src.Read(buf)
+		if n > 0 {
+			w, werr := writeAll(dst, buf[:n], live)
+			written += int64(w)
+			if werr != nil {
+				return written, werr
+			}
+		}
+		switch {
+		case rerr == io.EOF:
+			return written, nil
+		case rerr != nil:
+			return written, rerr
+		case big == nil && n == len(buf):
+			big = bigBufs.Get().(*[]byte)
+		case big != nil && n <= smallBufSize:
+			bigBufs.Put(big)
+			big = nil
+		}
+	}
+}
+
+// writeAll writes p to dst, counting what it wrote in live.
+func writeAll(dst io.Writer, p []byte, live *atomic.Int64) (int, error) {
+	n, err := dst.Write(p)
+	if n > 0 && live != nil {
+		live.Add(int64(n))
+	}
+	if err == nil && n < len(p) {
+		err = io.ErrShortWrite
+	}
 	return n, err
 }

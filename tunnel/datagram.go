@@ -32,6 +32,9 @@ const dgramStreamWait = 250 * time.Millisecond
 // send sends one tunnel datagram (header and payload).
 func (l *dgramLink) send(p []byte) error {
 	err := l.sess.SendDatagram(p)
+	if err == nil {
+		return nil // no errors.As on the hot path: it allocates
+	}
 	var tooLarge *transport.DatagramTooLargeError
 	if !errors.As(err, &tooLarge) {
 		return err

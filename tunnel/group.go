@@ -200,21 +200,21 @@ func (g *group) serve(ctx context.Context) {
 		g.r.clientsTotal.Add(1)
 		g.r.clientsActive.Add(1)
 		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer g.r.clientsActive.Add(-1)
-			defer g.active.Add(-1)
-			defer release()
-			g.carry(ctx, c)
-		}()
+		go g.carry(ctx, c, func() {
+			release()
+			g.active.Add(-1)
+			g.r.clientsActive.Add(-1)
+			wg.Done()
+		})
 	}
 }
 
 // carry finds a member for client c, opens a stream to it and joins the
 // two. When another member could take the client, it first waits (briefly)
 // for the member's answer, so a member that died, or whose local server is
-// down, costs the client a retry instead of the connection.
-func (g *group) carry(ctx context.Context, c net.Conn) {
+// down, costs the client a retry instead of the connection. finish runs once
+// the client is done: at carry's return, or once the joined pair ends.
+func (g *group) carry(ctx context.Context, c net.Conn, finish func()) {
 	if tc, ok := c.(*net.TCPConn); ok {
 		tc.SetNoDelay(true)
 	}
@@ -223,7 +223,13 @@ func (g *group) carry(ctx context.Context, c net.Conn) {
 	deadline := time.Now().Add(cfg.OpenStreamTimeout)
 	// A dead agent session must not leave clients hanging.
 	stop := context.AfterFunc(ctx, func() { c.Close() })
-	defer stop()
+	joined := false
+	defer func() {
+		if !joined {
+			stop()
+			finish()
+		}
+	}()
 	var tried []*member
 	unreachable := false
 	for {
@@ -273,14 +279,19 @@ func (g *group) carry(ctx context.Context, c net.Conn) {
 		}
 		m.active.Add(1)
 		start := time.Now()
-		stats := JoinCounting(c, peer, &g.bytesIn, &g.bytesOut)
-		m.active.Add(-1)
-		if errors.Is(stats.Err, errLocalUnreachable) {
-			g.log.Info("client closed: the agent could not reach its local server", "client", client.String())
-			return
-		}
-		g.log.Debug("client closed", "client", client.String(), "duration", time.Since(start).Round(time.Millisecond),
-			"bytes_in", stats.AToB, "bytes_out", stats.BToA, "err", stats.Err)
+		// The copies run on goroutines of their own, and this one ends.
+		joined = true
+		StartJoin(c, peer, &g.bytesIn, &g.bytesOut, func(stats JoinStats) {
+			m.active.Add(-1)
+			if errors.Is(stats.Err, errLocalUnreachable) {
+				g.log.Info("client closed: the agent could not reach its local server", "client", client.String())
+			} else {
+				g.log.Debug("client closed", "client", client.String(), "duration", time.Since(start).Round(time.Millisecond),
+					"bytes_in", stats.AToB, "bytes_out", stats.BToA, "err", stats.Err)
+			}
+			stop()
+			finish()
+		})
 		return
 	}
 }

@@ -877,6 +877,7 @@ func (r *Relay) bindLocked(key leaseKey, cands PortSet, want PortRange, host str
 			}
 			return nil, nil, err
 		}
+		tuneUDPSocket(pc, r.log)
 		return ln, pc, nil
 	}
 	if l, ok := r.leases.get(key, now); ok && cands.Contains(l.Port) && r.ports[l.Port] == nil {

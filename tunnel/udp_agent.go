@@ -86,6 +86,7 @@ func (a *Agent) flow(t *agentTunnel, client netip.AddrPort) (*agentFlow, error) 
 	if err != nil {
 		return nil, err
 	}
+	tuneUDPSocket(conn, a.log)
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	if f := u.flows[client]; f != nil {

@@ -413,12 +413,15 @@ func LastLine(s string) string {
 // ClosedPort returns a loopback address nothing listens on (TCP or UDP).
 func ClosedPort(t testing.TB) string {
 	t.Helper()
-	for range 20 {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
+	for range 200 {
+		// Below the kernel's ephemeral range (32768 and up), where the
+		// ports other tests' listeners on port 0 get: a port handed out
+		// here as closed stays closed.
+		addr := fmt.Sprintf("127.0.0.1:%d", 20000+rand.IntN(10000))
+		ln, err := net.Listen("tcp", addr)
 		if err != nil {
-			t.Fatal(err)
+			continue
 		}
-		addr := ln.Addr().String()
 		pc, err := net.ListenPacket("udp", addr)
 		ln.Close()
 		if err != nil {

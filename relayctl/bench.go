@@ -1,0 +1,731 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"net"
+	"os"
+	"os/signal"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/urfave/cli/v2"
+	"golang.org/x/term"
+
+	"github.com/relaytun/relay/tunnel"
+)
+
+var benchCommand = &cli.Command{
+	Name:      "bench",
+	Usage:     "measure what a relay carries: throughput, round trips, new connections, UDP loss",
+	ArgsUsage: " ",
+	Description: "Starts a sink and echo server inside relayctl, exposes it through the relay (TCP and UDP on\n" +
+		"one public port), and measures, through the relay and back: bulk throughput over 1 and\n" +
+		"--streams connections, the round trip of a small message (p50, p99), new connections per\n" +
+		"second, and the loss and jitter of 1200-byte UDP datagrams sent at --udp-rate. Each test runs\n" +
+		"for --duration. The tunnel lasts as long as the bench. Prints a table, or JSON with --json;\n" +
+		"progress goes to stderr. Exit codes are expose's: 1 unreachable, 2 usage, 3 refused,\n" +
+		"4 unverified relay.",
+	Flags: []cli.Flag{
+		&cli.StringFlag{Name: "relay", Aliases: []string{"r"}, EnvVars: []string{"RELAY_ADDR"}, Usage: "the relay's `HOST:PORT` (port 7000 if left out)"},
+		&cli.StringFlag{Name: "token", Aliases: []string{"t"}, EnvVars: []string{"RELAY_TOKEN"}, Usage: "the `SECRET` the relay knows you by"},
+		&cli.StringFlag{Name: "token-file", EnvVars: []string{"RELAY_TOKEN_FILE"}, Usage: "read the secret from `FILE` instead of --token"},
+		&cli.StringFlag{Name: "fingerprint", EnvVars: []string{"RELAY_FINGERPRINT"}, Usage: "pin the relay's key (`SHA256:…`, from `relayd fingerprint`)"},
+		&cli.StringFlag{Name: "known-relays", EnvVars: []string{"RELAY_KNOWN_RELAYS"}, Usage: "`FILE` of relay keys trusted on first use (default: ~/.config/relayctl/known_relays)"},
+		&cli.StringFlag{Name: "transport", Value: tunnel.TransportAuto, EnvVars: []string{"RELAY_TRANSPORT"}, Usage: "auto, quic or tcp"},
+		&cli.IntFlag{Name: "streams", Value: 8, Usage: "parallel connections for the multi-stream throughput and new-connection tests (`N`)"},
+		&cli.DurationFlag{Name: "duration", Value: 3 * time.Second, Usage: "how long each test runs (`DURATION`)"},
+		&cli.StringFlag{Name: "udp-rate", Value: "100M", Usage: "UDP send rate in bits/s (`RATE`: 500k, 100M, 1G); 0 skips the UDP test"},
+		&cli.BoolFlag{Name: "json", Usage: "print the results as one JSON object"},
+		&cli.StringFlag{Name: "log-level", Value: "warn", Usage: "debug, info, warn or error"},
+	},
+	Action: benchAction,
+}
+
+// benchDatagram is the size of the UDP test's datagrams: a game's or a
+// VPN's, under every path's MTU.
+const benchDatagram = 1200
+
+// BenchResult is what relayctl bench --json prints.
+type BenchResult struct {
+	Relay     string  `json:"relay"`
+	Transport string  `json:"transport"`
+	Duration  float64 `json:"duration_seconds"`
+	Streams   int     `json:"streams"`
+	// Bulk throughput, bits per second, over one connection and over
+	// Streams at once.
+	Throughput1 float64 `json:"throughput_1_stream_bits_per_second"`
+	ThroughputN float64 `json:"throughput_n_streams_bits_per_second"`
+	// Round trips of a 64-byte message on one connection.
+	RoundTripP50 float64 `json:"round_trip_p50_ms"`
+	RoundTripP99 float64 `json:"round_trip_p99_ms"`
+	RoundTrips   int     `json:"round_trips"`
+	// New connections per second (connect, one byte there and back,
+	// close), Streams at a time.
+	NewConnections float64 `json:"new_connections_per_second"`
+	// UDP is absent when the test was skipped (--udp-rate 0).
+	UDP *BenchUDP `json:"udp,omitempty"`
+}
+
+// BenchUDP is the UDP test's outcome.
+type BenchUDP struct {
+	Rate     float64 `json:"rate_bits_per_second"`
+	Size     int     `json:"datagram_bytes"`
+	Sent     int     `json:"sent"`
+	Received int     `json:"received"`
+	Loss     float64 `json:"loss_percent"`
+	Jitter   float64 `json:"jitter_ms"`
+	// One-way delay through the relay (sender and receiver share a clock).
+	DelayP50 float64 `json:"delay_p50_ms"`
+	DelayP99 float64 `json:"delay_p99_ms"`
+}
+
+func benchAction(c *cli.Context) error {
+	usage := func(format string, args ...any) error { return cli.Exit(fmt.Sprintf(format, args...), exitUsage) }
+	if c.Args().Present() {
+		return usage("bench takes no arguments (got %q): it serves its own sink and echo", c.Args().First())
+	}
+	streams, dur := c.Int("streams"), c.Duration("duration")
+	if streams < 1 || streams > 256 {
+		return usage("--streams %d: give 1 to 256", streams)
+	}
+	if dur < 100*time.Millisecond || dur > time.Hour {
+		return usage("--duration %v: give 100ms to 1h", dur)
+	}
+	rate, err := parseRate(c.String("udp-rate"))
+	if err != nil {
+		return usage("--udp-rate: %v", err)
+	}
+
+	srv, err := startBenchServer()
+	if err != nil {
+		return cli.Exit(fmt.Sprintf("starting the bench server: %v", err), exitFailure)
+	}
+	defer srv.close()
+	var suffix [3]byte
+	rand.Read(suffix[:])
+	s := defaultSpec()
+	s.Relay, s.Token, s.TokenFile = c.String("relay"), c.String("token"), c.String("token-file")
+	s.Fingerprint, s.KnownRelays, s.Transport = c.String("fingerprint"), c.String("known-relays"), c.String("transport")
+	s.Log.Level = c.String("log-level")
+	s.Tunnels = []tunnelSpec{{
+		// A name of its own: two benches with one token must not form a
+		// group and trade clients.
+		Name: "bench-" + hex.EncodeToString(suffix[:]), Local: portString(srv.addr), Proto: "tcp,udp",
+	}}
+	if rate == 0 {
+		s.Tunnels[0].Proto = "tcp"
+	}
+	plan, err := s.build(exposeNaming)
+	if err != nil {
+		var se *specError
+		if errors.As(err, &se) && !se.Whole && se.Key != "" {
+			return usage("%s: %s", exposeNaming.key(se.Key), se.Msg)
+		}
+		return usage("%v", err)
+	}
+
+	ctx, stop := signal.NotifyContext(c.Context, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	ready := make(chan []tunnel.Endpoint, 1)
+	plan.cfg.OnReady = func(eps []tunnel.Endpoint) {
+		select {
+		case ready <- eps:
+		default:
+		}
+	}
+	agent, err := tunnel.NewAgent(plan.cfg)
+	if err != nil {
+		return cli.Exit(err.Error(), exitUsage)
+	}
+	runCtx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- agent.Run(runCtx) }()
+	defer func() {
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(stopWait):
+		}
+	}()
+	var eps []tunnel.Endpoint
+	select {
+	case eps = <-ready:
+	case err := <-done:
+		if err == nil {
+			err = errors.New("the agent stopped before its tunnel was live")
+		}
+		var ref *tunnel.RefusedError
+		if rate > 0 && errors.As(err, &ref) && strings.Contains(ref.Text, "UDP") {
+			ref.Text += "; --udp-rate 0 skips the UDP test"
+		}
+		return agentExit(err, plan.cfg.Relay)
+	case <-ctx.Done():
+		return cli.Exit("interrupted", exitFailure)
+	}
+	var tcpAddr, udpAddr string
+	for _, e := range eps {
+		hp := net.JoinHostPort(e.Host, strconv.Itoa(int(e.Port)))
+		if e.Proto == "udp" {
+			udpAddr = hp
+		} else {
+			tcpAddr = hp
+		}
+	}
+
+	res := BenchResult{Relay: plan.cfg.Relay, Transport: agent.Status().Transport, Duration: dur.Seconds(), Streams: streams}
+	steps := []struct {
+		name string
+		run  func(context.Context) (string, error)
+	}{
+		{"throughput, 1 stream", func(ctx context.Context) (string, error) {
+			bps, err := benchThroughput(ctx, tcpAddr, 1, dur)
+			res.Throughput1 = bps
+			return formatBits(bps), err
+		}},
+		{fmt.Sprintf("throughput, %d streams", streams), func(ctx context.Context) (string, error) {
+			bps, err := benchThroughput(ctx, tcpAddr, streams, dur)
+			res.ThroughputN = bps
+			return formatBits(bps), err
+		}},
+		{"round trip, 64 bytes", func(ctx context.Context) (string, error) {
+			p50, p99, n, err := benchRoundTrip(ctx, tcpAddr, dur)
+			res.RoundTripP50, res.RoundTripP99, res.RoundTrips = ms(p50), ms(p99), n
+			return fmt.Sprintf("p50 %.3f ms  p99 %.3f ms", ms(p50), ms(p99)), err
+		}},
+		{fmt.Sprintf("new connections, %d at a time", streams), func(ctx context.Context) (string, error) {
+			rate, err := benchConnect(ctx, tcpAddr, streams, dur)
+			res.NewConnections = rate
+			return fmt.Sprintf("%.0f /s", rate), err
+		}},
+	}
+	if rate > 0 {
+		steps = append(steps, struct {
+			name string
+			run  func(context.Context) (string, error)
+		}{fmt.Sprintf("UDP %s, %d-byte datagrams", formatBits(rate), benchDatagram), func(ctx context.Context) (string, error) {
+			u, err := benchUDP(ctx, srv, udpAddr, rate, dur)
+			res.UDP = u
+			if u == nil {
+				return "", err
+			}
+			return fmt.Sprintf("loss %.3f %%  jitter %.3f ms", u.Loss, u.Jitter), err
+		}})
+	}
+
+	prog := newProgress(os.Stderr, len(steps))
+	prog.log(fmt.Sprintf("benchmarking %s over %s through tcp://%s", res.Relay, res.Transport, tcpAddr))
+	var lines [][2]string
+	for i, st := range steps {
+		end := prog.step(i, st.name, dur)
+		out, err := st.run(ctx)
+		end(out, err)
+		if err != nil {
+			if ctx.Err() != nil {
+				return cli.Exit("interrupted", exitFailure)
+			}
+			return cli.Exit(fmt.Sprintf("bench: %s: %v", st.name, oneLine(err.Error())), exitFailure)
+		}
+		lines = append(lines, [2]string{st.name, out})
+	}
+	prog.finish()
+
+	if c.Bool("json") {
+		enc := json.NewEncoder(c.App.Writer)
+		enc.SetIndent("", "  ")
+		return enc.Encode(res)
+	}
+	tw := tabwriter.NewWriter(c.App.Writer, 0, 0, 3, ' ', 0)
+	fmt.Fprintf(tw, "relay %s over %s, %s per test\n", res.Relay, res.Transport, dur)
+	for _, l := range lines {
+		fmt.Fprintf(tw, "%s\t%s\n", l[0], l[1])
+	}
+	if res.UDP != nil {
+		fmt.Fprintf(tw, "UDP one-way delay\tp50 %.3f ms  p99 %.3f ms (%d of %d datagrams arrived)\n", res.UDP.DelayP50, res.UDP.DelayP99, res.UDP.Received, res.UDP.Sent)
+	}
+	return tw.Flush()
+}
+
+// parseRate reads a rate in bits per second: a number with an optional
+// k, M or G (powers of 1000).
+func parseRate(s string) (float64, error) {
+	s = strings.TrimSpace(s)
+	mult := 1.0
+	if s != "" {
+		switch s[len(s)-1] {
+		case 'k', 'K':
+			mult, s = 1e3, s[:len(s)-1]
+		case 'm', 'M':
+			mult, s = 1e6, s[:len(s)-1]
+		case 'g', 'G':
+			mult, s = 1e9, s[:len(s)-1]
+		}
+	}
+	v, err := strconv.ParseFloat(s, 64)
+	if err != nil || v < 0 || math.IsInf(v, 0) || math.IsNaN(v) {
+		return 0, fmt.Errorf("%q is not a rate such as 500k, 100M or 1G", s)
+	}
+	if r := v * mult; r == 0 || r >= 8*benchDatagram {
+		if r > 100e9 {
+			return 0, fmt.Errorf("%s bits/s is more than 100G", s)
+		}
+		return r, nil
+	}
+	return 0, fmt.Errorf("%q is below one datagram a second", s)
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// formatBits spells bits per second as iperf does.
+func formatBits(bps float64) string {
+	switch {
+	case bps >= 1e9:
+		return fmt.Sprintf("%.2f Gbit/s", bps/1e9)
+	case bps >= 1e6:
+		return fmt.Sprintf("%.1f Mbit/s", bps/1e6)
+	}
+	return fmt.Sprintf("%.0f kbit/s", bps/1e3)
+}
+
+// progress shows which test runs: a line redrawn in place on a terminal,
+// else one line per test.
+type progress struct {
+	w     io.Writer
+	tty   bool
+	total int
+	mu    sync.Mutex
+}
+
+func newProgress(f *os.File, total int) *progress {
+	return &progress{w: f, tty: term.IsTerminal(int(f.Fd())), total: total}
+}
+
+func (p *progress) log(msg string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.tty {
+		fmt.Fprintf(p.w, "\r\033[K%s\n", msg)
+		return
+	}
+	fmt.Fprintf(p.w, "relayctl bench: %s\n", msg)
+}
+
+// step announces test i; the returned func reports its outcome.
+func (p *progress) step(i int, name string, d time.Duration) func(out string, err error) {
+	label := fmt.Sprintf("[%d/%d] %s", i+1, p.total, name)
+	if !p.tty {
+		p.log(label + " …")
+		return func(out string, err error) {
+			if err != nil {
+				p.log(fmt.Sprintf("%s: failed: %v", label, err))
+				return
+			}
+			p.log(fmt.Sprintf("%s: %s", label, out))
+		}
+	}
+	start := time.Now()
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		t := time.NewTicker(200 * time.Millisecond)
+		defer t.Stop()
+		for {
+			p.mu.Lock()
+			fmt.Fprintf(p.w, "\r\033[K%s  %.1f/%.1f s", label, time.Since(start).Seconds(), d.Seconds())
+			p.mu.Unlock()
+			select {
+			case <-t.C:
+			case <-stop:
+				return
+			}
+		}
+	}()
+	return func(out string, err error) {
+		close(stop)
+		wg.Wait()
+		if err != nil {
+			p.log(fmt.Sprintf("%s: failed: %v", label, err))
+			return
+		}
+		p.log(fmt.Sprintf("%s: %s", label, out))
+	}
+}
+
+func (p *progress) finish() {
+	if p.tty {
+		p.mu.Lock()
+		fmt.Fprint(p.w, "\r\033[K")
+		p.mu.Unlock()
+	}
+}
+
+// benchServer is the local end of the bench tunnel: on TCP, a sink ('S')
+// or echo ('E') chosen by a connection's first byte; on UDP, a receiver
+// that records the datagrams of the UDP test.
+type benchServer struct {
+	ln   net.Listener
+	pc   *net.UDPConn
+	addr string
+	udp  udpRecorder
+	wg   sync.WaitGroup
+}
+
+// startBenchServer listens on a loopback port free for both TCP and UDP.
+func startBenchServer() (*benchServer, error) {
+	var lastErr error
+	for range 20 {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		pc, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(ln.Addr().(*net.TCPAddr).AddrPort()))
+		if err != nil {
+			ln.Close()
+			lastErr = err
+			continue
+		}
+		pc.SetReadBuffer(4 << 20)
+		s := &benchServer{ln: ln, pc: pc, addr: ln.Addr().String()}
+		s.wg.Add(2)
+		go s.serveTCP()
+		go s.serveUDP()
+		return s, nil
+	}
+	return nil, lastErr
+}
+
+func (s *benchServer) close() {
+	s.ln.Close()
+	s.pc.Close()
+	s.wg.Wait()
+}
+
+func (s *benchServer) serveTCP() {
+	defer s.wg.Done()
+	for {
+		c, err := s.ln.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			defer c.Close()
+			var mode [1]byte
+			if _, err := io.ReadFull(c, mode[:]); err != nil {
+				return
+			}
+			switch mode[0] {
+			case 'S':
+				n, err := io.CopyBuffer(io.Discard, c, make([]byte, 128<<10))
+				if err != nil {
+					return
+				}
+				var b [8]byte
+				binary.BigEndian.PutUint64(b[:], uint64(n))
+				c.Write(b[:])
+			case 'E':
+				io.Copy(c, c)
+			}
+		}()
+	}
+}
+
+func (s *benchServer) serveUDP() {
+	defer s.wg.Done()
+	buf := make([]byte, 65535)
+	for {
+		n, err := s.pc.Read(buf)
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			continue
+		}
+		s.udp.record(buf[:n], time.Now())
+	}
+}
+
+// udpRecorder keeps what the UDP test needs: which sequence numbers came,
+// each one's transit time, and RFC 3550's interarrival jitter. Datagrams
+// carry seq:8 | sent (unix ns):8 | padding.
+type udpRecorder struct {
+	mu       sync.Mutex
+	probes   atomic.Int64
+	seen     map[uint64]bool
+	transits []time.Duration
+	jitter   float64 // ns
+	last     time.Duration
+	have     bool
+}
+
+// probeSeq marks the datagrams that open the flow before the measurement.
+const probeSeq = math.MaxUint64
+
+func (u *udpRecorder) record(p []byte, now time.Time) {
+	if len(p) < 16 {
+		return
+	}
+	seq := binary.BigEndian.Uint64(p)
+	if seq == probeSeq {
+		u.probes.Add(1)
+		return
+	}
+	transit := now.Sub(time.Unix(0, int64(binary.BigEndian.Uint64(p[8:]))))
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.seen == nil || u.seen[seq] {
+		return
+	}
+	u.seen[seq] = true
+	u.transits = append(u.transits, transit)
+	if u.have {
+		d := float64(transit - u.last)
+		u.jitter += (math.Abs(d) - u.jitter) / 16
+	}
+	u.last, u.have = transit, true
+}
+
+func (u *udpRecorder) reset() {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.seen = map[uint64]bool{}
+	u.transits = nil
+	u.jitter, u.have = 0, false
+}
+
+// benchThroughput writes to streams sink connections for d and returns
+// the bits per second the server received.
+func benchThroughput(ctx context.Context, addr string, streams int, d time.Duration) (float64, error) {
+	type result struct {
+		n       int64
+		elapsed time.Duration
+		err     error
+	}
+	results := make(chan result, streams)
+	for range streams {
+		go func() {
+			n, el, err := sinkStream(ctx, addr, d)
+			results <- result{n, el, err}
+		}()
+	}
+	var total int64
+	var longest time.Duration
+	var firstErr error
+	for range streams {
+		r := <-results
+		if r.err != nil && firstErr == nil {
+			firstErr = r.err
+		}
+		total += r.n
+		longest = max(longest, r.elapsed)
+	}
+	if firstErr != nil {
+		return 0, firstErr
+	}
+	if longest <= 0 || total == 0 {
+		return 0, errors.New("no bytes arrived")
+	}
+	return float64(total) * 8 / longest.Seconds(), nil
+}
+
+// sinkStream sends for d on one connection, then waits for the server's
+// count of what arrived.
+func sinkStream(ctx context.Context, addr string, d time.Duration) (int64, time.Duration, error) {
+	var dl net.Dialer
+	c, err := dl.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer c.Close()
+	stop := context.AfterFunc(ctx, func() { c.Close() })
+	defer stop()
+	buf := make([]byte, 128<<10)
+	buf[0] = 'S'
+	start := time.Now()
+	end := start.Add(d)
+	c.SetWriteDeadline(end.Add(10 * time.Second))
+	for time.Now().Before(end) {
+		if _, err := c.Write(buf); err != nil {
+			return 0, 0, err
+		}
+	}
+	if err := c.(*net.TCPConn).CloseWrite(); err != nil {
+		return 0, 0, err
+	}
+	c.SetReadDeadline(time.Now().Add(30 * time.Second))
+	var b [8]byte
+	if _, err := io.ReadFull(c, b[:]); err != nil {
+		return 0, 0, fmt.Errorf("waiting for the sink's count: %w", err)
+	}
+	return int64(binary.BigEndian.Uint64(b[:])), time.Since(start), nil
+}
+
+// benchRoundTrip sends 64-byte messages one at a time on an echo
+// connection for d.
+func benchRoundTrip(ctx context.Context, addr string, d time.Duration) (p50, p99 time.Duration, n int, err error) {
+	var dl net.Dialer
+	c, err := dl.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	defer c.Close()
+	stop := context.AfterFunc(ctx, func() { c.Close() })
+	defer stop()
+	if _, err := c.Write([]byte{'E'}); err != nil {
+		return 0, 0, 0, err
+	}
+	msg, back := make([]byte, 64), make([]byte, 64)
+	var rtts []time.Duration
+	end := time.Now().Add(d)
+	c.SetDeadline(end.Add(10 * time.Second))
+	for i := 0; time.Now().Before(end); i++ {
+		binary.BigEndian.PutUint64(msg, uint64(i))
+		t0 := time.Now()
+		if _, err := c.Write(msg); err != nil {
+			return 0, 0, 0, err
+		}
+		if _, err := io.ReadFull(c, back); err != nil {
+			return 0, 0, 0, err
+		}
+		rtts = append(rtts, time.Since(t0))
+		if binary.BigEndian.Uint64(back) != uint64(i) {
+			return 0, 0, 0, errors.New("the echo came back altered")
+		}
+	}
+	if len(rtts) == 0 {
+		return 0, 0, 0, errors.New("no round trip completed")
+	}
+	slices.Sort(rtts)
+	return rtts[len(rtts)/2], rtts[len(rtts)*99/100], len(rtts), nil
+}
+
+// benchConnect opens connections, workers at a time, for d: each sends
+// one byte to the echo and reads it back.
+func benchConnect(ctx context.Context, addr string, workers int, d time.Duration) (float64, error) {
+	var ok, failed atomic.Int64
+	var lastErr atomic.Value
+	start := time.Now()
+	end := start.Add(d)
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			dl := net.Dialer{Timeout: 5 * time.Second}
+			for time.Now().Before(end) && ctx.Err() == nil {
+				if err := oneConnection(ctx, &dl, addr); err != nil {
+					failed.Add(1)
+					lastErr.Store(err)
+					continue
+				}
+				ok.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	if n, f := ok.Load(), failed.Load(); f > n/100 {
+		return 0, fmt.Errorf("%d of %d connections failed, the last with: %v", f, n+f, lastErr.Load())
+	}
+	return float64(ok.Load()) / elapsed.Seconds(), nil
+}
+
+func oneConnection(ctx context.Context, dl *net.Dialer, addr string) error {
+	c, err := dl.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.Write([]byte{'E', 'x'}); err != nil {
+		return err
+	}
+	var b [1]byte
+	if _, err := io.ReadFull(c, b[:]); err != nil {
+		return err
+	}
+	if b[0] != 'x' {
+		return errors.New("the echo came back altered")
+	}
+	return nil
+}
+
+// benchUDP sends benchDatagram-byte datagrams at rate for d and reports
+// what the bench server received.
+func benchUDP(ctx context.Context, s *benchServer, addr string, rate float64, d time.Duration) (*BenchUDP, error) {
+	c, err := net.Dial("udp", addr)
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	if uc, ok := c.(*net.UDPConn); ok {
+		uc.SetWriteBuffer(4 << 20)
+	}
+	p := make([]byte, benchDatagram)
+	// The first datagrams open the flow; wait until they arrive.
+	s.udp.probes.Store(0)
+	binary.BigEndian.PutUint64(p, probeSeq)
+	for i := 0; s.udp.probes.Load() == 0; i++ {
+		if i == 50 {
+			return nil, errors.New("no datagram reached the bench server in 5 s: does the path drop UDP?")
+		}
+		c.Write(p)
+		select {
+		case <-time.After(100 * time.Millisecond):
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	s.udp.reset()
+	perSecond := rate / (8 * benchDatagram)
+	start := time.Now()
+	sent := 0
+	for {
+		el := time.Since(start)
+		if el >= d || ctx.Err() != nil {
+			break
+		}
+		for due := int(el.Seconds() * perSecond); sent < due; sent++ {
+			binary.BigEndian.PutUint64(p, uint64(sent))
+			binary.BigEndian.PutUint64(p[8:], uint64(time.Now().UnixNano()))
+			c.Write(p) // a refused or dropped datagram counts as lost
+		}
+		time.Sleep(200 * time.Microsecond)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	// Stragglers: a datagram still in flight after this is lost.
+	time.Sleep(500 * time.Millisecond)
+	u := &s.udp
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	res := &BenchUDP{Rate: rate, Size: benchDatagram, Sent: sent, Received: len(u.transits), Jitter: u.jitter / 1e6}
+	if sent == 0 {
+		return res, errors.New("no datagram sent")
+	}
+	res.Loss = 100 * float64(sent-res.Received) / float64(sent)
+	if len(u.transits) > 0 {
+		t := slices.Clone(u.transits)
+		slices.Sort(t)
+		res.DelayP50, res.DelayP99 = ms(t[len(t)/2]), ms(t[len(t)*99/100])
+	}
+	return res, nil
+}

@@ -1,0 +1,219 @@
+package transport
+
+import (
+	"net"
+	"sync"
+	"time"
+)
+
+// batchConn is the TCP connection under a TLS+smux session's TLS layer. smux
+// writes one frame at a time, and TLS turns each into one or more records,
+// each of which would be a write system call of its own. batchConn queues the
+// records instead, and one flusher goroutine writes whatever has queued up in
+// a single call: records made while a write is in progress (other streams'
+// frames, the next 16 KiB of a large frame) leave together in the next one.
+// The sender encrypts while the flusher writes, so the two overlap.
+//
+// A connection that has been quiet for batchGap writes inline instead: a
+// lone request gains nothing from the queue, and the hand-off to the
+// flusher would cost it latency.
+//
+// A Write returns once its bytes are queued (or written); a later Write reports a failure
+// of the socket. Close sends what is queued (for at most closeLinger) before
+// it closes the socket, as the kernel does with its own send buffer, but
+// reads fail at once.
+type batchConn struct {
+	net.Conn
+
+	mu       sync.Mutex
+	room     sync.Cond // signalled when the flusher takes the queue
+	queue    *[]byte   // nil when empty; from batchBufs
+	writing  bool      // a socket write is in progress
+	last     int64     // when the last socket write ended, unix nanoseconds
+	err      error     // the socket's write error, sticky
+	closed   bool
+	kick     chan struct{} // wakes the flusher; capacity 1
+	finished chan struct{} // closed when the flusher is gone
+}
+
+const (
+	// maxBatch bounds the bytes queued ahead of the socket: a full queue
+	// makes Write wait, so a slow peer pushes back on smux's sender.
+	maxBatch = 256 << 10
+	// closeLinger bounds how long Close waits to send what is queued.
+	closeLinger = 2 * time.Second
+	// batchGap is how long after the last socket write a Write goes
+	// straight to the socket.
+	batchGap = 20 * time.Microsecond
+)
+
+// batchBufs hold queued bytes; an idle connection holds none.
+var batchBufs = sync.Pool{New: func() any { b := make([]byte, 0, 64<<10); return &b }}
+
+func newBatchConn(c net.Conn) *batchConn {
+	b := &batchConn{Conn: c, kick: make(chan struct{}, 1), finished: make(chan struct{})}
+	b.room.L = &b.mu
+	go b.flush()
+	return b
+}
+
+func (b *batchConn) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	for b.queue != nil && len(*b.queue)+len(p) > maxBatch && b.err == nil && !b.closed {
+		b.room.Wait()
+	}
+	switch {
+	case b.err != nil:
+		err := b.err
+		b.mu.Unlock()
+		return 0, err
+	case b.closed:
+		b.mu.Unlock()
+		return 0, net.ErrClosed
+	}
+	if b.queue == nil && !b.writing {
+		if now := time.Now().UnixNano(); now-b.last > int64(batchGap) {
+			return b.writeInline(p)
+		}
+	}
+	if b.queue == nil {
+		b.queue = batchBufs.Get().(*[]byte)
+		if !b.writing {
+			b.kickFlusher()
+		}
+	}
+	*b.queue = append(*b.queue, p...)
+	b.mu.Unlock()
+	return len(p), nil
+}
+
+// writeInline writes p to the socket from the caller's goroutine; b.mu is
+// held on entry and released on return.
+func (b *batchConn) writeInline(p []byte) (int, error) {
+	b.writing = true
+	b.mu.Unlock()
+	n, err := b.Conn.Write(p)
+	b.mu.Lock()
+	b.writing = false
+	b.last = time.Now().UnixNano()
+	if err != nil && b.err == nil {
+		b.err = err
+	}
+	if b.queue != nil || b.closed || b.err != nil {
+		b.kickFlusher()
+	}
+	b.room.Broadcast()
+	b.mu.Unlock()
+	return n, err
+}
+
+func (b *batchConn) kickFlusher() {
+	select {
+	case b.kick <- struct{}{}:
+	default:
+	}
+}
+
+// flush writes the queue whenever it is not empty, until the connection is
+// closed and the queue sent, or the socket fails; then it closes the socket.
+func (b *batchConn) flush() {
+	defer close(b.finished)
+	defer b.Conn.Close()
+	for {
+		b.mu.Lock()
+		for b.writing || (b.queue == nil && !b.closed && b.err == nil) {
+			b.mu.Unlock()
+			<-b.kick
+			b.mu.Lock()
+		}
+		q := b.queue
+		b.queue = nil
+		if q == nil || b.err != nil {
+			b.mu.Unlock()
+			return // closed and everything sent, or the socket failed
+		}
+		b.writing = true
+		b.room.Broadcast()
+		b.mu.Unlock()
+		_, err := b.Conn.Write(*q)
+		if cap(*q) <= 4*maxBatch {
+			*q = (*q)[:0]
+			batchBufs.Put(q)
+		}
+		b.mu.Lock()
+		b.writing = false
+		b.last = time.Now().UnixNano()
+		if err != nil && b.err == nil {
+			b.err = err
+		}
+		b.room.Broadcast()
+		b.mu.Unlock()
+	}
+}
+
+func (b *batchConn) Read(p []byte) (int, error) {
+	n, err := b.Conn.Read(p)
+	if err != nil {
+		b.mu.Lock()
+		closed := b.closed
+		b.mu.Unlock()
+		if closed {
+			return n, net.ErrClosed
+		}
+	}
+	return n, err
+}
+
+// Close stops reads at once and lets the flusher send what is queued, for
+// at most closeLinger, before it closes the socket.
+func (b *batchConn) Close() error {
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return net.ErrClosed
+	}
+	b.closed = true
+	b.room.Broadcast()
+	b.kickFlusher()
+	b.mu.Unlock()
+	b.Conn.SetReadDeadline(past)
+	b.Conn.SetWriteDeadline(time.Now().Add(closeLinger))
+	return nil
+}
+
+// SetDeadline and SetWriteDeadline apply to the socket: a queued write that
+// cannot finish in time fails the connection.
+func (b *batchConn) SetDeadline(t time.Time) error {
+	if err := b.SetReadDeadline(t); err != nil {
+		return err
+	}
+	return b.SetWriteDeadline(t)
+}
+
+func (b *batchConn) SetReadDeadline(t time.Time) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return net.ErrClosed
+	}
+	return b.Conn.SetReadDeadline(t)
+}
+
+func (b *batchConn) SetWriteDeadline(t time.Time) error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return net.ErrClosed
+	}
+	return b.Conn.SetWriteDeadline(t)
+}
+
+// setTCPOptions tunes a session's TCP connection. TCP_NODELAY is Go's
+// default already; batchConn does the coalescing Nagle would.
+func setTCPOptions(c net.Conn) {
+	tc, ok := c.(*net.TCPConn)
+	if !ok {
+		return
+	}
+	tc.SetNoDelay(true)
+}

@@ -1,0 +1,73 @@
+//go:build unix
+
+package tunnel
+
+import (
+	"io"
+	"net"
+	"os"
+	"sync/atomic"
+	"syscall"
+)
+
+// copyFromSocket copies from a TCP socket, holding a buffer only while the
+// socket has bytes to read: the read is a raw one, and when it would block
+// the buffer goes back to the pool before the wait for readability.
+func copyFromSocket(dst io.Writer, tc *net.TCPConn, live *atomic.Int64) (written int64, err error) {
+	rc, err := tc.SyscallConn()
+	if err != nil {
+		return copyAdaptive(dst, tc, live)
+	}
+	var (
+		buf  *[]byte
+		pool = &smallBufs // the pool buf comes from, and the next one
+		n    int
+		rerr error
+	)
+	defer func() {
+		if buf != nil {
+			pool.Put(buf)
+		}
+	}()
+	read := func(fd uintptr) bool {
+		if buf == nil {
+			buf = pool.Get().(*[]byte)
+		}
+		for {
+			n, rerr = syscall.Read(int(fd), *buf)
+			if rerr != syscall.EINTR {
+				break
+			}
+		}
+		if rerr == syscall.EAGAIN {
+			pool.Put(buf)
+			buf = nil
+			return false // wait for readability, holding nothing
+		}
+		return true
+	}
+	for {
+		if err := rc.Read(read); err != nil {
+			return written, err
+		}
+		switch {
+		case rerr != nil:
+			return written, &net.OpError{Op: "read", Net: "tcp", Source: tc.LocalAddr(), Addr: tc.RemoteAddr(), Err: os.NewSyscallError("read", rerr)}
+		case n <= 0:
+			return written, nil // EOF
+		}
+		w, werr := writeAll(dst, (*buf)[:n], live)
+		written += int64(w)
+		if werr != nil {
+			return written, werr
+		}
+		switch {
+		case pool == &smallBufs && n == len(*buf):
+			pool.Put(buf)
+			buf, pool = nil, &bigBufs
+		case pool == &bigBufs && n <= smallBufSize:
+			pool.Put(buf)
+			buf, pool = nil, &smallBufs
+		}
+	}
+}
