@@ -258,8 +258,9 @@ func transportOptions(cfg *Config) transport.Options {
 	opts.IdleTimeout = cfg.Relay.IdleTimeout.Duration
 	opts.KeepAlive = cfg.Relay.KeepAlive.Duration
 	opts.MaxHandshakes = cfg.Relay.MaxHandshakes
-	// Agents open the control stream and nothing else; the relay opens the
-	// rest. A session cannot pile up streams before it authenticates.
+	// Agents open the control stream and a datagram stream, nothing else;
+	// the relay opens the rest. A session cannot pile up streams before it
+	// authenticates.
 	opts.MaxIncomingStreams = tunnel.MaxAgentStreams
 	return opts
 }

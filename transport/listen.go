@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"time"
 )
 
 // Listen serves both transports on one port number: QUIC on UDP and TLS+smux
@@ -118,4 +119,23 @@ func (m *multiListener) Close() error {
 		m.wg.Wait()
 	})
 	return err
+}
+
+// RetryAccept decides what an accept loop does after err: for a temporary
+// failure (out of file descriptors and the like) it waits, longer each time
+// up to a second, and reports true, as net/http's Server.Serve does; for any
+// other, or once done closes, false. backoff is the loop's own; reset it to
+// zero after a successful accept.
+func RetryAccept(err error, backoff *time.Duration, done <-chan struct{}) bool {
+	var ne interface{ Temporary() bool }
+	if !errors.As(err, &ne) || !ne.Temporary() {
+		return false
+	}
+	*backoff = min(max(2**backoff, 5*time.Millisecond), time.Second)
+	select {
+	case <-time.After(*backoff):
+		return true
+	case <-done:
+		return false
+	}
 }

@@ -153,16 +153,7 @@ func (l *tcpListener) acceptLoop() {
 	for {
 		c, err := l.ln.Accept()
 		if err != nil {
-			// Out of file descriptors and the like: wait and retry, as
-			// net/http's Server.Serve does.
-			var ne interface{ Temporary() bool }
-			if errors.As(err, &ne) && ne.Temporary() {
-				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-				select {
-				case <-time.After(backoff):
-				case <-l.done:
-					return
-				}
+			if RetryAccept(err, &backoff, l.done) {
 				continue
 			}
 			l.Close()
@@ -290,6 +281,10 @@ type smuxSession struct {
 	maxPeerID   uint32          // highest stream id the peer opened that we registered
 	peerStreams int             // streams the peer opened that are registered
 	early       map[uint32]byte // signals that arrived before their stream was registered
+	// skipped are peer ids below maxPeerID not seen yet: streams opened
+	// at once can reach us out of id order, and a signal for one of those
+	// must wait for it like one for an id above maxPeerID.
+	skipped map[uint32]struct{}
 
 	done      chan struct{}
 	closeOnce sync.Once
@@ -308,7 +303,13 @@ func newSmuxSession(ms *smux.Session, tc *tls.Conn, sig *smux.Stream, client boo
 		dgrams:   newDatagramQueue(o.DatagramQueue),
 		streams:  make(map[uint32]*smuxStream),
 		early:    make(map[uint32]byte),
+		skipped:  make(map[uint32]struct{}),
 		done:     make(chan struct{}),
+	}
+	if !client {
+		// The agent's first stream is the signal stream; its data streams
+		// follow it. (The relay's first is id 2, counted from 0.)
+		s.maxPeerID = sig.ID()
 	}
 	// Both loops close the session when smux's ends: signalLoop's reads
 	// fail, and acceptLoop's accept does.
@@ -329,16 +330,23 @@ func (s *smuxSession) acceptLoop() {
 		w := newSmuxStream(st, s)
 		id := st.ID()
 		s.mu.Lock()
+		delete(s.skipped, id)
+		if id > s.maxPeerID {
+			// Stream ids go up by 2 on each side; the ones jumped over
+			// are on their way.
+			for j := s.maxPeerID + 2; j < id && len(s.skipped) < maxEarly; j += 2 {
+				s.skipped[j] = struct{}{}
+			}
+			s.maxPeerID = id
+		}
 		if s.peerStreams >= s.opts.MaxIncomingStreams {
+			delete(s.early, id)
 			s.mu.Unlock()
 			w.Close()
 			continue
 		}
 		s.streams[id] = w
 		s.peerStreams++
-		if id > s.maxPeerID {
-			s.maxPeerID = id
-		}
 		early := s.early[id]
 		delete(s.early, id)
 		s.mu.Unlock()
@@ -424,13 +432,18 @@ func (s *smuxSession) handleStreamSignal(id uint32, typ byte) {
 	}
 	s.mu.Lock()
 	st := s.streams[id]
-	if st == nil && !s.ours(id) && id > s.maxPeerID && len(s.early) < maxEarly {
+	if st == nil && !s.ours(id) && len(s.early) < maxEarly && (id > s.maxPeerID || isSkipped(s.skipped, id)) {
 		s.early[id] |= bit
 	}
 	s.mu.Unlock()
 	if st != nil {
 		st.signal(bit)
 	}
+}
+
+func isSkipped(m map[uint32]struct{}, id uint32) bool {
+	_, ok := m[id]
+	return ok
 }
 
 func (s *smuxSession) streamSignal(typ byte, id uint32) error {

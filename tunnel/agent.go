@@ -212,8 +212,7 @@ type Agent struct {
 
 	wmu       sync.Mutex // serialises control frames
 	mu        sync.Mutex
-	byID      map[uint32]*agentTunnel // the current session's tunnel ids
-	ctl       transport.Stream        // the current session's, or nil
+	ctl       transport.Stream // the current session's, or nil
 	sess      transport.Session
 	connected bool
 	since     time.Time
@@ -224,6 +223,7 @@ type Agent struct {
 	stopRun   context.CancelFunc
 
 	clients sync.WaitGroup // client streams in flight, over every session
+	flows   sync.WaitGroup // UDP flows' goroutines
 	active  atomic.Int64
 	link    atomic.Pointer[dgramLink] // the current session's datagram path
 }
@@ -281,6 +281,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	// Streams in flight end with their session; wait for their goroutines.
 	defer a.clients.Wait()
+	defer a.flows.Wait()
 	defer a.closeFlows()
 	var (
 		everLive bool
@@ -395,7 +396,7 @@ func (a *Agent) session(ctx context.Context, reconnect bool, failures int, down 
 	a.mu.Lock()
 	changed := !slices.Equal(eps, a.endpoints)
 	a.endpoints = eps
-	a.byID, a.ctl, a.sess = byID, ctl, sess
+	a.ctl, a.sess = ctl, sess
 	a.connected, a.since = true, time.Now()
 	a.sessions++
 	draining := a.draining
@@ -483,11 +484,25 @@ func (a *Agent) session(ctx context.Context, reconnect bool, failures int, down 
 
 // keepAlive pings the relay every keepalive interval; the answers prove the
 // path alive to both sides and measure its round trip.
+//
+// Each keepalive is two PINGs in one write. A QUIC packet carrying one is
+// about 40 bytes, and quic-go sends no stateless reset in answer to a
+// packet of 42 bytes or less (it could be a reset itself): an idle agent
+// whose relay restarted would then learn of it only at the liveness
+// timeout. With two, the restarted relay resets the old session at the next
+// keepalive and the agent reconnects at once.
 func (a *Agent) keepAlive(ctx context.Context, ctl transport.Stream) {
 	t := time.NewTicker(a.cfg.TransportOptions.KeepAlive)
 	defer t.Stop()
 	for {
-		if err := a.writeControl(ctl, &Ping{Data: uint64(time.Now().UnixNano())}); err != nil {
+		ping, err := AppendMessage(nil, &Ping{Data: uint64(time.Now().UnixNano())})
+		if err != nil {
+			return
+		}
+		a.wmu.Lock()
+		_, err = ctl.Write(append(ping, ping...))
+		a.wmu.Unlock()
+		if err != nil {
 			return
 		}
 		select {
@@ -836,6 +851,10 @@ func (a *Agent) carry(ctx context.Context, st transport.Stream, byID map[uint32]
 		return
 	}
 	if first[0] == DatagramStreamMarker {
+		// The datagram stream lasts as long as the session and is no
+		// client: Drain must not wait for it.
+		joined = true
+		finish()
 		st.SetReadDeadline(time.Time{})
 		defer st.Close()
 		readDatagramStream(st, func(p []byte) { a.deliverUDP(p, byID) })

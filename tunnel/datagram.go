@@ -24,6 +24,11 @@ type dgramLink struct {
 
 func newDgramLink(sess transport.Session) *dgramLink { return &dgramLink{sess: sess} }
 
+// dgramStreamWait bounds how long a large datagram may wait for the
+// datagram stream: a datagram late by more is worth less than the ones
+// behind it.
+const dgramStreamWait = 250 * time.Millisecond
+
 // send sends one tunnel datagram (header and payload).
 func (l *dgramLink) send(p []byte) error {
 	err := l.sess.SendDatagram(p)
@@ -44,7 +49,7 @@ func (l *dgramLink) sendOnStream(p []byte) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.out == nil {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), dgramStreamWait)
 		st, err := l.sess.OpenStream(ctx)
 		cancel()
 		if err != nil {
@@ -57,8 +62,12 @@ func (l *dgramLink) sendOnStream(p []byte) error {
 		l.out = st
 	}
 	// One write per frame: the length and the datagram travel together.
+	// A peer that does not keep up costs this datagram, not the sender's
+	// whole read loop: after a short wait it is dropped, and the stream,
+	// which may hold half a frame, is closed (the next one opens afresh).
 	l.buf = binary.BigEndian.AppendUint16(l.buf[:0], uint16(len(p)))
 	l.buf = append(l.buf, p...)
+	l.out.SetWriteDeadline(time.Now().Add(dgramStreamWait))
 	if _, err := l.out.Write(l.buf); err != nil {
 		l.out.Close()
 		l.out = nil

@@ -163,3 +163,25 @@ func TestShutdownDeadlineCuts(t *testing.T) {
 		}
 	})
 }
+
+// Serve whose context ends returns at once, with agents connected: it
+// keeps no port open for them to come back to, whatever the order in which
+// it and the sessions see the end. (Each round is a fresh chance for the
+// sessions to see it first; the rejoin window of a minute would hold Serve.)
+func TestServeStopsWithAgents(t *testing.T) {
+	forEachTransport(t, func(t *testing.T, kind string) {
+		local := startServer(t, echo)
+		for range 10 {
+			r := startRelay(t, func(c *RelayConfig) { c.RejoinWindow = time.Minute })
+			cfg := r.agentConfig(kind, local)
+			cfg.RetryBaseDelay, cfg.RetryMaxDelay = time.Hour, time.Hour
+			liveAgentUp(t, cfg)
+			r.cancel()
+			select {
+			case <-r.done:
+			case <-time.After(20 * time.Second):
+				t.Fatalf("Serve did not return 20 s after its context ended; tunnels: %+v", r.Relay.Tunnels())
+			}
+		}
+	})
+}

@@ -111,7 +111,12 @@ func (g *group) removeMemberLocked(m *member) {
 	}
 	g.members = slices.Delete(g.members, i, i+1)
 	m.gone.Store(true)
-	if g.closed || len(g.members) > 0 {
+	if g.closed || g.liveMembersLocked() > 0 {
+		return
+	}
+	if len(g.members) > 0 {
+		// Only draining members are left: no one takes new clients.
+		g.r.closeGroupLocked(g, "its agents are draining")
 		return
 	}
 	window := g.r.config().RejoinWindow
@@ -163,16 +168,19 @@ func (g *group) serve(ctx context.Context) {
 	var lastSummary time.Time
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	var backoff time.Duration
 	for {
 		c, err := g.ln.Accept()
 		if err != nil {
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				time.Sleep(5 * time.Millisecond)
+			// Out of file descriptors: the port must keep serving once
+			// some are free again.
+			if transport.RetryAccept(err, &backoff, ctx.Done()) {
+				g.log.Warn("accepting clients failed; retrying", "err", err, "in", backoff)
 				continue
 			}
 			return
 		}
+		backoff = 0
 		client := addrPort(c.RemoteAddr())
 		release, reason := g.gate.Load().admit(client.Addr())
 		if reason != "" {

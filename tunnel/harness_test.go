@@ -141,6 +141,7 @@ type testAgent struct {
 	Log       *syncBuffer
 	Err       chan error
 	cancel    context.CancelFunc
+	agent     *Agent
 }
 
 // agentConfig returns a config for kind that trusts r and exposes locals.
@@ -173,7 +174,7 @@ func runAgent(t testing.TB, cfg AgentConfig) (*testAgent, error) {
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	ta := &testAgent{Log: logs, Err: make(chan error, 1), cancel: cancel}
+	ta := &testAgent{Log: logs, Err: make(chan error, 1), cancel: cancel, agent: a}
 	go func() { ta.Err <- a.Run(ctx) }()
 	select {
 	case ta.Endpoints = <-ready:

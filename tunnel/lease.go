@@ -155,16 +155,23 @@ func (t *leaseTable) oldestIdle(ok func(uint16) bool) (leaseKey, bool) {
 	return best, found
 }
 
-// take records that k is live on port.
-func (t *leaseTable) take(k leaseKey, port uint16) {
-	if old, ok := t.m[k]; ok && old.Port != port {
-		delete(t.port, old.Port)
+// take records that k is live on port, and reports whether that is a new
+// promise (k had no lease, or another port).
+func (t *leaseTable) take(k leaseKey, port uint16) bool {
+	changed := true
+	if old, ok := t.m[k]; ok {
+		if old.Port != port {
+			delete(t.port, old.Port)
+		} else {
+			changed = false
+		}
 	}
 	if other, ok := t.port[port]; ok && other != k {
 		delete(t.m, other)
 	}
 	t.m[k] = &lease{Port: port}
 	t.port[port] = k
+	return changed
 }
 
 // release starts k's lease lifetime.

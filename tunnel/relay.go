@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"maps"
 	"math/big"
 	"net"
 	"net/netip"
@@ -160,8 +159,9 @@ func (c *RelayConfig) Validate() error {
 }
 
 // MaxAgentStreams is how many streams a relay lets an agent open at once:
-// the control stream, with room to spare. Relays pass it as the transport's
-// MaxIncomingStreams.
+// the control stream and the datagram stream, with room for a datagram
+// stream reopened while the old one closes. Relays pass it as the
+// transport's MaxIncomingStreams.
 const MaxAgentStreams = 4
 
 // MinSecretLen is the shortest token secret accepted.
@@ -264,6 +264,11 @@ func (r *Relay) Serve(ctx context.Context, ln transport.Listener) error {
 	stop := context.AfterFunc(ctx, func() {
 		r.mu.Lock()
 		r.closing = true
+		// Tunnels waiting for their agents to return would hold Serve
+		// for their rejoin window.
+		for _, g := range r.groups {
+			r.closeGroupLocked(g, "the relay is stopping")
+		}
 		r.mu.Unlock()
 		ln.Close()
 	})
@@ -327,9 +332,13 @@ func (r *Relay) Shutdown(ctx context.Context) error {
 	for _, g := range groups {
 		g.closeListeners()
 	}
+	// At once, not one after another: a slow agent costs a second, not
+	// a second each.
+	var told sync.WaitGroup
 	for _, a := range agents {
-		a.notice(&Drain{})
+		told.Go(func() { a.notice(&Drain{}) })
 	}
+	told.Wait()
 	r.log.Info("draining", "agents", len(agents), "tunnels", len(groups), "clients", r.activeClients())
 	var err error
 	tick := time.NewTicker(20 * time.Millisecond)
@@ -404,6 +413,10 @@ type agentConn struct {
 	byID    sync.Map
 	link    *dgramLink
 
+	// saveLease asks register to write the lease table before it replies;
+	// only the control loop's goroutine touches it.
+	saveLease bool
+
 	// suspect is set when the agent missed a probe or a stream answer:
 	// groups send it new clients only when no other member can take them.
 	suspect  atomic.Bool
@@ -434,8 +447,8 @@ func (r *Relay) serveSession(ctx context.Context, s transport.Session) {
 		}
 		return
 	}
-	if !r.admitAgent(a) {
-		a.refuse(CodeShutdown, "the relay is shutting down")
+	if ref := r.admitAgent(a); ref != nil {
+		a.refuse(ref.Code, ref.Text)
 		return
 	}
 	defer r.forgetAgent(a)
@@ -463,15 +476,10 @@ func (r *Relay) serveSession(ctx context.Context, s transport.Session) {
 	// The end of the control stream is a goodbye; anything else may be an
 	// agent on its way back.
 	goodbye := errors.Is(err, io.EOF)
-	r.mu.Lock()
-	members := slices.Collect(maps.Values(a.members))
-	r.mu.Unlock()
-	r.dropMembers(a, goodbye)
-	if goodbye {
-		// The agent's clients were done on its side before it said so,
-		// but their last bytes may still be on their way here: let each
-		// finish before the session, and its streams, close.
-		a.awaitClients(ctx, members)
+	// A stopping relay keeps no port open for the agent to come back to.
+	// (Serve's ctx may end this session before Serve marks it closing.)
+	if dropped := r.dropMembers(a, goodbye || ctx.Err() != nil); goodbye {
+		a.finishClients(ctx, dropped)
 	}
 	var sent *sentRefusal
 	switch {
@@ -487,12 +495,18 @@ func (r *Relay) serveSession(ctx context.Context, s transport.Session) {
 
 // admitAgent records a, replacing any session with the same token and
 // instance: the agent came back before the relay noticed it had gone.
-func (r *Relay) admitAgent(a *agentConn) bool {
+func (r *Relay) admitAgent(a *agentConn) *RefusedError {
 	var old []*agentConn
 	r.mu.Lock()
 	if r.closing {
 		r.mu.Unlock()
-		return false
+		return &RefusedError{Code: CodeShutdown, Text: "the relay is shutting down"}
+	}
+	// A reload between the handshake's token lookup and here must not let
+	// a revoked or changed token in.
+	if ref := r.tokenCurrentLocked(a); ref != nil {
+		r.mu.Unlock()
+		return ref
 	}
 	if a.instance != ([instanceLen]byte{}) {
 		for o := range r.agents {
@@ -507,7 +521,7 @@ func (r *Relay) admitAgent(a *agentConn) bool {
 		o.log.Info("agent session replaced by a newer one from the same agent", "new", a.sess.RemoteAddr().String())
 		o.sess.CloseWithError(uint64(CodeShutdown), "replaced by a newer session from the same agent")
 	}
-	return true
+	return nil
 }
 
 func (r *Relay) forgetAgent(a *agentConn) {
@@ -579,7 +593,10 @@ func (r *Relay) handshake(ctx context.Context, s transport.Session, log *slog.Lo
 	return a, nil
 }
 
+// send writes m, giving up after the liveness timeout: an agent that stops
+// reading must not hold the control stream (and a shutdown) for ever.
 func (a *agentConn) send(m Message) error {
+	a.ctl.SetWriteDeadline(time.Now().Add(a.r.config().Liveness))
 	a.wmu.Lock()
 	defer a.wmu.Unlock()
 	return WriteMessage(a.ctl, m)
@@ -587,11 +604,12 @@ func (a *agentConn) send(m Message) error {
 
 // notice sends m without letting a stuck agent hold up the caller long.
 func (a *agentConn) notice(m Message) {
+	// The deadline goes first, so a writer stuck holding wmu wakes too.
+	a.ctl.SetWriteDeadline(time.Now().Add(time.Second))
 	a.wmu.Lock()
 	defer a.wmu.Unlock()
 	a.ctl.SetWriteDeadline(time.Now().Add(time.Second))
 	WriteMessage(a.ctl, m)
-	a.ctl.SetWriteDeadline(time.Time{})
 }
 
 // sentRefusal is a refusal this relay sent and logged.
@@ -726,6 +744,10 @@ func (a *agentConn) register(ctx context.Context, m *Register) Message {
 		}
 		return fail(CodeInternal, "relay failed to open a port: %v", err)
 	}
+	if a.saveLease {
+		a.saveLease = false
+		a.r.saveLeases()
+	}
 	return &Registered{Request: m.Request, Tunnel: mem.id, Protos: mem.g.protos, Port: mem.g.port}
 }
 
@@ -756,6 +778,9 @@ func (r *Relay) join(ctx context.Context, a *agentConn, m *Register, allow, deny
 	defer r.mu.Unlock()
 	if r.closing {
 		return nil, &RefusedError{Code: CodeShutdown, Text: "the relay is shutting down"}
+	}
+	if ref := r.tokenCurrentLocked(a); ref != nil {
+		return nil, ref
 	}
 	if g := r.groups[key]; g != nil {
 		if g.protos != m.Protos {
@@ -792,7 +817,11 @@ func (r *Relay) join(ctx context.Context, a *agentConn, m *Register, allow, deny
 	r.groups[key] = g
 	r.ports[port] = g
 	a.token.tunnels++
-	r.leases.take(key, port)
+	if r.leases.take(key, port) {
+		// A new promise goes to disk before the agent hears of it, so a
+		// relay killed right after still keeps it.
+		a.saveLease = true
+	}
 	r.markLeasesDirty()
 	if pc != nil {
 		g.udp = &udpPort{pc: pc, flows: make(map[netip.AddrPort]*udpFlow)}
@@ -967,32 +996,31 @@ func (r *Relay) drainMembers(a *agentConn, id uint32) {
 	}
 }
 
-// goodbyeGrace bounds the wait, after an agent's goodbye, for the relay's
-// side of its clients to finish.
-const goodbyeGrace = 10 * time.Second
-
-func (a *agentConn) awaitClients(ctx context.Context, members []*member) {
-	deadline := time.Now().Add(goodbyeGrace)
-	for time.Now().Before(deadline) && ctx.Err() == nil {
-		var n int64
-		for _, m := range members {
-			n += m.active.Load()
-		}
-		if n == 0 {
-			return
-		}
-		select {
-		case <-a.sess.Done():
-			return
-		case <-time.After(10 * time.Millisecond):
-		}
+// tokenCurrentLocked refuses a whose token was revoked or changed by a
+// reload since it authenticated.
+func (r *Relay) tokenCurrentLocked(a *agentConn) *RefusedError {
+	ts, ok := r.tokens[KeyID(a.token.tok.Secret)]
+	switch {
+	case !ok:
+		return &RefusedError{Code: CodeUnauthorized, Text: fmt.Sprintf("token %q was revoked on the relay: ask the relay's operator for a new one", a.token.tok.ID)}
+	case ts != a.token:
+		return &RefusedError{Code: CodeShutdown, Text: fmt.Sprintf("token %q changed on the relay; reconnect to apply the new rules", a.token.tok.ID)}
 	}
+	return nil
 }
 
 // dropMembers takes every member of a's session out of its group.
-func (r *Relay) dropMembers(a *agentConn, goodbye bool) {
+func (r *Relay) dropMembers(a *agentConn, goodbye bool) []*member {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	return r.dropMembersLocked(a, goodbye)
+}
+
+// dropMembersLocked is dropMembers with Relay.mu held. Members dropped with
+// goodbye close their group at once when no live member is left; others
+// leave it open for the rejoin window.
+func (r *Relay) dropMembersLocked(a *agentConn, goodbye bool) []*member {
+	var dropped []*member
 	for id, m := range a.members {
 		delete(a.members, id)
 		a.byID.Delete(id)
@@ -1000,7 +1028,9 @@ func (r *Relay) dropMembers(a *agentConn, goodbye bool) {
 			m.draining.Store(true)
 		}
 		m.g.removeMemberLocked(m)
+		dropped = append(dropped, m)
 	}
+	return dropped
 }
 
 // closeGroupLocked closes g's public port and starts its lease's lifetime.

@@ -84,35 +84,27 @@ func (r *Relay) Reload(cfg RelayConfig) (ReloadResult, error) {
 	r.cfg.Store(&cfg)
 	// A new lease lifetime applies to the leases held now as well.
 	r.leases.ttl = cfg.LeaseTTL
+	// Tokens are known by their secret: one whose secret is gone is
+	// revoked, one whose rules (or id) changed is a new token state.
 	for a := range r.agents {
-		id := a.token.tok.ID
-		switch {
-		case slices.Contains(res.TokensRemoved, id):
-			kicks = append(kicks, kick{a, CodeUnauthorized, fmt.Sprintf("token %q was revoked on the relay", id)})
-		case slices.Contains(res.TokensChanged, id):
-			kicks = append(kicks, kick{a, CodeShutdown, fmt.Sprintf("token %q changed on the relay; reconnect to apply the new rules", id)})
-		default:
-			for _, m := range a.members {
-				if !cfg.Ports.Contains(m.g.port) {
-					kicks = append(kicks, kick{a, CodeShutdown, fmt.Sprintf("port %d is no longer among the relay's ports; reconnect for another", m.g.port)})
-					break
-				}
+		if ref := r.tokenCurrentLocked(a); ref != nil {
+			kicks = append(kicks, kick{a, ref.Code, ref.Text})
+			continue
+		}
+		for _, m := range a.members {
+			if !cfg.Ports.Contains(m.g.port) {
+				kicks = append(kicks, kick{a, CodeShutdown, fmt.Sprintf("port %d is no longer among the relay's ports; reconnect for another", m.g.port)})
+				break
 			}
 		}
 	}
 	// Tunnels of the closed sessions go at once, without the rejoin window:
 	// the rules they opened under no longer hold. Their leases stay.
 	for _, k := range kicks {
-		for id, m := range k.a.members {
-			delete(k.a.members, id)
-			m.g.removeMemberLocked(m)
-			if len(m.g.members) == 0 {
-				r.closeGroupLocked(m.g, "configuration reloaded")
-			}
-		}
+		r.dropMembersLocked(k.a, true)
 	}
 	for _, g := range r.groups {
-		if slices.Contains(res.TokensRemoved, g.key.Token) || slices.Contains(res.TokensChanged, g.key.Token) {
+		if r.tokens[KeyID(g.token.tok.Secret)] != g.token {
 			r.closeGroupLocked(g, "its token changed")
 		}
 	}
@@ -121,11 +113,13 @@ func (r *Relay) Reload(cfg RelayConfig) (ReloadResult, error) {
 			g.rebuildGateLocked()
 		}
 	}
+	// Counted while their sessions, still in r.agents, hold Serve's wait
+	// group above zero.
+	r.wg.Add(len(kicks))
 	r.mu.Unlock()
 
 	for _, k := range kicks {
 		k.a.log.Warn("closing agent session after reload", "reason", k.text)
-		r.wg.Add(1)
 		go func() {
 			defer r.wg.Done()
 			k.a.closeAfterNotice(k.code, k.text)

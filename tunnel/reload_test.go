@@ -62,8 +62,8 @@ func TestReloadTokens(t *testing.T) {
 
 		// Revoked: Run ends with the reason, no retry.
 		err = old.wait(t, 20*time.Second)
-		if !isRefused(err, CodeUnauthorized) || !strings.Contains(err.Error(), `token "old" was revoked on the relay`) {
-			t.Errorf("the revoked token's agent: Run returned %v; want an unauthorized refusal saying token \"old\" was revoked", err)
+		if !isRefused(err, CodeUnauthorized) || err.Error() != `token "old" was revoked on the relay: ask the relay's operator for a new one` {
+			t.Errorf("the revoked token's agent: Run returned %v; want an unauthorized refusal saying token \"old\" was revoked and what to do", err)
 		}
 		if strings.Contains(old.Log.String(), "reconnecting") {
 			t.Errorf("the revoked token's agent said it was reconnecting:\n%s", old.Log)

@@ -114,12 +114,12 @@ func (h *relayHost) agentConfig(kind string, locals ...string) AgentConfig {
 	return (&testRelay{Addr: h.addr, Pin: h.pin}).agentConfig(kind, locals...)
 }
 
-// fastRetry makes an agent retry quickly, and notice a dead path within a
-// second or two instead of 15 s.
+// fastRetry makes an agent retry quickly, and give up on a handshake over
+// a dead path after a second.
 func fastRetry(cfg *AgentConfig) {
 	cfg.RetryBaseDelay = 20 * time.Millisecond
 	cfg.RetryMaxDelay = 200 * time.Millisecond
-	cfg.TransportOptions.HandshakeTimeout = 2 * time.Second
+	cfg.TransportOptions.HandshakeTimeout = time.Second
 }
 
 // Short liveness settings for tests where a silent path must be noticed.
@@ -131,9 +131,6 @@ const (
 func fastLivenessRelay(cfg *RelayConfig)    { cfg.Liveness = testIdle }
 func fastLivenessOpts(o *transport.Options) { o.IdleTimeout, o.KeepAlive = testIdle, testKeepAlive }
 func fastLivenessAgent(cfg *AgentConfig)    { fastLivenessOpts(&cfg.TransportOptions) }
-func withAnswerTimeout(d time.Duration) func(*RelayConfig) {
-	return func(cfg *RelayConfig) { cfg.AnswerTimeout = d }
-}
 
 // liveAgent is a running Agent whose every OnReady call is kept.
 type liveAgent struct {

@@ -68,13 +68,16 @@ func (a *Agent) deliverUDP(p []byte, byID map[uint32]*agentTunnel) {
 func (a *Agent) flow(t *agentTunnel, client netip.AddrPort) (*agentFlow, error) {
 	u := t.udp
 	u.mu.Lock()
-	defer u.mu.Unlock()
-	if f := u.flows[client]; f != nil {
+	f, n := u.flows[client], len(u.flows)
+	u.mu.Unlock()
+	if f != nil {
 		return f, nil
 	}
-	if len(u.flows) >= a.cfg.MaxFlows {
+	if n >= a.cfg.MaxFlows {
 		return nil, fmt.Errorf("tunnel %s has %d flows, the most allowed", t.spec.Name, a.cfg.MaxFlows)
 	}
+	// Resolving and dialing outside the lock: a slow resolver must not
+	// hold up every other flow's datagrams.
 	raddr, err := net.ResolveUDPAddr("udp", t.spec.Local)
 	if err != nil {
 		return nil, err
@@ -84,7 +87,14 @@ func (a *Agent) flow(t *agentTunnel, client netip.AddrPort) (*agentFlow, error) 
 		return nil, err
 	}
 	tuneUDPSocket(conn, a.log)
-	f := &agentFlow{conn: conn}
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if f := u.flows[client]; f != nil {
+		// Opened meanwhile by the other delivery path (datagram stream).
+		conn.Close()
+		return f, nil
+	}
+	f = &agentFlow{conn: conn}
 	f.last.Store(time.Now().UnixNano())
 	if t.spec.ProxyProtocol == 2 {
 		hdr := proxyproto.HeaderProxyFromAddrs(2, net.UDPAddrFromAddrPort(client), a.publicAddr(t, "udp", client))
@@ -99,9 +109,12 @@ func (a *Agent) flow(t *agentTunnel, client netip.AddrPort) (*agentFlow, error) 
 	t.total.Add(1)
 	t.active.Add(1)
 	a.log.Info("udp flow opened", "tunnel", t.spec.Name, "client", client.String())
-	a.clients.Add(1)
+	// Flows are not clients Drain waits for: UDP has nothing in flight
+	// to finish, and a flow lasts until it idles out. Run's end closes
+	// them.
+	a.flows.Add(1)
 	go func() {
-		defer a.clients.Done()
+		defer a.flows.Done()
 		a.serveFlow(t, client, f)
 	}()
 	return f, nil

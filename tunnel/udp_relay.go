@@ -14,7 +14,7 @@ import (
 // the member that carries it while that member lasts.
 type udpFlow struct {
 	member  atomic.Pointer[member]
-	last    atomic.Int64 // unix nanoseconds of the latest datagram either way
+	last    atomic.Int64 // unix nanoseconds of the client's latest datagram
 	release func()
 }
 
@@ -83,7 +83,9 @@ func (g *group) flow(client netip.AddrPort) *udpFlow {
 	u := g.udp
 	u.mu.Lock()
 	f := u.flows[client]
-	if m := f.get(); m != nil && !m.gone.Load() && !m.draining.Load() {
+	// A draining member keeps the flows it has (the player stays on its
+	// server) and gets no new ones; a member gone hands them on.
+	if m := f.get(); m != nil && !m.gone.Load() {
 		u.mu.Unlock()
 		return f
 	}
@@ -94,24 +96,29 @@ func (g *group) flow(client netip.AddrPort) *udpFlow {
 		return nil
 	}
 	u.mu.Unlock()
-	// Outside the lock: pick takes the relay's.
+	// The client's limits first: a flood of refused datagrams must not
+	// take the relay's lock, which pick does. Only serveUDP's goroutine
+	// opens flows, so none can appear meanwhile.
+	var release func()
+	if f == nil {
+		var reason string
+		if release, reason = g.gate.Load().admit(client.Addr()); reason != "" {
+			return nil
+		}
+	}
 	m, _, _ := g.pick(nil)
 	if m == nil {
+		if release != nil {
+			release()
+		}
 		return nil
 	}
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	if f != nil {
-		// Its member left or drains: the flow moves, keeping its place.
+		// Its member left: the flow moves, keeping its place.
 		f.member.Store(m)
 		return f
-	}
-	if f = u.flows[client]; f != nil {
-		return f // opened by a racing datagram
-	}
-	release, reason := g.gate.Load().admit(client.Addr())
-	if reason != "" {
-		return nil
 	}
 	f = &udpFlow{release: release}
 	f.member.Store(m)
@@ -183,7 +190,9 @@ func (a *agentConn) deliverUDP(p []byte) {
 		g.dropUDP()
 		return
 	}
-	f.last.Store(time.Now().UnixNano())
+	// Only the client's datagrams keep a flow alive: otherwise an agent
+	// could keep sending, from the relay's address, to someone who once
+	// sent one spoofed datagram.
 	if _, err := g.udp.pc.WriteToUDPAddrPort(payload, h.Client); err != nil {
 		g.dropUDP()
 		return

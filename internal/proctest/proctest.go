@@ -253,7 +253,7 @@ func WriteRelaydConfig(t testing.TB, extra string) (path, stateDir string, low, 
 	stateDir = filepath.Join(dir, "state")
 	low, high = portRange()
 	path = filepath.Join(dir, "relay.toml")
-	cfg := fmt.Sprintf("[relay]\nlisten = \"127.0.0.1:0\"\nports = \"%d-%d\"\nstate_dir = %q\n\n%s%s", low, high, stateDir, adminTOML(extra), extra)
+	cfg := fmt.Sprintf("[relay]\nlisten = \"127.0.0.1:0\"\nports = \"%d-%d\"\nstate_dir = %q\n\n%s\n%s", low, high, stateDir, extra, adminTOML(extra))
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -413,12 +413,15 @@ func LastLine(s string) string {
 // ClosedPort returns a loopback address nothing listens on (TCP or UDP).
 func ClosedPort(t testing.TB) string {
 	t.Helper()
-	for range 20 {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
+	for range 200 {
+		// Below the kernel's ephemeral range (32768 and up), where the
+		// ports other tests' listeners on port 0 get: a port handed out
+		// here as closed stays closed.
+		addr := fmt.Sprintf("127.0.0.1:%d", 20000+rand.IntN(10000))
+		ln, err := net.Listen("tcp", addr)
 		if err != nil {
-			t.Fatal(err)
+			continue
 		}
-		addr := ln.Addr().String()
 		pc, err := net.ListenPacket("udp", addr)
 		ln.Close()
 		if err != nil {

@@ -18,8 +18,8 @@ func NewRelaydPinned(t testing.TB, relayKeys []string, extra string) *Relayd {
 	low, high := portRange()
 	addr := ClosedPort(t)
 	path := filepath.Join(dir, "relay.toml")
-	cfg := fmt.Sprintf("[relay]\nlisten = %q\nports = \"%d-%d\"\nstate_dir = %q\n%s\n\n%s%s",
-		addr, low, high, stateDir, strings.Join(relayKeys, "\n"), adminTOML(extra), extra)
+	cfg := fmt.Sprintf("[relay]\nlisten = %q\nports = \"%d-%d\"\nstate_dir = %q\n%s\n\n%s\n%s",
+		addr, low, high, stateDir, strings.Join(relayKeys, "\n"), extra, adminTOML(extra))
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -44,7 +44,8 @@ func (r *Relayd) Restart(t testing.TB) {
 
 // adminTOML gives a test relayd an admin API on a port of its own, unless
 // extra has an [admin] table: relayds started in parallel would otherwise
-// race for the default 127.0.0.1:7001.
+// race for the default 127.0.0.1:7001. It goes last, so that extra may
+// begin with more [relay] keys.
 func adminTOML(extra string) string {
 	if strings.Contains(extra, "[admin]") {
 		return ""
