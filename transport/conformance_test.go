@@ -39,6 +39,7 @@ func testConformance(t *testing.T, kind string) {
 		{"OpenAcceptBothWays", testOpenAcceptBothWays},
 		{"HalfClose", testHalfClose},
 		{"HalfCloseSlowReader", testHalfCloseSlowReader},
+		{"WriteTo", testWriteTo},
 		{"ConcurrentStreams", testConcurrentStreams},
 		{"FinishedBeforeAccept", testFinishedBeforeAccept},
 		{"StreamLimit", testStreamLimit},
@@ -178,6 +179,65 @@ func testHalfClose(t *testing.T, kind string) {
 		t.Errorf("Read after both CloseWrites = %d, %v; want 0, EOF", n, err)
 	}
 }
+
+// testWriteTo: a stream that implements io.WriterTo (the copy loop uses it
+// to copy without a buffer of its own) delivers every byte before the
+// peer's CloseWrite, in order, and returns nil at that end; Close from
+// another goroutine ends it with net.ErrClosed; a failing writer's error
+// comes back as it is.
+func testWriteTo(t *testing.T, kind string) {
+	c, s := newPair(t, kind)
+	a, b := openPair(t, c, s)
+	wt, ok := b.(io.WriterTo)
+	if !ok {
+		t.Skipf("%s streams do not implement io.WriterTo", kind)
+	}
+	want := randBytes(2<<20 + 12345)
+	go func() {
+		for p := want; len(p) > 0; {
+			n := min(len(p), 1+mrand.IntN(100<<10))
+			if _, err := a.Write(p[:n]); err != nil {
+				t.Errorf("Write: %v", err)
+				return
+			}
+			p = p[n:]
+		}
+		a.CloseWrite()
+	}()
+	var got bytes.Buffer
+	n, err := wt.WriteTo(&got)
+	if err != nil || n != int64(len(want)) || !bytes.Equal(got.Bytes(), want) {
+		t.Fatalf("WriteTo = %d, %v; got %d bytes (equal: %v), want %d and nil", n, err, got.Len(), bytes.Equal(got.Bytes(), want), len(want))
+	}
+
+	// Close while WriteTo waits.
+	a2, b2 := openPair(t, c, s)
+	defer a2.Close()
+	done := make(chan error, 1)
+	go func() {
+		_, err := b2.(io.WriterTo).WriteTo(io.Discard)
+		done <- err
+	}()
+	time.Sleep(20 * time.Millisecond)
+	b2.Close()
+	if err := within(t, 5*time.Second, "WriteTo after Close", func() error { return <-done }); !errors.Is(err, net.ErrClosed) {
+		t.Errorf("WriteTo after Close: %v, want net.ErrClosed", err)
+	}
+
+	// The writer's own failure.
+	a3, b3 := openPair(t, c, s)
+	defer a3.Close()
+	defer b3.Close()
+	a3.Write([]byte("x"))
+	errW := errors.New("writer failed")
+	if _, err := b3.(io.WriterTo).WriteTo(failingWriter{errW}); !errors.Is(err, errW) {
+		t.Errorf("WriteTo into a failing writer: %v, want its error", err)
+	}
+}
+
+type failingWriter struct{ err error }
+
+func (f failingWriter) Write([]byte) (int, error) { return 0, f.err }
 
 // testHalfCloseSlowReader: the side that half-closes first must still get
 // every byte the peer sends before its own CloseWrite, even when it reads

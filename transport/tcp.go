@@ -669,6 +669,76 @@ func (s *smuxStream) Read(p []byte) (int, error) {
 	}
 }
 
+// WriteTo writes the stream's data to w as it arrives, straight from the
+// frames smux received, until the peer's FIN (a nil error, as io.Copy
+// expects) or a failure: the reader needs no buffer of its own, so an idle
+// stream copied this way holds none. Its ends and errors are Read's.
+func (s *smuxStream) WriteTo(w io.Writer) (int64, error) {
+	rw := &recordingWriter{w: w}
+	var total int64
+	drained := false
+	for {
+		n, err := s.st.WriteTo(rw)
+		total += n
+		if rw.err != nil {
+			return total, rw.err // w failed, not the stream
+		}
+		if n > 0 {
+			drained = false
+		}
+		s.mu.Lock()
+		switch {
+		case s.closed:
+			s.mu.Unlock()
+			return total, net.ErrClosed
+		case err == io.EOF && !s.peerFIN && s.sess.isClosed():
+			s.mu.Unlock()
+			return total, fmt.Errorf("session closed: %w", net.ErrClosed)
+		case err == io.EOF:
+			s.readEOF = true
+			s.mu.Unlock()
+			return total, nil
+		case !errors.Is(err, smux.ErrTimeout):
+			s.mu.Unlock()
+			if errors.Is(err, io.ErrClosedPipe) {
+				return total, net.ErrClosed
+			}
+			return total, err
+		case s.peerFIN:
+			// As in Read: one more pass that finds nothing means the
+			// data before the FIN is all written.
+			if drained {
+				s.readEOF = true
+				s.mu.Unlock()
+				return total, nil
+			}
+			drained = true
+		case !s.readDeadline.IsZero() && !time.Now().Before(s.readDeadline):
+			s.mu.Unlock()
+			return total, os.ErrDeadlineExceeded
+		default:
+			s.st.SetReadDeadline(s.readDeadline)
+		}
+		s.mu.Unlock()
+	}
+}
+
+// recordingWriter remembers w's failure, to tell it from the stream's.
+type recordingWriter struct {
+	w   io.Writer
+	err error
+}
+
+func (r *recordingWriter) Write(p []byte) (int, error) {
+	n, err := r.w.Write(p)
+	if err != nil {
+		r.err = err
+	} else if n < len(p) {
+		r.err = io.ErrShortWrite
+	}
+	return n, r.err
+}
+
 func (s *smuxStream) Write(p []byte) (int, error) {
 	s.wmu.RLock()
 	defer s.wmu.RUnlock()

@@ -151,6 +151,23 @@ func copyConn(dst io.Writer, src net.Conn, live *atomic.Int64) (int64, error) {
 	if tc, ok := src.(*net.TCPConn); ok {
 		return copyFromSocket(dst, tc, live)
 	}
+	if ss, ok := src.(*statusStream); ok {
+		// Take the agent's status byte, then copy from the stream itself.
+		if _, err := ss.Read(nil); err == io.EOF {
+			return 0, nil // the status, then the end: nothing to copy
+		} else if err != nil {
+			return 0, err
+		}
+		src = ss.Stream
+	}
+	if wt, ok := src.(io.WriterTo); ok {
+		// A TLS+smux stream writes from the frames it received: no
+		// buffer of ours, none held while it waits.
+		if live != nil {
+			dst = &countingWriter{dst, live}
+		}
+		return wt.WriteTo(dst)
+	}
 	return copyAdaptive(dst, src, live)
 }
 
@@ -201,5 +218,17 @@ func writeAll(dst io.Writer, p []byte, live *atomic.Int64) (int, error) {
 	if err == nil && n < len(p) {
 		err = io.ErrShortWrite
 	}
+	return n, err
+}
+
+// countingWriter adds what it writes to n.
+type countingWriter struct {
+	w io.Writer
+	n *atomic.Int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n.Add(int64(n))
 	return n, err
 }
