@@ -364,13 +364,27 @@ func StartEcho(t testing.TB, tag string) string {
 // expects tag and the payload back, then EOF.
 func CheckEcho(t testing.TB, url, tag string, size int) {
 	t.Helper()
-	c, err := net.DialTimeout("tcp", HostPort(t, url), 5*time.Second)
+	got, payload, err := echoRoundTrip(HostPort(t, url), size)
 	if err != nil {
-		t.Fatalf("dialing %s: %v", url, err)
+		t.Fatalf("through %s: %v", url, err)
+	}
+	want := append([]byte(tag), payload...)
+	if !bytes.Equal(got, want) {
+		t.Fatalf("through %s: got %d bytes, want %d (tag %q + payload); equal prefix %d bytes",
+			url, len(got), len(want), tag, commonPrefix(got, want))
+	}
+}
+
+// echoRoundTrip sends size random bytes to hp, half-closes, and reads
+// everything back until EOF.
+func echoRoundTrip(hp string, size int) (got, payload []byte, err error) {
+	c, err := net.DialTimeout("tcp", hp, 5*time.Second)
+	if err != nil {
+		return nil, nil, err
 	}
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(20 * time.Second))
-	payload := make([]byte, size)
+	payload = make([]byte, size)
 	for i := range payload {
 		payload[i] = byte(rand.IntN(256))
 	}
@@ -382,18 +396,13 @@ func CheckEcho(t testing.TB, url, tag string, size int) {
 		}
 		werr <- err
 	}()
-	got, err := io.ReadAll(c)
-	if err != nil {
-		t.Fatalf("reading from %s: %v (got %d bytes)", url, err, len(got))
+	if got, err = io.ReadAll(c); err != nil {
+		return got, payload, fmt.Errorf("reading: %w (after %d bytes)", err, len(got))
 	}
 	if err := <-werr; err != nil {
-		t.Fatalf("writing to %s: %v", url, err)
+		return got, payload, fmt.Errorf("writing: %w", err)
 	}
-	want := append([]byte(tag), payload...)
-	if !bytes.Equal(got, want) {
-		t.Fatalf("through %s: got %d bytes, want %d (tag %q + payload); equal prefix %d bytes",
-			url, len(got), len(want), tag, commonPrefix(got, want))
-	}
+	return got, payload, nil
 }
 
 func commonPrefix(a, b []byte) int {

@@ -37,30 +37,9 @@ func Visit(url string, tagLen, size int) (string, error) {
 	if !ok {
 		return "", fmt.Errorf("%q is not a tcp:// URL", url)
 	}
-	c, err := net.DialTimeout("tcp", hp, 5*time.Second)
+	got, payload, err := echoRoundTrip(hp, size)
 	if err != nil {
 		return "", err
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(20 * time.Second))
-	payload := make([]byte, size)
-	for i := range payload {
-		payload[i] = byte(rand.IntN(256))
-	}
-	werr := make(chan error, 1)
-	go func() {
-		_, err := c.Write(payload)
-		if err == nil {
-			err = c.(*net.TCPConn).CloseWrite()
-		}
-		werr <- err
-	}()
-	got, err := io.ReadAll(c)
-	if err != nil {
-		return "", fmt.Errorf("reading: %w (after %d bytes)", err, len(got))
-	}
-	if err := <-werr; err != nil {
-		return "", fmt.Errorf("writing: %w", err)
 	}
 	if len(got) != tagLen+size || string(got[tagLen:]) != string(payload) {
 		return "", fmt.Errorf("got %d bytes back, want a %d-byte tag and the %d-byte payload", len(got), tagLen, size)
