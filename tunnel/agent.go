@@ -900,25 +900,20 @@ func (a *Agent) carry(ctx context.Context, st transport.Stream, byID map[uint32]
 		st.Close()
 		return
 	}
-	// Stopping at once (not draining) must not wait on a client whose
-	// server is idle.
-	stop := context.AfterFunc(ctx, func() {
-		local.Close()
-		st.Close()
-	})
 	t.active.Add(1)
 	t.total.Add(1)
 	log.Info("client connected")
 	start := time.Now()
 	// The copies run on goroutines of their own, and this one ends.
 	joined = true
-	StartJoin(local, st, &t.bytesOut, &t.bytesIn, func(stats JoinStats) {
+	// Stopping at once (not draining) must not wait on a client whose
+	// server is idle: ctx's end closes both.
+	StartJoin(ctx, local, st, &t.bytesOut, &t.bytesIn, func(stats JoinStats) {
 		args := []any{"duration", time.Since(start).Round(time.Millisecond), "bytes_in", stats.BToA, "bytes_out", stats.AToB}
 		if stats.Err != nil && !transport.IsClosed(stats.Err) {
 			args = append(args, "err", stats.Err)
 		}
 		log.Info("client disconnected", args...)
-		stop()
 		t.active.Add(-1)
 		finish()
 	})

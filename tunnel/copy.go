@@ -1,6 +1,7 @@
 package tunnel
 
 import (
+	"context"
 	"errors"
 	"io"
 	"net"
@@ -67,16 +68,33 @@ func JoinCounting(a, b net.Conn, aToB, bToA *atomic.Int64) JoinStats {
 	return j.st
 }
 
-// StartJoin is JoinCounting from two new goroutines: it returns at once, and
+// StartJoin is JoinCounting from new goroutines: it returns at once, and
 // done (if not nil) runs, on one of them, once both directions have ended and
-// both connections are closed. The caller's goroutine may end meanwhile, so a
-// long-lived connection costs just the two copying goroutines, whose stacks
-// stay small: the caller's grew with whatever it did before (dialing,
-// logging), and a blocked goroutine's stack does not shrink back.
-func StartJoin(a, b net.Conn, aToB, bToA *atomic.Int64, done func(JoinStats)) {
+// both connections are closed. When ctx ends first, both connections are
+// closed (done still runs). The caller's goroutine may end meanwhile, so a
+// long-lived connection costs just the copies' goroutines, whose stacks stay
+// small: the caller's grew with whatever it did before (dialing, logging),
+// and a blocked goroutine's stack does not shrink back.
+//
+// When a is a TCP socket, its direction holds no goroutine while a has
+// nothing to read (pump_linux.go): an idle pair costs one goroutine.
+func StartJoin(ctx context.Context, a, b net.Conn, aToB, bToA *atomic.Int64, done func(JoinStats)) {
 	j := &join{a: a, b: b, aToB: aToB, bToA: bToA, left: 2, done: done}
+	j.mu.Lock() // the pump and stop are set before either direction may end
 	go j.run(a, b, &j.st.BToA, bToA)
-	go j.run(b, a, &j.st.AToB, aToB)
+	if tc, ok := a.(*net.TCPConn); ok {
+		j.pump, ok = startPump(b, tc, aToB, func(written int64, err error) {
+			j.ended(b, &j.st.AToB, written, err)
+			j.directionDone()
+		})
+		if !ok {
+			go j.run(b, a, &j.st.AToB, aToB)
+		}
+	} else {
+		go j.run(b, a, &j.st.AToB, aToB)
+	}
+	j.stop = context.AfterFunc(ctx, j.shutdown)
+	j.mu.Unlock()
 }
 
 // join is one joined pair in flight.
@@ -84,6 +102,8 @@ type join struct {
 	a, b       net.Conn
 	aToB, bToA *atomic.Int64
 	done       func(JoinStats)
+	pump       *pump       // a's direction, when it runs without a goroutine
+	stop       func() bool // StartJoin's hook on its context
 
 	mu   sync.Mutex
 	st   JoinStats
@@ -91,16 +111,25 @@ type join struct {
 	shut bool
 }
 
-// run copies one direction for StartJoin; the last to finish closes both
-// connections and calls done.
+// run copies one direction for StartJoin.
 func (j *join) run(dst, src net.Conn, n *int64, live *atomic.Int64) {
 	j.pipe(dst, src, n, live)
+	j.directionDone()
+}
+
+// directionDone counts one direction out; the last closes both connections
+// and calls done.
+func (j *join) directionDone() {
 	j.mu.Lock()
 	j.left--
 	last := j.left == 0
+	stop := j.stop
 	j.mu.Unlock()
 	if !last {
 		return
+	}
+	if stop != nil {
+		stop()
 	}
 	j.a.Close()
 	j.b.Close()
@@ -108,6 +137,10 @@ func (j *join) run(dst, src net.Conn, n *int64, live *atomic.Int64) {
 		j.done(j.st)
 	}
 }
+
+// shutdown closes both connections, so both directions stop, without
+// counting it as a failure of either.
+func (j *join) shutdown() { j.abort(nil) }
 
 // abort records err (the first one wins) and closes both connections, so
 // the other direction stops too.
@@ -122,12 +155,21 @@ func (j *join) abort(err error) {
 	if !shut {
 		j.a.Close()
 		j.b.Close()
+		if j.pump != nil {
+			j.pump.wake() // a parked pump learns of the close from its read
+		}
 	}
 }
 
 // pipe copies src to dst, then half-closes dst; n receives the count.
 func (j *join) pipe(dst, src net.Conn, n *int64, live *atomic.Int64) {
 	written, err := copyConn(dst, src, live)
+	j.ended(dst, n, written, err)
+}
+
+// ended records a direction's count and, at its EOF, half-closes dst; a
+// failure closes both connections.
+func (j *join) ended(dst net.Conn, n *int64, written int64, err error) {
 	j.mu.Lock()
 	*n = written
 	j.mu.Unlock()

@@ -281,7 +281,8 @@ func (g *group) carry(ctx context.Context, c net.Conn, finish func()) {
 		start := time.Now()
 		// The copies run on goroutines of their own, and this one ends.
 		joined = true
-		StartJoin(c, peer, &g.bytesIn, &g.bytesOut, func(stats JoinStats) {
+		stop() // the join closes c when ctx ends
+		StartJoin(ctx, c, peer, &g.bytesIn, &g.bytesOut, func(stats JoinStats) {
 			m.active.Add(-1)
 			if errors.Is(stats.Err, errLocalUnreachable) {
 				g.log.Info("client closed: the agent could not reach its local server", "client", client.String())
@@ -289,7 +290,6 @@ func (g *group) carry(ctx context.Context, c net.Conn, finish func()) {
 				g.log.Debug("client closed", "client", client.String(), "duration", time.Since(start).Round(time.Millisecond),
 					"bytes_in", stats.AToB, "bytes_out", stats.BToA, "err", stats.Err)
 			}
-			stop()
 			finish()
 		})
 		return

@@ -1,0 +1,180 @@
+package tunnel
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"io"
+	"net"
+	"runtime"
+	"testing"
+	"time"
+)
+
+// tcpPair returns the two ends of a loopback TCP connection.
+func tcpPair(t *testing.T) (*net.TCPConn, *net.TCPConn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	acc := make(chan net.Conn, 1)
+	go func() {
+		c, _ := ln.Accept()
+		acc <- c
+	}()
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := <-acc
+	if s == nil {
+		t.Fatal("accept failed")
+	}
+	return c.(*net.TCPConn), s.(*net.TCPConn)
+}
+
+// startedJoin is a StartJoin over two loopback TCP connections: bytes
+// written to client come out of server and the other way round.
+type startedJoin struct {
+	client, server *net.TCPConn
+	stats          chan JoinStats
+}
+
+func startJoined(t *testing.T, ctx context.Context) *startedJoin {
+	t.Helper()
+	client, a := tcpPair(t)
+	b, server := tcpPair(t)
+	sj := &startedJoin{client: client, server: server, stats: make(chan JoinStats, 1)}
+	StartJoin(ctx, a, b, nil, nil, func(st JoinStats) { sj.stats <- st })
+	t.Cleanup(func() {
+		client.Close()
+		server.Close()
+	})
+	return sj
+}
+
+func (sj *startedJoin) wait(t *testing.T) JoinStats {
+	t.Helper()
+	select {
+	case st := <-sj.stats:
+		return st
+	case <-time.After(10 * time.Second):
+		t.Fatal("the join never ended")
+		return JoinStats{}
+	}
+}
+
+// roundTrip sends msg from the client, echoes it at the server, and checks
+// it comes back whole.
+func (sj *startedJoin) roundTrip(t *testing.T, msg []byte) {
+	t.Helper()
+	if _, err := sj.client.Write(msg); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, len(msg))
+	sj.server.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadFull(sj.server, got); err != nil {
+		t.Fatalf("server read: %v", err)
+	}
+	if _, err := sj.server.Write(got); err != nil {
+		t.Fatal(err)
+	}
+	sj.client.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadFull(sj.client, got); err != nil {
+		t.Fatalf("client read: %v", err)
+	}
+	if !bytes.Equal(got, msg) {
+		t.Fatal("the message came back changed")
+	}
+}
+
+// A half-close carries through: the client sends 3 MiB and its EOF, the
+// server answers 2 MiB after reading it all, and the counts add up.
+func TestStartJoinHalfClose(t *testing.T) {
+	sj := startJoined(t, context.Background())
+	up := make([]byte, 3<<20)
+	down := make([]byte, 2<<20)
+	rand.Read(up)
+	rand.Read(down)
+	go func() {
+		sj.client.Write(up)
+		sj.client.CloseWrite()
+	}()
+	got, err := io.ReadAll(sj.server)
+	if err != nil || !bytes.Equal(got, up) {
+		t.Fatalf("server read %d bytes (%v), want the %d sent", len(got), err, len(up))
+	}
+	go func() {
+		sj.server.Write(down)
+		sj.server.CloseWrite()
+	}()
+	got, err = io.ReadAll(sj.client)
+	if err != nil || !bytes.Equal(got, down) {
+		t.Fatalf("client read %d bytes (%v), want the %d sent", len(got), err, len(down))
+	}
+	st := sj.wait(t)
+	if st.AToB != int64(len(up)) || st.BToA != int64(len(down)) || st.Err != nil {
+		t.Fatalf("stats %+v, want %d and %d bytes and no error", st, len(up), len(down))
+	}
+}
+
+// Ending the context closes both connections of an idle pair, and done
+// still runs; whether the pair's pump waits hot or parked.
+func TestStartJoinContextEnd(t *testing.T) {
+	forEachPumpMode(t, testStartJoinContextEnd)
+}
+
+func testStartJoinContextEnd(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	sj := startJoined(t, ctx)
+	sj.roundTrip(t, []byte("hello"))
+	cancel()
+	sj.wait(t)
+	sj.client.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := sj.client.Read(make([]byte, 1)); err == nil || errors.Is(err, net.ErrClosed) || isTimeout(err) {
+		t.Fatalf("client read after the context ended: %v, want EOF or a reset", err)
+	}
+}
+
+// The far side vanishing ends the pair while the client's side is idle.
+func TestStartJoinPeerGone(t *testing.T) {
+	forEachPumpMode(t, testStartJoinPeerGone)
+}
+
+func testStartJoinPeerGone(t *testing.T) {
+	sj := startJoined(t, context.Background())
+	sj.roundTrip(t, []byte("x"))
+	sj.server.SetLinger(0)
+	sj.server.Close() // a reset, not an EOF
+	st := sj.wait(t)
+	if st.Err == nil {
+		t.Fatal("a reset ended the pair without an error")
+	}
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+func errString(err error) string {
+	if err == nil {
+		return "the message came back changed"
+	}
+	return err.Error()
+}
+
+// waitForGoroutines waits until at most n goroutines run.
+func waitForGoroutines(t *testing.T, n int, d time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for runtime.NumGoroutine() > n {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d goroutines after %v, want at most %d", runtime.NumGoroutine(), d, n)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
