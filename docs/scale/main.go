@@ -17,6 +17,7 @@ package main
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"errors"
 	"flag"
@@ -156,8 +157,10 @@ func scaleConns(bin, kind string, n int) error {
 		return err
 	}
 	defer r.stop()
+	// SCALE_CTL_LOG=info shows relayctl's line per connection.
+	level := cmp.Or(os.Getenv("SCALE_CTL_LOG"), "warn")
 	ctl := exec.Command(filepath.Join(bin, "relayctl"), "expose", "--relay", r.addr, "--token", secret,
-		"--fingerprint", r.fp, "--transport", kind, "--log-level", os.Getenv("SCALE_CTL_LOG"), echoAddr)
+		"--fingerprint", r.fp, "--transport", kind, "--log-level", level, echoAddr)
 	ctl.Env = append(os.Environ(), "HOME="+r.dir)
 	out, err := ctl.StdoutPipe()
 	if err != nil {
