@@ -30,21 +30,7 @@ func joinedPair(b *testing.B, kind string) (x, y net.Conn) {
 		if kind == "pipe" {
 			return net.Pipe()
 		}
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer ln.Close()
-		acc := make(chan net.Conn, 1)
-		go func() {
-			c, _ := ln.Accept()
-			acc <- c
-		}()
-		c, err := net.Dial("tcp", ln.Addr().String())
-		if err != nil {
-			b.Fatal(err)
-		}
-		return c, <-acc
+		return tcpPair(b)
 	}
 	x, a := pair()
 	bb, y := pair()
