@@ -18,14 +18,15 @@ import (
 // of relayd and relayctl: a third of what a held connection costs. A pump
 // copies from a TCP socket without a goroutine while the socket has
 // nothing to read: it registers the socket with a process-wide epoll set of
-// its own and ends its goroutine; the event starts a new one.
+// its own and ends its goroutine; an event hands it to a worker goroutine.
 //
-// The set is edge-triggered and registered once per socket, so going idle
-// costs no system call: a pump that runs out of bytes marks itself parked
-// with a compare-and-swap, and an event that arrives while it is still
-// running marks it pending instead, which sends it back for another read.
-// The set's own descriptor sits in Go's poller, so events wake an ordinary
-// goroutine, which hands each pump to a new goroutine on the same P.
+// The set is edge-triggered and a socket stays in it while parking and
+// waking, so going idle costs no system call: a pump that runs out of bytes
+// marks itself parked with a compare-and-swap, and an event that arrives
+// while it is still running marks it pending instead, which sends it back
+// for another read. The set's own descriptor sits in Go's poller, so events
+// wake an ordinary goroutine. A busy socket leaves the set and waits in
+// Go's poller like any other (hot, below).
 
 // Pump states. running → parked when a read finds nothing; parked → running
 // on an event (a new goroutine); running → pending on an event that comes
