@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"sync"
 	"sync/atomic"
 	"syscall"
 )
@@ -33,12 +34,7 @@ func copyFromSocket(dst io.Writer, tc *net.TCPConn, live *atomic.Int64) (written
 		if buf == nil {
 			buf = pool.Get().(*[]byte)
 		}
-		for {
-			n, rerr = syscall.Read(int(fd), *buf)
-			if rerr != syscall.EINTR {
-				break
-			}
-		}
+		n, rerr = readFD(fd, *buf)
 		if rerr == syscall.EAGAIN {
 			pool.Put(buf)
 			buf = nil
@@ -52,7 +48,7 @@ func copyFromSocket(dst io.Writer, tc *net.TCPConn, live *atomic.Int64) (written
 		}
 		switch {
 		case rerr != nil:
-			return written, &net.OpError{Op: "read", Net: "tcp", Source: tc.LocalAddr(), Addr: tc.RemoteAddr(), Err: os.NewSyscallError("read", rerr)}
+			return written, readError(tc, rerr)
 		case n <= 0:
 			return written, nil // EOF
 		}
@@ -61,13 +57,37 @@ func copyFromSocket(dst io.Writer, tc *net.TCPConn, live *atomic.Int64) (written
 		if werr != nil {
 			return written, werr
 		}
-		switch {
-		case pool == &smallBufs && n == len(*buf):
+		if next := nextPool(pool, n, len(*buf)); next != pool {
 			pool.Put(buf)
-			buf, pool = nil, &bigBufs
-		case pool == &bigBufs && n <= smallBufSize:
-			pool.Put(buf)
-			buf, pool = nil, &smallBufs
+			buf, pool = nil, next
 		}
 	}
+}
+
+// readFD reads from a raw socket, retrying interrupted calls.
+func readFD(fd uintptr, buf []byte) (int, error) {
+	for {
+		n, err := syscall.Read(int(fd), buf)
+		if err != syscall.EINTR {
+			return n, err
+		}
+	}
+}
+
+// nextPool is the pool for the next read after one of n bytes into a buffer
+// of size from pool: the big one once a small buffer filled, the small one
+// again once reads come in small.
+func nextPool(pool *sync.Pool, n, size int) *sync.Pool {
+	switch {
+	case pool == &smallBufs && n == size:
+		return &bigBufs
+	case pool == &bigBufs && n <= smallBufSize:
+		return &smallBufs
+	}
+	return pool
+}
+
+// readError is the error net would have returned for a failed read of tc.
+func readError(tc *net.TCPConn, err error) error {
+	return &net.OpError{Op: "read", Net: "tcp", Source: tc.LocalAddr(), Addr: tc.RemoteAddr(), Err: os.NewSyscallError("read", err)}
 }

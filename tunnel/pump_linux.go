@@ -130,12 +130,7 @@ func (p *pump) run() {
 	)
 	read := func(fd uintptr) bool {
 		buf = p.pool.Get().(*[]byte)
-		for {
-			n, rerr = syscall.Read(int(fd), *buf)
-			if rerr != syscall.EINTR {
-				break
-			}
-		}
+		n, rerr = readFD(fd, *buf)
 		if rerr == syscall.EAGAIN {
 			p.pool.Put(buf)
 			buf = nil
@@ -172,7 +167,7 @@ func (p *pump) run() {
 		}
 		if rerr != nil {
 			p.pool.Put(buf)
-			p.finish(&net.OpError{Op: "read", Net: "tcp", Source: p.src.LocalAddr(), Addr: p.src.RemoteAddr(), Err: os.NewSyscallError("read", rerr)})
+			p.finish(readError(p.src, rerr))
 			return
 		}
 		if n <= 0 {
@@ -182,19 +177,14 @@ func (p *pump) run() {
 		}
 		w, werr := writeAll(p.dst, (*buf)[:n], p.live)
 		p.written += int64(w)
-		full := n == len(*buf)
+		next := nextPool(p.pool, n, len(*buf))
 		p.pool.Put(buf)
 		buf = nil
 		if werr != nil {
 			p.finish(werr)
 			return
 		}
-		switch {
-		case p.pool == &smallBufs && full:
-			p.pool = &bigBufs
-		case p.pool == &bigBufs && n <= smallBufSize:
-			p.pool = &smallBufs
-		}
+		p.pool = next
 	}
 }
 
