@@ -205,7 +205,9 @@ var hotPumps atomic.Int32
 // is not parked, so only its own goroutine touches the fields.
 func (p *pump) enterHot() bool {
 	if p.cooled {
-		p.cooled = false // just left hot: park this once
+		// It left hot for quiet, then woke: it parks once more before
+		// it may take a hot place again.
+		p.cooled = false
 		return false
 	}
 	if hotPumps.Add(1) > maxHot {
@@ -276,7 +278,7 @@ func dispatch(p *pump) {
 }
 
 // pumpWorker runs p, then waits for more work while fewer than
-// maxIdleWorkers others wait.
+// 4 × GOMAXPROCS other workers wait.
 func pumpWorker(p *pump) {
 	maxIdle := int32(4 * runtime.GOMAXPROCS(0))
 	for {
@@ -368,7 +370,9 @@ func (p *poller) loop(f *os.File, rc syscall.RawConn) {
 			}
 		})
 		if err != nil {
-			return // the set's descriptor failed: no process can go on without it, but none is closed
+			// Only closing the set's descriptor fails here, and nothing
+			// closes it but this return.
+			return
 		}
 	}
 }
