@@ -124,6 +124,7 @@ func (j *join) directionDone() {
 	j.left--
 	last := j.left == 0
 	stop := j.stop
+	st := j.st // the context's hook may still be in abort
 	j.mu.Unlock()
 	if !last {
 		return
@@ -134,7 +135,7 @@ func (j *join) directionDone() {
 	j.a.Close()
 	j.b.Close()
 	if j.done != nil {
-		j.done(j.st)
+		j.done(st)
 	}
 }
 

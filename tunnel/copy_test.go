@@ -178,3 +178,17 @@ func waitForGoroutines(t *testing.T, n int, d time.Duration) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// The context ending just as the pair ends by itself: done must read the
+// stats while the context's hook may still be recording (a data race that
+// -race caught in the quickstart example's test).
+func TestStartJoinContextEndsWithThePair(t *testing.T) {
+	for range 50 {
+		ctx, cancel := context.WithCancel(context.Background())
+		sj := startJoined(t, ctx)
+		sj.client.Close()
+		sj.server.Close()
+		cancel()
+		sj.wait(t)
+	}
+}
