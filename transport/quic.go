@@ -41,7 +41,7 @@ func (d *QUICDialer) Dial(ctx context.Context, addr string) (Session, error) {
 	if err := d.Options.Validate(); err != nil {
 		return nil, err
 	}
-	c, err := quic.DialAddr(ctx, addr, d.TLS, quicConfig(d.Options))
+	c, err := dialQUIC(ctx, addr, d.TLS, quicConfig(d.Options))
 	if err != nil {
 		var te *quic.TransportError
 		if errors.As(err, &te) {
@@ -52,6 +52,31 @@ func (d *QUICDialer) Dial(ctx context.Context, addr string) (Session, error) {
 		return nil, fmt.Errorf("quic: %w", err)
 	}
 	return newQUICSession(c), nil
+}
+
+// dialQUIC is quic.DialAddr on a socket of our own, so that it receives
+// with GRO (gro_linux.go). The socket lives as long as the connection.
+func dialQUIC(ctx context.Context, addr string, tlsConf *tls.Config, conf *quic.Config) (*quic.Conn, error) {
+	ua, err := net.ResolveUDPAddr("udp", addr)
+	if err != nil {
+		return nil, err
+	}
+	uc, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4zero})
+	if err != nil {
+		return nil, err
+	}
+	tr := &quic.Transport{Conn: newGROConn(uc)}
+	c, err := tr.Dial(ctx, ua, tlsConf, conf)
+	if err != nil {
+		tr.Close()
+		uc.Close()
+		return nil, err
+	}
+	context.AfterFunc(c.Context(), func() {
+		tr.Close()
+		uc.Close()
+	})
+	return c, nil
 }
 
 // quicListener adapts *quic.Listener. Closing it stops new sessions only:
@@ -73,6 +98,9 @@ func ListenQUIC(pc net.PacketConn, tlsConf *tls.Config, o Options) (Listener, er
 		return nil, err
 	}
 	tr := &quic.Transport{Conn: pc}
+	if uc, ok := pc.(*net.UDPConn); ok {
+		tr.Conn = newGROConn(uc)
+	}
 	if len(o.ResetKey) > 0 {
 		k := quic.StatelessResetKey(sha256.Sum256(append([]byte("relay stateless reset\x00"), o.ResetKey...)))
 		tr.StatelessResetKey = &k
