@@ -36,6 +36,12 @@ type testServer struct {
 // key kept in t.TempDir(), and closes the listener when t ends.
 func newTestServer(t testing.TB, o Options, onErr func(net.Addr, error)) *testServer {
 	t.Helper()
+	return newTestServerOn(t, "127.0.0.1:0", o, onErr)
+}
+
+// newTestServerOn is newTestServer listening on addr.
+func newTestServerOn(t testing.TB, addr string, o Options, onErr func(net.Addr, error)) *testServer {
+	t.Helper()
 	key, created, err := LoadOrCreateKey(filepath.Join(t.TempDir(), "relay.key"))
 	if err != nil {
 		t.Fatalf("LoadOrCreateKey: %v", err)
@@ -43,11 +49,11 @@ func newTestServer(t testing.TB, o Options, onErr func(net.Addr, error)) *testSe
 	if !created {
 		t.Fatal("LoadOrCreateKey: created = false for a new file")
 	}
-	cert, err := SelfSignedCertificate(key, "127.0.0.1", "localhost")
+	cert, err := SelfSignedCertificate(key, "127.0.0.1", "::1", "localhost")
 	if err != nil {
 		t.Fatalf("SelfSignedCertificate: %v", err)
 	}
-	ln, err := Listen("127.0.0.1:0", ServerTLSConfig(cert, testALPN), o, onErr)
+	ln, err := Listen(addr, ServerTLSConfig(cert, testALPN), o, onErr)
 	if err != nil {
 		t.Fatalf("Listen: %v", err)
 	}
