@@ -3,6 +3,7 @@ package transport
 import (
 	"crypto/tls"
 	"net"
+	"slices"
 	"sync"
 	"time"
 )
@@ -59,22 +60,48 @@ func newBatchConn(c net.Conn) *batchConn {
 }
 
 func (b *batchConn) Write(p []byte) (int, error) {
+	if err := b.write(len(p), p, nil); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+// writeFill is Write for bytes made in place: fill appends n bytes to its
+// argument, which is the queue when one is building (so a record is sealed
+// straight into it), else a pooled buffer written at once.
+func (b *batchConn) writeFill(n int, fill func([]byte) []byte) error {
+	return b.write(n, nil, fill)
+}
+
+// write writes p, or what fill appends (n bytes either way).
+func (b *batchConn) write(n int, p []byte, fill func([]byte) []byte) error {
 	b.mu.Lock()
-	for b.queue != nil && len(*b.queue)+len(p) > maxBatch && b.err == nil && !b.closed {
+	for b.queue != nil && len(*b.queue)+n > maxBatch && b.err == nil && !b.closed {
 		b.room.Wait()
 	}
 	switch {
 	case b.err != nil:
 		err := b.err
 		b.mu.Unlock()
-		return 0, err
+		return err
 	case b.closed:
 		b.mu.Unlock()
-		return 0, net.ErrClosed
+		return net.ErrClosed
 	}
 	if b.queue == nil && !b.writing {
 		if now := time.Now().UnixNano(); now-b.last > int64(batchGap) {
-			return b.writeInline(p)
+			if fill == nil {
+				_, err := b.writeInline(p)
+				return err
+			}
+			bp := batchBufs.Get().(*[]byte)
+			buf := fill(slices.Grow((*bp)[:0], n))
+			_, err := b.writeInline(buf)
+			if cap(buf) <= 4*maxBatch {
+				*bp = buf[:0]
+				batchBufs.Put(bp)
+			}
+			return err
 		}
 	}
 	if b.queue == nil {
@@ -83,9 +110,22 @@ func (b *batchConn) Write(p []byte) (int, error) {
 			b.kickFlusher()
 		}
 	}
-	*b.queue = append(*b.queue, p...)
+	q := slices.Grow(*b.queue, n)
+	if fill != nil {
+		q = fill(q)
+	} else {
+		q = append(q, p...)
+	}
+	*b.queue = q
 	b.mu.Unlock()
-	return len(p), nil
+	return nil
+}
+
+// isClosed reports whether Close was called.
+func (b *batchConn) isClosed() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.closed
 }
 
 // writeInline writes p to the socket from the caller's goroutine; b.mu is

@@ -35,7 +35,10 @@ type groConn struct {
 }
 
 const (
-	groBursts  = 8
+	// groBursts is how many bursts one system call may read: with
+	// quic-go's 20 KiB bursts, up to 56 packets. The buffers, 256 KiB a
+	// socket, are made on the first read.
+	groBursts  = 4
 	groBufSize = 64 << 10 // the most UDP_GRO coalesces into one read
 )
 
@@ -52,20 +55,19 @@ func newGROConn(c *net.UDPConn) net.PacketConn {
 	}); err != nil || serr != nil {
 		return c
 	}
-	g := &groConn{
-		UDPConn:   c,
-		pc:        ipv4.NewPacketConn(c),
-		msgs:      make([]ipv4.Message, groBursts),
-		seg:       make([]int, groBursts),
-		ipOOB:     make([][]byte, groBursts),
-		ipOOBBufs: make([][]byte, groBursts),
-	}
+	return &groConn{UDPConn: c, pc: ipv4.NewPacketConn(c)}
+}
+
+func (g *groConn) allocate() {
+	g.msgs = make([]ipv4.Message, groBursts)
+	g.seg = make([]int, groBursts)
+	g.ipOOB = make([][]byte, groBursts)
+	g.ipOOBBufs = make([][]byte, groBursts)
 	for i := range g.msgs {
 		g.msgs[i].Buffers = [][]byte{make([]byte, groBufSize)}
 		g.msgs[i].OOB = make([]byte, 256)
 		g.ipOOBBufs[i] = make([]byte, 0, 256)
 	}
-	return g
 }
 
 // ReadBatch fills ms with packets, one per message, from the bursts that
@@ -73,6 +75,9 @@ func newGROConn(c *net.UDPConn) net.PacketConn {
 // quic-go calls it from one goroutine.
 func (g *groConn) ReadBatch(ms []ipv4.Message, flags int) (int, error) {
 	if g.next >= g.n {
+		if g.msgs == nil {
+			g.allocate()
+		}
 		n, err := g.pc.ReadBatch(g.msgs, flags)
 		if err != nil {
 			return 0, err

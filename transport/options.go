@@ -33,6 +33,10 @@ type Options struct {
 	// of sessions it lost with a reset, so peers notice at once rather than
 	// at the idle timeout. Empty: a random key per listener. See ResetKey.
 	ResetKey []byte
+
+	// plainTLS makes a TLS+smux dialer or listener behave as builds before
+	// records (records.go) did, for the tests that check the two meet.
+	plainTLS bool
 }
 
 // DefaultOptions are tuned for a relay on a public link: dead peers are found

@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"strings"
 	"sync"
 	"time"
 
@@ -89,14 +90,24 @@ func (d *TCPDialer) Dial(ctx context.Context, addr string) (Session, error) {
 		return nil, err
 	}
 	setTCPOptions(raw)
-	tc := tls.Client(newBatchConn(raw), d.TLS)
+	bc := newBatchConn(raw)
+	tlsConf := d.TLS
+	if !d.Options.plainTLS {
+		tlsConf = offerRecords(tlsConf)
+	}
+	tc := tls.Client(bc, tlsConf)
 	if err := tc.HandshakeContext(ctx); err != nil {
-		tc.NetConn().Close()
+		bc.Close()
 		return nil, fmt.Errorf("tls: %w", err)
 	}
-	ms, err := smux.Client(frameConn{tc}, smuxConfig(d.Options))
+	conn, err := switchToRecords(ctx, bc, tc, true)
 	if err != nil {
-		tc.Close()
+		bc.Close()
+		return nil, err
+	}
+	ms, err := smux.Client(conn, smuxConfig(d.Options))
+	if err != nil {
+		conn.Close()
 		return nil, err
 	}
 	sig, err := ms.OpenStream()
@@ -108,7 +119,27 @@ func (d *TCPDialer) Dial(ctx context.Context, addr string) (Session, error) {
 		ms.Close()
 		return nil, fmt.Errorf("opening signal stream: %w", err)
 	}
-	return newSmuxSession(ms, tc, sig, true, d.Options), nil
+	return newSmuxSession(ms, tc, conn, sig, true, d.Options), nil
+}
+
+// switchToRecords returns what smux is to run on: the TLS connection, or,
+// when the handshake chose records (records.go), c with records.
+func switchToRecords(ctx context.Context, c *batchConn, tc *tls.Conn, dialer bool) (io.ReadWriteCloser, error) {
+	if !usesRecords(tc.ConnectionState()) {
+		return frameConn{tc}, nil
+	}
+	rc, err := newRecordConn(c, tc.ConnectionState(), dialer)
+	if err != nil {
+		return nil, err
+	}
+	if !dialer {
+		return rc, rc.sendHello()
+	}
+	if d, ok := ctx.Deadline(); ok {
+		c.SetReadDeadline(d)
+		defer c.SetReadDeadline(time.Time{})
+	}
+	return rc, rc.readHello()
 }
 
 // tcpListener accepts TLS+smux sessions. Handshakes run in their own
@@ -132,6 +163,9 @@ type tcpListener struct {
 func ListenTCP(ln net.Listener, tlsConf *tls.Config, o Options, onErr func(net.Addr, error)) (Listener, error) {
 	if err := o.Validate(); err != nil {
 		return nil, err
+	}
+	if !o.plainTLS {
+		tlsConf = serveRecords(tlsConf)
 	}
 	l := &tcpListener{
 		ln:    ln,
@@ -195,7 +229,7 @@ func (l *tcpListener) handshakeFailed(a net.Addr, err error) {
 	}
 }
 
-func (l *tcpListener) handshake(c net.Conn) (*smuxSession, error) {
+func (l *tcpListener) handshake(c *batchConn) (*smuxSession, error) {
 	deadline := time.Now().Add(l.opts.HandshakeTimeout)
 	ctx, cancel := context.WithDeadline(context.Background(), deadline)
 	defer cancel()
@@ -212,7 +246,11 @@ func (l *tcpListener) handshake(c net.Conn) (*smuxSession, error) {
 	if err := tc.HandshakeContext(ctx); err != nil {
 		return nil, fmt.Errorf("tls handshake: %w", err)
 	}
-	ms, err := smux.Server(frameConn{tc}, smuxConfig(l.opts))
+	conn, err := switchToRecords(ctx, c, tc, false)
+	if err != nil {
+		return nil, err
+	}
+	ms, err := smux.Server(conn, smuxConfig(l.opts))
 	if err != nil {
 		return nil, err
 	}
@@ -239,7 +277,7 @@ func (l *tcpListener) handshake(c net.Conn) (*smuxSession, error) {
 	c.SetDeadline(time.Time{})
 	sig.SetReadDeadline(time.Time{})
 	ms.SetDeadline(time.Time{})
-	return newSmuxSession(ms, tc, sig, false, l.opts), nil
+	return newSmuxSession(ms, tc, conn, sig, false, l.opts), nil
 }
 
 func (l *tcpListener) Accept(ctx context.Context) (Session, error) {
@@ -266,7 +304,8 @@ func (l *tcpListener) Close() error {
 
 type smuxSession struct {
 	ms     *smux.Session
-	tc     *tls.Conn
+	tc     *tls.Conn          // the handshake's: state, addresses
+	conn   io.ReadWriteCloser // what smux runs on: tc, or records after it
 	sig    *smux.Stream
 	client bool
 	opts   Options
@@ -292,10 +331,11 @@ type smuxSession struct {
 
 const maxEarly = 4096
 
-func newSmuxSession(ms *smux.Session, tc *tls.Conn, sig *smux.Stream, client bool, o Options) *smuxSession {
+func newSmuxSession(ms *smux.Session, tc *tls.Conn, conn io.ReadWriteCloser, sig *smux.Stream, client bool, o Options) *smuxSession {
 	s := &smuxSession{
 		ms:       ms,
 		tc:       tc,
+		conn:     conn,
 		sig:      sig,
 		client:   client,
 		opts:     o,
@@ -510,11 +550,21 @@ func (s *smuxSession) ExportKeyingMaterial(label string, context []byte, length 
 	return cs.ExportKeyingMaterial(label, context, length)
 }
 
-func (s *smuxSession) ConnectionState() tls.ConnectionState { return s.tc.ConnectionState() }
-func (s *smuxSession) LocalAddr() net.Addr                  { return s.tc.LocalAddr() }
-func (s *smuxSession) RemoteAddr() net.Addr                 { return s.tc.RemoteAddr() }
-func (s *smuxSession) Kind() string                         { return KindTCP }
-func (s *smuxSession) Done() <-chan struct{}                { return s.done }
+// ConnectionState is the handshake's, with the ALPN protocol as the caller
+// named it (without the records suffix).
+func (s *smuxSession) ConnectionState() tls.ConnectionState {
+	cs := s.tc.ConnectionState()
+	cs.NegotiatedProtocol = strings.TrimSuffix(cs.NegotiatedProtocol, recordsALPNSuffix)
+	return cs
+}
+
+// records reports whether the session runs on records of our own.
+func (s *smuxSession) records() bool { _, ok := s.conn.(*recordConn); return ok }
+
+func (s *smuxSession) LocalAddr() net.Addr   { return s.tc.LocalAddr() }
+func (s *smuxSession) RemoteAddr() net.Addr  { return s.tc.RemoteAddr() }
+func (s *smuxSession) Kind() string          { return KindTCP }
+func (s *smuxSession) Done() <-chan struct{} { return s.done }
 
 // CloseWithError closes the session. TLS+smux has no close reason on the
 // wire; the tunnel protocol sends its own before closing.
@@ -524,7 +574,7 @@ func (s *smuxSession) Close() error {
 	s.closeOnce.Do(func() {
 		close(s.done)
 		s.ms.Close()
-		s.tc.Close()
+		s.conn.Close()
 	})
 	return nil
 }
