@@ -90,21 +90,26 @@ func (g *groConn) ReadBatch(ms []ipv4.Message, flags int) (int, error) {
 	out := 0
 	for out < len(ms) && g.next < g.n {
 		m := &g.msgs[g.next]
-		data := m.Buffers[0][g.off:m.N]
+		data := m.Buffers[0][g.off:min(m.N, len(m.Buffers[0]))]
 		if seg := g.seg[g.next]; seg > 0 && seg < len(data) {
 			data = data[:seg]
 		}
 		d := &ms[out]
 		d.N = copy(d.Buffers[0], data)
-		d.NN = copy(d.OOB, g.ipOOB[g.next])
 		d.Flags = m.Flags
+		d.NN = 0
+		if oob := g.ipOOB[g.next]; len(oob) <= len(d.OOB) {
+			d.NN = copy(d.OOB, oob)
+		} else {
+			d.Flags |= unix.MSG_CTRUNC // not half a control message
+		}
 		if d.N < len(data) {
 			d.Flags |= unix.MSG_TRUNC
 		}
 		d.Addr = m.Addr
 		out++
 		g.off += len(data)
-		if g.off >= m.N {
+		if g.off >= min(m.N, len(m.Buffers[0])) {
 			g.next++
 			g.off = 0
 		}

@@ -26,9 +26,10 @@ import (
 // 10-13% of each process's CPU. Records of our own are sealed straight
 // into the batch queue and opened straight into smux's frame buffer.
 //
-// Negotiation is by ALPN: a dialer offers P+"+rec" after each protocol P,
-// and a listener that serves P picks P+"+rec", turning TLS session tickets
-// off, so that nothing follows either side's Finished message. Older peers
+// Negotiation is by ALPN: a dialer offers P+"+rec1" after each protocol P,
+// and a TLS 1.3 listener that would pick P picks P+"+rec1" instead, turning
+// TLS session tickets off, so that nothing follows either side's Finished
+// message. (A later format would be "+rec2".) Older peers
 // see an ALPN value they do not know and go on with plain TLS. crypto/tls
 // may read past the last handshake message, so neither side may send a
 // record while the other might still be reading TLS: the listener, whose
@@ -53,7 +54,7 @@ import (
 // ends the session.
 
 const (
-	recordsALPNSuffix = "+rec"
+	recordsALPNSuffix = "+rec1"
 	recordsLabel      = "EXPORTER-relay-smux-records"
 	recordsVersion    = 1
 	recordHeaderSize  = 3
@@ -71,8 +72,23 @@ const recordsPerKey = 1 << 20
 
 var recordBufs = sync.Pool{New: func() any { b := make([]byte, recordBufSize); return &b }}
 
-// offerRecords returns c with P+"+rec" offered after each ALPN protocol P.
+// recordsWork reports whether this process can seal records: not when
+// crypto is restricted to FIPS 140 mode, which refuses GCM with nonces
+// of our own. Without it, a side neither offers nor serves records.
+var recordsWork = sync.OnceValue(func() bool {
+	block, err := aes.NewCipher(make([]byte, 16))
+	if err != nil {
+		return false
+	}
+	_, err = cipher.NewGCM(block)
+	return err == nil
+})
+
+// offerRecords returns c with P+"+rec1" offered after each ALPN protocol P.
 func offerRecords(c *tls.Config) *tls.Config {
+	if c == nil || !recordsWork() {
+		return c
+	}
 	c = c.Clone()
 	var protos []string
 	for _, p := range c.NextProtos {
@@ -82,37 +98,54 @@ func offerRecords(c *tls.Config) *tls.Config {
 	return c
 }
 
-// serveRecords returns base with records chosen for a client that offers
-// them with a protocol base serves. Other clients see base as it was, with
-// the "+rec" offers taken out of their hello.
+func isRecordsProto(p string) bool { return strings.HasSuffix(p, recordsALPNSuffix) }
+
+// serveRecords returns base choosing records for a TLS 1.3 client that
+// offers them with a protocol the server would pick. base's own
+// GetConfigForClient sees every client first, with the offers of records
+// taken out of its hello, so what it decides (a certificate, a refusal,
+// the protocol) holds for clients with records too.
 func serveRecords(base *tls.Config) *tls.Config {
+	if base == nil || !recordsWork() {
+		return base
+	}
 	c := base.Clone()
 	next := base.GetConfigForClient
 	c.GetConfigForClient = func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
-		for _, p := range hello.SupportedProtos {
-			if b, ok := strings.CutSuffix(p, recordsALPNSuffix); ok && slices.Contains(base.NextProtos, b) {
-				rc := base.Clone()
-				rc.GetConfigForClient = nil
-				rc.NextProtos = []string{p}
-				rc.SessionTicketsDisabled = true
-				return rc, nil
+		h := *hello
+		h.SupportedProtos = slices.DeleteFunc(slices.Clone(hello.SupportedProtos), isRecordsProto)
+		var conf *tls.Config // nil: base as it is
+		if next != nil {
+			var err error
+			if conf, err = next(&h); err != nil {
+				return nil, err
 			}
 		}
-		if next == nil {
-			return nil, nil
+		serve := base
+		if conf != nil {
+			serve = conf
 		}
-		h := *hello
-		h.SupportedProtos = slices.DeleteFunc(slices.Clone(hello.SupportedProtos), func(p string) bool {
-			return strings.HasSuffix(p, recordsALPNSuffix)
-		})
-		return next(&h)
+		if slices.Contains(hello.SupportedVersions, tls.VersionTLS13) {
+			for _, p := range serve.NextProtos { // in the server's order, as ALPN goes
+				if slices.Contains(hello.SupportedProtos, p+recordsALPNSuffix) {
+					rc := serve.Clone()
+					rc.GetConfigForClient = nil
+					rc.NextProtos = []string{p + recordsALPNSuffix}
+					rc.SessionTicketsDisabled = true
+					return rc, nil
+				}
+			}
+		}
+		return conf, nil
 	}
 	return c
 }
 
-// usesRecords reports whether the handshake chose records.
+// usesRecords reports whether the handshake chose records. Only TLS 1.3
+// qualifies: its handshake ends with the listener reading, so the hello
+// cannot be read ahead into the dialer's TLS buffer.
 func usesRecords(cs tls.ConnectionState) bool {
-	return strings.HasSuffix(cs.NegotiatedProtocol, recordsALPNSuffix)
+	return cs.Version == tls.VersionTLS13 && isRecordsProto(cs.NegotiatedProtocol)
 }
 
 // recordKeys is one direction's keys.
@@ -182,6 +215,7 @@ type recordConn struct {
 
 	wmu  sync.Mutex
 	seal *recordKeys
+	werr error // sticky
 
 	rmu   sync.Mutex
 	open  *recordKeys
@@ -215,8 +249,10 @@ func newRecordConnKeys(c *batchConn, mine, theirs []byte, limit uint64) (*record
 	if r.open, err = newRecordKeys(theirs, limit); err != nil {
 		return nil, fmt.Errorf("records: %w", err)
 	}
-	if sc, ok := c.Conn.(syscall.Conn); ok {
-		r.rc, _ = sc.SyscallConn()
+	// Raw reads only from a plain socket: a wrapper might hold bytes of
+	// its own that a read of the descriptor would skip.
+	if tc, ok := c.Conn.(*net.TCPConn); ok {
+		r.rc, _ = tc.SyscallConn()
 	}
 	return r, nil
 }
@@ -304,17 +340,21 @@ func (r *recordConn) WriteBuffers(v [][]byte) (int, error) {
 
 // writeRecord queues a record of size plaintext bytes: seal appends the
 // sealed bytes to its argument, which ends with the record's header. r.wmu
-// is held.
+// is held. Any failure is final, so no nonce is used twice.
 func (r *recordConn) writeRecord(size int, seal func(dst []byte) []byte) error {
+	if r.werr != nil {
+		return r.werr
+	}
 	err := r.raw.writeFill(recordHeaderSize+size+recordTagSize, func(dst []byte) []byte {
 		clen := size + recordTagSize
 		dst = append(dst, byte(clen>>16), byte(clen>>8), byte(clen))
 		return seal(dst)
 	})
-	if err != nil {
-		return err
+	if err == nil {
+		err = r.seal.next()
 	}
-	return r.seal.next()
+	r.werr = err
+	return err
 }
 
 // Read returns the rest of the last record opened, or opens the next: into
@@ -382,7 +422,10 @@ func (r *recordConn) nextRecord() (int, error) {
 		if r.buf != nil && r.end-r.start >= recordHeaderSize {
 			b := (*r.buf)[r.start:]
 			clen := int(b[0])<<16 | int(b[1])<<8 | int(b[2])
-			if clen <= recordTagSize || clen > maxRecordPlain+recordTagSize {
+			switch {
+			case clen <= recordTagSize:
+				return 0, fmt.Errorf("records: a record of %d bytes (at least %d)", clen, recordTagSize+1)
+			case clen > maxRecordPlain+recordTagSize:
 				return 0, fmt.Errorf("records: a record of %d bytes (at most %d)", clen, maxRecordPlain+recordTagSize)
 			}
 			if r.end-r.start >= recordHeaderSize+clen {

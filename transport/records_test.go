@@ -3,9 +3,11 @@ package transport
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"io"
 	mrand "math/rand/v2"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -16,6 +18,11 @@ import (
 func recordPair(t *testing.T, limit uint64) (a, b *recordConn) {
 	t.Helper()
 	x, y := tcpPair(t)
+	return recordPairOn(t, x, y, limit)
+}
+
+func recordPairOn(t *testing.T, x, y net.Conn, limit uint64) (a, b *recordConn) {
+	t.Helper()
 	k1, k2 := bytes.Repeat([]byte{1}, 32), bytes.Repeat([]byte{2}, 32)
 	a, err := newRecordConnKeys(newBatchConn(x), k1, k2, limit)
 	if err != nil {
@@ -34,7 +41,22 @@ func recordPair(t *testing.T, limit uint64) (a, b *recordConn) {
 // reads them back in pieces of every size smux and io.Copy use, across key
 // changes every 5 records.
 func TestRecordsRoundTrip(t *testing.T) {
-	a, b := recordPair(t, 5)
+	t.Run("tcp", func(t *testing.T) {
+		a, b := recordPair(t, 5)
+		testRecordsRoundTrip(t, a, b)
+	})
+	t.Run("pipe", func(t *testing.T) {
+		// Not a socket: reads go through the connection's Read.
+		x, y := net.Pipe()
+		a, b := recordPairOn(t, x, y, 5)
+		if b.rc != nil {
+			t.Fatal("raw reads on a net.Pipe")
+		}
+		testRecordsRoundTrip(t, a, b)
+	})
+}
+
+func testRecordsRoundTrip(t *testing.T, a, b *recordConn) {
 	rng := mrand.New(mrand.NewPCG(1, 2))
 	var want bytes.Buffer
 	errc := make(chan error, 1)
@@ -149,7 +171,7 @@ func TestRecordsRejectBadInput(t *testing.T) {
 		{"corrupt", corrupt, "", "records: a record failed authentication"},
 		{"reordered", append(bytes.Clone(good[15+16:]), good[:15+16]...), "", "records: a record failed authentication"},
 		{"too long", []byte{0x01, 0x00, 0x11}, "", "records: a record of 65553 bytes (at most 65552)"},
-		{"empty", []byte{0, 0, 16}, "", "records: a record of 16 bytes (at most 65552)"},
+		{"empty", []byte{0, 0, 16}, "", "records: a record of 16 bytes (at least 17)"},
 		{"cut short", good[:len(good)-1], "first record", io.ErrUnexpectedEOF.Error()},
 		{"cut in the header", append(bytes.Clone(good[:15+16]), 0), "first record", io.ErrUnexpectedEOF.Error()},
 	}
@@ -259,4 +281,128 @@ func FuzzRecordsRead(f *testing.F) {
 			t.Fatalf("read %d bytes from random input, then %v", len(got), err)
 		}
 	})
+}
+
+// A session over TLS 1.2 keeps TLS: its handshake ends with the listener
+// writing, so the dialer's TLS might read the hello ahead.
+func TestRecordsNotOverTLS12(t *testing.T) {
+	s := newTestServer(t, testOptions(), nil)
+	conf := ServerTLSConfig(s.cert, testALPN)
+	conf.MinVersion, conf.MaxVersion = tls.VersionTLS12, tls.VersionTLS12
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := ListenTCP(ln, conf, testOptions(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	cc, err := (&Verifier{Pin: s.pin}).ClientTLSConfig(ln.Addr().String(), testALPN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cc.MinVersion = tls.VersionTLS12
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := (&TCPDialer{TLS: cc, Options: testOptions()}).Dial(ctx, ln.Addr().String())
+	if err != nil {
+		t.Fatalf("Dial: %v", err)
+	}
+	defer c.Close()
+	sv, err := l.Accept(ctx)
+	if err != nil {
+		t.Fatalf("Accept: %v", err)
+	}
+	defer sv.Close()
+	for _, sess := range []Session{c, sv} {
+		if v := sess.ConnectionState().Version; v != tls.VersionTLS12 {
+			t.Fatalf("TLS version %#x, want 1.2", v)
+		}
+		if sess.(*smuxSession).records() {
+			t.Fatal("records over TLS 1.2")
+		}
+	}
+	a, b := openPair(t, c, sv)
+	exchange(t, a, b, "over TLS 1.2", "still works")
+}
+
+// The server's own GetConfigForClient decides for clients that offer
+// records too: here it refuses every client.
+func TestRecordsKeepTheServersChoice(t *testing.T) {
+	s := newTestServer(t, testOptions(), nil)
+	conf := ServerTLSConfig(s.cert, testALPN)
+	conf.GetConfigForClient = func(*tls.ClientHelloInfo) (*tls.Config, error) {
+		return nil, errors.New("not today")
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var refused error
+	done := make(chan struct{})
+	l, err := ListenTCP(ln, conf, testOptions(), func(_ net.Addr, err error) {
+		refused = err
+		close(done)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	cc, err := (&Verifier{Pin: s.pin}).ClientTLSConfig(ln.Addr().String(), testALPN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if c, err := (&TCPDialer{TLS: cc, Options: testOptions()}).Dial(ctx, ln.Addr().String()); err == nil {
+		c.Close()
+		t.Fatal("Dial succeeded against a server that refuses every client")
+	}
+	<-done
+	if refused == nil || !strings.Contains(refused.Error(), "not today") {
+		t.Fatalf("handshake failure %v, want the server's refusal", refused)
+	}
+}
+
+// A listener that chose records but never sends the hello fails the dial
+// when its context ends, with a message that says what it waited for.
+func TestRecordsHelloTimeout(t *testing.T) {
+	s := newTestServer(t, testOptions(), nil)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		tc := tls.Server(c, serveRecords(ServerTLSConfig(s.cert, testALPN)))
+		if tc.Handshake() == nil {
+			io.Copy(io.Discard, c) // no hello
+		}
+	}()
+	cc, err := (&Verifier{Pin: s.pin}).ClientTLSConfig(ln.Addr().String(), testALPN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	_, err = (&TCPDialer{TLS: cc, Options: testOptions()}).Dial(ctx, ln.Addr().String())
+	if err == nil || err.Error() != "records: waiting for the hello: context deadline exceeded" {
+		t.Fatalf("Dial: %v", err)
+	}
+}
+
+func TestRecordsLabelReserved(t *testing.T) {
+	c, _ := newPair(t, KindTCP)
+	if _, err := c.ExportKeyingMaterial(recordsLabel, nil, 32); err == nil || err.Error() != "transport: the records' exporter label is reserved" {
+		t.Fatalf("ExportKeyingMaterial(recordsLabel): %v", err)
+	}
+	if _, err := c.ExportKeyingMaterial("EXPORTER-other", nil, 32); err != nil {
+		t.Fatalf("another label: %v", err)
+	}
 }

@@ -135,11 +135,12 @@ func switchToRecords(ctx context.Context, c *batchConn, tc *tls.Conn, dialer boo
 	if !dialer {
 		return rc, rc.sendHello()
 	}
-	if d, ok := ctx.Deadline(); ok {
-		c.SetReadDeadline(d)
-		defer c.SetReadDeadline(time.Time{})
+	stop := context.AfterFunc(ctx, func() { c.SetReadDeadline(past) })
+	err = rc.readHello()
+	if !stop() {
+		return nil, fmt.Errorf("records: waiting for the hello: %w", ctx.Err())
 	}
-	return rc, rc.readHello()
+	return rc, err
 }
 
 // tcpListener accepts TLS+smux sessions. Handshakes run in their own
@@ -546,6 +547,9 @@ func (s *smuxSession) ReceiveDatagram(ctx context.Context) ([]byte, error) {
 }
 
 func (s *smuxSession) ExportKeyingMaterial(label string, context []byte, length int) ([]byte, error) {
+	if label == recordsLabel {
+		return nil, errors.New("transport: the records' exporter label is reserved")
+	}
 	cs := s.tc.ConnectionState()
 	return cs.ExportKeyingMaterial(label, context, length)
 }
