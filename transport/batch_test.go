@@ -7,38 +7,15 @@ import (
 	"net"
 	"testing"
 	"time"
-)
 
-// tcpPair is a loopback TCP connection's two ends.
-func tcpPair(t *testing.T) (a, b net.Conn) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	acc := make(chan net.Conn, 1)
-	go func() {
-		c, _ := ln.Accept()
-		acc <- c
-	}()
-	a, err = net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	b = <-acc
-	if b == nil {
-		t.Fatal("accept failed")
-	}
-	t.Cleanup(func() { a.Close(); b.Close() })
-	return a, b
-}
+	"github.com/relaytun/relay/internal/looptest"
+)
 
 // TestBatchConnOrderAndClose checks that bytes written in many small and
 // large writes arrive whole and in order, and that Close sends what is still
 // queued before the peer sees EOF.
 func TestBatchConnOrderAndClose(t *testing.T) {
-	a, b := tcpPair(t)
+	a, b := looptest.TCPPair(t)
 	bc := newBatchConn(a)
 	var want bytes.Buffer
 	got := make(chan []byte, 1)
@@ -77,7 +54,7 @@ func TestBatchConnOrderAndClose(t *testing.T) {
 
 // TestBatchConnCloseUnblocksRead checks that Close wakes a blocked Read.
 func TestBatchConnCloseUnblocksRead(t *testing.T) {
-	a, _ := tcpPair(t)
+	a, _ := looptest.TCPPair(t)
 	bc := newBatchConn(a)
 	done := make(chan error, 1)
 	go func() {
@@ -99,9 +76,9 @@ func TestBatchConnCloseUnblocksRead(t *testing.T) {
 // TestBatchConnWriteError checks that a socket that fails makes later
 // Writes fail instead of queueing for ever.
 func TestBatchConnWriteError(t *testing.T) {
-	a, b := tcpPair(t)
+	a, b := looptest.TCPPair(t)
 	bc := newBatchConn(a)
-	b.(*net.TCPConn).SetLinger(0)
+	b.SetLinger(0)
 	b.Close() // the peer resets the connection
 	p := make([]byte, 64<<10)
 	var err error

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/relaytun/relay/internal/looptest"
 	"github.com/relaytun/relay/internal/proctest"
 )
 
@@ -30,7 +31,7 @@ func joinedPair(b *testing.B, kind string) (x, y net.Conn) {
 		if kind == "pipe" {
 			return net.Pipe()
 		}
-		return tcpPair(b)
+		return looptest.TCPPair(b)
 	}
 	x, a := pair()
 	bb, y := pair()

@@ -10,31 +10,9 @@ import (
 	"runtime"
 	"testing"
 	"time"
-)
 
-// tcpPair returns the two ends of a loopback TCP connection.
-func tcpPair(t testing.TB) (*net.TCPConn, *net.TCPConn) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	acc := make(chan net.Conn, 1)
-	go func() {
-		c, _ := ln.Accept()
-		acc <- c
-	}()
-	c, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := <-acc
-	if s == nil {
-		t.Fatal("accept failed")
-	}
-	return c.(*net.TCPConn), s.(*net.TCPConn)
-}
+	"github.com/relaytun/relay/internal/looptest"
+)
 
 // startedJoin is a StartJoin over two loopback TCP connections: bytes
 // written to client come out of server and the other way round.
@@ -45,8 +23,8 @@ type startedJoin struct {
 
 func startJoined(t *testing.T, ctx context.Context) *startedJoin {
 	t.Helper()
-	client, a := tcpPair(t)
-	b, server := tcpPair(t)
+	client, a := looptest.TCPPair(t)
+	b, server := looptest.TCPPair(t)
 	sj := &startedJoin{client: client, server: server, stats: make(chan JoinStats, 1)}
 	StartJoin(ctx, a, b, nil, nil, func(st JoinStats) { sj.stats <- st })
 	t.Cleanup(func() {
