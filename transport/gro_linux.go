@@ -26,12 +26,11 @@ type groConn struct {
 
 	// Bursts from the last recvmmsg, handed out from msgs[next], at byte
 	// off of it.
-	msgs      []ipv4.Message
-	n, next   int
-	off       int
-	seg       []int    // each burst's segment size
-	ipOOB     [][]byte // each burst's control messages, less UDP_GRO's
-	ipOOBBufs [][]byte
+	msgs    []ipv4.Message
+	n, next int
+	off     int
+	seg     []int    // each burst's segment size
+	ipOOB   [][]byte // each burst's control messages, less UDP_GRO's
 }
 
 const (
@@ -62,11 +61,10 @@ func (g *groConn) allocate() {
 	g.msgs = make([]ipv4.Message, groBursts)
 	g.seg = make([]int, groBursts)
 	g.ipOOB = make([][]byte, groBursts)
-	g.ipOOBBufs = make([][]byte, groBursts)
 	for i := range g.msgs {
 		g.msgs[i].Buffers = [][]byte{make([]byte, groBufSize)}
 		g.msgs[i].OOB = make([]byte, 256)
-		g.ipOOBBufs[i] = make([]byte, 0, 256)
+		g.ipOOB[i] = make([]byte, 0, 256)
 	}
 }
 
@@ -84,7 +82,7 @@ func (g *groConn) ReadBatch(ms []ipv4.Message, flags int) (int, error) {
 		}
 		g.n, g.next, g.off = n, 0, 0
 		for i := range n {
-			g.seg[i], g.ipOOB[i] = splitGRO(g.msgs[i].OOB[:g.msgs[i].NN], g.ipOOBBufs[i][:0])
+			g.seg[i], g.ipOOB[i] = splitGRO(g.msgs[i].OOB[:g.msgs[i].NN], g.ipOOB[i][:0])
 		}
 	}
 	out := 0
