@@ -285,17 +285,15 @@ func FuzzRecordsRead(f *testing.F) {
 	})
 }
 
-// A session over TLS 1.2 keeps TLS: its handshake ends with the listener
-// writing, so the dialer's TLS might read the hello ahead.
-func TestRecordsNotOverTLS12(t *testing.T) {
-	s := newTestServer(t, testOptions(), nil)
-	conf := ServerTLSConfig(s.cert, testALPN)
-	conf.MinVersion, conf.MaxVersion = tls.VersionTLS12, tls.VersionTLS12
+// listenTCPWith is a TLS+smux listener on loopback serving conf, closed
+// when t ends, and a client configuration that trusts s's key for it.
+func (s *testServer) listenTCPWith(t *testing.T, conf *tls.Config, onErr func(net.Addr, error)) (Listener, *tls.Config) {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, err := ListenTCP(ln, conf, testOptions(), nil)
+	l, err := ListenTCP(ln, conf, testOptions(), onErr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -304,10 +302,20 @@ func TestRecordsNotOverTLS12(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return l, cc
+}
+
+// A session over TLS 1.2 keeps TLS: its handshake ends with the listener
+// writing, so the dialer's TLS might read the hello ahead.
+func TestRecordsNotOverTLS12(t *testing.T) {
+	s := newTestServer(t, testOptions(), nil)
+	conf := ServerTLSConfig(s.cert, testALPN)
+	conf.MinVersion, conf.MaxVersion = tls.VersionTLS12, tls.VersionTLS12
+	l, cc := s.listenTCPWith(t, conf, nil)
 	cc.MinVersion = tls.VersionTLS12
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	c, err := (&TCPDialer{TLS: cc, Options: testOptions()}).Dial(ctx, ln.Addr().String())
+	c, err := (&TCPDialer{TLS: cc, Options: testOptions()}).Dial(ctx, l.Addr().String())
 	if err != nil {
 		t.Fatalf("Dial: %v", err)
 	}
@@ -337,27 +345,15 @@ func TestRecordsKeepTheServersChoice(t *testing.T) {
 	conf.GetConfigForClient = func(*tls.ClientHelloInfo) (*tls.Config, error) {
 		return nil, errors.New("not today")
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
 	var refused error
 	done := make(chan struct{})
-	l, err := ListenTCP(ln, conf, testOptions(), func(_ net.Addr, err error) {
+	l, cc := s.listenTCPWith(t, conf, func(_ net.Addr, err error) {
 		refused = err
 		close(done)
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	cc, err := (&Verifier{Pin: s.pin}).ClientTLSConfig(ln.Addr().String(), testALPN)
-	if err != nil {
-		t.Fatal(err)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if c, err := (&TCPDialer{TLS: cc, Options: testOptions()}).Dial(ctx, ln.Addr().String()); err == nil {
+	if c, err := (&TCPDialer{TLS: cc, Options: testOptions()}).Dial(ctx, l.Addr().String()); err == nil {
 		c.Close()
 		t.Fatal("Dial succeeded against a server that refuses every client")
 	}
