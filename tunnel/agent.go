@@ -739,15 +739,29 @@ func (a *Agent) handshake(ctx context.Context, sess transport.Session) (transpor
 }
 
 // expect reads the next message, turning an ERROR into a *RefusedError.
+// PING, PONG and DRAIN may come at any time (protocol.go), a relay's PING
+// even between REGISTER and REGISTERED: a PING is answered, and they are
+// read past.
 func (a *Agent) expect(ctl transport.Stream, what string) (Message, error) {
-	m, err := ReadMessage(ctl)
-	if err != nil {
-		return nil, fmt.Errorf("waiting for %s from the relay: %w", what, err)
+	for {
+		m, err := ReadMessage(ctl)
+		if err != nil {
+			return nil, fmt.Errorf("waiting for %s from the relay: %w", what, err)
+		}
+		switch m := m.(type) {
+		case *Error:
+			return nil, &RefusedError{Code: m.Code, Text: m.Text}
+		case *Ping:
+			if err := a.writeControl(ctl, &Pong{Data: m.Data}); err != nil {
+				return nil, fmt.Errorf("waiting for %s from the relay: %w", what, err)
+			}
+		case *Pong:
+		case *Drain:
+			a.log.Info("the relay is shutting down: reconnecting once it closes the session", "relay", a.cfg.Relay)
+		default:
+			return m, nil
+		}
 	}
-	if e, ok := m.(*Error); ok {
-		return nil, &RefusedError{Code: e.Code, Text: e.Text}
-	}
-	return m, nil
 }
 
 func (a *Agent) register(ctl transport.Stream, w *Welcome) ([]Endpoint, map[uint32]*agentTunnel, error) {

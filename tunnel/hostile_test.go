@@ -271,3 +271,71 @@ func TestUnauthenticatedStreamCap(t *testing.T) {
 		}
 	})
 }
+
+// PING and DRAIN may come at any time, even between REGISTER and
+// REGISTERED (a group probes its members when another joins): the agent
+// answers the PING, reads past both, and registers.
+func TestAgentTakesPingBeforeRegistered(t *testing.T) {
+	forEachTransport(t, func(t *testing.T, kind string) {
+		r := startRelay(t, nil)
+		key, _, _ := transport.LoadOrCreateKey(t.TempDir() + "/k")
+		cert, _ := transport.SelfSignedCertificate(key)
+		ln, err := transport.Listen("127.0.0.1:0", transport.ServerTLSConfig(cert, ALPN), testOptions(), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		ponged := make(chan uint64, 1)
+		go func() {
+			s, err := ln.Accept(context.Background())
+			if err != nil {
+				return
+			}
+			defer s.Close()
+			ctl, err := s.AcceptStream(context.Background())
+			if err != nil {
+				return
+			}
+			ReadMessage(ctl) // HELLO
+			WriteMessage(ctl, &Challenge{Version: ProtocolVersion, Software: "fake relayd"})
+			ReadMessage(ctl) // AUTH, not checked
+			WriteMessage(ctl, &Welcome{})
+			m, _ := ReadMessage(ctl)
+			reg, ok := m.(*Register)
+			if !ok {
+				return
+			}
+			WriteMessage(ctl, &Ping{Data: 42})
+			WriteMessage(ctl, &Drain{})
+			WriteMessage(ctl, &Registered{Request: reg.Request, Tunnel: 1, Protos: reg.Protos, Port: 12345})
+			for {
+				m, err := ReadMessage(ctl)
+				if err != nil {
+					return
+				}
+				if p, ok := m.(*Pong); ok {
+					ponged <- p.Data
+				}
+			}
+		}()
+		cfg := r.agentConfig(kind, "127.0.0.1:1")
+		cfg.Relay = ln.Addr().String()
+		pin, _ := transport.ParseFingerprint(transport.Fingerprint(cert.Leaf))
+		cfg.Verifier = &transport.Verifier{Pin: pin}
+		a, err := runAgent(t, cfg)
+		if err != nil {
+			t.Fatalf("agent: %v", err)
+		}
+		if len(a.Endpoints) != 1 || a.Endpoints[0].Port != 12345 {
+			t.Fatalf("endpoints %+v, want port 12345", a.Endpoints)
+		}
+		select {
+		case d := <-ponged:
+			if d != 42 {
+				t.Fatalf("PONG carried %d, want 42", d)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("no PONG for the relay's PING")
+		}
+	})
+}

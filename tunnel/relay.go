@@ -419,10 +419,13 @@ type agentConn struct {
 
 	// suspect is set when the agent missed a probe or a stream answer:
 	// groups send it new clients only when no other member can take them.
-	suspect  atomic.Bool
-	probing  atomic.Bool
-	lastPong atomic.Int64 // unix nanoseconds
-	since    time.Time
+	suspect atomic.Bool
+	probing atomic.Bool
+	// registering: a REGISTER is being served; its agent is alive and is
+	// not probed until the reply is sent.
+	registering atomic.Bool
+	lastPong    atomic.Int64 // unix nanoseconds
+	since       time.Time
 }
 
 func (r *Relay) serveSession(ctx context.Context, s transport.Session) {
@@ -654,8 +657,15 @@ func (a *agentConn) controlLoop(ctx context.Context) error {
 		}
 		switch m := m.(type) {
 		case *Register:
+			// A group that this registration joins may probe the agent
+			// before the reply is out; a PING then would reach an agent
+			// of an older version before its REGISTERED, which it takes
+			// for a protocol error.
+			a.registering.Store(true)
 			reply := a.register(ctx, m)
-			if err := a.send(reply); err != nil {
+			err := a.send(reply)
+			a.registering.Store(false)
+			if err != nil {
 				return err
 			}
 		case *Ping:
@@ -682,7 +692,7 @@ func (a *agentConn) controlLoop(ctx context.Context) error {
 // one fails to answer a stream, so a dead member stops getting clients long
 // before the liveness timeout closes its session.
 func (a *agentConn) probe() {
-	if !a.probing.CompareAndSwap(false, true) {
+	if a.registering.Load() || !a.probing.CompareAndSwap(false, true) {
 		return
 	}
 	sent := time.Now()
