@@ -36,12 +36,18 @@ func dialRaw(t *testing.T, r *testRelay, kind string) transport.Session {
 // authenticate runs the handshake by hand and returns the control stream.
 func authenticate(t *testing.T, s transport.Session) transport.Stream {
 	t.Helper()
+	return authenticateAs(t, s, [instanceLen]byte{})
+}
+
+// authenticateAs is authenticate for the agent instance inst.
+func authenticateAs(t *testing.T, s transport.Session, inst [instanceLen]byte) transport.Stream {
+	t.Helper()
 	ctl, err := s.OpenStream(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctl.SetDeadline(time.Now().Add(5 * time.Second))
-	if err := WriteMessage(ctl, &Hello{Version: ProtocolVersion, Software: "test", KeyID: KeyID(testSecret)}); err != nil {
+	if err := WriteMessage(ctl, &Hello{Version: ProtocolVersion, Software: "test", KeyID: KeyID(testSecret), Instance: inst}); err != nil {
 		t.Fatal(err)
 	}
 	m, err := ReadMessage(ctl)
@@ -336,6 +342,50 @@ func TestAgentTakesPingBeforeRegistered(t *testing.T) {
 			}
 		case <-time.After(10 * time.Second):
 			t.Fatal("no PONG for the relay's PING")
+		}
+	})
+}
+
+// The relay does not probe an agent while it serves that agent's REGISTER:
+// an agent of an older version would take a PING before its REGISTERED for
+// a protocol error. A member marked as registering gets no PING when
+// another joins its group; once unmarked, it does.
+func TestRelayDoesNotProbeWhileRegistering(t *testing.T) {
+	forEachTransport(t, func(t *testing.T, kind string) {
+		r := startRelay(t, nil)
+		join := func(inst byte) transport.Stream {
+			ctl := authenticateAs(t, dialRaw(t, r, kind), [instanceLen]byte{inst})
+			ctl.SetDeadline(time.Now().Add(5 * time.Second))
+			if err := WriteMessage(ctl, &Register{Request: 1, Name: "g", Protos: ProtoTCP}); err != nil {
+				t.Fatal(err)
+			}
+			if m, err := ReadMessage(ctl); err != nil {
+				t.Fatalf("waiting for REGISTERED: %v", err)
+			} else if _, ok := m.(*Registered); !ok {
+				t.Fatalf("got %T, want *Registered", m)
+			}
+			return ctl
+		}
+		first := join(1)
+		r.Relay.mu.Lock()
+		var a *agentConn
+		for c := range r.Relay.agents {
+			a = c
+		}
+		r.Relay.mu.Unlock()
+		a.registering.Store(true)
+		join(2)
+		first.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+		if m, err := ReadMessage(first); err == nil {
+			t.Fatalf("a registering member got %T when another joined", m)
+		}
+		a.registering.Store(false)
+		join(3)
+		first.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if m, err := ReadMessage(first); err != nil {
+			t.Fatalf("waiting for the probe: %v", err)
+		} else if _, ok := m.(*Ping); !ok {
+			t.Fatalf("got %T, want the probe's *Ping", m)
 		}
 	})
 }
