@@ -96,38 +96,48 @@ func TestVersionMismatch(t *testing.T) {
 // The agent's side of a mismatch: a relay answering with another version.
 func TestAgentRefusesOtherRelayVersion(t *testing.T) {
 	forEachTransport(t, func(t *testing.T, kind string) {
-		r := startRelay(t, nil)
-		// A fake relay on its own port, with r's certificate rules.
-		key, _, _ := transport.LoadOrCreateKey(t.TempDir() + "/k")
-		cert, _ := transport.SelfSignedCertificate(key)
-		ln, err := transport.Listen("127.0.0.1:0", transport.ServerTLSConfig(cert, ALPN), testOptions(), nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer ln.Close()
-		go func() {
-			s, err := ln.Accept(context.Background())
-			if err != nil {
-				return
-			}
-			defer s.Close()
-			ctl, err := s.AcceptStream(context.Background())
-			if err != nil {
-				return
-			}
+		cfg := fakeRelay(t, kind, func(ctl transport.Stream) {
 			ReadMessage(ctl)
 			WriteMessage(ctl, &Challenge{Version: 7, Software: "relayd 7.0"})
 			io.Copy(io.Discard, ctl)
-		}()
-		cfg := r.agentConfig(kind, "127.0.0.1:1")
-		cfg.Relay = ln.Addr().String()
-		pin, _ := transport.ParseFingerprint(transport.Fingerprint(cert.Leaf))
-		cfg.Verifier = &transport.Verifier{Pin: pin}
-		_, err = runAgent(t, cfg)
+		})
+		_, err := runAgent(t, cfg)
 		if !isRefused(err, CodeBadVersion) || !strings.Contains(err.Error(), "relayd 7.0") || !strings.Contains(err.Error(), "speaks version 1") {
 			t.Fatalf("got %v, want a version mismatch naming both", err)
 		}
 	})
+}
+
+// fakeRelay serves one agent session on a port of its own: serve gets the
+// control stream, and the session closes when serve returns. It returns an
+// agent configuration (a real relay's, for the rest) that dials it.
+func fakeRelay(t *testing.T, kind string, serve func(ctl transport.Stream)) AgentConfig {
+	t.Helper()
+	r := startRelay(t, nil)
+	key, _, _ := transport.LoadOrCreateKey(t.TempDir() + "/k")
+	cert, _ := transport.SelfSignedCertificate(key)
+	ln, err := transport.Listen("127.0.0.1:0", transport.ServerTLSConfig(cert, ALPN), testOptions(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		s, err := ln.Accept(context.Background())
+		if err != nil {
+			return
+		}
+		defer s.Close()
+		ctl, err := s.AcceptStream(context.Background())
+		if err != nil {
+			return
+		}
+		serve(ctl)
+	}()
+	cfg := r.agentConfig(kind, "127.0.0.1:1")
+	cfg.Relay = ln.Addr().String()
+	pin, _ := transport.ParseFingerprint(transport.Fingerprint(cert.Leaf))
+	cfg.Verifier = &transport.Verifier{Pin: pin}
+	return cfg
 }
 
 // Garbage on the control port, over TCP and UDP, costs nothing: the relay
@@ -283,25 +293,8 @@ func TestUnauthenticatedStreamCap(t *testing.T) {
 // answers the PING, reads past both, and registers.
 func TestAgentTakesPingBeforeRegistered(t *testing.T) {
 	forEachTransport(t, func(t *testing.T, kind string) {
-		r := startRelay(t, nil)
-		key, _, _ := transport.LoadOrCreateKey(t.TempDir() + "/k")
-		cert, _ := transport.SelfSignedCertificate(key)
-		ln, err := transport.Listen("127.0.0.1:0", transport.ServerTLSConfig(cert, ALPN), testOptions(), nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer ln.Close()
 		ponged := make(chan uint64, 1)
-		go func() {
-			s, err := ln.Accept(context.Background())
-			if err != nil {
-				return
-			}
-			defer s.Close()
-			ctl, err := s.AcceptStream(context.Background())
-			if err != nil {
-				return
-			}
+		cfg := fakeRelay(t, kind, func(ctl transport.Stream) {
 			ReadMessage(ctl) // HELLO
 			WriteMessage(ctl, &Challenge{Version: ProtocolVersion, Software: "fake relayd"})
 			ReadMessage(ctl) // AUTH, not checked
@@ -323,11 +316,7 @@ func TestAgentTakesPingBeforeRegistered(t *testing.T) {
 					ponged <- p.Data
 				}
 			}
-		}()
-		cfg := r.agentConfig(kind, "127.0.0.1:1")
-		cfg.Relay = ln.Addr().String()
-		pin, _ := transport.ParseFingerprint(transport.Fingerprint(cert.Leaf))
-		cfg.Verifier = &transport.Verifier{Pin: pin}
+		})
 		a, err := runAgent(t, cfg)
 		if err != nil {
 			t.Fatalf("agent: %v", err)
