@@ -19,18 +19,6 @@ import (
 	pt "github.com/relaytun/relay/internal/proctest"
 )
 
-func TestVersion(t *testing.T) {
-	t.Parallel()
-	out, errOut, code := pt.Run(t, nil, pt.RelayctlBin, "version")
-	if code != 0 {
-		t.Fatalf("relayctl version: exit %d, stderr %q", code, errOut)
-	}
-	lines := strings.Split(strings.TrimSuffix(out, "\n"), "\n")
-	if len(lines) != 1 || !strings.HasPrefix(lines[0], "relayctl ") || !strings.Contains(lines[0], "protocol 1") {
-		t.Fatalf("relayctl version printed %q, want one line naming relayctl and protocol 1", out)
-	}
-}
-
 // TestExpose carries bytes end to end over each transport, with the flags
 // after LOCAL.
 func TestExpose(t *testing.T) {

@@ -19,18 +19,6 @@ import (
 	pt "github.com/relaytun/relay/internal/proctest"
 )
 
-func TestVersion(t *testing.T) {
-	t.Parallel()
-	out, errOut, code := pt.Run(t, nil, pt.RelaydBin, "version")
-	if code != 0 {
-		t.Fatalf("relayd version: exit %d, stderr %q", code, errOut)
-	}
-	lines := strings.Split(strings.TrimSuffix(out, "\n"), "\n")
-	if len(lines) != 1 || !strings.HasPrefix(lines[0], "relayd ") || !strings.Contains(lines[0], "protocol 1") {
-		t.Fatalf("relayd version printed %q, want one line naming relayd and protocol 1", out)
-	}
-}
-
 func TestCheckSample(t *testing.T) {
 	t.Parallel()
 	out, errOut, code := pt.Run(t, nil, pt.RelaydBin, "check", "--config", samplePath)

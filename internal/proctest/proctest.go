@@ -16,6 +16,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -173,6 +174,18 @@ func Run(t testing.TB, env []string, bin string, args ...string) (stdout, stderr
 	p := Start(t, env, bin, args...)
 	code = p.Wait(ExitTimeout)
 	return p.Stdout.String(), p.Stderr.String(), code
+}
+
+// CheckVersion runs bin's version command and checks its one line: the
+// program's name, its version and commit, the protocol version and the Go
+// toolchain it was built with.
+func CheckVersion(t *testing.T, bin, name string) {
+	t.Helper()
+	out, errOut, code := Run(t, nil, bin, "version")
+	re := regexp.MustCompile(`^` + regexp.QuoteMeta(name) + ` \S+ \(commit \S+, protocol 1, ` + regexp.QuoteMeta(runtime.Version()) + ` \S+/\S+\)\n$`)
+	if code != 0 || !re.MatchString(out) {
+		t.Errorf("%s version: exit %d, stdout %q, stderr %q; want 0 and one line matching %s", name, code, out, errOut, re)
+	}
 }
 
 func (p *Proc) exited() bool {
