@@ -187,33 +187,19 @@ func scaleConns(bin, kind string, n int) error {
 	start := time.Now()
 	held := make([]net.Conn, n)
 	setup := make([]time.Duration, n)
-	var next atomic.Int64
-	var firstErr atomic.Value
-	var wg sync.WaitGroup
-	for range 64 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				i := int(next.Add(1)) - 1
-				if i >= n {
-					return
-				}
-				t0 := time.Now()
-				c, err := net.DialTimeout("tcp", public, 10*time.Second)
-				if err == nil {
-					err = echoOnce(c)
-				}
-				if err != nil {
-					firstErr.CompareAndSwap(nil, fmt.Errorf("connection %d: %w", i, err))
-					return
-				}
-				setup[i] = time.Since(t0)
-				held[i] = c
-			}
-		}()
-	}
-	wg.Wait()
+	err = inParallel(n, 64, func(i int) error {
+		t0 := time.Now()
+		c, err := net.DialTimeout("tcp", public, 10*time.Second)
+		if err == nil {
+			err = echoOnce(c)
+		}
+		if err != nil {
+			return fmt.Errorf("connection %d: %w", i, err)
+		}
+		setup[i] = time.Since(t0)
+		held[i] = c
+		return nil
+	})
 	defer func() {
 		for _, c := range held {
 			if c != nil {
@@ -221,7 +207,7 @@ func scaleConns(bin, kind string, n int) error {
 			}
 		}
 	}()
-	if err, _ := firstErr.Load().(error); err != nil {
+	if err != nil {
 		time.Sleep(time.Duration(envInt("SCALE_LINGER")) * time.Second)
 		select {
 		case werr := <-ctlDone:
@@ -297,56 +283,41 @@ func scaleAgents(bin, kind string, n int) error {
 	defer cancel()
 	publics := make([]string, n)
 	register := make([]time.Duration, n)
-	var next atomic.Int64
-	var firstErr atomic.Value
 	start := time.Now()
-	var wg sync.WaitGroup
-	for range 32 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				i := int(next.Add(1)) - 1
-				if i >= n {
-					return
-				}
-				cfg := tunnel.DefaultAgentConfig()
-				cfg.Relay, cfg.Token, cfg.Transport = r.addr, secret, kind
-				cfg.Verifier = &transport.Verifier{Pin: pin}
-				cfg.Tunnels = []tunnel.TunnelSpec{{Name: fmt.Sprintf("agent-%d", i), Local: echo.Addr().String()}}
-				cfg.Logger = slog.New(slog.DiscardHandler)
-				ready := make(chan []tunnel.Endpoint, 1)
-				cfg.OnReady = func(eps []tunnel.Endpoint) {
-					select {
-					case ready <- eps:
-					default:
-					}
-				}
-				a, err := tunnel.NewAgent(cfg)
-				if err != nil {
-					firstErr.CompareAndSwap(nil, err)
-					return
-				}
-				t0 := time.Now()
-				done := make(chan error, 1)
-				running.Add(1)
-				go func() {
-					defer running.Done()
-					done <- a.Run(ctx)
-				}()
-				select {
-				case eps := <-ready:
-					register[i] = time.Since(t0)
-					publics[i] = net.JoinHostPort(eps[0].Host, strconv.Itoa(int(eps[0].Port)))
-				case err := <-done:
-					firstErr.CompareAndSwap(nil, fmt.Errorf("agent %d: %w", i, err))
-					return
-				}
+	err = inParallel(n, 32, func(i int) error {
+		cfg := tunnel.DefaultAgentConfig()
+		cfg.Relay, cfg.Token, cfg.Transport = r.addr, secret, kind
+		cfg.Verifier = &transport.Verifier{Pin: pin}
+		cfg.Tunnels = []tunnel.TunnelSpec{{Name: fmt.Sprintf("agent-%d", i), Local: echo.Addr().String()}}
+		cfg.Logger = slog.New(slog.DiscardHandler)
+		ready := make(chan []tunnel.Endpoint, 1)
+		cfg.OnReady = func(eps []tunnel.Endpoint) {
+			select {
+			case ready <- eps:
+			default:
 			}
+		}
+		a, err := tunnel.NewAgent(cfg)
+		if err != nil {
+			return err
+		}
+		t0 := time.Now()
+		done := make(chan error, 1)
+		running.Add(1)
+		go func() {
+			defer running.Done()
+			done <- a.Run(ctx)
 		}()
-	}
-	wg.Wait()
-	if err, _ := firstErr.Load().(error); err != nil {
+		select {
+		case eps := <-ready:
+			register[i] = time.Since(t0)
+			publics[i] = net.JoinHostPort(eps[0].Host, strconv.Itoa(int(eps[0].Port)))
+			return nil
+		case err := <-done:
+			return fmt.Errorf("agent %d: %w", i, err)
+		}
+	})
+	if err != nil {
 		return err
 	}
 	elapsed := time.Since(start)
@@ -500,4 +471,31 @@ func kernel() string {
 func envInt(k string) int {
 	v, _ := strconv.Atoi(os.Getenv(k))
 	return v
+}
+
+// inParallel runs f for 0..n-1 on workers goroutines and returns the first
+// failure; a worker that fails stops, the others go on.
+func inParallel(n, workers int, f func(i int) error) error {
+	var next atomic.Int64
+	var first atomic.Value
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= n {
+					return
+				}
+				if err := f(i); err != nil {
+					first.CompareAndSwap(nil, err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	err, _ := first.Load().(error)
+	return err
 }
