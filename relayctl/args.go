@@ -3,8 +3,28 @@ package main
 import (
 	"strings"
 
+	"github.com/relaytun/relay/tunnel"
 	"github.com/urfave/cli/v2"
 )
+
+// relayFlags say which relay to use and how to trust it: expose's and
+// bench's.
+func relayFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "relay", Aliases: []string{"r"}, EnvVars: []string{"RELAY_ADDR"}, Usage: "the relay's `HOST:PORT` (port 7000 if left out)"},
+		&cli.StringFlag{Name: "token", Aliases: []string{"t"}, EnvVars: []string{"RELAY_TOKEN"}, Usage: "the `SECRET` the relay knows you by"},
+		&cli.StringFlag{Name: "token-file", EnvVars: []string{"RELAY_TOKEN_FILE"}, Usage: "read the secret from `FILE` instead of --token, so it shows in no process list"},
+		&cli.StringFlag{Name: "fingerprint", EnvVars: []string{"RELAY_FINGERPRINT"}, Usage: "pin the relay's key (`SHA256:…`, from `relayd fingerprint`)"},
+		&cli.StringFlag{Name: "known-relays", EnvVars: []string{"RELAY_KNOWN_RELAYS"}, Usage: "`FILE` of relay keys trusted on first use (default: ~/.config/relayctl/known_relays)"},
+		&cli.StringFlag{Name: "transport", Value: tunnel.TransportAuto, EnvVars: []string{"RELAY_TRANSPORT"}, Usage: "auto, quic or tcp; auto tries QUIC and falls back to TCP when UDP is blocked"},
+	}
+}
+
+// setRelay takes relayFlags' values into s.
+func (s *agentSpec) setRelay(c *cli.Context) {
+	s.Relay, s.Token, s.TokenFile = c.String("relay"), c.String("token"), c.String("token-file")
+	s.Fingerprint, s.KnownRelays, s.Transport = c.String("fingerprint"), c.String("known-relays"), c.String("transport")
+}
 
 // reorderArgs moves a command's flags ahead of its positional arguments, so
 // `relayctl expose localhost:8080 --relay r:7000` works: urfave/cli stops

@@ -39,19 +39,13 @@ var benchCommand = &cli.Command{
 		"for --duration. The tunnel lasts as long as the bench. Prints a table, or JSON with --json;\n" +
 		"progress goes to stderr. Exit codes are expose's: 1 unreachable, 2 usage, 3 refused,\n" +
 		"4 unverified relay.",
-	Flags: []cli.Flag{
-		&cli.StringFlag{Name: "relay", Aliases: []string{"r"}, EnvVars: []string{"RELAY_ADDR"}, Usage: "the relay's `HOST:PORT` (port 7000 if left out)"},
-		&cli.StringFlag{Name: "token", Aliases: []string{"t"}, EnvVars: []string{"RELAY_TOKEN"}, Usage: "the `SECRET` the relay knows you by"},
-		&cli.StringFlag{Name: "token-file", EnvVars: []string{"RELAY_TOKEN_FILE"}, Usage: "read the secret from `FILE` instead of --token"},
-		&cli.StringFlag{Name: "fingerprint", EnvVars: []string{"RELAY_FINGERPRINT"}, Usage: "pin the relay's key (`SHA256:…`, from `relayd fingerprint`)"},
-		&cli.StringFlag{Name: "known-relays", EnvVars: []string{"RELAY_KNOWN_RELAYS"}, Usage: "`FILE` of relay keys trusted on first use (default: ~/.config/relayctl/known_relays)"},
-		&cli.StringFlag{Name: "transport", Value: tunnel.TransportAuto, EnvVars: []string{"RELAY_TRANSPORT"}, Usage: "auto, quic or tcp"},
+	Flags: append(relayFlags(),
 		&cli.IntFlag{Name: "streams", Value: 8, Usage: "parallel connections for the multi-stream throughput and new-connection tests (`N`)"},
 		&cli.DurationFlag{Name: "duration", Value: 3 * time.Second, Usage: "how long each test runs (`DURATION`)"},
 		&cli.StringFlag{Name: "udp-rate", Value: "100M", Usage: "UDP send rate in bits/s (`RATE`: 500k, 100M, 1G); 0 skips the UDP test"},
 		&cli.BoolFlag{Name: "json", Usage: "print the results as one JSON object"},
 		&cli.StringFlag{Name: "log-level", Value: "warn", Usage: "debug, info, warn or error"},
-	},
+	),
 	Action: benchAction,
 }
 
@@ -118,8 +112,7 @@ func benchAction(c *cli.Context) error {
 	var suffix [3]byte
 	rand.Read(suffix[:])
 	s := defaultSpec()
-	s.Relay, s.Token, s.TokenFile = c.String("relay"), c.String("token"), c.String("token-file")
-	s.Fingerprint, s.KnownRelays, s.Transport = c.String("fingerprint"), c.String("known-relays"), c.String("transport")
+	s.setRelay(c)
 	s.Log.Level = c.String("log-level")
 	s.Tunnels = []tunnelSpec{{
 		// A name of its own: two benches with one token must not form a

@@ -22,19 +22,13 @@ var exposeCommand = &cli.Command{
 		"tcp://HOST:PORT. Logs go to stderr.\n\n" +
 		"With -- COMMAND, relayctl starts COMMAND, exposes LOCAL once it accepts connections,\n" +
 		"passes signals on to it, and exits with its exit code when it ends.",
-	Flags: []cli.Flag{
-		&cli.StringFlag{Name: "relay", Aliases: []string{"r"}, EnvVars: []string{"RELAY_ADDR"}, Usage: "the relay's `HOST:PORT` (port 7000 if left out)"},
-		&cli.StringFlag{Name: "token", Aliases: []string{"t"}, EnvVars: []string{"RELAY_TOKEN"}, Usage: "the `SECRET` the relay knows you by"},
-		&cli.StringFlag{Name: "token-file", EnvVars: []string{"RELAY_TOKEN_FILE"}, Usage: "read the secret from `FILE` instead of --token, so it shows in no process list"},
-		&cli.StringFlag{Name: "fingerprint", EnvVars: []string{"RELAY_FINGERPRINT"}, Usage: "pin the relay's key (`SHA256:…`, from `relayd fingerprint`)"},
-		&cli.StringFlag{Name: "transport", Value: tunnel.TransportAuto, EnvVars: []string{"RELAY_TRANSPORT"}, Usage: "auto, quic or tcp; auto tries QUIC and falls back to TCP when UDP is blocked"},
+	Flags: append(relayFlags(),
 		&cli.StringFlag{Name: "name", Usage: "tunnel `NAME` on the relay (default: from LOCAL, e.g. localhost-8080)"},
 		&cli.StringFlag{Name: "port", Usage: "public port `N` or a range A-B to pick from (default: any the relay allows)"},
 		&cli.StringFlag{Name: "proto", Value: "tcp", Usage: "tcp, udp, or tcp,udp (both on one public port number)"},
 		&cli.StringFlag{Name: "proxy-protocol", Usage: "send the local server a PROXY protocol header with the client's address: v1 or v2 (TCP), v2 (UDP)"},
 		&cli.StringSliceFlag{Name: "allow", Usage: "admit only public clients from `CIDR` (or a bare IP); repeat it or separate with commas"},
 		&cli.StringSliceFlag{Name: "deny", Usage: "turn away public clients from `CIDR` (or a bare IP); repeat it or separate with commas"},
-		&cli.StringFlag{Name: "known-relays", EnvVars: []string{"RELAY_KNOWN_RELAYS"}, Usage: "`FILE` of relay keys trusted on first use (default: ~/.config/relayctl/known_relays)"},
 		&cli.IntFlag{Name: "max-retries", Value: defaultSpec().MaxRetries, Usage: "give up after `N` failed reconnects in a row (0: retry forever)"},
 		&cli.DurationFlag{Name: "retry-max-delay", Value: defaultSpec().RetryMaxDelay.Duration, Usage: "longest wait between reconnects (`DURATION`, e.g. 30s)"},
 		&cli.BoolFlag{Name: "wait-for-relay", Usage: "retry the first connection too, instead of exiting 1 when the relay is unreachable"},
@@ -45,7 +39,7 @@ var exposeCommand = &cli.Command{
 		&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error"},
 		&cli.StringFlag{Name: "log-format", Value: "text", Usage: "text or json"},
 		controlFlag(),
-	},
+	),
 	Action: exposeAction,
 }
 
@@ -67,12 +61,6 @@ func exposePlan(c *cli.Context) (*agentPlan, error) {
 		return usage("expose needs at least one LOCAL server, e.g. `relayctl expose localhost:8080 --relay HOST:7000`")
 	}
 	s := agentSpec{
-		Relay:         c.String("relay"),
-		Token:         c.String("token"),
-		TokenFile:     c.String("token-file"),
-		Fingerprint:   c.String("fingerprint"),
-		KnownRelays:   c.String("known-relays"),
-		Transport:     c.String("transport"),
 		MaxRetries:    c.Int("max-retries"),
 		RetryMaxDelay: tomlconf.Duration{Duration: c.Duration("retry-max-delay")},
 		WaitForRelay:  c.Bool("wait-for-relay"),
@@ -82,6 +70,7 @@ func exposePlan(c *cli.Context) (*agentPlan, error) {
 		FlowTimeout:   tomlconf.Duration{Duration: c.Duration("udp-flow-timeout")},
 		Log:           logSpec{Level: c.String("log-level"), Format: c.String("log-format")},
 	}
+	s.setRelay(c)
 	port := c.String("port")
 	if port != "" {
 		if r, err := tunnel.ParsePortRange(port); err == nil && r.Low == r.High && c.NArg() > 1 {
