@@ -125,7 +125,7 @@ func serveRecords(base *tls.Config) *tls.Config {
 		if conf != nil {
 			serve = conf
 		}
-		if slices.Contains(hello.SupportedVersions, tls.VersionTLS13) {
+		if slices.Contains(hello.SupportedVersions, tls.VersionTLS13) && (serve.MaxVersion == 0 || serve.MaxVersion >= tls.VersionTLS13) {
 			for _, p := range serve.NextProtos { // in the server's order, as ALPN goes
 				if slices.Contains(hello.SupportedProtos, p+recordsALPNSuffix) {
 					rc := serve.Clone()

@@ -394,9 +394,12 @@ func TestRecordsHelloWait(t *testing.T) {
 	go func() {
 		// The dialer's handshake ends before the listener's: from here on
 		// it waits for the hello.
-		<-handshaken
-		time.Sleep(50 * time.Millisecond)
-		cancel()
+		select {
+		case <-handshaken:
+			time.Sleep(50 * time.Millisecond)
+			cancel()
+		case <-ctx.Done():
+		}
 	}()
 	_, err = (&TCPDialer{TLS: cc, Options: testOptions()}).Dial(ctx, ln.Addr().String())
 	if err == nil || err.Error() != "records: waiting for the hello: context canceled" {

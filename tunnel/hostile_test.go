@@ -114,8 +114,14 @@ func TestAgentRefusesOtherRelayVersion(t *testing.T) {
 func fakeRelay(t *testing.T, kind string, serve func(ctl transport.Stream)) AgentConfig {
 	t.Helper()
 	r := startRelay(t, nil)
-	key, _, _ := transport.LoadOrCreateKey(t.TempDir() + "/k")
-	cert, _ := transport.SelfSignedCertificate(key)
+	key, _, err := transport.LoadOrCreateKey(t.TempDir() + "/k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := transport.SelfSignedCertificate(key)
+	if err != nil {
+		t.Fatal(err)
+	}
 	ln, err := transport.Listen("127.0.0.1:0", transport.ServerTLSConfig(cert, ALPN), testOptions(), nil)
 	if err != nil {
 		t.Fatal(err)
@@ -338,7 +344,8 @@ func TestAgentTakesPingBeforeRegistered(t *testing.T) {
 // The relay does not probe an agent while it serves that agent's REGISTER:
 // an agent of an older version would take a PING before its REGISTERED for
 // a protocol error. A member marked as registering gets no PING when
-// another joins its group; once unmarked, it does.
+// another joins its group; once unmarked, it does. (This covers probe's
+// check; the test sets the mark itself.)
 func TestRelayDoesNotProbeWhileRegistering(t *testing.T) {
 	forEachTransport(t, func(t *testing.T, kind string) {
 		r := startRelay(t, nil)
@@ -356,6 +363,16 @@ func TestRelayDoesNotProbeWhileRegistering(t *testing.T) {
 			return ctl
 		}
 		first := join(1)
+		// A PING answered means the relay's control loop has left the
+		// REGISTER, and cleared its own mark, before this test sets it.
+		if err := WriteMessage(first, &Ping{Data: 7}); err != nil {
+			t.Fatal(err)
+		}
+		if m, err := ReadMessage(first); err != nil {
+			t.Fatalf("waiting for PONG: %v", err)
+		} else if _, ok := m.(*Pong); !ok {
+			t.Fatalf("got %T, want *Pong", m)
+		}
 		r.Relay.mu.Lock()
 		var a *agentConn
 		for c := range r.Relay.agents {

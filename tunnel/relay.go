@@ -660,7 +660,11 @@ func (a *agentConn) controlLoop(ctx context.Context) error {
 			// A group that this registration joins may probe the agent
 			// before the reply is out; a PING then would reach an agent
 			// of an older version before its REGISTERED, which it takes
-			// for a protocol error.
+			// for a protocol error. The mark narrows that window (a probe
+			// already past its check, or a tunnel registered earlier in
+			// the session, can still send one); the agent's own fix is
+			// in Agent.expect. A reply stuck behind a full stream keeps
+			// probes off for at most the liveness timeout.
 			a.registering.Store(true)
 			reply := a.register(ctx, m)
 			err := a.send(reply)

@@ -477,7 +477,10 @@ func envInt(k string) int {
 // failure; a worker that fails stops, the others go on.
 func inParallel(n, workers int, f func(i int) error) error {
 	var next atomic.Int64
-	var first atomic.Value
+	var (
+		mu    sync.Mutex
+		first error
+	)
 	var wg sync.WaitGroup
 	for range workers {
 		wg.Add(1)
@@ -489,13 +492,16 @@ func inParallel(n, workers int, f func(i int) error) error {
 					return
 				}
 				if err := f(i); err != nil {
-					first.CompareAndSwap(nil, err)
+					mu.Lock()
+					if first == nil {
+						first = err
+					}
+					mu.Unlock()
 					return
 				}
 			}
 		}()
 	}
 	wg.Wait()
-	err, _ := first.Load().(error)
-	return err
+	return first
 }
