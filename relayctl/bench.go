@@ -122,13 +122,9 @@ func benchAction(c *cli.Context) error {
 	if rate == 0 {
 		s.Tunnels[0].Proto = "tcp"
 	}
-	plan, err := s.build(exposeNaming)
+	plan, err := s.buildFromFlags()
 	if err != nil {
-		var se *specError
-		if errors.As(err, &se) && !se.Whole && se.Key != "" {
-			return usage("%s: %s", exposeNaming.key(se.Key), se.Msg)
-		}
-		return usage("%v", err)
+		return err
 	}
 
 	ctx, stop := signal.NotifyContext(c.Context, os.Interrupt, syscall.SIGTERM)

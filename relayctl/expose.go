@@ -89,13 +89,20 @@ func exposePlan(c *cli.Context) (*agentPlan, error) {
 		}
 		s.Tunnels = append(s.Tunnels, t)
 	}
+	return s.buildFromFlags()
+}
+
+// buildFromFlags builds s, which came from expose's flags (or bench's): a
+// failure is a usage error naming the flag to fix.
+func (s agentSpec) buildFromFlags() (*agentPlan, error) {
 	plan, err := s.build(exposeNaming)
 	if err != nil {
+		msg := err.Error()
 		var se *specError
 		if errors.As(err, &se) && !se.Whole && se.Key != "" {
-			return usage("%s: %s", exposeNaming.key(se.Key), se.Msg)
+			msg = exposeNaming.key(se.Key) + ": " + se.Msg
 		}
-		return usage("%v", err)
+		return nil, cli.Exit(msg, exitUsage)
 	}
 	return plan, nil
 }

@@ -232,21 +232,22 @@ func (b *batchConn) SetDeadline(t time.Time) error {
 }
 
 func (b *batchConn) SetReadDeadline(t time.Time) error {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.closed {
-		return net.ErrClosed
-	}
-	return b.Conn.SetReadDeadline(t)
+	return b.setDeadline(b.Conn.SetReadDeadline, t)
 }
 
 func (b *batchConn) SetWriteDeadline(t time.Time) error {
+	return b.setDeadline(b.Conn.SetWriteDeadline, t)
+}
+
+// setDeadline calls set unless the connection is closed: Close's own
+// deadlines must stand.
+func (b *batchConn) setDeadline(set func(time.Time) error, t time.Time) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.closed {
 		return net.ErrClosed
 	}
-	return b.Conn.SetWriteDeadline(t)
+	return set(t)
 }
 
 // setTCPOptions tunes a session's TCP connection. TCP_NODELAY is Go's

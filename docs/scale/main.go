@@ -232,17 +232,11 @@ func scaleConns(bin, kind string, n int) error {
 	// New connections while the others are held.
 	var fresh []time.Duration
 	for range 500 {
-		t0 := time.Now()
-		c, err := net.DialTimeout("tcp", public, 10*time.Second)
+		d, err := dialEcho(public)
 		if err != nil {
 			return err
 		}
-		err = echoOnce(c)
-		c.Close()
-		if err != nil {
-			return err
-		}
-		fresh = append(fresh, time.Since(t0))
+		fresh = append(fresh, d)
 	}
 	fmt.Printf("opened %d connections (64 at a time) in %.1f s: connect + first echo p50 %s p99 %s\n",
 		n, elapsed.Seconds(), pct(setup, 50), pct(setup, 99))
@@ -330,17 +324,11 @@ func scaleAgents(bin, kind string, n int) error {
 	// One client per tunnel, one at a time.
 	var client []time.Duration
 	for _, p := range publics {
-		t1 := time.Now()
-		c, err := net.DialTimeout("tcp", p, 10*time.Second)
-		if err != nil {
-			return err
-		}
-		err = echoOnce(c)
-		c.Close()
+		d, err := dialEcho(p)
 		if err != nil {
 			return fmt.Errorf("client of %s: %w", p, err)
 		}
-		client = append(client, time.Since(t1))
+		client = append(client, d)
 	}
 	_ = cpu0
 	fmt.Printf("registered %d agents (32 at a time) in %.1f s: connect + handshake + register p50 %s p99 %s\n",
@@ -352,6 +340,19 @@ func scaleAgents(bin, kind string, n int) error {
 }
 
 // echoOnce sends one byte and reads it back.
+// dialEcho connects to addr, echoes one byte and closes, and returns how
+// long that took.
+func dialEcho(addr string) (time.Duration, error) {
+	t0 := time.Now()
+	c, err := net.DialTimeout("tcp", addr, 10*time.Second)
+	if err != nil {
+		return 0, err
+	}
+	err = echoOnce(c)
+	c.Close()
+	return time.Since(t0), err
+}
+
 func echoOnce(c net.Conn) error {
 	c.SetDeadline(time.Now().Add(10 * time.Second))
 	defer c.SetDeadline(time.Time{})
