@@ -888,16 +888,12 @@ func (a *Agent) carry(ctx context.Context, st transport.Stream, byID map[uint32]
 		return
 	}
 	log := a.log.With("tunnel", t.spec.Name, "client", h.Client.String())
-	d := net.Dialer{Timeout: a.cfg.DialLocalTimeout}
-	local, err := d.DialContext(ctx, "tcp", t.spec.Local)
+	local, err := dialLocal(ctx, t.spec.Local, a.cfg.DialLocalTimeout)
 	if err != nil {
 		st.Write([]byte{StatusUnreachable})
 		st.Close()
 		log.Warn("client closed: the local server did not accept the connection", "local", t.spec.Local, "err", err)
 		return
-	}
-	if tc, ok := local.(*net.TCPConn); ok {
-		tc.SetNoDelay(true)
 	}
 	if v := t.spec.ProxyProtocol; v != 0 {
 		hdr := proxyproto.HeaderProxyFromAddrs(byte(v), net.TCPAddrFromAddrPort(h.Client), a.publicAddr(t, "tcp", h.Client))

@@ -873,7 +873,7 @@ func (r *Relay) bindLocked(key leaseKey, cands PortSet, want PortRange, host str
 		var ln net.Listener
 		if protos&ProtoTCP != 0 {
 			var err error
-			if ln, err = net.Listen("tcp", addr); err != nil {
+			if ln, err = listenTCP(addr); err != nil {
 				return nil, nil, err
 			}
 		}
