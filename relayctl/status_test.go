@@ -31,15 +31,6 @@ func statusJSON(t *testing.T, env []string, args ...string) []map[string]any {
 	return sts
 }
 
-func keys(m map[string]any) string {
-	var ks []string
-	for k := range m {
-		ks = append(ks, k)
-	}
-	slices.Sort(ks)
-	return strings.Join(ks, " ")
-}
-
 func TestStatus(t *testing.T) {
 	t.Parallel()
 	r := pt.NewRelayd(t, pt.TokensTOML)
@@ -85,14 +76,14 @@ func TestStatus(t *testing.T) {
 		if tun["bytes_in"] != wantIn || tun["bytes_out"] != wantOut {
 			t.Errorf("status --json: bytes in %v, out %v; want %v, %v", tun["bytes_in"], tun["bytes_out"], wantIn, wantOut)
 		}
-		if k := keys(st); k != "connected control pid reconnects relay rtt_ms since transport tunnels uptime_seconds version" {
+		if k := pt.Keys(st); k != "connected control pid reconnects relay rtt_ms since transport tunnels uptime_seconds version" {
 			t.Errorf("agent keys: %s", k)
 		}
 		if st["pid"] != float64(agent.Pid()) || st["control"] != sock || st["relay"] != r.Addr || st["connected"] != true ||
 			st["transport"] != "tcp" || st["reconnects"] != 0.0 || st["rtt_ms"].(float64) < 0 || st["uptime_seconds"].(float64) < 0 {
 			t.Errorf("agent: %v\nwant pid %d, control %s, relay %s, connected over tcp", st, agent.Pid(), sock, r.Addr)
 		}
-		if k := keys(tun); k != "active bytes_in bytes_out local name public total" {
+		if k := pt.Keys(tun); k != "active bytes_in bytes_out local name public total" {
 			t.Errorf("tunnel keys: %s", k)
 		}
 		if tun["name"] != "st" || tun["public"] != urls[0] || tun["local"] != local || tun["total"] != 2.0 {

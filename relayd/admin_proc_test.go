@@ -232,7 +232,7 @@ func TestMetricsAfterTraffic(t *testing.T) {
 			continue
 		}
 		tj := list[i]
-		if k := keys(tj); k != wantKeys {
+		if k := pt.Keys(tj); k != wantKeys {
 			t.Errorf("%s has keys %s, want %s", tu.name, k, wantKeys)
 		}
 		agents, _ := tj["agents"].([]any)
@@ -243,7 +243,7 @@ func TestMetricsAfterTraffic(t *testing.T) {
 			continue
 		}
 		a, _ := agents[0].(map[string]any)
-		if k := keys(a); k != "active address draining since transport" || a["transport"] != tu.transport {
+		if k := pt.Keys(a); k != "active address draining since transport" || a["transport"] != tu.transport {
 			t.Errorf("%s: agent %v, want its address, since, active, draining and transport %s", tu.name, a, tu.transport)
 		}
 		if _, err := time.Parse(time.RFC3339, fmt.Sprint(tj["since"])); err != nil {
@@ -273,15 +273,6 @@ func TestMetricsAfterTraffic(t *testing.T) {
 	if code, body := fetch(t, base+"/healthz", ""); code != 200 || body != "ok\n" {
 		t.Errorf("/healthz: %d %q", code, body)
 	}
-}
-
-func keys(m map[string]any) string {
-	var ks []string
-	for k := range m {
-		ks = append(ks, k)
-	}
-	slices.Sort(ks)
-	return strings.Join(ks, " ")
 }
 
 // TestAdminTokenFile: a relayd with [admin] token_file answers only

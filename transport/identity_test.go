@@ -16,8 +16,9 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
+
+	"github.com/relaytun/relay/internal/syncbuf"
 )
 
 // newCert makes a self-signed certificate for a fresh key.
@@ -352,24 +353,6 @@ func TestRootsAndPinPrecedence(t *testing.T) {
 	}
 }
 
-// syncBuffer is a bytes.Buffer safe for a logger writing from the handshake.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
-
 // TestTrustOnFirstUse: the first dial records the relay's key, later dials
 // (over either transport) accept it, and a different key at that address is
 // refused naming the file.
@@ -377,7 +360,7 @@ func TestTrustOnFirstUse(t *testing.T) {
 	t.Parallel()
 	srv := newTestServer(t, testOptions(), nil)
 	known := filepath.Join(t.TempDir(), "config", "relay", "known_relays") // directories do not exist yet
-	var logs syncBuffer
+	var logs syncbuf.Buffer
 	v := &Verifier{KnownRelays: known, Logger: slog.New(slog.NewTextHandler(&logs, nil))}
 
 	if _, err := srv.dialWith(t, KindQUIC, v, testALPN); err != nil {

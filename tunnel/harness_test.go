@@ -1,19 +1,19 @@
 package tunnel
 
 import (
-	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"io"
 	"log/slog"
 	"net"
 	"path/filepath"
 	"strconv"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/relaytun/relay/internal/proctest"
+	"github.com/relaytun/relay/internal/syncbuf"
 	"github.com/relaytun/relay/transport"
 )
 
@@ -31,24 +31,6 @@ func forEachTransport(t *testing.T, body func(t *testing.T, kind string)) {
 	}
 }
 
-// syncBuffer collects log output from several goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
-
 // testOptions shortens transport timeouts for tests.
 func testOptions() transport.Options {
 	o := transport.DefaultOptions()
@@ -61,7 +43,7 @@ type testRelay struct {
 	Addr        string
 	Fingerprint string
 	Pin         []byte
-	Log         *syncBuffer
+	Log         *syncbuf.Buffer
 	cancel      context.CancelFunc
 	done        chan struct{}
 }
@@ -75,9 +57,8 @@ func startRelay(t testing.TB, mod func(*RelayConfig)) *testRelay {
 	return startRelayWith(t, mod, nil)
 }
 
-// startRelayWith is startRelay with the relay's transport options adjusted
-// by optMod too.
-func startRelayWith(t testing.TB, mod func(*RelayConfig), optMod func(*transport.Options)) *testRelay {
+// relayCertificate makes a relay key and its certificate for 127.0.0.1.
+func relayCertificate(t testing.TB) tls.Certificate {
 	t.Helper()
 	key, _, err := transport.LoadOrCreateKey(filepath.Join(t.TempDir(), "relay.key"))
 	if err != nil {
@@ -87,7 +68,15 @@ func startRelayWith(t testing.TB, mod func(*RelayConfig), optMod func(*transport
 	if err != nil {
 		t.Fatal(err)
 	}
-	logs := &syncBuffer{}
+	return cert
+}
+
+// startRelayWith is startRelay with the relay's transport options adjusted
+// by optMod too.
+func startRelayWith(t testing.TB, mod func(*RelayConfig), optMod func(*transport.Options)) *testRelay {
+	t.Helper()
+	cert := relayCertificate(t)
+	logs := &syncbuf.Buffer{}
 	cfg := DefaultRelayConfig()
 	cfg.BindHost = "127.0.0.1"
 	cfg.Tokens = []Token{{ID: "test", Secret: testSecret}}
@@ -138,7 +127,7 @@ func (r *testRelay) Stop() {
 
 type testAgent struct {
 	Endpoints []Endpoint
-	Log       *syncBuffer
+	Log       *syncbuf.Buffer
 	Err       chan error
 	cancel    context.CancelFunc
 	agent     *Agent
@@ -165,7 +154,7 @@ func (r *testRelay) agentConfig(kind string, locals ...string) AgentConfig {
 // it returns the error and a nil agent.
 func runAgent(t testing.TB, cfg AgentConfig) (*testAgent, error) {
 	t.Helper()
-	logs := &syncBuffer{}
+	logs := &syncbuf.Buffer{}
 	cfg.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	ready := make(chan []Endpoint, 1)
 	cfg.OnReady = func(eps []Endpoint) { ready <- eps }

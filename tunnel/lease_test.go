@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/relaytun/relay/internal/proctest"
+	"github.com/relaytun/relay/internal/syncbuf"
 )
 
 func TestLeaseTableExpiry(t *testing.T) {
@@ -187,7 +188,7 @@ func TestLoadLeasesErrors(t *testing.T) {
 func TestNewRelayDamagedLeaseFile(t *testing.T) {
 	for _, data := range []string{"{garbage", `{"version": 7, "leases": []}`} {
 		path := writeLeaseFile(t, data)
-		logs := &syncBuffer{}
+		logs := &syncbuf.Buffer{}
 		cfg := DefaultRelayConfig()
 		cfg.Tokens = []Token{{ID: "test", Secret: testSecret}}
 		cfg.LeaseFile = path

@@ -15,7 +15,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"path/filepath"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -23,6 +22,7 @@ import (
 	"time"
 
 	"github.com/relaytun/relay/internal/proctest"
+	"github.com/relaytun/relay/internal/syncbuf"
 	"github.com/relaytun/relay/transport"
 )
 
@@ -34,7 +34,7 @@ type relayHost struct {
 	cert   tls.Certificate
 	pin    []byte
 	fp     string
-	log    *syncBuffer
+	log    *syncbuf.Buffer
 	mod    func(*RelayConfig)
 	optMod func(*transport.Options)
 }
@@ -43,15 +43,8 @@ type relayHost struct {
 // and optMod adjust every relay started there (nil: as startRelay).
 func newRelayHost(t *testing.T, mod func(*RelayConfig), optMod func(*transport.Options)) *relayHost {
 	t.Helper()
-	key, _, err := transport.LoadOrCreateKey(filepath.Join(t.TempDir(), "relay.key"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := transport.SelfSignedCertificate(key, "127.0.0.1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	h := &relayHost{t: t, addr: proctest.ClosedPort(t), cert: cert, log: &syncBuffer{}, mod: mod, optMod: optMod}
+	cert := relayCertificate(t)
+	h := &relayHost{t: t, addr: proctest.ClosedPort(t), cert: cert, log: &syncbuf.Buffer{}, mod: mod, optMod: optMod}
 	h.fp = transport.Fingerprint(cert.Leaf)
 	h.pin, _ = transport.ParseFingerprint(h.fp)
 	t.Cleanup(func() {
@@ -135,7 +128,7 @@ func fastLivenessAgent(cfg *AgentConfig)    { fastLivenessOpts(&cfg.TransportOpt
 // liveAgent is a running Agent whose every OnReady call is kept.
 type liveAgent struct {
 	*Agent
-	Log     *syncBuffer
+	Log     *syncbuf.Buffer
 	ready   chan []Endpoint
 	readies atomic.Int32
 	done    chan struct{}
@@ -147,7 +140,7 @@ type liveAgent struct {
 // startAgent starts cfg's agent without waiting for it.
 func startAgent(t *testing.T, cfg AgentConfig) *liveAgent {
 	t.Helper()
-	la := &liveAgent{Log: &syncBuffer{}, ready: make(chan []Endpoint, 64), done: make(chan struct{})}
+	la := &liveAgent{Log: &syncbuf.Buffer{}, ready: make(chan []Endpoint, 64), done: make(chan struct{})}
 	cfg.Logger = slog.New(slog.NewTextHandler(la.Log, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	cfg.OnReady = func(eps []Endpoint) {
 		la.readies.Add(1)

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"math/rand/v2"
 	"net"
 	"os"
@@ -17,6 +18,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -534,3 +536,10 @@ func CheckTurnedAway(t testing.TB, url string) {
 
 // Pid is the process's id.
 func (p *Proc) Pid() int { return p.cmd.Process.Pid }
+
+// Keys lists a decoded JSON object's keys, sorted and joined by spaces, for
+// checking the shape of a status or admin answer in one comparison.
+func Keys(m map[string]any) string {
+	ks := slices.Sorted(maps.Keys(m))
+	return strings.Join(ks, " ")
+}
