@@ -26,6 +26,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/relaytun/relay/internal/syncbuf"
 )
 
 // Paths of the binaries Main builds.
@@ -93,22 +95,7 @@ func portRange() (low, high int) {
 }
 
 // Buffer collects a process's output.
-type Buffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *Buffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *Buffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+type Buffer = syncbuf.Buffer
 
 // Proc is a running relayd or relayctl.
 type Proc struct {
