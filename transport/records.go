@@ -251,7 +251,7 @@ func newRecordConnKeys(c *batchConn, mine, theirs []byte, limit uint64) (*record
 	}
 	// Raw reads only from a plain socket: a wrapper might hold bytes of
 	// its own that a read of the descriptor would skip.
-	if tc, ok := c.Conn.(*net.TCPConn); ok {
+	if tc, ok := c.Conn.(*net.TCPConn); ok && rawReads {
 		r.rc, _ = tc.SyscallConn()
 	}
 	return r, nil
@@ -469,12 +469,7 @@ func (r *recordConn) readMore() error {
 		if r.buf == nil {
 			r.buf = recordBufs.Get().(*[]byte)
 		}
-		for {
-			n, rerr = syscall.Read(int(fd), (*r.buf)[r.end:])
-			if rerr != syscall.EINTR {
-				break
-			}
-		}
+		n, rerr = readFD(fd, (*r.buf)[r.end:])
 		if rerr == syscall.EAGAIN {
 			r.release()
 			return false
