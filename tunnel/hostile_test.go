@@ -114,14 +114,7 @@ func TestAgentRefusesOtherRelayVersion(t *testing.T) {
 func fakeRelay(t *testing.T, kind string, serve func(ctl transport.Stream)) AgentConfig {
 	t.Helper()
 	r := startRelay(t, nil)
-	key, _, err := transport.LoadOrCreateKey(t.TempDir() + "/k")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := transport.SelfSignedCertificate(key)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cert := relayCertificate(t)
 	ln, err := transport.Listen("127.0.0.1:0", transport.ServerTLSConfig(cert, ALPN), testOptions(), nil)
 	if err != nil {
 		t.Fatal(err)
