@@ -25,6 +25,7 @@ import (
 	"github.com/urfave/cli/v2"
 	"golang.org/x/term"
 
+	"github.com/relaytun/relay/internal/gcfloor"
 	"github.com/relaytun/relay/tunnel"
 )
 
@@ -136,6 +137,7 @@ func benchAction(c *cli.Context) error {
 		default:
 		}
 	}
+	gcfloor.Set(gcfloor.Relay)
 	agent, err := tunnel.NewAgent(plan.cfg)
 	if err != nil {
 		return cli.Exit(err.Error(), exitUsage)

@@ -14,6 +14,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/relaytun/relay/internal/debugpprof"
+	"github.com/relaytun/relay/internal/gcfloor"
 	"github.com/relaytun/relay/transport"
 	"github.com/relaytun/relay/tunnel"
 )
@@ -40,6 +41,7 @@ func runAgent(c *cli.Context, p *agentPlan) error {
 		return cli.Exit(err.Error(), exitUsage)
 	}
 	debugpprof.Start(p.log)
+	gcfloor.Set(gcfloor.Relay)
 	stopControl, err := startControl(c, agent, p.log)
 	if err != nil {
 		return err

@@ -19,6 +19,7 @@ import (
 
 	"github.com/relaytun/relay/internal/buildinfo"
 	"github.com/relaytun/relay/internal/debugpprof"
+	"github.com/relaytun/relay/internal/gcfloor"
 	"github.com/relaytun/relay/transport"
 	"github.com/relaytun/relay/tunnel"
 )
@@ -48,6 +49,7 @@ func runAction(c *cli.Context) error {
 		return err
 	}
 	debugpprof.Start(log)
+	gcfloor.Set(gcfloor.Relay)
 	id, err := loadIdentity(cfg)
 	if err != nil {
 		return cli.Exit(err.Error(), 1)

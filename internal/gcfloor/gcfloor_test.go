@@ -1,0 +1,114 @@
+package gcfloor
+
+import (
+	"runtime"
+	"runtime/debug"
+	"runtime/metrics"
+	"testing"
+	"time"
+)
+
+func TestPercentFor(t *testing.T) {
+	const mib = 1 << 20
+	for _, c := range []struct {
+		live, floor uint64
+		want        int
+	}{
+		{0, 32 * mib, 800},           // before the first collection: the minimum heap is the floor
+		{1 * mib, 32 * mib, 800},     // capped so the minimum heap stays within the floor
+		{4 * mib, 32 * mib, 700},     // goal 4 × 8 = 32 MiB
+		{8 * mib, 32 * mib, 300},     // goal 8 × 4 = 32 MiB
+		{16 * mib, 32 * mib, 100},    // half the floor: the default
+		{100 * mib, 32 * mib, 100},   // a large heap: the default
+		{2 * mib, 4 * mib, 100},      // a floor at Go's own minimum changes nothing
+		{1 * mib, 1024 * mib, 25600}, // a large floor
+	} {
+		if got := percentFor(c.live, c.floor); got != c.want {
+			t.Errorf("percentFor(live %d MiB, floor %d MiB) = %d, want %d", c.live/mib, c.floor/mib, got, c.want)
+		}
+	}
+}
+
+// An operator's GOGC is left alone. (Before the next test, which starts
+// the process's tuner for good.)
+func TestSetLeavesGOGCAlone(t *testing.T) {
+	t.Setenv("GOGC", "50")
+	old := debug.SetGCPercent(50)
+	defer debug.SetGCPercent(old)
+	Set(64 << 20)
+	runtime.GC()
+	runtime.GC()
+	if p := debug.SetGCPercent(old); p != 50 {
+		t.Fatalf("GOGC=50 in the environment became %d", p)
+	}
+}
+
+var sink []byte
+
+// cycles counts the collections that allocating n bytes of garbage costs.
+func cycles(n int) uint64 {
+	s := []metrics.Sample{{Name: "/gc/cycles/total:gc-cycles"}}
+	metrics.Read(s)
+	before := s[0].Value.Uint64()
+	for range n / (64 << 10) {
+		sink = make([]byte, 64<<10)
+	}
+	metrics.Read(s)
+	return s[0].Value.Uint64() - before
+}
+
+// With a floor, garbage that would cost several collections at the
+// default target costs at most one; and the target follows each
+// collection.
+func TestSetRaisesTheTarget(t *testing.T) {
+	t.Setenv("GOGC", "")
+	// The tuner lasts for the process: with -count above 1 it is already
+	// running, and the default is gone.
+	if !started {
+		runtime.GC()
+		if n := cycles(48 << 20); n < 6 {
+			t.Fatalf("48 MiB of garbage at the default target: %d collections, want 6 or more", n)
+		}
+	}
+	Set(64 << 20)
+	runtime.GC() // the tuner sees a small live heap
+	if n := cycles(48 << 20); n > 1 {
+		t.Fatalf("48 MiB of garbage with a 64 MiB floor: %d collections, want at most 1", n)
+	}
+	if p := gogc(); p <= basePercent {
+		t.Fatalf("GOGC with a 64 MiB floor and a small heap: %d, want above %d", p, basePercent)
+	}
+	// A live heap past half the floor brings the default back.
+	for range 48 {
+		held = append(held, make([]byte, 1<<20))
+	}
+	runtime.GC()
+	waitGOGC(t, basePercent)
+	held = nil
+	runtime.GC()
+	waitGOGC(t, 1600)
+}
+
+var held [][]byte
+
+func gogc() int {
+	s := []metrics.Sample{{Name: "/gc/gogc:percent"}}
+	metrics.Read(s)
+	return int(s[0].Value.Uint64())
+}
+
+// waitGOGC waits for the tuner, which runs after a collection, to set
+// GOGC to want.
+func waitGOGC(t *testing.T, want int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for gogc() != want {
+		if time.Now().After(deadline) {
+			t.Fatalf("GOGC %d, want %d", gogc(), want)
+		}
+		time.Sleep(10 * time.Millisecond)
+		// The tuner may have looked before this collection's heap
+		// was known; another collection asks again.
+		runtime.GC()
+	}
+}
