@@ -11,20 +11,32 @@ import (
 func TestPercentFor(t *testing.T) {
 	const mib = 1 << 20
 	for _, c := range []struct {
-		live, floor uint64
-		want        int
+		live, roots, floor uint64
+		want               int
 	}{
-		{0, 32 * mib, 800},           // before the first collection: the minimum heap is the floor
-		{1 * mib, 32 * mib, 800},     // capped so the minimum heap stays within the floor
-		{4 * mib, 32 * mib, 700},     // goal 4 × 8 = 32 MiB
-		{8 * mib, 32 * mib, 300},     // goal 8 × 4 = 32 MiB
-		{16 * mib, 32 * mib, 100},    // half the floor: the default
-		{100 * mib, 32 * mib, 100},   // a large heap: the default
-		{2 * mib, 4 * mib, 100},      // a floor at Go's own minimum changes nothing
-		{1 * mib, 1024 * mib, 25600}, // a large floor
+		{0, 0, 32 * mib, 800},               // before the first collection: the minimum heap is the floor
+		{1 * mib, 0, 32 * mib, 800},         // capped so the minimum heap stays within the floor
+		{4 * mib, 0, 32 * mib, 700},         // goal 4 + 4 × 7 = 32 MiB
+		{8 * mib, 0, 32 * mib, 300},         // goal 8 + 8 × 3 = 32 MiB
+		{9 * mib, 3 * mib, 32 * mib, 191},   // stacks count: goal 9 + 12 × 1.91 ≈ 32 MiB
+		{12 * mib, 8 * mib, 32 * mib, 100},  // goal 12 + 20 = 32 MiB
+		{16 * mib, 0, 32 * mib, 100},        // half the floor: the default
+		{100 * mib, 1 * mib, 32 * mib, 100}, // a large heap: the default
+		{2 * mib, 0, 4 * mib, 100},          // a floor at Go's own minimum changes nothing
+		{1 * mib, 0, 1024 * mib, 25600},     // a large floor
+		{1 << 40, 1 << 30, 32 * mib, 100},   // far past the floor
+		{1, 0, 1 << 40, 26214400},           // no overflow
 	} {
-		if got := percentFor(c.live, c.floor); got != c.want {
-			t.Errorf("percentFor(live %d MiB, floor %d MiB) = %d, want %d", c.live/mib, c.floor/mib, got, c.want)
+		if got := percentFor(c.live, c.roots, c.floor); got != c.want {
+			t.Errorf("percentFor(live %d, roots %d, floor %d) = %d, want %d", c.live, c.roots, c.floor, got, c.want)
+		}
+		// The goal it gives is within the floor, unless the default
+		// alone passes it.
+		if p := percentFor(c.live, c.roots, c.floor); p > basePercent && c.live > 0 {
+			goal := c.live + (c.live+c.roots)*uint64(p)/100
+			if goal > c.floor {
+				t.Errorf("live %d, roots %d, floor %d: GOGC %d puts the goal at %d", c.live, c.roots, c.floor, p, goal)
+			}
 		}
 	}
 }
@@ -32,6 +44,9 @@ func TestPercentFor(t *testing.T) {
 // An operator's GOGC is left alone. (Before the next test, which starts
 // the process's tuner for good.)
 func TestSetLeavesGOGCAlone(t *testing.T) {
+	if started {
+		t.Skip("the tuner runs from an earlier -count run, and owns GOGC")
+	}
 	t.Setenv("GOGC", "50")
 	old := debug.SetGCPercent(50)
 	defer debug.SetGCPercent(old)
@@ -65,8 +80,12 @@ func TestSetRaisesTheTarget(t *testing.T) {
 	// The tuner lasts for the process: with -count above 1 it is already
 	// running, and the default is gone.
 	if !started {
+		// The default, whatever GOGC this test process started with.
+		old := debug.SetGCPercent(basePercent)
 		runtime.GC()
-		if n := cycles(48 << 20); n < 6 {
+		n := cycles(48 << 20)
+		debug.SetGCPercent(old)
+		if n < 6 {
 			t.Fatalf("48 MiB of garbage at the default target: %d collections, want 6 or more", n)
 		}
 	}
