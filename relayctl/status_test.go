@@ -98,7 +98,14 @@ func TestStatus(t *testing.T) {
 		if code != 0 || len(lines) != 3 {
 			t.Fatalf("exit %d, stdout:\n%s\nstderr: %s\nwant 3 lines", code, out, errOut)
 		}
-		head := fmt.Sprintf("agent %d (relayctl devel) → %s, connected, reconnects 0  [%s]", agent.Pid(), r.Addr, sock)
+		// The version is "devel", or a pseudo-version when Go stamps the
+		// build from a git checkout (-buildvcs): whatever `version` says.
+		vout, _, _ := pt.Run(t, nil, pt.RelayctlBin, "version")
+		vf := strings.Fields(vout)
+		if len(vf) < 2 {
+			t.Fatalf("relayctl version: %q", vout)
+		}
+		head := fmt.Sprintf("agent %d (relayctl %s) → %s, connected, reconnects 0  [%s]", agent.Pid(), vf[1], r.Addr, sock)
 		if lines[0] != head {
 			t.Errorf("first line %q, want %q", lines[0], head)
 		}
