@@ -251,7 +251,8 @@ func play(ctx context.Context, addr, name string, out *os.File) error {
 		case strings.HasPrefix(msg, "tick "):
 			state = msg
 		}
-		if time.Since(last) >= time.Second {
+		// A line once a second, from the first one that has both.
+		if rtt != "" && state != "" && time.Since(last) >= time.Second {
 			last = time.Now()
 			fmt.Fprintf(out, "rtt %s | %s\n", rtt, state)
 		}
