@@ -82,6 +82,11 @@ func TestDrain(t *testing.T) {
 			if code := p.Wait(pt.ExitTimeout); code != 0 {
 				t.Errorf("exit %d, want 0", code)
 			}
+			// The last line says it is over.
+			lines := strings.Split(strings.TrimSpace(p.Stderr.String()), "\n")
+			if last := lines[len(lines)-1]; !strings.Contains(last, `msg=stopped`) {
+				t.Errorf("last line %q, want msg=stopped", last)
+			}
 		})
 	}
 	t.Run("second signal", func(t *testing.T) {

@@ -59,7 +59,9 @@ func runAgent(c *cli.Context, p *agentPlan) error {
 		return agentExit(err, p.cfg.Relay)
 	case sig := <-sigs:
 		p.log.Info("stopping: draining, so open connections may finish", "signal", sig.String(), "drain_timeout", p.drainTimeout)
-		return agentExit(r.drain(p.drainTimeout, sigs, p.log), p.cfg.Relay)
+		err := r.drain(p.drainTimeout, sigs, p.log)
+		p.log.Info("stopped")
+		return agentExit(err, p.cfg.Relay)
 	}
 }
 
