@@ -109,6 +109,25 @@ func (s *testServer) accept(t testing.TB) Session {
 	return sess
 }
 
+// dialTCP dials a TLS+smux session to ln at addr with tlsConf and accepts
+// it there; both ends close when t ends.
+func dialTCP(t testing.TB, ln Listener, addr string, tlsConf *tls.Config) (client, server Session) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	client, err := (&TCPDialer{TLS: tlsConf, Options: testOptions()}).Dial(ctx, addr)
+	if err != nil {
+		t.Fatalf("Dial %s: %v", addr, err)
+	}
+	t.Cleanup(func() { client.Close() })
+	server, err = ln.Accept(ctx)
+	if err != nil {
+		t.Fatalf("Accept: %v", err)
+	}
+	t.Cleanup(func() { server.Close() })
+	return client, server
+}
+
 // connect dials with the pinned key and returns both ends of the session.
 func (s *testServer) connect(t testing.TB, kind string) (client, server Session) {
 	t.Helper()

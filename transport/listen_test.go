@@ -283,18 +283,7 @@ func TestTCPListenerSurvivesTemporaryAcceptErrors(t *testing.T) {
 	defer ln.Close()
 	addr := tl.Addr().String()
 	tlsConf, _ := (&Verifier{Pin: srv.pin}).ClientTLSConfig(addr, testALPN)
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	c, err := (&TCPDialer{TLS: tlsConf, Options: testOptions()}).Dial(ctx, addr)
-	if err != nil {
-		t.Fatalf("dial after temporary accept errors: %v", err)
-	}
-	defer c.Close()
-	s, err := ln.Accept(ctx)
-	if err != nil {
-		t.Fatalf("Accept after temporary accept errors: %v", err)
-	}
-	s.Close()
+	dialTCP(t, ln, addr, tlsConf) // after the temporary accept errors
 }
 
 // TestListenerClose: Accept fails with ErrClosed after Close, pending

@@ -313,18 +313,7 @@ func TestRecordsNotOverTLS12(t *testing.T) {
 	conf.MinVersion, conf.MaxVersion = tls.VersionTLS12, tls.VersionTLS12
 	l, cc := s.listenTCPWith(t, conf, nil)
 	cc.MinVersion = tls.VersionTLS12
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	c, err := (&TCPDialer{TLS: cc, Options: testOptions()}).Dial(ctx, l.Addr().String())
-	if err != nil {
-		t.Fatalf("Dial: %v", err)
-	}
-	defer c.Close()
-	sv, err := l.Accept(ctx)
-	if err != nil {
-		t.Fatalf("Accept: %v", err)
-	}
-	defer sv.Close()
+	c, sv := dialTCP(t, l, l.Addr().String(), cc)
 	for _, sess := range []Session{c, sv} {
 		if v := sess.ConnectionState().Version; v != tls.VersionTLS12 {
 			t.Fatalf("TLS version %#x, want 1.2", v)
