@@ -852,6 +852,7 @@ func (a *Agent) controlLoop(ctl transport.Stream, log *slog.Logger) error {
 // report the outcome in the status byte, then join the two. finish runs once
 // the stream is done: at carry's return, or once the joined pair ends.
 func (a *Agent) carry(ctx context.Context, st transport.Stream, byID map[uint32]*agentTunnel, finish func()) {
+	growStack()
 	joined := false
 	defer func() {
 		if !joined {

@@ -215,6 +215,7 @@ func (g *group) serve(ctx context.Context) {
 // down, costs the client a retry instead of the connection. finish runs once
 // the client is done: at carry's return, or once the joined pair ends.
 func (g *group) carry(ctx context.Context, c net.Conn, finish func()) {
+	growStack()
 	client := addrPort(c.RemoteAddr())
 	cfg := g.r.config()
 	deadline := time.Now().Add(cfg.OpenStreamTimeout)
