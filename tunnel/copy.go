@@ -74,7 +74,8 @@ func JoinCounting(a, b net.Conn, aToB, bToA *atomic.Int64) JoinStats {
 // closed (done still runs). The caller's goroutine may end meanwhile, so a
 // long-lived connection costs just the copies' goroutines, whose stacks stay
 // small: the caller's grew with whatever it did before (dialing, logging),
-// and a blocked goroutine's stack does not shrink back.
+// and a blocked goroutine's stack shrinks back only at a collection, by
+// half each time.
 //
 // When a is a TCP socket, its direction holds no goroutine while a has
 // nothing to read (pump_linux.go): an idle pair costs one goroutine.
