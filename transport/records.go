@@ -15,6 +15,8 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+
+	"github.com/relaytun/relay/internal/rawfd"
 )
 
 // Records: how two builds of this project protect a TLS+smux session's
@@ -251,7 +253,7 @@ func newRecordConnKeys(c *batchConn, mine, theirs []byte, limit uint64) (*record
 	}
 	// Raw reads only from a plain socket: a wrapper might hold bytes of
 	// its own that a read of the descriptor would skip.
-	if tc, ok := c.Conn.(*net.TCPConn); ok && rawReads {
+	if tc, ok := c.Conn.(*net.TCPConn); ok && rawfd.Supported {
 		r.rc, _ = tc.SyscallConn()
 	}
 	return r, nil
@@ -469,7 +471,7 @@ func (r *recordConn) readMore() error {
 		if r.buf == nil {
 			r.buf = recordBufs.Get().(*[]byte)
 		}
-		n, rerr = readFD(fd, (*r.buf)[r.end:])
+		n, rerr = rawfd.Read(fd, (*r.buf)[r.end:])
 		if rerr == syscall.EAGAIN {
 			r.release()
 			return false

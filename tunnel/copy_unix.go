@@ -9,6 +9,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+
+	"github.com/relaytun/relay/internal/rawfd"
 )
 
 // copyFromSocket copies from a TCP socket, holding a buffer only while the
@@ -34,7 +36,7 @@ func copyFromSocket(dst io.Writer, tc *net.TCPConn, live *atomic.Int64) (written
 		if buf == nil {
 			buf = pool.Get().(*[]byte)
 		}
-		n, rerr = readFD(fd, *buf)
+		n, rerr = rawfd.Read(fd, *buf)
 		if rerr == syscall.EAGAIN {
 			pool.Put(buf)
 			buf = nil
@@ -60,16 +62,6 @@ func copyFromSocket(dst io.Writer, tc *net.TCPConn, live *atomic.Int64) (written
 		if next := nextPool(pool, n, len(*buf)); next != pool {
 			pool.Put(buf)
 			buf, pool = nil, next
-		}
-	}
-}
-
-// readFD reads from a raw socket, retrying interrupted calls.
-func readFD(fd uintptr, buf []byte) (int, error) {
-	for {
-		n, err := syscall.Read(int(fd), buf)
-		if err != syscall.EINTR {
-			return n, err
 		}
 	}
 }

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/relaytun/relay/internal/rawfd"
 )
 
 // An idle TCP connection costs its copy goroutine's stack, 4 KiB, in each
@@ -130,7 +132,7 @@ func (p *pump) run() {
 	)
 	read := func(fd uintptr) bool {
 		buf = p.pool.Get().(*[]byte)
-		n, rerr = readFD(fd, *buf)
+		n, rerr = rawfd.Read(fd, *buf)
 		if rerr == syscall.EAGAIN {
 			p.pool.Put(buf)
 			buf = nil

@@ -1,0 +1,22 @@
+//go:build unix
+
+// Package rawfd reads a socket's descriptor directly, for copy loops that
+// wait for readability without holding a buffer and read only once the
+// socket has something (tunnel's copies and pumps, transport's records).
+package rawfd
+
+import "syscall"
+
+// Supported reports whether Read works on this system.
+const Supported = true
+
+// Read reads the descriptor fd once into p, past interruptions. A socket
+// with nothing to read returns syscall.EAGAIN.
+func Read(fd uintptr, p []byte) (int, error) {
+	for {
+		n, err := syscall.Read(int(fd), p)
+		if err != syscall.EINTR {
+			return n, err
+		}
+	}
+}
