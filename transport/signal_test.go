@@ -2,10 +2,15 @@ package transport
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
+	"net"
+	"strings"
 	"testing"
+	"time"
 )
 
 func signalFrame(typ byte, payload []byte) []byte {
@@ -71,4 +76,54 @@ func FuzzReadSignal(f *testing.F) {
 			t.Fatalf("re-encoded %x, read %x", got, data[:consumed])
 		}
 	})
+}
+
+// TestSignalBeforeOwnStreamRegistered: smux sends a stream's SYN inside
+// OpenStream, before the session registers the stream, so the peer's RESET
+// (a peer over its stream limit resets at once) can arrive first. It must
+// still reach the stream: a writer that missed it wrote into a stream the
+// peer had dropped, with every write succeeding. Either side opens streams,
+// so both are checked; the signal is delivered by hand, in the order the
+// race produces.
+func TestSignalBeforeOwnStreamRegistered(t *testing.T) {
+	c, s := newPair(t, KindTCP)
+	for _, side := range []struct {
+		name string
+		sess *smuxSession
+	}{{"client", c.(*smuxSession)}, {"server", s.(*smuxSession)}} {
+		t.Run(side.name, func(t *testing.T) {
+			sess := side.sess
+			sess.mu.Lock()
+			next := sess.maxOwnID + 2 // smux numbers each side's streams in steps of 2
+			sess.mu.Unlock()
+			sess.handleStreamSignal(next, sigReset)
+
+			st, err := sess.OpenStream(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer st.Close()
+			if id := st.(*smuxStream).st.ID(); id != next {
+				t.Fatalf("opened stream %d, want %d", id, next)
+			}
+			err = within(t, 5*time.Second, "writing to a reset stream", func() error {
+				_, err := st.Write([]byte("x"))
+				return err
+			})
+			if !errors.Is(err, net.ErrClosed) || !strings.Contains(fmt.Sprint(err), "reset by peer") {
+				t.Fatalf("write after the peer's early RESET: %v; want stream reset by peer", err)
+			}
+
+			// A late signal for a stream already forgotten is dropped,
+			// not kept for a stream that will never come.
+			st.Close()
+			sess.handleStreamSignal(next, sigFIN)
+			sess.mu.Lock()
+			_, kept := sess.early[next]
+			sess.mu.Unlock()
+			if kept {
+				t.Fatalf("a signal for closed stream %d was kept as early", next)
+			}
+		})
+	}
 }

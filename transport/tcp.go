@@ -325,6 +325,13 @@ type smuxSession struct {
 	// at once can reach us out of id order, and a signal for one of those
 	// must wait for it like one for an id above maxPeerID.
 	skipped map[uint32]struct{}
+	// Our own streams have the same gap: smux sends a stream's SYN inside
+	// OpenStream, before we can register it, so the peer's answer (a
+	// RESET from a peer over its stream limit) can come first. maxOwnID
+	// and ownSkipped mark the ids that may still be on their way to
+	// registration, as maxPeerID and skipped do for the peer's.
+	maxOwnID   uint32
+	ownSkipped map[uint32]struct{}
 
 	done      chan struct{}
 	closeOnce sync.Once
@@ -346,10 +353,14 @@ func newSmuxSession(ms *smux.Session, tc *tls.Conn, conn io.ReadWriteCloser, sig
 		early:    make(map[uint32]byte),
 		skipped:  make(map[uint32]struct{}),
 		done:     make(chan struct{}),
+
+		ownSkipped: make(map[uint32]struct{}),
 	}
-	if !client {
-		// The agent's first stream is the signal stream; its data streams
-		// follow it. (The relay's first is id 2, counted from 0.)
+	// The agent's first stream is the signal stream; its data streams
+	// follow it. (The relay's first is id 2, counted from 0.)
+	if client {
+		s.maxOwnID = sig.ID()
+	} else {
 		s.maxPeerID = sig.ID()
 	}
 	// Both loops close the session when smux's ends: signalLoop's reads
@@ -371,15 +382,7 @@ func (s *smuxSession) acceptLoop() {
 		w := newSmuxStream(st, s)
 		id := st.ID()
 		s.mu.Lock()
-		delete(s.skipped, id)
-		if id > s.maxPeerID {
-			// Stream ids go up by 2 on each side; the ones jumped over
-			// are on their way.
-			for j := s.maxPeerID + 2; j < id && len(s.skipped) < maxEarly; j += 2 {
-				s.skipped[j] = struct{}{}
-			}
-			s.maxPeerID = id
-		}
+		s.maxPeerID = markArrived(s.skipped, s.maxPeerID, id)
 		if s.peerStreams >= s.opts.MaxIncomingStreams {
 			delete(s.early, id)
 			s.mu.Unlock()
@@ -403,6 +406,21 @@ func (s *smuxSession) acceptLoop() {
 			return
 		}
 	}
+}
+
+// markArrived records that stream id is registered, given the highest id
+// of its side registered so far, and returns the new highest. Stream ids go
+// up by 2 on each side; the ones jumped over are on their way and go into
+// skipped (up to maxEarly of them).
+func markArrived(skipped map[uint32]struct{}, highest, id uint32) uint32 {
+	delete(skipped, id)
+	if id <= highest {
+		return highest
+	}
+	for j := highest + 2; j < id && len(skipped) < maxEarly; j += 2 {
+		skipped[j] = struct{}{}
+	}
+	return id
 }
 
 func (s *smuxSession) signalLoop() {
@@ -473,7 +491,7 @@ func (s *smuxSession) handleStreamSignal(id uint32, typ byte) {
 	}
 	s.mu.Lock()
 	st := s.streams[id]
-	if st == nil && !s.ours(id) && len(s.early) < maxEarly && (id > s.maxPeerID || isSkipped(s.skipped, id)) {
+	if st == nil && len(s.early) < maxEarly && s.onItsWay(id) {
 		s.early[id] |= bit
 	}
 	s.mu.Unlock()
@@ -482,8 +500,17 @@ func (s *smuxSession) handleStreamSignal(id uint32, typ byte) {
 	}
 }
 
-func isSkipped(m map[uint32]struct{}, id uint32) bool {
-	_, ok := m[id]
+// onItsWay reports whether id may be a stream not registered yet, rather
+// than one already forgotten. Under s.mu.
+func (s *smuxSession) onItsWay(id uint32) bool {
+	highest, skipped := s.maxPeerID, s.skipped
+	if s.ours(id) {
+		highest, skipped = s.maxOwnID, s.ownSkipped
+	}
+	if id > highest {
+		return true
+	}
+	_, ok := skipped[id]
 	return ok
 }
 
@@ -523,9 +550,14 @@ func (s *smuxSession) OpenStream(ctx context.Context) (Stream, error) {
 		return nil, s.wrapErr(err)
 	}
 	w := newSmuxStream(st, s)
+	id := st.ID()
 	s.mu.Lock()
-	s.streams[st.ID()] = w
+	s.maxOwnID = markArrived(s.ownSkipped, s.maxOwnID, id)
+	s.streams[id] = w
+	early := s.early[id]
+	delete(s.early, id)
 	s.mu.Unlock()
+	w.signal(early)
 	return w, nil
 }
 
@@ -837,15 +869,19 @@ func (s *smuxStream) Write(p []byte) (int, error) {
 			}
 			return written, err
 		}
+		// smux timed out on the caller's deadline as it stood when smux
+		// last looked (it does not while a frame is queued), or on the
+		// past one a RESET set. The frame it timed out on may wait in
+		// smux's send queue and still go out, so the Write ends here even
+		// if the caller has since moved its deadline later: writing the
+		// rest again could send that frame twice.
 		s.mu.Lock()
-		if !s.peerReset && !s.writeDeadline.IsZero() && !time.Now().Before(s.writeDeadline) {
-			s.mu.Unlock()
-			return written, os.ErrDeadlineExceeded
-		}
-		if !s.peerReset {
-			s.st.SetWriteDeadline(s.writeDeadline)
-		}
+		reset := s.peerReset
 		s.mu.Unlock()
+		if reset {
+			return written, fmt.Errorf("stream reset by peer: %w", net.ErrClosed)
+		}
+		return written, os.ErrDeadlineExceeded
 	}
 }
 
@@ -903,6 +939,9 @@ func (s *smuxStream) SetReadDeadline(t time.Time) error {
 	return nil
 }
 
+// SetWriteDeadline passes t to smux, which reads it between frames: a
+// deadline moved while a frame waits in smux's send queue changes nothing
+// for that frame (see Write), so set it before writing.
 func (s *smuxStream) SetWriteDeadline(t time.Time) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()

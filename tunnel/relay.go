@@ -405,7 +405,9 @@ type agentConn struct {
 	instance [instanceLen]byte
 	log      *slog.Logger
 
-	wmu sync.Mutex // serialises control frames
+	// wmu serialises control frames: a channel with room for one, so
+	// notice can give up waiting for it.
+	wmu chan struct{}
 	// members are this session's places in groups, by tunnel id; guarded
 	// by Relay.mu. byID holds the same for the datagram path, which must
 	// not take Relay.mu per datagram.
@@ -544,7 +546,7 @@ func (r *Relay) handshake(ctx context.Context, s transport.Session, log *slog.Lo
 		return nil, fmt.Errorf("waiting for control stream: %w", err)
 	}
 	ctl.SetDeadline(deadline)
-	a := &agentConn{r: r, sess: s, ctl: ctl, log: log, members: make(map[uint32]*member), since: time.Now(), link: newDgramLink(s)}
+	a := &agentConn{r: r, sess: s, ctl: ctl, log: log, wmu: make(chan struct{}, 1), members: make(map[uint32]*member), since: time.Now(), link: newDgramLink(s)}
 
 	m, err := ReadMessage(ctl)
 	if err != nil {
@@ -599,21 +601,33 @@ func (r *Relay) handshake(ctx context.Context, s transport.Session, log *slog.Lo
 // send writes m, giving up after the liveness timeout: an agent that stops
 // reading must not hold the control stream (and a shutdown) for ever.
 func (a *agentConn) send(m Message) error {
+	a.wmu <- struct{}{}
+	defer func() { <-a.wmu }()
+	// Set under wmu: a deadline moved while another frame is being
+	// written does not reach that frame on TLS+smux (transport's Write).
 	a.ctl.SetWriteDeadline(time.Now().Add(a.r.config().Liveness))
-	a.wmu.Lock()
-	defer a.wmu.Unlock()
 	return WriteMessage(a.ctl, m)
 }
 
-// notice sends m without letting a stuck agent hold up the caller long.
+// notice sends m without letting a stuck agent hold up the caller long:
+// it gives up after noticeWait waiting for a writer stuck before it, as
+// well as on its own write.
 func (a *agentConn) notice(m Message) {
-	// The deadline goes first, so a writer stuck holding wmu wakes too.
-	a.ctl.SetWriteDeadline(time.Now().Add(time.Second))
-	a.wmu.Lock()
-	defer a.wmu.Unlock()
-	a.ctl.SetWriteDeadline(time.Now().Add(time.Second))
+	t := time.NewTimer(noticeWait)
+	defer t.Stop()
+	select {
+	case a.wmu <- struct{}{}:
+	case <-t.C:
+		a.log.Debug("control stream busy; notice not sent", "type", fmt.Sprintf("%T", m))
+		return
+	}
+	defer func() { <-a.wmu }()
+	a.ctl.SetWriteDeadline(time.Now().Add(noticeWait))
 	WriteMessage(a.ctl, m)
 }
+
+// noticeWait bounds a notice: a DRAIN, a PING or a last ERROR.
+const noticeWait = time.Second
 
 // sentRefusal is a refusal this relay sent and logged.
 type sentRefusal struct{ *RefusedError }
@@ -629,10 +643,10 @@ func (a *agentConn) refuse(code ErrorCode, text string) error {
 	if a.token == nil {
 		a.r.handshakeFailures.add(code.String())
 	}
-	a.wmu.Lock()
+	a.wmu <- struct{}{}
 	a.ctl.SetWriteDeadline(time.Now().Add(2 * time.Second))
 	err := WriteMessage(a.ctl, &Error{Code: code, Text: text})
-	a.wmu.Unlock()
+	<-a.wmu
 	if err == nil {
 		a.ctl.CloseWrite()
 		a.ctl.SetReadDeadline(time.Now().Add(2 * time.Second))

@@ -1,0 +1,126 @@
+package transport
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// pausableProxy forwards TCP to target; while paused it stops reading from
+// the dialer, so everything the dialer sends backs up in its socket.
+func pausableProxy(t *testing.T, target string) (string, *atomic.Bool) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	var paused atomic.Bool
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			u, err := net.Dial("tcp", target)
+			if err != nil {
+				c.Close()
+				return
+			}
+			t.Cleanup(func() { c.Close(); u.Close() })
+			go io.Copy(c, u)
+			go func() {
+				buf := make([]byte, 32<<10)
+				for {
+					for paused.Load() {
+						time.Sleep(5 * time.Millisecond)
+					}
+					n, err := c.Read(buf)
+					if n > 0 {
+						if _, err := u.Write(buf[:n]); err != nil {
+							return
+						}
+					}
+					if err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	return ln.Addr().String(), &paused
+}
+
+// stalledSmux returns a TLS+smux session pair whose connection has stopped
+// moving: six streams flood it while the path is paused, so a new frame
+// waits in smux's send queue. The path resumes when the test ends, or
+// earlier through the returned flag.
+func stalledSmux(t *testing.T) (a, b Stream, paused *atomic.Bool) {
+	srv := newTestServer(t, testOptions(), nil)
+	proxy, paused := pausableProxy(t, srv.addr)
+	tlsConf, err := (&Verifier{Pin: srv.pin}).ClientTLSConfig(srv.addr, testALPN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	client, server := dialTCP(t, srv.ln, proxy, tlsConf)
+	var bulk []Stream
+	for range 6 {
+		w, r := openPair(t, client, server)
+		go io.Copy(io.Discard, r)
+		bulk = append(bulk, w)
+	}
+	a, b = openPair(t, client, server)
+	paused.Store(true)
+	t.Cleanup(func() { paused.Store(false) })
+	chunk := make([]byte, 1<<20)
+	for _, w := range bulk {
+		go func() {
+			for {
+				if _, err := w.Write(chunk); err != nil {
+					return
+				}
+			}
+		}()
+	}
+	time.Sleep(time.Second) // the socket, the batch queue and smux's sender back up
+	return a, b, paused
+}
+
+// TestSmuxWriteDeadlineMovedLater: a Write whose frame waits in smux's send
+// queue while its deadline is moved later sends its bytes once. smux fires
+// the deadline it had on the queued frame and sends the frame anyway, and
+// the Write used to see the later deadline and write the bytes again. It
+// now ends with the timeout (smux offers no way to extend a queued frame's).
+func TestSmuxWriteDeadlineMovedLater(t *testing.T) {
+	a, b, paused := stalledSmux(t)
+	msg := []byte("MESSAGE!")
+	a.SetWriteDeadline(time.Now().Add(300 * time.Millisecond))
+	done := make(chan error, 1)
+	go func() {
+		_, err := a.Write(msg)
+		done <- err
+	}()
+	time.Sleep(100 * time.Millisecond)
+	a.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	time.Sleep(600 * time.Millisecond) // past the first deadline
+	paused.Store(false)
+	if err := <-done; err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("Write with its deadline moved 10 s later: %v; want success or %v", err, os.ErrDeadlineExceeded)
+	}
+
+	got := make([]byte, 64)
+	b.SetReadDeadline(time.Now().Add(5 * time.Second))
+	n, err := io.ReadAtLeast(b, got, len(msg))
+	if err != nil {
+		t.Fatalf("reading the message: %v", err)
+	}
+	b.SetReadDeadline(time.Now().Add(500 * time.Millisecond)) // anything more would follow at once
+	m, _ := b.Read(got[n:])
+	if n += m; !bytes.Equal(got[:n], msg) {
+		t.Fatalf("one Write of %q arrived as %q", msg, got[:n])
+	}
+}
