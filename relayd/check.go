@@ -10,9 +10,10 @@ var checkCommand = &cli.Command{
 	Name:      "check",
 	Usage:     "validate relay.toml; exit 1 with the file, line and key of the first problem",
 	ArgsUsage: " ",
-	Flags:     configFlags(),
+	Flags:     []cli.Flag{commandConfigFlag()},
 	Action: func(c *cli.Context) error {
-		if !c.IsSet("config") {
+		path, set := stringFlag(c, "config")
+		if !set {
 			return cli.Exit("check needs --config FILE", 2)
 		}
 		cfg, err := loadConfig(c)
@@ -23,7 +24,7 @@ var checkCommand = &cli.Command{
 			fmt.Fprintf(c.App.ErrWriter, "relayd: warning: %s: %s (mode %04o): %s\n", w.file, w.msg, w.mode, w.fix)
 		}
 		fmt.Fprintf(c.App.Writer, "%s: ok (listen %s, ports %s, %d token(s))\n",
-			c.String("config"), cfg.Relay.Listen, cfg.Relay.Ports, len(cfg.Tokens))
+			path, cfg.Relay.Listen, cfg.Relay.Ports, len(cfg.Tokens))
 		return nil
 	},
 }

@@ -12,7 +12,7 @@ var fingerprintCommand = &cli.Command{
 	Name:      "fingerprint",
 	Usage:     "print the relay's key fingerprint for relayctl --fingerprint (creates the key if absent)",
 	ArgsUsage: " ",
-	Flags:     configFlags(),
+	Flags:     []cli.Flag{commandConfigFlag()},
 	Action: func(c *cli.Context) error {
 		cfg, err := loadConfig(c)
 		if err != nil {

@@ -16,7 +16,7 @@ func main() {
 		Usage: "the public end of a reverse-tunnel relay",
 		Description: "Runs the relay. Agents (relayctl expose) dial it on [relay] listen over QUIC (UDP) or\n" +
 			"TLS over TCP, and each of their tunnels gets a public port from [relay] ports.",
-		Flags:           append(configFlags(), logFlags()...),
+		Flags:           append([]cli.Flag{globalConfigFlag()}, logFlags()...),
 		Action:          runAction,
 		Commands:        []*cli.Command{checkCommand, fingerprintCommand, versionCommand},
 		HideHelpCommand: true,
@@ -42,15 +42,34 @@ func usageError(_ *cli.Context, err error, _ bool) error {
 	return cli.Exit(err.Error()+" (see relayd --help)", 2)
 }
 
-func configFlags() []cli.Flag {
-	return []cli.Flag{
-		&cli.StringFlag{Name: "config", Aliases: []string{"c"}, Usage: "relay.toml to use (default: the embedded defaults)", EnvVars: []string{"RELAYD_CONFIG"}},
+// globalConfigFlag is --config before any command. Only this copy reads
+// RELAYD_CONFIG: a command's copy reading it as well would count as set and
+// hide a --config given before the command.
+func globalConfigFlag() cli.Flag {
+	return &cli.StringFlag{Name: "config", Aliases: []string{"c"}, Usage: "relay.toml to use (default: the embedded defaults)", EnvVars: []string{"RELAYD_CONFIG"}}
+}
+
+// commandConfigFlag is --config after a command (relayd check --config FILE).
+func commandConfigFlag() cli.Flag {
+	return &cli.StringFlag{Name: "config", Aliases: []string{"c"}, Usage: "relay.toml to use; may also come before the command, or from $RELAYD_CONFIG"}
+}
+
+// stringFlag returns the flag name as set by the innermost command that set
+// it, so `relayd --config FILE check` and `relayd check --config FILE` agree.
+// urfave/cli looks past a command only for flags the command does not
+// define, and check and fingerprint define --config.
+func stringFlag(c *cli.Context, name string) (value string, set bool) {
+	for _, cc := range c.Lineage() {
+		if cc.IsSet(name) {
+			return cc.String(name), true
+		}
 	}
+	return "", false
 }
 
 // loadConfig loads --config, or the defaults when it is not set.
 func loadConfig(c *cli.Context) (*Config, error) {
-	path := c.String("config")
+	path, _ := stringFlag(c, "config")
 	if path == "" {
 		def := DefaultConfig()
 		return &def, nil

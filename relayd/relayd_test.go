@@ -5,12 +5,14 @@ package main
 // generated token, signals.
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -19,14 +21,29 @@ import (
 	pt "github.com/relaytun/relay/internal/proctest"
 )
 
+// TestCheckSample also checks that --config works before the command, as
+// relayd --help lists it, and from RELAYD_CONFIG.
 func TestCheckSample(t *testing.T) {
 	t.Parallel()
-	out, errOut, code := pt.Run(t, nil, pt.RelaydBin, "check", "--config", samplePath)
-	if code != 0 {
-		t.Fatalf("relayd check --config %s: exit %d\nstderr: %s", samplePath, code, errOut)
-	}
-	if !strings.Contains(out, "ok") {
-		t.Errorf("stdout %q does not say ok", out)
+	for _, tt := range []struct {
+		env  []string
+		args []string
+	}{
+		{nil, []string{"check", "--config", samplePath}},
+		{nil, []string{"--config", samplePath, "check"}},
+		{nil, []string{"-c", samplePath, "check"}},
+		{[]string{"RELAYD_CONFIG=" + samplePath}, []string{"check"}},
+		{[]string{"RELAYD_CONFIG=/nonexistent/relay.toml"}, []string{"--config", samplePath, "check"}},
+	} {
+		cmd := strings.Join(slices.Concat(tt.env, []string{"relayd"}, tt.args), " ")
+		out, errOut, code := pt.Run(t, tt.env, pt.RelaydBin, tt.args...)
+		if code != 0 {
+			t.Errorf("%s: exit %d\nstderr: %s", cmd, code, errOut)
+			continue
+		}
+		if want := samplePath + ": ok ("; !strings.HasPrefix(out, want) {
+			t.Errorf("%s: stdout %q, want %q…", cmd, out, want)
+		}
 	}
 }
 
@@ -42,12 +59,12 @@ func TestCheckBadConfigs(t *testing.T) {
 			if err := os.WriteFile(path, []byte(tt.text), 0o600); err != nil {
 				t.Fatal(err)
 			}
-			for _, args := range [][]string{{"check", "--config", path}, {"--config", path}} {
+			for _, args := range [][]string{{"check", "--config", path}, {"--config", path, "check"}, {"--config", path}} {
 				out, errOut, code := pt.Run(t, nil, pt.RelaydBin, args...)
 				if code != 1 {
 					t.Errorf("relayd %s: exit %d, want 1", strings.Join(args, " "), code)
 				}
-				if args[0] == "check" && out != "" {
+				if slices.Contains(args, "check") && out != "" {
 					t.Errorf("relayd check: stdout %q, want nothing", out)
 				}
 				want := "relayd: " + wantPrefix(path, tt.line, tt.key)
@@ -70,6 +87,8 @@ func TestCheckUsage(t *testing.T) {
 	}{
 		{"no config", []string{"check"}, 2, "--config"},
 		{"missing file", []string{"check", "--config", missing}, 1, missing},
+		{"missing file before check", []string{"--config", missing, "check"}, 1, missing},
+		{"missing file before fingerprint", []string{"--config", missing, "fingerprint"}, 1, missing},
 		{"stray argument", []string{"serve"}, 2, `"serve"`},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
@@ -117,6 +136,34 @@ func TestFingerprint(t *testing.T) {
 	r := pt.StartRelayd(t, config, stateDir)
 	if r.FP+"\n" != first {
 		t.Errorf("relayd runs with %s, but fingerprint printed %q", r.FP, first)
+	}
+}
+
+// TestFingerprintConfigFirst: `relayd --config FILE fingerprint` prints the
+// key of FILE's state_dir, as `relayd fingerprint --config FILE` does, and
+// makes no key in the default state dir. It used to print (and create) the
+// default one, so agents pinned a key the relay never served.
+func TestFingerprintConfigFirst(t *testing.T) {
+	t.Parallel()
+	config, _, _, _ := pt.WriteRelaydConfig(t, "")
+	xdg := t.TempDir()
+	env := []string{"XDG_STATE_HOME=" + xdg}
+	want, errOut, code := pt.Run(t, env, pt.RelaydBin, "fingerprint", "--config", config)
+	if code != 0 {
+		t.Fatalf("relayd fingerprint --config: exit %d, stderr %q", code, errOut)
+	}
+	for _, args := range [][]string{
+		{"--config", config, "fingerprint"},
+		{"-c", config, "fingerprint"},
+		{"--config=" + config, "fingerprint"},
+	} {
+		out, errOut, code := pt.Run(t, env, pt.RelaydBin, args...)
+		if code != 0 || out != want {
+			t.Errorf("relayd %s: exit %d, printed %q (stderr %q), want exit 0 and %q", strings.Join(args, " "), code, out, errOut, want)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(xdg, "relayd")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the default state dir %s/relayd was created (stat: %v)", xdg, err)
 	}
 }
 
