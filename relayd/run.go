@@ -110,7 +110,13 @@ func runAction(c *cli.Context) error {
 		printAgentLine(log, cfg, ln.Addr(), rc.Tokens[0].Secret, fp, createdToken, id.stateDir)
 	}
 
-	running.Store(&runState{relay: relay, cfg: cfg, generated: generated, log: log})
+	var overridden []string
+	for _, f := range []struct{ flag, key string }{{"log-level", "log.level"}, {"log-format", "log.format"}} {
+		if c.IsSet(f.flag) {
+			overridden = append(overridden, f.key)
+		}
+	}
+	running.Store(&runState{relay: relay, started: cfg, cfg: cfg, overridden: overridden, generated: generated, log: log})
 	if err := relay.Serve(ctx, ln); err != nil {
 		return cli.Exit(err.Error(), 1)
 	}
@@ -123,10 +129,18 @@ const leaseFile = "leases.json"
 
 // runState is what signals act on once the relay runs.
 type runState struct {
-	relay     *tunnel.Relay
-	cfg       *Config
-	generated []tunnel.Token // the token made when relay.toml has none
-	log       *slog.Logger
+	relay *tunnel.Relay
+	// started is the config relayd started with: keys that apply only at
+	// start keep its values until relayd stops, whatever reloads read.
+	started *Config
+	// cfg is the config last loaded, at start or by a reload: what the
+	// keys that a reload applies (drain_timeout…) are now.
+	cfg *Config
+	// overridden names the keys a command-line flag sets (--log-level sets
+	// log.level), which the file's value never changes, even at a restart.
+	overridden []string
+	generated  []tunnel.Token // the token made when relay.toml has none
+	log        *slog.Logger
 }
 
 // handleSignals drains on the first stop signal, stops on the second, and
@@ -141,8 +155,10 @@ func handleSignals(sigs <-chan os.Signal, stop context.CancelFunc, running *atom
 				stop()
 			}
 		case sig == syscall.SIGHUP:
-			if next := reload(st.cfg, st.generated, st.relay, st.log); next != nil {
-				running.Store(&runState{relay: st.relay, cfg: next, generated: st.generated, log: st.log})
+			if next := reload(st); next != nil {
+				reloaded := *st
+				reloaded.cfg = next
+				running.Store(&reloaded)
 			}
 		case draining:
 			st.log.Info("second signal: stopping now", "signal", sig.String())
@@ -161,60 +177,68 @@ func handleSignals(sigs <-chan os.Signal, stop context.CancelFunc, running *atom
 	}
 }
 
-// reload re-reads running's file and applies it; on any error the running
+// reload re-reads the config file and applies it; on any error the running
 // configuration stays and the error is logged. It returns the new config,
 // or nil.
-func reload(running *Config, generated []tunnel.Token, relay *tunnel.Relay, log *slog.Logger) *Config {
-	if running.file == "" {
+func reload(st *runState) *Config {
+	file, relay, log := st.cfg.file, st.relay, st.log
+	if file == "" {
 		log.Warn("reload asked, but relayd runs without --config: nothing to re-read")
 		return nil
 	}
-	next, err := LoadConfig(running.file)
+	next, err := LoadConfig(file)
 	if err == nil {
 		var rc tunnel.RelayConfig
 		if rc, err = relayConfig(next); err == nil {
 			if len(rc.Tokens) == 0 {
-				rc.Tokens = generated
+				rc.Tokens = st.generated
 			}
 			var res tunnel.ReloadResult
 			if res, err = relay.Reload(rc); err == nil {
-				for _, k := range restartOnly(running, next) {
+				// Against what started, not the last file read: the warning
+				// stays until the file agrees with what runs again.
+				for _, k := range restartOnly(st.started, next, st.overridden) {
 					log.Warn("changed in the config, but applies only after a restart", "key", k)
 				}
 				for _, w := range readableSecrets(next) {
 					log.Warn(w.msg, "file", w.file, "mode", fmt.Sprintf("%04o", w.mode), "fix", w.fix)
 				}
-				log.Info("relay.toml reloaded", "file", running.file, "sessions_closed", res.SessionsClosed)
+				log.Info("relay.toml reloaded", "file", file, "sessions_closed", res.SessionsClosed)
 				return next
 			}
 		}
 	}
-	log.Error("reload failed; the running configuration stays", "file", running.file, "err", err)
+	log.Error("reload failed; the running configuration stays", "file", file, "err", err)
 	return nil
 }
 
-// restartOnly names the keys that differ between a and b and that a running
-// relay cannot change.
-func restartOnly(a, b *Config) []string {
+// restartOnly names the keys that a running relay cannot change and whose
+// value in next differs from the one it started with, but for those in
+// overridden. handshake_timeout and idle_timeout also bound authentication
+// and agent liveness, which a reload does change; they are listed because
+// their transport part (the TLS and QUIC handshakes, the transport's idle
+// timeout) keeps its value until a restart.
+func restartOnly(started, next *Config, overridden []string) []string {
 	var out []string
 	for _, k := range []struct {
 		key  string
 		same bool
 	}{
-		{"relay.listen", a.Relay.Listen == b.Relay.Listen},
-		{"relay.state_dir", a.Relay.StateDir == b.Relay.StateDir},
-		{"relay.cert_file", a.Relay.CertFile == b.Relay.CertFile},
-		{"relay.key_file", a.Relay.KeyFile == b.Relay.KeyFile},
-		{"relay.idle_timeout", a.Relay.IdleTimeout == b.Relay.IdleTimeout},
-		{"relay.keepalive", a.Relay.KeepAlive == b.Relay.KeepAlive},
-		{"relay.max_handshakes", a.Relay.MaxHandshakes == b.Relay.MaxHandshakes},
-		{"limits.max_pending_sessions", a.Limits.MaxPendingSessions == b.Limits.MaxPendingSessions},
-		{"log.level", a.Log.Level == b.Log.Level},
-		{"log.format", a.Log.Format == b.Log.Format},
-		{"admin.listen", a.Admin.Listen == b.Admin.Listen},
-		{"admin.token", a.Admin.token == b.Admin.token},
+		{"relay.listen", started.Relay.Listen == next.Relay.Listen},
+		{"relay.state_dir", started.Relay.StateDir == next.Relay.StateDir},
+		{"relay.cert_file", started.Relay.CertFile == next.Relay.CertFile},
+		{"relay.key_file", started.Relay.KeyFile == next.Relay.KeyFile},
+		{"relay.handshake_timeout", started.Relay.HandshakeTimeout == next.Relay.HandshakeTimeout},
+		{"relay.idle_timeout", started.Relay.IdleTimeout == next.Relay.IdleTimeout},
+		{"relay.keepalive", started.Relay.KeepAlive == next.Relay.KeepAlive},
+		{"relay.max_handshakes", started.Relay.MaxHandshakes == next.Relay.MaxHandshakes},
+		{"limits.max_pending_sessions", started.Limits.MaxPendingSessions == next.Limits.MaxPendingSessions},
+		{"log.level", started.Log.Level == next.Log.Level},
+		{"log.format", started.Log.Format == next.Log.Format},
+		{"admin.listen", started.Admin.Listen == next.Admin.Listen},
+		{"admin.token", started.Admin.token == next.Admin.token},
 	} {
-		if !k.same {
+		if !k.same && !slices.Contains(overridden, k.key) {
 			out = append(out, k.key)
 		}
 	}
