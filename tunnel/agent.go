@@ -222,6 +222,9 @@ type Agent struct {
 	draining  bool
 	stopRun   context.CancelFunc
 
+	lastPong atomic.Int64  // unix nanoseconds
+	pong     chan struct{} // a PONG arrived (room for one: never blocks)
+
 	clients sync.WaitGroup // client streams in flight, over every session
 	flows   sync.WaitGroup // UDP flows' goroutines
 	active  atomic.Int64
@@ -247,7 +250,7 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	a := &Agent{cfg: cfg, log: log, since: time.Now()}
+	a := &Agent{cfg: cfg, log: log, since: time.Now(), pong: make(chan struct{}, 1)}
 	rand.Read(a.instance[:])
 	for _, t := range cfg.Tunnels {
 		at := &agentTunnel{spec: t}
@@ -456,6 +459,12 @@ func (a *Agent) session(ctx context.Context, reconnect bool, failures int, down 
 		defer wg.Done()
 		a.keepAlive(ctx, ctl)
 	}()
+	guard := newStallGuard(func() bool { return a.answers(ctl, sess.Done()) }, log)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		guard.watch(ctx.Done())
+	}()
 	for {
 		st, err := sess.AcceptStream(ctx)
 		if err != nil {
@@ -475,7 +484,7 @@ func (a *Agent) session(ctx context.Context, reconnect bool, failures int, down 
 		}
 		a.clients.Add(1)
 		a.active.Add(1)
-		go a.carry(ctx, st, byID, func() {
+		go a.carry(ctx, st, byID, guard, func() {
 			a.active.Add(-1)
 			a.clients.Done()
 		})
@@ -512,6 +521,40 @@ func (a *Agent) keepAlive(ctx context.Context, ctl transport.Stream) {
 		}
 	}
 }
+
+// answers pings the relay and reports whether its PONG came back within
+// answerWait: whether the relay's data still reaches the agent. It reports
+// true when it cannot tell (a control write in progress, or its own PING
+// stuck: then the blocked direction is the other one).
+func (a *Agent) answers(ctl transport.Stream, done <-chan struct{}) bool {
+	if !a.wmu.TryLock() {
+		return true
+	}
+	sent := time.Now().UnixNano()
+	ctl.SetWriteDeadline(time.Now().Add(time.Second))
+	err := WriteMessage(ctl, &Ping{Data: uint64(sent)})
+	ctl.SetWriteDeadline(time.Time{})
+	a.wmu.Unlock()
+	if err != nil {
+		return true
+	}
+	timer := time.NewTimer(answerWait)
+	defer timer.Stop()
+	for a.lastPong.Load() < sent {
+		select {
+		case <-a.pong:
+		case <-timer.C:
+			return a.lastPong.Load() >= sent
+		case <-done:
+			return true
+		}
+	}
+	return true
+}
+
+// answerWait is how long the agent's stall guard waits for a PONG: the
+// relay's default answer timeout.
+const answerWait = 2 * time.Second
 
 func (a *Agent) writeControl(ctl transport.Stream, m Message) error {
 	a.wmu.Lock()
@@ -835,10 +878,16 @@ func (a *Agent) controlLoop(ctl transport.Stream, log *slog.Logger) error {
 				return err
 			}
 		case *Pong:
+			now := time.Now().UnixNano()
 			if sent := int64(m.Data); sent > 0 {
 				a.mu.Lock()
-				a.rtt = time.Duration(time.Now().UnixNano() - sent)
+				a.rtt = time.Duration(now - sent)
 				a.mu.Unlock()
+			}
+			a.lastPong.Store(now)
+			select {
+			case a.pong <- struct{}{}:
+			default:
 			}
 		case *Drain:
 			log.Info("the relay is shutting down: clients in flight continue; reconnecting once it closes the session")
@@ -851,7 +900,7 @@ func (a *Agent) controlLoop(ctl transport.Stream, log *slog.Logger) error {
 // carry serves one client stream: read its header, dial the local server,
 // report the outcome in the status byte, then join the two. finish runs once
 // the stream is done: at carry's return, or once the joined pair ends.
-func (a *Agent) carry(ctx context.Context, st transport.Stream, byID map[uint32]*agentTunnel, finish func()) {
+func (a *Agent) carry(ctx context.Context, st transport.Stream, byID map[uint32]*agentTunnel, guard *stallGuard, finish func()) {
 	growStack()
 	joined := false
 	defer func() {
@@ -919,7 +968,7 @@ func (a *Agent) carry(ctx context.Context, st transport.Stream, byID map[uint32]
 	joined = true
 	// Stopping at once (not draining) must not wait on a client whose
 	// server is idle: ctx's end closes both.
-	StartJoin(ctx, local, st, &t.bytesOut, &t.bytesIn, func(stats JoinStats) {
+	startJoin(ctx, local, st, &t.bytesOut, &t.bytesIn, guard, func(stats JoinStats) {
 		args := []any{"duration", time.Since(start).Round(time.Millisecond), "bytes_in", stats.BToA, "bytes_out", stats.AToB}
 		if stats.Err != nil && !transport.IsClosed(stats.Err) {
 			args = append(args, "err", stats.Err)

@@ -80,8 +80,17 @@ func JoinCounting(a, b net.Conn, aToB, bToA *atomic.Int64) JoinStats {
 // When a is a TCP socket, its direction holds no goroutine while a has
 // nothing to read (pump_linux.go): an idle pair costs one goroutine.
 func StartJoin(ctx context.Context, a, b net.Conn, aToB, bToA *atomic.Int64, done func(JoinStats)) {
+	startJoin(ctx, a, b, aToB, bToA, nil, done)
+}
+
+// startJoin is StartJoin with the writes to a watched by guard (if not nil).
+func startJoin(ctx context.Context, a, b net.Conn, aToB, bToA *atomic.Int64, guard *stallGuard, done func(JoinStats)) {
 	j := &join{a: a, b: b, aToB: aToB, bToA: bToA, left: 2, done: done}
 	j.mu.Lock() // the pump and stop are set before either direction may end
+	if guard != nil {
+		j.guard = guard
+		j.toA = guard.add(a, func() { j.abort(errStalled) })
+	}
 	go j.run(a, b, &j.st.BToA, bToA)
 	if tc, ok := a.(*net.TCPConn); ok {
 		j.pump, ok = startPump(b, tc, aToB, func(written int64, err error) {
@@ -105,6 +114,8 @@ type join struct {
 	done       func(JoinStats)
 	pump       *pump       // a's direction, when it runs without a goroutine
 	stop       func() bool // StartJoin's hook on its context
+	guard      *stallGuard // watches toA, the writes to a, when not nil
+	toA        *stallWriter
 
 	mu   sync.Mutex
 	st   JoinStats
@@ -132,6 +143,9 @@ func (j *join) directionDone() {
 	}
 	if stop != nil {
 		stop()
+	}
+	if j.guard != nil {
+		j.guard.remove(j.toA)
 	}
 	j.a.Close()
 	j.b.Close()
@@ -165,7 +179,11 @@ func (j *join) abort(err error) {
 
 // pipe copies src to dst, then half-closes dst; n receives the count.
 func (j *join) pipe(dst, src net.Conn, n *int64, live *atomic.Int64) {
-	written, err := copyConn(dst, src, live)
+	var w io.Writer = dst
+	if j.toA != nil && dst == j.a {
+		w = j.toA
+	}
+	written, err := copyConn(w, src, live)
 	j.ended(dst, n, written, err)
 }
 

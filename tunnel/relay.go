@@ -426,7 +426,9 @@ type agentConn struct {
 	// registering: a REGISTER is being served; its agent is alive and is
 	// not probed until the reply is sent.
 	registering atomic.Bool
-	lastPong    atomic.Int64 // unix nanoseconds
+	lastPong    atomic.Int64  // unix nanoseconds
+	pong        chan struct{} // a PONG arrived (room for one: never blocks)
+	guard       *stallGuard   // the writes to this agent's clients
 	since       time.Time
 }
 
@@ -458,6 +460,8 @@ func (r *Relay) serveSession(ctx context.Context, s transport.Session) {
 	}
 	defer r.forgetAgent(a)
 	a.log.Info("agent connected")
+	a.guard = newStallGuard(a.answers, a.log)
+	go a.guard.watch(s.Done())
 	// From here on, a shutdown is announced before the session goes.
 	stop()
 	stopNotice := context.AfterFunc(ctx, func() {
@@ -546,7 +550,7 @@ func (r *Relay) handshake(ctx context.Context, s transport.Session, log *slog.Lo
 		return nil, fmt.Errorf("waiting for control stream: %w", err)
 	}
 	ctl.SetDeadline(deadline)
-	a := &agentConn{r: r, sess: s, ctl: ctl, log: log, wmu: make(chan struct{}, 1), members: make(map[uint32]*member), since: time.Now(), link: newDgramLink(s)}
+	a := &agentConn{r: r, sess: s, ctl: ctl, log: log, wmu: make(chan struct{}, 1), pong: make(chan struct{}, 1), members: make(map[uint32]*member), since: time.Now(), link: newDgramLink(s)}
 
 	m, err := ReadMessage(ctl)
 	if err != nil {
@@ -611,19 +615,44 @@ func (a *agentConn) send(m Message) error {
 
 // notice sends m without letting a stuck agent hold up the caller long:
 // it gives up after noticeWait waiting for a writer stuck before it, as
-// well as on its own write.
-func (a *agentConn) notice(m Message) {
+// well as on its own write. It reports whether m went out.
+func (a *agentConn) notice(m Message) bool {
 	t := time.NewTimer(noticeWait)
 	defer t.Stop()
 	select {
 	case a.wmu <- struct{}{}:
 	case <-t.C:
 		a.log.Debug("control stream busy; notice not sent", "type", fmt.Sprintf("%T", m))
-		return
+		return false
 	}
 	defer func() { <-a.wmu }()
 	a.ctl.SetWriteDeadline(time.Now().Add(noticeWait))
-	WriteMessage(a.ctl, m)
+	return WriteMessage(a.ctl, m) == nil
+}
+
+// answers pings the agent and reports whether its PONG came back within
+// the answer timeout: whether the agent's data still reaches the relay. It
+// reports true when it cannot tell.
+func (a *agentConn) answers() bool {
+	if a.registering.Load() {
+		return true // see controlLoop's Register
+	}
+	sent := time.Now().UnixNano()
+	if !a.notice(&Ping{Data: uint64(sent)}) {
+		return true // the stuck direction is the relay's, not the agent's
+	}
+	timer := time.NewTimer(a.r.config().AnswerTimeout)
+	defer timer.Stop()
+	for a.lastPong.Load() < sent {
+		select {
+		case <-a.pong:
+		case <-timer.C:
+			return a.lastPong.Load() >= sent
+		case <-a.sess.Done():
+			return true
+		}
+	}
+	return true
 }
 
 // noticeWait bounds a notice: a DRAIN, a PING or a last ERROR.
@@ -692,6 +721,10 @@ func (a *agentConn) controlLoop(ctx context.Context) error {
 			}
 		case *Pong:
 			a.lastPong.Store(time.Now().UnixNano())
+			select {
+			case a.pong <- struct{}{}:
+			default:
+			}
 			if a.suspect.Swap(false) {
 				a.log.Info("agent answers again")
 			}

@@ -1,0 +1,136 @@
+package tunnel
+
+import (
+	"errors"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// A client that stops reading (on the relay) or a local server that stops
+// reading (on the agent) leaves its stream's data unread in the transport,
+// up to the stream's window, and every stream of a session shares the
+// session's window: about sixteen such connections fill it, after which
+// nothing moves on that session, its control stream included, until the
+// liveness timeout drops it with every tunnel and client it carries. So
+// anyone able to open a few connections to a tunnel serving a large
+// response could take an agent off the relay.
+//
+// A stallGuard watches the writes into one session's TCP sockets. While
+// one of them has been blocked for stallGrace, it asks every
+// stallInterval whether the peer's data still gets through (a PING and its
+// PONG within the answer timeout). When it does not, the connections
+// whose writes are blocked are what holds the window: they are reset
+// (their TCP side gets an RST, their stream is closed and its window
+// returned), and the session carries on. A paused download alone is left
+// alone, however long, as long as the session keeps moving.
+type stallGuard struct {
+	// answers pings the peer and reports whether its answer came back in
+	// time; it reports true when it cannot tell (its own PING could not
+	// be sent, so the blocked direction is the other one).
+	answers func() bool
+	log     *slog.Logger
+
+	mu      sync.Mutex
+	writers map[*stallWriter]struct{}
+}
+
+const (
+	stallGrace    = 2 * time.Second
+	stallInterval = time.Second
+)
+
+// errStalled ends a connection the guard reset.
+var errStalled = errors.New("reset: it stopped reading while its unread data held up the session")
+
+func newStallGuard(answers func() bool, log *slog.Logger) *stallGuard {
+	return &stallGuard{answers: answers, log: log, writers: make(map[*stallWriter]struct{})}
+}
+
+// watch checks the writers until done closes.
+func (g *stallGuard) watch(done <-chan struct{}) {
+	t := time.NewTicker(stallInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-done:
+			return
+		case <-t.C:
+		}
+		stalled := g.stalled(time.Now())
+		if len(stalled) == 0 || g.answers() {
+			continue
+		}
+		// The peer's PONG did not come back in time: reset what was
+		// stalled before the PING went and is stuck in the same write.
+		n := 0
+		for _, s := range stalled {
+			if s.w.since.Load() == s.since {
+				s.w.reset()
+				n++
+			}
+		}
+		if n > 0 {
+			g.log.Warn("reset connections that stopped reading: their unread data held up the session", "connections", n)
+		}
+	}
+}
+
+type stalledWrite struct {
+	w     *stallWriter
+	since int64
+}
+
+// stalled returns the writes blocked for stallGrace or longer at now.
+func (g *stallGuard) stalled(now time.Time) []stalledWrite {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	var out []stalledWrite
+	for w := range g.writers {
+		if since := w.since.Load(); since != 0 && now.UnixNano()-since >= int64(stallGrace) {
+			out = append(out, stalledWrite{w, since})
+		}
+	}
+	return out
+}
+
+// add starts watching writes to c; reset runs if the guard gives up on it.
+func (g *stallGuard) add(c net.Conn, reset func()) *stallWriter {
+	w := &stallWriter{c: c, abort: reset}
+	g.mu.Lock()
+	g.writers[w] = struct{}{}
+	g.mu.Unlock()
+	return w
+}
+
+func (g *stallGuard) remove(w *stallWriter) {
+	g.mu.Lock()
+	delete(g.writers, w)
+	g.mu.Unlock()
+}
+
+// stallWriter writes to a TCP socket and marks when a write began, until
+// it returns.
+type stallWriter struct {
+	c     net.Conn
+	since atomic.Int64 // unix nanoseconds; 0 when no write is in progress
+	abort func()
+}
+
+func (w *stallWriter) Write(p []byte) (int, error) {
+	w.since.Store(time.Now().UnixNano())
+	n, err := w.c.Write(p)
+	w.since.Store(0)
+	return n, err
+}
+
+// reset ends the connection with an RST, which also tells a client that it
+// did not get everything.
+func (w *stallWriter) reset() {
+	if tc, ok := w.c.(*net.TCPConn); ok {
+		tc.SetLinger(0)
+	}
+	w.abort()
+}

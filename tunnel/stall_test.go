@@ -1,0 +1,171 @@
+package tunnel
+
+import (
+	"errors"
+	"io"
+	"net"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/relaytun/relay/transport"
+)
+
+// smallWindows makes a few stalled streams fill a session, as sixteen do
+// with the defaults.
+func smallWindows(o *transport.Options) {
+	o.StreamWindow = 64 << 10
+	o.SessionWindow = 256 << 10
+}
+
+// stallSetup runs a relay and an agent with small windows and a liveness
+// well above what the guard needs (stallGrace, a tick, and the answer
+// timeout), with two tunnels: first to first's server, then to an echo.
+func stallSetup(t *testing.T, kind string, first func(net.Conn)) (*testRelay, *testAgent) {
+	r := startRelayWith(t, func(c *RelayConfig) { c.Liveness = 12 * time.Second }, smallWindows)
+	cfg := r.agentConfig(kind, startServer(t, first), startServer(t, echo))
+	smallWindows(&cfg.TransportOptions)
+	cfg.TransportOptions.IdleTimeout = 12 * time.Second
+	cfg.TransportOptions.KeepAlive = time.Second
+	return r, mustRunAgent(t, cfg)
+}
+
+// echoWorks sends through the agent's second tunnel, giving the guard
+// until within to clear the session.
+func echoWorks(t *testing.T, a *testAgent, within time.Duration) {
+	t.Helper()
+	c, err := net.Dial("tcp", a.Public(1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(within))
+	if _, err := c.Write([]byte("ping")); err != nil {
+		t.Fatal(err)
+	}
+	b := make([]byte, 4)
+	if _, err := io.ReadFull(c, b); err != nil || string(b) != "ping" {
+		t.Fatalf("echo through the agent's other tunnel: %q, %v", b, err)
+	}
+}
+
+// TestStalledClientsAreReset: public clients that stop reading a large
+// response fill the session's window on the relay. Before the guard,
+// nothing then moved on the session, its PINGs included, until the
+// liveness timeout dropped it with every tunnel. Now the stalled clients
+// get an RST and the agent's other tunnel keeps working, on one session.
+func TestStalledClientsAreReset(t *testing.T) {
+	forEachTransport(t, func(t *testing.T, kind string) {
+		const size = 32 << 20
+		r, a := stallSetup(t, kind, func(c net.Conn) {
+			defer c.Close()
+			c.Write(make([]byte, size))
+		})
+		var slow []net.Conn
+		for range 8 {
+			c, err := net.Dial("tcp", a.Public(0))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			slow = append(slow, c)
+		}
+		time.Sleep(3 * time.Second) // the sockets and then the windows fill
+		echoWorks(t, a, 10*time.Second)
+		waitFor(t, "the relay to log the reset", 5*time.Second, func() bool {
+			return strings.Contains(r.Log.String(), "reset connections that stopped reading")
+		})
+		for range 3 {
+			echoWorks(t, a, 5*time.Second)
+		}
+		if s := r.Log.String(); strings.Contains(s, "agent disconnected") || strings.Count(s, "agent connected") != 1 {
+			t.Fatalf("the agent's session did not survive:\n%s", s)
+		}
+		// A reset client learns that it did not get everything; the
+		// others get all of it.
+		reset := 0
+		for i, c := range slow {
+			c.SetReadDeadline(time.Now().Add(20 * time.Second))
+			n, err := io.Copy(io.Discard, c)
+			switch {
+			case errors.Is(err, syscall.ECONNRESET):
+				reset++
+			case err != nil || n != size:
+				t.Errorf("client %d read %d of %d bytes, %v; want them all or a reset", i, n, size, err)
+			}
+		}
+		if reset == 0 {
+			t.Error("no client was reset")
+		}
+	})
+}
+
+// TestStalledLocalServerIsReset: the same on the agent, for a local server
+// that stops reading what clients upload.
+func TestStalledLocalServerIsReset(t *testing.T) {
+	forEachTransport(t, func(t *testing.T, kind string) {
+		stop := make(chan struct{})
+		r, a := stallSetup(t, kind, func(c net.Conn) {
+			defer c.Close()
+			<-stop // never reads
+		})
+		t.Cleanup(func() { close(stop) }) // before the server's own cleanup waits for it
+		for range 8 {
+			c, err := net.Dial("tcp", a.Public(0))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			go func() {
+				buf := make([]byte, 64<<10)
+				for {
+					if _, err := c.Write(buf); err != nil {
+						return
+					}
+				}
+			}()
+		}
+		time.Sleep(3 * time.Second) // the sockets and then the windows fill
+		echoWorks(t, a, 10*time.Second)
+		waitFor(t, "the agent to log the reset", 5*time.Second, func() bool {
+			return strings.Contains(a.Log.String(), "reset connections that stopped reading")
+		})
+		for range 3 {
+			echoWorks(t, a, 5*time.Second)
+		}
+		if s := r.Log.String(); strings.Contains(s, "agent disconnected") || strings.Count(s, "agent connected") != 1 {
+			t.Fatalf("the agent's session did not survive:\n%s", s)
+		}
+	})
+}
+
+// TestPausedClientIsKept: one client that stops reading for longer than
+// the guard's grace, on a session that keeps moving, is a paused download,
+// not a threat: it keeps its connection and gets every byte once it reads.
+func TestPausedClientIsKept(t *testing.T) {
+	forEachTransport(t, func(t *testing.T, kind string) {
+		const size = 8 << 20 // more than the socket buffers and the stream's window
+		r := startRelay(t, nil)
+		srv := startServer(t, func(c net.Conn) {
+			defer c.Close()
+			c.Write(make([]byte, size))
+			c.(*net.TCPConn).CloseWrite()
+		})
+		a := mustRunAgent(t, r.agentConfig(kind, srv))
+		c, err := net.Dial("tcp", a.Public(0))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		time.Sleep(stallGrace + 3*stallInterval)
+		c.SetReadDeadline(time.Now().Add(20 * time.Second))
+		n, err := io.Copy(io.Discard, c)
+		if err != nil || n != size {
+			t.Fatalf("a client paused for %v then read %d bytes, %v; want all %d", stallGrace+3*stallInterval, n, err, size)
+		}
+		if strings.Contains(r.Log.String(), "reset connections") {
+			t.Fatalf("the relay reset a paused client on a moving session:\n%s", r.Log.String())
+		}
+	})
+}
