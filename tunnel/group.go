@@ -34,6 +34,8 @@ type group struct {
 	since  time.Time
 	log    *slog.Logger
 	gate   atomic.Pointer[clientGate]
+	// ips are the per-IP counts every gate of the group shares.
+	ips ipTable
 	traffic
 	refused counterMap
 
@@ -97,11 +99,12 @@ func (g *group) addMemberLocked(a *agentConn, allow, deny []netip.Prefix) *membe
 }
 
 // rebuildGateLocked applies the relay's, the token's and the members'
-// client limits.
+// client limits. Only the rules change: the per-IP counts carry over, so
+// clients already connected still count against the new limits.
 func (g *group) rebuildGateLocked() {
 	cfg := g.r.config()
 	layers := []ClientLimits{cfg.Clients, g.token.tok.Clients, {Allow: g.allow, Deny: g.deny}}
-	g.gate.Store(newClientGate(layers, g.token, &g.refused, &g.r.clientRefusals))
+	g.gate.Store(newClientGate(layers, g.token, &g.ips, &g.refused, &g.r.clientRefusals))
 }
 
 func (g *group) removeMemberLocked(m *member) {

@@ -130,7 +130,10 @@ const (
 // maxTrackedIPs bounds the per-IP table of one tunnel.
 const maxTrackedIPs = 100_000
 
-// clientGate decides which public clients a tunnel admits.
+// clientGate decides which public clients a tunnel admits. It holds only
+// the rules: a tunnel's gate is replaced whenever they change (a reload, a
+// member with other allow or deny lists), while the counts they apply to
+// stay in the tunnel's ipTable.
 type clientGate struct {
 	// Every layer (relay, token, agent) must admit a client.
 	allows   [][]netip.Prefix
@@ -140,13 +143,21 @@ type clientGate struct {
 	burst    int
 	// token counts the token's open connections against its cap.
 	token *tokenState
-
-	mu    sync.Mutex
-	perIP map[netip.Addr]*ipState
-	sweep time.Time
+	ips   *ipTable
 
 	// refused counts refusals by reason: the tunnel's, then the relay's.
 	refused []*counterMap
+}
+
+// ipTable is a tunnel's state per client IP. It lives as long as the
+// tunnel, not its gate, so that new rules do not hand every IP a fresh
+// allowance on top of the connections it holds. Connections are counted
+// whatever the rules, so a cap set by a reload counts those already open.
+// The zero value is ready to use.
+type ipTable struct {
+	mu    sync.Mutex
+	perIP map[netip.Addr]*ipState
+	sweep time.Time
 }
 
 type ipState struct {
@@ -154,8 +165,8 @@ type ipState struct {
 	lim   *rate.Limiter
 }
 
-func newClientGate(layers []ClientLimits, tok *tokenState, refused ...*counterMap) *clientGate {
-	g := &clientGate{perIP: make(map[netip.Addr]*ipState), token: tok, refused: refused}
+func newClientGate(layers []ClientLimits, tok *tokenState, ips *ipTable, refused ...*counterMap) *clientGate {
+	g := &clientGate{token: tok, ips: ips, refused: refused}
 	for _, l := range layers {
 		if len(l.Allow) > 0 {
 			g.allows = append(g.allows, l.Allow)
@@ -191,50 +202,23 @@ func (g *clientGate) admit(ip netip.Addr) (release func(), reason string) {
 			return nil, g.count(RefusedDenied)
 		}
 	}
-	tracked := g.maxConns > 0 || g.rate > 0
-	if tracked {
-		g.mu.Lock()
-		now := time.Now()
-		st := g.perIP[ip]
-		if st == nil {
-			if len(g.perIP) >= maxTrackedIPs {
-				g.sweepLocked(now)
-				if len(g.perIP) >= maxTrackedIPs {
-					g.mu.Unlock()
-					return nil, g.count(RefusedTooManyIPs)
-				}
-			}
-			st = &ipState{}
-			if g.rate > 0 {
-				st.lim = rate.NewLimiter(g.rate, g.burst)
-			}
-			g.perIP[ip] = st
-		}
-		if g.maxConns > 0 && st.conns >= g.maxConns {
-			g.mu.Unlock()
-			return nil, g.count(RefusedPerIPConns)
-		}
-		if st.lim != nil && !st.lim.AllowN(now, 1) {
-			g.mu.Unlock()
-			return nil, g.count(RefusedPerIPRate)
-		}
-		st.conns++
-		if now.Sub(g.sweep) > time.Minute {
-			g.sweepLocked(now)
-		}
-		g.mu.Unlock()
+	counted, reason := g.ips.take(ip, g, time.Now())
+	if reason != "" {
+		return nil, g.count(reason)
 	}
 	if g.token != nil && !g.token.addConn() {
-		if tracked {
-			g.releaseIP(ip)
+		if counted {
+			g.ips.release(ip)
 		}
 		return nil, g.count(RefusedTokenConns)
 	}
+	// The table, not the gate, is released into: by then the tunnel may
+	// have another gate, sharing it.
 	var once sync.Once
 	return func() {
 		once.Do(func() {
-			if tracked {
-				g.releaseIP(ip)
+			if counted {
+				g.ips.release(ip)
 			}
 			if g.token != nil {
 				g.token.conns.Add(-1)
@@ -243,21 +227,76 @@ func (g *clientGate) admit(ip netip.Addr) (release func(), reason string) {
 	}, ""
 }
 
-func (g *clientGate) releaseIP(ip netip.Addr) {
-	g.mu.Lock()
-	if st := g.perIP[ip]; st != nil {
-		st.conns--
+// take counts a new connection from ip if the limits of gate g admit it;
+// counted is false when it was admitted without being counted (the table
+// is full, and g has no per-IP limit to enforce).
+func (t *ipTable) take(ip netip.Addr, g *clientGate, now time.Time) (counted bool, reason string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	st := t.perIP[ip]
+	if st == nil {
+		if len(t.perIP) >= maxTrackedIPs {
+			t.sweepLocked(now)
+		}
+		if len(t.perIP) >= maxTrackedIPs {
+			if g.maxConns > 0 || g.rate > 0 {
+				return false, RefusedTooManyIPs
+			}
+			return false, ""
+		}
+		if t.perIP == nil {
+			t.perIP = make(map[netip.Addr]*ipState)
+		}
+		st = &ipState{}
+		t.perIP[ip] = st
 	}
-	g.mu.Unlock()
+	// A lowered cap refuses new connections until the IP is below it;
+	// those it holds stay.
+	if g.maxConns > 0 && st.conns >= g.maxConns {
+		return false, RefusedPerIPConns
+	}
+	if g.rate > 0 {
+		switch {
+		case st.lim == nil:
+			st.lim = rate.NewLimiter(g.rate, g.burst)
+		case st.lim.Limit() != g.rate || st.lim.Burst() != g.burst:
+			// New numbers from a reload: the allowance spent so far
+			// still counts.
+			st.lim.SetLimitAt(now, g.rate)
+			st.lim.SetBurstAt(now, g.burst)
+		}
+		if !st.lim.AllowN(now, 1) {
+			return false, RefusedPerIPRate
+		}
+	}
+	st.conns++
+	if now.Sub(t.sweep) > time.Minute {
+		t.sweepLocked(now)
+	}
+	return true, ""
+}
+
+// release uncounts a connection that take counted.
+func (t *ipTable) release(ip netip.Addr) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	st := t.perIP[ip]
+	if st == nil || st.conns <= 0 {
+		return // cannot happen: an IP with connections is never swept
+	}
+	st.conns--
+	if st.conns == 0 && st.lim == nil {
+		delete(t.perIP, ip)
+	}
 }
 
 // sweepLocked forgets IPs with no connection whose rate allowance is full
 // again, so the table holds only clients that matter now.
-func (g *clientGate) sweepLocked(now time.Time) {
-	g.sweep = now
-	for ip, st := range g.perIP {
-		if st.conns == 0 && (st.lim == nil || st.lim.TokensAt(now) >= float64(g.burst)) {
-			delete(g.perIP, ip)
+func (t *ipTable) sweepLocked(now time.Time) {
+	t.sweep = now
+	for ip, st := range t.perIP {
+		if st.conns == 0 && (st.lim == nil || st.lim.TokensAt(now) >= float64(st.lim.Burst())) {
+			delete(t.perIP, ip)
 		}
 	}
 }

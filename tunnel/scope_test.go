@@ -168,6 +168,91 @@ func TestPerIPLimits(t *testing.T) {
 	})
 }
 
+// New rules for a tunnel's clients (a reload, a member with its own allow
+// list) keep the per-IP counts: an IP holding max_conns_per_ip connections
+// stays refused, and closing them frees exactly their slots.
+func TestPerIPLimitsAcrossNewRules(t *testing.T) {
+	forEachTransport(t, func(t *testing.T, kind string) {
+		r := startRelay(t, func(c *RelayConfig) { c.Clients = ClientLimits{MaxConnsPerIP: 2} })
+		local := startServer(t, echo)
+		a := mustRunAgent(t, r.agentConfig(kind, local))
+		held := []net.Conn{holdClient(t, a.Public(0)), holdClient(t, a.Public(0))}
+
+		// The same cap, with an unrelated change beside it.
+		cfg := *r.Relay.config()
+		cfg.Clients.Deny = pfx("192.0.2.0/24")
+		if _, err := r.Relay.Reload(cfg); err != nil {
+			t.Fatal(err)
+		}
+		if !refusedAtOnce(t, a.Public(0)) {
+			t.Fatal("with 2 connections open and max_conns_per_ip = 2, a 3rd was admitted after a reload")
+		}
+		second := r.agentConfig(kind, local) // the same tunnel name: it joins the group
+		second.Tunnels[0].Allow = pfx("127.0.0.0/8")
+		mustRunAgent(t, second)
+		if n := len(r.Relay.Tunnels()[0].Members); n != 2 {
+			t.Fatalf("the tunnel has %d members, want 2", n)
+		}
+		if !refusedAtOnce(t, a.Public(0)) {
+			t.Fatal("with 2 connections open and max_conns_per_ip = 2, a 3rd was admitted after a member with its own allow list joined")
+		}
+		if n := refusals(r, RefusedPerIPConns); n != 2 {
+			t.Fatalf("per_ip_conns refusals = %d, want 2", n)
+		}
+
+		for _, c := range held {
+			c.Close()
+		}
+		waitFor(t, "the held connections to end", 5*time.Second, func() bool { return r.Relay.Tunnels()[0].Active == 0 })
+		holdClient(t, a.Public(0))
+		holdClient(t, a.Public(0))
+		if !refusedAtOnce(t, a.Public(0)) {
+			t.Fatal("after the 2 old connections closed and 2 new ones opened, a 3rd was admitted")
+		}
+	})
+}
+
+// A tunnel's gates share its per-IP counts: a connection admitted by one
+// gate counts against the next and releases into the same count; a lowered
+// cap refuses new connections only; rate allowances carry over too.
+func TestClientGateCountsOutliveGate(t *testing.T) {
+	var ips ipTable
+	gate := func(l ClientLimits) *clientGate { return newClientGate([]ClientLimits{l}, nil, &ips) }
+	ip := netip.MustParseAddr("192.0.2.1")
+	admit := func(g *clientGate, want string) func() {
+		t.Helper()
+		release, reason := g.admit(ip)
+		if reason != want {
+			t.Fatalf("admit: refused %q, want %q", reason, want)
+		}
+		return release
+	}
+
+	open := gate(ClientLimits{})
+	r1, r2 := admit(open, ""), admit(open, "")
+	three := gate(ClientLimits{MaxConnsPerIP: 3})
+	r3 := admit(three, "") // the two admitted without a cap count
+	admit(three, RefusedPerIPConns)
+	one := gate(ClientLimits{MaxConnsPerIP: 1})
+	admit(one, RefusedPerIPConns)
+	r1()
+	r1() // a second call is a no-op
+	r2()
+	admit(one, RefusedPerIPConns) // r3 is still open
+	r3()
+	admit(one, "")()
+	if n := len(ips.perIP); n != 0 {
+		t.Fatalf("%d IPs left in the table with no connection open, want 0", n)
+	}
+
+	slow := ClientLimits{RatePerIP: 0.001, BurstPerIP: 2}
+	admit(gate(slow), "")()
+	admit(gate(slow), "")()
+	slow.Deny = pfx("198.51.100.0/24")
+	admit(gate(slow), RefusedPerIPRate)
+	admit(gate(ClientLimits{}), "")()
+}
+
 // Allow and deny lists from the relay, the token and the agent all apply.
 func TestAllowDeny(t *testing.T) {
 	forEachTransport(t, func(t *testing.T, kind string) {
