@@ -815,6 +815,11 @@ func (a *agentConn) register(ctx context.Context, m *Register) Message {
 // join puts a in the group for (its token, m.Name), opening the group (and
 // its public port) if there is none.
 func (r *Relay) join(ctx context.Context, a *agentConn, m *Register, allow, deny []netip.Prefix) (*member, error) {
+	// The ports are read under r.mu: Reload holds it to replace them and
+	// close the tunnels they leave out, so none is opened or joined on a
+	// port it just took away.
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	tok := a.token.tok
 	cfg := r.config()
 	allowed, whose := cfg.Ports, "this relay allows"
@@ -835,15 +840,24 @@ func (r *Relay) join(ctx context.Context, a *agentConn, m *Register, allow, deny
 	}
 	key := leaseKey{tok.ID, m.Name}
 
-	r.mu.Lock()
-	defer r.mu.Unlock()
 	if r.closing {
 		return nil, &RefusedError{Code: CodeShutdown, Text: "the relay is shutting down"}
 	}
 	if ref := r.tokenCurrentLocked(a); ref != nil {
 		return nil, ref
 	}
-	if g := r.groups[key]; g != nil {
+	g := r.groups[key]
+	if g != nil && !allowed.Contains(g.port) {
+		// Reload closes the tunnels on ports the relay stopped offering;
+		// one left over must not hand its port on to the agents joining.
+		if len(g.members) > 0 {
+			return nil, &RefusedError{Code: CodeShutdown, Text: fmt.Sprintf(
+				"tunnel %s is on port %d, outside the ports %s (%s): try again once it has moved", m.Name, g.port, whose, allowed)}
+		}
+		r.closeGroupLocked(g, fmt.Sprintf("port %d is no longer among the ports %s", g.port, whose))
+		g = nil
+	}
+	if g != nil {
 		if g.protos != m.Protos {
 			return nil, &RefusedError{Code: CodeBadRequest, Text: fmt.Sprintf(
 				"tunnel %s is already open for %s; this agent asked for %s: use the same --proto to join it",
@@ -871,7 +885,7 @@ func (r *Relay) join(ctx context.Context, a *agentConn, m *Register, allow, deny
 	if err != nil {
 		return nil, err
 	}
-	g := &group{
+	g = &group{
 		r: r, key: key, token: a.token, port: port, ln: ln, protos: m.Protos, since: time.Now(),
 		log: r.log.With("tunnel", m.Name, "port", port, "token", tok.ID), joined: make(chan struct{}),
 	}

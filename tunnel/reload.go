@@ -24,8 +24,10 @@ type ReloadResult struct {
 // for good (the agent is told its token is no longer accepted); sessions of
 // a changed token, or with a tunnel on a port the relay no longer offers,
 // are closed with a temporary error, so their agents reconnect at once and
-// are judged by the new rules (keeping their ports where those allow). An
-// invalid cfg changes nothing.
+// are judged by the new rules (keeping their ports where those allow).
+// Tunnels waiting for their agents to return close too when their token
+// changed or their port is no longer offered. An invalid cfg changes
+// nothing.
 func (r *Relay) Reload(cfg RelayConfig) (ReloadResult, error) {
 	var res ReloadResult
 	if err := cfg.Validate(); err != nil {
@@ -104,8 +106,15 @@ func (r *Relay) Reload(cfg RelayConfig) (ReloadResult, error) {
 		r.dropMembersLocked(k.a, true)
 	}
 	for _, g := range r.groups {
-		if r.tokens[KeyID(g.token.tok.Secret)] != g.token {
+		switch {
+		case r.tokens[KeyID(g.token.tok.Secret)] != g.token:
 			r.closeGroupLocked(g, "its token changed")
+		case !cfg.Ports.Contains(g.port):
+			// A tunnel waiting out its rejoin window has no session to
+			// close above: its agent, back, must get a port on offer.
+			why := fmt.Sprintf("port %d is no longer among the relay's ports", g.port)
+			g.log.Warn("closing tunnel after reload", "reason", why)
+			r.closeGroupLocked(g, why)
 		}
 	}
 	if !reflect.DeepEqual(cfg.Clients, old.Clients) {

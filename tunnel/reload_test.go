@@ -205,3 +205,125 @@ func TestReloadLeaseDuration(t *testing.T) {
 		}
 	})
 }
+
+// A reload that takes ports away also closes the tunnels on them that are
+// waiting out their rejoin window: the agent coming back (the same token
+// and name) gets a port the relay still offers. The join check alone does
+// the same should Reload ever miss such a tunnel ("join only": the ports
+// are swapped without Reload).
+func TestReloadClosesWaitingTunnel(t *testing.T) {
+	forEachTransport(t, func(t *testing.T, kind string) {
+		for i, how := range []string{"reload", "join only"} {
+			t.Run(how, func(t *testing.T) {
+				// A block of ports per subtest: they run at once.
+				base := 44000 + 4000*uint16(i)
+				if kind == TransportTCP {
+					base += 2000
+				}
+				before, after := PortSet{{base, base + 999}}, PortSet{{base + 1000, base + 1999}}
+				r := startRelayWith(t, func(c *RelayConfig) {
+					c.Ports = before
+					c.RejoinWindow = time.Minute
+					fastLivenessRelay(c)
+				}, fastLivenessOpts)
+				local := proctest.StartEcho(t, "w:")
+				p := newProxy(t, kind, r.Addr)
+				cfg := r.agentConfig(kind, local)
+				cfg.Relay = p.Addr()
+				fastRetry(&cfg)
+				fastLivenessAgent(&cfg)
+				old := liveAgentUp(t, cfg).eps[0].Port
+
+				p.Cut()
+				waitFor(t, "the relay to lose the agent", 20*time.Second, func() bool { return agentCount(r.Relay) == 0 })
+				if n := len(r.Relay.Tunnels()); n != 1 {
+					t.Fatalf("%d tunnels after the agent vanished, want 1 waiting for it", n)
+				}
+				rc := *r.Relay.config()
+				rc.Ports = after
+				if how == "reload" {
+					if _, err := r.Relay.Reload(rc); err != nil {
+						t.Fatal(err)
+					}
+					if ts := r.Relay.Tunnels(); len(ts) != 0 {
+						t.Fatalf("after a reload to ports %s, tunnels still open: %+v", after, ts)
+					}
+					want := fmt.Sprintf(`msg="closing tunnel after reload" tunnel=%s port=%d token=test reason="port %d is no longer among the relay's ports"`,
+						cfg.Tunnels[0].Name, old, old)
+					if !strings.Contains(r.Log.String(), want) {
+						t.Errorf("the relay did not log %s", want)
+					}
+					if c, err := net.DialTimeout("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(int(old))), time.Second); err == nil {
+						c.Close()
+						t.Errorf("port %d still accepts clients after the reload", old)
+					}
+				} else {
+					r.Relay.mu.Lock()
+					r.Relay.cfg.Store(&rc)
+					r.Relay.mu.Unlock()
+				}
+
+				back := liveAgentUp(t, r.agentConfig(kind, local))
+				if got := back.eps[0].Port; !after.Contains(got) {
+					t.Fatalf("after the ports became %s, the returning tunnel got port %d (it had %d)", after, got, old)
+				}
+				if _, err := visit(back.Public(0), 2); err != nil {
+					t.Error(err)
+				}
+			})
+		}
+	})
+}
+
+// A lease on a port the relay no longer offers is not handed out again:
+// the tunnel gets a port from the new ones.
+func TestReloadLeaseOutsidePorts(t *testing.T) {
+	forEachTransport(t, func(t *testing.T, kind string) {
+		x, y := twoFreePorts(t)
+		r := startRelay(t, func(c *RelayConfig) { c.Ports = PortSet{{x, x}} })
+		local := proctest.StartEcho(t, "o:")
+		a, err := leasedAgent(t, r, kind, "a", local, PortRange{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		stopAgent(t, r, a)
+		cfg := *r.Relay.config()
+		cfg.Ports = PortSet{{y, y}}
+		if _, err := r.Relay.Reload(cfg); err != nil {
+			t.Fatal(err)
+		}
+		a, err = leasedAgent(t, r, kind, "a", local, PortRange{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := a.eps[0].Port; got != y {
+			t.Fatalf("after the ports became %d, the tunnel leased %d got %d", y, x, got)
+		}
+	})
+}
+
+// Should a tunnel with agents be left on a port the relay no longer offers
+// (Reload moves them; here the ports are swapped without it), another
+// agent is not let in to join it there: it is told to try again.
+func TestJoinRefusesPortGone(t *testing.T) {
+	forEachTransport(t, func(t *testing.T, kind string) {
+		x, y := twoFreePorts(t)
+		r := startRelay(t, func(c *RelayConfig) { c.Ports = PortSet{{x, x}} })
+		local := proctest.StartEcho(t, "g:")
+		cfg := r.agentConfig(kind, local)
+		liveAgentUp(t, cfg)
+		rc := *r.Relay.config()
+		rc.Ports = PortSet{{y, y}}
+		r.Relay.mu.Lock()
+		r.Relay.cfg.Store(&rc)
+		r.Relay.mu.Unlock()
+
+		startAgent(t, cfg) // the same name: it would join
+		want := fmt.Sprintf(`code=shutdown reason="tunnel %s is on port %d, outside the ports this relay allows (%d): try again once it has moved"`,
+			cfg.Tunnels[0].Name, x, y)
+		waitFor(t, "the relay to refuse the joining agent", 10*time.Second, func() bool { return strings.Contains(r.Log.String(), want) })
+		if ts := r.Relay.Tunnels(); len(ts) != 1 || len(ts[0].Members) != 1 {
+			t.Fatalf("tunnels %+v, want the first agent's alone", ts)
+		}
+	})
+}
