@@ -48,6 +48,7 @@ func testConformance(t *testing.T, kind string) {
 		{"CloseUnblocksPeerWrite", testCloseUnblocksPeerWrite},
 		{"CloseUnblocksLocal", testCloseUnblocksLocal},
 		{"CloseDeliversWrittenData", testCloseDeliversWrittenData},
+		{"Abort", testAbort},
 		{"SessionCloseUnblocks/client", func(t *testing.T, kind string) { testSessionCloseUnblocks(t, kind, true) }},
 		{"SessionCloseUnblocks/server", func(t *testing.T, kind string) { testSessionCloseUnblocks(t, kind, false) }},
 		{"Deadlines", testDeadlines},
@@ -904,4 +905,51 @@ func randBytes(n int) []byte {
 	b := make([]byte, n)
 	rand.Read(b)
 	return b
+}
+
+// testAbort: a stream aborted in the middle of a transfer fails on the
+// peer, for its blocked reader (including one copying with WriteTo) and its
+// writer, rather than ending as if the data were complete.
+func testAbort(t *testing.T, kind string) {
+	c, s := newPair(t, kind)
+	for _, reader := range []string{"Read", "WriteTo"} {
+		t.Run(reader, func(t *testing.T) {
+			a, b := openPair(t, c, s)
+			if _, ok := b.(io.WriterTo); !ok && reader == "WriteTo" {
+				t.Skipf("a %s stream has no WriteTo", kind)
+			}
+			if _, err := a.Write(randBytes(100 << 10)); err != nil {
+				t.Fatal(err)
+			}
+			done := make(chan error, 1)
+			go func() {
+				b.SetReadDeadline(time.Now().Add(10 * time.Second))
+				var err error
+				if reader == "Read" {
+					_, err = io.Copy(io.Discard, struct{ io.Reader }{b})
+				} else {
+					_, err = b.(io.WriterTo).WriteTo(io.Discard)
+				}
+				done <- err
+			}()
+			time.Sleep(50 * time.Millisecond)
+			if err := a.Abort(); err != nil {
+				t.Fatalf("Abort: %v", err)
+			}
+			if err := <-done; !errors.Is(err, ErrAborted) {
+				t.Fatalf("the peer's %s of an aborted stream: %v; want %v", reader, err, ErrAborted)
+			}
+			err := within(t, 10*time.Second, "the peer's write to an aborted stream", func() error {
+				for {
+					if _, err := b.Write([]byte("x")); err != nil {
+						return err
+					}
+					time.Sleep(10 * time.Millisecond)
+				}
+			})
+			if !IsClosed(err) {
+				t.Fatalf("the peer's write to an aborted stream: %v; want a closed stream", err)
+			}
+		})
+	}
 }

@@ -305,10 +305,12 @@ func TestDialRefusalIsNotClosed(t *testing.T) {
 
 func TestPinMatch(t *testing.T) {
 	t.Parallel()
-	srv := newTestServer(t, testOptions(), nil)
 	for _, kind := range kinds {
 		t.Run(kind, func(t *testing.T) {
 			t.Parallel()
+			// A server each: connect takes the listener's next session,
+			// which could be the other subtest's.
+			srv := newTestServer(t, testOptions(), nil)
 			c, s := srv.connect(t, kind)
 			if got := Fingerprint(c.ConnectionState().PeerCertificates[0]); got != Fingerprint(srv.cert.Leaf) {
 				t.Errorf("client sees %s, want %s", got, Fingerprint(srv.cert.Leaf))

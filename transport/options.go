@@ -37,6 +37,9 @@ type Options struct {
 	// plainTLS makes a TLS+smux dialer or listener behave as builds before
 	// records (records.go) did, for the tests that check the two meet.
 	plainTLS bool
+	// noAborts makes a TLS+smux dialer or listener offer or serve records
+	// without ABORT, as builds before it did.
+	noAborts bool
 }
 
 // DefaultOptions are tuned for a relay on a public link: dead peers are found

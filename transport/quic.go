@@ -247,6 +247,12 @@ type quicStream struct {
 
 func (s *quicStream) Read(p []byte) (int, error) {
 	n, err := s.s.Read(p)
+	var se *quic.StreamError
+	if errors.As(err, &se) && se.Remote {
+		// The peer reset its sending side: an Abort, or a Close that
+		// interrupted its Write. Either way the data did not all come.
+		return n, ErrAborted
+	}
 	return n, quicStreamErr(err)
 }
 
@@ -279,6 +285,19 @@ func (s *quicStream) Close() error {
 	})
 	return nil
 }
+
+// Abort resets both directions: the peer's reads fail (RESET_STREAM) and
+// its writes too (STOP_SENDING).
+func (s *quicStream) Abort() error {
+	s.closeOnce.Do(func() {
+		s.s.CancelRead(abortCode)
+		s.s.CancelWrite(abortCode)
+	})
+	return nil
+}
+
+// abortCode is the application error code of an Abort's resets.
+const abortCode = 1
 
 func (s *quicStream) LocalAddr() net.Addr                { return s.conn.LocalAddr() }
 func (s *quicStream) RemoteAddr() net.Addr               { return s.conn.RemoteAddr() }

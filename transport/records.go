@@ -57,12 +57,14 @@ import (
 
 const (
 	recordsALPNSuffix = "+rec1"
-	recordsLabel      = "EXPORTER-relay-smux-records"
-	recordsVersion    = 1
-	recordHeaderSize  = 3
-	recordTagSize     = 16
-	maxRecordPlain    = 64 << 10
-	maxRecord         = recordHeaderSize + maxRecordPlain + recordTagSize
+	// abortsALPNSuffix is records, and the ABORT signal (tcp.go) too.
+	abortsALPNSuffix = "+rec1+abort"
+	recordsLabel     = "EXPORTER-relay-smux-records"
+	recordsVersion   = 1
+	recordHeaderSize = 3
+	recordTagSize    = 16
+	maxRecordPlain   = 64 << 10
+	maxRecord        = recordHeaderSize + maxRecordPlain + recordTagSize
 	// recordBufSize is the receive buffer, pooled and held only while
 	// bytes wait in it: several records per read system call.
 	recordBufSize = 256 << 10
@@ -86,28 +88,44 @@ var recordsWork = sync.OnceValue(func() bool {
 	return err == nil
 })
 
-// offerRecords returns c with P+"+rec1" offered after each ALPN protocol P.
-func offerRecords(c *tls.Config) *tls.Config {
+// offerRecords returns c with P+"+rec1+abort" and P+"+rec1" offered after
+// each ALPN protocol P.
+func offerRecords(c *tls.Config, aborts bool) *tls.Config {
 	if c == nil || !recordsWork() {
 		return c
 	}
 	c = c.Clone()
 	var protos []string
 	for _, p := range c.NextProtos {
-		protos = append(protos, p, p+recordsALPNSuffix)
+		protos = append(protos, p)
+		if aborts {
+			protos = append(protos, p+abortsALPNSuffix)
+		}
+		protos = append(protos, p+recordsALPNSuffix)
 	}
 	c.NextProtos = protos
 	return c
 }
 
-func isRecordsProto(p string) bool { return strings.HasSuffix(p, recordsALPNSuffix) }
+func isRecordsProto(p string) bool {
+	return strings.HasSuffix(p, recordsALPNSuffix) || strings.HasSuffix(p, abortsALPNSuffix)
+}
+
+// baseProto is p without the records suffixes: the protocol the caller
+// named.
+func baseProto(p string) string {
+	if s, ok := strings.CutSuffix(p, abortsALPNSuffix); ok {
+		return s
+	}
+	return strings.TrimSuffix(p, recordsALPNSuffix)
+}
 
 // serveRecords returns base choosing records for a TLS 1.3 client that
 // offers them with a protocol the server would pick. base's own
 // GetConfigForClient sees every client first, with the offers of records
 // taken out of its hello, so what it decides (a certificate, a refusal,
 // the protocol) holds for clients with records too.
-func serveRecords(base *tls.Config) *tls.Config {
+func serveRecords(base *tls.Config, aborts bool) *tls.Config {
 	if base == nil || !recordsWork() {
 		return base
 	}
@@ -129,12 +147,18 @@ func serveRecords(base *tls.Config) *tls.Config {
 		}
 		if slices.Contains(hello.SupportedVersions, tls.VersionTLS13) && (serve.MaxVersion == 0 || serve.MaxVersion >= tls.VersionTLS13) {
 			for _, p := range serve.NextProtos { // in the server's order, as ALPN goes
-				if slices.Contains(hello.SupportedProtos, p+recordsALPNSuffix) {
-					rc := serve.Clone()
-					rc.GetConfigForClient = nil
-					rc.NextProtos = []string{p + recordsALPNSuffix}
-					rc.SessionTicketsDisabled = true
-					return rc, nil
+				suffixes := []string{abortsALPNSuffix, recordsALPNSuffix}
+				if !aborts {
+					suffixes = suffixes[1:]
+				}
+				for _, suffix := range suffixes {
+					if slices.Contains(hello.SupportedProtos, p+suffix) {
+						rc := serve.Clone()
+						rc.GetConfigForClient = nil
+						rc.NextProtos = []string{p + suffix}
+						rc.SessionTicketsDisabled = true
+						return rc, nil
+					}
 				}
 			}
 		}

@@ -223,21 +223,26 @@ func TestRecordsHello(t *testing.T) {
 	}
 }
 
-// Sessions between two current builds run on records; with a build from
-// before records on either side, they fall back to plain TLS and work.
+// Sessions between two current builds run on records with ABORT; with a
+// build from before ABORT on either side, on records without it; with a
+// build from before records, on plain TLS. All of them work.
 func TestRecordsNegotiation(t *testing.T) {
 	for _, tt := range []struct {
-		name                     string
-		plainClient, plainServer bool
-		records                  bool
+		name                           string
+		plainClient, plainServer       bool
+		noAbortsClient, noAbortsServer bool
+		records, aborts                bool
 	}{
-		{"both new", false, false, true},
-		{"old client", true, false, false},
-		{"old server", false, true, false},
+		{name: "both new", records: true, aborts: true},
+		{name: "old client", plainClient: true},
+		{name: "old server", plainServer: true},
+		{name: "client before abort", noAbortsClient: true, records: true},
+		{name: "server before abort", noAbortsServer: true, records: true},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			so := testOptions()
 			so.plainTLS = tt.plainServer
+			so.noAborts = tt.noAbortsServer
 			s := newTestServer(t, so, nil)
 			tlsConf, err := (&Verifier{Pin: s.pin}).ClientTLSConfig(s.addr, testALPN)
 			if err != nil {
@@ -245,6 +250,7 @@ func TestRecordsNegotiation(t *testing.T) {
 			}
 			co := testOptions()
 			co.plainTLS = tt.plainClient
+			co.noAborts = tt.noAbortsClient
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
 			c, err := (&TCPDialer{TLS: tlsConf, Options: co}).Dial(ctx, s.addr)
@@ -255,8 +261,8 @@ func TestRecordsNegotiation(t *testing.T) {
 			sv := s.accept(t)
 			for _, sess := range []Session{c, sv} {
 				ss := sess.(*smuxSession)
-				if ss.records() != tt.records {
-					t.Errorf("records = %v, want %v", ss.records(), tt.records)
+				if ss.records() != tt.records || ss.aborts != tt.aborts {
+					t.Errorf("records, aborts = %v, %v; want %v, %v", ss.records(), ss.aborts, tt.records, tt.aborts)
 				}
 				if p := ss.ConnectionState().NegotiatedProtocol; p != testALPN {
 					t.Errorf("NegotiatedProtocol %q, want %q", p, testALPN)
@@ -264,6 +270,24 @@ func TestRecordsNegotiation(t *testing.T) {
 			}
 			a, b := openPair(t, c, sv)
 			exchange(t, a, b, strings.Repeat("request ", 5000), strings.Repeat("reply ", 9000))
+
+			// Abort reaches a peer that knows ABORT as a failure, and
+			// one that does not as Close: its data, then EOF.
+			a, b = openPair(t, c, sv)
+			if _, err := a.Write([]byte("partial")); err != nil {
+				t.Fatal(err)
+			}
+			time.Sleep(50 * time.Millisecond) // the data arrives first
+			a.Abort()
+			b.SetReadDeadline(time.Now().Add(10 * time.Second))
+			got, err := io.ReadAll(b)
+			if tt.aborts {
+				if !errors.Is(err, ErrAborted) {
+					t.Errorf("reading an aborted stream: %q, %v; want %v", got, err, ErrAborted)
+				}
+			} else if err != nil || string(got) != "partial" {
+				t.Errorf("reading a stream aborted for a peer without ABORT: %q, %v; want its data and EOF", got, err)
+			}
 		})
 	}
 }
@@ -368,7 +392,7 @@ func TestRecordsHelloWait(t *testing.T) {
 			return
 		}
 		defer c.Close()
-		tc := tls.Server(c, serveRecords(ServerTLSConfig(s.cert, testALPN)))
+		tc := tls.Server(c, serveRecords(ServerTLSConfig(s.cert, testALPN), true))
 		if tc.Handshake() == nil {
 			close(handshaken)
 			io.Copy(io.Discard, c) // no hello

@@ -38,6 +38,12 @@ import (
 //	type 2 DATAGRAM  payload: the datagram (at most MaxTCPDatagram bytes).
 //	type 3 FIN       payload: stream id:4 (BE). The sender will write no
 //	                 more on the stream (CloseWrite).
+//	type 4 ABORT     payload: stream id:4 (BE). The sender gave up on the
+//	                 stream (Abort): the receiver's reads fail from now on,
+//	                 data still buffered or on its way is dropped, and its
+//	                 writes fail as after a RESET. Sent only to a peer that
+//	                 offered it in ALPN (abortsALPNSuffix, records.go):
+//	                 builds before it close the session on an unknown type.
 //
 // A FIN is written only after every data frame before it has been written to
 // the connection, and the receiving session queues data frames before it
@@ -52,6 +58,7 @@ const (
 	sigReset      = 1
 	sigDatagram   = 2
 	sigFIN        = 3
+	sigAbort      = 4
 	sigHeaderSize = 3
 	smuxFrameSize = 32 << 10
 	// MaxTCPDatagram is the largest datagram the TCP transport carries.
@@ -93,7 +100,7 @@ func (d *TCPDialer) Dial(ctx context.Context, addr string) (Session, error) {
 	bc := newBatchConn(raw)
 	tlsConf := d.TLS
 	if !d.Options.plainTLS {
-		tlsConf = offerRecords(tlsConf)
+		tlsConf = offerRecords(tlsConf, !d.Options.noAborts)
 	}
 	tc := tls.Client(bc, tlsConf)
 	if err := tc.HandshakeContext(ctx); err != nil {
@@ -166,7 +173,7 @@ func ListenTCP(ln net.Listener, tlsConf *tls.Config, o Options, onErr func(net.A
 		return nil, err
 	}
 	if !o.plainTLS {
-		tlsConf = serveRecords(tlsConf)
+		tlsConf = serveRecords(tlsConf, !o.noAborts)
 	}
 	l := &tcpListener{
 		ln:    ln,
@@ -310,6 +317,7 @@ type smuxSession struct {
 	sig    *smux.Stream
 	client bool
 	opts   Options
+	aborts bool // the peer understands ABORT
 
 	sigMu    sync.Mutex // serialises frames on sig
 	sigBuf   []byte     // the last signal frame's buffer, reused; under sigMu
@@ -318,9 +326,10 @@ type smuxSession struct {
 
 	mu          sync.Mutex
 	streams     map[uint32]*smuxStream
-	maxPeerID   uint32          // highest stream id the peer opened that we registered
-	peerStreams int             // streams the peer opened that are registered
-	early       map[uint32]byte // signals that arrived before their stream was registered
+	maxPeerID   uint32                  // highest stream id the peer opened that we registered
+	peerStreams int                     // streams the peer opened that are registered
+	early       map[uint32]byte         // signals that arrived before their stream was registered
+	lingering   map[uint32]*smux.Stream // aborted here, waiting for the peer's FIN
 	// skipped are peer ids below maxPeerID not seen yet: streams opened
 	// at once can reach us out of id order, and a signal for one of those
 	// must wait for it like one for an id above maxPeerID.
@@ -347,6 +356,7 @@ func newSmuxSession(ms *smux.Session, tc *tls.Conn, conn io.ReadWriteCloser, sig
 		sig:      sig,
 		client:   client,
 		opts:     o,
+		aborts:   strings.HasSuffix(tc.ConnectionState().NegotiatedProtocol, abortsALPNSuffix),
 		accepted: make(chan *smuxStream, 64),
 		dgrams:   newDatagramQueue(o.DatagramQueue),
 		streams:  make(map[uint32]*smuxStream),
@@ -355,6 +365,7 @@ func newSmuxSession(ms *smux.Session, tc *tls.Conn, conn io.ReadWriteCloser, sig
 		done:     make(chan struct{}),
 
 		ownSkipped: make(map[uint32]struct{}),
+		lingering:  make(map[uint32]*smux.Stream),
 	}
 	// The agent's first stream is the signal stream; its data streams
 	// follow it. (The relay's first is id 2, counted from 0.)
@@ -434,7 +445,7 @@ func (s *smuxSession) signalLoop() {
 			return
 		}
 		switch typ {
-		case sigReset, sigFIN:
+		case sigReset, sigFIN, sigAbort:
 			s.handleStreamSignal(binary.BigEndian.Uint32(payload), typ)
 		case sigDatagram:
 			s.dgrams.push(bytes.Clone(payload)) // dropped when full, as a datagram may be
@@ -456,7 +467,7 @@ func readSignal(r io.Reader, buf []byte) (typ byte, payload []byte, err error) {
 	}
 	typ, n := hdr[0], int(binary.BigEndian.Uint16(hdr[1:]))
 	switch typ {
-	case sigReset, sigFIN:
+	case sigReset, sigFIN, sigAbort:
 		if n != 4 {
 			return 0, nil, fmt.Errorf("%w: type %d with %d payload bytes", errSignal, typ, n)
 		}
@@ -482,19 +493,27 @@ func (s *smuxSession) ours(id uint32) bool { return (id%2 == 1) == s.client }
 const (
 	gotReset byte = 1 << iota
 	gotFIN
+	gotAbort
 )
 
 func (s *smuxSession) handleStreamSignal(id uint32, typ byte) {
 	bit := gotReset
-	if typ == sigFIN {
+	switch typ {
+	case sigFIN:
 		bit = gotFIN
+	case sigAbort:
+		bit = gotAbort
 	}
 	s.mu.Lock()
 	st := s.streams[id]
 	if st == nil && len(s.early) < maxEarly && s.onItsWay(id) {
 		s.early[id] |= bit
 	}
+	crossed := s.lingering[id]
 	s.mu.Unlock()
+	if crossed != nil && typ == sigAbort {
+		crossed.Close() // both ends aborted: neither waits for the other
+	}
 	if st != nil {
 		st.signal(bit)
 	}
@@ -590,7 +609,7 @@ func (s *smuxSession) ExportKeyingMaterial(label string, context []byte, length 
 // named it (without the records suffix).
 func (s *smuxSession) ConnectionState() tls.ConnectionState {
 	cs := s.tc.ConnectionState()
-	cs.NegotiatedProtocol = strings.TrimSuffix(cs.NegotiatedProtocol, recordsALPNSuffix)
+	cs.NegotiatedProtocol = baseProto(cs.NegotiatedProtocol)
 	return cs
 }
 
@@ -639,6 +658,18 @@ func (s *smuxSession) isClosed() bool {
 	}
 }
 
+func (s *smuxSession) linger(id uint32, st *smux.Stream) {
+	s.mu.Lock()
+	s.lingering[id] = st
+	s.mu.Unlock()
+}
+
+func (s *smuxSession) unlinger(id uint32) {
+	s.mu.Lock()
+	delete(s.lingering, id)
+	s.mu.Unlock()
+}
+
 func (s *smuxSession) forget(id uint32) {
 	s.mu.Lock()
 	if _, ok := s.streams[id]; ok && !s.ours(id) {
@@ -665,6 +696,7 @@ type smuxStream struct {
 	writeDeadline time.Time
 	peerFIN       bool // the peer's FIN signal arrived: all its data is buffered
 	peerReset     bool // the peer stopped reading
+	peerAborted   bool // the peer gave up: reads fail
 	writeClosed   bool
 	readEOF       bool
 	closed        bool
@@ -698,9 +730,13 @@ func (s *smuxStream) signal(bits byte) {
 		s.peerFIN = true
 		s.st.SetReadDeadline(past)
 	}
-	if bits&gotReset != 0 {
+	if bits&(gotReset|gotAbort) != 0 {
 		s.peerReset = true
 		s.st.SetWriteDeadline(past)
+	}
+	if bits&gotAbort != 0 {
+		s.peerAborted = true
+		s.st.SetReadDeadline(past)
 	}
 }
 
@@ -710,12 +746,24 @@ func (s *smuxStream) Read(p []byte) (int, error) {
 	}
 	drained := false
 	for {
+		s.mu.Lock()
+		aborted, closed := s.peerAborted, s.closed
+		s.mu.Unlock()
+		switch {
+		case aborted:
+			return 0, ErrAborted
+		case closed:
+			return 0, net.ErrClosed
+		}
 		n, err := s.st.Read(p)
 		if n > 0 {
 			return n, nil
 		}
 		s.mu.Lock()
 		switch {
+		case s.peerAborted:
+			s.mu.Unlock()
+			return 0, ErrAborted
 		case s.closed:
 			s.mu.Unlock()
 			return 0, net.ErrClosed
@@ -774,6 +822,9 @@ func (s *smuxStream) WriteTo(w io.Writer) (int64, error) {
 		}
 		s.mu.Lock()
 		switch {
+		case s.peerAborted:
+			s.mu.Unlock()
+			return total, ErrAborted
 		case s.closed:
 			s.mu.Unlock()
 			return total, net.ErrClosed
@@ -920,6 +971,51 @@ func (s *smuxStream) Close() error {
 	s.st.Close()
 	return nil
 }
+
+// Abort sends ABORT and closes the stream, when the peer understands it;
+// otherwise it is Close.
+func (s *smuxStream) Abort() error {
+	if !s.sess.aborts {
+		return s.Close()
+	}
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	peerAborted := s.peerAborted
+	s.st.SetWriteDeadline(past)
+	s.mu.Unlock()
+	id := s.st.ID()
+	s.sess.forget(id)
+	if peerAborted {
+		// The peer gave up first and waits for this end's FIN.
+		s.st.SetReadDeadline(past)
+		s.st.Close()
+		return nil
+	}
+	// The peer reads signals on a goroutine of their own, so smux's FIN
+	// sent now could reach its reader before the ABORT, as a clean end.
+	// The peer closes its end on reading the ABORT (or on an ABORT of its
+	// own crossing this one, see handleStreamSignal); until then, or
+	// abortLinger, this end reads and drops what still comes, then
+	// closes. A blocked Read of ours sees the new deadline, not past;
+	// it returns once this goroutine's read ends.
+	s.sess.linger(id, s.st)
+	s.sess.streamSignal(sigAbort, id) // best effort, as Close's RESET
+	go func() {
+		s.st.SetReadDeadline(time.Now().Add(abortLinger))
+		io.Copy(io.Discard, s.st)
+		s.sess.unlinger(id)
+		s.st.Close()
+	}()
+	return nil
+}
+
+// abortLinger bounds how long an aborted stream waits for the peer to
+// close its end.
+const abortLinger = 10 * time.Second
 
 func (s *smuxStream) LocalAddr() net.Addr  { return s.sess.LocalAddr() }
 func (s *smuxStream) RemoteAddr() net.Addr { return s.sess.RemoteAddr() }

@@ -31,6 +31,13 @@ import (
 type Stream interface {
 	net.Conn
 	CloseWrite() error
+	// Abort ends both directions at once, as Close does, but tells the
+	// peer that the stream failed: the peer's reads return ErrAborted
+	// rather than reaching EOF, and data not yet delivered may be lost.
+	// A relay uses it so that a connection cut on one side is not taken
+	// for a complete one on the other. Over TLS+smux with a peer from
+	// before ABORT (tcp.go) it is Close.
+	Abort() error
 }
 
 // Session is one authenticated-or-not TLS session between an agent and a relay.
@@ -89,6 +96,10 @@ const ALPNPrefix = "relay/"
 
 // ErrClosed is returned by operations on a closed session or listener.
 var ErrClosed = net.ErrClosed
+
+// ErrAborted is what reads of a stream return once the peer aborted it
+// (Stream.Abort). It wraps net.ErrClosed.
+var ErrAborted = fmt.Errorf("stream aborted by the peer: %w", net.ErrClosed)
 
 // DatagramTooLargeError reports a datagram that cannot be sent as one unit on
 // the session's current path.

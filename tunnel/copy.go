@@ -159,7 +159,9 @@ func (j *join) directionDone() {
 func (j *join) shutdown() { j.abort(nil) }
 
 // abort records err (the first one wins) and closes both connections, so
-// the other direction stops too.
+// the other direction stops too. A failure (err not nil) resets both rather
+// than closing them: a TCP side gets an RST and a transport stream is
+// aborted, so neither end takes what it got for the whole of it.
 func (j *join) abort(err error) {
 	j.mu.Lock()
 	if j.st.Err == nil {
@@ -169,11 +171,30 @@ func (j *join) abort(err error) {
 	j.shut = true
 	j.mu.Unlock()
 	if !shut {
-		j.a.Close()
-		j.b.Close()
+		if err != nil {
+			resetConn(j.a)
+			resetConn(j.b)
+		} else {
+			j.a.Close()
+			j.b.Close()
+		}
 		if j.pump != nil {
 			j.pump.wake() // a parked pump learns of the close from its read
 		}
+	}
+}
+
+// resetConn ends c as a failure: an RST for a TCP socket, an abort for a
+// stream, a plain close otherwise.
+func resetConn(c net.Conn) {
+	switch c := c.(type) {
+	case *net.TCPConn:
+		c.SetLinger(0)
+		c.Close()
+	case interface{ Abort() error }:
+		c.Abort()
+	default:
+		c.Close()
 	}
 }
 
