@@ -60,16 +60,53 @@ func TestSetLeavesGOGCAlone(t *testing.T) {
 
 var sink []byte
 
+// chunk is the garbage cycles makes at a time.
+const chunk = 64 << 10
+
 // cycles counts the collections that allocating n bytes of garbage costs.
-func cycles(n int) uint64 {
-	s := []metrics.Sample{{Name: "/gc/cycles/total:gc-cycles"}}
+//
+// It never lets the heap pass the collector's goal. A loop that does
+// nothing but allocate outruns a collection that other work on the machine
+// slows down (its threads wait for a CPU between the phases), and what it
+// allocates while the collection marks counts as live, so the next goal
+// grows by as much: on a loaded machine one cycle at a 4 MiB goal ended
+// at 24 MiB with 20 "live", the next goal was 40 MiB, and 48 MiB of
+// garbage cost 3 collections. Waiting measures the target, not how
+// quickly the collector got a CPU.
+func cycles(t *testing.T, n int) uint64 {
+	t.Helper()
+	s := []metrics.Sample{
+		{Name: "/gc/cycles/total:gc-cycles"},
+		{Name: "/gc/heap/goal:bytes"},
+		{Name: "/memory/classes/heap/objects:bytes"},
+	}
 	metrics.Read(s)
 	before := s[0].Value.Uint64()
-	for range n / (64 << 10) {
-		sink = make([]byte, 64<<10)
+	for range n / chunk {
+		waitBelowGoal(t, s)
+		sink = make([]byte, chunk)
 	}
 	metrics.Read(s)
 	return s[0].Value.Uint64() - before
+}
+
+// waitBelowGoal waits until one more chunk fits under the heap goal: for
+// the collection under way to end, or for the sweeper to free the garbage
+// the last one found (the heap's objects count it until then). Both go on
+// without this goroutine, so the wait ends.
+func waitBelowGoal(t *testing.T, s []metrics.Sample) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		metrics.Read(s)
+		if s[2].Value.Uint64()+chunk <= s[1].Value.Uint64() {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the heap stayed at %d bytes, past its goal of %d, for 30s", s[2].Value.Uint64(), s[1].Value.Uint64())
+		}
+		time.Sleep(100 * time.Microsecond)
+	}
 }
 
 // With a floor, garbage that would cost several collections at the
@@ -83,7 +120,7 @@ func TestSetRaisesTheTarget(t *testing.T) {
 		// The default, whatever GOGC this test process started with.
 		old := debug.SetGCPercent(basePercent)
 		runtime.GC()
-		n := cycles(48 << 20)
+		n := cycles(t, 48<<20)
 		debug.SetGCPercent(old)
 		if n < 6 {
 			t.Fatalf("48 MiB of garbage at the default target: %d collections, want 6 or more", n)
@@ -91,7 +128,7 @@ func TestSetRaisesTheTarget(t *testing.T) {
 	}
 	Set(64 << 20)
 	runtime.GC() // the tuner sees a small live heap
-	if n := cycles(48 << 20); n > 1 {
+	if n := cycles(t, 48<<20); n > 1 {
 		t.Fatalf("48 MiB of garbage with a 64 MiB floor: %d collections, want at most 1", n)
 	}
 	if p := gogc(); p <= basePercent {
