@@ -209,6 +209,10 @@ type Agent struct {
 	log      *slog.Logger
 	instance [instanceLen]byte
 	tunnels  []*agentTunnel // as in cfg.Tunnels
+	// fellBack: an auto dial in this outage already said it tried the
+	// second transport, so later attempts say it at debug level only.
+	// Run's goroutine alone uses it.
+	fellBack bool
 
 	wmu       sync.Mutex // serialises control frames
 	mu        sync.Mutex
@@ -299,6 +303,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 		if live {
 			everLive, failures, attempts, down = true, 0, 0, time.Now()
+			a.fellBack = false
 		} else {
 			attempts++
 		}
@@ -646,7 +651,13 @@ func (a *Agent) dial(ctx context.Context) (transport.Session, error) {
 	case TransportTCP:
 		return dialOne(ctx, t, a.cfg.Relay)
 	}
-	return DialAuto(ctx, a.cfg.Relay, a.cfg.FallbackDelay, a.log, q, t)
+	level := slog.LevelInfo
+	if a.fellBack {
+		level = slog.LevelDebug
+	}
+	s, fellBack, err := dialAuto(ctx, a.cfg.Relay, a.cfg.FallbackDelay, a.log, level, q, t)
+	a.fellBack = a.fellBack || fellBack
+	return s, err
 }
 
 func dialOne(ctx context.Context, d transport.Dialer, addr string) (transport.Session, error) {
@@ -673,6 +684,13 @@ func (e *DialError) Unwrap() error { return e.Err }
 // first fails, returning whichever session comes up first. A relay that
 // fails verification ends the attempt: another transport would not help.
 func DialAuto(ctx context.Context, addr string, delay time.Duration, log *slog.Logger, first, second transport.Dialer) (transport.Session, error) {
+	s, _, err := dialAuto(ctx, addr, delay, log, slog.LevelInfo, first, second)
+	return s, err
+}
+
+// dialAuto is DialAuto logging the turn to second at level, and reporting
+// whether it took that turn.
+func dialAuto(ctx context.Context, addr string, delay time.Duration, log *slog.Logger, level slog.Level, first, second transport.Dialer) (transport.Session, bool, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	type result struct {
@@ -703,7 +721,7 @@ func DialAuto(ctx context.Context, addr string, delay time.Duration, log *slog.L
 		select {
 		case <-timer.C:
 			if started == 1 {
-				log.Info("no answer over "+first.Kind()+" yet; trying "+second.Kind(), "relay", addr)
+				log.Log(ctx, level, "no answer over "+first.Kind()+" yet; trying "+second.Kind(), "relay", addr)
 				start(second)
 				started++
 			}
@@ -711,30 +729,30 @@ func DialAuto(ctx context.Context, addr string, delay time.Duration, log *slog.L
 			done++
 			if r.err == nil {
 				go closeLate(started - done)
-				return r.s, nil
+				return r.s, started == 2, nil
 			}
 			var idErr *transport.IdentityError
 			if errors.As(r.err, &idErr) {
 				go closeLate(started - done)
-				return nil, idErr
+				return nil, started == 2, idErr
 			}
 			errs = append(errs, r.err)
 			// Refused over TCP means the host answered with nothing on the
 			// port: QUIC, on the same port number, will not do better.
 			if started == 2 && errors.Is(r.err, syscall.ECONNREFUSED) {
-				return nil, errors.Join(errs...)
+				return nil, started == 2, errors.Join(errs...)
 			}
 			if started == 1 {
-				log.Info(first.Kind()+" failed; trying "+second.Kind(), "relay", addr, "err", r.err)
+				log.Log(ctx, level, first.Kind()+" failed; trying "+second.Kind(), "relay", addr, "err", r.err)
 				start(second)
 				started++
 				continue
 			}
 			if done == started {
-				return nil, errors.Join(errs...)
+				return nil, started == 2, errors.Join(errs...)
 			}
 		case <-ctx.Done():
-			return nil, ctx.Err()
+			return nil, started == 2, ctx.Err()
 		}
 	}
 }

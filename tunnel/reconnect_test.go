@@ -188,3 +188,53 @@ func TestWaitForRelay(t *testing.T) {
 		}
 	})
 }
+
+// An auto agent says once per outage that QUIC got no answer and it tries
+// TCP, not at every attempt: once while the relay is not there yet, and
+// once more after a live session is lost. Later attempts say it at debug
+// level.
+func TestAutoFallbackSaidOncePerOutage(t *testing.T) {
+	t.Parallel()
+	h := newRelayHost(t, nil, nil)
+	cfg := h.agentConfig(TransportAuto, proctest.StartEcho(t, "f:"))
+	fastRetry(&cfg)
+	cfg.FallbackDelay = 50 * time.Millisecond
+	cfg.WaitForRelay = true
+	a := startAgent(t, cfg)
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("agent log:\n%s", a.Log)
+		}
+	})
+	// said counts the fallback's lines at info level, and at any level.
+	said := func() (info, all int) {
+		for line := range strings.Lines(a.Log.String()) {
+			if strings.Contains(line, "; trying tcp") {
+				all++
+				if strings.Contains(line, "level=INFO") {
+					info++
+				}
+			}
+		}
+		return info, all
+	}
+	outage := func(want int) {
+		t.Helper()
+		// Attempts enough that each would have said it.
+		_, before := said()
+		waitFor(t, "four attempts to fall back", 20*time.Second, func() bool {
+			_, all := said()
+			return all >= before+4
+		})
+		if info, all := said(); info != want {
+			t.Errorf("after %d fallbacks in %d outage(s), %d were logged at info level, want %d", all, want, info, want)
+		}
+	}
+	outage(1)
+
+	r := h.start()
+	a.waitReady(t)
+	r.Stop()
+	waitFor(t, "the agent to notice the relay stopped", 10*time.Second, func() bool { return !a.connected() })
+	outage(2)
+}
