@@ -37,10 +37,12 @@ var benchCommand = &cli.Command{
 		"one public port), and measures, through the relay and back: bulk throughput over 1 and\n" +
 		"--streams connections, the round trip of a small message (p50, p99), new connections per\n" +
 		"second, and the loss and jitter of 1200-byte UDP datagrams sent at --udp-rate. Each test runs\n" +
-		"for --duration. The tunnel lasts as long as the bench. Prints a table, or JSON with --json;\n" +
-		"progress goes to stderr. Exit codes are expose's: 1 unreachable, 2 usage, 3 refused,\n" +
-		"4 unverified relay.",
+		"for --duration. The tunnel lasts as long as the bench and leaves no port lease on the relay.\n" +
+		"Prints a table, or JSON with --json; progress goes to stderr. Exit codes are expose's:\n" +
+		"1 unreachable, 2 usage, 3 refused (also when the relay closes the test's connections, as a\n" +
+		"connection limit does), 4 unverified relay.",
 	Flags: append(relayFlags(),
+		&cli.StringFlag{Name: "name", Usage: "tunnel `NAME` on the relay, for a token whose names rule needs one (default: bench- and 6 random hex digits)"},
 		&cli.IntFlag{Name: "streams", Value: 8, Usage: "parallel connections for the multi-stream throughput and new-connection tests (`N`)"},
 		&cli.DurationFlag{Name: "duration", Value: 3 * time.Second, Usage: "how long each test runs (`DURATION`)"},
 		&cli.StringFlag{Name: "udp-rate", Value: "100M", Usage: "UDP send rate in bits/s (`RATE`: 500k, 100M, 1G); 0 skips the UDP test"},
@@ -110,16 +112,18 @@ func benchAction(c *cli.Context) error {
 		return cli.Exit(fmt.Sprintf("starting the bench server: %v", err), exitFailure)
 	}
 	defer srv.close()
-	var suffix [3]byte
-	rand.Read(suffix[:])
+	name := c.String("name")
+	if name == "" {
+		// A name of its own, so that two benches with one token can run
+		// at once: the relay lets no agent join a tunnel without a lease.
+		var suffix [3]byte
+		rand.Read(suffix[:])
+		name = "bench-" + hex.EncodeToString(suffix[:])
+	}
 	s := defaultSpec()
 	s.setRelay(c)
 	s.Log.Level = c.String("log-level")
-	s.Tunnels = []tunnelSpec{{
-		// A name of its own: two benches with one token must not form a
-		// group and trade clients.
-		Name: "bench-" + hex.EncodeToString(suffix[:]), Local: portString(srv.addr), Proto: "tcp,udp",
-	}}
+	s.Tunnels = []tunnelSpec{{Name: name, Local: portString(srv.addr), Proto: "tcp,udp"}}
 	if rate == 0 {
 		s.Tunnels[0].Proto = "tcp"
 	}
@@ -127,6 +131,9 @@ func benchAction(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	// A test must not hold a port for a day, nor take the port of
+	// someone's idle lease when the pool is full.
+	plan.cfg.Tunnels[0].NoLease = true
 
 	ctx, stop := signal.NotifyContext(c.Context, os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -217,6 +224,7 @@ func benchAction(c *cli.Context) error {
 		}})
 	}
 
+	reconnects := agent.Status().Reconnects
 	prog := newProgress(os.Stderr, len(steps))
 	prog.log(fmt.Sprintf("benchmarking %s over %s through tcp://%s", res.Relay, res.Transport, tcpAddr))
 	var lines [][2]string
@@ -228,7 +236,8 @@ func benchAction(c *cli.Context) error {
 			if ctx.Err() != nil {
 				return cli.Exit("interrupted", exitFailure)
 			}
-			return cli.Exit(fmt.Sprintf("bench: %s: %v", st.name, oneLine(err.Error())), exitFailure)
+			now := agent.Status()
+			return benchFailed(st.name, err, !now.Connected || now.Reconnects != reconnects)
 		}
 		lines = append(lines, [2]string{st.name, out})
 	}
@@ -248,6 +257,32 @@ func benchAction(c *cli.Context) error {
 		fmt.Fprintf(tw, "UDP one-way delay\tp50 %.3f ms  p99 %.3f ms (%d of %d datagrams arrived)\n", res.UDP.DelayP50, res.UDP.DelayP99, res.UDP.Received, res.UDP.Sent)
 	}
 	return tw.Flush()
+}
+
+// benchFailed is bench's exit for a test that failed with err; lost says
+// the agent's session with the relay ended meanwhile.
+func benchFailed(test string, err error, lost bool) error {
+	msg := fmt.Sprintf("bench: %s: %s", test, oneLine(err.Error()))
+	switch {
+	case lost:
+		return cli.Exit(msg+": the session with the relay was lost during the test; run the bench again", exitFailure)
+	case closedByRelay(err):
+		// The relay turns a client over a limit away by closing it as soon
+		// as it connects, and tells neither the client nor the agent which
+		// limit it was.
+		return cli.Exit(fmt.Sprintf("bench: %s: the relay closed the test's connections (%s): a per-IP or per-token connection limit on the relay "+
+			"may be the cause (per_ip_connections, per_ip_rate or max_connections; relayd logs which): the bench opens --streams connections at once, "+
+			"and many in a row; ask the relay's operator",
+			test, oneLine(err.Error())), exitRefused)
+	}
+	return cli.Exit(msg, exitFailure)
+}
+
+// closedByRelay reports whether err is a connection to the public port
+// that the other end reset, or ended before the answer came.
+func closedByRelay(err error) bool {
+	return errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) ||
+		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)
 }
 
 // parseRate reads a rate in bits per second: a number with an optional
@@ -608,7 +643,8 @@ func benchRoundTrip(ctx context.Context, addr string, d time.Duration) (p50, p99
 // one byte to the echo and reads it back.
 func benchConnect(ctx context.Context, addr string, workers int, d time.Duration) (float64, error) {
 	var ok, failed atomic.Int64
-	var lastErr atomic.Value
+	// A pointer: an atomic.Value panics when the errors' types differ.
+	var lastErr atomic.Pointer[error]
 	start := time.Now()
 	end := start.Add(d)
 	var wg sync.WaitGroup
@@ -620,7 +656,7 @@ func benchConnect(ctx context.Context, addr string, workers int, d time.Duration
 			for time.Now().Before(end) && ctx.Err() == nil {
 				if err := oneConnection(ctx, &dl, addr); err != nil {
 					failed.Add(1)
-					lastErr.Store(err)
+					lastErr.Store(&err)
 					continue
 				}
 				ok.Add(1)
@@ -633,7 +669,7 @@ func benchConnect(ctx context.Context, addr string, workers int, d time.Duration
 		return 0, err
 	}
 	if n, f := ok.Load(), failed.Load(); f > n/100 {
-		return 0, fmt.Errorf("%d of %d connections failed, the last with: %v", f, n+f, lastErr.Load())
+		return 0, fmt.Errorf("%d of %d connections failed, the last with: %w", f, n+f, *lastErr.Load())
 	}
 	return float64(ok.Load()) / elapsed.Seconds(), nil
 }

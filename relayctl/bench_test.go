@@ -2,8 +2,21 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"net"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
+
+	"github.com/urfave/cli/v2"
 
 	pt "github.com/relaytun/relay/internal/proctest"
 )
@@ -101,7 +114,9 @@ func TestBenchTable(t *testing.T) {
 // saying what to do.
 func TestBenchErrors(t *testing.T) {
 	t.Parallel()
-	r := pt.NewRelayd(t, pt.TokensTOML+"\n[[tokens]]\nid = \"noudp\"\nsecret = \"no-udp-secret-0123456789\"\nudp = false\n")
+	r := pt.NewRelayd(t, pt.TokensTOML+"\n[[tokens]]\nid = \"noudp\"\nsecret = \"no-udp-secret-0123456789\"\nudp = false\n"+
+		"\n[[tokens]]\nid = \"erin\"\nsecret = \""+erinSecret+"\"\nnames = [\"game-*\"]\n"+
+		"\n[[tokens]]\nid = \"lim\"\nsecret = \"one-conn-secret-0123456789\"\nper_ip_connections = 1\n")
 	down := pt.ClosedPort(t)
 	wrongFP := "SHA256:" + strings.Repeat("A", 43)
 	ok := []string{"--relay", r.Addr, "--token", pt.TestSecret, "--fingerprint", r.FP}
@@ -113,6 +128,15 @@ func TestBenchErrors(t *testing.T) {
 	}{
 		{"wrong token", []string{"--relay", r.Addr, "--token", "not-the-right-secret", "--fingerprint", r.FP}, exitRefused, "token not accepted"},
 		{"udp not allowed", []string{"--relay", r.Addr, "--token", "no-udp-secret-0123456789", "--fingerprint", r.FP}, exitRefused, "--udp-rate 0 skips the UDP test"},
+		{"names rule", []string{"--relay", r.Addr, "--token", erinSecret, "--fingerprint", r.FP}, exitRefused,
+			`may not use the tunnel name "bench-`},
+		{"names rule, another --name", []string{"--relay", r.Addr, "--token", erinSecret, "--fingerprint", r.FP, "--name", "web-bench"}, exitRefused,
+			`token "erin" may not use the tunnel name "web-bench": its names rule allows only game-*; pick a --name that matches`},
+		// The relay turns away every connection past the first; the
+		// bench cannot learn why, and says what it may be.
+		{"connection limit", []string{"--relay", r.Addr, "--token", "one-conn-secret-0123456789", "--fingerprint", r.FP, "--streams", "4", "--udp-rate", "0"}, exitRefused,
+			"the relay closed the test's connections ("},
+		{"bad name", append([]string{"--name", "bad name"}, ok...), exitUsage, `--name: tunnel name "bad name" is invalid`},
 		{"wrong fingerprint", []string{"--relay", r.Addr, "--token", pt.TestSecret, "--fingerprint", wrongFP}, exitUnverified, "fingerprint"},
 		{"relay unreachable", []string{"--relay", down, "--token", pt.TestSecret, "--fingerprint", r.FP, "--transport", "tcp"}, exitFailure, "could not reach the relay"},
 		{"no relay", []string{"--token", pt.TestSecret, "--fingerprint", r.FP}, exitUsage, "--relay"},
@@ -137,6 +161,134 @@ func TestBenchErrors(t *testing.T) {
 			if !strings.HasPrefix(last, "relayctl: ") || !strings.Contains(last, tt.want) {
 				t.Errorf("last line of stderr is %q, want \"relayctl: …%s…\"\nstderr:\n%s", last, tt.want, errOut)
 			}
+			if tt.name == "connection limit" && !strings.HasSuffix(last, "): a per-IP or per-token connection limit on the relay may be the cause "+
+				"(per_ip_connections, per_ip_rate or max_connections; relayd logs which): the bench opens --streams connections at once, and many in a row; ask the relay's operator") {
+				t.Errorf("last line of stderr is %q, want it to name the limits that may be the cause", last)
+			}
 		})
+	}
+}
+
+const erinSecret = "erin-secret-0123456789"
+
+// TestBenchName: --name gives the bench's tunnel a name the token's names
+// rule allows.
+func TestBenchName(t *testing.T) {
+	t.Parallel()
+	r := pt.NewRelayd(t, "[[tokens]]\nid = \"erin\"\nsecret = \""+erinSecret+"\"\nnames = [\"game-*\"]\n")
+	_, errOut, code := pt.Run(t, nil, pt.RelayctlBin, "bench", "--duration", "100ms", "--udp-rate", "0", "--streams", "2", "--name", "game-bench",
+		"--relay", r.Addr, "--token", erinSecret, "--fingerprint", r.FP, "--transport", "tcp")
+	if code != 0 {
+		t.Fatalf("relayctl bench --name game-bench: exit %d\nstderr:\n%s", code, errOut)
+	}
+	if !regexp.MustCompile(`msg="tunnel open" .*name=game-bench port=\d+ protos=tcp lease=false`).MatchString(r.Proc.Stderr.String()) {
+		t.Errorf("relayd did not log the tunnel game-bench opening without a lease:\n%s", r.Proc.Stderr.String())
+	}
+}
+
+// TestBenchLeavesNoLease: benches leave no port lease on the relay, take
+// the port no lease holds, and when only an idle lease's port is left they
+// are refused rather than take it from its tunnel.
+func TestBenchLeavesNoLease(t *testing.T) {
+	t.Parallel()
+	var p, q int // the token's two ports
+	r := pt.NewRelaydFunc(t, func(low, high int) string {
+		p, q = low, low+1
+		return fmt.Sprintf("[admin]\nlisten = \"127.0.0.1:0\"\n\n%s\nports = \"%d-%d\"\n", pt.TokensTOML, p, q)
+	})
+	leases := filepath.Join(r.StateDir, "leases.json")
+	expose := func(name string) (*pt.Proc, int) {
+		t.Helper()
+		proc, urls := pt.StartExpose(t, 1, nil, pt.StartEcho(t, name+":"), "--name", name,
+			"--relay", r.Addr, "--token", pt.TestSecret, "--fingerprint", r.FP, "--transport", "tcp", "--control", "")
+		port, _ := strconv.Atoi(pt.URLRE.FindStringSubmatch(urls[0])[1])
+		return proc, port
+	}
+	// waitLeases waits for leases.json to hold want (name → port) alone.
+	waitLeases := func(want map[string]int) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			data, _ := os.ReadFile(leases)
+			var f struct {
+				Leases []struct {
+					Name     string
+					Port     int
+					Released *time.Time
+				}
+			}
+			json.Unmarshal(data, &f)
+			got := map[string]int{}
+			for _, l := range f.Leases {
+				if l.Released != nil {
+					got[l.Name] = l.Port
+				}
+			}
+			if len(got) == len(f.Leases) && maps.Equal(got, want) {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("leases.json after 10 s:\n%s\nwant the released leases %v alone", data, want)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	bench := func() (code int, port, last string) {
+		t.Helper()
+		_, errOut, code := pt.Run(t, nil, pt.RelayctlBin, "bench", "--duration", "100ms", "--udp-rate", "0", "--streams", "2",
+			"--relay", r.Addr, "--token", pt.TestSecret, "--fingerprint", r.FP, "--transport", "tcp")
+		if m := regexp.MustCompile(`through tcp://127\.0\.0\.1:(\d+)`).FindStringSubmatch(errOut); m != nil {
+			port = m[1]
+		}
+		return code, port, pt.LastLine(errOut)
+	}
+
+	stable, sp := expose("stable")
+	pt.Stopped(t, stable, syscall.SIGTERM)
+	waitLeases(map[string]int{"stable": sp})
+	free := p + q - sp
+	for i := range 3 {
+		if code, port, last := bench(); code != 0 || port != strconv.Itoa(free) {
+			t.Fatalf("bench %d: exit %d on port %s, want 0 on %d, the port no lease holds; stderr ends %q", i, code, port, free, last)
+		}
+	}
+	waitLeases(map[string]int{"stable": sp})
+
+	// The free port live: only stable's idle one is left, and it stays
+	// stable's.
+	other, _ := expose("other")
+	code, _, last := bench()
+	if want := fmt.Sprintf("every allowed port in %d-%d is in use or leased to a tunnel that is away, and a tunnel without a lease takes none of those", p, q); code != exitRefused || !strings.HasSuffix(last, want) {
+		t.Errorf("bench with one idle lease's port left: exit %d, stderr ends %q; want %d and \"…%s\"", code, last, exitRefused, want)
+	}
+	pt.Stopped(t, other, syscall.SIGTERM)
+	if _, port := expose("stable"); port != sp {
+		t.Errorf("stable came back on port %d, want its lease's %d", port, sp)
+	}
+}
+
+// TestBenchFailed: a test's failure says what the bench can tell of its
+// cause, with the exit code that goes with it.
+func TestBenchFailed(t *testing.T) {
+	reset := &net.OpError{Op: "write", Net: "tcp", Err: os.NewSyscallError("write", syscall.ECONNRESET)}
+	limit := "): a per-IP or per-token connection limit on the relay may be the cause"
+	for _, tc := range []struct {
+		name string
+		err  error
+		lost bool
+		code int
+		want string
+	}{
+		{"reset", reset, false, exitRefused, "bench: throughput, 8 streams: the relay closed the test's connections (write tcp: write: connection reset by peer" + limit},
+		{"ended early", fmt.Errorf("waiting for the sink's count: %w", io.EOF), false, exitRefused, "bench: throughput, 8 streams: the relay closed the test's connections (waiting for the sink's count: EOF" + limit},
+		{"session lost", reset, true, exitFailure,
+			"bench: throughput, 8 streams: write tcp: write: connection reset by peer: the session with the relay was lost during the test; run the bench again"},
+		{"something else", os.ErrDeadlineExceeded, false, exitFailure, "bench: throughput, 8 streams: i/o timeout"},
+	} {
+		err := benchFailed("throughput, 8 streams", tc.err, tc.lost)
+		var ec cli.ExitCoder
+		if !errors.As(err, &ec) || ec.ExitCode() != tc.code || !strings.HasPrefix(err.Error(), tc.want) {
+			t.Errorf("%s: %v (exit %v); want exit %d and %q…", tc.name, err, ec, tc.code, tc.want)
+		}
 	}
 }

@@ -51,6 +51,11 @@ type TunnelSpec struct {
 	// header with the client's address: before a TCP connection's first
 	// byte, and (v2 only) in front of a UDP flow's first datagram. 0: none.
 	ProxyProtocol int
+	// NoLease asks for a tunnel that leaves no port reserved on the relay
+	// once it closes, and shares its port with no other agent: for a test
+	// such as relayctl bench. A relay older than that gives it a lease
+	// as usual (and the agent logs so).
+	NoLease bool
 }
 
 func (t TunnelSpec) protos() uint8 {
@@ -835,12 +840,17 @@ func (a *Agent) register(ctl transport.Stream, w *Welcome) ([]Endpoint, map[uint
 	for i, at := range a.tunnels {
 		t := at.spec
 		req := uint32(i + 1)
-		err := WriteMessage(ctl, &Register{Request: req, Name: t.Name, Protos: t.protos(), PortLow: t.Ports.Low, PortHigh: t.Ports.High,
-			Allow: prefixStrings(t.Allow), Deny: prefixStrings(t.Deny)})
-		if err != nil {
-			return nil, nil, fmt.Errorf("registering %s: %w", t.Name, err)
+		reg := &Register{Request: req, Name: t.Name, Protos: t.protos(), PortLow: t.Ports.Low, PortHigh: t.Ports.High,
+			Allow: prefixStrings(t.Allow), Deny: prefixStrings(t.Deny), NoLease: t.NoLease}
+		m, err := a.registerOne(ctl, reg)
+		if err != nil && reg.NoLease && isRefused(err, CodeUnsupported) {
+			// A relay older than the no-lease bit takes it for a protocol
+			// it does not carry (protocol.go): ask again without it.
+			a.log.Warn("the relay is older than this agent and keeps a lease for every tunnel: this one will hold its port after it closes",
+				"relay", a.cfg.Relay, "name", t.Name, "err", err)
+			reg.NoLease = false
+			m, err = a.registerOne(ctl, reg)
 		}
-		m, err := a.expect(ctl, "REGISTERED")
 		if err != nil {
 			var ref *RefusedError
 			if errors.As(err, &ref) {
@@ -874,6 +884,14 @@ func (a *Agent) register(ctl transport.Stream, w *Welcome) ([]Endpoint, map[uint
 	}
 	ctl.SetDeadline(time.Time{})
 	return eps, byID, nil
+}
+
+// registerOne sends one REGISTER and reads the answer.
+func (a *Agent) registerOne(ctl transport.Stream, reg *Register) (Message, error) {
+	if err := WriteMessage(ctl, reg); err != nil {
+		return nil, fmt.Errorf("registering %s: %w", reg.Name, err)
+	}
+	return a.expect(ctl, "REGISTERED")
 }
 
 // controlLoop answers pings, measures round trips, and reports the relay's

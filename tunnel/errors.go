@@ -63,6 +63,12 @@ func (e *RefusedError) Temporary() bool {
 	return e.Code == CodeInternal || e.Code == CodeShutdown
 }
 
+// isRefused reports whether err is a refusal with code.
+func isRefused(err error, code ErrorCode) bool {
+	var ref *RefusedError
+	return errors.As(err, &ref) && ref.Code == code
+}
+
 // Sentinel errors.
 var (
 	// ErrSessionClosed is returned once the agent's session with the relay

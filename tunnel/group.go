@@ -38,6 +38,8 @@ type group struct {
 	ips ipTable
 	traffic
 	refused counterMap
+	// noLease: the tunnel keeps no port lease (Register.NoLease).
+	noLease bool
 
 	// Guarded by Relay.mu.
 	members     []*member

@@ -3,7 +3,6 @@ package tunnel
 import (
 	"context"
 	"crypto/tls"
-	"errors"
 	"io"
 	"log/slog"
 	"net"
@@ -231,9 +230,4 @@ func waitFor(t *testing.T, what string, d time.Duration, cond func() bool) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-}
-
-func isRefused(err error, code ErrorCode) bool {
-	var ref *RefusedError
-	return errors.As(err, &ref) && ref.Code == code
 }

@@ -75,6 +75,14 @@
 //	0x0a DRAIN       tunnel:4
 //
 // protos is a bit set: 1 TCP, 2 UDP. Ports 0-0 ask the relay to choose.
+// In REGISTER, protos may also carry 0x80, no lease: the tunnel is for this
+// session only (relayctl bench asks for it). The relay records no lease
+// for it, so it leaves no port reserved behind; it gets a port that no
+// lease holds, and when there is none it is refused rather than take an
+// idle lease's port; and it neither joins another agent's live tunnel nor
+// lets one join it. A relay older than the bit refuses such a REGISTER as
+// an unsupported protocol set (ERROR unsupported, for that request alone),
+// and the agent registers again without it, with a lease.
 // Request 0 in ERROR means the session as a whole; the sender closes it next.
 //
 // # Stream header
@@ -162,6 +170,11 @@ const (
 	ProtoUDP = 1 << 1
 )
 
+// flagNoLease is Register.NoLease on the wire: a bit of REGISTER's protos,
+// where a relay that does not know it refuses it without ending the
+// session.
+const flagNoLease = 1 << 7
+
 // Message is one control message.
 type Message interface {
 	msgType() byte
@@ -208,6 +221,9 @@ type Register struct {
 	// (CIDR prefixes), on top of the relay's own limits.
 	Allow []string
 	Deny  []string
+	// NoLease asks for a tunnel that leaves no port lease behind (see
+	// the package doc).
+	NoLease bool
 }
 
 // Registered grants a tunnel.
@@ -274,7 +290,11 @@ func (m *Welcome) decode(d *decoder) { m.PublicHost = d.str(maxHost) }
 func (m *Register) encode(e *encoder) {
 	e.u32(m.Request)
 	e.str(m.Name)
-	e.u8(m.Protos)
+	protos := m.Protos
+	if m.NoLease {
+		protos |= flagNoLease
+	}
+	e.u8(protos)
 	e.u16(m.PortLow)
 	e.u16(m.PortHigh)
 	e.list(m.Allow)
@@ -283,7 +303,8 @@ func (m *Register) encode(e *encoder) {
 func (m *Register) decode(d *decoder) {
 	m.Request = d.u32()
 	m.Name = d.str(MaxNameLen)
-	m.Protos = d.u8()
+	protos := d.u8()
+	m.Protos, m.NoLease = protos&^flagNoLease, protos&flagNoLease != 0
 	m.PortLow = d.u16()
 	m.PortHigh = d.u16()
 	m.Allow = d.list(MaxPrefixes, maxPrefixLen)

@@ -858,6 +858,20 @@ func (r *Relay) join(ctx context.Context, a *agentConn, m *Register, allow, deny
 		g = nil
 	}
 	if g != nil {
+		// A tunnel without a lease is one agent's test (relayctl bench):
+		// sharing a port with one would send real clients to the test,
+		// or the test's traffic to a real server. Its own agent may still
+		// come back to it within the rejoin window.
+		switch {
+		case m.NoLease && (!g.noLease || g.liveMembersLocked() > 0):
+			return nil, &RefusedError{Code: CodePortTaken, Text: fmt.Sprintf(
+				"tunnel %s is already open for another agent of this token, and a tunnel without a lease shares its port with none: pick another --name",
+				m.Name)}
+		case !m.NoLease && g.noLease:
+			return nil, &RefusedError{Code: CodePortTaken, Text: fmt.Sprintf(
+				"tunnel %s is open without a lease for another agent of this token (relayctl bench), and shares its port with none: pick another --name, or try again once it ends",
+				m.Name)}
+		}
 		if g.protos != m.Protos {
 			return nil, &RefusedError{Code: CodeBadRequest, Text: fmt.Sprintf(
 				"tunnel %s is already open for %s; this agent asked for %s: use the same --proto to join it",
@@ -881,28 +895,30 @@ func (r *Relay) join(ctx context.Context, a *agentConn, m *Register, allow, deny
 		return nil, &RefusedError{Code: CodeLimit, Text: fmt.Sprintf(
 			"token %q has %d tunnel(s) open, its max_tunnels = %d: close one first", tok.ID, a.token.tunnels, tok.MaxTunnels)}
 	}
-	port, ln, pc, err := r.bindLocked(key, cands, want, cfg.BindHost, m.Protos)
+	port, ln, pc, err := r.bindLocked(key, cands, want, cfg.BindHost, m.Protos, m.NoLease)
 	if err != nil {
 		return nil, err
 	}
 	g = &group{
-		r: r, key: key, token: a.token, port: port, ln: ln, protos: m.Protos, since: time.Now(),
+		r: r, key: key, token: a.token, port: port, ln: ln, protos: m.Protos, noLease: m.NoLease, since: time.Now(),
 		log: r.log.With("tunnel", m.Name, "port", port, "token", tok.ID), joined: make(chan struct{}),
 	}
 	r.groups[key] = g
 	r.ports[port] = g
 	a.token.tunnels++
-	if r.leases.take(key, port) {
-		// A new promise goes to disk before the agent hears of it, so a
-		// relay killed right after still keeps it.
-		a.saveLease = true
+	if !m.NoLease {
+		if r.leases.take(key, port) {
+			// A new promise goes to disk before the agent hears of it, so
+			// a relay killed right after still keeps it.
+			a.saveLease = true
+		}
+		r.markLeasesDirty()
 	}
-	r.markLeasesDirty()
 	if pc != nil {
 		g.udp = &udpPort{pc: pc, flows: make(map[netip.AddrPort]*udpFlow)}
 	}
 	mem := g.addMemberLocked(a, allow, deny)
-	a.log.Info("tunnel open", "name", m.Name, "port", port, "protos", protoNames(m.Protos))
+	a.log.Info("tunnel open", "name", m.Name, "port", port, "protos", protoNames(m.Protos), "lease", !m.NoLease)
 	// The group serves with the relay's context, not this session's: the
 	// session may end while other members, or this agent's next session,
 	// carry on with the port.
@@ -927,7 +943,9 @@ func (r *Relay) join(ctx context.Context, a *agentConn, m *Register, allow, deny
 // bindLocked picks and binds a public port for key, for TCP, UDP or both
 // on the same number: its lease's, if that fits the request; the requested
 // one; or a free one among cands that no other tunnel holds a lease on.
-func (r *Relay) bindLocked(key leaseKey, cands PortSet, want PortRange, host string, protos uint8) (uint16, net.Listener, *net.UDPConn, error) {
+// With noLease, it takes no port a lease holds, key's own included: a test
+// must not answer on a port real clients know.
+func (r *Relay) bindLocked(key leaseKey, cands PortSet, want PortRange, host string, protos uint8, noLease bool) (uint16, net.Listener, *net.UDPConn, error) {
 	now := time.Now()
 	listen := func(port uint16) (net.Listener, *net.UDPConn, error) {
 		addr := net.JoinHostPort(host, strconv.Itoa(int(port)))
@@ -955,7 +973,13 @@ func (r *Relay) bindLocked(key leaseKey, cands PortSet, want PortRange, host str
 		tuneUDPSocket(pc, r.log)
 		return ln, pc, nil
 	}
-	if l, ok := r.leases.get(key, now); ok && cands.Contains(l.Port) && r.ports[l.Port] == nil {
+	// reserved reports the holder of port's lease, if that keeps port
+	// from this tunnel.
+	reserved := func(port uint16) (leaseKey, bool) {
+		holder, ok := r.leases.holder(port, now)
+		return holder, ok && (holder != key || noLease)
+	}
+	if l, ok := r.leases.get(key, now); !noLease && ok && cands.Contains(l.Port) && r.ports[l.Port] == nil {
 		ln, pc, err := listen(l.Port)
 		if err == nil {
 			return l.Port, ln, pc, nil
@@ -968,7 +992,7 @@ func (r *Relay) bindLocked(key leaseKey, cands PortSet, want PortRange, host str
 			return 0, nil, nil, &RefusedError{Code: CodePortTaken, Text: fmt.Sprintf(
 				"port %d is already taken by another tunnel on this relay: choose another --port, or leave it out", port)}
 		}
-		if holder, ok := r.leases.holder(port, now); ok && holder != key {
+		if holder, ok := reserved(port); ok {
 			l := r.leases.m[holder]
 			return 0, nil, nil, &RefusedError{Code: CodePortTaken, Text: fmt.Sprintf(
 				"port %d is reserved for another tunnel until %s: choose another --port, or leave it out",
@@ -993,7 +1017,7 @@ func (r *Relay) bindLocked(key leaseKey, cands PortSet, want PortRange, host str
 		if r.ports[port] != nil {
 			continue
 		}
-		if holder, ok := r.leases.holder(port, now); ok && holder != key {
+		if _, ok := reserved(port); ok {
 			continue
 		}
 		ln, pc, err := listen(port)
@@ -1004,8 +1028,9 @@ func (r *Relay) bindLocked(key leaseKey, cands PortSet, want PortRange, host str
 		return port, ln, pc, nil
 	}
 	// Every free port is promised to a tunnel that is away: take the one
-	// away the longest rather than turn this tunnel down.
-	for {
+	// away the longest rather than turn this tunnel down; but not for a
+	// tunnel without a lease, a test that is no reason to break a promise.
+	for !noLease {
 		old, ok := r.leases.oldestIdle(func(p uint16) bool { return cands.Contains(p) && r.ports[p] == nil })
 		if !ok {
 			break
@@ -1022,6 +1047,10 @@ func (r *Relay) bindLocked(key leaseKey, cands PortSet, want PortRange, host str
 	}
 	if lastErr != nil {
 		r.log.Warn("no public port could be bound", "ports", cands.String(), "last_err", lastErr)
+	}
+	if noLease {
+		return 0, nil, nil, &RefusedError{Code: CodeNoPortFree, Text: fmt.Sprintf(
+			"every allowed port in %s is in use or leased to a tunnel that is away, and a tunnel without a lease takes none of those", cands)}
 	}
 	return 0, nil, nil, &RefusedError{Code: CodeNoPortFree, Text: fmt.Sprintf("every allowed port in %s is in use", cands)}
 }
@@ -1122,8 +1151,10 @@ func (r *Relay) closeGroupLocked(g *group, why string) {
 	delete(r.groups, g.key)
 	delete(r.ports, g.port)
 	g.token.tunnels--
-	r.leases.release(g.key, time.Now())
-	r.markLeasesDirty()
+	if !g.noLease {
+		r.leases.release(g.key, time.Now())
+		r.markLeasesDirty()
+	}
 	g.log.Info("tunnel closed", "why", why)
 }
 
