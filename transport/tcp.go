@@ -12,8 +12,10 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
+	"github.com/relaytun/relay/internal/rawfd"
 	"github.com/xtaci/smux"
 )
 
@@ -658,6 +660,33 @@ func (s *smuxSession) isClosed() bool {
 	}
 }
 
+// cut reports whether the session is closed or its connection has ended.
+// smux gives a stream's reader io.EOF both for the peer's FIN and for the
+// connection's end, and the session is marked closed only once the signal
+// loop, on a goroutine of its own, has seen the end too.
+func (s *smuxSession) cut() bool {
+	if s.isClosed() {
+		return true
+	}
+	bc, ok := s.tc.NetConn().(*batchConn)
+	if !ok {
+		return false
+	}
+	sc, ok := bc.Conn.(syscall.Conn)
+	if !ok {
+		return false
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return true
+	}
+	ended := false
+	if err := rc.Control(func(fd uintptr) { ended = rawfd.Ended(fd) }); err != nil {
+		return true // closed
+	}
+	return ended
+}
+
 func (s *smuxSession) linger(id uint32, st *smux.Stream) {
 	s.mu.Lock()
 	s.lingering[id] = st
@@ -767,7 +796,7 @@ func (s *smuxStream) Read(p []byte) (int, error) {
 		case s.closed:
 			s.mu.Unlock()
 			return 0, net.ErrClosed
-		case err == io.EOF && !s.peerFIN && s.sess.isClosed():
+		case err == io.EOF && !s.peerFIN && s.sess.cut():
 			// smux reports a dead session as EOF: that is a cut, not an end.
 			s.mu.Unlock()
 			return 0, fmt.Errorf("session closed: %w", net.ErrClosed)
@@ -828,7 +857,7 @@ func (s *smuxStream) WriteTo(w io.Writer) (int64, error) {
 		case s.closed:
 			s.mu.Unlock()
 			return total, net.ErrClosed
-		case err == io.EOF && !s.peerFIN && s.sess.isClosed():
+		case err == io.EOF && !s.peerFIN && s.sess.cut():
 			s.mu.Unlock()
 			return total, fmt.Errorf("session closed: %w", net.ErrClosed)
 		case err == io.EOF:

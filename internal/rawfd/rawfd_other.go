@@ -15,3 +15,6 @@ const Supported = false
 func Read(uintptr, []byte) (int, error) {
 	return 0, errors.New("rawfd: no raw reads on this system")
 }
+
+// Ended reports false: it cannot tell here.
+func Ended(uintptr) bool { return false }

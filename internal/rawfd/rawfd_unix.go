@@ -20,3 +20,22 @@ func Read(fd uintptr, p []byte) (int, error) {
 		}
 	}
 }
+
+// Ended reports whether the socket fd will read nothing more: its peer
+// ended the connection, or it failed. It looks without taking anything
+// (MSG_PEEK) and without waiting.
+func Ended(fd uintptr) bool {
+	var b [1]byte
+	for {
+		n, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		switch {
+		case err == syscall.EINTR:
+			continue
+		case err == syscall.EAGAIN:
+			return false
+		case err != nil:
+			return true
+		}
+		return n == 0
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -123,4 +124,82 @@ func TestSmuxWriteDeadlineMovedLater(t *testing.T) {
 	if n += m; !bytes.Equal(got[:n], msg) {
 		t.Fatalf("one Write of %q arrived as %q", msg, got[:n])
 	}
+}
+
+// TestSmuxCutIsNotEOF: when the connection under a TLS+smux session ends,
+// smux gives every stream's reader io.EOF, as for the peer's FIN. A
+// reader must see the session's end, not a clean end of its stream: the
+// relay takes a control stream's EOF for an agent's goodbye and gives up
+// its port at once. Before, it depended on which of the stream's reader
+// and the signal loop ran first. Repeated, since that was a race.
+func TestSmuxCutIsNotEOF(t *testing.T) {
+	srv := newTestServer(t, testOptions(), nil)
+	tlsConf, err := (&Verifier{Pin: srv.pin}).ClientTLSConfig(srv.addr, testALPN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 30 {
+		proxy, conns := cutProxy(t, srv.addr)
+		client, server := dialTCP(t, srv.ln, proxy, tlsConf)
+		_, b := openPair(t, client, server)
+		done := make(chan error, 1)
+		go func() {
+			b.SetReadDeadline(time.Now().Add(10 * time.Second))
+			_, err := b.Read(make([]byte, 10))
+			done <- err
+		}()
+		time.Sleep(time.Millisecond)
+		conns.cut()
+		if err := <-done; err == io.EOF || !IsClosed(err) {
+			t.Fatalf("round %d: a stream's Read when the connection ends: %v; want the session's end", i, err)
+		}
+	}
+}
+
+// cutProxy forwards TCP to target until cut, which ends every connection
+// it carries with a FIN, as a path that goes away cleanly would.
+func cutProxy(t *testing.T, target string) (string, *proxyConns) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pc := &proxyConns{}
+	t.Cleanup(func() { ln.Close(); pc.cut() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			u, err := net.Dial("tcp", target)
+			if err != nil {
+				c.Close()
+				return
+			}
+			pc.add(c, u)
+			go io.Copy(c, u)
+			go io.Copy(u, c)
+		}
+	}()
+	return ln.Addr().String(), pc
+}
+
+type proxyConns struct {
+	mu    sync.Mutex
+	conns []net.Conn
+}
+
+func (p *proxyConns) add(cs ...net.Conn) {
+	p.mu.Lock()
+	p.conns = append(p.conns, cs...)
+	p.mu.Unlock()
+}
+
+func (p *proxyConns) cut() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range p.conns {
+		c.Close()
+	}
+	p.conns = nil
 }
