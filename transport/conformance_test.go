@@ -932,9 +932,22 @@ func testAbort(t *testing.T, kind string) {
 				}
 				done <- err
 			}()
+			own := make(chan error, 1) // a Read of a's own, blocked: b sends nothing
+			go func() {
+				_, err := a.Read(make([]byte, 10))
+				own <- err
+			}()
 			time.Sleep(50 * time.Millisecond)
 			if err := a.Abort(); err != nil {
 				t.Fatalf("Abort: %v", err)
+			}
+			select {
+			case err := <-own:
+				if err == nil {
+					t.Fatal("a Read blocked on the aborting side returned no error")
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatal("a Read blocked on the aborting side still waited 5 s after Abort")
 			}
 			if err := <-done; !errors.Is(err, ErrAborted) {
 				t.Fatalf("the peer's %s of an aborted stream: %v; want %v", reader, err, ErrAborted)

@@ -389,6 +389,12 @@ func (s *smuxSession) acceptLoop() {
 	for {
 		st, err := s.ms.AcceptStream()
 		if err != nil {
+			// Let the signal loop deliver what arrived before the end
+			// (cutAfterSignals waits for the same).
+			select {
+			case <-s.done:
+			case <-time.After(time.Second):
+			}
 			s.Close()
 			return
 		}
@@ -726,9 +732,12 @@ type smuxStream struct {
 	peerFIN       bool // the peer's FIN signal arrived: all its data is buffered
 	peerReset     bool // the peer stopped reading
 	peerAborted   bool // the peer gave up: reads fail
-	writeClosed   bool
-	readEOF       bool
-	closed        bool
+	// readers counts Reads and WriteTos in progress, so that Abort's
+	// linger reads only once they have left (enterRead).
+	readers     sync.WaitGroup
+	writeClosed bool
+	readEOF     bool
+	closed      bool
 }
 
 // writeBufs hold the copies smux writes from: one smux frame each, or a
@@ -769,21 +778,31 @@ func (s *smuxStream) signal(bits byte) {
 	}
 }
 
+// enterRead counts a Read or WriteTo in, unless the stream is done for
+// reading; the caller then calls readers.Done.
+func (s *smuxStream) enterRead() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case s.peerAborted:
+		return ErrAborted
+	case s.closed:
+		return net.ErrClosed
+	}
+	s.readers.Add(1)
+	return nil
+}
+
 func (s *smuxStream) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
+	if err := s.enterRead(); err != nil {
+		return 0, err
+	}
+	defer s.readers.Done()
 	drained := false
 	for {
-		s.mu.Lock()
-		aborted, closed := s.peerAborted, s.closed
-		s.mu.Unlock()
-		switch {
-		case aborted:
-			return 0, ErrAborted
-		case closed:
-			return 0, net.ErrClosed
-		}
 		n, err := s.st.Read(p)
 		if n > 0 {
 			return n, nil
@@ -796,21 +815,20 @@ func (s *smuxStream) Read(p []byte) (int, error) {
 		case s.closed:
 			s.mu.Unlock()
 			return 0, net.ErrClosed
-		case err == io.EOF && !s.peerFIN && s.sess.cut():
-			// smux reports a dead session as EOF: that is a cut, not an end.
+		case sessionEnd(err) && !s.peerFIN && s.cutAfterSignals():
+			// smux reports a dead session as EOF (or the socket's
+			// error): that is a cut, not an end.
 			s.mu.Unlock()
-			return 0, fmt.Errorf("session closed: %w", net.ErrClosed)
-		case err == io.EOF:
-			// smux's own FIN: the peer closed the stream entirely.
+			return 0, cutErr(err)
+		case sessionEnd(err):
+			// smux's own FIN: the peer closed the stream entirely; or
+			// the session ended after the peer's FIN signal.
 			s.readEOF = true
 			s.mu.Unlock()
 			return 0, io.EOF
 		case !errors.Is(err, smux.ErrTimeout):
 			s.mu.Unlock()
-			if errors.Is(err, io.ErrClosedPipe) {
-				return 0, net.ErrClosed
-			}
-			return 0, err
+			return 0, net.ErrClosed // io.ErrClosedPipe: closed here
 		case s.peerFIN:
 			// Every byte before the FIN was buffered when it arrived,
 			// and smux's deadline stays in the past: one more empty
@@ -837,6 +855,10 @@ func (s *smuxStream) Read(p []byte) (int, error) {
 // expects) or a failure: the reader needs no buffer of its own, so an idle
 // stream copied this way holds none. Its ends and errors are Read's.
 func (s *smuxStream) WriteTo(w io.Writer) (int64, error) {
+	if err := s.enterRead(); err != nil {
+		return 0, err
+	}
+	defer s.readers.Done()
 	rw := &recordingWriter{w: w}
 	var total int64
 	drained := false
@@ -857,19 +879,16 @@ func (s *smuxStream) WriteTo(w io.Writer) (int64, error) {
 		case s.closed:
 			s.mu.Unlock()
 			return total, net.ErrClosed
-		case err == io.EOF && !s.peerFIN && s.sess.cut():
+		case sessionEnd(err) && !s.peerFIN && s.cutAfterSignals():
 			s.mu.Unlock()
-			return total, fmt.Errorf("session closed: %w", net.ErrClosed)
-		case err == io.EOF:
+			return total, cutErr(err)
+		case sessionEnd(err):
 			s.readEOF = true
 			s.mu.Unlock()
 			return total, nil
 		case !errors.Is(err, smux.ErrTimeout):
 			s.mu.Unlock()
-			if errors.Is(err, io.ErrClosedPipe) {
-				return total, net.ErrClosed
-			}
-			return total, err
+			return total, net.ErrClosed // io.ErrClosedPipe: closed here
 		case s.peerFIN:
 			// As in Read: one more pass that finds nothing means the
 			// data before the FIN is all written.
@@ -1015,12 +1034,12 @@ func (s *smuxStream) Abort() error {
 	s.closed = true
 	peerAborted := s.peerAborted
 	s.st.SetWriteDeadline(past)
+	s.st.SetReadDeadline(past) // wakes our own blocked Read
 	s.mu.Unlock()
 	id := s.st.ID()
 	s.sess.forget(id)
 	if peerAborted {
 		// The peer gave up first and waits for this end's FIN.
-		s.st.SetReadDeadline(past)
 		s.st.Close()
 		return nil
 	}
@@ -1029,11 +1048,11 @@ func (s *smuxStream) Abort() error {
 	// The peer closes its end on reading the ABORT (or on an ABORT of its
 	// own crossing this one, see handleStreamSignal); until then, or
 	// abortLinger, this end reads and drops what still comes, then
-	// closes. A blocked Read of ours sees the new deadline, not past;
-	// it returns once this goroutine's read ends.
+	// closes: once our own Reads have left, woken by the past deadline.
 	s.sess.linger(id, s.st)
 	s.sess.streamSignal(sigAbort, id) // best effort, as Close's RESET
 	go func() {
+		s.readers.Wait()
 		s.st.SetReadDeadline(time.Now().Add(abortLinger))
 		io.Copy(io.Discard, s.st)
 		s.sess.unlinger(id)
@@ -1075,4 +1094,38 @@ func (s *smuxStream) SetWriteDeadline(t time.Time) error {
 		s.st.SetWriteDeadline(t)
 	}
 	return nil
+}
+
+// sessionEnd reports whether a smux read error is an end: the stream's
+// FIN, or the session's, which smux gives as io.EOF or the socket's error.
+// (The others are its timeout and io.ErrClosedPipe for a stream closed
+// here.)
+func sessionEnd(err error) bool {
+	return !errors.Is(err, smux.ErrTimeout) && !errors.Is(err, io.ErrClosedPipe)
+}
+
+// cutErr is a reader's error for a session cut under it.
+func cutErr(err error) error {
+	if err == io.EOF {
+		return fmt.Errorf("session closed: %w", net.ErrClosed)
+	}
+	return fmt.Errorf("session closed: %w: %w", err, net.ErrClosed)
+}
+
+// cutAfterSignals reports whether an EOF without the peer's FIN signal is
+// the session's end (see cut). A FIN signal sent just before the end may
+// still wait in the signal stream, so at a cut it first lets the signal
+// loop deliver what came before the end (up to a second), then looks
+// again. Called and returns with s.mu held.
+func (s *smuxStream) cutAfterSignals() bool {
+	if !s.sess.cut() {
+		return false
+	}
+	s.mu.Unlock()
+	select {
+	case <-s.sess.done:
+	case <-time.After(time.Second):
+	}
+	s.mu.Lock()
+	return !s.peerFIN
 }

@@ -548,7 +548,10 @@ func (a *Agent) answers(ctl transport.Stream, done <-chan struct{}) bool {
 	if err != nil {
 		return true
 	}
-	timer := time.NewTimer(answerWait)
+	a.mu.Lock()
+	wait := max(answerWait, 4*a.rtt) // a slow path answers slowly even when it moves
+	a.mu.Unlock()
+	timer := time.NewTimer(wait)
 	defer timer.Stop()
 	for a.lastPong.Load() < sent {
 		select {
@@ -562,7 +565,7 @@ func (a *Agent) answers(ctl transport.Stream, done <-chan struct{}) bool {
 	return true
 }
 
-// answerWait is how long the agent's stall guard waits for a PONG: the
+// answerWait is the least the agent's stall guard waits for a PONG: the
 // relay's default answer timeout.
 const answerWait = 2 * time.Second
 
@@ -620,8 +623,13 @@ func (a *Agent) goodbye(ctl transport.Stream, sess transport.Session) {
 const goodbyeWait = 5 * time.Second
 
 func (a *Agent) sendDrain(ctl transport.Stream) {
+	// The first deadline wakes a writer stuck holding wmu (the keepalive's
+	// PING); the ones under wmu are this write's alone.
 	ctl.SetWriteDeadline(time.Now().Add(time.Second))
-	a.writeControl(ctl, &Drain{})
+	a.wmu.Lock()
+	defer a.wmu.Unlock()
+	ctl.SetWriteDeadline(time.Now().Add(time.Second))
+	WriteMessage(ctl, &Drain{})
 	ctl.SetWriteDeadline(time.Time{})
 }
 
@@ -1006,7 +1014,9 @@ func (a *Agent) carry(ctx context.Context, st transport.Stream, byID map[uint32]
 	// server is idle: ctx's end closes both.
 	startJoin(ctx, local, st, &t.bytesOut, &t.bytesIn, guard, func(stats JoinStats) {
 		args := []any{"duration", time.Since(start).Round(time.Millisecond), "bytes_in", stats.BToA, "bytes_out", stats.AToB}
-		if stats.Err != nil && !transport.IsClosed(stats.Err) {
+		// A closed stream is the relay's ordinary end of a client; an
+		// aborted one means the client's side failed, so say so.
+		if stats.Err != nil && (!transport.IsClosed(stats.Err) || errors.Is(stats.Err, transport.ErrAborted)) {
 			args = append(args, "err", stats.Err)
 		}
 		log.Info("client disconnected", args...)

@@ -428,6 +428,7 @@ type agentConn struct {
 	registering atomic.Bool
 	lastPong    atomic.Int64  // unix nanoseconds
 	pong        chan struct{} // a PONG arrived (room for one: never blocks)
+	answerRTT   atomic.Int64  // the last answers() round trip, nanoseconds
 	guard       *stallGuard   // the writes to this agent's clients
 	since       time.Time
 }
@@ -641,7 +642,9 @@ func (a *agentConn) answers() bool {
 	if !a.notice(&Ping{Data: uint64(sent)}) {
 		return true // the stuck direction is the relay's, not the agent's
 	}
-	timer := time.NewTimer(a.r.config().AnswerTimeout)
+	// A slow path answers slowly even when it moves.
+	wait := max(a.r.config().AnswerTimeout, 4*time.Duration(a.answerRTT.Load()))
+	timer := time.NewTimer(wait)
 	defer timer.Stop()
 	for a.lastPong.Load() < sent {
 		select {
@@ -652,6 +655,7 @@ func (a *agentConn) answers() bool {
 			return true
 		}
 	}
+	a.answerRTT.Store(time.Now().UnixNano() - sent)
 	return true
 }
 

@@ -21,12 +21,21 @@ import (
 // A stallGuard watches the writes into one session's TCP sockets. While
 // one of them has been blocked for stallGrace, it asks every
 // stallInterval whether the peer's data still gets through (a PING and its
-// PONG within the answer timeout). When it does not, the connections
-// whose writes are blocked are what holds the window: they are reset
-// (their TCP side gets an RST, their stream is closed and its window
-// returned), and the session carries on. A paused download alone is left
-// alone, however long, as long as the session keeps moving.
+// PONG within the answer timeout, or four round trips of a slow path).
+// When it does not, the connections whose writes are blocked are what
+// holds the window: they are reset (their TCP side gets an RST, their
+// stream is aborted and its window returned), and the session carries on.
+// For alertFor after that, writes count as stalled sooner (alertGrace), so
+// that more such connections, refilling the window, go in seconds rather
+// than one round of the guard each. A paused download is left alone,
+// however long, as long as the session keeps moving.
 type stallGuard struct {
+	// alert is until when the guard, having found the session stuck,
+	// counts a write as stalled after alertGrace rather than stallGrace:
+	// connections that stop reading refill the window as soon as the
+	// first ones are reset, and each round freezes the session.
+	alert time.Time
+
 	// answers pings the peer and reports whether its answer came back in
 	// time; it reports true when it cannot tell (its own PING could not
 	// be sent, so the blocked direction is the other one).
@@ -40,6 +49,8 @@ type stallGuard struct {
 const (
 	stallGrace    = 2 * time.Second
 	stallInterval = time.Second
+	alertGrace    = stallGrace / 4
+	alertFor      = 30 * time.Second
 )
 
 // errStalled ends a connection the guard reset.
@@ -59,16 +70,24 @@ func (g *stallGuard) watch(done <-chan struct{}) {
 			return
 		case <-t.C:
 		}
-		stalled := g.stalled(time.Now())
+		now := time.Now()
+		grace := stallGrace
+		if now.Before(g.alert) {
+			grace = alertGrace
+		}
+		stalled := g.stalled(now, grace)
 		if len(stalled) == 0 || g.answers() {
 			continue
 		}
+		g.alert = time.Now().Add(alertFor)
 		// The peer's PONG did not come back in time: reset what was
 		// stalled before the PING went and is stuck in the same write.
 		n := 0
 		for _, s := range stalled {
 			if s.w.since.Load() == s.since {
-				s.w.reset()
+				// Its own goroutine: an abort may write to the peer,
+				// and the guard must not wait on a stuck session.
+				go s.w.reset()
 				n++
 			}
 		}
@@ -83,13 +102,13 @@ type stalledWrite struct {
 	since int64
 }
 
-// stalled returns the writes blocked for stallGrace or longer at now.
-func (g *stallGuard) stalled(now time.Time) []stalledWrite {
+// stalled returns the writes blocked for grace or longer at now.
+func (g *stallGuard) stalled(now time.Time, grace time.Duration) []stalledWrite {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	var out []stalledWrite
 	for w := range g.writers {
-		if since := w.since.Load(); since != 0 && now.UnixNano()-since >= int64(stallGrace) {
+		if since := w.since.Load(); since != 0 && now.UnixNano()-since >= int64(grace) {
 			out = append(out, stalledWrite{w, since})
 		}
 	}

@@ -32,7 +32,9 @@ func stallSetup(t *testing.T, kind string, first func(net.Conn)) (*testRelay, *t
 }
 
 // echoWorks sends through the agent's second tunnel, giving the guard
-// until within to clear the session.
+// until within to clear the session: a round of the guard takes up to
+// stallGrace, stallInterval and the answer timeout (5 s), and the
+// connections not yet stuck when it reset the others may need another.
 func echoWorks(t *testing.T, a *testAgent, within time.Duration) {
 	t.Helper()
 	c, err := net.Dial("tcp", a.Public(1))
@@ -72,12 +74,12 @@ func TestStalledClientsAreReset(t *testing.T) {
 			slow = append(slow, c)
 		}
 		time.Sleep(3 * time.Second) // the sockets and then the windows fill
-		echoWorks(t, a, 10*time.Second)
+		echoWorks(t, a, 15*time.Second)
 		waitFor(t, "the relay to log the reset", 5*time.Second, func() bool {
 			return strings.Contains(r.Log.String(), "reset connections that stopped reading")
 		})
 		for range 3 {
-			echoWorks(t, a, 5*time.Second)
+			echoWorks(t, a, 15*time.Second) // a round of the guard or two
 		}
 		if s := r.Log.String(); strings.Contains(s, "agent disconnected") || strings.Count(s, "agent connected") != 1 {
 			t.Fatalf("the agent's session did not survive:\n%s", s)
@@ -127,12 +129,12 @@ func TestStalledLocalServerIsReset(t *testing.T) {
 			}()
 		}
 		time.Sleep(3 * time.Second) // the sockets and then the windows fill
-		echoWorks(t, a, 10*time.Second)
+		echoWorks(t, a, 15*time.Second)
 		waitFor(t, "the agent to log the reset", 5*time.Second, func() bool {
 			return strings.Contains(a.Log.String(), "reset connections that stopped reading")
 		})
 		for range 3 {
-			echoWorks(t, a, 5*time.Second)
+			echoWorks(t, a, 15*time.Second) // a round of the guard or two
 		}
 		if s := r.Log.String(); strings.Contains(s, "agent disconnected") || strings.Count(s, "agent connected") != 1 {
 			t.Fatalf("the agent's session did not survive:\n%s", s)
