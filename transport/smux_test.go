@@ -8,6 +8,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -222,8 +223,19 @@ func TestSmuxEndThenCutIsEOF(t *testing.T) {
 		c.Close()
 		b.SetReadDeadline(time.Now().Add(10 * time.Second))
 		got, err := io.ReadAll(b)
+		ss := s.(*smuxSession)
+		ss.mu.Lock()
+		sigErr := ss.sigErr
+		ss.mu.Unlock()
+		if err != nil && errors.Is(sigErr, syscall.ECONNRESET) {
+			// The client's close met data it had not read and reset
+			// the connection, and the kernel dropped what this side
+			// had not read yet: the FIN signal never arrived. No
+			// transport can tell that end from a cut.
+			continue
+		}
 		if err != nil || string(got) != "the end" {
-			t.Fatalf("round %d: reading a stream that ended before its session: %q, %v; want its data and EOF", i, got, err)
+			t.Fatalf("round %d: reading a stream that ended before its session: %q, %v (signal loop: %v); want its data and EOF", i, got, err, sigErr)
 		}
 	}
 }

@@ -332,6 +332,7 @@ type smuxSession struct {
 	peerStreams int                     // streams the peer opened that are registered
 	early       map[uint32]byte         // signals that arrived before their stream was registered
 	lingering   map[uint32]*smux.Stream // aborted here, waiting for the peer's FIN
+	sigErr      error                   // what ended the signal loop
 	// skipped are peer ids below maxPeerID not seen yet: streams opened
 	// at once can reach us out of id order, and a signal for one of those
 	// must wait for it like one for an id above maxPeerID.
@@ -450,6 +451,9 @@ func (s *smuxSession) signalLoop() {
 	for {
 		typ, payload, err := readSignal(s.sig, buf)
 		if err != nil {
+			s.mu.Lock()
+			s.sigErr = err
+			s.mu.Unlock()
 			return
 		}
 		switch typ {
@@ -826,9 +830,6 @@ func (s *smuxStream) Read(p []byte) (int, error) {
 			s.readEOF = true
 			s.mu.Unlock()
 			return 0, io.EOF
-		case !errors.Is(err, smux.ErrTimeout):
-			s.mu.Unlock()
-			return 0, net.ErrClosed // io.ErrClosedPipe: closed here
 		case s.peerFIN:
 			// Every byte before the FIN was buffered when it arrived,
 			// and smux's deadline stays in the past: one more empty
@@ -886,9 +887,6 @@ func (s *smuxStream) WriteTo(w io.Writer) (int64, error) {
 			s.readEOF = true
 			s.mu.Unlock()
 			return total, nil
-		case !errors.Is(err, smux.ErrTimeout):
-			s.mu.Unlock()
-			return total, net.ErrClosed // io.ErrClosedPipe: closed here
 		case s.peerFIN:
 			// As in Read: one more pass that finds nothing means the
 			// data before the FIN is all written.
@@ -1097,16 +1095,16 @@ func (s *smuxStream) SetWriteDeadline(t time.Time) error {
 }
 
 // sessionEnd reports whether a smux read error is an end: the stream's
-// FIN, or the session's, which smux gives as io.EOF or the socket's error.
-// (The others are its timeout and io.ErrClosedPipe for a stream closed
-// here.)
+// FIN, or the session's, which smux gives as io.EOF, the socket's error,
+// or io.ErrClosedPipe once the session is closed. (The other is its
+// timeout; a stream closed here is caught before.)
 func sessionEnd(err error) bool {
-	return !errors.Is(err, smux.ErrTimeout) && !errors.Is(err, io.ErrClosedPipe)
+	return !errors.Is(err, smux.ErrTimeout)
 }
 
 // cutErr is a reader's error for a session cut under it.
 func cutErr(err error) error {
-	if err == io.EOF {
+	if err == io.EOF || errors.Is(err, io.ErrClosedPipe) {
 		return fmt.Errorf("session closed: %w", net.ErrClosed)
 	}
 	return fmt.Errorf("session closed: %w: %w", err, net.ErrClosed)
