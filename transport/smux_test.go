@@ -13,15 +13,15 @@ import (
 	"time"
 )
 
-// pausableProxy forwards TCP to target; while paused it stops reading from
-// the dialer, so everything the dialer sends backs up in its socket.
-func pausableProxy(t *testing.T, target string) (string, *atomic.Bool) {
+// proxy forwards TCP connections on a loopback listener to target, closed
+// when t ends: the target's bytes with io.Copy, the dialer's with up (both
+// ends given). It returns the listener's address.
+func proxy(t *testing.T, target string, up func(c, u net.Conn)) string {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ln.Close() })
-	var paused atomic.Bool
 	go func() {
 		for {
 			c, err := ln.Accept()
@@ -35,26 +35,34 @@ func pausableProxy(t *testing.T, target string) (string, *atomic.Bool) {
 			}
 			t.Cleanup(func() { c.Close(); u.Close() })
 			go io.Copy(c, u)
-			go func() {
-				buf := make([]byte, 32<<10)
-				for {
-					for paused.Load() {
-						time.Sleep(5 * time.Millisecond)
-					}
-					n, err := c.Read(buf)
-					if n > 0 {
-						if _, err := u.Write(buf[:n]); err != nil {
-							return
-						}
-					}
-					if err != nil {
-						return
-					}
-				}
-			}()
+			go up(c, u)
 		}
 	}()
-	return ln.Addr().String(), &paused
+	return ln.Addr().String()
+}
+
+// pausableProxy is a proxy that, while paused, stops reading from the
+// dialer, so everything the dialer sends backs up in its socket.
+func pausableProxy(t *testing.T, target string) (string, *atomic.Bool) {
+	var paused atomic.Bool
+	addr := proxy(t, target, func(c, u net.Conn) {
+		buf := make([]byte, 32<<10)
+		for {
+			for paused.Load() {
+				time.Sleep(5 * time.Millisecond)
+			}
+			n, err := c.Read(buf)
+			if n > 0 {
+				if _, err := u.Write(buf[:n]); err != nil {
+					return
+				}
+			}
+			if err != nil {
+				return
+			}
+		}
+	})
+	return addr, &paused
 }
 
 // stalledSmux returns a TLS+smux session pair whose connection has stopped
@@ -157,32 +165,16 @@ func TestSmuxCutIsNotEOF(t *testing.T) {
 	}
 }
 
-// cutProxy forwards TCP to target until cut, which ends every connection
-// it carries with a FIN, as a path that goes away cleanly would.
+// cutProxy is a proxy until cut, which ends every connection it carries
+// with a FIN, as a path that goes away cleanly would.
 func cutProxy(t *testing.T, target string) (string, *proxyConns) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
 	pc := &proxyConns{}
-	t.Cleanup(func() { ln.Close(); pc.cut() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			u, err := net.Dial("tcp", target)
-			if err != nil {
-				c.Close()
-				return
-			}
-			pc.add(c, u)
-			go io.Copy(c, u)
-			go io.Copy(u, c)
-		}
-	}()
-	return ln.Addr().String(), pc
+	t.Cleanup(pc.cut)
+	addr := proxy(t, target, func(c, u net.Conn) {
+		pc.add(c, u)
+		io.Copy(u, c)
+	})
+	return addr, pc
 }
 
 type proxyConns struct {

@@ -551,18 +551,7 @@ func (a *Agent) answers(ctl transport.Stream, done <-chan struct{}) bool {
 	a.mu.Lock()
 	wait := max(answerWait, 4*a.rtt) // a slow path answers slowly even when it moves
 	a.mu.Unlock()
-	timer := time.NewTimer(wait)
-	defer timer.Stop()
-	for a.lastPong.Load() < sent {
-		select {
-		case <-a.pong:
-		case <-timer.C:
-			return a.lastPong.Load() >= sent
-		case <-done:
-			return true
-		}
-	}
-	return true
+	return pongSince(&a.lastPong, a.pong, sent, wait, done)
 }
 
 // answerWait is the least the agent's stall guard waits for a PONG: the

@@ -644,19 +644,11 @@ func (a *agentConn) answers() bool {
 	}
 	// A slow path answers slowly even when it moves.
 	wait := max(a.r.config().AnswerTimeout, 4*time.Duration(a.answerRTT.Load()))
-	timer := time.NewTimer(wait)
-	defer timer.Stop()
-	for a.lastPong.Load() < sent {
-		select {
-		case <-a.pong:
-		case <-timer.C:
-			return a.lastPong.Load() >= sent
-		case <-a.sess.Done():
-			return true
-		}
+	ok := pongSince(&a.lastPong, a.pong, sent, wait, a.sess.Done())
+	if a.lastPong.Load() >= sent {
+		a.answerRTT.Store(time.Now().UnixNano() - sent)
 	}
-	a.answerRTT.Store(time.Now().UnixNano() - sent)
-	return true
+	return ok
 }
 
 // noticeWait bounds a notice: a DRAIN, a PING or a last ERROR.

@@ -153,3 +153,22 @@ func (w *stallWriter) reset() {
 	}
 	w.abort()
 }
+
+// pongSince waits up to wait for a PONG at or after sent (unix
+// nanoseconds, as last holds the latest PONG's arrival; pong is signalled
+// at each). It reports whether one came, or true if done closes first: a
+// session that ended is not a stuck one.
+func pongSince(last *atomic.Int64, pong <-chan struct{}, sent int64, wait time.Duration, done <-chan struct{}) bool {
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
+	for last.Load() < sent {
+		select {
+		case <-pong:
+		case <-timer.C:
+			return last.Load() >= sent
+		case <-done:
+			return true
+		}
+	}
+	return true
+}
