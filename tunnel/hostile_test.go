@@ -111,6 +111,15 @@ func TestAgentRefusesOtherRelayVersion(t *testing.T) {
 // fakeRelay serves one agent session on a port of its own: serve gets the
 // control stream, and the session closes when serve returns. It returns an
 // agent configuration (a real relay's, for the rest) that dials it.
+// greet answers an agent's handshake on a fake relay's control stream, as
+// software, without checking its proof.
+func greet(ctl transport.Stream, software string) {
+	ReadMessage(ctl) // HELLO
+	WriteMessage(ctl, &Challenge{Version: ProtocolVersion, Software: software})
+	ReadMessage(ctl) // AUTH, not checked
+	WriteMessage(ctl, &Welcome{})
+}
+
 func fakeRelay(t *testing.T, kind string, serve func(ctl transport.Stream)) AgentConfig {
 	t.Helper()
 	r := startRelay(t, nil)
@@ -294,10 +303,7 @@ func TestAgentTakesPingBeforeRegistered(t *testing.T) {
 	forEachTransport(t, func(t *testing.T, kind string) {
 		ponged := make(chan uint64, 1)
 		cfg := fakeRelay(t, kind, func(ctl transport.Stream) {
-			ReadMessage(ctl) // HELLO
-			WriteMessage(ctl, &Challenge{Version: ProtocolVersion, Software: "fake relayd"})
-			ReadMessage(ctl) // AUTH, not checked
-			WriteMessage(ctl, &Welcome{})
+			greet(ctl, "fake relayd")
 			m, _ := ReadMessage(ctl)
 			reg, ok := m.(*Register)
 			if !ok {

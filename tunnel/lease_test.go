@@ -290,6 +290,13 @@ func leasedAgent(t *testing.T, r *testRelay, kind, name, local string, ports Por
 	t.Helper()
 	cfg := r.agentConfig(kind, local)
 	cfg.Tunnels[0].Name, cfg.Tunnels[0].Ports = name, ports
+	return liveOrRefused(t, cfg)
+}
+
+// liveOrRefused runs an agent for cfg's one tunnel and returns it live, or
+// the error that stopped it.
+func liveOrRefused(t *testing.T, cfg AgentConfig) (*liveAgent, error) {
+	t.Helper()
 	a := startAgent(t, cfg)
 	select {
 	case a.eps = <-a.ready:
@@ -297,7 +304,7 @@ func leasedAgent(t *testing.T, r *testRelay, kind, name, local string, ports Por
 	case <-a.done:
 		return nil, a.err
 	case <-time.After(20 * time.Second):
-		t.Fatalf("agent for %s neither live nor refused within 20 s", name)
+		t.Fatalf("agent for %s neither live nor refused within 20 s", cfg.Tunnels[0].Name)
 	}
 	return nil, nil
 }

@@ -17,16 +17,7 @@ func noLeaseAgent(t *testing.T, r *testRelay, kind, name, local string) (*liveAg
 	t.Helper()
 	cfg := r.agentConfig(kind, local)
 	cfg.Tunnels[0].Name, cfg.Tunnels[0].NoLease = name, true
-	a := startAgent(t, cfg)
-	select {
-	case a.eps = <-a.ready:
-		return a, nil
-	case <-a.done:
-		return nil, a.err
-	case <-time.After(20 * time.Second):
-		t.Fatalf("agent for %s neither live nor refused within 20 s", name)
-	}
-	return nil, nil
+	return liveOrRefused(t, cfg)
 }
 
 // leasesHeld is the relay's lease table, as name → lease.
@@ -144,10 +135,7 @@ func TestNoLeaseOnAnOlderRelay(t *testing.T) {
 	forEachTransport(t, func(t *testing.T, kind string) {
 		regs := make(chan Register, 2)
 		cfg := fakeRelay(t, kind, func(ctl transport.Stream) {
-			ReadMessage(ctl) // HELLO
-			WriteMessage(ctl, &Challenge{Version: ProtocolVersion, Software: "relayd 0.9"})
-			ReadMessage(ctl) // AUTH, not checked
-			WriteMessage(ctl, &Welcome{})
+			greet(ctl, "relayd 0.9")
 			for {
 				m, err := ReadMessage(ctl)
 				if err != nil {

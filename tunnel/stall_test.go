@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/relaytun/relay/internal/syncbuf"
 	"github.com/relaytun/relay/transport"
 )
 
@@ -52,6 +53,24 @@ func echoWorks(t *testing.T, a *testAgent, within time.Duration) {
 	}
 }
 
+// outlastsStall waits for the session's windows to fill, then checks that
+// the agent's other tunnel works, that who logged the reset, and that the
+// agent's one session survived.
+func outlastsStall(t *testing.T, r *testRelay, a *testAgent, who string, log *syncbuf.Buffer) {
+	t.Helper()
+	time.Sleep(3 * time.Second) // the sockets and then the windows fill
+	echoWorks(t, a, 15*time.Second)
+	waitFor(t, "the "+who+" to log the reset", 5*time.Second, func() bool {
+		return strings.Contains(log.String(), "reset connections that stopped reading")
+	})
+	for range 3 {
+		echoWorks(t, a, 15*time.Second) // a round of the guard or two
+	}
+	if s := r.Log.String(); strings.Contains(s, "agent disconnected") || strings.Count(s, "agent connected") != 1 {
+		t.Fatalf("the agent's session did not survive:\n%s", s)
+	}
+}
+
 // TestStalledClientsAreReset: public clients that stop reading a large
 // response fill the session's window on the relay. Before the guard,
 // nothing then moved on the session, its PINGs included, until the
@@ -73,17 +92,7 @@ func TestStalledClientsAreReset(t *testing.T) {
 			defer c.Close()
 			slow = append(slow, c)
 		}
-		time.Sleep(3 * time.Second) // the sockets and then the windows fill
-		echoWorks(t, a, 15*time.Second)
-		waitFor(t, "the relay to log the reset", 5*time.Second, func() bool {
-			return strings.Contains(r.Log.String(), "reset connections that stopped reading")
-		})
-		for range 3 {
-			echoWorks(t, a, 15*time.Second) // a round of the guard or two
-		}
-		if s := r.Log.String(); strings.Contains(s, "agent disconnected") || strings.Count(s, "agent connected") != 1 {
-			t.Fatalf("the agent's session did not survive:\n%s", s)
-		}
+		outlastsStall(t, r, a, "relay", r.Log)
 		// A reset client learns that it did not get everything; the
 		// others get all of it.
 		reset := 0
@@ -128,17 +137,7 @@ func TestStalledLocalServerIsReset(t *testing.T) {
 				}
 			}()
 		}
-		time.Sleep(3 * time.Second) // the sockets and then the windows fill
-		echoWorks(t, a, 15*time.Second)
-		waitFor(t, "the agent to log the reset", 5*time.Second, func() bool {
-			return strings.Contains(a.Log.String(), "reset connections that stopped reading")
-		})
-		for range 3 {
-			echoWorks(t, a, 15*time.Second) // a round of the guard or two
-		}
-		if s := r.Log.String(); strings.Contains(s, "agent disconnected") || strings.Count(s, "agent connected") != 1 {
-			t.Fatalf("the agent's session did not survive:\n%s", s)
-		}
+		outlastsStall(t, r, a, "agent", a.Log)
 	})
 }
 
