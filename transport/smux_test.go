@@ -231,3 +231,76 @@ func TestSmuxEndThenCutIsEOF(t *testing.T) {
 		}
 	}
 }
+
+// TestSmuxDataBeforeEndIsRead: bytes that arrived before a session ended
+// are read before its end, whichever end it is. smux wakes a waiting
+// reader on data and on the connection's end alike and, when both are
+// there, picks either: the end, picked first, lost the data before it. A
+// proxy holds the dialer's last bytes back and delivers them with the
+// connection's end in one piece, while the reader waits. Repeated, since
+// that is a race.
+func TestSmuxDataBeforeEndIsRead(t *testing.T) {
+	srv := newTestServer(t, testOptions(), nil)
+	tlsConf, err := (&Verifier{Pin: srv.pin}).ClientTLSConfig(srv.addr, testALPN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 80 {
+		fin, writeTo := i%2 == 0, i%4 >= 2
+		addr, held := holdProxy(t, srv.addr)
+		c, s := dialTCP(t, srv.ln, addr, tlsConf)
+		a, b := openPair(t, c, s)
+		type result struct {
+			got []byte
+			err error
+		}
+		done := make(chan result, 1)
+		go func() {
+			b.SetReadDeadline(time.Now().Add(10 * time.Second))
+			if writeTo {
+				var got bytes.Buffer
+				_, err := b.(io.WriterTo).WriteTo(&got)
+				done <- result{got.Bytes(), err}
+				return
+			}
+			got, err := io.ReadAll(b)
+			done <- result{got, err}
+		}()
+		held.Store(true)
+		if _, err := a.Write([]byte("the end")); err != nil {
+			t.Fatal(err)
+		}
+		if fin {
+			a.CloseWrite()
+		}
+		c.Close()
+		r := <-done
+		if string(r.got) != "the end" {
+			t.Fatalf("round %d (FIN signal sent: %v, WriteTo: %v): read %q, %v; want the data sent before the end", i, fin, writeTo, r.got, r.err)
+		}
+	}
+}
+
+// holdProxy is a proxy that, once held, keeps what the dialer sends until
+// the dialer's end, then passes it on in one write and ends too.
+func holdProxy(t *testing.T, target string) (string, *atomic.Bool) {
+	var held atomic.Bool
+	addr := proxy(t, target, func(c, u net.Conn) {
+		var kept []byte
+		buf := make([]byte, 32<<10)
+		for {
+			n, err := c.Read(buf)
+			if held.Load() {
+				kept = append(kept, buf[:n]...)
+			} else if _, werr := u.Write(buf[:n]); werr != nil {
+				return
+			}
+			if err != nil {
+				u.Write(kept)
+				u.(*net.TCPConn).CloseWrite()
+				return
+			}
+		}
+	})
+	return addr, &held
+}

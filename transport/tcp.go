@@ -805,11 +805,19 @@ func (s *smuxStream) Read(p []byte) (int, error) {
 		return 0, err
 	}
 	defer s.readers.Done()
-	drained := false
+	drained, ended := false, false
 	for {
 		n, err := s.st.Read(p)
 		if n > 0 {
 			return n, nil
+		}
+		if sessionEnd(err) && !ended {
+			// smux wakes a waiting reader for data and for the end
+			// alike and, when both are there, may report the end with
+			// data still buffered. A second read takes that data
+			// first, and returns the end at once if there is none.
+			ended = true
+			continue
 		}
 		s.mu.Lock()
 		switch {
@@ -862,7 +870,7 @@ func (s *smuxStream) WriteTo(w io.Writer) (int64, error) {
 	defer s.readers.Done()
 	rw := &recordingWriter{w: w}
 	var total int64
-	drained := false
+	drained, ended := false, false
 	for {
 		n, err := s.st.WriteTo(rw)
 		total += n
@@ -871,6 +879,10 @@ func (s *smuxStream) WriteTo(w io.Writer) (int64, error) {
 		}
 		if n > 0 {
 			drained = false
+		}
+		if sessionEnd(err) && !ended {
+			ended = true // as in Read: data may wait behind the end
+			continue
 		}
 		s.mu.Lock()
 		switch {
