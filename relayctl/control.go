@@ -7,6 +7,7 @@ package main
 //	$RUNTIME_DIRECTORY                 set by systemd's RuntimeDirectory=
 //	$XDG_RUNTIME_DIR/relayctl          a login session's private folder
 //	$TMPDIR/relayctl-UID               made 0700, and refused if another user owns it
+//	%TEMP%\relayctl                    on Windows, where %TEMP% is the user's own
 //
 // so `relayctl status` can find every agent of its user (and of the system's
 // units, under /run/relayctl) without being told where. The socket is 0600
@@ -25,7 +26,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -193,27 +193,6 @@ func controlDir(create bool) (string, error) {
 	return tempControlDir(create)
 }
 
-// tempControlDir is $TMPDIR/relayctl-UID. Every user can write to $TMPDIR,
-// so a folder there that is not this user's, or that others may enter, is
-// refused rather than used.
-func tempControlDir(create bool) (string, error) {
-	dir := filepath.Join(os.TempDir(), "relayctl-"+strconv.Itoa(os.Getuid()))
-	if create {
-		if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
-			return "", err
-		}
-	}
-	fi, err := os.Lstat(dir)
-	if err != nil {
-		return "", err
-	}
-	st, ok := fi.Sys().(*syscall.Stat_t)
-	if !fi.IsDir() || !ok || int(st.Uid) != os.Getuid() || fi.Mode().Perm()&0o077 != 0 {
-		return "", fmt.Errorf("%s is not a folder that only this user can use: remove it", dir)
-	}
-	return dir, nil
-}
-
 // removeStale removes the PID.sock files in dir whose process is gone.
 func removeStale(dir string) {
 	socks, _ := filepath.Glob(filepath.Join(dir, "*.sock"))
@@ -228,9 +207,4 @@ func removeStale(dir string) {
 func socketPID(path string) (int, bool) {
 	pid, err := strconv.Atoi(strings.TrimSuffix(filepath.Base(path), ".sock"))
 	return pid, err == nil && pid > 0
-}
-
-func processAlive(pid int) bool {
-	err := syscall.Kill(pid, 0)
-	return err == nil || errors.Is(err, syscall.EPERM)
 }
