@@ -233,6 +233,7 @@ type Agent struct {
 
 	lastPong atomic.Int64  // unix nanoseconds
 	pong     chan struct{} // a PONG arrived (room for one: never blocks)
+	fastest  fastestRTT    // the current session's
 
 	clients sync.WaitGroup // client streams in flight, over every session
 	flows   sync.WaitGroup // UDP flows' goroutines
@@ -412,6 +413,7 @@ func (a *Agent) session(ctx context.Context, reconnect bool, failures int, down 
 	a.ctl, a.sess = ctl, sess
 	a.connected, a.since = true, time.Now()
 	a.sessions++
+	a.fastest.reset()
 	draining := a.draining
 	a.mu.Unlock()
 	defer func() {
@@ -548,9 +550,7 @@ func (a *Agent) answers(ctl transport.Stream, done <-chan struct{}) bool {
 	if err != nil {
 		return true
 	}
-	a.mu.Lock()
-	wait := max(answerWait, 4*a.rtt) // a slow path answers slowly even when it moves
-	a.mu.Unlock()
+	wait := pongWait(answerWait, a.fastest.get(), a.cfg.TransportOptions.IdleTimeout)
 	return pongSince(&a.lastPong, a.pong, sent, wait, done)
 }
 
@@ -916,6 +916,7 @@ func (a *Agent) controlLoop(ctl transport.Stream, log *slog.Logger) error {
 				a.mu.Lock()
 				a.rtt = time.Duration(now - sent)
 				a.mu.Unlock()
+				a.fastest.observe(time.Duration(now - sent))
 			}
 			a.lastPong.Store(now)
 			select {

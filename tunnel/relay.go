@@ -428,7 +428,7 @@ type agentConn struct {
 	registering atomic.Bool
 	lastPong    atomic.Int64  // unix nanoseconds
 	pong        chan struct{} // a PONG arrived (room for one: never blocks)
-	answerRTT   atomic.Int64  // the last answers() round trip, nanoseconds
+	fastest     fastestRTT    // answers()'s round trips
 	guard       *stallGuard   // the writes to this agent's clients
 	since       time.Time
 }
@@ -642,11 +642,11 @@ func (a *agentConn) answers() bool {
 	if !a.notice(&Ping{Data: uint64(sent)}) {
 		return true // the stuck direction is the relay's, not the agent's
 	}
-	// A slow path answers slowly even when it moves.
-	wait := max(a.r.config().AnswerTimeout, 4*time.Duration(a.answerRTT.Load()))
+	cfg := a.r.config()
+	wait := pongWait(cfg.AnswerTimeout, a.fastest.get(), cfg.Liveness)
 	ok := pongSince(&a.lastPong, a.pong, sent, wait, a.sess.Done())
 	if a.lastPong.Load() >= sent {
-		a.answerRTT.Store(time.Now().UnixNano() - sent)
+		a.fastest.observe(time.Duration(time.Now().UnixNano() - sent))
 	}
 	return ok
 }

@@ -154,6 +154,33 @@ func (w *stallWriter) reset() {
 	w.abort()
 }
 
+// fastestRTT is the shortest round trip seen on one session, in
+// nanoseconds; 0 before the first. A stall delays PONGs too, so the latest
+// round trip may be seconds long just when the guard needs its measure of
+// the path: the fastest is the path's, and a stall cannot raise it.
+type fastestRTT struct{ ns atomic.Int64 }
+
+func (f *fastestRTT) observe(d time.Duration) {
+	for {
+		cur := f.ns.Load()
+		if d <= 0 || (cur != 0 && int64(d) >= cur) || f.ns.CompareAndSwap(cur, int64(d)) {
+			return
+		}
+	}
+}
+
+func (f *fastestRTT) reset()             { f.ns.Store(0) }
+func (f *fastestRTT) get() time.Duration { return time.Duration(f.ns.Load()) }
+
+// pongWait is how long a guard waits for the PONG to its PING: the answer
+// timeout, or four of the path's fastest round trips where those are
+// longer (a slow path answers slowly even when it moves), but at most a
+// third of the liveness timeout, so that the guard acts, and gets another
+// round, before the session is given up as silent.
+func pongWait(answer, fastest, liveness time.Duration) time.Duration {
+	return max(answer, min(4*fastest, liveness/3))
+}
+
 // pongSince waits up to wait for a PONG at or after sent (unix
 // nanoseconds, as last holds the latest PONG's arrival; pong is signalled
 // at each). It reports whether one came, or true if done closes first: a

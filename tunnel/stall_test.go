@@ -60,7 +60,9 @@ func outlastsStall(t *testing.T, r *testRelay, a *testAgent, who string, log *sy
 	t.Helper()
 	time.Sleep(3 * time.Second) // the sockets and then the windows fill
 	echoWorks(t, a, 15*time.Second)
-	waitFor(t, "the "+who+" to log the reset", 5*time.Second, func() bool {
+	// Under load the sockets fill slowly: the guard's round starts
+	// only once they have.
+	waitFor(t, "the "+who+" to log the reset", 15*time.Second, func() bool {
 		return strings.Contains(log.String(), "reset connections that stopped reading")
 	})
 	for range 3 {
@@ -169,4 +171,40 @@ func TestPausedClientIsKept(t *testing.T) {
 			t.Fatalf("the relay reset a paused client on a moving session:\n%s", r.Log.String())
 		}
 	})
+}
+
+// TestPongWait: the guard waits for its PONG the answer timeout, or four
+// of the path's fastest round trips on a slow path, and never a third of
+// the liveness timeout or more. Before, it waited four of the latest round
+// trip, which a stall itself lengthens: one PONG held up 3 s made the next
+// round wait 12 s, and the liveness timeout dropped the session the guard
+// was there to keep.
+func TestPongWait(t *testing.T) {
+	const answer, liveness = 2 * time.Second, 15 * time.Second
+	for _, tt := range []struct {
+		name    string
+		samples []time.Duration
+		want    time.Duration
+	}{
+		{"no round trip yet", nil, answer},
+		{"a fast path", []time.Duration{time.Millisecond, 3 * time.Millisecond}, answer},
+		{"a slow path", []time.Duration{900 * time.Millisecond, 800 * time.Millisecond, time.Second}, 3200 * time.Millisecond},
+		{"a PONG held up by a stall", []time.Duration{time.Millisecond, 3 * time.Second}, answer},
+		{"a path slower than liveness allows", []time.Duration{3 * time.Second}, liveness / 3},
+		{"nonsense samples", []time.Duration{0, -time.Second}, answer},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			var f fastestRTT
+			for _, d := range tt.samples {
+				f.observe(d)
+			}
+			if got := pongWait(answer, f.get(), liveness); got != tt.want {
+				t.Errorf("after round trips %v: waits %v for a PONG, want %v", tt.samples, got, tt.want)
+			}
+			f.reset()
+			if got := pongWait(answer, f.get(), liveness); got != answer {
+				t.Errorf("after a reset: waits %v, want %v", got, answer)
+			}
+		})
+	}
 }
