@@ -19,7 +19,7 @@ var exposeCommand = &cli.Command{
 	Description: "LOCAL is a port (8080) or host:port (localhost:8080, [::1]:8080, 192.168.1.5:25565).\n" +
 		"Several LOCALs give several tunnels over one session. Flags may come before or after LOCAL.\n" +
 		"Once every tunnel is live, one line per public listener is printed on stdout:\n" +
-		"tcp://HOST:PORT. Logs go to stderr.\n\n" +
+		"tcp://HOST:PORT or udp://HOST:PORT (both for --proto tcp,udp). Logs go to stderr.\n\n" +
 		"With -- COMMAND, relayctl starts COMMAND, exposes LOCAL once it accepts connections,\n" +
 		"passes signals on to it, and exits with its exit code when it ends.",
 	Flags: append(relayFlags(),

@@ -18,7 +18,7 @@ var runCommand = &cli.Command{
 	ArgsUsage: "[-- COMMAND [ARG...]]",
 	Description: "agent.toml holds the relay, the token and one [[tunnels]] table per local server\n" +
 		"(examples/agent.toml lists every key). Once every tunnel is live, one line per public\n" +
-		"listener is printed on stdout: tcp://HOST:PORT. Logs go to stderr.\n\n" +
+		"listener is printed on stdout: tcp://HOST:PORT or udp://HOST:PORT. Logs go to stderr.\n\n" +
 		"With -- COMMAND, relayctl starts COMMAND, exposes the tunnels once their local servers\n" +
 		"accept connections, passes signals on to it, and exits with its exit code when it ends.",
 	Flags: []cli.Flag{
