@@ -327,7 +327,7 @@ func formatBits(bps float64) string {
 }
 
 // progress shows which test runs: a line redrawn in place on a terminal,
-// else one line per test.
+// else one line per test, written as it ends with its result.
 type progress struct {
 	w     io.Writer
 	tty   bool
@@ -349,18 +349,19 @@ func (p *progress) log(msg string) {
 	fmt.Fprintf(p.w, "relayctl bench: %s\n", msg)
 }
 
-// step announces test i; the returned func reports its outcome.
+// step announces test i on a terminal; the returned func reports its
+// outcome, the one line off a terminal.
 func (p *progress) step(i int, name string, d time.Duration) func(out string, err error) {
 	label := fmt.Sprintf("[%d/%d] %s", i+1, p.total, name)
-	if !p.tty {
-		p.log(label + " …")
-		return func(out string, err error) {
-			if err != nil {
-				p.log(fmt.Sprintf("%s: failed: %v", label, err))
-				return
-			}
-			p.log(fmt.Sprintf("%s: %s", label, out))
+	result := func(out string, err error) {
+		if err != nil {
+			p.log(fmt.Sprintf("%s: failed: %v", label, err))
+			return
 		}
+		p.log(fmt.Sprintf("%s: %s", label, out))
+	}
+	if !p.tty {
+		return result
 	}
 	start := time.Now()
 	stop := make(chan struct{})
@@ -384,11 +385,7 @@ func (p *progress) step(i int, name string, d time.Duration) func(out string, er
 	return func(out string, err error) {
 		close(stop)
 		wg.Wait()
-		if err != nil {
-			p.log(fmt.Sprintf("%s: failed: %v", label, err))
-			return
-		}
-		p.log(fmt.Sprintf("%s: %s", label, out))
+		result(out, err)
 	}
 }
 

@@ -83,11 +83,36 @@ func TestBench(t *testing.T) {
 			if res.RoundTripP99 < res.RoundTripP50 {
 				t.Errorf("round trip p99 %v below p50 %v", res.RoundTripP99, res.RoundTripP50)
 			}
-			// Not a terminal: progress is one plain line per test.
-			if n := strings.Count(errOut, "relayctl bench: ["); n != 10 {
-				t.Errorf("stderr has %d progress lines, want 10 (start and result of 5 tests):\n%s", n, errOut)
+			// Not a terminal: progress is one plain line per test, its result.
+			if n := strings.Count(errOut, "relayctl bench: ["); n != 5 {
+				t.Errorf("stderr has %d progress lines, want 5 (the result of each of 5 tests):\n%s", n, errOut)
+			}
+			for i := 1; i <= 5; i++ {
+				if !regexp.MustCompile(fmt.Sprintf(`(?m)^relayctl bench: \[%d/5\] [^\n…]+: [^\n…]+$`, i)).MatchString(errOut) {
+					t.Errorf("stderr has no result line for test %d of 5:\n%s", i, errOut)
+				}
 			}
 		})
+	}
+}
+
+// TestBenchProgressOffTerminal: with stderr not a terminal, progress is
+// one line per test, written when the test ends, saying how it ended.
+func TestBenchProgressOffTerminal(t *testing.T) {
+	var buf strings.Builder
+	p := &progress{w: &buf, total: 3}
+	p.log("benchmarking 127.0.0.1:7000 over tcp through tcp://127.0.0.1:20001")
+	p.step(0, "throughput, 1 stream", time.Second)("7.12 Gbit/s", nil)
+	p.step(1, "round trip, 64 bytes", time.Second)("p50 0.174 ms  p99 0.352 ms", nil)
+	end := p.step(2, "new connections, 8 at a time", time.Second)
+	end("", errors.New("connection reset by peer"))
+	p.finish()
+	want := "relayctl bench: benchmarking 127.0.0.1:7000 over tcp through tcp://127.0.0.1:20001\n" +
+		"relayctl bench: [1/3] throughput, 1 stream: 7.12 Gbit/s\n" +
+		"relayctl bench: [2/3] round trip, 64 bytes: p50 0.174 ms  p99 0.352 ms\n" +
+		"relayctl bench: [3/3] new connections, 8 at a time: failed: connection reset by peer\n"
+	if got := buf.String(); got != want {
+		t.Errorf("progress off a terminal:\n%s\nwant:\n%s", got, want)
 	}
 }
 
