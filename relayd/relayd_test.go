@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -177,6 +178,9 @@ func TestGeneratedToken(t *testing.T) {
 	r := pt.StartRelayd(t, config, stateDir)
 	m := r.WaitFor(&r.Stdout, agentLineRE, pt.StartTimeout)
 	addr, token, fp := m[1], m[2], m[3]
+	if made := "relay.toml defines no token, so relayd made one (kept in " + filepath.Join(stateDir, "token") + ")."; !strings.Contains(r.Stdout.String(), made) {
+		t.Errorf("the first start does not say %q:\n%s", made, r.Stdout.String())
+	}
 	if addr != r.Addr || fp != r.FP {
 		t.Errorf("printed --relay %s --fingerprint %s; relayd listens on %s with %s", addr, fp, r.Addr, r.FP)
 	}
@@ -212,12 +216,53 @@ func TestGeneratedToken(t *testing.T) {
 	if r.FP != fp {
 		t.Errorf("restart changed the fingerprint from %s to %s", fp, r.FP)
 	}
-	if out := r.Stdout.String(); strings.Contains(out, token) {
-		t.Errorf("restart printed the token on stdout (not a terminal): %q", out)
+	if out := r.Stdout.String(); strings.Contains(out, token) || strings.Contains(out, "made one") {
+		t.Errorf("restart printed the token, or that it made one, on stdout (not a terminal): %q", out)
 	}
 	p = pt.Start(t, nil, pt.RelayctlBin, "expose", local, "--relay", r.Addr, "--token", token, "--fingerprint", fp, "--transport", "tcp")
 	url = p.WaitFor(&p.Stdout, regexp.MustCompile(`^tcp://127\.0\.0\.1:\d+\n`), pt.StartTimeout)[0]
 	pt.CheckEcho(t, strings.TrimSpace(url), "gen:", 4096)
+}
+
+// TestPrintAgentLine: the sentence above the relayctl line says whether
+// this start made the token or reuses one an earlier run made (a restart
+// used to say "made one" too); off a terminal a reused token is only
+// logged, by its file.
+func TestPrintAgentLine(t *testing.T) {
+	cfg, err := ParseConfig("relay.toml", "[relay]\npublic_host = \"relay.example.com\"\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := &net.TCPAddr{IP: net.IPv4zero, Port: 7000}
+	const secret, fp, dir = "generated-secret-0123456789", "SHA256:FKRT", "/var/lib/relayd"
+	cmd := "  relayctl expose --relay relay.example.com:7000 --token " + secret + " --fingerprint " + fp + " localhost:8080\n\n"
+	for _, tc := range []struct {
+		name             string
+		tty, created     bool
+		wantOut, wantLog string
+	}{
+		{"made now, terminal", true, true,
+			"\nrelay.toml defines no token, so relayd made one (kept in /var/lib/relayd/token).\nOn the machine with the server to share, run:\n\n" + cmd, ""},
+		{"made now, not a terminal", false, true,
+			"\nrelay.toml defines no token, so relayd made one (kept in /var/lib/relayd/token).\nOn the machine with the server to share, run:\n\n" + cmd, ""},
+		{"made earlier, terminal", true, false,
+			"\nrelay.toml defines no token, so relayd uses the one it made on an earlier run (kept in /var/lib/relayd/token).\nOn the machine with the server to share, run:\n\n" + cmd, ""},
+		{"made earlier, not a terminal", false, false,
+			"", `level=INFO msg="using the generated token" file=/var/lib/relayd/token`},
+	} {
+		var out, logs strings.Builder
+		log := slog.New(slog.NewTextHandler(&logs, nil))
+		printAgentLine(&out, tc.tty, log, cfg, addr, secret, fp, tc.created, dir)
+		if out.String() != tc.wantOut {
+			t.Errorf("%s: printed\n%q\nwant\n%q", tc.name, out.String(), tc.wantOut)
+		}
+		if got := logs.String(); tc.wantLog == "" && got != "" || !strings.Contains(got, tc.wantLog) {
+			t.Errorf("%s: logged %q, want %q", tc.name, got, tc.wantLog)
+		}
+		if strings.Contains(logs.String(), secret) {
+			t.Errorf("%s: the secret is in the log: %q", tc.name, logs.String())
+		}
+	}
 }
 
 // TestStopOnSignal: SIGTERM and SIGINT stop relayd with exit 0, with an

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	"net"
@@ -107,7 +108,7 @@ func runAction(c *cli.Context) error {
 		log.Info("created a new relay key", "file", id.stateDir+"/relay.key")
 	}
 	if len(cfg.Tokens) == 0 {
-		printAgentLine(log, cfg, ln.Addr(), rc.Tokens[0].Secret, fp, createdToken, id.stateDir)
+		printAgentLine(os.Stdout, term.IsTerminal(int(os.Stdout.Fd())), log, cfg, ln.Addr(), rc.Tokens[0].Secret, fp, createdToken, id.stateDir)
 	}
 
 	var overridden []string
@@ -327,19 +328,25 @@ func readableSecrets(cfg *Config) []fileWarning {
 	return append(out, adminWarnings(cfg)...)
 }
 
-// printAgentLine prints the relayctl command that reaches this relay with
-// the generated token: always when the token is new, and on later starts
-// when a person is watching (never into a service's log).
-func printAgentLine(log *slog.Logger, cfg *Config, addr net.Addr, secret, fp string, created bool, stateDir string) {
-	if !created && !term.IsTerminal(int(os.Stdout.Fd())) {
-		log.Info("using the generated token", "file", stateDir+"/"+tokenFile)
+// printAgentLine prints on out the relayctl command that reaches this relay
+// with the generated token: always when this start made the token, and on
+// later starts, which reuse it, when out is a terminal (never into a
+// service's log). The sentence above the command says which of the two.
+func printAgentLine(out io.Writer, tty bool, log *slog.Logger, cfg *Config, addr net.Addr, secret, fp string, created bool, stateDir string) {
+	file := stateDir + "/" + tokenFile
+	if !created && !tty {
+		log.Info("using the generated token", "file", file)
 		return
 	}
 	_, port, _ := net.SplitHostPort(addr.String())
 	host := advertisedHost(cfg)
-	fmt.Fprintf(os.Stdout, "\nrelay.toml defines no token, so relayd made one (kept in %s/%s).\n", stateDir, tokenFile)
-	fmt.Fprintf(os.Stdout, "On the machine with the server to share, run:\n\n")
-	fmt.Fprintf(os.Stdout, "  relayctl expose --relay %s --token %s --fingerprint %s localhost:8080\n\n",
+	if created {
+		fmt.Fprintf(out, "\nrelay.toml defines no token, so relayd made one (kept in %s).\n", file)
+	} else {
+		fmt.Fprintf(out, "\nrelay.toml defines no token, so relayd uses the one it made on an earlier run (kept in %s).\n", file)
+	}
+	fmt.Fprintf(out, "On the machine with the server to share, run:\n\n")
+	fmt.Fprintf(out, "  relayctl expose --relay %s --token %s --fingerprint %s localhost:8080\n\n",
 		net.JoinHostPort(host, port), secret, fp)
 }
 
