@@ -217,8 +217,12 @@ func (g *group) serve(ctx context.Context) {
 // carry finds a member for client c, opens a stream to it and joins the
 // two. When another member could take the client, it first waits (briefly)
 // for the member's answer, so a member that died, or whose local server is
-// down, costs the client a retry instead of the connection. finish runs once
-// the client is done: at carry's return, or once the joined pair ends.
+// down, costs the client a retry instead of the connection. A member that
+// leaves a client unanswered is marked suspect: new clients go to the
+// others, and clients still waiting for it stop waiting, so one client pays
+// the answer timeout, not every client sent there until a probe fails.
+// finish runs once the client is done: at carry's return, or once the
+// joined pair ends.
 func (g *group) carry(ctx context.Context, c net.Conn, finish func()) {
 	growStack()
 	client := addrPort(c.RemoteAddr())
@@ -236,7 +240,7 @@ func (g *group) carry(ctx context.Context, c net.Conn, finish func()) {
 	var tried []*member
 	unreachable := false
 	for {
-		m, alternatives, closed := g.pick(tried)
+		m, alternatives, suspect, closed := g.pick(tried)
 		if m == nil {
 			if len(tried) == 0 && !closed && g.waitMember(ctx, deadline) {
 				continue
@@ -258,21 +262,31 @@ func (g *group) carry(ctx context.Context, c net.Conn, finish func()) {
 			g.log.Debug("could not open a stream to an agent", "client", client.String(), "agent", m.agent.sess.RemoteAddr().String(), "err", err)
 			continue
 		}
-		var peer net.Conn = &statusStream{Stream: st}
+		var peer net.Conn = &statusStream{Stream: st, agent: m.agent}
 		if alternatives {
+			// The deadline is set before the wait is counted in, so that
+			// markSuspect's, which ends the wait, comes after it.
 			answer := min(time.Until(deadline), cfg.AnswerTimeout)
 			st.SetReadDeadline(time.Now().Add(answer))
+			w := m.agent.awaitAnswer(st, suspect)
+			if w == nil {
+				// Marked suspect since pick chose it: another member
+				// takes the client.
+				st.Close()
+				continue
+			}
 			var b [1]byte
 			_, err := io.ReadFull(st, b[:])
-			st.SetReadDeadline(time.Time{})
+			aborted := m.agent.answerDone(w)
 			if err != nil {
 				st.Close()
-				if errors.Is(err, os.ErrDeadlineExceeded) {
-					m.agent.probe()
+				if errors.Is(err, os.ErrDeadlineExceeded) && !aborted {
+					m.agent.unanswered()
 				}
 				g.log.Debug("agent did not answer; trying another", "client", client.String(), "agent", m.agent.sess.RemoteAddr().String(), "err", err)
 				continue
 			}
+			m.agent.alive()
 			if b[0] != StatusConnected {
 				st.Close()
 				unreachable = true
@@ -302,27 +316,28 @@ func (g *group) carry(ctx context.Context, c net.Conn, finish func()) {
 // pick chooses the member for the next client among those not yet tried:
 // live members the fewest clients, round robin among equals; suspect ones
 // only when nothing else is left. alternatives reports whether another
-// member remains should this one fail; closed, that the group is gone.
-func (g *group) pick(tried []*member) (m *member, alternatives, closed bool) {
+// member remains should this one fail; suspect, that m was chosen among
+// suspect members; closed, that the group is gone.
+func (g *group) pick(tried []*member) (m *member, alternatives, suspect, closed bool) {
 	g.r.mu.Lock()
 	defer g.r.mu.Unlock()
-	var healthy, suspect []*member
+	var healthy, suspects []*member
 	for _, c := range g.members {
 		if c.draining.Load() || slices.Contains(tried, c) {
 			continue
 		}
 		if c.agent.suspect.Load() {
-			suspect = append(suspect, c)
+			suspects = append(suspects, c)
 		} else {
 			healthy = append(healthy, c)
 		}
 	}
 	cands := healthy
 	if len(cands) == 0 {
-		cands = suspect
+		cands = suspects
 	}
 	if len(cands) == 0 {
-		return nil, false, g.closed
+		return nil, false, false, g.closed
 	}
 	g.rr++
 	for i := range cands {
@@ -331,7 +346,7 @@ func (g *group) pick(tried []*member) (m *member, alternatives, closed bool) {
 			m = c
 		}
 	}
-	return m, len(healthy)+len(suspect) > 1, g.closed
+	return m, len(healthy)+len(suspects) > 1, len(healthy) == 0, g.closed
 }
 
 // waitMember waits for a member to join, until deadline.
@@ -370,10 +385,12 @@ func (m *member) open(ctx context.Context, client netip.AddrPort, deadline time.
 }
 
 // statusStream consumes the agent's status byte before the first payload
-// byte, turning a refusal into an error so Join closes the client at once.
-// Only Join's stream-to-client direction reads it.
+// byte, turning a refusal into an error so Join closes the client at once;
+// the byte shows the agent is alive. Only Join's stream-to-client direction
+// reads it.
 type statusStream struct {
 	transport.Stream
+	agent   *agentConn
 	checked bool
 }
 
@@ -384,6 +401,7 @@ func (s *statusStream) Read(p []byte) (int, error) {
 			return 0, fmt.Errorf("reading agent status: %w", err)
 		}
 		s.checked = true
+		s.agent.alive()
 		if b[0] != StatusConnected {
 			return 0, errLocalUnreachable
 		}

@@ -421,8 +421,16 @@ type agentConn struct {
 
 	// suspect is set when the agent missed a probe or a stream answer:
 	// groups send it new clients only when no other member can take them.
+	// A PONG, or a stream it answers, clears it (alive); while it is set
+	// the probe keeps pinging. Set only by markSuspect.
 	suspect atomic.Bool
 	probing atomic.Bool
+	// waiting are the clients whose stream to this agent waits for its
+	// answer (group.carry): marking the agent suspect ends their waits, so
+	// they go to another member at once. Guarded by waitMu, which
+	// markSuspect holds too.
+	waitMu  sync.Mutex
+	waiting map[*pendingAnswer]struct{}
 	// registering: a REGISTER is being served; its agent is alive and is
 	// not probed until the reply is sent.
 	registering atomic.Bool
@@ -721,9 +729,7 @@ func (a *agentConn) controlLoop(ctx context.Context) error {
 			case a.pong <- struct{}{}:
 			default:
 			}
-			if a.suspect.Swap(false) {
-				a.log.Info("agent answers again")
-			}
+			a.alive()
 		case *Drain:
 			a.r.drainMembers(a, m.Tunnel)
 		case *Error:
@@ -735,28 +741,136 @@ func (a *agentConn) controlLoop(ctx context.Context) error {
 }
 
 // probe pings the agent and marks it suspect unless it answers within the
-// answer timeout. Groups probe members when another member joins and when
-// one fails to answer a stream, so a dead member stops getting clients long
-// before the liveness timeout closes its session.
+// answer timeout; while it is suspect, it pings again each answer timeout,
+// so an agent that comes back (a thawed process, a path that carries
+// packets again) is heard from. Groups probe members when another member
+// joins and when one fails to answer a stream, so a dead member stops
+// getting clients long before the liveness timeout closes its session.
 func (a *agentConn) probe() {
-	if a.registering.Load() || !a.probing.CompareAndSwap(false, true) {
+	if (a.registering.Load() && !a.suspect.Load()) || !a.probing.CompareAndSwap(false, true) {
 		return
 	}
-	sent := time.Now()
 	go func() {
-		defer a.probing.Store(false)
-		a.notice(&Ping{Data: uint64(sent.UnixNano())})
-		timer := time.NewTimer(a.r.config().AnswerTimeout)
-		defer timer.Stop()
+		for {
+			a.pingUntilAnswered()
+			a.probing.Store(false)
+			// A mark that came while this probe was ending found it
+			// still running: take it on.
+			select {
+			case <-a.sess.Done():
+				return
+			default:
+			}
+			if !a.suspect.Load() || !a.probing.CompareAndSwap(false, true) {
+				return
+			}
+		}
+	}()
+}
+
+// pingUntilAnswered pings the agent each answer timeout until it answers
+// one, is no longer suspect, or its session ends; an unanswered ping marks
+// it suspect. While a REGISTER is served the agent is alive and gets no
+// PING (see controlLoop's Register): that round only waits.
+func (a *agentConn) pingUntilAnswered() {
+	var timer *time.Timer
+	for {
+		sent := time.Now().UnixNano()
+		registering := a.registering.Load()
+		if !registering {
+			a.notice(&Ping{Data: uint64(sent)})
+		}
+		wait := a.r.config().AnswerTimeout
+		if timer == nil {
+			timer = time.NewTimer(wait)
+			defer timer.Stop()
+		} else {
+			timer.Reset(wait)
+		}
 		select {
 		case <-timer.C:
 		case <-a.sess.Done():
 			return
 		}
-		if a.lastPong.Load() < sent.UnixNano() && !a.suspect.Swap(true) {
+		if a.lastPong.Load() >= sent {
+			return
+		}
+		if !registering && a.markSuspect() {
 			a.log.Warn("agent did not answer a probe; sending its clients elsewhere until it does")
 		}
-	}()
+		if !a.suspect.Load() {
+			return
+		}
+	}
+}
+
+// unanswered: a client's stream to the agent went unanswered for the answer
+// timeout. From now on its groups send it new clients only when no other
+// member can take them, and clients waiting for its answer go elsewhere at
+// once, until it answers a probe or a stream.
+func (a *agentConn) unanswered() {
+	if a.markSuspect() {
+		a.log.Warn("agent did not answer a new client's stream; sending clients to the other members until it answers")
+	}
+	a.probe()
+}
+
+// markSuspect marks the agent suspect and ends the waits of the clients
+// waiting for its answer. It reports whether the agent was not suspect.
+func (a *agentConn) markSuspect() bool {
+	a.waitMu.Lock()
+	defer a.waitMu.Unlock()
+	if a.suspect.Swap(true) {
+		return false
+	}
+	for w := range a.waiting {
+		w.aborted = true
+		w.st.SetReadDeadline(time.Now())
+	}
+	return true
+}
+
+// alive clears the suspect mark: the agent answered a ping or a stream.
+func (a *agentConn) alive() {
+	if a.suspect.Load() && a.suspect.CompareAndSwap(true, false) {
+		a.log.Info("agent answers again")
+	}
+}
+
+// pendingAnswer is a client waiting for the agent's answer on st.
+type pendingAnswer struct {
+	st      transport.Stream
+	aborted bool // by markSuspect; guarded by agentConn.waitMu
+}
+
+// awaitAnswer counts in a client waiting for the agent's answer on st,
+// chosen while the agent was (wasSuspect) or was not suspect. A client
+// that chose an agent not suspect then, but marked since, does not wait:
+// awaitAnswer returns nil. Otherwise the caller reads the answer and then
+// calls answerDone.
+func (a *agentConn) awaitAnswer(st transport.Stream, wasSuspect bool) *pendingAnswer {
+	a.waitMu.Lock()
+	defer a.waitMu.Unlock()
+	if !wasSuspect && a.suspect.Load() {
+		return nil
+	}
+	w := &pendingAnswer{st: st}
+	if a.waiting == nil {
+		a.waiting = make(map[*pendingAnswer]struct{})
+	}
+	a.waiting[w] = struct{}{}
+	return w
+}
+
+// answerDone counts w out and clears st's read deadline; after it no
+// markSuspect touches st. It reports whether markSuspect ended the wait.
+func (a *agentConn) answerDone(w *pendingAnswer) (aborted bool) {
+	a.waitMu.Lock()
+	delete(a.waiting, w)
+	aborted = w.aborted
+	a.waitMu.Unlock()
+	w.st.SetReadDeadline(time.Time{})
+	return aborted
 }
 
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$`)

@@ -3,7 +3,8 @@ package tunnel
 // Helpers for the resilience tests: a relay that can be stopped and started
 // again at the same address with the same key, an agent whose every OnReady
 // is seen, proxies that can silence or cut the path between an agent and the
-// relay, and clients that report which group member served them.
+// relay, or freeze it as a stopped process does, and clients that report
+// which group member served them.
 
 import (
 	"context"
@@ -323,6 +324,12 @@ type pathProxy interface {
 	Cut()
 	// Restore passes new flows again.
 	Restore()
+	// Freeze stops the flows open now as SIGSTOP stops a process: nothing
+	// gets through and nothing is closed. TCP holds what it read until
+	// Thaw (the senders' buffers fill); UDP drops it (QUIC resends).
+	Freeze()
+	// Thaw lets frozen flows carry on where they stopped.
+	Thaw()
 }
 
 // newProxy returns the proxy for kind's path to target.
@@ -350,6 +357,9 @@ type tcpProxy struct {
 	mu     sync.Mutex
 	conns  map[*proxyPair]struct{}
 	wg     sync.WaitGroup
+	// thawed, while frozen, is closed by Thaw; nil when not frozen.
+	// Guarded by mu.
+	thawed chan struct{}
 }
 
 type proxyPair struct {
@@ -374,6 +384,7 @@ func newTCPProxy(t *testing.T, target string) *tcpProxy {
 	p.wg.Add(1)
 	go p.serve()
 	t.Cleanup(func() {
+		p.Thaw()
 		ln.Close()
 		p.mu.Lock()
 		for c := range p.conns {
@@ -439,6 +450,12 @@ func (p *tcpProxy) pump(pair *proxyPair, src, dst net.Conn) {
 	buf := make([]byte, 32<<10)
 	for {
 		n, err := src.Read(buf)
+		p.mu.Lock()
+		thawed := p.thawed
+		p.mu.Unlock()
+		if thawed != nil {
+			<-thawed
+		}
 		if n > 0 && !pair.dead.Load() && dst != nil {
 			if _, werr := dst.Write(buf[:n]); werr != nil {
 				return
@@ -474,11 +491,29 @@ func (p *tcpProxy) Cut() {
 
 func (p *tcpProxy) Restore() { p.mode.Store(int32(passing)) }
 
+func (p *tcpProxy) Freeze() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.thawed == nil {
+		p.thawed = make(chan struct{})
+	}
+}
+
+func (p *tcpProxy) Thaw() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.thawed != nil {
+		close(p.thawed)
+		p.thawed = nil
+	}
+}
+
 // udpProxy forwards UDP flows (one per client address) to target.
 type udpProxy struct {
 	pc     net.PacketConn
 	target *net.UDPAddr
 	mode   atomic.Int32
+	frozen atomic.Bool // drop everything, until Thaw
 	mu     sync.Mutex
 	flows  map[string]*proxyFlow
 	wg     sync.WaitGroup
@@ -539,7 +574,7 @@ func (p *udpProxy) serve() {
 			go p.back(f, from)
 		}
 		p.mu.Unlock()
-		if !f.dead.Load() {
+		if !f.dead.Load() && !p.frozen.Load() {
 			f.up.Write(buf[:n])
 		}
 	}
@@ -557,7 +592,7 @@ func (p *udpProxy) back(f *proxyFlow, to net.Addr) {
 			}
 			continue // an ICMP error from a relay that is away
 		}
-		if !f.dead.Load() {
+		if !f.dead.Load() && !p.frozen.Load() {
 			p.pc.WriteTo(buf[:n], to)
 		}
 	}
@@ -579,3 +614,5 @@ func (p *udpProxy) Silence() {
 func (p *udpProxy) SilenceExisting() { p.setExisting() }
 func (p *udpProxy) Cut()             { p.Silence() }
 func (p *udpProxy) Restore()         { p.mode.Store(int32(passing)) }
+func (p *udpProxy) Freeze()          { p.frozen.Store(true) }
+func (p *udpProxy) Thaw()            { p.frozen.Store(false) }

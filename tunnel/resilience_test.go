@@ -3,6 +3,7 @@ package tunnel
 import (
 	"context"
 	"net"
+	"regexp"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -196,6 +197,10 @@ func (l *clientLoop) end() (map[string]int, []error, int) {
 	return l.tags, l.fails, l.early
 }
 
+// suspectRE matches the relay's line for an agent it marks suspect: by a
+// client's stream left unanswered, or by a probe.
+var suspectRE = regexp.MustCompile(`msg="agent did not answer (a new client's stream|a probe);`)
+
 // A member of a group dies while new clients keep arriving: no client
 // fails, and the other member's client in flight carries on. "cut" closes
 // the member's path (TCP: what the kernel does for a killed process);
@@ -259,13 +264,80 @@ func TestGroupMemberLoss(t *testing.T) {
 				if tags["A:"] == 0 {
 					t.Error("no client reached the lost member before it was lost: the test proved nothing")
 				}
-				if mode == "silent" && early == 0 && !strings.Contains(r.Log.String(), "agent did not answer a probe") {
+				if mode == "silent" && early == 0 && !suspectRE.MatchString(r.Log.String()) {
 					t.Error("the relay never marked the silent member suspect")
 				}
 				if err := held.finish(256 << 10); err != nil {
 					t.Errorf("the other member's client in flight: %v", err)
 				}
 			})
+		}
+	})
+}
+
+// A member of a group freezes (SIGSTOP, or a kill -9 that the relay has not
+// noticed: its path carries nothing and closes nothing) while the other has
+// a client connected, so least connections sends new clients to the frozen
+// one. One client pays the answer timeout; the relay then sends the next
+// ones straight to the live member. Once the frozen member answers again it
+// gets new clients again.
+func TestGroupFrozenMemberCostsOneClient(t *testing.T) {
+	forEachTransport(t, func(t *testing.T, kind string) {
+		r := startRelay(t, nil)
+		answer := r.Relay.config().AnswerTimeout
+		p := newProxy(t, kind, r.Addr)
+		a := groupAgent(t, p.Addr(), r, kind, proctest.StartEcho(t, "A:"), nil)
+		b := groupAgent(t, r.Addr, r, kind, proctest.StartEcho(t, "B:"), nil)
+		if a.eps[0].Port != b.eps[0].Port {
+			t.Fatalf("the members got ports %d and %d", a.eps[0].Port, b.eps[0].Port)
+		}
+		held := holdTag(t, b.Public(0), "B:")
+
+		p.Freeze()
+		const clients = 10
+		var waited []int
+		for i := range clients {
+			start := time.Now()
+			tag, err := visit(b.Public(0), 2)
+			d := time.Since(start)
+			if err != nil {
+				t.Fatalf("client %d after the freeze: %v", i+1, err)
+			}
+			t.Logf("%s: client %d: %s after %v", kind, i+1, tag, d.Round(time.Millisecond))
+			if d >= answer/2 {
+				waited = append(waited, i+1)
+			} else if len(waited) > 0 && tag != "B:" {
+				t.Errorf("client %d reached %q, want the live member B", i+1, tag)
+			}
+		}
+		t.Logf("%s: of %d clients, %v waited for the frozen member (answer timeout %v)", kind, clients, waited, answer)
+		switch {
+		case len(waited) == 0:
+			t.Fatal("no client waited for the frozen member: the test proved nothing")
+		case len(waited) > 1:
+			t.Errorf("clients %v each waited at least %v; want only the first to wait for the frozen member", waited, answer/2)
+		case waited[0] == clients:
+			t.Error("only the last client reached the frozen member: the test proved nothing")
+		}
+		// Usually by the client's stream; by the probe B's joining sent,
+		// when A froze before answering it.
+		if !suspectRE.MatchString(r.Log.String()) {
+			t.Error("the relay did not log that it stopped sending clients to the frozen member")
+		}
+
+		p.Thaw()
+		waitFor(t, "a client to reach the thawed member", 20*time.Second, func() bool {
+			tag, err := visit(b.Public(0), 2)
+			if err != nil {
+				t.Fatalf("a client after the thaw: %v", err)
+			}
+			return tag == "A:"
+		})
+		if !strings.Contains(r.Log.String(), `msg="agent answers again"`) {
+			t.Error("the relay did not log that the thawed member answers again")
+		}
+		if err := held.finish(256 << 10); err != nil {
+			t.Errorf("the live member's client in flight: %v", err)
 		}
 	})
 }

@@ -106,7 +106,7 @@ func (g *group) flow(client netip.AddrPort) *udpFlow {
 			return nil
 		}
 	}
-	m, _, _ := g.pick(nil)
+	m, _, _, _ := g.pick(nil)
 	if m == nil {
 		if release != nil {
 			release()
