@@ -278,6 +278,12 @@ func TestSmuxDataBeforeEndIsRead(t *testing.T) {
 		if string(r.got) != "the end" {
 			t.Fatalf("round %d (FIN signal sent: %v, WriteTo: %v): read %q, %v; want the data sent before the end", i, fin, writeTo, r.got, r.err)
 		}
+		if fin && r.err != nil {
+			t.Fatalf("round %d (WriteTo: %v): a stream that ended before its session: %v; want a clean end", i, writeTo, r.err)
+		}
+		if !fin && (r.err == nil || !IsClosed(r.err)) {
+			t.Fatalf("round %d (WriteTo: %v): a stream cut with its session: %v; want the session's end", i, writeTo, r.err)
+		}
 	}
 }
 
