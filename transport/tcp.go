@@ -449,7 +449,8 @@ func (s *smuxSession) signalLoop() {
 	// gets a buffer of its own, so an idle session holds 2 KiB, not 64.
 	buf := make([]byte, 2<<10)
 	for {
-		typ, payload, err := readSignal(s.sig, buf)
+		// Settled: a FIN signal just before the end is a clean end.
+		typ, payload, err := readSignal(settledReader{s.sig}, buf)
 		if err != nil {
 			s.mu.Lock()
 			s.sigErr = err
@@ -805,19 +806,11 @@ func (s *smuxStream) Read(p []byte) (int, error) {
 		return 0, err
 	}
 	defer s.readers.Done()
-	drained, ended := false, false
+	drained := false
 	for {
-		n, err := s.st.Read(p)
+		n, err := settledRead(s.st, p)
 		if n > 0 {
 			return n, nil
-		}
-		if sessionEnd(err) && !ended {
-			// smux wakes a waiting reader for data and for the end
-			// alike and, when both are there, may report the end with
-			// data still buffered. A second read takes that data
-			// first, and returns the end at once if there is none.
-			ended = true
-			continue
 		}
 		s.mu.Lock()
 		switch {
@@ -881,7 +874,7 @@ func (s *smuxStream) WriteTo(w io.Writer) (int64, error) {
 			drained = false
 		}
 		if sessionEnd(err) && !ended {
-			ended = true // as in Read: data may wait behind the end
+			ended = true // data may wait behind the end: see settledRead
 			continue
 		}
 		s.mu.Lock()
@@ -1113,6 +1106,24 @@ func (s *smuxStream) SetWriteDeadline(t time.Time) error {
 func sessionEnd(err error) bool {
 	return !errors.Is(err, smux.ErrTimeout)
 }
+
+// settledRead reads st, taking the session's end for the answer only when
+// a second read finds no data either. smux's reader waits for data and for
+// the end alike and, when both have come by the time it looks, may report
+// the end with data still buffered. Its ends are for good, so the second
+// read returns at once.
+func settledRead(st *smux.Stream, p []byte) (int, error) {
+	n, err := st.Read(p)
+	if n == 0 && err != nil && sessionEnd(err) {
+		n, err = st.Read(p)
+	}
+	return n, err
+}
+
+// settledReader reads a smux stream with settledRead.
+type settledReader struct{ st *smux.Stream }
+
+func (r settledReader) Read(p []byte) (int, error) { return settledRead(r.st, p) }
 
 // cutErr is a reader's error for a session cut under it.
 func cutErr(err error) error {
