@@ -927,7 +927,14 @@ func (r *recordingWriter) Write(p []byte) (int, error) {
 	return n, r.err
 }
 
-func (s *smuxStream) Write(p []byte) (int, error) {
+func (s *smuxStream) Write(p []byte) (int, error) { return s.write(p, true) }
+
+// WriteBuffer is Write from p itself, without Write's copy (see
+// BufferWriter): once it returns nil p is the caller's again, but after an
+// error smux may still read it.
+func (s *smuxStream) WriteBuffer(p []byte) (int, error) { return s.write(p, false) }
+
+func (s *smuxStream) write(p []byte, copied bool) (int, error) {
 	s.wmu.RLock()
 	defer s.wmu.RUnlock()
 	written := 0
@@ -947,17 +954,28 @@ func (s *smuxStream) Write(p []byte) (int, error) {
 		}
 		s.mu.Unlock()
 		// smux may still send (and so read) a frame queued when its
-		// deadline fires, after Write has returned: it gets a pooled copy,
-		// which goes back to the pool only when smux is done with it.
-		pool := &writeBufs
-		if len(p)-written <= smallWrite {
-			pool = &smallWriteBufs
+		// deadline fires, after Write has returned: unless the caller
+		// handed p over, it gets a pooled copy, which goes back to the
+		// pool only when smux is done with it.
+		var n int
+		var err error
+		var pool *sync.Pool
+		var bp *[]byte
+		if copied {
+			pool = &writeBufs
+			if len(p)-written <= smallWrite {
+				pool = &smallWriteBufs
+			}
+			bp = pool.Get().(*[]byte)
+			c := copy(*bp, p[written:])
+			n, err = s.st.Write((*bp)[:c])
+		} else {
+			n, err = s.st.Write(p[written:])
 		}
-		bp := pool.Get().(*[]byte)
-		c := copy(*bp, p[written:])
-		n, err := s.st.Write((*bp)[:c])
 		if err == nil {
-			pool.Put(bp)
+			if bp != nil {
+				pool.Put(bp)
+			}
 			written += n
 			if written < len(p) {
 				continue

@@ -40,6 +40,16 @@ type Stream interface {
 	Abort() error
 }
 
+// BufferWriter is a Stream that can send straight from the caller's
+// buffer. TLS+smux's Write copies p first, since smux may still read a
+// frame queued when a deadline fired or the session ended after Write has
+// returned; WriteBuffer does not, so after it returns an error the caller
+// must not reuse p (drop it rather than pool it). After it returns nil, p
+// is the caller's again. QUIC's Write copies nothing of its own already.
+type BufferWriter interface {
+	WriteBuffer(p []byte) (int, error)
+}
+
 // Session is one authenticated-or-not TLS session between an agent and a relay.
 type Session interface {
 	// OpenStream opens a new stream. Over QUIC it blocks while the peer's

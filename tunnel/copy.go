@@ -7,6 +7,8 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+
+	"github.com/relaytun/relay/transport"
 )
 
 // The copy loop's buffers. A connection copies through a big pooled buffer
@@ -258,9 +260,11 @@ func copyConn(dst io.Writer, src net.Conn, live *atomic.Int64) (int64, error) {
 // fill the small one.
 func copyAdaptive(dst io.Writer, src io.Reader, live *atomic.Int64) (written int64, err error) {
 	small := smallBufs.Get().(*[]byte)
-	defer smallBufs.Put(small)
 	var big *[]byte
 	defer func() {
+		if small != nil {
+			smallBufs.Put(small)
+		}
 		if big != nil {
 			bigBufs.Put(big)
 		}
@@ -275,6 +279,8 @@ func copyAdaptive(dst io.Writer, src io.Reader, live *atomic.Int64) (written int
 			w, werr := writeAll(dst, buf[:n], live)
 			written += int64(w)
 			if werr != nil {
+				// The stream may still read buf: drop it, not pool it.
+				small, big = nil, nil
 				return written, werr
 			}
 		}
@@ -292,9 +298,17 @@ func copyAdaptive(dst io.Writer, src io.Reader, live *atomic.Int64) (written int
 	}
 }
 
-// writeAll writes p to dst, counting what it wrote in live.
+// writeAll writes p to dst, counting what it wrote in live. A stream that
+// can send from p itself gets it to send (transport.BufferWriter): after a
+// failure, the caller drops p rather than reuse it.
 func writeAll(dst io.Writer, p []byte, live *atomic.Int64) (int, error) {
-	n, err := dst.Write(p)
+	var n int
+	var err error
+	if bw := bufferWriter(dst); bw != nil {
+		n, err = bw.WriteBuffer(p)
+	} else {
+		n, err = dst.Write(p)
+	}
 	if n > 0 && live != nil {
 		live.Add(int64(n))
 	}
@@ -302,6 +316,16 @@ func writeAll(dst io.Writer, p []byte, live *atomic.Int64) (int, error) {
 		err = io.ErrShortWrite
 	}
 	return n, err
+}
+
+// bufferWriter is the stream under dst that sends from the caller's
+// buffer, or nil.
+func bufferWriter(dst io.Writer) transport.BufferWriter {
+	if ss, ok := dst.(*statusStream); ok {
+		dst = ss.Stream
+	}
+	bw, _ := dst.(transport.BufferWriter)
+	return bw
 }
 
 // countingWriter adds what it writes to n.

@@ -170,3 +170,78 @@ func TestStartJoinContextEndsWithThePair(t *testing.T) {
 		sj.wait(t)
 	}
 }
+
+// keepingStream fails every write from the caller's buffer and keeps the
+// buffer, as smux may after a failed WriteBuffer (a frame queued when a
+// deadline fired still goes out).
+type keepingStream struct {
+	kept chan []byte
+}
+
+func (k *keepingStream) Write(p []byte) (int, error) { return 0, errors.New("unexpected Write") }
+
+func (k *keepingStream) WriteBuffer(p []byte) (int, error) {
+	k.kept <- p
+	return 0, errors.New("stream gone")
+}
+
+// TestFailedBufferWriteDropsTheBuffer: a buffer a stream may still read
+// after a failed WriteBuffer is not pooled for another connection to read
+// into, by any of the copy loops: the socket's, the pump's and the
+// adaptive one. One P, so that a buffer put back is the next one taken.
+func TestFailedBufferWriteDropsTheBuffer(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
+	pooled := func(kept []byte) bool {
+		var got []*[]byte
+		defer func() {
+			for _, b := range got {
+				smallBufs.Put(b)
+			}
+		}()
+		for range 8 {
+			b := smallBufs.Get().(*[]byte)
+			got = append(got, b)
+			if &(*b)[:1][0] == &kept[:1][0] {
+				return true
+			}
+		}
+		return false
+	}
+	for _, loop := range []string{"socket", "pump", "adaptive"} {
+		t.Run(loop, func(t *testing.T) {
+			dst := &keepingStream{kept: make(chan []byte, 1)}
+			done := make(chan error, 1)
+			var src net.Conn
+			switch loop {
+			case "socket", "pump":
+				client, tc := looptest.TCPPair(t)
+				src = client
+				if loop == "socket" {
+					go func() { _, err := copyConn(dst, tc, nil); done <- err }()
+				} else if _, ok := startPump(dst, tc, nil, func(_ int64, err error) { done <- err }); !ok {
+					t.Skip("no pump on this system")
+				}
+			case "adaptive":
+				a, b := net.Pipe()
+				t.Cleanup(func() { a.Close(); b.Close() })
+				src = a
+				go func() { _, err := copyConn(dst, b, nil); done <- err }()
+			}
+			if _, err := src.Write([]byte("some bytes")); err != nil {
+				t.Fatal(err)
+			}
+			var kept []byte
+			select {
+			case kept = <-dst.kept:
+			case <-time.After(10 * time.Second):
+				t.Fatal("the copy never wrote")
+			}
+			if err := <-done; err == nil {
+				t.Fatal("the copy ended without the write's error")
+			}
+			if pooled(kept) {
+				t.Fatal("the buffer the stream kept went back to the pool")
+			}
+		})
+	}
+}

@@ -57,6 +57,7 @@ func copyFromSocket(dst io.Writer, tc *net.TCPConn, live *atomic.Int64) (written
 		w, werr := writeAll(dst, (*buf)[:n], live)
 		written += int64(w)
 		if werr != nil {
+			buf = nil // the stream may still read it: see writeAll
 			return written, werr
 		}
 		if next := nextPool(pool, n, len(*buf)); next != pool {

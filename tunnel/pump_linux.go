@@ -179,13 +179,14 @@ func (p *pump) run() {
 		}
 		w, werr := writeAll(p.dst, (*buf)[:n], p.live)
 		p.written += int64(w)
-		next := nextPool(p.pool, n, len(*buf))
-		p.pool.Put(buf)
-		buf = nil
 		if werr != nil {
+			// buf is dropped: the stream may still read it (writeAll).
 			p.finish(werr)
 			return
 		}
+		next := nextPool(p.pool, n, len(*buf))
+		p.pool.Put(buf)
+		buf = nil
 		p.pool = next
 	}
 }
