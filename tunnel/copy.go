@@ -158,7 +158,13 @@ func (j *join) directionDone() {
 
 // shutdown closes both connections, so both directions stop, without
 // counting it as a failure of either.
-func (j *join) shutdown() { j.abort(nil) }
+func (j *join) shutdown() { j.abort(errCut) }
+
+// errCut ends a pair whose context ended first: a drain's time ran out,
+// the tunnel closed, the relay or agent stopped, or the session under it
+// ended. The connection did not finish, so both ends get a reset, not an
+// end they could take for a complete transfer.
+var errCut = errors.New("cut: its tunnel or session ended before it did")
 
 // abort records err (the first one wins) and closes both connections, so
 // the other direction stops too. A failure (err not nil) resets both rather
