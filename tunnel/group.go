@@ -267,8 +267,15 @@ func (g *group) carry(ctx context.Context, c net.Conn, finish func()) {
 			// The deadline is set before the wait is counted in, so that
 			// markSuspect's, which ends the wait, comes after it.
 			answer := min(time.Until(deadline), cfg.AnswerTimeout)
-			st.SetReadDeadline(time.Now().Add(answer))
+			answerBy := time.Now().Add(answer)
+			st.SetReadDeadline(answerBy)
 			w := m.agent.awaitAnswer(st, suspect)
+			if w == nil && !g.healthyLeft(tried) {
+				// Marked suspect since pick chose it, but no member
+				// that is not suspect is left to try: this one is
+				// still the client's best chance.
+				w = m.agent.awaitAnswer(st, true)
+			}
 			if w == nil {
 				// Marked suspect since pick chose it: another member
 				// takes the client.
@@ -278,6 +285,15 @@ func (g *group) carry(ctx context.Context, c net.Conn, finish func()) {
 			var b [1]byte
 			_, err := io.ReadFull(st, b[:])
 			aborted := m.agent.answerDone(w)
+			for err != nil && aborted && time.Now().Before(answerBy) && !g.healthyLeft(tried) {
+				// A mark ended the wait, but the other members are
+				// suspect too (or tried): going to one of them would
+				// give up an answer that may still come in time.
+				st.SetReadDeadline(answerBy)
+				w = m.agent.awaitAnswer(st, true)
+				_, err = io.ReadFull(st, b[:])
+				aborted = m.agent.answerDone(w)
+			}
 			if err != nil {
 				st.Close()
 				if errors.Is(err, os.ErrDeadlineExceeded) && !aborted {
@@ -347,6 +363,19 @@ func (g *group) pick(tried []*member) (m *member, alternatives, suspect, closed 
 		}
 	}
 	return m, len(healthy)+len(suspects) > 1, len(healthy) == 0, g.closed
+}
+
+// healthyLeft reports whether a member not in tried, not draining and not
+// suspect could take a client.
+func (g *group) healthyLeft(tried []*member) bool {
+	g.r.mu.Lock()
+	defer g.r.mu.Unlock()
+	for _, c := range g.members {
+		if !c.draining.Load() && !slices.Contains(tried, c) && !c.agent.suspect.Load() {
+			return true
+		}
+	}
+	return false
 }
 
 // waitMember waits for a member to join, until deadline.
