@@ -297,7 +297,14 @@ func (g *group) carry(ctx context.Context, c net.Conn, finish func()) {
 			if err != nil {
 				st.Close()
 				if errors.Is(err, os.ErrDeadlineExceeded) && !aborted {
-					m.agent.unanswered()
+					if answer < cfg.AnswerTimeout {
+						// The client's own deadline cut the wait short:
+						// that says little about the agent, so only
+						// ask it (marked if it misses the PING).
+						m.agent.probe()
+					} else {
+						m.agent.unanswered()
+					}
 				}
 				g.log.Debug("agent did not answer; trying another", "client", client.String(), "agent", m.agent.sess.RemoteAddr().String(), "err", err)
 				continue

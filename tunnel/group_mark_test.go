@@ -71,3 +71,36 @@ func TestGroupMarkDoesNotDropClientWithNowhereToGo(t *testing.T) {
 		}
 	}
 }
+
+// A wait cut short by the client's own deadline (OpenStreamTimeout spent
+// on other members, or shorter than the answer timeout) says nothing
+// about the member: it is not marked suspect for it, only probed, as
+// before f2d0c44. Here the client's whole deadline is 1 s and the member
+// pauses for 1.4 s, within the 2 s answer timeout: it answers the probe.
+func TestGroupShortWaitDoesNotMark(t *testing.T) {
+	kind := TransportTCP
+	r := startRelay(t, func(c *RelayConfig) { c.OpenStreamTimeout = time.Second })
+	pa := newProxy(t, kind, r.Addr)
+	a := groupAgent(t, pa.Addr(), r, kind, proctest.StartEcho(t, "A:"), nil)
+	b := groupAgent(t, r.Addr, r, kind, proctest.StartEcho(t, "B:"), nil)
+	if a.eps[0].Port != b.eps[0].Port {
+		t.Fatalf("the members got ports %d and %d", a.eps[0].Port, b.eps[0].Port)
+	}
+	held := holdTag(t, b.Public(0), "B:") // least connections: A next
+	defer held.c.Close()
+	time.Sleep(100 * time.Millisecond) // B's joining probe of A answered
+
+	pa.Freeze()
+	t0 := time.Now()
+	tag, err := visit(b.Public(0), 2)
+	t.Logf("client: %q, %v after %v", tag, err, time.Since(t0).Round(time.Millisecond))
+	time.Sleep(time.Until(t0.Add(1400 * time.Millisecond)))
+	pa.Thaw()
+	time.Sleep(r.Relay.config().AnswerTimeout) // the probe's round
+	if !strings.Contains(r.Log.String(), "agent did not answer; trying another") {
+		t.Fatal("the client did not time out on A: the test proved nothing")
+	}
+	if suspectRE.MatchString(r.Log.String()) {
+		t.Errorf("A, paused %v (answer timeout %v), was marked suspect after the client's %v wait", 1400*time.Millisecond, r.Relay.config().AnswerTimeout, time.Second)
+	}
+}
