@@ -104,3 +104,51 @@ func TestGroupShortWaitDoesNotMark(t *testing.T) {
 		t.Errorf("A, paused %v (answer timeout %v), was marked suspect after the client's %v wait", 1400*time.Millisecond, r.Relay.config().AnswerTimeout, time.Second)
 	}
 }
+
+// Clients already waiting for a member when it is marked suspect stop
+// waiting at the mark and go to a healthy member: X, which reached the
+// frozen A half an answer timeout after Y, is served by B when Y's wait
+// ends, not a full answer timeout after it reached A.
+func TestGroupMarkReleasesWaitingClients(t *testing.T) {
+	forEachTransport(t, func(t *testing.T, kind string) {
+		r := startRelay(t, nil)
+		answer := r.Relay.config().AnswerTimeout
+		pa := newProxy(t, kind, r.Addr)
+		a := groupAgent(t, pa.Addr(), r, kind, proctest.StartEcho(t, "A:"), nil)
+		b := groupAgent(t, r.Addr, r, kind, proctest.StartEcho(t, "B:"), nil)
+		if a.eps[0].Port != b.eps[0].Port {
+			t.Fatalf("the members got ports %d and %d", a.eps[0].Port, b.eps[0].Port)
+		}
+		held := holdTag(t, b.Public(0), "B:") // least connections: A next
+		defer held.c.Close()
+		time.Sleep(100 * time.Millisecond) // B's joining probe of A answered
+
+		pa.Freeze()
+		defer pa.Thaw()
+		type res struct {
+			tag string
+			err error
+			d   time.Duration
+		}
+		yc, xc := make(chan res, 1), make(chan res, 1)
+		for _, c := range []chan res{yc, xc} {
+			go func() {
+				s := time.Now()
+				tag, err := visit(b.Public(0), 2)
+				c <- res{tag, err, time.Since(s)}
+			}()
+			time.Sleep(answer / 2)
+		}
+		y, x := <-yc, <-xc
+		t.Logf("%s: Y %q %v after %v; X %q %v after %v", kind, y.tag, y.err, y.d.Round(time.Millisecond), x.tag, x.err, x.d.Round(time.Millisecond))
+		if y.err != nil || x.err != nil || y.tag != "B:" || x.tag != "B:" {
+			t.Fatalf("Y: %q, %v; X: %q, %v; want both served by B", y.tag, y.err, x.tag, x.err)
+		}
+		if y.d < answer*9/10 {
+			t.Fatalf("Y took %v: it did not wait for A, the test proved nothing", y.d)
+		}
+		if x.d > answer*3/4 {
+			t.Errorf("X took %v; want it released at Y's mark, about %v after it came", x.d, answer/2)
+		}
+	})
+}
