@@ -362,7 +362,11 @@ func (g *group) pick(tried []*member) (m *member, alternatives, suspect, closed 
 	if len(cands) == 0 {
 		return nil, false, false, g.closed
 	}
-	g.rr++
+	if len(tried) == 0 {
+		// One turn per client: a retry turning it too would, with two
+		// members and one failing, start every client at the same one.
+		g.rr++
+	}
 	for i := range cands {
 		c := cands[(g.rr+i)%len(cands)]
 		if m == nil || c.active.Load() < m.active.Load() {
