@@ -290,7 +290,9 @@ func tokenTOML(id, secret string) string {
 }
 
 // SIGHUP re-reads relay.toml: an added token works at once, while the
-// other token's tunnel and its transfer in flight carry on; a revoked
+// other token's tunnel and its transfer in flight carry on, though that
+// token's limits and the relay's changed (in place); the reload's log line
+// names what changed; a revoked
 // token's relayctl exits 3 with a line that says so; an invalid file leaves
 // relayd running on the old config, with the file and line in the log.
 func TestSIGHUPReload(t *testing.T) {
@@ -312,17 +314,20 @@ func TestSIGHUPReload(t *testing.T) {
 			want := regexp.MustCompile(fmt.Sprintf(`(?s)(?:(?:msg="relay.toml reloaded"|msg="reload failed; the running configuration stays").*){%d}`, reloads))
 			r.WaitFor(&r.Stderr, want, pt.StartTimeout)
 		}
-		r.RewriteConfig(t, pt.TokensTOML+"\n"+tokenTOML("new", newSecret))
+		// The kept token's limits change too: in place, its tunnel and
+		// transfer carry on.
+		r.RewriteConfig(t, "[limits]\nper_ip_connections = 20\n\n"+pt.TokensTOML+"max_connections = 50\n\n"+tokenTOML("new", newSecret))
 		reload()
-		if !strings.Contains(r.Stderr.String(), `msg="relay.toml reloaded"`) {
-			t.Fatalf("relayd did not reload:\n%s", r.Stderr.String())
+		want := `msg="relay.toml reloaded" file=` + r.Config + ` changed=limits.per_ip_connections tokens_added=new tokens_removed=old tokens_changed=test tunnels_closed=1 sessions_closed=1`
+		if !strings.Contains(r.Stderr.String(), want) {
+			t.Fatalf("relayd did not log %s:\n%s", want, r.Stderr.String())
 		}
 
 		// Revoked.
 		if code := old.Wait(20 * time.Second); code != 3 {
 			t.Errorf("the revoked token's relayctl exited %d, want 3", code)
 		}
-		want := `relayctl: the relay refused: token "old" was revoked on the relay: ask the relay's operator for a new one`
+		want = `relayctl: the relay refused: token "old" was revoked on the relay: ask the relay's operator for a new one`
 		if got := pt.LastLine(old.Stderr.String()); got != want {
 			t.Errorf("the revoked token's relayctl ends with\n%s\nwant\n%s", got, want)
 		}
@@ -335,6 +340,9 @@ func TestSIGHUPReload(t *testing.T) {
 			t.Errorf("the other token's transfer across the reload: %v", err)
 		}
 		pt.CheckEcho(t, urls[0], "hu:", 1024)
+		if strings.Contains(keep.Stderr.String(), "reconnecting") {
+			t.Errorf("the kept token's relayctl reconnected across the reload:\n%s", keep.Stderr.String())
+		}
 
 		// Invalid: the error names the file and line; nothing changes.
 		r.RewriteConfig(t, "bogus_key = 1\n\n"+pt.TokensTOML)

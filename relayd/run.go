@@ -11,7 +11,9 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"reflect"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"syscall"
 
@@ -199,18 +201,65 @@ func reload(st *runState) *Config {
 				// Against what started, not the last file read: the warning
 				// stays until the file agrees with what runs again.
 				for _, k := range restartOnly(st.started, next, st.overridden) {
+					if note := partlyApplied[k]; note != "" {
+						log.Warn("changed in the config, but applies only after a restart", "key", k, "note", note)
+						continue
+					}
 					log.Warn("changed in the config, but applies only after a restart", "key", k)
 				}
 				for _, w := range readableSecrets(next) {
 					log.Warn(w.msg, "file", w.file, "mode", fmt.Sprintf("%04o", w.mode), "fix", w.fix)
 				}
-				log.Info("relay.toml reloaded", "file", file, "sessions_closed", res.SessionsClosed)
+				// The keys this reload applied: what changed since the last
+				// file read, but for the ones warned about above.
+				var applied []string
+				for _, k := range changedKeys(st.cfg, next) {
+					if !slices.Contains(restartOnly(st.cfg, next, nil), k) {
+						applied = append(applied, k)
+					}
+				}
+				log.Info("relay.toml reloaded", "file", file, "changed", strings.Join(applied, ","),
+					"tokens_added", strings.Join(res.TokensAdded, ","), "tokens_removed", strings.Join(res.TokensRemoved, ","),
+					"tokens_changed", strings.Join(res.TokensChanged, ","),
+					"tunnels_closed", res.TunnelsClosed, "sessions_closed", res.SessionsClosed)
 				return next
 			}
 		}
 	}
 	log.Error("reload failed; the running configuration stays", "file", file, "err", err)
 	return nil
+}
+
+// partlyApplied notes, for the restart-only keys that a reload does apply
+// in part, which part.
+var partlyApplied = map[string]string{
+	"relay.handshake_timeout": "agents' authentication takes the new value now; the TLS and QUIC handshakes after a restart",
+	"relay.idle_timeout":      "agents' silence is judged by the new value now; the transport's idle timeout changes after a restart",
+}
+
+// changedKeys names the keys of relay.toml, as section.key, whose value
+// differs between a and b; [[tokens]] aside, which the relay's reload
+// result names by id.
+func changedKeys(a, b *Config) []string {
+	var out []string
+	var walk func(prefix string, x, y reflect.Value)
+	walk = func(prefix string, x, y reflect.Value) {
+		for i := range x.NumField() {
+			f := x.Type().Field(i)
+			tag, _, _ := strings.Cut(f.Tag.Get("toml"), ",")
+			switch {
+			case f.Anonymous && f.Type.Kind() == reflect.Struct:
+				walk(prefix, x.Field(i), y.Field(i)) // inline: [limits]' client keys
+			case tag == "" || tag == "-" || tag == "tokens":
+			case f.Type.Kind() == reflect.Struct && f.Type != reflect.TypeFor[Duration]():
+				walk(prefix+tag+".", x.Field(i), y.Field(i))
+			case !reflect.DeepEqual(x.Field(i).Interface(), y.Field(i).Interface()):
+				out = append(out, prefix+tag)
+			}
+		}
+	}
+	walk("", reflect.ValueOf(a).Elem(), reflect.ValueOf(b).Elem())
+	return out
 }
 
 // restartOnly names the keys that a running relay cannot change and whose

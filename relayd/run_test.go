@@ -59,6 +59,34 @@ func TestRestartOnly(t *testing.T) {
 	}
 }
 
+// TestChangedKeys names each key a reload sees changed, [limits]' inline
+// client keys and durations included, and leaves [[tokens]] to the
+// relay's reload result.
+func TestChangedKeys(t *testing.T) {
+	base, err := ParseConfig("relay.toml", "[relay]\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range []struct {
+		text string
+		want []string
+	}{
+		{"[relay]\n", nil},
+		{"[relay]\nrejoin_window = \"1s\"\nports = \"20000-20009\"\n", []string{"relay.ports", "relay.rejoin_window"}},
+		{"[limits]\nper_ip_connections = 4\nallow = [\"10.0.0.0/8\"]\nmax_udp_flows = 8\n", []string{"limits.per_ip_connections", "limits.allow", "limits.max_udp_flows"}},
+		{"[log]\nlevel = \"debug\"\n[admin]\nlisten = \"\"\n", []string{"log.level", "admin.listen"}},
+		{"[[tokens]]\nid = \"a\"\nsecret = \"token-secret-0123456789\"\nmax_connections = 3\n", nil},
+	} {
+		next, err := ParseConfig("relay.toml", tt.text)
+		if err != nil {
+			t.Fatalf("%q: %v", tt.text, err)
+		}
+		if got := changedKeys(base, next); !slices.Equal(got, tt.want) {
+			t.Errorf("%q: changedKeys = %q, want %q", tt.text, got, tt.want)
+		}
+	}
+}
+
 var restartWarningRE = regexp.MustCompile(`level=WARN msg="changed in the config, but applies only after a restart" key=(\S+)`)
 
 // TestSIGHUPRestartWarnings: SIGHUP warns about every key that differs

@@ -405,6 +405,12 @@ func (a *Agent) session(ctx context.Context, reconnect bool, failures int, down 
 	defer cancel()
 	eps, byID, err := a.register(ctl, welcome)
 	if err != nil {
+		if !retryable(err, reconnect) || (!reconnect && !a.cfg.WaitForRelay) {
+			// Run gives up on this refusal: the tunnels registered before
+			// it must not keep their ports for an agent that is not
+			// coming back.
+			a.goodbye(ctl, sess)
+		}
 		return false, err
 	}
 	a.mu.Lock()

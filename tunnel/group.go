@@ -47,7 +47,8 @@ type group struct {
 	rr          int
 	closed      bool
 	orphan      *time.Timer
-	joined      chan struct{} // closed, and replaced, when a member joins
+	awaits      [instanceLen]byte // while orphan: the agent instance that left
+	joined      chan struct{}     // closed, and replaced, when a member joins
 }
 
 // member is one agent session's place in a group.
@@ -105,7 +106,7 @@ func (g *group) addMemberLocked(a *agentConn, allow, deny []netip.Prefix) *membe
 // clients already connected still count against the new limits.
 func (g *group) rebuildGateLocked() {
 	cfg := g.r.config()
-	layers := []ClientLimits{cfg.Clients, g.token.tok.Clients, {Allow: g.allow, Deny: g.deny}}
+	layers := []ClientLimits{cfg.Clients, g.token.token().Clients, {Allow: g.allow, Deny: g.deny}}
 	g.gate.Store(newClientGate(layers, g.token, &g.ips, &g.refused, &g.r.clientRefusals))
 }
 
@@ -132,6 +133,7 @@ func (g *group) removeMemberLocked(m *member) {
 	// The agent vanished without saying goodbye: it is likely reconnecting.
 	// Keep the port, and hold new clients, for a while.
 	g.log.Info("tunnel has no agent; keeping its port open for one to return", "window", window)
+	g.awaits = m.agent.instance
 	g.orphan = time.AfterFunc(window, func() {
 		g.r.mu.Lock()
 		defer g.r.mu.Unlock()

@@ -12,7 +12,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"reflect"
 	"regexp"
 	"slices"
 	"sort"
@@ -236,17 +235,18 @@ func NewRelay(cfg RelayConfig) (*Relay, error) {
 }
 
 // tokenStates indexes tokens by key id, keeping the state (counts) of any
-// token in old that did not change.
+// token in old with the same secret and id, and giving it the new rules.
 func tokenStates(tokens []Token, old map[[keyIDLen]byte]*tokenState) map[[keyIDLen]byte]*tokenState {
 	m := make(map[[keyIDLen]byte]*tokenState, len(tokens))
 	for i := range tokens {
 		t := &tokens[i]
 		k := KeyID(t.Secret)
-		if ts, ok := old[k]; ok && reflect.DeepEqual(*ts.tok, *t) {
+		if ts, ok := old[k]; ok && ts.token().ID == t.ID {
+			ts.tok.Store(t)
 			m[k] = ts
 			continue
 		}
-		m[k] = &tokenState{tok: t}
+		m[k] = newTokenState(t)
 	}
 	return m
 }
@@ -528,7 +528,7 @@ func (r *Relay) admitAgent(a *agentConn) *RefusedError {
 	}
 	if a.instance != ([instanceLen]byte{}) {
 		for o := range r.agents {
-			if o.instance == a.instance && o.token.tok.ID == a.token.tok.ID {
+			if o.instance == a.instance && o.token == a.token {
 				old = append(old, o)
 			}
 		}
@@ -595,7 +595,7 @@ func (r *Relay) handshake(ctx context.Context, s transport.Session, log *slog.Lo
 	r.mu.Unlock()
 	secret := r.dummySecret
 	if known {
-		secret = ts.tok.Secret
+		secret = ts.token().Secret
 	}
 	want := Proof(secret, ch.Nonce, ekm)
 	if !hmac.Equal(want[:], auth.Proof[:]) || !known {
@@ -603,7 +603,7 @@ func (r *Relay) handshake(ctx context.Context, s transport.Session, log *slog.Lo
 	}
 	a.token = ts
 	a.instance = hello.Instance
-	a.log = log.With("token", ts.tok.ID)
+	a.log = log.With("token", ts.token().ID)
 	if err := a.send(&Welcome{PublicHost: cfg.PublicHost}); err != nil {
 		return nil, fmt.Errorf("sending welcome: %w", err)
 	}
@@ -888,16 +888,13 @@ func (a *agentConn) register(ctx context.Context, m *Register) Message {
 	if !ValidName(m.Name) {
 		return fail(CodeBadRequest, "tunnel name %q is invalid: use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit", m.Name)
 	}
-	tok := a.token.tok
-	if !matchName(tok.Names, m.Name) {
-		return fail(CodeForbidden, "token %q may not use the tunnel name %q: its names rule allows only %s; pick a --name that matches",
-			tok.ID, m.Name, strings.Join(tok.Names, ", "))
+	if ref := a.token.token().allows(m.Name, m.Protos); ref != nil {
+		// Checked again in join, under the lock a reload holds; this
+		// one keeps the refusal ahead of a bad protocol set's.
+		return fail(ref.Code, "%s", ref.Text)
 	}
 	if m.Protos == 0 || m.Protos&^(ProtoTCP|ProtoUDP) != 0 {
 		return fail(CodeUnsupported, "protocol set %#x is not one this relay carries (tcp, udp, or both)", m.Protos)
-	}
-	if m.Protos&ProtoUDP != 0 && tok.DenyUDP {
-		return fail(CodeForbidden, "token %q may not open UDP tunnels (its udp rule is false)", tok.ID)
 	}
 	allow, err := ParsePrefixes(m.Allow)
 	if err != nil {
@@ -930,7 +927,7 @@ func (r *Relay) join(ctx context.Context, a *agentConn, m *Register, allow, deny
 	// port it just took away.
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	tok := a.token.tok
+	tok := a.token.token()
 	cfg := r.config()
 	allowed, whose := cfg.Ports, "this relay allows"
 	if len(tok.Ports) > 0 {
@@ -954,6 +951,9 @@ func (r *Relay) join(ctx context.Context, a *agentConn, m *Register, allow, deny
 		return nil, &RefusedError{Code: CodeShutdown, Text: "the relay is shutting down"}
 	}
 	if ref := r.tokenCurrentLocked(a); ref != nil {
+		return nil, ref
+	}
+	if ref := tok.allows(m.Name, m.Protos); ref != nil {
 		return nil, ref
 	}
 	g := r.groups[key]
@@ -1210,17 +1210,24 @@ func (r *Relay) drainMembers(a *agentConn, id uint32) {
 	}
 }
 
-// tokenCurrentLocked refuses a whose token was revoked or changed by a
-// reload since it authenticated.
+// tokenCurrentLocked refuses a whose token was revoked, or given another
+// secret or id, by a reload since it authenticated. Its other rules change
+// in place.
 func (r *Relay) tokenCurrentLocked(a *agentConn) *RefusedError {
-	ts, ok := r.tokens[KeyID(a.token.tok.Secret)]
+	tok := a.token.token()
+	ts, ok := r.tokens[KeyID(tok.Secret)]
 	switch {
-	case !ok:
-		return &RefusedError{Code: CodeUnauthorized, Text: fmt.Sprintf("token %q was revoked on the relay: ask the relay's operator for a new one", a.token.tok.ID)}
-	case ts != a.token:
-		return &RefusedError{Code: CodeShutdown, Text: fmt.Sprintf("token %q changed on the relay; reconnect to apply the new rules", a.token.tok.ID)}
+	case ok && ts != a.token:
+		return &RefusedError{Code: CodeShutdown, Text: fmt.Sprintf("token %q is now called %q on the relay; reconnect under the new id", tok.ID, ts.token().ID)}
+	case ok:
+		return nil
 	}
-	return nil
+	for _, o := range r.tokens {
+		if o.token().ID == tok.ID {
+			return &RefusedError{Code: CodeUnauthorized, Text: fmt.Sprintf("token %q has a new secret on the relay: ask the relay's operator for it", tok.ID)}
+		}
+	}
+	return &RefusedError{Code: CodeUnauthorized, Text: fmt.Sprintf("token %q was revoked on the relay: ask the relay's operator for a new one", tok.ID)}
 }
 
 // dropMembers takes every member of a's session out of its group.
@@ -1234,6 +1241,15 @@ func (r *Relay) dropMembers(a *agentConn, goodbye bool) []*member {
 // goodbye close their group at once when no live member is left; others
 // leave it open for the rejoin window.
 func (r *Relay) dropMembersLocked(a *agentConn, goodbye bool) []*member {
+	if goodbye && a.instance != ([instanceLen]byte{}) {
+		// The agent is back only to leave (refused on a tunnel, it stops):
+		// what waits for it from an earlier session will not see it again.
+		for _, g := range r.groups {
+			if g.orphan != nil && len(g.members) == 0 && g.awaits == a.instance && g.token == a.token {
+				r.closeGroupLocked(g, "its agent came back only to leave")
+			}
+		}
+	}
 	var dropped []*member
 	for id, m := range a.members {
 		delete(a.members, id)

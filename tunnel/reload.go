@@ -5,7 +5,6 @@ import (
 	"reflect"
 	"slices"
 	"sort"
-	"strings"
 	"time"
 )
 
@@ -13,21 +12,25 @@ import (
 type ReloadResult struct {
 	TokensAdded, TokensRemoved, TokensChanged []string
 	// SessionsClosed counts agent sessions closed because their token was
-	// revoked or changed, or their tunnel's port left the relay's ports.
+	// revoked or given another secret or id, or a tunnel they carry is no
+	// longer allowed.
 	SessionsClosed int
+	// TunnelsClosed counts tunnels closed because the new rules rule them
+	// out: their token's, or the relay's ports.
+	TunnelsClosed int
 	// NeedsRestart names settings that changed but apply only at start.
 	NeedsRestart []string
 }
 
-// Reload applies cfg to the running relay. Tunnels whose token and port
-// are untouched carry on undisturbed. Sessions of a revoked token are closed
-// for good (the agent is told its token is no longer accepted); sessions of
-// a changed token, or with a tunnel on a port the relay no longer offers,
-// are closed with a temporary error, so their agents reconnect at once and
-// are judged by the new rules (keeping their ports where those allow).
-// Tunnels waiting for their agents to return close too when their token
-// changed or their port is no longer offered. An invalid cfg changes
-// nothing.
+// Reload applies cfg to the running relay. A token's limits (connections,
+// tunnels, per-IP client limits) change in place: its sessions and clients
+// carry on. Sessions of a token revoked or given a new secret are closed for
+// good (the agent is told why); a tunnel the new rules no longer allow (its
+// token's names, ports or udp rule, the relay's ports, the token's id)
+// closes, and the sessions carrying it are closed with a temporary error,
+// so their agents reconnect at once and are judged by the new rules: their
+// other tunnels keep their ports. Tunnels waiting for their agents to
+// return close too when ruled out. An invalid cfg changes nothing.
 func (r *Relay) Reload(cfg RelayConfig) (ReloadResult, error) {
 	var res ReloadResult
 	if err := cfg.Validate(); err != nil {
@@ -86,41 +89,43 @@ func (r *Relay) Reload(cfg RelayConfig) (ReloadResult, error) {
 	r.cfg.Store(&cfg)
 	// A new lease lifetime applies to the leases held now as well.
 	r.leases.ttl = cfg.LeaseTTL
-	// Tokens are known by their secret: one whose secret is gone is
-	// revoked, one whose rules (or id) changed is a new token state.
+	// A tunnel the new rules rule out closes at once, whether agents carry
+	// it or it waits out its rejoin window. Limits change in place: a
+	// lowered cap refuses new clients or tunnels, and keeps those open.
+	closing := map[*group]string{}
+	for _, g := range r.groups {
+		if why := r.ruledOutLocked(g); why != "" {
+			closing[g] = why
+		}
+	}
 	for a := range r.agents {
 		if ref := r.tokenCurrentLocked(a); ref != nil {
 			kicks = append(kicks, kick{a, ref.Code, ref.Text})
 			continue
 		}
+		// There is no closing one tunnel of a session: the session
+		// closes, and its agent, back at once, hears why from the refusal
+		// of its REGISTER, or gets another port.
 		for _, m := range a.members {
-			if !cfg.Ports.Contains(m.g.port) {
-				kicks = append(kicks, kick{a, CodeShutdown, fmt.Sprintf("port %d is no longer among the relay's ports; reconnect for another", m.g.port)})
+			if why, ok := closing[m.g]; ok {
+				kicks = append(kicks, kick{a, CodeShutdown, fmt.Sprintf("tunnel %s closed by a change to the relay's configuration: %s; reconnect to register it again",
+					m.g.key.Name, why)})
 				break
 			}
 		}
 	}
-	// Tunnels of the closed sessions go at once, without the rejoin window:
-	// the rules they opened under no longer hold. Their leases stay.
+	for g, why := range closing {
+		r.closeGroupLocked(g, why)
+		res.TunnelsClosed++
+	}
+	// The other tunnels of those sessions hold their ports for the rejoin
+	// window, as for any agent on its way back.
 	for _, k := range kicks {
-		r.dropMembersLocked(k.a, true)
+		r.dropMembersLocked(k.a, false)
 	}
 	for _, g := range r.groups {
-		switch {
-		case r.tokens[KeyID(g.token.tok.Secret)] != g.token:
-			r.closeGroupLocked(g, "its token changed")
-		case !cfg.Ports.Contains(g.port):
-			// A tunnel waiting out its rejoin window has no session to
-			// close above: its agent, back, must get a port on offer.
-			why := fmt.Sprintf("port %d is no longer among the relay's ports", g.port)
-			g.log.Warn("closing tunnel after reload", "reason", why)
-			r.closeGroupLocked(g, why)
-		}
-	}
-	if !reflect.DeepEqual(cfg.Clients, old.Clients) {
-		for _, g := range r.groups {
-			g.rebuildGateLocked()
-		}
+		// The relay's or the token's client limits may have changed.
+		g.rebuildGateLocked()
 	}
 	// Counted while their sessions, still in r.agents, hold Serve's wait
 	// group above zero.
@@ -135,10 +140,23 @@ func (r *Relay) Reload(cfg RelayConfig) (ReloadResult, error) {
 		}()
 	}
 	res.SessionsClosed = len(kicks)
-	r.log.Info("configuration reloaded",
-		"tokens_added", strings.Join(res.TokensAdded, ","), "tokens_removed", strings.Join(res.TokensRemoved, ","),
-		"tokens_changed", strings.Join(res.TokensChanged, ","), "sessions_closed", res.SessionsClosed)
 	return res, nil
+}
+
+// ruledOutLocked says why the rules now in force rule out the open tunnel
+// g, or "".
+func (r *Relay) ruledOutLocked(g *group) string {
+	tok := g.token.token()
+	ts, ok := r.tokens[KeyID(tok.Secret)]
+	switch {
+	case !ok:
+		return fmt.Sprintf("its token %q was revoked or given a new secret", tok.ID)
+	case ts != g.token:
+		return fmt.Sprintf("its token %q is now called %q", tok.ID, ts.token().ID)
+	case !r.config().Ports.Contains(g.port):
+		return fmt.Sprintf("port %d is no longer among the relay's ports", g.port)
+	}
+	return tok.keeps(g)
 }
 
 // closeAfterNotice tells the agent why its session ends, then closes the

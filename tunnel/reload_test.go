@@ -28,20 +28,25 @@ func tokenAgent(r *testRelay, kind, local, secret, name string) AgentConfig {
 	return cfg
 }
 
-// Reload adds a token (usable at once), revokes one (its agent stops with
-// a refusal that says so), changes one (its agent reconnects to the same
-// port), and leaves the other token's tunnel and its client in flight
-// alone.
+// Reload adds a token (usable at once), revokes one and gives one a new
+// secret (their agents stop with a refusal that says which), lowers one's
+// max_connections (applied in place: its agent stays connected, the
+// client it holds carries on, a new one is refused until that one ends),
+// and leaves the other token's tunnel and its client in flight alone.
 func TestReloadTokens(t *testing.T) {
+	const rotSecret = "rot-secret-0123456789"
 	forEachTransport(t, func(t *testing.T, kind string) {
 		r := startRelay(t, func(c *RelayConfig) {
-			c.Tokens = append(c.Tokens, Token{ID: "old", Secret: oldSecret}, Token{ID: "chg", Secret: chgSecret})
+			c.Tokens = append(c.Tokens, Token{ID: "old", Secret: oldSecret}, Token{ID: "chg", Secret: chgSecret},
+				Token{ID: "rot", Secret: rotSecret})
 		})
 		local := proctest.StartEcho(t, "k:")
 		keep := liveAgentUp(t, tokenAgent(r, kind, local, testSecret, "keep"))
 		old := liveAgentUp(t, tokenAgent(r, kind, local, oldSecret, "old"))
 		chg := liveAgentUp(t, tokenAgent(r, kind, local, chgSecret, "chg"))
+		rot := liveAgentUp(t, tokenAgent(r, kind, local, rotSecret, "rot"))
 		held := hold(t, keep.Public(0), 2)
+		chgHeld := hold(t, chg.Public(0), 2)
 		if err := startAgent(t, tokenAgent(r, kind, local, newSecret, "new")).wait(t, 20*time.Second); !isRefused(err, CodeUnauthorized) {
 			t.Fatalf("a token not yet added: %v, want unauthorized", err)
 		}
@@ -49,38 +54,49 @@ func TestReloadTokens(t *testing.T) {
 		cfg := *r.Relay.config()
 		cfg.Tokens = []Token{
 			{ID: "test", Secret: testSecret},
-			{ID: "chg", Secret: chgSecret, MaxConnections: 100},
+			{ID: "chg", Secret: chgSecret, MaxConnections: 1},
+			{ID: "rot", Secret: "rot-secret-rotated-0123"},
 			{ID: "new", Secret: newSecret},
 		}
 		res, err := r.Relay.Reload(cfg)
 		if err != nil {
 			t.Fatalf("Reload: %v", err)
 		}
-		if got := fmt.Sprint(res.TokensAdded, res.TokensRemoved, res.TokensChanged, res.SessionsClosed); got != "[new] [old] [chg] 2" {
-			t.Errorf("Reload result %+v, want added [new], removed [old], changed [chg], 2 sessions closed", res)
+		if got := fmt.Sprint(res.TokensAdded, res.TokensRemoved, res.TokensChanged, res.SessionsClosed, res.TunnelsClosed); got != "[new] [old] [chg rot] 2 2" {
+			t.Errorf("Reload result %+v, want added [new], removed [old], changed [chg rot], 2 sessions and 2 tunnels closed", res)
 		}
 
-		// Revoked: Run ends with the reason, no retry.
-		err = old.wait(t, 20*time.Second)
-		if !isRefused(err, CodeUnauthorized) || err.Error() != `token "old" was revoked on the relay: ask the relay's operator for a new one` {
-			t.Errorf("the revoked token's agent: Run returned %v; want an unauthorized refusal saying token \"old\" was revoked and what to do", err)
-		}
-		if strings.Contains(old.Log.String(), "reconnecting") {
-			t.Errorf("the revoked token's agent said it was reconnecting:\n%s", old.Log)
+		// Revoked, and a new secret: Run ends with the reason, no retry.
+		for _, c := range []struct {
+			a    *liveAgent
+			want string
+		}{
+			{old, `token "old" was revoked on the relay: ask the relay's operator for a new one`},
+			{rot, `token "rot" has a new secret on the relay: ask the relay's operator for it`},
+		} {
+			err = c.a.wait(t, 20*time.Second)
+			if !isRefused(err, CodeUnauthorized) || err.Error() != c.want {
+				t.Errorf("Run returned %v; want an unauthorized refusal saying %q", err, c.want)
+			}
+			if strings.Contains(c.a.Log.String(), "reconnecting") {
+				t.Errorf("the agent said it was reconnecting:\n%s", c.a.Log)
+			}
 		}
 
-		// Changed: back at once on the same port, OnReady not called again.
-		waitFor(t, "the changed token's agent to reconnect", 20*time.Second, func() bool {
-			return chg.Status().Reconnects == 1 && chg.connected()
+		// Lowered limit: in place. The held client is the one the cap
+		// allows; another is refused until it ends.
+		if _, err := visit(chg.Public(0), 2); err == nil {
+			t.Error("a second client of the token capped at 1 connection was let in")
+		}
+		if err := chgHeld.finish(64 << 10); err != nil {
+			t.Errorf("the capped token's client in flight: %v", err)
+		}
+		waitFor(t, "the capped token's tunnel to take a client again", 10*time.Second, func() bool {
+			_, err := visit(chg.Public(0), 2)
+			return err == nil
 		})
-		if got := chg.Status().Tunnels[0].Public; got != chg.eps[0].URL() {
-			t.Errorf("the changed token's tunnel moved from %s to %s", chg.eps[0].URL(), got)
-		}
-		if n := chg.readies.Load(); n != 1 {
-			t.Errorf("OnReady called %d times for the changed token's agent, want once", n)
-		}
-		if _, err := visit(chg.Public(0), 2); err != nil {
-			t.Errorf("the changed token's tunnel: %v", err)
+		if st := chg.Status(); st.Reconnects != 0 || !st.Connected {
+			t.Errorf("the agent of the token whose limit changed: %+v, want its first session still up", st)
 		}
 
 		// Added: works at once.
@@ -95,6 +111,115 @@ func TestReloadTokens(t *testing.T) {
 		}
 		if st := keep.Status(); st.Reconnects != 0 || !st.Connected {
 			t.Errorf("the unaffected agent: %+v, want its first session still up", st)
+		}
+	})
+}
+
+// A reload that narrows a token's rules closes only the tunnels they no
+// longer allow. The session carrying one is closed; its agent reconnects
+// and is told why (Run ends with the refusal), or, for a port, moves. Its
+// other tunnels close at once, not held for the rejoin window, as the
+// agent says goodbye. Another agent of the token, whose tunnel still fits,
+// carries on with its client.
+func TestReloadNarrowsToken(t *testing.T) {
+	forEachTransport(t, func(t *testing.T, kind string) {
+		for _, c := range []struct {
+			name    string
+			tunnel  TunnelSpec // the one ruled out; "fits-N" is not
+			narrow  func(*Token, uint16)
+			why     string // the relay's "tunnel closed" reason
+			refusal string // Run's error; "" for a tunnel that moves
+		}{
+			{"names", TunnelSpec{Name: "out"}, func(t *Token, _ uint16) { t.Names = []string{"fits-*"} },
+				`its token \"scoped\"'s names rule no longer allows the name \"out\"`,
+				`token "scoped" may not use the tunnel name "out": its names rule allows only fits-*; pick a --name that matches`},
+			{"udp", TunnelSpec{Name: "out", Protos: ProtoUDP}, func(t *Token, _ uint16) { t.DenyUDP = true },
+				`its token \"scoped\" may no longer open UDP tunnels`,
+				`token "scoped" may not open UDP tunnels (its udp rule is false)`},
+			{"ports", TunnelSpec{Name: "out"}, func(t *Token, p uint16) { t.Ports = PortSet{{1024, p - 1}, {p + 1, 65535}} },
+				`port %d is no longer among the ports its token \"scoped\" may use`, ""},
+		} {
+			t.Run(c.name, func(t *testing.T) {
+				scoped := Token{ID: "scoped", Secret: chgSecret}
+				r := startRelay(t, func(rc *RelayConfig) {
+					rc.Tokens = append(rc.Tokens, scoped)
+					rc.RejoinWindow = time.Minute
+				})
+				local := proctest.StartEcho(t, "n:")
+				cfg := tokenAgent(r, kind, local, chgSecret, "")
+				c.tunnel.Local = local
+				cfg.Tunnels = []TunnelSpec{c.tunnel, {Name: "fits-1", Local: local}}
+				a := liveAgentUp(t, cfg)
+				other := liveAgentUp(t, tokenAgent(r, kind, local, chgSecret, "fits-2"))
+				held := hold(t, other.Public(0), 2)
+				out := a.eps[0].Port
+
+				rc := *r.Relay.config()
+				rc.Tokens = slices.Clone(rc.Tokens)
+				c.narrow(&rc.Tokens[len(rc.Tokens)-1], out)
+				res, err := r.Relay.Reload(rc)
+				if err != nil || res.SessionsClosed != 1 || res.TunnelsClosed != 1 || fmt.Sprint(res.TokensChanged) != "[scoped]" {
+					t.Fatalf("Reload: %+v, %v; want token scoped changed, one session and one tunnel closed", res, err)
+				}
+				why := c.why
+				if c.name == "ports" {
+					why = fmt.Sprintf(why, out)
+				}
+				if want := fmt.Sprintf(`msg="tunnel closed" tunnel=out port=%d token=scoped why="%s"`, out, why); !strings.Contains(r.Log.String(), want) {
+					t.Errorf("the relay did not log %s", want)
+				}
+
+				if c.refusal == "" {
+					eps := a.waitReady(t)
+					if eps[0].Port == out || eps[1].Port != a.eps[1].Port {
+						t.Errorf("after the reload, ports %d and %d; want the first moved off %d, the second kept at %d",
+							eps[0].Port, eps[1].Port, out, a.eps[1].Port)
+					}
+				} else {
+					want := fmt.Sprintf("tunnel out (%s): %s", local, c.refusal)
+					if err := a.wait(t, 20*time.Second); !isRefused(err, CodeForbidden) || err.Error() != want {
+						t.Errorf("the agent of the tunnel ruled out: Run returned %v, want %q", err, want)
+					}
+					waitFor(t, "the agent's other tunnel to close", 10*time.Second, func() bool {
+						for _, tn := range r.Relay.Tunnels() {
+							if tn.Name == "fits-1" {
+								return false
+							}
+						}
+						return true
+					})
+				}
+				if err := held.finish(64 << 10); err != nil {
+					t.Errorf("the other agent's client in flight: %v", err)
+				}
+				if st := other.Status(); st.Reconnects != 0 || !st.Connected {
+					t.Errorf("the other agent, whose tunnel still fits: %+v, want its first session still up", st)
+				}
+			})
+		}
+	})
+}
+
+// An agent refused on a tunnel after others registered, and so about to
+// stop, says goodbye: the tunnels it had registered close at once rather
+// than wait out the rejoin window for it.
+func TestRefusedAgentLeavesNoTunnel(t *testing.T) {
+	forEachTransport(t, func(t *testing.T, kind string) {
+		r := startRelay(t, func(rc *RelayConfig) {
+			rc.Tokens = []Token{{ID: "test", Secret: testSecret, Names: []string{"ok-*"}}}
+			rc.RejoinWindow = time.Minute
+		})
+		local := proctest.StartEcho(t, "r:")
+		cfg := tokenAgent(r, kind, local, testSecret, "")
+		cfg.Tunnels = []TunnelSpec{{Name: "ok-1", Local: local}, {Name: "bad", Local: local}}
+		if err := startAgent(t, cfg).wait(t, 20*time.Second); !isRefused(err, CodeForbidden) {
+			t.Fatalf("Run: %v, want a refusal of the tunnel named bad", err)
+		}
+		if ts := r.Relay.Tunnels(); len(ts) != 0 {
+			t.Errorf("tunnels left open by the refused agent: %+v", ts)
+		}
+		if want := `msg="tunnel closed" tunnel=ok-1`; !strings.Contains(r.Log.String(), want) {
+			t.Errorf("the relay did not log %s", want)
 		}
 	})
 }
@@ -171,7 +296,7 @@ func TestReloadMovesPort(t *testing.T) {
 		if !strings.Contains(a.Log.String(), "the relay gave different public addresses than before") {
 			t.Error("the agent did not warn that its address changed")
 		}
-		if want := fmt.Sprintf("port %d is no longer among the relay's ports; reconnect for another", p); !strings.Contains(r.Log.String(), want) {
+		if want := fmt.Sprintf(`why="port %d is no longer among the relay's ports"`, p); !strings.Contains(r.Log.String(), want) {
 			t.Errorf("the relay did not log %q", want)
 		}
 		if _, err := visit(net.JoinHostPort("127.0.0.1", strconv.Itoa(int(eps[0].Port))), 2); err != nil {
@@ -248,7 +373,7 @@ func TestReloadClosesWaitingTunnel(t *testing.T) {
 					if ts := r.Relay.Tunnels(); len(ts) != 0 {
 						t.Fatalf("after a reload to ports %s, tunnels still open: %+v", after, ts)
 					}
-					want := fmt.Sprintf(`msg="closing tunnel after reload" tunnel=%s port=%d token=test reason="port %d is no longer among the relay's ports"`,
+					want := fmt.Sprintf(`msg="tunnel closed" tunnel=%s port=%d token=test why="port %d is no longer among the relay's ports"`,
 						cfg.Tunnels[0].Name, old, old)
 					if !strings.Contains(r.Log.String(), want) {
 						t.Errorf("the relay did not log %s", want)

@@ -310,15 +310,52 @@ func (g *clientGate) count(reason string) string {
 
 // tokenState is what the relay tracks per token across sessions.
 type tokenState struct {
-	tok     *Token
+	// tok is replaced in place by a reload that keeps the token's id and
+	// secret: its limits apply at once, to the sessions already in.
+	tok     atomic.Pointer[Token]
 	tunnels int // guarded by Relay.mu
 	conns   atomic.Int64
+}
+
+func newTokenState(t *Token) *tokenState {
+	ts := &tokenState{}
+	ts.tok.Store(t)
+	return ts
+}
+
+// token is the token's rules as they are now.
+func (s *tokenState) token() *Token { return s.tok.Load() }
+
+// allows refuses a tunnel that tok's rules rule out: its name, or UDP.
+// The ports rule is the relay's join to check, as it picks the port.
+func (tok *Token) allows(name string, protos uint8) *RefusedError {
+	if !matchName(tok.Names, name) {
+		return &RefusedError{Code: CodeForbidden, Text: fmt.Sprintf("token %q may not use the tunnel name %q: its names rule allows only %s; pick a --name that matches",
+			tok.ID, name, strings.Join(tok.Names, ", "))}
+	}
+	if protos&ProtoUDP != 0 && tok.DenyUDP {
+		return &RefusedError{Code: CodeForbidden, Text: fmt.Sprintf("token %q may not open UDP tunnels (its udp rule is false)", tok.ID)}
+	}
+	return nil
+}
+
+// keeps says why tok's rules no longer allow the open tunnel g, or "".
+func (tok *Token) keeps(g *group) string {
+	switch {
+	case !matchName(tok.Names, g.key.Name):
+		return fmt.Sprintf("its token %q's names rule no longer allows the name %q", tok.ID, g.key.Name)
+	case g.protos&ProtoUDP != 0 && tok.DenyUDP:
+		return fmt.Sprintf("its token %q may no longer open UDP tunnels", tok.ID)
+	case len(tok.Ports) > 0 && !tok.Ports.Contains(g.port):
+		return fmt.Sprintf("port %d is no longer among the ports its token %q may use", g.port, tok.ID)
+	}
+	return ""
 }
 
 // addConn takes one of the token's connection slots, if it has a cap.
 func (s *tokenState) addConn() bool {
 	n := s.conns.Add(1)
-	if s.tok.MaxConnections > 0 && n > int64(s.tok.MaxConnections) {
+	if max := s.token().MaxConnections; max > 0 && n > int64(max) {
 		s.conns.Add(-1)
 		return false
 	}
