@@ -172,7 +172,7 @@ func (g *group) info() TunnelInfo {
 }
 
 func (g *group) serve(ctx context.Context) {
-	var lastSummary time.Time
+	var summary refusalSummary
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	var backoff time.Duration
@@ -195,11 +195,7 @@ func (g *group) serve(ctx context.Context) {
 			// and a close.
 			c.Close()
 			g.log.Debug("client refused", "client", client.String(), "reason", reason)
-			// One line per 10 s at most, so a flood cannot flood the log.
-			if now := time.Now(); now.Sub(lastSummary) >= 10*time.Second {
-				lastSummary = now
-				g.log.Info("public clients refused so far", "by_reason", g.refused.snapshot(), "latest", client.String())
-			}
+			summary.note(g, client)
 			continue
 		}
 		g.active.Add(1)
@@ -452,3 +448,15 @@ func (s *statusStream) Read(p []byte) (int, error) {
 }
 
 var errLocalUnreachable = errors.New("the agent could not reach its local server")
+
+// refusalSummary logs the tunnel's refusals of public clients so far, at
+// most once per 10 s, so a flood cannot flood the log. Each reader of a
+// public socket (TCP accept loop, UDP read loop) has its own.
+type refusalSummary struct{ last time.Time }
+
+func (s *refusalSummary) note(g *group, latest netip.AddrPort) {
+	if now := time.Now(); now.Sub(s.last) >= 10*time.Second {
+		s.last = now
+		g.log.Info("public clients refused so far", "by_reason", g.refused.snapshot(), "latest", latest.String())
+	}
+}

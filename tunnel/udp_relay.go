@@ -25,6 +25,8 @@ type udpPort struct {
 
 	mu    sync.Mutex
 	flows map[netip.AddrPort]*udpFlow
+
+	refusals refusalSummary // serveUDP's goroutine only
 }
 
 func (u *udpPort) flowCount() int64 {
@@ -93,6 +95,7 @@ func (g *group) flow(client netip.AddrPort) *udpFlow {
 		u.mu.Unlock()
 		g.refused.add(RefusedFlowLimit)
 		g.r.clientRefusals.add(RefusedFlowLimit)
+		u.refusals.note(g, client)
 		return nil
 	}
 	u.mu.Unlock()
@@ -103,6 +106,7 @@ func (g *group) flow(client netip.AddrPort) *udpFlow {
 	if f == nil {
 		var reason string
 		if release, reason = g.gate.Load().admit(client.Addr()); reason != "" {
+			u.refusals.note(g, client)
 			return nil
 		}
 	}

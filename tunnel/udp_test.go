@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/netip"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -198,7 +199,43 @@ func TestUDPFlowLimit(t *testing.T) {
 	if got := r.Relay.Tunnels()[0].Refused[RefusedFlowLimit]; got == 0 {
 		t.Errorf("refusals %v, want %s counted", r.Relay.Tunnels()[0].Refused, RefusedFlowLimit)
 	}
+	if want := `msg="public clients refused so far" `; !strings.Contains(r.Log.String(), want) || !strings.Contains(r.Log.String(), "by_reason=map[flow_limit:") {
+		t.Errorf("the relay's log has no %s by_reason=map[flow_limit:…] line", want)
+	}
 	exchange(t, conns[0], []byte("still"))
+}
+
+// TestUDPPerIPLimit: a UDP flow counts as a connection against the per-IP
+// cap; a client over it is dropped, and the tunnel's refusals are summed
+// up in the log at info, as for TCP.
+func TestUDPPerIPLimit(t *testing.T) {
+	forEachTransport(t, func(t *testing.T, kind string) {
+		r := startRelay(t, func(c *RelayConfig) { c.Clients = ClientLimits{MaxConnsPerIP: 1} })
+		srv := startUDPEcho(t)
+		a := mustRunAgent(t, r.udpAgentConfig(kind, ProtoUDP, srv.Addr))
+		public := endpointFor(t, a, "udp")
+		var conns []net.Conn
+		for range 2 {
+			c, err := net.Dial("udp", public)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			conns = append(conns, c)
+		}
+		exchange(t, conns[0], []byte("a"))
+		conns[1].Write([]byte("b"))
+		conns[1].SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+		if n, err := conns[1].Read(make([]byte, 8)); err == nil {
+			t.Fatalf("a second flow from the IP got %d bytes back; want it dropped at the per-IP cap of 1", n)
+		}
+		want := fmt.Sprintf(`level=INFO msg="public clients refused so far" tunnel=%s port=%d token=test by_reason=map[per_ip_conns:1] latest=%s`,
+			a.Endpoints[0].Name, a.Endpoints[0].Port, conns[1].LocalAddr())
+		if !strings.Contains(r.Log.String(), want) {
+			t.Errorf("the relay's log has no line %s", want)
+		}
+		exchange(t, conns[0], []byte("still"))
+	})
 }
 
 // TestTCPAndUDPOnOnePort: one tunnel, both protocols, one port number, both
