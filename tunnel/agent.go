@@ -414,7 +414,8 @@ func (a *Agent) session(ctx context.Context, reconnect bool, failures int, down 
 		return false, err
 	}
 	a.mu.Lock()
-	changed := !slices.Equal(eps, a.endpoints)
+	was := a.endpoints
+	changed := !slices.Equal(eps, was)
 	a.endpoints = eps
 	a.ctl, a.sess = ctl, sess
 	a.connected, a.since = true, time.Now()
@@ -440,8 +441,14 @@ func (a *Agent) session(ctx context.Context, reconnect bool, failures int, down 
 		}
 	}
 	if changed {
-		if reconnect {
-			log.Warn("the relay gave different public addresses than before", "endpoints", eps)
+		for i, e := range eps {
+			if reconnect && (i >= len(was) || was[i] != e) {
+				var before string
+				if i < len(was) {
+					before = was[i].URL()
+				}
+				log.Warn("the relay gave a tunnel a different public address than before", "name", e.Name, "was", before, "now", e.URL())
+			}
 		}
 		if a.cfg.OnReady != nil {
 			a.cfg.OnReady(eps)

@@ -293,8 +293,9 @@ func TestReloadMovesPort(t *testing.T) {
 		if n := a.readies.Load(); n != 2 {
 			t.Errorf("OnReady called %d times, want twice", n)
 		}
-		if !strings.Contains(a.Log.String(), "the relay gave different public addresses than before") {
-			t.Error("the agent did not warn that its address changed")
+		if want := fmt.Sprintf(`msg="the relay gave a tunnel a different public address than before" relay=%s transport=%s name=%s was=%s now=%s`,
+			r.Addr, kind, eps[0].Name, a.eps[0].URL(), eps[0].URL()); !strings.Contains(a.Log.String(), want) {
+			t.Errorf("the agent did not warn that its address changed: no %s", want)
 		}
 		if want := fmt.Sprintf(`why="port %d is no longer among the relay's ports"`, p); !strings.Contains(r.Log.String(), want) {
 			t.Errorf("the relay did not log %q", want)
