@@ -13,9 +13,15 @@ import (
 // udpFlow is one public client address sending to a UDP tunnel, pinned to
 // the member that carries it while that member lasts.
 type udpFlow struct {
-	member  atomic.Pointer[member]
-	last    atomic.Int64 // unix nanoseconds of the client's latest datagram
+	member atomic.Pointer[member]
+	last   atomic.Int64 // unix nanoseconds of the client's latest datagram
+	// back is when the member last sent the client a datagram (or the flow
+	// came to it): a member silent while its client is not may be dead.
+	back    atomic.Int64
 	release func()
+	// recheck: before then, a flow on a suspect member stays put without
+	// asking the group for another (serveUDP's goroutine only).
+	recheck int64
 }
 
 // udpPort is a group's public UDP socket and its flows.
@@ -56,13 +62,22 @@ func (g *group) serveUDP(ctx context.Context) {
 			continue
 		}
 		client = netip.AddrPortFrom(client.Addr().Unmap(), client.Port())
-		f := g.flow(client)
+		now := time.Now().UnixNano()
+		f := g.flow(client, now)
 		if f == nil {
 			g.dropUDP()
 			continue
 		}
-		f.last.Store(time.Now().UnixNano())
+		f.last.Store(now)
 		m := f.member.Load()
+		if now-f.back.Load() > int64(g.r.config().AnswerTimeout) && !m.agent.suspect.Load() {
+			// Its client talks, the member has not answered for a while:
+			// ask the agent (one PING per answer timeout at most). Should
+			// it miss the PING, it is marked suspect and flow moves its
+			// flows to a member that answers, long before the session's
+			// liveness timeout would drop it.
+			m.agent.probe()
+		}
 		h := AppendStreamHeader(hdr[:0], StreamHeader{Tunnel: m.id, Client: client})
 		start := maxStreamHeader - len(h)
 		copy(buf[start:], h)
@@ -80,14 +95,16 @@ func (g *group) dropUDP() {
 }
 
 // flow returns client's flow, opening one if the tunnel admits it; nil
-// drops the datagram.
-func (g *group) flow(client netip.AddrPort) *udpFlow {
+// drops the datagram. now is the datagram's arrival, in unix nanoseconds.
+func (g *group) flow(client netip.AddrPort, now int64) *udpFlow {
 	u := g.udp
 	u.mu.Lock()
 	f := u.flows[client]
 	// A draining member keeps the flows it has (the player stays on its
-	// server) and gets no new ones; a member gone hands them on.
-	if m := f.get(); m != nil && !m.gone.Load() {
+	// server) and gets no new ones; a member gone hands them on, and so
+	// does a suspect one when another member answers. That is asked at most
+	// every 100 ms per flow: pick takes the relay's lock.
+	if m := f.get(); m != nil && !m.gone.Load() && (!m.agent.suspect.Load() || now < f.recheck) {
 		u.mu.Unlock()
 		return f
 	}
@@ -120,11 +137,18 @@ func (g *group) flow(client netip.AddrPort) *udpFlow {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	if f != nil {
-		// Its member left: the flow moves, keeping its place.
-		f.member.Store(m)
+		// Its member left, or is suspect: the flow moves, keeping its
+		// place. (pick gives a suspect member back only when no other
+		// answers; then the flow stays.)
+		f.recheck = now + int64(100*time.Millisecond)
+		if old := f.member.Swap(m); old != m {
+			f.back.Store(now)
+			g.log.Debug("UDP flow moved to another member", "client", client.String(), "agent", m.agent.sess.RemoteAddr().String())
+		}
 		return f
 	}
 	f = &udpFlow{release: release}
+	f.back.Store(now)
 	f.member.Store(m)
 	u.flows[client] = f
 	g.total.Add(1)
@@ -201,6 +225,7 @@ func (a *agentConn) deliverUDP(p []byte) {
 		g.dropUDP()
 		return
 	}
+	f.back.Store(time.Now().UnixNano())
 	g.bytesOut.Add(int64(len(payload)))
 }
 
