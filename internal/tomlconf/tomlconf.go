@@ -69,7 +69,10 @@ func Decode(path, data string, v any, sample string) error {
 		}
 		if m := typeErrRE.FindStringSubmatch(err.Error()); m != nil {
 			line, _ := strconv.Atoi(m[1])
-			return &Error{File: path, Line: line, Key: m[2], Msg: m[3]}
+			if line == 0 {
+				line = undecodedLine(data, strings.Split(m[2], "."))
+			}
+			return &Error{File: path, Line: line, Key: m[2], Msg: typeMsg(m[3])}
 		}
 		return &Error{File: path, Msg: err.Error()}
 	}
@@ -82,7 +85,69 @@ func Decode(path, data string, v any, sample string) error {
 }
 
 // typeErrRE matches BurntSushi/toml's error for a value of the wrong type.
-var typeErrRE = regexp.MustCompile(`^toml: line (\d+) \(last key "([^"]+)"\): (.*)$`)
+// It is a plain fmt error, with no type to match, so its text is all there
+// is to go on; the line is missing when the parser kept no position.
+var typeErrRE = regexp.MustCompile(`^toml: (?:line (\d+) )?\(last key "([^"]+)"\): (.*)$`)
+
+// The two texts typeErrRE's message takes for a value of the wrong type:
+// a key set to the wrong kind of value, and a value where a table belongs.
+var (
+	incompatibleRE = regexp.MustCompile(`^incompatible types: TOML value has type (\S+); destination has type (.+)$`)
+	notTableRE     = regexp.MustCompile(`^type mismatch for .+: expected table but found (\S+)$`)
+)
+
+// typeMsg words BurntSushi/toml's type error as "want a string, got an
+// integer": the operator wrote TOML and should not have to read Go's type
+// names (int64, []map[string]any) to see which quotes or brackets to fix.
+// Any other message is returned as it is.
+func typeMsg(msg string) string {
+	if m := incompatibleRE.FindStringSubmatch(msg); m != nil {
+		want, ok := wantNames[m[2]]
+		if !ok {
+			want = m[2]
+		}
+		return fmt.Sprintf("want %s, got %s", want, tomlName(m[1]))
+	}
+	if m := notTableRE.FindStringSubmatch(msg); m != nil {
+		return "want a table, got " + tomlName(m[1])
+	}
+	return msg
+}
+
+// wantNames words the destination kinds BurntSushi/toml names. A
+// "primitive (string-like)" is a type that reads text (Duration).
+var wantNames = map[string]string{
+	"string":                  "a string",
+	"primitive (string-like)": "a string",
+	"integer":                 "an integer",
+	"float":                   "a number",
+	"boolean":                 "a boolean (true or false)",
+	"slice":                   "an array",
+	"map":                     "a table",
+}
+
+// tomlName words the Go type BurntSushi/toml decoded a TOML value into.
+func tomlName(goType string) string {
+	switch {
+	case goType == "string":
+		return "a string"
+	case goType == "int64":
+		return "an integer"
+	case goType == "float64":
+		return "a float"
+	case goType == "bool":
+		return "a boolean"
+	case goType == "time.Time":
+		return "a date or time"
+	case strings.HasPrefix(goType, "map["):
+		return "a table"
+	case strings.HasPrefix(goType, "[]map["):
+		return "an array of tables"
+	case strings.HasPrefix(goType, "[]"):
+		return "an array"
+	}
+	return goType
+}
 
 // Source is a config file's name and text, for errors that point into it.
 // File "" stands for embedded defaults.

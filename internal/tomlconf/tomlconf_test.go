@@ -10,6 +10,9 @@ import (
 type sample struct {
 	Top    string   `toml:"top"`
 	Wait   Duration `toml:"wait"`
+	On     bool     `toml:"on"`
+	Rate   float64  `toml:"rate"`
+	Tags   []string `toml:"tags"`
 	Server struct {
 		Port int `toml:"port"`
 	} `toml:"server"`
@@ -53,7 +56,7 @@ func TestDecodeErrors(t *testing.T) {
 		want       string
 	}{
 		{"syntax", "top = \"a\"\n[server\n", "s.toml:3: expected '.' or ']' to end table name"},
-		{"wrong type", "top = 3\n", `s.toml:1: top: incompatible types`},
+		{"wrong type", "top = 3\n", "s.toml:1: top: want a string, got an integer"},
 		{"bare number duration", "wait = 10\n", "s.toml:1: wait: "},
 		{"duration without unit", "wait = \"10\"\n", `s.toml:1: wait: "10" is not a duration with a unit, such as "10s"`},
 		{"unknown top-level key", "top = \"a\"\ntopp = 1\n", "s.toml:2: topp: unknown key (see the sample sample.toml for the keys there are)"},
@@ -72,6 +75,35 @@ func TestDecodeErrors(t *testing.T) {
 				t.Errorf("error %q, want it to start with %q", err, tt.want)
 			}
 		})
+	}
+}
+
+// TestDecodeTypeErrors: a value of the wrong type says what the key wants
+// and what the file gives, in words, not BurntSushi/toml's Go types.
+func TestDecodeTypeErrors(t *testing.T) {
+	for _, tt := range []struct{ text, want string }{
+		{"top = 3\n", "s.toml:1: top: want a string, got an integer"},
+		{"\ntop = true\n", "s.toml:2: top: want a string, got a boolean"},
+		{"top = [\"a\"]\n", "s.toml:1: top: want a string, got an array"},
+		{"top = 1979-05-27\n", "s.toml:1: top: want a string, got a date or time"},
+		{"top = {a = 1}\n", "s.toml:1: top: want a string, got a table"},
+		{"[server]\nport = \"7000\"\n", "s.toml:2: server.port: want an integer, got a string"},
+		{"[server]\nport = 7.5\n", "s.toml:2: server.port: want an integer, got a float"},
+		{"on = \"yes\"\n", "s.toml:1: on: want a boolean (true or false), got a string"},
+		{"rate = \"fast\"\n", "s.toml:1: rate: want a number, got a string"},
+		{"tags = \"a\"\n", "s.toml:1: tags: want an array, got a string"},
+		{"tags = [\"a\", 2]\n", "s.toml:1: tags: want a string, got an integer"},
+		{"wait = [\"10s\"]\n", "s.toml:1: wait: want a string, got an array"},
+		{"server = 3\n", "s.toml:1: server: want a table, got an integer"},
+		{"[[server]]\nport = 1\n", "s.toml:1: server: want a table, got an array of tables"},
+		{"items = 3\n", "s.toml:1: items: want an array, got an integer"},
+	} {
+		var s sample
+		err := Decode("s.toml", tt.text, &s, "sample.toml")
+		var e *Error
+		if !errors.As(err, &e) || err.Error() != tt.want {
+			t.Errorf("%q: %v (%T)\nwant the *Error %q", tt.text, err, err, tt.want)
+		}
 	}
 }
 
