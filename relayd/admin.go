@@ -12,11 +12,8 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
-
-	"github.com/BurntSushi/toml"
 
 	"github.com/relaytun/relay/tunnel"
 )
@@ -69,9 +66,12 @@ func (c *Config) validateAdmin() error {
 	if a.Listen == "" {
 		return nil
 	}
-	host, port, err := net.SplitHostPort(a.Listen)
-	if _, perr := strconv.ParseUint(port, 10, 16); err != nil || perr != nil {
+	host, _, err := splitListen(a.Listen)
+	if errors.Is(err, errNotHostPort) {
 		return c.fail("admin.listen", "%q is not host:port (for example %q), or \"\" to turn the admin API off", a.Listen, defaultAdminListen)
+	}
+	if err != nil {
+		return c.fail("admin.listen", "%q: %v", a.Listen, err)
 	}
 	if a.token == "" && !isLoopback(host) {
 		return c.fail("admin.listen", "%q can be reached from other machines, so the admin API needs a bearer token: set [admin] token or token_file, or listen on 127.0.0.1", a.Listen)
@@ -87,14 +87,6 @@ func isLoopback(host string) bool {
 	}
 	ip := net.ParseIP(host)
 	return ip != nil && ip.IsLoopback()
-}
-
-// adminListenSet reports whether relay.toml sets [admin] listen itself,
-// rather than leaving it at the default. (The text decoded already; this
-// asks it one more question.)
-func (c *Config) adminListenSet() bool {
-	md, err := toml.Decode(c.data, &struct{}{})
-	return err == nil && md.IsDefined("admin", "listen")
 }
 
 // adminWarnings finds the files holding the admin token that every user
@@ -136,7 +128,7 @@ func listenAdmin(cfg *Config, log *slog.Logger) (net.Listener, error) {
 	if err == nil {
 		return ln, nil
 	}
-	if !cfg.adminListenSet() {
+	if !cfg.defined("admin", "listen") {
 		log.Info("admin API off: its default address is in use; set [admin] listen to a free address, or \"\" to silence this",
 			"listen", addr, "err", err)
 		return nil, nil

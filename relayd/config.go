@@ -10,8 +10,11 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
+
+	"github.com/BurntSushi/toml"
 
 	"github.com/relaytun/relay/internal/tomlconf"
 	"github.com/relaytun/relay/tunnel"
@@ -179,12 +182,24 @@ func (c *Config) failAt(key string, index int, format string, args ...any) error
 // Validate checks every value.
 func (c *Config) Validate() error {
 	r := &c.Relay
-	if _, port, err := net.SplitHostPort(r.Listen); err != nil || port == "" {
+	relayHost, relayPort, err := splitListen(r.Listen)
+	if errors.Is(err, errNotHostPort) {
 		return c.fail("relay.listen", "%q is not host:port (for example \"0.0.0.0:7000\")", r.Listen)
+	}
+	if err != nil {
+		return c.fail("relay.listen", "%q: %v", r.Listen, err)
 	}
 	relayPorts, err := tunnel.ParsePortSet(r.Ports)
 	if err != nil {
 		return c.fail("relay.ports", "%v", err)
+	}
+	if relayPort != 0 && relayPorts.Contains(uint16(relayPort)) {
+		if c.defined("relay", "ports") {
+			return c.fail("relay.ports", "%q includes %d, the port of [relay] listen (%s): a tunnel could be given the relay's own port; leave it out",
+				r.Ports, relayPort, r.Listen)
+		}
+		return c.fail("relay.listen", "%q: port %d is one of [relay] ports (%s), which tunnels get: pick a port outside them",
+			r.Listen, relayPort, relayPorts)
 	}
 	if r.CertFile != "" && r.KeyFile == "" {
 		return c.fail("relay.cert_file", "cert_file needs key_file: set both or neither")
@@ -231,6 +246,9 @@ func (c *Config) Validate() error {
 	if err := c.validateAdmin(); err != nil {
 		return err
 	}
+	if err := c.checkAdminPort(relayHost, relayPort, relayPorts); err != nil {
+		return err
+	}
 	ids := map[string]bool{}
 	secrets := map[string]string{}
 	for i := range c.Tokens {
@@ -254,6 +272,102 @@ func (c *Config) Validate() error {
 		}
 	}
 	return nil
+}
+
+// errNotHostPort is splitListen's error for an address without a port.
+var errNotHostPort = errors.New("not host:port")
+
+// splitListen splits a listen address into its host and port. The port
+// must be a number: a service name ("http") would be looked up, and one
+// out of range fails only when relayd binds it. 0, a free port the kernel
+// picks, is allowed: tests rely on it.
+func splitListen(addr string) (host string, port int, err error) {
+	host, p, err := net.SplitHostPort(addr)
+	if err != nil || p == "" {
+		return "", 0, errNotHostPort
+	}
+	n, err := strconv.Atoi(p)
+	if err != nil || n < 0 || n > 65535 || strings.Trim(p, "0123456789") != "" {
+		return "", 0, fmt.Errorf("%q is not a port number from 1 to 65535", p)
+	}
+	return host, n, nil
+}
+
+// hostsOverlap reports whether listening on hosts a and b at one port
+// would collide: the same address, or a wildcard that takes the other's.
+// "::" takes IPv4 too (Linux's dual-stack default), "0.0.0.0" only IPv4.
+// Host names are not resolved (check runs offline): beyond localhost, only
+// the same name, or a name against a wildcard, counts.
+func hostsOverlap(a, b string) bool {
+	if a == "" || b == "" {
+		return true
+	}
+	ipa, ipb := listenIP(a), listenIP(b)
+	wildcard := func(ip netip.Addr) bool { return ip.IsValid() && ip.IsUnspecified() }
+	switch {
+	case ipa.IsValid() && ipb.IsValid():
+		if wildcard(ipa) || wildcard(ipb) {
+			return ipa.Is6() && wildcard(ipa) || ipb.Is6() && wildcard(ipb) || ipa.Is4() == ipb.Is4()
+		}
+		return ipa == ipb
+	case wildcard(ipa) || wildcard(ipb):
+		return true
+	}
+	return strings.EqualFold(a, b)
+}
+
+// listenIP is the address net.Listen binds for host, when that is known
+// without a lookup: an IP, or localhost (127.0.0.1, as Go picks IPv4).
+func listenIP(host string) netip.Addr {
+	if strings.EqualFold(host, "localhost") {
+		return netip.AddrFrom4([4]byte{127, 0, 0, 1})
+	}
+	ip, err := netip.ParseAddr(host)
+	if err != nil {
+		return netip.Addr{}
+	}
+	return ip.Unmap()
+}
+
+// checkAdminPort refuses an [admin] listen that would collide with the
+// relay's own ports: [relay] listen's (relayd binds the admin API first,
+// so the relay would fail to start), or one of [relay] ports, which
+// tunnels bind on [relay] listen's host (the tunnel given it would fail).
+// The error names whichever key the file sets: with [admin] listen left
+// at its default, the fix is in [relay].
+func (c *Config) checkAdminPort(relayHost string, relayPort int, relayPorts tunnel.PortSet) error {
+	a, r := c.Admin.Listen, c.Relay.Listen
+	if a == "" {
+		return nil
+	}
+	host, port, _ := splitListen(a) // validateAdmin checked it
+	if port == 0 || !hostsOverlap(host, relayHost) {
+		return nil
+	}
+	set := c.defined("admin", "listen")
+	switch {
+	case port == relayPort && set:
+		return c.fail("admin.listen", "%q shares TCP port %d with [relay] listen (%s), where agents connect: give the admin API another port",
+			a, port, r)
+	case port == relayPort:
+		return c.fail("relay.listen", "%q shares TCP port %d with the admin API ([admin] listen, by default %s): pick another port, or set [admin] listen",
+			r, port, a)
+	case relayPorts.Contains(uint16(port)) && set:
+		return c.fail("admin.listen", "%q: port %d is one of [relay] ports (%s), which tunnels get on %s: give the admin API a port outside them",
+			a, port, relayPorts, r)
+	case relayPorts.Contains(uint16(port)):
+		return c.fail("relay.ports", "%q includes %d, the admin API's port ([admin] listen, by default %s): a tunnel given it could not listen; leave it out, or set [admin] listen",
+			c.Relay.Ports, port, a)
+	}
+	return nil
+}
+
+// defined reports whether the file sets key itself, rather than leaving
+// it at its default. (The text decoded already; this asks it one more
+// question.)
+func (c *Config) defined(key ...string) bool {
+	md, err := toml.Decode(c.data, &struct{}{})
+	return err == nil && md.IsDefined(key...)
 }
 
 // maxSecretFile bounds a secret_file: it holds one secret, not a document.

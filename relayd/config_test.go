@@ -352,6 +352,71 @@ func wantPrefix(file string, line int, key string) string {
 	return s
 }
 
+// listenBadConfigs are listen addresses and ports that relayd would fail
+// to bind, at start or when a tunnel gets its port, each with the whole
+// error ParseConfig gives for it as bad.toml. relayd_test.go runs `relayd
+// check` on each as well.
+var listenBadConfigs = []struct {
+	name, text, want string
+}{
+	{"relay listen port too big", "[relay]\nlisten = \"0.0.0.0:99999\"\n",
+		`bad.toml:2: relay.listen: "0.0.0.0:99999": "99999" is not a port number from 1 to 65535`},
+	{"relay listen port negative", "[relay]\nlisten = \"0.0.0.0:-1\"\n",
+		`bad.toml:2: relay.listen: "0.0.0.0:-1": "-1" is not a port number from 1 to 65535`},
+	{"relay listen port a name", "[relay]\nlisten = \"0.0.0.0:http\"\n",
+		`bad.toml:2: relay.listen: "0.0.0.0:http": "http" is not a port number from 1 to 65535`},
+	{"relay listen a host alone", "[relay]\nlisten = \"relay.example.com\"\n",
+		`bad.toml:2: relay.listen: "relay.example.com" is not host:port (for example "0.0.0.0:7000")`},
+	{"admin listen port too big", "[admin]\nlisten = \"127.0.0.1:70000\"\n",
+		`bad.toml:2: admin.listen: "127.0.0.1:70000": "70000" is not a port number from 1 to 65535`},
+	{"admin on relay listen's port", "[relay]\nlisten = \"0.0.0.0:7000\"\n\n[admin]\nlisten = \"127.0.0.1:7000\"\n",
+		`bad.toml:5: admin.listen: "127.0.0.1:7000" shares TCP port 7000 with [relay] listen (0.0.0.0:7000), where agents connect: give the admin API another port`},
+	{"admin equal to relay listen", "[relay]\nlisten = \"127.0.0.1:7100\"\n[admin]\nlisten = \"127.0.0.1:7100\"\n",
+		`bad.toml:4: admin.listen: "127.0.0.1:7100" shares TCP port 7100 with [relay] listen (127.0.0.1:7100), where agents connect: give the admin API another port`},
+	{"admin on every address, relay on one", "[relay]\nlisten = \"192.0.2.1:7000\"\n[admin]\nlisten = \":7000\"\ntoken = \"" + adminToken + "\"\n",
+		`bad.toml:4: admin.listen: ":7000" shares TCP port 7000 with [relay] listen (192.0.2.1:7000), where agents connect: give the admin API another port`},
+	{"relay on :: takes IPv4 too", "[relay]\nlisten = \"[::]:7000\"\n[admin]\nlisten = \"127.0.0.1:7000\"\n",
+		`bad.toml:4: admin.listen: "127.0.0.1:7000" shares TCP port 7000 with [relay] listen ([::]:7000), where agents connect: give the admin API another port`},
+	{"relay listen on the default admin port", "[relay]\nlisten = \"0.0.0.0:7001\"\n",
+		`bad.toml:2: relay.listen: "0.0.0.0:7001" shares TCP port 7001 with the admin API ([admin] listen, by default 127.0.0.1:7001): pick another port, or set [admin] listen`},
+	{"relay listen's port in ports", "[relay]\nlisten = \"0.0.0.0:7000\"\nports = \"7000-7010\"\n",
+		`bad.toml:3: relay.ports: "7000-7010" includes 7000, the port of [relay] listen (0.0.0.0:7000): a tunnel could be given the relay's own port; leave it out`},
+	{"relay listen in the default ports", "[relay]\nlisten = \"0.0.0.0:25000\"\n",
+		`bad.toml:2: relay.listen: "0.0.0.0:25000": port 25000 is one of [relay] ports (20000-29999), which tunnels get: pick a port outside them`},
+	{"admin listen in ports", "[admin]\nlisten = \"127.0.0.1:20000\"\n",
+		`bad.toml:2: admin.listen: "127.0.0.1:20000": port 20000 is one of [relay] ports (20000-29999), which tunnels get on 0.0.0.0:7000: give the admin API a port outside them`},
+	{"ports include the default admin port", "[relay]\nports = \"7001-7100\"\n",
+		`bad.toml:2: relay.ports: "7001-7100" includes 7001, the admin API's port ([admin] listen, by default 127.0.0.1:7001): a tunnel given it could not listen; leave it out, or set [admin] listen`},
+}
+
+func TestListenConfigErrors(t *testing.T) {
+	for _, tt := range listenBadConfigs {
+		if _, err := ParseConfig("bad.toml", tt.text); err == nil || err.Error() != tt.want {
+			t.Errorf("%s: %v\nwant %s", tt.name, err, tt.want)
+		}
+	}
+}
+
+// TestListenConfigsAllowed: addresses that share a port number but not an
+// address, port 0, and the admin API off, all load.
+func TestListenConfigsAllowed(t *testing.T) {
+	for _, text := range []string{
+		"[relay]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+		"[relay]\nlisten = \"192.0.2.1:7000\"\n[admin]\nlisten = \"127.0.0.1:7000\"\n",
+		"[relay]\nlisten = \"0.0.0.0:7000\"\n[admin]\nlisten = \"[::1]:7000\"\n",
+		"[relay]\nlisten = \"0.0.0.0:7001\"\n[admin]\nlisten = \"\"\n",
+		"[relay]\nlisten = \"0.0.0.0:7001\"\n[admin]\nlisten = \"127.0.0.1:7002\"\n",
+		"[relay]\nlisten = \"0.0.0.0:7000\"\n[admin]\nlisten = \"localhost:7001\"\n",
+		// Tunnels listen on 192.0.2.1: the admin API's port on loopback is free for them.
+		"[relay]\nlisten = \"192.0.2.1:7000\"\n[admin]\nlisten = \"127.0.0.1:20000\"\n",
+		"[relay]\nlisten = \"[::1]:65535\"\nports = \"1-65534\"\n[admin]\nlisten = \"\"\n",
+	} {
+		if _, err := ParseConfig("good.toml", text); err != nil {
+			t.Errorf("%q: %v", text, err)
+		}
+	}
+}
+
 func TestConfigErrorText(t *testing.T) {
 	for _, tt := range []struct {
 		e    ConfigError

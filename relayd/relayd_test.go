@@ -77,6 +77,26 @@ func TestCheckBadConfigs(t *testing.T) {
 	}
 }
 
+// TestCheckListenConfigs: `relayd check` refuses each of listenBadConfigs
+// with exit 1 and the whole message, naming the file it read.
+func TestCheckListenConfigs(t *testing.T) {
+	t.Parallel()
+	for _, tt := range listenBadConfigs {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			path := filepath.Join(t.TempDir(), "relay.toml")
+			if err := os.WriteFile(path, []byte(tt.text), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			out, errOut, code := pt.Run(t, nil, pt.RelaydBin, "check", "--config", path)
+			want := "relayd: " + path + strings.TrimPrefix(tt.want, "bad.toml")
+			if got := pt.LastLine(errOut); code != 1 || out != "" || got != want {
+				t.Errorf("exit %d, stdout %q, stderr ends %q\nwant exit 1, nothing, %q", code, out, got, want)
+			}
+		})
+	}
+}
+
 func TestCheckUsage(t *testing.T) {
 	t.Parallel()
 	missing := filepath.Join(t.TempDir(), "nope.toml")
