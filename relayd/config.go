@@ -201,6 +201,9 @@ func (c *Config) Validate() error {
 		return c.fail("relay.listen", "%q: port %d is one of [relay] ports (%s), which tunnels get: pick a port outside them",
 			r.Listen, relayPort, relayPorts)
 	}
+	if err := checkPublicHost(r.PublicHost); err != nil {
+		return c.fail("relay.public_host", "%v", err)
+	}
 	if r.CertFile != "" && r.KeyFile == "" {
 		return c.fail("relay.cert_file", "cert_file needs key_file: set both or neither")
 	}
@@ -272,6 +275,70 @@ func (c *Config) Validate() error {
 		}
 	}
 	return nil
+}
+
+// checkPublicHost refuses a public_host that is not a bare host name or IP
+// ("" is fine: agents then print the host they dialed). Agents print it as
+// tcp://HOST:PORT and the self-signed certificate names it, so a scheme, a
+// path or a port would come out as tcp://https://relay.example.com:24817.
+func checkPublicHost(h string) error {
+	if h == "" {
+		return nil
+	}
+	if _, err := netip.ParseAddr(h); err == nil {
+		return nil
+	}
+	// What the operator most likely meant, to show in the message.
+	bare := h
+	if _, rest, ok := strings.Cut(bare, "://"); ok {
+		bare = rest
+	}
+	bare, _, _ = strings.Cut(bare, "/")
+	if host, _, err := net.SplitHostPort(bare); err == nil {
+		bare = host
+	}
+	bare = strings.TrimSuffix(strings.TrimPrefix(bare, "["), "]")
+	if _, err := netip.ParseAddr(bare); err != nil && !isHostName(bare) {
+		bare = ""
+	}
+	var what string
+	switch {
+	case strings.Contains(h, "://"):
+		what = "has a scheme"
+	case strings.Contains(h, "/"):
+		what = "has a path"
+	case strings.HasPrefix(h, "[") && strings.HasSuffix(h, "]") && bare != "":
+		return fmt.Errorf("%q: write an IPv6 address without brackets (%q)", h, bare)
+	case strings.Contains(h, ":") && bare != "":
+		return fmt.Errorf("%q has a port: write the host alone (%q); each tunnel has its own port, which agents print as tcp://HOST:PORT", h, bare)
+	case isHostName(h):
+		return nil
+	}
+	if what == "" || bare == "" {
+		return fmt.Errorf("%q is not a host name or IP address (for example \"relay.example.com\" or \"203.0.113.7\")", h)
+	}
+	return fmt.Errorf("%q %s: write the host alone (%q); agents print it as tcp://HOST:PORT", h, what, bare)
+}
+
+// isHostName reports whether s is a DNS host name: dot-separated labels of
+// letters, digits and hyphens, none starting or ending with a hyphen, with
+// an optional final dot.
+func isHostName(s string) bool {
+	s = strings.TrimSuffix(s, ".")
+	if s == "" || len(s) > 253 {
+		return false
+	}
+	for _, label := range strings.Split(s, ".") {
+		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return false
+		}
+		for _, r := range label {
+			if !('a' <= r && r <= 'z' || 'A' <= r && r <= 'Z' || '0' <= r && r <= '9' || r == '-') {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // errNotHostPort is splitListen's error for an address without a port.

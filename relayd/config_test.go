@@ -389,6 +389,43 @@ var listenBadConfigs = []struct {
 		`bad.toml:2: relay.ports: "7001-7100" includes 7001, the admin API's port ([admin] listen, by default 127.0.0.1:7001): a tunnel given it could not listen; leave it out, or set [admin] listen`},
 }
 
+// publicHostBadConfigs are public_host values agents could not print as
+// tcp://HOST:PORT, with the whole error; relayd_test.go runs `relayd check`
+// on each as well.
+var publicHostBadConfigs = []struct {
+	name, text, want string
+}{
+	{"scheme", "[relay]\npublic_host = \"https://relay.example.com\"\n",
+		`bad.toml:2: relay.public_host: "https://relay.example.com" has a scheme: write the host alone ("relay.example.com"); agents print it as tcp://HOST:PORT`},
+	{"scheme, port and path", "[relay]\n\npublic_host = \"tcp://203.0.113.7:7000/\"\n",
+		`bad.toml:3: relay.public_host: "tcp://203.0.113.7:7000/" has a scheme: write the host alone ("203.0.113.7"); agents print it as tcp://HOST:PORT`},
+	{"path", "[relay]\npublic_host = \"relay.example.com/x\"\n",
+		`bad.toml:2: relay.public_host: "relay.example.com/x" has a path: write the host alone ("relay.example.com"); agents print it as tcp://HOST:PORT`},
+	{"port", "[relay]\npublic_host = \"relay.example.com:7000\"\n",
+		`bad.toml:2: relay.public_host: "relay.example.com:7000" has a port: write the host alone ("relay.example.com"); each tunnel has its own port, which agents print as tcp://HOST:PORT`},
+	{"IPv6 with a port", "[relay]\npublic_host = \"[2001:db8::1]:7000\"\n",
+		`bad.toml:2: relay.public_host: "[2001:db8::1]:7000" has a port: write the host alone ("2001:db8::1"); each tunnel has its own port, which agents print as tcp://HOST:PORT`},
+	{"IPv6 in brackets", "[relay]\npublic_host = \"[2001:db8::1]\"\n",
+		`bad.toml:2: relay.public_host: "[2001:db8::1]": write an IPv6 address without brackets ("2001:db8::1")`},
+	{"space", "[relay]\npublic_host = \"relay example com\"\n",
+		`bad.toml:2: relay.public_host: "relay example com" is not a host name or IP address (for example "relay.example.com" or "203.0.113.7")`},
+	{"scheme alone", "[relay]\npublic_host = \"https://\"\n",
+		`bad.toml:2: relay.public_host: "https://" is not a host name or IP address (for example "relay.example.com" or "203.0.113.7")`},
+}
+
+func TestPublicHost(t *testing.T) {
+	for _, tt := range publicHostBadConfigs {
+		if _, err := ParseConfig("bad.toml", tt.text); err == nil || err.Error() != tt.want {
+			t.Errorf("%s: %v\nwant %s", tt.name, err, tt.want)
+		}
+	}
+	for _, h := range []string{"", "relay.example.com", "relay.example.com.", "relay", "xn--rl-bja.example", "203.0.113.7", "2001:db8::1", "::ffff:203.0.113.7"} {
+		if _, err := ParseConfig("good.toml", "[relay]\npublic_host = \""+h+"\"\n"); err != nil {
+			t.Errorf("public_host %q: %v", h, err)
+		}
+	}
+}
+
 func TestListenConfigErrors(t *testing.T) {
 	for _, tt := range listenBadConfigs {
 		if _, err := ParseConfig("bad.toml", tt.text); err == nil || err.Error() != tt.want {

@@ -78,10 +78,10 @@ func TestCheckBadConfigs(t *testing.T) {
 }
 
 // TestCheckListenConfigs: `relayd check` refuses each of listenBadConfigs
-// with exit 1 and the whole message, naming the file it read.
+// and publicHostBadConfigs with exit 1 and the whole message, naming the file it read.
 func TestCheckListenConfigs(t *testing.T) {
 	t.Parallel()
-	for _, tt := range listenBadConfigs {
+	for _, tt := range slices.Concat(listenBadConfigs, publicHostBadConfigs) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			path := filepath.Join(t.TempDir(), "relay.toml")
