@@ -12,6 +12,9 @@ var checkCommand = &cli.Command{
 	ArgsUsage: " ",
 	Flags:     []cli.Flag{commandConfigFlag()},
 	Action: func(c *cli.Context) error {
+		if err := noArgs(c); err != nil {
+			return err
+		}
 		path, set := stringFlag(c, "config")
 		if !set {
 			return cli.Exit("check needs --config FILE", 2)

@@ -14,6 +14,9 @@ var fingerprintCommand = &cli.Command{
 	ArgsUsage: " ",
 	Flags:     []cli.Flag{commandConfigFlag()},
 	Action: func(c *cli.Context) error {
+		if err := noArgs(c); err != nil {
+			return err
+		}
 		cfg, err := loadConfig(c)
 		if err != nil {
 			return cli.Exit(err.Error(), 1)

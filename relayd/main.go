@@ -67,6 +67,16 @@ func stringFlag(c *cli.Context, name string) (value string, set bool) {
 	return "", false
 }
 
+// noArgs refuses the arguments of a command that reads its file from
+// --config: `relayd check relay.toml` would otherwise check something
+// other than the file named, and say nothing of it.
+func noArgs(c *cli.Context) error {
+	if !c.Args().Present() {
+		return nil
+	}
+	return cli.Exit(fmt.Sprintf("%s takes no arguments (got %q): it reads the file given with --config FILE", c.Command.Name, c.Args().First()), 2)
+}
+
 // loadConfig loads --config, or the defaults when it is not set.
 func loadConfig(c *cli.Context) (*Config, error) {
 	path, _ := stringFlag(c, "config")

@@ -77,6 +77,35 @@ func TestCheckBadConfigs(t *testing.T) {
 	}
 }
 
+// TestExtraArguments: a command that takes no argument refuses one with
+// exit 2 and a line naming it (check used to ignore it, so `relayd check
+// relay.toml` said nothing of the file it did not read).
+func TestExtraArguments(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"check", "--config", samplePath, "extra"},
+			`relayd: check takes no arguments (got "extra"): it reads the file given with --config FILE`},
+		{[]string{"check", "relay.toml"},
+			`relayd: check takes no arguments (got "relay.toml"): it reads the file given with --config FILE`},
+		{[]string{"--config", samplePath, "check", "a", "b"},
+			`relayd: check takes no arguments (got "a"): it reads the file given with --config FILE`},
+		{[]string{"fingerprint", "relay.toml"},
+			`relayd: fingerprint takes no arguments (got "relay.toml"): it reads the file given with --config FILE`},
+		{[]string{"version", "--json"}, "relayd: flag provided but not defined: -json (see relayd --help)"},
+		{[]string{"version", "extra"}, `relayd: version takes no arguments (got "extra")`},
+		{[]string{"--config", samplePath, "serve"}, `relayd: unexpected argument "serve" (commands: check, fingerprint, version)`},
+	} {
+		out, errOut, code := pt.Run(t, nil, pt.RelaydBin, tt.args...)
+		if got := pt.LastLine(errOut); code != 2 || out != "" || got != tt.want {
+			t.Errorf("relayd %s: exit %d, stdout %q, stderr ends %q\nwant exit 2, nothing, %q",
+				strings.Join(tt.args, " "), code, out, got, tt.want)
+		}
+	}
+}
+
 // TestCheckListenConfigs: `relayd check` refuses each of listenBadConfigs
 // and publicHostBadConfigs with exit 1 and the whole message, naming the file it read.
 func TestCheckListenConfigs(t *testing.T) {

@@ -69,6 +69,11 @@ func VersionCommand(program string, protocol int) *cli.Command {
 		Name:  "version",
 		Usage: "print the version, commit, protocol version and Go version",
 		Action: func(c *cli.Context) error {
+			// Exit 2, the usage code of both programs: an argument here is a
+			// mistake a script should hear about, not something to ignore.
+			if c.Args().Present() {
+				return cli.Exit(fmt.Sprintf("version takes no arguments (got %q)", c.Args().First()), 2)
+			}
 			fmt.Fprintln(c.App.Writer, String(program, protocol))
 			return nil
 		},

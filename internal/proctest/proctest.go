@@ -167,13 +167,17 @@ func Run(t testing.TB, env []string, bin string, args ...string) (stdout, stderr
 
 // CheckVersion runs bin's version command and checks its one line: the
 // program's name, its version and commit, the protocol version and the Go
-// toolchain it was built with.
+// toolchain it was built with; and that an argument is a usage error.
 func CheckVersion(t *testing.T, bin, name string) {
 	t.Helper()
 	out, errOut, code := Run(t, nil, bin, "version")
 	re := regexp.MustCompile(`^` + regexp.QuoteMeta(name) + ` \S+ \(commit \S+, protocol 1, ` + regexp.QuoteMeta(runtime.Version()) + ` \S+/\S+\)\n$`)
 	if code != 0 || !re.MatchString(out) {
 		t.Errorf("%s version: exit %d, stdout %q, stderr %q; want 0 and one line matching %s", name, code, out, errOut, re)
+	}
+	out, errOut, code = Run(t, nil, bin, "version", "extra")
+	if want := name + `: version takes no arguments (got "extra")` + "\n"; code != 2 || out != "" || errOut != want {
+		t.Errorf("%s version extra: exit %d, stdout %q, stderr %q; want 2, nothing, %q", name, code, out, errOut, want)
 	}
 }
 
