@@ -133,7 +133,7 @@ func listenAdmin(cfg *Config, log *slog.Logger) (net.Listener, error) {
 			"listen", addr, "err", err)
 		return nil, nil
 	}
-	return nil, fmt.Errorf("admin API: %w: stop whatever holds that port, or change [admin] listen (\"\" turns the admin API off)", err)
+	return nil, fmt.Errorf("admin API: %w (\"\" turns the admin API off)", bindError(err, "[admin] listen"))
 }
 
 // serveAdmin serves h on ln. The returned wait shuts the server down

@@ -14,6 +14,7 @@ import (
 	"runtime"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -97,6 +98,34 @@ func TestAdminConfigErrors(t *testing.T) {
 	_, err := ParseConfig(filepath.Join(dir, "relay.toml"), "[admin]\ntoken_file = \"short.token\"\n")
 	if err == nil || !strings.HasSuffix(err.Error(), ":2: admin.token_file: the admin token must be at least 16 characters (try `openssl rand -base64 24`)") {
 		t.Errorf("short token_file: %v", err)
+	}
+}
+
+// TestBindError: each cause of a failed listen gets its own advice, and
+// one with no advice to give is left as it is.
+func TestBindError(t *testing.T) {
+	bind := func(errno syscall.Errno) error {
+		return &net.OpError{Op: "listen", Net: "tcp", Addr: &net.TCPAddr{IP: net.IPv4(192, 0, 2, 1), Port: 80},
+			Err: os.NewSyscallError("bind", errno)}
+	}
+	for _, tt := range []struct {
+		errno syscall.Errno
+		want  string
+	}{
+		{syscall.EADDRINUSE, "listen tcp 192.0.2.1:80: bind: address already in use: stop whatever holds that port, or change [relay] listen"},
+		{syscall.EACCES, "listen tcp 192.0.2.1:80: bind: permission denied: ports below 1024 need root or the CAP_NET_BIND_SERVICE capability " +
+			"(AmbientCapabilities= in a systemd unit): run relayd with either, or change [relay] listen to a port from 1024 up"},
+		{syscall.EADDRNOTAVAIL, "listen tcp 192.0.2.1:80: bind: cannot assign requested address: " +
+			"no interface of this machine has that address (behind NAT, the public one is not among them): change [relay] listen to one it has"},
+		{syscall.EINVAL, "listen tcp 192.0.2.1:80: bind: invalid argument"},
+	} {
+		err := bindError(fmt.Errorf("listening: %w", bind(tt.errno)), "[relay] listen")
+		if want := "listening: " + tt.want; err.Error() != want {
+			t.Errorf("%v:\n got %q\nwant %q", tt.errno, err, want)
+		}
+		if !errors.Is(err, tt.errno) {
+			t.Errorf("%v: the error no longer wraps it", tt.errno)
+		}
 	}
 }
 

@@ -388,9 +388,46 @@ func TestListenPortInUse(t *testing.T) {
 	if out != "" {
 		t.Errorf("stdout %q, want nothing", out)
 	}
-	if got := pt.LastLine(errOut); !strings.HasPrefix(got, "relayd: ") || !strings.Contains(got, "[relay] listen") ||
-		!strings.Contains(got, ln.Addr().String()) {
-		t.Errorf("stderr ends %q, want \"relayd: …%s…[relay] listen…\"", got, ln.Addr())
+	addr := ln.Addr().String()
+	want := "relayd: listening on tcp " + addr + ": listen tcp " + addr + ": bind: address already in use: stop whatever holds that port, or change [relay] listen"
+	if got := pt.LastLine(errOut); got != want {
+		t.Errorf("stderr ends %q, want %q", got, want)
+	}
+}
+
+// TestListenAddressNotHere: a listen address that is not this machine's
+// stops relayd with exit 1 and a line that says so, not that something
+// holds the port (which it used to say for every failure to listen).
+// 192.0.2.1 (TEST-NET-1) is on no interface here: binding it fails with
+// EADDRNOTAVAIL, and nothing is sent.
+func TestListenAddressNotHere(t *testing.T) {
+	t.Parallel()
+	const notHere = "192.0.2.1:0"
+	for _, tt := range []struct {
+		name, extra, want string
+	}{
+		{"relay", "",
+			"relayd: listening on tcp " + notHere + ": listen tcp " + notHere + ": bind: cannot assign requested address: " +
+				"no interface of this machine has that address (behind NAT, the public one is not among them): change [relay] listen to one it has"},
+		{"admin", "[admin]\nlisten = \"" + notHere + "\"\ntoken = \"" + adminToken + "\"\n",
+			"relayd: admin API: listen tcp " + notHere + ": bind: cannot assign requested address: " +
+				"no interface of this machine has that address (behind NAT, the public one is not among them): change [admin] listen to one it has (\"\" turns the admin API off)"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			config, _, _, _ := pt.WriteRelaydConfig(t, tt.extra+"\n"+pt.TokensTOML)
+			if tt.name == "relay" {
+				data, _ := os.ReadFile(config)
+				data = []byte(strings.Replace(string(data), `listen = "127.0.0.1:0"`, `listen = "`+notHere+`"`, 1))
+				if err := os.WriteFile(config, data, 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
+			out, errOut, code := pt.Run(t, nil, pt.RelaydBin, "--config", config)
+			if got := pt.LastLine(errOut); code != 1 || out != "" || got != tt.want {
+				t.Errorf("exit %d, stdout %q, stderr ends %q\nwant exit 1, nothing, %q", code, out, got, tt.want)
+			}
+		})
 	}
 }
 

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"crypto"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -101,7 +102,7 @@ func runAction(c *cli.Context) error {
 	}
 	ln, err := transport.Listen(cfg.Relay.Listen, transport.ServerTLSConfig(id.cert, tunnel.ALPN), opts, onHandshakeErr)
 	if err != nil {
-		return cli.Exit(fmt.Sprintf("%v: stop whatever holds that port, or change [relay] listen", err), 1)
+		return cli.Exit(bindError(err, "[relay] listen").Error(), 1)
 	}
 	fp := transport.Fingerprint(id.cert.Leaf)
 	log.Info("relayd listening", "listen", ln.Addr().String(), "transports", "quic (udp), tls+smux (tcp)",
@@ -125,6 +126,24 @@ func runAction(c *cli.Context) error {
 	}
 	log.Info("relayd stopped")
 	return nil
+}
+
+// bindError adds to err, from binding the address key sets ("[relay]
+// listen"), what to do about it. Only the causes with a known remedy get
+// one: a port in use is not the only reason a bind fails, and advice to
+// stop whatever holds it sends the operator after a process that does not
+// exist.
+func bindError(err error, key string) error {
+	switch {
+	case errors.Is(err, syscall.EADDRINUSE):
+		return fmt.Errorf("%w: stop whatever holds that port, or change %s", err, key)
+	case errors.Is(err, syscall.EACCES):
+		return fmt.Errorf("%w: ports below 1024 need root or the CAP_NET_BIND_SERVICE capability (AmbientCapabilities= in a systemd unit): "+
+			"run relayd with either, or change %s to a port from 1024 up", err, key)
+	case errors.Is(err, syscall.EADDRNOTAVAIL):
+		return fmt.Errorf("%w: no interface of this machine has that address (behind NAT, the public one is not among them): change %s to one it has", err, key)
+	}
+	return err
 }
 
 // leaseFile, in state_dir, keeps which port each tunnel had.
