@@ -195,8 +195,8 @@ func unauthorized(w http.ResponseWriter, msg string) {
 }
 
 // startAdmin starts the admin API on [admin] listen, if it is on, and
-// returns what stops it.
-func startAdmin(cfg *Config, relay relayView, log *slog.Logger) (stop func(), err error) {
+// returns what stops it. draining is adminHandler's.
+func startAdmin(cfg *Config, relay relayView, draining func() bool, log *slog.Logger) (stop func(), err error) {
 	ln, err := listenAdmin(cfg, log)
 	if err != nil || ln == nil {
 		return func() {}, err
@@ -207,5 +207,5 @@ func startAdmin(cfg *Config, relay relayView, log *slog.Logger) (stop func(), er
 	}
 	log.Info("admin API listening", "admin", ln.Addr().String(), "auth", auth,
 		"endpoints", "/healthz /metrics /api/v1/tunnels /api/v1/stats")
-	return serveAdmin(ln, adminHandler(relay, advertisedHost(cfg), cfg.Admin.token), log), nil
+	return serveAdmin(ln, adminHandler(relay, advertisedHost(cfg), cfg.Admin.token, draining), log), nil
 }

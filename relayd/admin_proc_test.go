@@ -14,6 +14,7 @@ import (
 	"runtime"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -273,6 +274,31 @@ func TestMetricsAfterTraffic(t *testing.T) {
 	if code, body := fetch(t, base+"/healthz", ""); code != 200 || body != "ok\n" {
 		t.Errorf("/healthz: %d %q", code, body)
 	}
+}
+
+// TestHealthzWhileDraining: after SIGTERM, while a client keeps the drain
+// going, /healthz answers 503 "draining" (it used to answer 200 ok, so a
+// load balancer kept sending agents to a relay on its way out); the rest
+// of the API still answers. A second SIGTERM stops relayd with exit 0.
+func TestHealthzWhileDraining(t *testing.T) {
+	t.Parallel()
+	r, base := startAdminRelayd(t, pt.TokensTOML) // the drain may last drain_timeout, 30 s
+	local := pt.StartEcho(t, "h:")
+	_, urls := pt.StartExpose(t, 1, nil, local, "--relay", r.Addr, "--token", pt.TestSecret, "--fingerprint", r.FP)
+	pt.Hold(t, urls[0], "h:")
+	if code, body := fetch(t, base+"/healthz", ""); code != 200 || body != "ok\n" {
+		t.Errorf("/healthz before SIGTERM: %d %q, want 200 \"ok\\n\"", code, body)
+	}
+
+	r.Signal(syscall.SIGTERM)
+	r.WaitFor(&r.Stderr, regexp.MustCompile(`msg=draining agents=1 tunnels=1 clients=1`), pt.StartTimeout)
+	if code, body := fetch(t, base+"/healthz", ""); code != 503 || body != "draining\n" {
+		t.Errorf("/healthz while draining: %d %q, want 503 \"draining\\n\"", code, body)
+	}
+	if code, body := fetch(t, base+"/api/v1/stats", ""); code != 200 || !strings.Contains(body, `"clients_active": 1`) {
+		t.Errorf("/api/v1/stats while draining: %d %q, want 200 with the client still open", code, body)
+	}
+	pt.Stopped(t, r.Proc, syscall.SIGTERM)
 }
 
 // TestAdminTokenFile: a relayd with [admin] token_file answers only

@@ -209,7 +209,7 @@ func get(t *testing.T, h http.Handler, path, auth string) *httptest.ResponseReco
 // TestAdminJSON pins the JSON the API serves, key by key.
 func TestAdminJSON(t *testing.T) {
 	t.Parallel()
-	h := adminHandler(newFakeRelay(), "relay.example.com", "")
+	h := adminHandler(newFakeRelay(), "relay.example.com", "", notDraining)
 	w := get(t, h, "/api/v1/tunnels", "")
 	const wantTunnels = `[
   {
@@ -266,15 +266,42 @@ func TestAdminJSON(t *testing.T) {
 	}
 
 	// No tunnels is an empty list, not null.
-	if w := get(t, adminHandler(&fakeRelay{}, "h", ""), "/api/v1/tunnels", ""); w.Body.String() != "[]\n" {
+	if w := get(t, adminHandler(&fakeRelay{}, "h", "", notDraining), "/api/v1/tunnels", ""); w.Body.String() != "[]\n" {
 		t.Errorf("no tunnels: %q, want []", w.Body)
+	}
+}
+
+func notDraining() bool { return false }
+
+// TestHealthz: /healthz answers 200 "ok" until relayd drains, then 503
+// "draining", token or not; the rest of the API answers as before.
+func TestHealthz(t *testing.T) {
+	t.Parallel()
+	var draining bool
+	for _, token := range []string{"", adminToken} {
+		h := adminHandler(newFakeRelay(), "h", token, func() bool { return draining })
+		for _, tt := range []struct {
+			draining bool
+			code     int
+			body     string
+		}{{false, 200, "ok\n"}, {true, 503, "draining\n"}} {
+			draining = tt.draining
+			w := get(t, h, "/healthz", "")
+			if w.Code != tt.code || w.Body.String() != tt.body || w.Header().Get("Content-Type") != "text/plain; charset=utf-8" {
+				t.Errorf("token %q, draining %v: %d %q (%s), want %d %q as text/plain",
+					token, tt.draining, w.Code, w.Body, w.Header().Get("Content-Type"), tt.code, tt.body)
+			}
+			if w := get(t, h, "/api/v1/stats", "Bearer "+adminToken); w.Code != 200 {
+				t.Errorf("token %q, draining %v: /api/v1/stats %d, want 200", token, tt.draining, w.Code)
+			}
+		}
 	}
 }
 
 // TestAdminAuth: with a token, everything but /healthz needs it.
 func TestAdminAuth(t *testing.T) {
 	t.Parallel()
-	h := adminHandler(newFakeRelay(), "h", adminToken)
+	h := adminHandler(newFakeRelay(), "h", adminToken, notDraining)
 	for _, tt := range []struct {
 		path, auth string
 		code       int

@@ -68,8 +68,11 @@ type apiVersion struct {
 
 // adminHandler is the whole admin API. publicHost is the host the public
 // ports are reached at; token, when not empty, guards everything but
-// /healthz (a load balancer's probe learns nothing from it).
-func adminHandler(relay relayView, publicHost, token string) http.Handler {
+// /healthz (a load balancer's probe learns nothing from it). draining
+// reports whether relayd is draining after a stop signal: /healthz then
+// answers 503, so a load balancer sends agents elsewhere while the API
+// goes on serving the drain's progress.
+func adminHandler(relay relayView, publicHost, token string, draining func() bool) http.Handler {
 	started := time.Now()
 	guarded := http.NewServeMux()
 	guarded.Handle("GET /metrics", promhttp.HandlerFor(newRegistry(relay), promhttp.HandlerOpts{}))
@@ -83,6 +86,11 @@ func adminHandler(relay relayView, publicHost, token string) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		if draining() {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			w.Write([]byte("draining\n"))
+			return
+		}
 		w.Write([]byte("ok\n"))
 	})
 	mux.Handle("/", requireToken(token, guarded))

@@ -39,7 +39,9 @@ func runAction(c *cli.Context) error {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var running atomic.Pointer[runState]
-	go handleSignals(sigs, cancel, &running)
+	// draining is set by the first stop signal, for the admin API's /healthz.
+	var draining atomic.Bool
+	go handleSignals(sigs, cancel, &running, &draining)
 
 	if c.Args().Present() {
 		return cli.Exit(fmt.Sprintf("unexpected argument %q (commands: check, fingerprint, version)", c.Args().First()), 2)
@@ -83,7 +85,7 @@ func runAction(c *cli.Context) error {
 		log.Warn(w.msg, "file", w.file, "mode", fmt.Sprintf("%04o", w.mode), "fix", w.fix)
 	}
 
-	stopAdmin, err := startAdmin(cfg, relay, log)
+	stopAdmin, err := startAdmin(cfg, relay, draining.Load, log)
 	if err != nil {
 		return cli.Exit(err.Error(), 1)
 	}
@@ -167,8 +169,8 @@ type runState struct {
 
 // handleSignals drains on the first stop signal, stops on the second, and
 // reloads on SIGHUP. Before the relay runs, a stop signal just stops.
-func handleSignals(sigs <-chan os.Signal, stop context.CancelFunc, running *atomic.Pointer[runState]) {
-	draining := false
+// draining is set from the first stop signal on.
+func handleSignals(sigs <-chan os.Signal, stop context.CancelFunc, running *atomic.Pointer[runState], draining *atomic.Bool) {
 	for sig := range sigs {
 		st := running.Load()
 		switch {
@@ -182,11 +184,13 @@ func handleSignals(sigs <-chan os.Signal, stop context.CancelFunc, running *atom
 				reloaded.cfg = next
 				running.Store(&reloaded)
 			}
-		case draining:
+		case draining.Load():
 			st.log.Info("second signal: stopping now", "signal", sig.String())
 			stop()
 		default:
-			draining = true
+			// Before the agents hear of it: a load balancer asking /healthz
+			// should stop sending new ones at once.
+			draining.Store(true)
 			timeout := st.cfg.Relay.DrainTimeout.Duration
 			st.log.Info("stopping: draining clients (signal again to stop now)", "signal", sig.String(), "drain_timeout", timeout)
 			go func() {
