@@ -137,12 +137,12 @@ func runAction(c *cli.Context) error {
 // exist.
 func bindError(err error, key string) error {
 	switch {
-	case errors.Is(err, syscall.EADDRINUSE):
+	case errors.Is(err, errAddrInUse):
 		return fmt.Errorf("%w: stop whatever holds that port, or change %s", err, key)
-	case errors.Is(err, syscall.EACCES):
+	case errors.Is(err, errAccess):
 		return fmt.Errorf("%w: ports below 1024 need root or the CAP_NET_BIND_SERVICE capability (AmbientCapabilities= in a systemd unit): "+
 			"run relayd with either, or change %s to a port from 1024 up", err, key)
-	case errors.Is(err, syscall.EADDRNOTAVAIL):
+	case errors.Is(err, errAddrNotAvail):
 		return fmt.Errorf("%w: no interface of this machine has that address (behind NAT, the public one is not among them): change %s to one it has", err, key)
 	}
 	return err
