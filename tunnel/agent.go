@@ -426,6 +426,10 @@ func (a *Agent) session(ctx context.Context, reconnect bool, failures int, down 
 	defer func() {
 		a.mu.Lock()
 		a.connected, a.ctl, a.sess, a.since = false, nil, nil, time.Now()
+		// The round trip was this session's: kept, it would pass for the
+		// path's while the agent has none, and for the next session's
+		// until its first PONG.
+		a.rtt = 0
 		a.mu.Unlock()
 	}()
 	if draining {

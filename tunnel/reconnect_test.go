@@ -56,6 +56,25 @@ func TestReconnectAfterRelayRestart(t *testing.T) {
 	})
 }
 
+// While the agent has no session it reports no round trip: the last one
+// measured belongs to a path that is gone.
+func TestRTTClearedWhileDisconnected(t *testing.T) {
+	forEachTransport(t, func(t *testing.T, kind string) {
+		r := startRelay(t, nil)
+		cfg := r.agentConfig(kind, proctest.StartEcho(t, "t:"))
+		fastRetry(&cfg)
+		a := liveAgentUp(t, cfg)
+		// The keepalive pings as the session starts.
+		waitFor(t, "a measured round trip", 10*time.Second, func() bool { return a.Status().RTT > 0 })
+
+		r.Stop()
+		waitFor(t, "the agent to notice the relay stopped", 10*time.Second, func() bool { return !a.connected() })
+		if st := a.Status(); st.RTT != 0 {
+			t.Errorf("disconnected, Status().RTT = %v; want 0", st.RTT)
+		}
+	})
+}
+
 // closeAgentSessions closes every agent session on the relay's side, as a
 // network failure the relay noticed would.
 func closeAgentSessions(r *Relay) {

@@ -63,7 +63,8 @@ type AgentStatus struct {
 	Connected bool
 	// Since is when the current session (or the outage) began.
 	Since time.Time
-	// RTT is the last control round trip to the relay.
+	// RTT is the current session's last control round trip to the relay:
+	// 0 while disconnected, and until the session's first PONG.
 	RTT time.Duration
 	// Reconnects counts sessions after the first.
 	Reconnects int
