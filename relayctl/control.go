@@ -58,7 +58,7 @@ type controlStatus struct {
 	Connected  bool            `json:"connected"`
 	Since      time.Time       `json:"since"` // when the session came up
 	Uptime     float64         `json:"uptime_seconds"`
-	RTT        float64         `json:"rtt_ms"`
+	RTT        *float64        `json:"rtt_ms"` // null while not connected, or not measured yet
 	Reconnects int             `json:"reconnects"`
 	Tunnels    []controlTunnel `json:"tunnels"`
 }
@@ -82,10 +82,15 @@ func newControlStatus(st tunnel.AgentStatus, path string, now time.Time) control
 	cs := controlStatus{
 		PID: os.Getpid(), Version: buildinfo.Read().Version, Control: path,
 		Relay: st.Relay, Transport: st.Transport, Connected: st.Connected, Since: st.Since,
-		RTT: float64(st.RTT.Microseconds()) / 1000, Reconnects: st.Reconnects, Tunnels: []controlTunnel{},
+		Reconnects: st.Reconnects, Tunnels: []controlTunnel{},
 	}
 	if !cs.Connected {
 		cs.Transport = ""
+	}
+	// Without a session, a round trip would describe a path that is gone.
+	if cs.Connected && st.RTT > 0 {
+		rtt := float64(st.RTT.Microseconds()) / 1000
+		cs.RTT = &rtt
 	}
 	if st.Connected && !st.Since.IsZero() {
 		cs.Uptime = now.Sub(st.Since).Round(time.Millisecond).Seconds()

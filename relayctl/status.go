@@ -195,8 +195,8 @@ func writeStatus(w io.Writer, sts []controlStatus, asJSON bool) error {
 		transport, rtt, up := "-", "-", "-"
 		if st.Connected {
 			transport = st.Transport
-			if st.RTT > 0 { // else not measured yet
-				rtt = formatRTT(st.RTT)
+			if st.RTT != nil && *st.RTT > 0 { // an agent before null sent 0 for none
+				rtt = formatRTT(*st.RTT)
 			}
 			up = (time.Duration(st.Uptime * float64(time.Second))).Round(time.Second).String()
 		}

@@ -80,7 +80,7 @@ func TestStatus(t *testing.T) {
 			t.Errorf("agent keys: %s", k)
 		}
 		if st["pid"] != float64(agent.Pid()) || st["control"] != sock || st["relay"] != r.Addr || st["connected"] != true ||
-			st["transport"] != "tcp" || st["reconnects"] != 0.0 || st["rtt_ms"].(float64) < 0 || st["uptime_seconds"].(float64) < 0 {
+			st["transport"] != "tcp" || st["reconnects"] != 0.0 || !(st["rtt_ms"].(float64) > 0) || st["uptime_seconds"].(float64) < 0 {
 			t.Errorf("agent: %v\nwant pid %d, control %s, relay %s, connected over tcp", st, agent.Pid(), sock, r.Addr)
 		}
 		if k := pt.Keys(tun); k != "active bytes_in bytes_out local name public total" {
@@ -241,6 +241,53 @@ func TestStatusFindsAgents(t *testing.T) {
 	}
 }
 
+// TestStatusDisconnected: while its agent has no session, a tunnel shows
+// no transport, round trip or uptime: "-" in the table, null rtt_ms in
+// JSON, not what the last session measured.
+func TestStatusDisconnected(t *testing.T) {
+	t.Parallel()
+	r := pt.NewRelayd(t, pt.TokensTOML)
+	local := pt.StartEcho(t, "D:")
+	sock := filepath.Join(t.TempDir(), "agent.sock")
+	agent, urls := pt.StartExpose(t, 1, nil, local, "--relay", r.Addr, "--token", pt.TestSecret, "--fingerprint", r.FP,
+		"--transport", "tcp", "--name", "down", "--control", sock)
+	waitStatus := func(what string, ok func(controlStatus) bool) {
+		t.Helper()
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+			cs, err := queryAgent(context.Background(), sock)
+			if err == nil && ok(cs) {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("after 10s, no %s: %+v, %v", what, cs, err)
+			}
+		}
+	}
+	waitStatus("round trip measured", func(cs controlStatus) bool { return cs.Connected && cs.RTT != nil && *cs.RTT > 0 })
+	r.Proc.Signal(syscall.SIGKILL)
+	r.Proc.Wait(pt.ExitTimeout)
+	waitStatus("disconnected agent", func(cs controlStatus) bool { return !cs.Connected })
+
+	st := statusJSON(t, nil, "--control", sock)[0]
+	if rtt, ok := st["rtt_ms"]; !ok || rtt != nil || st["connected"] != false || st["transport"] != "" || st["uptime_seconds"] != 0.0 {
+		t.Errorf("status --json: rtt_ms %v, connected %v, transport %q, uptime_seconds %v; want null, false, \"\", 0",
+			st["rtt_ms"], st["connected"], st["transport"], st["uptime_seconds"])
+	}
+	out, errOut, code := pt.Run(t, nil, pt.RelayctlBin, "status", "--control", sock)
+	lines := strings.Split(strings.TrimSuffix(out, "\n"), "\n")
+	if code != 0 || len(lines) != 3 {
+		t.Fatalf("exit %d, stdout:\n%s\nstderr: %s\nwant 3 lines", code, out, errOut)
+	}
+	// The public address stays: the agent asks for it again when it is back.
+	want := []string{"down", urls[0], local, "-", "-", "0", "0", "B", "0", "B", "-"}
+	if got := strings.Fields(lines[2]); !slices.Equal(got, want) {
+		t.Errorf("row %q, want the fields %q", lines[2], want)
+	}
+	if !strings.Contains(lines[0], fmt.Sprintf("agent %d ", agent.Pid())) || !strings.Contains(lines[0], ", connecting, ") {
+		t.Errorf("first line %q: want agent %d, connecting", lines[0], agent.Pid())
+	}
+}
+
 // TestStatusErrors: mistakes with status and --control, each one line.
 func TestStatusErrors(t *testing.T) {
 	t.Parallel()
@@ -293,7 +340,7 @@ func TestWriteStatus(t *testing.T) {
 		{PID: 7, Version: "v1.0.0", Control: "/run/relayctl/a/7.sock", Relay: "relay.example.com:7000", Reconnects: 2,
 			Tunnels: []controlTunnel{{Name: "web", Local: "localhost:8080"}}},
 		{PID: 9, Version: "v1.0.0", Control: "/tmp/9.sock", Relay: "relay.example.com:7000", Connected: true, Transport: "quic",
-			Uptime: 3725.4, RTT: 18.44, Tunnels: []controlTunnel{
+			Uptime: 3725.4, RTT: new(18.44), Tunnels: []controlTunnel{
 				{Name: "game", Public: "tcp://relay.example.com:24567", Local: "localhost:25565", Active: 3, BytesIn: 1 << 20, BytesOut: 5 << 30},
 			}},
 	}
