@@ -64,13 +64,20 @@ type controlStatus struct {
 }
 
 type controlTunnel struct {
-	Name     string `json:"name"`
-	Public   string `json:"public"` // tcp://HOST:PORT
-	Local    string `json:"local"`
-	Active   int64  `json:"active"`
-	Total    int64  `json:"total"`
-	BytesIn  int64  `json:"bytes_in"` // clients → local server
-	BytesOut int64  `json:"bytes_out"`
+	Name       string   `json:"name"`
+	Public     string   `json:"public"`      // tcp://HOST:PORT; both URLs, space-separated, for tcp,udp
+	PublicURLs []string `json:"public_urls"` // Public as a list; [] until the relay granted the tunnel
+	Local      string   `json:"local"`
+	Active     int64    `json:"active"`
+	Total      int64    `json:"total"`
+	BytesIn    int64    `json:"bytes_in"` // clients → local server
+	BytesOut   int64    `json:"bytes_out"`
+}
+
+// publicURLs splits a tunnel's space-separated public URLs into a list,
+// never nil, so JSON shows [] rather than null.
+func publicURLs(public string) []string {
+	return append([]string{}, strings.Fields(public)...)
 }
 
 // statusSource is the agent as the control socket sees it.
@@ -96,8 +103,8 @@ func newControlStatus(st tunnel.AgentStatus, path string, now time.Time) control
 		cs.Uptime = now.Sub(st.Since).Round(time.Millisecond).Seconds()
 	}
 	for _, t := range st.Tunnels {
-		cs.Tunnels = append(cs.Tunnels, controlTunnel{Name: t.Name, Public: t.Public, Local: t.Local,
-			Active: t.Active, Total: t.Total, BytesIn: t.BytesIn, BytesOut: t.BytesOut})
+		cs.Tunnels = append(cs.Tunnels, controlTunnel{Name: t.Name, Public: t.Public, PublicURLs: publicURLs(t.Public),
+			Local: t.Local, Active: t.Active, Total: t.Total, BytesIn: t.BytesIn, BytesOut: t.BytesOut})
 	}
 	// The same order on every redraw of status --watch.
 	slices.SortFunc(cs.Tunnels, func(a, b controlTunnel) int { return strings.Compare(a.Name, b.Name) })

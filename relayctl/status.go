@@ -170,6 +170,11 @@ func queryAgent(ctx context.Context, path string) (controlStatus, error) {
 		return st, fmt.Errorf("reading the agent's status: %w", err)
 	}
 	st.Control = path
+	for i, t := range st.Tunnels {
+		if t.PublicURLs == nil { // an agent from before public_urls
+			st.Tunnels[i].PublicURLs = publicURLs(t.Public)
+		}
+	}
 	return st, nil
 }
 

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	pt "github.com/relaytun/relay/internal/proctest"
+	"github.com/relaytun/relay/tunnel"
 )
 
 // statusJSON runs relayctl status --json with args and env and decodes it.
@@ -36,8 +37,11 @@ func TestStatus(t *testing.T) {
 	r := pt.NewRelayd(t, pt.TokensTOML)
 	local := pt.StartEcho(t, "S:")
 	sock := filepath.Join(t.TempDir(), "agent.sock")
-	agent, urls := pt.StartExpose(t, 1, nil, local, "--relay", r.Addr, "--token", pt.TestSecret, "--fingerprint", r.FP,
-		"--transport", "tcp", "--name", "st", "--control", sock)
+	// tcp,udp: a tunnel with two public URLs.
+	agent := pt.Start(t, nil, pt.RelayctlBin, "expose", local, "--proto", "tcp,udp", "--relay", r.Addr, "--token", pt.TestSecret,
+		"--fingerprint", r.FP, "--transport", "tcp", "--name", "st", "--control", sock)
+	urls := agent.WaitFor(&agent.Stdout, regexp.MustCompile(`^(tcp://127\.0\.0\.1:\d+)\n(udp://127\.0\.0\.1:\d+)\n`), pt.StartTimeout)[1:]
+	public := urls[0] + " " + urls[1]
 	if fi, err := os.Stat(sock); err != nil || fi.Mode().Perm() != 0o600 {
 		t.Fatalf("control socket: %v, %v; want mode 0600", fi, err)
 	}
@@ -83,11 +87,14 @@ func TestStatus(t *testing.T) {
 			st["transport"] != "tcp" || st["reconnects"] != 0.0 || !(st["rtt_ms"].(float64) > 0) || st["uptime_seconds"].(float64) < 0 {
 			t.Errorf("agent: %v\nwant pid %d, control %s, relay %s, connected over tcp", st, agent.Pid(), sock, r.Addr)
 		}
-		if k := pt.Keys(tun); k != "active bytes_in bytes_out local name public total" {
+		if k := pt.Keys(tun); k != "active bytes_in bytes_out local name public public_urls total" {
 			t.Errorf("tunnel keys: %s", k)
 		}
-		if tun["name"] != "st" || tun["public"] != urls[0] || tun["local"] != local || tun["total"] != 2.0 {
-			t.Errorf("tunnel: %v\nwant name st, public %s, local %s, total 2", tun, urls[0], local)
+		if tun["name"] != "st" || tun["public"] != public || tun["local"] != local || tun["total"] != 2.0 {
+			t.Errorf("tunnel: %v\nwant name st, public %q, local %s, total 2", tun, public, local)
+		}
+		if got, want := fmt.Sprint(tun["public_urls"]), fmt.Sprint([]any{urls[0], urls[1]}); got != want {
+			t.Errorf("public_urls %s, want %s", got, want)
 		}
 	})
 
@@ -112,7 +119,7 @@ func TestStatus(t *testing.T) {
 		if f := strings.Fields(lines[1]); strings.Join(f, " ") != "NAME PUBLIC LOCAL TRANSPORT RTT ACTIVE IN OUT UPTIME" {
 			t.Errorf("header %q", lines[1])
 		}
-		row := regexp.MustCompile(`^st +` + regexp.QuoteMeta(urls[0]) + ` +` + regexp.QuoteMeta(local) + ` +tcp +[0-9.]+ms +\d+ +[0-9.]+ (B|KiB) +[0-9.]+ (B|KiB) +\S+$`)
+		row := regexp.MustCompile(`^st +` + regexp.QuoteMeta(public) + ` +` + regexp.QuoteMeta(local) + ` +tcp +[0-9.]+ms +\d+ +[0-9.]+ (B|KiB) +[0-9.]+ (B|KiB) +\S+$`)
 		if !row.MatchString(lines[2]) {
 			t.Errorf("row %q does not match %s", lines[2], row)
 		}
@@ -329,6 +336,26 @@ func TestFormatBytes(t *testing.T) {
 		if got := formatBytes(n); got != want {
 			t.Errorf("formatBytes(%d) = %q, want %q", n, got, want)
 		}
+	}
+}
+
+// TestControlStatusPublicURLs: public_urls lists a tunnel's public URLs
+// ([] before the relay granted any), beside public, their one string.
+func TestControlStatusPublicURLs(t *testing.T) {
+	t.Parallel()
+	cs := newControlStatus(tunnel.AgentStatus{Connected: true, Tunnels: []tunnel.AgentTunnelStatus{
+		{Name: "a", Local: "localhost:1"},
+		{Name: "b", Local: "localhost:2", Public: "tcp://relay.example.com:2 udp://relay.example.com:2"},
+	}}, "/c.sock", time.Now())
+	got, err := json.Marshal(cs.Tunnels)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const want = `[{"name":"a","public":"","public_urls":[],"local":"localhost:1","active":0,"total":0,"bytes_in":0,"bytes_out":0},` +
+		`{"name":"b","public":"tcp://relay.example.com:2 udp://relay.example.com:2","public_urls":["tcp://relay.example.com:2","udp://relay.example.com:2"],` +
+		`"local":"localhost:2","active":0,"total":0,"bytes_in":0,"bytes_out":0}]`
+	if string(got) != want {
+		t.Errorf("tunnels:\n%s\nwant\n%s", got, want)
 	}
 }
 
