@@ -23,7 +23,6 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -106,8 +105,7 @@ func newControlStatus(st tunnel.AgentStatus, path string, now time.Time) control
 		cs.Tunnels = append(cs.Tunnels, controlTunnel{Name: t.Name, Public: t.Public, PublicURLs: publicURLs(t.Public),
 			Local: t.Local, Active: t.Active, Total: t.Total, BytesIn: t.BytesIn, BytesOut: t.BytesOut})
 	}
-	// The same order on every redraw of status --watch.
-	slices.SortFunc(cs.Tunnels, func(a, b controlTunnel) int { return strings.Compare(a.Name, b.Name) })
+	sortTunnels(cs.Tunnels)
 	return cs
 }
 

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -28,7 +29,8 @@ var statusCommand = &cli.Command{
 	Description: "Asks every running agent of this user over its control socket (see --control on expose)\n" +
 		"and prints each tunnel: name, public and local address, transport, relay round-trip time,\n" +
 		"open connections, bytes in (clients to the local server) and out, and how long the session\n" +
-		"has been up. Exits 1 when no agent is running.",
+		"has been up. Tunnels are in name order (game-9 before game-10), each agent under its first.\n" +
+		"Exits 1 when no agent is running.",
 	Flags: []cli.Flag{
 		&cli.StringFlag{Name: "control", Usage: "ask only the agent serving the unix socket `PATH` (its --control)"},
 		&cli.BoolFlag{Name: "json", Usage: "print a JSON list with one object per agent"},
@@ -94,7 +96,9 @@ func queryAgents(ctx context.Context, path string) ([]controlStatus, error) {
 		if err != nil {
 			return nil, fmt.Errorf("no agent answers on %s: %v: is relayctl running with --control %s?", path, oneLine(err.Error()), path)
 		}
-		return []controlStatus{st}, nil
+		out := []controlStatus{st}
+		sortStatus(out)
+		return out, nil
 	}
 	dirs := controlDirs()
 	var out []controlStatus
@@ -120,8 +124,65 @@ func queryAgents(ctx context.Context, path string) ([]controlStatus, error) {
 		return nil, fmt.Errorf("no relayctl agent is running (looked in %s): start one with relayctl expose, or name its socket with --control PATH",
 			strings.Join(dirs, ", "))
 	}
-	slices.SortFunc(out, func(a, b controlStatus) int { return a.PID - b.PID })
+	sortStatus(out)
 	return out, nil
+}
+
+// sortStatus puts the agents in the order of their tunnels' names, each
+// agent's tunnels in name order too. A user scans the table for a name,
+// and a tunnel keeps its place when its agent restarts under another PID,
+// which matters to status --watch. Numbers in names compare by value, so
+// game-9 comes before game-10. Agents with the same names (a group on one
+// machine) go by relay, then PID.
+func sortStatus(sts []controlStatus) {
+	for _, st := range sts {
+		sortTunnels(st.Tunnels) // an agent from before this sent them in its own order
+	}
+	slices.SortFunc(sts, func(a, b controlStatus) int {
+		return cmp.Or(
+			slices.CompareFunc(a.Tunnels, b.Tunnels, func(x, y controlTunnel) int { return compareNames(x.Name, y.Name) }),
+			strings.Compare(a.Relay, b.Relay),
+			cmp.Compare(a.PID, b.PID))
+	})
+}
+
+// sortTunnels puts tunnels in name order, as sortStatus says.
+func sortTunnels(ts []controlTunnel) {
+	slices.SortFunc(ts, func(a, b controlTunnel) int {
+		return cmp.Or(compareNames(a.Name, b.Name), strings.Compare(a.Local, b.Local))
+	})
+}
+
+// compareNames compares a and b with each run of digits taken as a number,
+// so web-9 < web-10 and the tunnels of a port range (valheim-2456…) stay in
+// port order; names equal that way (web-09, web-9) fall back to bytes.
+func compareNames(a, b string) int {
+	x, y := a, b
+	for x != "" && y != "" {
+		nx, ny := digitRun(x), digitRun(y)
+		if nx == 0 || ny == 0 {
+			if x[0] != y[0] {
+				return cmp.Compare(x[0], y[0])
+			}
+			x, y = x[1:], y[1:]
+			continue
+		}
+		dx, dy := strings.TrimLeft(x[:nx], "0"), strings.TrimLeft(y[:ny], "0")
+		if c := cmp.Or(cmp.Compare(len(dx), len(dy)), strings.Compare(dx, dy)); c != 0 {
+			return c
+		}
+		x, y = x[nx:], y[ny:]
+	}
+	return cmp.Or(cmp.Compare(len(x), len(y)), strings.Compare(a, b))
+}
+
+// digitRun is the length of the run of ASCII digits s starts with.
+func digitRun(s string) int {
+	n := 0
+	for n < len(s) && '0' <= s[n] && s[n] <= '9' {
+		n++
+	}
+	return n
 }
 
 // controlDirs are the folders status looks through: this user's (where

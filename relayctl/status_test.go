@@ -172,8 +172,10 @@ func TestStatus(t *testing.T) {
 }
 
 // TestStatusFindsAgents: with no --control, status finds every agent of
-// the user, in $XDG_RUNTIME_DIR/relayctl and in $TMPDIR/relayctl-UID, and
-// removes the sockets of agents that are gone; once none runs, it exits 1.
+// the user, in $XDG_RUNTIME_DIR/relayctl and in $TMPDIR/relayctl-UID, lists
+// them in the order of their tunnels' names (not of their PIDs: the agents
+// start in the other order), and removes the sockets of agents that are
+// gone; once none runs, it exits 1.
 func TestStatusFindsAgents(t *testing.T) {
 	t.Parallel()
 	r := pt.NewRelayd(t, pt.TokensTOML)
@@ -187,8 +189,8 @@ func TestStatusFindsAgents(t *testing.T) {
 		p, _ := pt.StartExpose(t, 1, env, append([]string{local, "--relay", r.Addr, "--token", pt.TestSecret, "--fingerprint", r.FP}, args...)...)
 		return p
 	}
-	a := expose(env, "--name", "in-runtime")
-	b := expose([]string{"TMPDIR=" + tmp}, "--name", "in-tmp") // no $XDG_RUNTIME_DIR
+	a := expose(env, "--name", "game-10")
+	b := expose([]string{"TMPDIR=" + tmp}, "--name", "game-9") // no $XDG_RUNTIME_DIR
 	expose(env, "--name", "no-socket", "--control", "")
 	for dir, mode := range map[string]os.FileMode{userDir: 0o700, tmpDir: 0o700} {
 		if fi, err := os.Stat(dir); err != nil || fi.Mode().Perm() != mode {
@@ -217,11 +219,8 @@ func TestStatusFindsAgents(t *testing.T) {
 		got = append(got, fmt.Sprintf("%v %v %v", st["pid"], tun["name"], st["control"]))
 	}
 	want := []string{
-		fmt.Sprintf("%d in-runtime %s/%d.sock", a.Pid(), userDir, a.Pid()),
-		fmt.Sprintf("%d in-tmp %s/%d.sock", b.Pid(), tmpDir, b.Pid()),
-	}
-	if a.Pid() > b.Pid() {
-		slices.Reverse(want)
+		fmt.Sprintf("%d game-9 %s/%d.sock", b.Pid(), tmpDir, b.Pid()),
+		fmt.Sprintf("%d game-10 %s/%d.sock", a.Pid(), userDir, a.Pid()),
 	}
 	if !slices.Equal(got, want) {
 		t.Errorf("status found\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
@@ -324,6 +323,55 @@ func TestStatusErrors(t *testing.T) {
 				t.Errorf("exit %d, stdout %q, stderr %q\nwant %d, nothing, %q", code, out, errOut, tt.code, tt.want)
 			}
 		})
+	}
+}
+
+// TestSortStatus: agents in the order of their tunnels' names, numbers by
+// value, then by relay and PID; each agent's tunnels in name order.
+func TestSortStatus(t *testing.T) {
+	t.Parallel()
+	agent := func(pid int, relay string, names ...string) controlStatus {
+		st := controlStatus{PID: pid, Relay: relay}
+		for _, n := range names {
+			st.Tunnels = append(st.Tunnels, controlTunnel{Name: n})
+		}
+		return st
+	}
+	sts := []controlStatus{
+		agent(1, "r:7000", "web"),
+		agent(2, "r:7000", "valheim-2458", "valheim-10000", "valheim-2456"),
+		agent(3, "r:7000", "game-10"),
+		agent(4, "r:7000", "game-9"),
+		agent(5, "r:7000", "web"),
+		agent(6, "a:7000", "web"),
+		agent(7, "r:7000", "Web"),
+		agent(8, "r:7000", "game-09"),
+		agent(9, "r:7000", "game-9b"),
+		agent(10, "r:7000"),
+	}
+	sortStatus(sts)
+	var got []string
+	for _, st := range sts {
+		var names []string
+		for _, tun := range st.Tunnels {
+			names = append(names, tun.Name)
+		}
+		got = append(got, fmt.Sprintf("%d %s %s", st.PID, st.Relay, strings.Join(names, ",")))
+	}
+	want := []string{
+		"10 r:7000 ",
+		"7 r:7000 Web",
+		"8 r:7000 game-09",
+		"4 r:7000 game-9",
+		"9 r:7000 game-9b",
+		"3 r:7000 game-10",
+		"2 r:7000 valheim-2456,valheim-2458,valheim-10000",
+		"6 a:7000 web",
+		"1 r:7000 web",
+		"5 r:7000 web",
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("order\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 }
 
