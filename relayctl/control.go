@@ -12,6 +12,11 @@ package main
 // so `relayctl status` can find every agent of its user (and of the system's
 // units, under /run/relayctl) without being told where. The socket is 0600
 // in a 0700 folder: only the agent's user (and root) can read the status.
+//
+// An agent given --control PATH leaves DIR/PID.control instead, a note
+// holding PATH made absolute, so status finds it there too. status follows
+// a note only if its own user wrote it: root reading a unit's folder must
+// not be sent to any socket the unit's user names.
 
 import (
 	"context"
@@ -37,7 +42,7 @@ import (
 func controlFlag() cli.Flag {
 	return &cli.StringFlag{
 		Name: "control",
-		Usage: "serve `PATH`, a unix socket, for relayctl status; \"\" serves none " +
+		Usage: "serve `PATH`, a unix socket, for relayctl status (which finds it unasked); \"\" serves none " +
 			"(default: PID.sock in $XDG_RUNTIME_DIR/relayctl, else $TMPDIR/relayctl-UID)",
 	}
 }
@@ -136,6 +141,10 @@ func startControl(c *cli.Context, agent statusSource, log *slog.Logger) (stop fu
 		return noop, nil
 	}
 	log.Debug("control socket ready", "control", path)
+	unnote := func() {}
+	if named {
+		unnote = noteControl(path, log)
+	}
 
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/status", func(w http.ResponseWriter, r *http.Request) {
@@ -150,6 +159,7 @@ func startControl(c *cli.Context, agent statusSource, log *slog.Logger) (stop fu
 		srv.Serve(ln)
 	}()
 	return func() {
+		unnote()
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
 		if srv.Shutdown(ctx) != nil {
@@ -157,6 +167,60 @@ func startControl(c *cli.Context, agent statusSource, log *slog.Logger) (stop fu
 		}
 		<-done
 	}, nil
+}
+
+// noteSuffix ends the name of the note an agent with --control leaves
+// where status looks: PID.control, holding the socket's absolute path.
+const noteSuffix = ".control"
+
+// noteControl writes PID.control for the socket at path in this user's
+// control folder, and returns what removes it. Without the note the agent
+// works all the same; status then needs to be given --control.
+func noteControl(path string, log *slog.Logger) (remove func()) {
+	noop := func() {}
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		log.Debug("relayctl status will find this agent only with --control", "err", err)
+		return noop
+	}
+	dir, err := controlDir(true)
+	if err != nil {
+		log.Debug("relayctl status will find this agent only with --control", "err", err)
+		return noop
+	}
+	removeStale(dir)
+	note := filepath.Join(dir, strconv.Itoa(os.Getpid())+noteSuffix)
+	// Written aside and renamed, so status never reads half a path (and,
+	// finding no socket there, removes the note).
+	tmp := note + ".tmp"
+	if err := os.WriteFile(tmp, []byte(abs+"\n"), 0o600); err != nil {
+		log.Debug("relayctl status will find this agent only with --control", "err", err)
+		return noop
+	}
+	if err := os.Rename(tmp, note); err != nil {
+		os.Remove(tmp)
+		log.Debug("relayctl status will find this agent only with --control", "err", err)
+		return noop
+	}
+	return func() { os.Remove(note) }
+}
+
+// readNote is the socket path a note names, if this user wrote the note
+// and it holds an absolute path.
+func readNote(note string) (string, bool) {
+	fi, err := os.Lstat(note)
+	if err != nil || !fi.Mode().IsRegular() || fi.Size() > 4096 || !ownedBySelf(fi) {
+		return "", false
+	}
+	b, err := os.ReadFile(note)
+	if err != nil {
+		return "", false
+	}
+	path := strings.TrimSuffix(string(b), "\n")
+	if !filepath.IsAbs(path) || strings.ContainsAny(path, "\n\x00") {
+		return "", false
+	}
+	return path, true
 }
 
 // listenControl listens on the unix socket path, readable by this user
@@ -203,18 +267,21 @@ func controlDir(create bool) (string, error) {
 	return tempControlDir(create)
 }
 
-// removeStale removes the PID.sock files in dir whose process is gone.
+// removeStale removes the PID.sock sockets and PID.control notes in dir
+// whose process is gone.
 func removeStale(dir string) {
-	socks, _ := filepath.Glob(filepath.Join(dir, "*.sock"))
-	for _, s := range socks {
-		if pid, ok := socketPID(s); ok && !processAlive(pid) {
-			os.Remove(s)
+	for _, suffix := range []string{".sock", noteSuffix} {
+		files, _ := filepath.Glob(filepath.Join(dir, "*"+suffix))
+		for _, f := range files {
+			if pid, ok := filePID(f, suffix); ok && !processAlive(pid) {
+				os.Remove(f)
+			}
 		}
 	}
 }
 
-// socketPID is the PID in a socket named PID.sock.
-func socketPID(path string) (int, bool) {
-	pid, err := strconv.Atoi(strings.TrimSuffix(filepath.Base(path), ".sock"))
+// filePID is the PID in a file named PID followed by suffix.
+func filePID(path, suffix string) (int, bool) {
+	pid, err := strconv.Atoi(strings.TrimSuffix(filepath.Base(path), suffix))
 	return pid, err == nil && pid > 0
 }

@@ -15,7 +15,7 @@ import (
 // so a folder there that is not this user's, or that others may enter, is
 // refused rather than used.
 func tempControlDir(create bool) (string, error) {
-	dir := filepath.Join(os.TempDir(), "relayctl-"+strconv.Itoa(os.Getuid()))
+	dir := tempControlPath()
 	if create {
 		if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
 			return "", err
@@ -35,4 +35,14 @@ func tempControlDir(create bool) (string, error) {
 func processAlive(pid int) bool {
 	err := syscall.Kill(pid, 0)
 	return err == nil || errors.Is(err, syscall.EPERM)
+}
+
+func tempControlPath() string {
+	return filepath.Join(os.TempDir(), "relayctl-"+strconv.Itoa(os.Getuid()))
+}
+
+// ownedBySelf reports whether this process's user owns the file.
+func ownedBySelf(fi os.FileInfo) bool {
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	return ok && int(st.Uid) == os.Getuid()
 }

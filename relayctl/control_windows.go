@@ -10,7 +10,7 @@ import (
 // tempControlDir is %TEMP%\relayctl. Windows gives each user a %TEMP% of
 // their own, under their profile, that other users cannot enter.
 func tempControlDir(create bool) (string, error) {
-	dir := filepath.Join(os.TempDir(), "relayctl")
+	dir := tempControlPath()
 	if create {
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return "", err
@@ -36,3 +36,9 @@ func processAlive(pid int) bool {
 	const stillActive = 259
 	return code == stillActive
 }
+
+func tempControlPath() string { return filepath.Join(os.TempDir(), "relayctl") }
+
+// ownedBySelf holds for every file status reads on Windows: it looks only
+// in the user's own %TEMP%, which other users cannot write to.
+func ownedBySelf(os.FileInfo) bool { return true }

@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"syscall"
@@ -32,7 +33,7 @@ var statusCommand = &cli.Command{
 		"has been up. Tunnels are in name order (game-9 before game-10), each agent under its first.\n" +
 		"Exits 1 when no agent is running.",
 	Flags: []cli.Flag{
-		&cli.StringFlag{Name: "control", Usage: "ask only the agent serving the unix socket `PATH` (its --control)"},
+		&cli.StringFlag{Name: "control", Usage: "ask only the agent serving the unix socket `PATH` (its --control); default: every agent found"},
 		&cli.BoolFlag{Name: "json", Usage: "print a JSON list with one object per agent"},
 		&cli.BoolFlag{Name: "watch", Aliases: []string{"w"}, Usage: "redraw every second until Ctrl-C"},
 	},
@@ -100,17 +101,30 @@ func queryAgents(ctx context.Context, path string) ([]controlStatus, error) {
 		sortStatus(out)
 		return out, nil
 	}
-	dirs := controlDirs()
+	dirs, looked := controlDirs()
 	var out []controlStatus
+	// A socket is asked once, though a note may name one found as well.
+	asked := map[string]bool{}
+	ask := func(sock string) (controlStatus, error) {
+		key := sock
+		if abs, err := filepath.Abs(sock); err == nil {
+			key = abs
+		}
+		if asked[key] {
+			return controlStatus{}, errAsked
+		}
+		asked[key] = true
+		return queryAgent(ctx, sock)
+	}
 	for _, dir := range dirs {
 		socks, _ := filepath.Glob(filepath.Join(dir, "*.sock"))
 		for _, s := range socks {
-			pid, named := socketPID(s)
+			pid, named := filePID(s, ".sock")
 			if named && !processAlive(pid) {
 				os.Remove(s) // its agent is gone
 				continue
 			}
-			st, err := queryAgent(ctx, s)
+			st, err := ask(s)
 			if err != nil {
 				if named && errors.Is(err, syscall.ECONNREFUSED) {
 					os.Remove(s) // nothing listens: the PID is another process now
@@ -119,14 +133,40 @@ func queryAgents(ctx context.Context, path string) ([]controlStatus, error) {
 			}
 			out = append(out, st)
 		}
+		notes, _ := filepath.Glob(filepath.Join(dir, "*"+noteSuffix))
+		for _, n := range notes {
+			pid, named := filePID(n, noteSuffix)
+			if !named {
+				continue
+			}
+			if !processAlive(pid) {
+				os.Remove(n) // its agent is gone
+				continue
+			}
+			sock, ok := readNote(n)
+			if !ok {
+				continue
+			}
+			st, err := ask(sock)
+			if err != nil {
+				if errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ENOENT) {
+					os.Remove(n) // the PID is another process now, or the socket was removed
+				}
+				continue
+			}
+			out = append(out, st)
+		}
 	}
 	if len(out) == 0 {
-		return nil, fmt.Errorf("no relayctl agent is running (looked in %s): start one with relayctl expose, or name its socket with --control PATH",
-			strings.Join(dirs, ", "))
+		return nil, fmt.Errorf("no relayctl agent is running (looked in %s): start one with relayctl expose or relayctl run, "+
+			"or ask one by its socket: relayctl status --control PATH", strings.Join(looked, ", "))
 	}
 	sortStatus(out)
 	return out, nil
 }
+
+// errAsked is a socket status has asked already.
+var errAsked = errors.New("asked already")
 
 // sortStatus puts the agents in the order of their tunnels' names, each
 // agent's tunnels in name order too. A user scans the table for a name,
@@ -186,18 +226,25 @@ func digitRun(s string) int {
 }
 
 // controlDirs are the folders status looks through: this user's (where
-// its agents put their sockets, with or without $XDG_RUNTIME_DIR) and the
-// system units'.
-func controlDirs() []string {
-	var dirs []string
+// its agents put their sockets and notes, with or without
+// $XDG_RUNTIME_DIR) and the system units'. looked names them for the user,
+// the units' as one pattern, and $TMPDIR/relayctl-UID also where it is
+// missing or, not being private, is not searched.
+func controlDirs() (dirs, looked []string) {
 	if d := os.Getenv("XDG_RUNTIME_DIR"); d != "" {
 		dirs = append(dirs, filepath.Join(d, "relayctl"))
 	}
+	looked = slices.Clone(dirs)
 	if d, err := tempControlDir(false); err == nil {
 		dirs = append(dirs, d)
 	}
-	units, _ := filepath.Glob(filepath.Join(systemControlDir, "*"))
-	return append(dirs, units...)
+	looked = append(looked, tempControlPath())
+	if runtime.GOOS != "windows" {
+		units, _ := filepath.Glob(filepath.Join(systemControlDir, "*"))
+		dirs = append(dirs, units...)
+		looked = append(looked, filepath.Join(systemControlDir, "*"))
+	}
+	return dirs, looked
 }
 
 // queryAgent asks the agent serving the socket at path for its status.

@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -172,10 +173,11 @@ func TestStatus(t *testing.T) {
 }
 
 // TestStatusFindsAgents: with no --control, status finds every agent of
-// the user, in $XDG_RUNTIME_DIR/relayctl and in $TMPDIR/relayctl-UID, lists
+// the user, in $XDG_RUNTIME_DIR/relayctl and in $TMPDIR/relayctl-UID, and
+// one started with --control elsewhere by the note it leaves there; lists
 // them in the order of their tunnels' names (not of their PIDs: the agents
-// start in the other order), and removes the sockets of agents that are
-// gone; once none runs, it exits 1.
+// start in the other order), and removes the sockets and notes of agents
+// that are gone; once none runs, it exits 1 saying where it looked.
 func TestStatusFindsAgents(t *testing.T) {
 	t.Parallel()
 	r := pt.NewRelayd(t, pt.TokensTOML)
@@ -192,6 +194,15 @@ func TestStatusFindsAgents(t *testing.T) {
 	a := expose(env, "--name", "game-10")
 	b := expose([]string{"TMPDIR=" + tmp}, "--name", "game-9") // no $XDG_RUNTIME_DIR
 	expose(env, "--name", "no-socket", "--control", "")
+	customSock := filepath.Join(t.TempDir(), "custom.sock")
+	c := expose(env, "--name", "custom", "--control", customSock)
+	note := filepath.Join(userDir, strconv.Itoa(c.Pid())+".control")
+	if b, err := os.ReadFile(note); err != nil || string(b) != customSock+"\n" {
+		t.Errorf("note %s: %q, %v; want %q", note, b, err, customSock+"\n")
+	}
+	if fi, err := os.Stat(note); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("note %s: %v, %v; want mode 0600", note, fi, err)
+	}
 	for dir, mode := range map[string]os.FileMode{userDir: 0o700, tmpDir: 0o700} {
 		if fi, err := os.Stat(dir); err != nil || fi.Mode().Perm() != mode {
 			t.Errorf("%s: %v, %v; want a folder with mode %v", dir, fi, err, mode)
@@ -211,6 +222,46 @@ func TestStatusFindsAgents(t *testing.T) {
 	}
 	ln.(*net.UnixListener).SetUnlinkOnClose(false)
 	ln.Close()
+	// Two notes whose agents are gone: a PID no process has, and this
+	// test's own PID, naming a socket that is not there.
+	deadNote := filepath.Join(userDir, "4194998.control")
+	noSocket := filepath.Join(tmpDir, strconv.Itoa(os.Getpid())+".control")
+	for _, n := range []string{deadNote, noSocket} {
+		if err := os.WriteFile(n, []byte(filepath.Join(t.TempDir(), "gone.sock")+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A note another user wrote is not followed: root would otherwise
+	// connect wherever a unit's user tells it.
+	var foreignNote string
+	var foreignDials atomic.Int32
+	if os.Getuid() == 0 {
+		foreignSock := filepath.Join(t.TempDir(), "foreign.sock")
+		fl, err := net.Listen("unix", foreignSock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { fl.Close() })
+		go func() {
+			for {
+				c, err := fl.Accept()
+				if err != nil {
+					return
+				}
+				foreignDials.Add(1)
+				c.Close()
+			}
+		}()
+		foreignNote = filepath.Join(userDir, strconv.Itoa(os.Getpid())+".control")
+		if err := os.WriteFile(foreignNote, []byte(foreignSock+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chown(foreignNote, 65534, 65534); err != nil {
+			t.Fatal(err)
+		}
+	} else {
+		t.Log("not root: cannot write another user's note")
+	}
 
 	sts := statusJSON(t, env)
 	var got []string
@@ -219,31 +270,42 @@ func TestStatusFindsAgents(t *testing.T) {
 		got = append(got, fmt.Sprintf("%v %v %v", st["pid"], tun["name"], st["control"]))
 	}
 	want := []string{
+		fmt.Sprintf("%d custom %s", c.Pid(), customSock),
 		fmt.Sprintf("%d game-9 %s/%d.sock", b.Pid(), tmpDir, b.Pid()),
 		fmt.Sprintf("%d game-10 %s/%d.sock", a.Pid(), userDir, a.Pid()),
 	}
 	if !slices.Equal(got, want) {
 		t.Errorf("status found\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
-	for _, s := range []string{deadPID, noListener} {
+	for _, s := range []string{deadPID, noListener, deadNote, noSocket} {
 		if _, err := os.Lstat(s); err == nil {
-			t.Errorf("status left the stale socket %s", s)
+			t.Errorf("status left the stale socket or note %s", s)
 		}
 	}
+	if foreignNote != "" {
+		if n := foreignDials.Load(); n != 0 {
+			t.Errorf("status followed another user's note: %d connections to the socket it names", n)
+		}
+		if _, err := os.Lstat(foreignNote); err != nil {
+			t.Errorf("another user's note: %v; want it left alone", err)
+		}
+		os.Remove(foreignNote)
+	}
 
-	// Stopped agents take their sockets with them.
+	// Stopped agents take their sockets and notes with them.
 	pt.Stopped(t, a, syscall.SIGTERM)
 	pt.Stopped(t, b, syscall.SIGINT)
+	pt.Stopped(t, c, syscall.SIGTERM)
 	for _, dir := range []string{userDir, tmpDir} {
 		if socks, _ := filepath.Glob(filepath.Join(dir, "*")); len(socks) > 0 {
 			t.Errorf("left in %s: %v", dir, socks)
 		}
 	}
 	out, errOut, code := pt.Run(t, env, pt.RelayctlBin, "status")
-	want0 := "relayctl: no relayctl agent is running (looked in " + userDir + ", " + tmpDir
-	if code != 1 || out != "" || !strings.HasPrefix(pt.LastLine(errOut), want0) ||
-		!strings.HasSuffix(errOut, "): start one with relayctl expose, or name its socket with --control PATH\n") {
-		t.Errorf("no agent: exit %d, stdout %q, stderr %q\nwant 1, nothing, %q…", code, out, errOut, want0)
+	want0 := "relayctl: no relayctl agent is running (looked in " + userDir + ", " + tmpDir + ", /run/relayctl/*): " +
+		"start one with relayctl expose or relayctl run, or ask one by its socket: relayctl status --control PATH\n"
+	if code != 1 || out != "" || errOut != want0 {
+		t.Errorf("no agent: exit %d, stdout %q, stderr %q\nwant 1, nothing, %q", code, out, errOut, want0)
 	}
 }
 
