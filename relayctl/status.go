@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/urfave/cli/v2"
+	"golang.org/x/term"
 )
 
 var statusCommand = &cli.Command{
@@ -35,7 +36,7 @@ var statusCommand = &cli.Command{
 	Flags: []cli.Flag{
 		&cli.StringFlag{Name: "control", Usage: "ask only the agent serving the unix socket `PATH` (its --control); default: every agent found"},
 		&cli.BoolFlag{Name: "json", Usage: "print a JSON list with one object per agent"},
-		&cli.BoolFlag{Name: "watch", Aliases: []string{"w"}, Usage: "redraw every second until Ctrl-C"},
+		&cli.BoolFlag{Name: "watch", Aliases: []string{"w"}, Usage: "redraw every second until Ctrl-C; off a terminal, print a dated snapshot every second"},
 	},
 	Action: statusAction,
 }
@@ -60,16 +61,26 @@ func statusAction(c *cli.Context) error {
 	defer stop()
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
-	for {
+	tty := isTerminal(c.App.Writer)
+	for first := true; ; first = false {
 		var b bytes.Buffer
 		sts, err := queryAgents(ctx, path)
 		if ctx.Err() != nil {
 			return nil
 		}
-		if !asJSON {
+		switch {
+		case asJSON:
+		case tty:
 			// Home and clear: a plain redraw any terminal understands.
 			b.WriteString("\x1b[H\x1b[2J")
 			fmt.Fprintf(&b, "%s   (every 1s; Ctrl-C to stop)\n\n", time.Now().Format(time.TimeOnly))
+		default:
+			// A file or a pipe keeps every snapshot: escape codes would
+			// be noise there, and the date tells them apart.
+			if !first {
+				b.WriteString("\n")
+			}
+			fmt.Fprintf(&b, "%s\n", time.Now().Format(time.DateTime))
 		}
 		switch {
 		case err != nil && asJSON:
@@ -88,6 +99,12 @@ func statusAction(c *cli.Context) error {
 		case <-tick.C:
 		}
 	}
+}
+
+// isTerminal reports whether w is a terminal.
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	return ok && term.IsTerminal(int(f.Fd()))
 }
 
 // queryAgents asks the agent at path, or every agent found when path is "".

@@ -128,10 +128,20 @@ func TestStatus(t *testing.T) {
 
 	t.Run("watch", func(t *testing.T) {
 		t.Parallel()
+		// Off a terminal (stdout is a pipe here): dated snapshots, a blank
+		// line between them, no escape codes. On one, see
+		// TestStatusWatchTerminal.
 		p := pt.Start(t, nil, pt.RelayctlBin, "status", "--watch", "--control", sock)
-		// Two redraws, each clearing the screen first.
-		p.WaitFor(&p.Stdout, regexp.MustCompile(`(?s)\x1b\[H\x1b\[2J.*\nst .*\x1b\[H\x1b\[2J.*\nst `), pt.StartTimeout)
+		vout, _, _ := pt.Run(t, nil, pt.RelayctlBin, "version")
+		head := fmt.Sprintf("agent %d (relayctl %s) → %s, connected, reconnects 0  [%s]", agent.Pid(), strings.Fields(vout)[1], r.Addr, sock)
+		snap := `\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\n` + regexp.QuoteMeta(head) + `\n` +
+			`NAME +PUBLIC +LOCAL +TRANSPORT +RTT +ACTIVE +IN +OUT +UPTIME\n` +
+			`st +` + regexp.QuoteMeta(public) + ` +` + regexp.QuoteMeta(local) + ` +tcp [^\n]*\n`
+		p.WaitFor(&p.Stdout, regexp.MustCompile(`^`+snap+`\n`+snap), pt.StartTimeout)
 		pt.Stopped(t, p, syscall.SIGINT)
+		if out := p.Stdout.String(); strings.Contains(out, "\x1b") {
+			t.Errorf("status --watch into a pipe wrote escape codes:\n%q", out)
+		}
 
 		// With --json, one line of JSON a second.
 		p = pt.Start(t, nil, pt.RelayctlBin, "status", "--watch", "--json", "--control", sock)
