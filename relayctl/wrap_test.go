@@ -21,16 +21,15 @@ import (
 	pt "github.com/relaytun/relay/internal/proctest"
 )
 
-// helperEnv holds the address helperServer listens on.
-const helperEnv = "RELAYCTL_TEST_HELPER"
+func init() { helperServer = serveHelper }
 
-// helperServer is the command the wrapping tests have relayctl start: an
+// serveHelper is the command the wrapping tests have relayctl start: an
 // echo server that reports each signal on stderr ("helper: got SIGHUP").
 // SIGTERM then kills it, as it would a server with no handler. With
 // $HELPER_EXIT set to N, it exits N once a client that sent something has
 // gone (relayctl's probes send nothing). With $HELPER_STDIN set, it reads
 // lines from stdin, as a server's console would, and reports each.
-func helperServer(addr string) {
+func serveHelper(addr string) {
 	sigs := make(chan os.Signal, 8)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGTERM)
 	ln, err := net.Listen("tcp", addr)
