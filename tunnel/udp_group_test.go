@@ -90,3 +90,65 @@ func TestUDPGroupFlowLeavesFrozenMember(t *testing.T) {
 		p.Thaw()
 	})
 }
+
+// A UDP tunnel whose members are all suspect (say both missed a probe
+// while the relay's own path flapped): a flow stays on its member, as it
+// does with one suspect member left alone. pick gives back a suspect member
+// only when no member answers, and turns its round robin on every call, so
+// a flow re-asked every 100 ms must not take that as a better member: the
+// player would hop from server to server ten times a second.
+func TestUDPGroupFlowStaysWhenEveryMemberIsSuspect(t *testing.T) {
+	forEachTransport(t, func(t *testing.T, kind string) {
+		r := startRelay(t, func(c *RelayConfig) { c.Liveness = time.Minute })
+		udp := func(c *AgentConfig) { c.Tunnels[0].Protos = ProtoUDP }
+		a := groupAgent(t, r.Addr, r, kind, startTaggedUDPEcho(t, "A:"), udp)
+		groupAgent(t, r.Addr, r, kind, startTaggedUDPEcho(t, "B:"), udp)
+		public := net.JoinHostPort("127.0.0.1", strconv.Itoa(int(a.eps[0].Port)))
+
+		c, err := net.Dial("udp", public)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		first, ok := udpTag(c, []byte("hello"), 5*time.Second)
+		if !ok {
+			t.Fatal("no answer to the flow's first datagram")
+		}
+
+		// Both members missed a probe: marked, and (nothing probing them
+		// here) marked they stay. B's joining had A probed: let that end
+		// first, or its next PING would clear A's mark.
+		var agents []*agentConn
+		r.Relay.mu.Lock()
+		for ac := range r.Relay.agents {
+			agents = append(agents, ac)
+		}
+		r.Relay.mu.Unlock()
+		if len(agents) != 2 {
+			t.Fatalf("%d agent sessions on the relay, want 2", len(agents))
+		}
+		waitFor(t, "no probe under way", 10*time.Second, func() bool {
+			return !agents[0].probing.Load() && !agents[1].probing.Load()
+		})
+		for _, ac := range agents {
+			ac.markSuspect()
+		}
+
+		tags := map[string]int{}
+		for end := time.Now().Add(1500 * time.Millisecond); time.Now().Before(end); {
+			if tag, ok := udpTag(c, []byte("ping"), time.Second); ok {
+				tags[tag]++
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		t.Logf("%s: flow first on %q; answers with both members suspect: %v", kind, first, tags)
+		if !agents[0].suspect.Load() || !agents[1].suspect.Load() {
+			t.Fatal("a member's mark was cleared during the test: it proved nothing")
+		}
+		for tag, n := range tags {
+			if tag != first {
+				t.Errorf("%d answers from %q: the flow left %q though no member that answers was left to take it", n, tag, first)
+			}
+		}
+	})
+}

@@ -127,7 +127,7 @@ func (g *group) flow(client netip.AddrPort, now int64) *udpFlow {
 			return nil
 		}
 	}
-	m, _, _, _ := g.pick(nil)
+	m, _, suspect, _ := g.pick(nil)
 	if m == nil {
 		if release != nil {
 			release()
@@ -138,9 +138,14 @@ func (g *group) flow(client netip.AddrPort, now int64) *udpFlow {
 	defer u.mu.Unlock()
 	if f != nil {
 		// Its member left, or is suspect: the flow moves, keeping its
-		// place. (pick gives a suspect member back only when no other
-		// answers; then the flow stays.)
+		// place. pick gives a suspect member back only when no other
+		// answers: then a flow whose member is still in the group stays
+		// (another suspect member is no better, and pick's round robin
+		// would move the flow on each recheck).
 		f.recheck = now + int64(100*time.Millisecond)
+		if cur := f.member.Load(); suspect && !cur.gone.Load() {
+			return f
+		}
 		if old := f.member.Swap(m); old != m {
 			f.back.Store(now)
 			g.log.Debug("UDP flow moved to another member", "client", client.String(), "agent", m.agent.sess.RemoteAddr().String())
