@@ -2,9 +2,11 @@ package tunnel
 
 import (
 	"bytes"
+	"errors"
 	"net"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -149,6 +151,167 @@ func TestUDPGroupFlowStaysWhenEveryMemberIsSuspect(t *testing.T) {
 			if tag != first {
 				t.Errorf("%d answers from %q: the flow left %q though no member that answers was left to take it", n, tag, first)
 			}
+		}
+	})
+}
+
+// startTickingUDPServer runs a UDP server on loopback that, like a game
+// server sending snapshots, sends tag to every address it has heard from,
+// every 20 ms, whether or not that address still talks to it.
+func startTickingUDPServer(t *testing.T, tag string) string {
+	t.Helper()
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pc.Close() })
+	var mu sync.Mutex
+	peers := map[string]net.Addr{}
+	go func() {
+		buf := make([]byte, 2048)
+		for {
+			_, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			peers[from.String()] = from
+			mu.Unlock()
+		}
+	}()
+	go func() {
+		tick := time.NewTicker(20 * time.Millisecond)
+		defer tick.Stop()
+		for range tick.C {
+			mu.Lock()
+			for _, p := range peers {
+				if _, err := pc.WriteTo([]byte(tag), p); errors.Is(err, net.ErrClosed) {
+					mu.Unlock()
+					return
+				}
+			}
+			mu.Unlock()
+		}
+	}()
+	return pc.LocalAddr().String()
+}
+
+// A flow that left a frozen member for another hears only the member it is
+// on now: when the frozen one thaws, its server, which still has the
+// player, goes on sending to it, and the relay must not pass that on. A
+// player would otherwise get two servers' packets mixed, and the flow's
+// new member would seem to answer whenever the old one did.
+func TestUDPGroupFlowHearsOnlyItsMember(t *testing.T) {
+	forEachTransport(t, func(t *testing.T, kind string) {
+		r := startRelay(t, func(c *RelayConfig) { c.Liveness = time.Minute })
+		p := newProxy(t, kind, r.Addr)
+		udp := func(c *AgentConfig) { c.Tunnels[0].Protos = ProtoUDP }
+		a := groupAgent(t, p.Addr(), r, kind, startTickingUDPServer(t, "A"), udp)
+		groupAgent(t, r.Addr, r, kind, startTickingUDPServer(t, "B"), udp)
+		public := net.JoinHostPort("127.0.0.1", strconv.Itoa(int(a.eps[0].Port)))
+
+		// next sends a datagram and returns the tag of the next one heard.
+		buf := make([]byte, 64)
+		next := func(c net.Conn) string {
+			c.Write([]byte("input"))
+			c.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+			n, err := c.Read(buf)
+			if err != nil {
+				return ""
+			}
+			return string(buf[:n])
+		}
+		var onA net.Conn
+		for i := 0; i < 20 && onA == nil; i++ {
+			c, err := net.Dial("udp", public)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			for end := time.Now().Add(5 * time.Second); time.Now().Before(end); {
+				if tag := next(c); tag != "" {
+					if tag == "A" {
+						onA = c
+					}
+					break
+				}
+			}
+		}
+		if onA == nil {
+			t.Fatal("20 flows and none reached member A")
+		}
+
+		p.Freeze()
+		moved := false
+		for end := time.Now().Add(30 * time.Second); time.Now().Before(end) && !moved; {
+			moved = next(onA) == "B"
+		}
+		if !moved {
+			t.Fatal("the flow of the frozen member A did not reach B within 30 s")
+		}
+		p.Thaw()
+		heard := map[string]int{}
+		for end := time.Now().Add(1500 * time.Millisecond); time.Now().Before(end); {
+			heard[next(onA)]++
+		}
+		t.Logf("%s: after the flow moved to B and A thawed, heard %v", kind, heard)
+		if heard["A"] > 0 {
+			t.Errorf("%d datagrams from A's server reached the player after its flow moved to B", heard["A"])
+		}
+		if heard["B"] == 0 {
+			t.Error("nothing from B after the move")
+		}
+	})
+}
+
+// A player who only listens (its flow is alive: it spoke within the flow
+// timeout) keeps hearing the server after the agent's session is lost and
+// the agent is back: the agent keeps the flow's local socket, and the
+// relay passes on what the server sends through the new session, though
+// the flow was set up through the old one and the player has said nothing
+// since.
+func TestUDPQuietFlowHearsAgentAfterReconnect(t *testing.T) {
+	forEachTransport(t, func(t *testing.T, kind string) {
+		h := newRelayHost(t, fastLivenessRelay, fastLivenessOpts)
+		r := h.start()
+		p := newProxy(t, kind, r.Addr)
+		cfg := r.udpAgentConfig(kind, ProtoUDP, startTickingUDPServer(t, "T"))
+		cfg.Relay = p.Addr()
+		fastRetry(&cfg)
+		fastLivenessAgent(&cfg)
+		a := liveAgentUp(t, cfg)
+		public := net.JoinHostPort("127.0.0.1", strconv.Itoa(int(a.eps[0].Port)))
+
+		c, err := net.Dial("udp", public)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		buf := make([]byte, 64)
+		heard := func(d time.Duration) bool {
+			c.SetReadDeadline(time.Now().Add(d))
+			_, err := c.Read(buf)
+			return err == nil
+		}
+		ok := false
+		for i := 0; i < 50 && !ok; i++ {
+			c.Write([]byte("join"))
+			ok = heard(100 * time.Millisecond)
+		}
+		if !ok {
+			t.Fatal("the player heard nothing from the server")
+		}
+
+		p.Silence()
+		waitFor(t, "the relay to drop the silent agent", 15*time.Second, func() bool { return agentCount(r.Relay) == 0 })
+		waitFor(t, "the agent to drop the silent session", 15*time.Second, func() bool { return !a.connected() })
+		p.Restore()
+		waitFor(t, "the agent to come back", 20*time.Second, func() bool { return a.connected() && agentCount(r.Relay) == 1 })
+		// Drop what came before the outage.
+		for heard(10 * time.Millisecond) {
+		}
+		if !heard(2 * time.Second) {
+			t.Fatal("the quiet player heard nothing from the server in 2 s after the agent came back")
 		}
 	})
 }

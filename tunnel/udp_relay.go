@@ -199,7 +199,8 @@ func (g *group) sweepFlows(stop <-chan struct{}) {
 }
 
 // deliverUDP sends an agent's datagram to its client, if the client has a
-// live flow on that tunnel: an agent cannot aim the relay at anyone else.
+// live flow on that tunnel carried by this agent's member: an agent cannot
+// aim the relay at anyone else.
 func (a *agentConn) deliverUDP(p []byte) {
 	h, payload, err := ParseDatagram(p)
 	if err != nil {
@@ -211,7 +212,8 @@ func (a *agentConn) deliverUDP(p []byte) {
 		a.r.udpDrops.Add(1)
 		return
 	}
-	g := v.(*member).g
+	mem := v.(*member)
+	g := mem.g
 	if g.udp == nil {
 		a.r.udpDrops.Add(1)
 		return
@@ -220,6 +222,15 @@ func (a *agentConn) deliverUDP(p []byte) {
 	f := g.udp.flows[h.Client]
 	g.udp.mu.Unlock()
 	if f == nil {
+		g.dropUDP()
+		return
+	}
+	if cur := f.member.Load(); cur != mem && !cur.gone.Load() {
+		// The flow moved to another member that is still in the group
+		// (this one was found unanswering): a player hears one server,
+		// and the flow's silence is its own member's. (A flow whose
+		// member left, as when its agent's session was lost, hears the
+		// agent back on its new session before the player speaks again.)
 		g.dropUDP()
 		return
 	}
