@@ -47,8 +47,11 @@ type group struct {
 	rr          int
 	closed      bool
 	orphan      *time.Timer
-	awaits      [instanceLen]byte // while orphan: the agent instance that left
-	joined      chan struct{}     // closed, and replaced, when a member joins
+	// away are the agent instances that left without a goodbye and have
+	// not come back, with when they left: the agents the rejoin window
+	// waits for (those away longer than it are not counted on).
+	away   map[[instanceLen]byte]time.Time
+	joined chan struct{} // closed, and replaced, when a member joins
 }
 
 // member is one agent session's place in a group.
@@ -78,6 +81,7 @@ func (g *group) addMemberLocked(a *agentConn, allow, deny []netip.Prefix) *membe
 	g.members = append(g.members, m)
 	a.members[m.id] = m
 	a.byID.Store(m.id, m)
+	delete(g.away, a.instance)
 	if g.orphan != nil {
 		g.orphan.Stop()
 		g.orphan = nil
@@ -117,6 +121,20 @@ func (g *group) removeMemberLocked(m *member) {
 	}
 	g.members = slices.Delete(g.members, i, i+1)
 	m.gone.Store(true)
+	window := g.r.config().RejoinWindow
+	if !m.draining.Load() && m.agent.instance != ([instanceLen]byte{}) && window > 0 {
+		// Left without a goodbye: it may come back.
+		now := time.Now()
+		for inst, left := range g.away {
+			if now.Sub(left) > window {
+				delete(g.away, inst)
+			}
+		}
+		if g.away == nil {
+			g.away = make(map[[instanceLen]byte]time.Time)
+		}
+		g.away[m.agent.instance] = now
+	}
 	if g.closed || g.liveMembersLocked() > 0 {
 		return
 	}
@@ -125,7 +143,6 @@ func (g *group) removeMemberLocked(m *member) {
 		g.r.closeGroupLocked(g, "its agents are draining")
 		return
 	}
-	window := g.r.config().RejoinWindow
 	if m.draining.Load() || g.r.closing || window == 0 {
 		g.r.closeGroupLocked(g, "its last agent left")
 		return
@@ -133,7 +150,6 @@ func (g *group) removeMemberLocked(m *member) {
 	// The agent vanished without saying goodbye: it is likely reconnecting.
 	// Keep the port, and hold new clients, for a while.
 	g.log.Info("tunnel has no agent; keeping its port open for one to return", "window", window)
-	g.awaits = m.agent.instance
 	g.orphan = time.AfterFunc(window, func() {
 		g.r.mu.Lock()
 		defer g.r.mu.Unlock()
@@ -141,6 +157,18 @@ func (g *group) removeMemberLocked(m *member) {
 			g.r.closeGroupLocked(g, "no agent came back")
 		}
 	})
+}
+
+// awaitsLocked reports whether an agent that left g without a goodbye
+// within the rejoin window may still come back.
+func (g *group) awaitsLocked(now time.Time) bool {
+	window := g.r.config().RejoinWindow
+	for _, left := range g.away {
+		if now.Sub(left) <= window {
+			return true
+		}
+	}
+	return false
 }
 
 func (g *group) liveMembersLocked() int {

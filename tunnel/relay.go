@@ -1243,9 +1243,15 @@ func (r *Relay) dropMembers(a *agentConn, goodbye bool) []*member {
 func (r *Relay) dropMembersLocked(a *agentConn, goodbye bool) []*member {
 	if goodbye && a.instance != ([instanceLen]byte{}) {
 		// The agent is back only to leave (refused on a tunnel, it stops):
-		// what waits for it from an earlier session will not see it again.
+		// what waits for it from an earlier session will not see it again,
+		// and closes unless another agent that vanished may still return.
+		now := time.Now()
 		for _, g := range r.groups {
-			if g.orphan != nil && len(g.members) == 0 && g.awaits == a.instance && g.token == a.token {
+			if _, ok := g.away[a.instance]; !ok || g.token != a.token {
+				continue
+			}
+			delete(g.away, a.instance)
+			if g.orphan != nil && len(g.members) == 0 && !g.awaitsLocked(now) {
 				r.closeGroupLocked(g, "its agent came back only to leave")
 			}
 		}

@@ -453,3 +453,63 @@ func TestJoinRefusesPortGone(t *testing.T) {
 		}
 	})
 }
+
+// A tunnel shared by two agents waits out its rejoin window for either:
+// when the last of them to vanish comes back only to leave (a reload ruled
+// out its other tunnel, and it stops on that refusal), the tunnel stays
+// open for the other one, which vanished without a goodbye too, and a
+// client that comes meanwhile is carried by that one once it is back.
+func TestGroupWaitsForEveryAgentThatVanished(t *testing.T) {
+	forEachTransport(t, func(t *testing.T, kind string) {
+		r := startRelayWith(t, func(c *RelayConfig) {
+			c.RejoinWindow = time.Minute
+			fastLivenessRelay(c)
+		}, fastLivenessOpts)
+		p := newProxy(t, kind, r.Addr)
+		a := groupAgent(t, p.Addr(), r, kind, proctest.StartEcho(t, "A:"), fastLivenessAgent)
+		b := groupAgent(t, r.Addr, r, kind, proctest.StartEcho(t, "B:"), func(c *AgentConfig) {
+			fastLivenessAgent(c)
+			// Its other tunnel first: refused on its return, it stops
+			// before it registers grp again.
+			c.Tunnels = append([]TunnelSpec{{Name: "other", Local: c.Tunnels[0].Local}}, c.Tunnels...)
+		})
+		public := a.Public(0)
+		if got := b.Public(1); got != public {
+			t.Fatalf("B's grp is %s, A's %s: not one group", got, public)
+		}
+
+		// A vanishes without a goodbye; B carries grp alone.
+		p.Cut()
+		waitFor(t, "the relay to lose A", 20*time.Second, func() bool { return agentCount(r.Relay) == 1 })
+
+		// B's other tunnel is ruled out: B's session is closed, and grp,
+		// now without an agent, waits for one to return. B comes back,
+		// is refused on "other", and stops.
+		rc := *r.Relay.config()
+		rc.Tokens = []Token{{ID: "test", Secret: testSecret, Names: []string{"grp"}}}
+		if _, err := r.Relay.Reload(rc); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.wait(t, 20*time.Second); !isRefused(err, CodeForbidden) {
+			t.Fatalf("B's Run: %v, want the refusal of its tunnel named other", err)
+		}
+		if strings.Contains(r.Log.String(), "its agent came back only to leave") {
+			t.Error("grp closed when B came back only to leave, though A, gone without a goodbye too, may still return")
+		}
+
+		// A client now is held for A's return, and carried by it.
+		got := make(chan error, 1)
+		go func() {
+			tag, err := visit(public, 2)
+			if err == nil && tag != "A:" {
+				err = fmt.Errorf("served by %q, want A", tag)
+			}
+			got <- err
+		}()
+		time.Sleep(200 * time.Millisecond)
+		p.Restore()
+		if err := <-got; err != nil {
+			t.Errorf("a client of grp while A was on its way back: %v", err)
+		}
+	})
+}
