@@ -405,10 +405,13 @@ func (a *Agent) session(ctx context.Context, reconnect bool, failures int, down 
 	defer cancel()
 	eps, byID, err := a.register(ctl, welcome)
 	if err != nil {
-		if !retryable(err, reconnect) || (!reconnect && !a.cfg.WaitForRelay) {
+		var ref *RefusedError
+		if errors.As(err, &ref) && (!retryable(err, reconnect) || (!reconnect && !a.cfg.WaitForRelay)) {
 			// Run gives up on this refusal: the tunnels registered before
 			// it must not keep their ports for an agent that is not
-			// coming back.
+			// coming back. (After a failure of the session itself the
+			// relay may not hear a goodbye, and waiting for it would
+			// only hold the exit up.)
 			a.goodbye(ctl, sess)
 		}
 		return false, err

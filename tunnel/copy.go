@@ -156,9 +156,16 @@ func (j *join) directionDone() {
 	}
 }
 
-// shutdown closes both connections, so both directions stop, without
-// counting it as a failure of either.
-func (j *join) shutdown() { j.abort(errCut) }
+// shutdown cuts the pair when its context ends, unless both directions
+// have finished already and the pair is closing as it should.
+func (j *join) shutdown() {
+	j.mu.Lock()
+	finished := j.left == 0
+	j.mu.Unlock()
+	if !finished {
+		j.abort(errCut)
+	}
+}
 
 // errCut ends a pair whose context ended first: a drain's time ran out,
 // the tunnel closed, the relay or agent stopped, or the session under it

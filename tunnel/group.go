@@ -41,6 +41,9 @@ type group struct {
 	// noLease: the tunnel keeps no port lease (Register.NoLease).
 	noLease bool
 
+	// size is len(members), for readers without Relay.mu.
+	size atomic.Int32
+
 	// Guarded by Relay.mu.
 	members     []*member
 	allow, deny []netip.Prefix // the latest member's lists
@@ -79,6 +82,7 @@ func (g *group) addMemberLocked(a *agentConn, allow, deny []netip.Prefix) *membe
 	m := &member{id: g.r.nextTunnel.Add(1), g: g, agent: a, since: time.Now()}
 	others := g.members
 	g.members = append(g.members, m)
+	g.size.Store(int32(len(g.members)))
 	a.members[m.id] = m
 	a.byID.Store(m.id, m)
 	delete(g.away, a.instance)
@@ -120,6 +124,7 @@ func (g *group) removeMemberLocked(m *member) {
 		return
 	}
 	g.members = slices.Delete(g.members, i, i+1)
+	g.size.Store(int32(len(g.members)))
 	m.gone.Store(true)
 	window := g.r.config().RejoinWindow
 	if !m.draining.Load() && m.agent.instance != ([instanceLen]byte{}) && window > 0 {

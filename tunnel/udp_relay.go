@@ -70,12 +70,14 @@ func (g *group) serveUDP(ctx context.Context) {
 		}
 		f.last.Store(now)
 		m := f.member.Load()
-		if now-f.back.Load() > int64(g.r.config().AnswerTimeout) && !m.agent.suspect.Load() {
+		if now-f.back.Load() > int64(g.r.config().AnswerTimeout) && !m.agent.suspect.Load() && g.size.Load() > 1 {
 			// Its client talks, the member has not answered for a while:
 			// ask the agent (one PING per answer timeout at most). Should
 			// it miss the PING, it is marked suspect and flow moves its
 			// flows to a member that answers, long before the session's
-			// liveness timeout would drop it.
+			// liveness timeout would drop it. A lone member has no one to
+			// hand its flows to, and a one-way flow would ping it for
+			// nothing.
 			m.agent.probe()
 		}
 		h := AppendStreamHeader(hdr[:0], StreamHeader{Tunnel: m.id, Client: client})
