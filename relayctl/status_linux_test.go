@@ -23,30 +23,7 @@ func TestStatusWatchTerminal(t *testing.T) {
 	cmd := exec.Command(pt.RelayctlBin, "status", "--watch", "--control", sock)
 	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + t.TempDir(), "TMPDIR=" + t.TempDir()}
 	cmd.Stdout, cmd.Stderr = pts, pts
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() {
-		cmd.Wait()
-		close(done)
-	}()
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		<-done
-	})
-	pts.Close()
-	var screen pt.Buffer
-	go func() {
-		buf := make([]byte, 4096)
-		for {
-			n, err := ptm.Read(buf)
-			screen.Write(buf[:n])
-			if err != nil {
-				return
-			}
-		}
-	}()
+	screen, done := startOnPTY(t, cmd, ptm, pts)
 	// The terminal turns each \n into \r\n.
 	frame := `\x1b\[H\x1b\[2J\d\d:\d\d:\d\d   \(every 1s; Ctrl-C to stop\)\r\n\r\n` +
 		regexp.QuoteMeta("no agent answers on "+sock+": connect: no such file or directory: is relayctl running with --control "+sock+"?") + `\r\n`

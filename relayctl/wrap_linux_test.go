@@ -35,30 +35,7 @@ func TestWrapTerminal(t *testing.T) {
 	// A session of its own with the terminal as its controlling one, as a
 	// shell would give it.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() {
-		cmd.Wait()
-		close(done)
-	}()
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		<-done
-	})
-	pts.Close()
-	var screen pt.Buffer
-	go func() {
-		buf := make([]byte, 4096)
-		for {
-			n, err := ptm.Read(buf)
-			screen.Write(buf[:n])
-			if err != nil {
-				return
-			}
-		}
-	}()
+	screen, done := startOnPTY(t, cmd, ptm, pts)
 	waitFor := func(re string) string {
 		t.Helper()
 		deadline := time.Now().Add(pt.StartTimeout)
@@ -99,6 +76,38 @@ func TestWrapTerminal(t *testing.T) {
 	if n := strings.Count(screen.String(), "helper: got SIGINT"); n != 1 {
 		t.Errorf("the command got SIGINT %d times, want once:\n%s", n, screen.String())
 	}
+}
+
+// startOnPTY starts cmd, whose standard files are the terminal's slave
+// side pts, and collects what it shows on the master side ptm. done is
+// closed once cmd has exited; a test that ends first kills it.
+func startOnPTY(t *testing.T, cmd *exec.Cmd, ptm, pts *os.File) (*pt.Buffer, <-chan struct{}) {
+	t.Helper()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() {
+		cmd.Wait()
+		close(done)
+	}()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		<-done
+	})
+	pts.Close()
+	screen := &pt.Buffer{}
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			n, err := ptm.Read(buf)
+			screen.Write(buf[:n])
+			if err != nil {
+				return
+			}
+		}
+	}()
+	return screen, done
 }
 
 // openPTY opens a pseudo-terminal: its master side, and its slave side to
