@@ -16,11 +16,7 @@ import (
 // flow reached.
 func startTaggedUDPEcho(t *testing.T, tag string) string {
 	t.Helper()
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { pc.Close() })
+	pc := listenUDP(t)
 	go func() {
 		buf := make([]byte, 2048)
 		for {
@@ -65,11 +61,7 @@ func TestUDPGroupFlowLeavesFrozenMember(t *testing.T) {
 		// Flows from new client sockets until one is on A.
 		var onA net.Conn
 		for i := 0; i < 20 && onA == nil; i++ {
-			c, err := net.Dial("udp", public)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.Close()
+			c := dialUDP(t, public)
 			if tag, ok := udpTag(c, []byte("hello"), 5*time.Second); ok && tag == "A:" {
 				onA = c
 			}
@@ -107,11 +99,7 @@ func TestUDPGroupFlowStaysWhenEveryMemberIsSuspect(t *testing.T) {
 		groupAgent(t, r.Addr, r, kind, startTaggedUDPEcho(t, "B:"), udp)
 		public := net.JoinHostPort("127.0.0.1", strconv.Itoa(int(a.eps[0].Port)))
 
-		c, err := net.Dial("udp", public)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
+		c := dialUDP(t, public)
 		first, ok := udpTag(c, []byte("hello"), 5*time.Second)
 		if !ok {
 			t.Fatal("no answer to the flow's first datagram")
@@ -160,11 +148,7 @@ func TestUDPGroupFlowStaysWhenEveryMemberIsSuspect(t *testing.T) {
 // every 20 ms, whether or not that address still talks to it.
 func startTickingUDPServer(t *testing.T, tag string) string {
 	t.Helper()
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { pc.Close() })
+	pc := listenUDP(t)
 	var mu sync.Mutex
 	peers := map[string]net.Addr{}
 	go func() {
@@ -223,11 +207,7 @@ func TestUDPGroupFlowHearsOnlyItsMember(t *testing.T) {
 		}
 		var onA net.Conn
 		for i := 0; i < 20 && onA == nil; i++ {
-			c, err := net.Dial("udp", public)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.Close()
+			c := dialUDP(t, public)
 			for end := time.Now().Add(5 * time.Second); time.Now().Before(end); {
 				if tag := next(c); tag != "" {
 					if tag == "A" {
@@ -282,11 +262,7 @@ func TestUDPQuietFlowHearsAgentAfterReconnect(t *testing.T) {
 		a := liveAgentUp(t, cfg)
 		public := net.JoinHostPort("127.0.0.1", strconv.Itoa(int(a.eps[0].Port)))
 
-		c, err := net.Dial("udp", public)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
+		c := dialUDP(t, public)
 		buf := make([]byte, 64)
 		heard := func(d time.Duration) bool {
 			c.SetReadDeadline(time.Now().Add(d))

@@ -28,11 +28,7 @@ type udpEcho struct {
 
 func startUDPEcho(t testing.TB) *udpEcho {
 	t.Helper()
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { pc.Close() })
+	pc := listenUDP(t)
 	e := &udpEcho{Addr: pc.LocalAddr().String(), peers: map[string]int{}, first: map[string][]byte{}}
 	go func() {
 		buf := make([]byte, 65535)
@@ -57,6 +53,29 @@ func (e *udpEcho) peerCount() int {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	return len(e.peers)
+}
+
+// dialUDP is a client socket "connected" to addr, closed when the test
+// ends.
+func dialUDP(t testing.TB, addr string) net.Conn {
+	t.Helper()
+	c, err := net.Dial("udp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// listenUDP is a server socket on loopback, closed when the test ends.
+func listenUDP(t testing.TB) net.PacketConn {
+	t.Helper()
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pc.Close() })
+	return pc
 }
 
 // udpAgentConfig is agentConfig for a UDP (or TCP and UDP) tunnel.
@@ -182,12 +201,7 @@ func TestUDPFlowLimit(t *testing.T) {
 	public := endpointFor(t, a, "udp")
 	var conns []net.Conn
 	for range 3 {
-		c, err := net.Dial("udp", public)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		conns = append(conns, c)
+		conns = append(conns, dialUDP(t, public))
 	}
 	exchange(t, conns[0], []byte("a"))
 	exchange(t, conns[1], []byte("b"))
@@ -216,12 +230,7 @@ func TestUDPPerIPLimit(t *testing.T) {
 		public := endpointFor(t, a, "udp")
 		var conns []net.Conn
 		for range 2 {
-			c, err := net.Dial("udp", public)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.Close()
-			conns = append(conns, c)
+			conns = append(conns, dialUDP(t, public))
 		}
 		exchange(t, conns[0], []byte("a"))
 		conns[1].Write([]byte("b"))
