@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"math/big"
 	"net"
 	"net/netip"
@@ -126,7 +127,7 @@ func (c *RelayConfig) Validate() error {
 				}
 			}
 		}
-		if t.MaxTunnels < 0 || t.MaxConnections < 0 {
+		if t.MaxTunnels < 0 || t.MaxConnections < 0 || t.MaxBandwidth < 0 || math.IsNaN(t.MaxBandwidth) || math.IsInf(t.MaxBandwidth, 0) {
 			return fmt.Errorf("relay: token %q: limits must not be negative", t.ID)
 		}
 		if err := t.Clients.Validate(); err != nil {
@@ -242,7 +243,7 @@ func tokenStates(tokens []Token, old map[[keyIDLen]byte]*tokenState) map[[keyIDL
 		t := &tokens[i]
 		k := KeyID(t.Secret)
 		if ts, ok := old[k]; ok && ts.token().ID == t.ID {
-			ts.tok.Store(t)
+			ts.setToken(t)
 			m[k] = ts
 			continue
 		}

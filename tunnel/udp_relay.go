@@ -68,6 +68,11 @@ func (g *group) serveUDP(ctx context.Context) {
 			g.dropUDP()
 			continue
 		}
+		if bw := g.token.bw.Load(); bw != nil && !bw.in.AllowN(time.Unix(0, now), n) {
+			// Over the token's bandwidth: a datagram cannot wait.
+			g.dropUDP()
+			continue
+		}
 		f.last.Store(now)
 		m := f.member.Load()
 		if now-f.back.Load() > int64(g.r.config().AnswerTimeout) && !m.agent.suspect.Load() && g.size.Load() > 1 {
@@ -236,6 +241,11 @@ func (a *agentConn) deliverUDP(p []byte) {
 		g.dropUDP()
 		return
 	}
+	now := time.Now()
+	if bw := g.token.bw.Load(); bw != nil && !bw.out.AllowN(now, len(payload)) {
+		g.dropUDP()
+		return
+	}
 	// Only the client's datagrams keep a flow alive: otherwise an agent
 	// could keep sending, from the relay's address, to someone who once
 	// sent one spoofed datagram.
@@ -243,7 +253,7 @@ func (a *agentConn) deliverUDP(p []byte) {
 		g.dropUDP()
 		return
 	}
-	f.back.Store(time.Now().UnixNano())
+	f.back.Store(now.UnixNano())
 	g.bytesOut.Add(int64(len(payload)))
 }
 
