@@ -261,8 +261,9 @@ var partlyApplied = map[string]string{
 }
 
 // changedKeys names the keys of relay.toml, as section.key, whose value
-// differs between a and b; [[tokens]] aside, which the relay's reload
-// result names by id.
+// differs between a and b; for a token in both (by id), as
+// tokens.ID.key, "secret" also when a secret_file's content changed. The
+// tokens added or removed, the relay's reload result names.
 func changedKeys(a, b *Config) []string {
 	var out []string
 	var walk func(prefix string, x, y reflect.Value)
@@ -282,6 +283,20 @@ func changedKeys(a, b *Config) []string {
 		}
 	}
 	walk("", reflect.ValueOf(a).Elem(), reflect.ValueOf(b).Elem())
+	for i := range a.Tokens {
+		for j := range b.Tokens {
+			ta, tb := &a.Tokens[i], &b.Tokens[j]
+			if ta.ID != tb.ID {
+				continue
+			}
+			prefix := "tokens." + ta.ID + "."
+			n := len(out)
+			walk(prefix, reflect.ValueOf(ta).Elem(), reflect.ValueOf(tb).Elem())
+			if ta.secret != tb.secret && !slices.Contains(out[n:], prefix+"secret") {
+				out = append(out, prefix+"secret")
+			}
+		}
+	}
 	return out
 }
 

@@ -2,6 +2,8 @@ package main
 
 import (
 	"fmt"
+	"os"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
@@ -84,6 +86,43 @@ func TestChangedKeys(t *testing.T) {
 		if got := changedKeys(base, next); !slices.Equal(got, tt.want) {
 			t.Errorf("%q: changedKeys = %q, want %q", tt.text, got, tt.want)
 		}
+	}
+}
+
+// TestChangedTokenKeys: a token in both configs (by id) has its changed
+// keys named as tokens.ID.key, the secret too when only its secret_file's
+// content changed.
+func TestChangedTokenKeys(t *testing.T) {
+	const tok = "[[tokens]]\nid = \"a\"\n"
+	base, err := ParseConfig("relay.toml", tok+"secret = \"token-secret-0123456789\"\nmax_connections = 1\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	next, err := ParseConfig("relay.toml", tok+"secret = \"other-secret-0123456789\"\nnames = [\"g-*\"]\nmax_connections = 3\nmax_bandwidth = \"8M\"\n\n"+
+		"[[tokens]]\nid = \"b\"\nsecret = \"b-secret-0123456789abc\"\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"tokens.a.secret", "tokens.a.names", "tokens.a.max_connections", "tokens.a.max_bandwidth"}
+	if got := changedKeys(base, next); !slices.Equal(got, want) {
+		t.Errorf("changedKeys = %q, want %q", got, want)
+	}
+
+	dir := t.TempDir()
+	file, secret := filepath.Join(dir, "relay.toml"), filepath.Join(dir, "a.secret")
+	os.WriteFile(file, []byte(tok+"secret_file = \"a.secret\"\n"), 0o600)
+	os.WriteFile(secret, []byte("first-secret-0123456789"), 0o600)
+	before, err := LoadConfig(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(secret, []byte("second-secret-0123456789"), 0o600)
+	after, err := LoadConfig(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := changedKeys(before, after); !slices.Equal(got, []string{"tokens.a.secret"}) {
+		t.Errorf("a new secret_file content: changedKeys = %q, want [tokens.a.secret]", got)
 	}
 }
 
