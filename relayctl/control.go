@@ -76,6 +76,9 @@ type controlTunnel struct {
 	Total      int64    `json:"total"`
 	BytesIn    int64    `json:"bytes_in"` // clients → local server
 	BytesOut   int64    `json:"bytes_out"`
+	// Closed is why the relay closed the tunnel for good (a reload of its
+	// rules); absent while it is open.
+	Closed string `json:"closed,omitempty"`
 }
 
 // publicURLs splits a tunnel's space-separated public URLs into a list,
@@ -108,7 +111,7 @@ func newControlStatus(st tunnel.AgentStatus, path string, now time.Time) control
 	}
 	for _, t := range st.Tunnels {
 		cs.Tunnels = append(cs.Tunnels, controlTunnel{Name: t.Name, Public: t.Public, PublicURLs: publicURLs(t.Public),
-			Local: t.Local, Active: t.Active, Total: t.Total, BytesIn: t.BytesIn, BytesOut: t.BytesOut})
+			Local: t.Local, Active: t.Active, Total: t.Total, BytesIn: t.BytesIn, BytesOut: t.BytesOut, Closed: t.Closed})
 	}
 	sortTunnels(cs.Tunnels)
 	return cs

@@ -332,7 +332,10 @@ func writeStatus(w io.Writer, sts []controlStatus, asJSON bool) error {
 		}
 		for _, t := range st.Tunnels {
 			public := t.Public
-			if public == "" {
+			switch {
+			case t.Closed != "":
+				public = "closed by the relay"
+			case public == "":
 				public = "-"
 			}
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n",

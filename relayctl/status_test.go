@@ -466,6 +466,7 @@ func TestControlStatusPublicURLs(t *testing.T) {
 	cs := newControlStatus(tunnel.AgentStatus{Connected: true, Tunnels: []tunnel.AgentTunnelStatus{
 		{Name: "a", Local: "localhost:1"},
 		{Name: "b", Local: "localhost:2", Public: "tcp://relay.example.com:2 udp://relay.example.com:2"},
+		{Name: "c", Local: "localhost:3", Closed: "tunnel c (localhost:3): no longer allowed"},
 	}}, "/c.sock", time.Now())
 	got, err := json.Marshal(cs.Tunnels)
 	if err != nil {
@@ -473,14 +474,16 @@ func TestControlStatusPublicURLs(t *testing.T) {
 	}
 	const want = `[{"name":"a","public":"","public_urls":[],"local":"localhost:1","active":0,"total":0,"bytes_in":0,"bytes_out":0},` +
 		`{"name":"b","public":"tcp://relay.example.com:2 udp://relay.example.com:2","public_urls":["tcp://relay.example.com:2","udp://relay.example.com:2"],` +
-		`"local":"localhost:2","active":0,"total":0,"bytes_in":0,"bytes_out":0}]`
+		`"local":"localhost:2","active":0,"total":0,"bytes_in":0,"bytes_out":0},` +
+		`{"name":"c","public":"","public_urls":[],"local":"localhost:3","active":0,"total":0,"bytes_in":0,"bytes_out":0,"closed":"tunnel c (localhost:3): no longer allowed"}]`
 	if string(got) != want {
 		t.Errorf("tunnels:\n%s\nwant\n%s", got, want)
 	}
 }
 
-// TestWriteStatus: the table for an agent still connecting, and for one
-// that is up, with a tunnel not yet granted a public address.
+// TestWriteStatus: the table for an agent still connecting, with a tunnel
+// not yet granted a public address, and for one that is up, with a tunnel
+// the relay closed for good.
 func TestWriteStatus(t *testing.T) {
 	t.Parallel()
 	sts := []controlStatus{
@@ -489,6 +492,7 @@ func TestWriteStatus(t *testing.T) {
 		{PID: 9, Version: "v1.0.0", Control: "/tmp/9.sock", Relay: "relay.example.com:7000", Connected: true, Transport: "quic",
 			Uptime: 3725.4, RTT: new(18.44), Tunnels: []controlTunnel{
 				{Name: "game", Public: "tcp://relay.example.com:24567", Local: "localhost:25565", Active: 3, BytesIn: 1 << 20, BytesOut: 5 << 30},
+				{Name: "old", Local: "localhost:25566", Closed: `tunnel old (localhost:25566): its token "t"'s names rule no longer allows the name "old"`},
 			}},
 	}
 	var b strings.Builder
@@ -500,6 +504,7 @@ web   -       localhost:8080  -          -    0       0 B  0 B  -
 agent 9 (relayctl v1.0.0) → relay.example.com:7000, connected, reconnects 0  [/tmp/9.sock]
 NAME  PUBLIC                         LOCAL            TRANSPORT  RTT   ACTIVE  IN        OUT       UPTIME
 game  tcp://relay.example.com:24567  localhost:25565  quic       18ms  3       1.00 MiB  5.00 GiB  1h2m5s
+old   closed by the relay            localhost:25566  quic       18ms  0       0 B       0 B       1h2m5s
 `
 	if b.String() != want {
 		t.Errorf("got\n%s\nwant\n%s", b.String(), want)

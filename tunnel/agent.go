@@ -245,7 +245,10 @@ type Agent struct {
 type agentTunnel struct {
 	spec   TunnelSpec
 	public string
-	port   uint16        // guarded by Agent.mu
+	port   uint16 // guarded by Agent.mu
+	// closed is the relay's reason when it closed the tunnel for good
+	// (CLOSED): it is not registered again. Guarded by Agent.mu.
+	closed *RefusedError
 	id     atomic.Uint32 // the tunnel id in the current session
 	udp    *agentUDP     // nil for a TCP-only tunnel
 	traffic
@@ -651,10 +654,14 @@ func (a *Agent) Status() AgentStatus {
 		st.Transport = a.sess.Kind()
 	}
 	for _, t := range a.tunnels {
-		st.Tunnels = append(st.Tunnels, AgentTunnelStatus{
+		ts := AgentTunnelStatus{
 			Name: t.spec.Name, Local: t.spec.Local, Public: t.public,
 			Active: t.active.Load(), Total: t.total.Load(), BytesIn: t.bytesIn.Load(), BytesOut: t.bytesOut.Load(),
-		})
+		}
+		if t.closed != nil {
+			ts.Closed = t.closed.Text
+		}
+		st.Tunnels = append(st.Tunnels, ts)
 	}
 	return st
 }
@@ -855,6 +862,12 @@ func (a *Agent) register(ctl transport.Stream, w *Welcome) ([]Endpoint, map[uint
 	byID := make(map[uint32]*agentTunnel, len(a.tunnels))
 	eps := make([]Endpoint, 0, len(a.tunnels))
 	for i, at := range a.tunnels {
+		a.mu.Lock()
+		closed := at.closed != nil
+		a.mu.Unlock()
+		if closed {
+			continue // the relay closed it for good in an earlier session
+		}
 		t := at.spec
 		req := uint32(i + 1)
 		reg := &Register{Request: req, Name: t.Name, Protos: t.protos(), PortLow: t.Ports.Low, PortHigh: t.Ports.High,
@@ -945,10 +958,39 @@ func (a *Agent) controlLoop(ctl transport.Stream, log *slog.Logger) error {
 			}
 		case *Drain:
 			log.Info("the relay is shutting down: clients in flight continue; reconnecting once it closes the session")
+		case *Closed:
+			if err := a.tunnelClosed(m, log); err != nil {
+				return err
+			}
 		case *Error:
 			return &RefusedError{Code: m.Code, Text: m.Text}
 		}
 	}
+}
+
+// tunnelClosed takes the tunnel the relay closed for good out of this and
+// later sessions; its clients in flight finish. With none of the agent's
+// tunnels left, the refusal ends Run.
+func (a *Agent) tunnelClosed(m *Closed, log *slog.Logger) error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	left := 0
+	var ref *RefusedError
+	for _, at := range a.tunnels {
+		if at.closed == nil && at.id.Load() == m.Tunnel {
+			at.closed = &RefusedError{Code: m.Code, Text: fmt.Sprintf("tunnel %s (%s): %s", at.spec.Name, at.spec.Local, m.Text)}
+			at.public = ""
+			ref = at.closed
+			log.Warn("the relay closed a tunnel; the others carry on", "name", at.spec.Name, "local", at.spec.Local, "code", m.Code.String(), "reason", m.Text)
+		}
+		if at.closed == nil {
+			left++
+		}
+	}
+	if ref != nil && left == 0 {
+		return ref
+	}
+	return nil
 }
 
 // carry serves one client stream: read its header, dial the local server,

@@ -73,6 +73,7 @@
 //	0x08 PING        data:8
 //	0x09 PONG        data:8
 //	0x0a DRAIN       tunnel:4
+//	0x0b CLOSED      tunnel:4 | code:2 | text:str(512)
 //
 // protos is a bit set: 1 TCP, 2 UDP. Ports 0-0 ask the relay to choose.
 // In REGISTER, protos may also carry 0x80, no lease: the tunnel is for this
@@ -84,6 +85,11 @@
 // an unsupported protocol set (ERROR unsupported, for that request alone),
 // and the agent registers again without it, with a lease.
 // Request 0 in ERROR means the session as a whole; the sender closes it next.
+// CLOSED, from the relay, ends one tunnel of the session for good (a reload
+// of the relay's rules no longer allows it; code and text say why) while the
+// session and its other tunnels carry on: the agent does not register it
+// again. An agent older than CLOSED takes it for an unknown frame and ends
+// the session; back, it is refused that tunnel, as before.
 //
 // # Stream header
 //
@@ -147,6 +153,7 @@ const (
 	typePing       = 0x08
 	typePong       = 0x09
 	typeDrain      = 0x0a
+	typeClosed     = 0x0b
 )
 
 // Bounds.
@@ -250,6 +257,13 @@ type Pong struct{ Data uint64 }
 // Drain stops new clients for one tunnel, or all of the sender's (0).
 type Drain struct{ Tunnel uint32 }
 
+// Closed ends one tunnel of the session for good (relay to agent).
+type Closed struct {
+	Tunnel uint32
+	Code   ErrorCode
+	Text   string
+}
+
 func (*Hello) msgType() byte      { return typeHello }
 func (*Challenge) msgType() byte  { return typeChallenge }
 func (*Auth) msgType() byte       { return typeAuth }
@@ -260,6 +274,7 @@ func (*Error) msgType() byte      { return typeError }
 func (*Ping) msgType() byte       { return typePing }
 func (*Pong) msgType() byte       { return typePong }
 func (*Drain) msgType() byte      { return typeDrain }
+func (*Closed) msgType() byte     { return typeClosed }
 
 func (m *Hello) encode(e *encoder) {
 	e.u16(m.Version)
@@ -338,6 +353,13 @@ func (m *Pong) decode(d *decoder)  { m.Data = d.u64() }
 func (m *Drain) encode(e *encoder) { e.u32(m.Tunnel) }
 func (m *Drain) decode(d *decoder) { m.Tunnel = d.u32() }
 
+func (m *Closed) encode(e *encoder) { e.u32(m.Tunnel); e.u16(uint16(m.Code)); e.str(m.Text) }
+func (m *Closed) decode(d *decoder) {
+	m.Tunnel = d.u32()
+	m.Code = ErrorCode(d.u16())
+	m.Text = d.str(maxErrorText)
+}
+
 func newMessage(t byte) Message {
 	switch t {
 	case typeHello:
@@ -360,6 +382,8 @@ func newMessage(t byte) Message {
 		return new(Pong)
 	case typeDrain:
 		return new(Drain)
+	case typeClosed:
+		return new(Closed)
 	}
 	return nil
 }

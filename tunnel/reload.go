@@ -79,9 +79,10 @@ func (r *Relay) Reload(cfg RelayConfig) (ReloadResult, error) {
 	sort.Strings(res.TokensChanged)
 
 	type kick struct {
-		a    *agentConn
-		code ErrorCode
-		text string
+		a      *agentConn
+		code   ErrorCode
+		text   string
+		tunnel uint32
 	}
 	var kicks []kick
 	r.mu.Lock()
@@ -92,31 +93,43 @@ func (r *Relay) Reload(cfg RelayConfig) (ReloadResult, error) {
 	// A tunnel the new rules rule out closes at once, whether agents carry
 	// it or it waits out its rejoin window. Limits change in place: a
 	// lowered cap refuses new clients or tunnels, and keeps those open.
-	closing := map[*group]string{}
+	closing := map[*group]ruling{}
 	for _, g := range r.groups {
-		if why := r.ruledOutLocked(g); why != "" {
+		if why := r.ruledOutLocked(g); why.text != "" {
 			closing[g] = why
 		}
 	}
+	for g, why := range closing {
+		r.closeGroupLocked(g, why.text)
+		res.TunnelsClosed++
+	}
+	var closed []kick // one tunnel of a session, by CLOSED (a is its member's)
 	for a := range r.agents {
 		if ref := r.tokenCurrentLocked(a); ref != nil {
-			kicks = append(kicks, kick{a, ref.Code, ref.Text})
+			kicks = append(kicks, kick{a: a, code: ref.Code, text: ref.Text})
 			continue
 		}
-		// There is no closing one tunnel of a session: the session
-		// closes, and its agent, back at once, hears why from the refusal
-		// of its REGISTER, or gets another port.
-		for _, m := range a.members {
-			if why, ok := closing[m.g]; ok {
-				kicks = append(kicks, kick{a, CodeShutdown, fmt.Sprintf("tunnel %s closed by a change to the relay's configuration: %s; reconnect to register it again",
-					m.g.key.Name, why)})
-				break
+		kicked := false
+		for id, m := range a.members {
+			why, ok := closing[m.g]
+			switch {
+			case !ok:
+			case why.forbidden:
+				// For good: the agent hears it for that tunnel alone, and
+				// its other tunnels and their clients carry on.
+				closed = append(closed, kick{a: a, code: CodeForbidden, text: why.text, tunnel: id})
+				delete(a.members, id)
+				a.byID.Delete(id)
+				m.g.removeMemberLocked(m)
+			case !kicked:
+				// A port to move: the session closes, and its agent, back
+				// at once, gets another one. (CLOSED has no way to hand
+				// a tunnel a new port.)
+				kicked = true
+				kicks = append(kicks, kick{a: a, code: CodeShutdown, text: fmt.Sprintf("tunnel %s closed by a change to the relay's configuration: %s; reconnect to register it again",
+					m.g.key.Name, why.text)})
 			}
 		}
-	}
-	for g, why := range closing {
-		r.closeGroupLocked(g, why)
-		res.TunnelsClosed++
 	}
 	// The other tunnels of those sessions hold their ports for the rejoin
 	// window, as for any agent on its way back.
@@ -129,9 +142,15 @@ func (r *Relay) Reload(cfg RelayConfig) (ReloadResult, error) {
 	}
 	// Counted while their sessions, still in r.agents, hold Serve's wait
 	// group above zero.
-	r.wg.Add(len(kicks))
+	r.wg.Add(len(kicks) + len(closed))
 	r.mu.Unlock()
 
+	for _, c := range closed {
+		go func() {
+			defer r.wg.Done()
+			c.a.notice(&Closed{Tunnel: c.tunnel, Code: c.code, Text: c.text})
+		}()
+	}
 	for _, k := range kicks {
 		k.a.log.Warn("closing agent session after reload", "reason", k.text)
 		go func() {
@@ -143,18 +162,26 @@ func (r *Relay) Reload(cfg RelayConfig) (ReloadResult, error) {
 	return res, nil
 }
 
+// ruling is why the rules now in force rule out an open tunnel ("" if
+// they do not); forbidden, that they forbid it outright rather than only
+// its port.
+type ruling struct {
+	text      string
+	forbidden bool
+}
+
 // ruledOutLocked says why the rules now in force rule out the open tunnel
-// g, or "".
-func (r *Relay) ruledOutLocked(g *group) string {
+// g.
+func (r *Relay) ruledOutLocked(g *group) ruling {
 	tok := g.token.token()
 	ts, ok := r.tokens[KeyID(tok.Secret)]
 	switch {
 	case !ok:
-		return fmt.Sprintf("its token %q was revoked or given a new secret", tok.ID)
+		return ruling{text: fmt.Sprintf("its token %q was revoked or given a new secret", tok.ID)}
 	case ts != g.token:
-		return fmt.Sprintf("its token %q is now called %q", tok.ID, ts.token().ID)
+		return ruling{text: fmt.Sprintf("its token %q is now called %q", tok.ID, ts.token().ID)}
 	case !r.config().Ports.Contains(g.port):
-		return fmt.Sprintf("port %d is no longer among the relay's ports", g.port)
+		return ruling{text: fmt.Sprintf("port %d is no longer among the relay's ports", g.port)}
 	}
 	return tok.keeps(g)
 }

@@ -116,28 +116,28 @@ func TestReloadTokens(t *testing.T) {
 }
 
 // A reload that narrows a token's rules closes only the tunnels they no
-// longer allow. The session carrying one is closed; its agent reconnects
-// and is told why (Run ends with the refusal), or, for a port, moves. Its
-// other tunnels close at once, not held for the rejoin window, as the
-// agent says goodbye. Another agent of the token, whose tunnel still fits,
-// carries on with its client.
+// longer allow. A name or UDP ruled out: the relay sends CLOSED for that
+// tunnel alone, and the agent's session, its other tunnel and that
+// tunnel's client in flight carry on; the agent reports the tunnel closed
+// and does not register it again. A port ruled out: the session is closed
+// and the agent, back at once, moves that tunnel and keeps the other's
+// port. Another agent of the token, whose tunnel still fits, carries on
+// with its client either way.
 func TestReloadNarrowsToken(t *testing.T) {
 	forEachTransport(t, func(t *testing.T, kind string) {
 		for _, c := range []struct {
-			name    string
-			tunnel  TunnelSpec // the one ruled out; "fits-N" is not
-			narrow  func(*Token, uint16)
-			why     string // the relay's "tunnel closed" reason
-			refusal string // Run's error; "" for a tunnel that moves
+			name   string
+			tunnel TunnelSpec // the one ruled out; "fits-N" is not
+			narrow func(*Token, uint16)
+			why    string // the relay's "tunnel closed" reason
+			moves  bool   // the tunnel moves to another port, by a new session
 		}{
 			{"names", TunnelSpec{Name: "out"}, func(t *Token, _ uint16) { t.Names = []string{"fits-*"} },
-				`its token \"scoped\"'s names rule no longer allows the name \"out\"`,
-				`token "scoped" may not use the tunnel name "out": its names rule allows only fits-*; pick a --name that matches`},
+				`its token "scoped"'s names rule no longer allows the name "out"`, false},
 			{"udp", TunnelSpec{Name: "out", Protos: ProtoUDP}, func(t *Token, _ uint16) { t.DenyUDP = true },
-				`its token \"scoped\" may no longer open UDP tunnels`,
-				`token "scoped" may not open UDP tunnels (its udp rule is false)`},
+				`its token "scoped" may no longer open UDP tunnels`, false},
 			{"ports", TunnelSpec{Name: "out"}, func(t *Token, p uint16) { t.Ports = PortSet{{1024, p - 1}, {p + 1, 65535}} },
-				`port %d is no longer among the ports its token \"scoped\" may use`, ""},
+				`port %d is no longer among the ports its token "scoped" may use`, true},
 		} {
 			t.Run(c.name, func(t *testing.T) {
 				scoped := Token{ID: "scoped", Secret: chgSecret}
@@ -153,41 +153,52 @@ func TestReloadNarrowsToken(t *testing.T) {
 				other := liveAgentUp(t, tokenAgent(r, kind, local, chgSecret, "fits-2"))
 				held := hold(t, other.Public(0), 2)
 				out := a.eps[0].Port
+				var sibling *heldClient
+				if !c.moves {
+					sibling = hold(t, a.Public(1), 2)
+				}
 
 				rc := *r.Relay.config()
 				rc.Tokens = slices.Clone(rc.Tokens)
 				c.narrow(&rc.Tokens[len(rc.Tokens)-1], out)
 				res, err := r.Relay.Reload(rc)
-				if err != nil || res.SessionsClosed != 1 || res.TunnelsClosed != 1 || fmt.Sprint(res.TokensChanged) != "[scoped]" {
-					t.Fatalf("Reload: %+v, %v; want token scoped changed, one session and one tunnel closed", res, err)
+				sessions := 0
+				if c.moves {
+					sessions = 1
+				}
+				if err != nil || res.SessionsClosed != sessions || res.TunnelsClosed != 1 || fmt.Sprint(res.TokensChanged) != "[scoped]" {
+					t.Fatalf("Reload: %+v, %v; want token scoped changed, %d session(s) and one tunnel closed", res, err, sessions)
 				}
 				why := c.why
-				if c.name == "ports" {
+				if c.moves {
 					why = fmt.Sprintf(why, out)
 				}
-				if want := fmt.Sprintf(`msg="tunnel closed" tunnel=out port=%d token=scoped why="%s"`, out, why); !strings.Contains(r.Log.String(), want) {
+				if want := fmt.Sprintf(`msg="tunnel closed" tunnel=out port=%d token=scoped why=%q`, out, why); !strings.Contains(r.Log.String(), want) {
 					t.Errorf("the relay did not log %s", want)
 				}
 
-				if c.refusal == "" {
+				if c.moves {
 					eps := a.waitReady(t)
 					if eps[0].Port == out || eps[1].Port != a.eps[1].Port {
 						t.Errorf("after the reload, ports %d and %d; want the first moved off %d, the second kept at %d",
 							eps[0].Port, eps[1].Port, out, a.eps[1].Port)
 					}
 				} else {
-					want := fmt.Sprintf("tunnel out (%s): %s", local, c.refusal)
-					if err := a.wait(t, 20*time.Second); !isRefused(err, CodeForbidden) || err.Error() != want {
-						t.Errorf("the agent of the tunnel ruled out: Run returned %v, want %q", err, want)
+					want := fmt.Sprintf("tunnel out (%s): %s", local, why)
+					waitFor(t, "the agent to hear its tunnel closed", 10*time.Second, func() bool { return a.Status().Tunnels[0].Closed != "" })
+					if st := a.Status(); st.Tunnels[0].Closed != want || st.Tunnels[0].Public != "" || st.Tunnels[1].Closed != "" || st.Reconnects != 0 || !st.Connected {
+						t.Errorf("the agent after its tunnel out was closed: %+v; want out closed saying %q, fits-1 open, the first session still up", st, want)
 					}
-					waitFor(t, "the agent's other tunnel to close", 10*time.Second, func() bool {
-						for _, tn := range r.Relay.Tunnels() {
-							if tn.Name == "fits-1" {
-								return false
-							}
-						}
-						return true
-					})
+					if want := fmt.Sprintf(`level=WARN msg="the relay closed a tunnel; the others carry on" relay=%s transport=%s name=out local=%s code=forbidden reason=%q`,
+						r.Addr, kind, local, why); !strings.Contains(a.Log.String(), want) {
+						t.Errorf("the agent did not log %s", want)
+					}
+					if err := sibling.finish(64 << 10); err != nil {
+						t.Errorf("the agent's other tunnel's client in flight: %v", err)
+					}
+					if _, err := visit(a.Public(1), 2); err != nil {
+						t.Errorf("the agent's other tunnel after the reload: %v", err)
+					}
 				}
 				if err := held.finish(64 << 10); err != nil {
 					t.Errorf("the other agent's client in flight: %v", err)
@@ -196,6 +207,28 @@ func TestReloadNarrowsToken(t *testing.T) {
 					t.Errorf("the other agent, whose tunnel still fits: %+v, want its first session still up", st)
 				}
 			})
+		}
+	})
+}
+
+// An agent whose every tunnel the relay closed for good (CLOSED) stops:
+// Run ends with the relay's reason, as a refusal at start would.
+func TestAllTunnelsClosedEndsRun(t *testing.T) {
+	forEachTransport(t, func(t *testing.T, kind string) {
+		r := startRelay(t, nil)
+		local := proctest.StartEcho(t, "c:")
+		a := liveAgentUp(t, tokenAgent(r, kind, local, testSecret, "gone"))
+		rc := *r.Relay.config()
+		rc.Tokens = []Token{{ID: "test", Secret: testSecret, Names: []string{"other-*"}}}
+		if _, err := r.Relay.Reload(rc); err != nil {
+			t.Fatal(err)
+		}
+		want := fmt.Sprintf(`tunnel gone (%s): its token "test"'s names rule no longer allows the name "gone"`, local)
+		if err := a.wait(t, 20*time.Second); !isRefused(err, CodeForbidden) || err.Error() != want {
+			t.Errorf("Run returned %v, want a forbidden refusal %q", err, want)
+		}
+		if strings.Contains(a.Log.String(), "reconnecting") {
+			t.Errorf("the agent reconnected:\n%s", a.Log)
 		}
 	})
 }
@@ -455,19 +488,20 @@ func TestJoinRefusesPortGone(t *testing.T) {
 }
 
 // A tunnel shared by two agents waits out its rejoin window for either:
-// when the last of them to vanish comes back only to leave (a reload ruled
-// out its other tunnel, and it stops on that refusal), the tunnel stays
-// open for the other one, which vanished without a goodbye too, and a
-// client that comes meanwhile is carried by that one once it is back.
+// when one of them comes back only to leave (a reload while both were away
+// ruled out its other tunnel, which it registers first, and it stops on
+// that refusal), the tunnel stays open for the other one, which vanished
+// without a goodbye too, and a client that comes meanwhile is carried by
+// that one once it is back.
 func TestGroupWaitsForEveryAgentThatVanished(t *testing.T) {
 	forEachTransport(t, func(t *testing.T, kind string) {
 		r := startRelayWith(t, func(c *RelayConfig) {
 			c.RejoinWindow = time.Minute
 			fastLivenessRelay(c)
 		}, fastLivenessOpts)
-		p := newProxy(t, kind, r.Addr)
+		p, pb := newProxy(t, kind, r.Addr), newProxy(t, kind, r.Addr)
 		a := groupAgent(t, p.Addr(), r, kind, proctest.StartEcho(t, "A:"), fastLivenessAgent)
-		b := groupAgent(t, r.Addr, r, kind, proctest.StartEcho(t, "B:"), func(c *AgentConfig) {
+		b := groupAgent(t, pb.Addr(), r, kind, proctest.StartEcho(t, "B:"), func(c *AgentConfig) {
 			fastLivenessAgent(c)
 			// Its other tunnel first: refused on its return, it stops
 			// before it registers grp again.
@@ -478,18 +512,20 @@ func TestGroupWaitsForEveryAgentThatVanished(t *testing.T) {
 			t.Fatalf("B's grp is %s, A's %s: not one group", got, public)
 		}
 
-		// A vanishes without a goodbye; B carries grp alone.
+		// A, then B, vanish without a goodbye: grp waits for them.
 		p.Cut()
 		waitFor(t, "the relay to lose A", 20*time.Second, func() bool { return agentCount(r.Relay) == 1 })
+		pb.Cut()
+		waitFor(t, "the relay to lose B", 20*time.Second, func() bool { return agentCount(r.Relay) == 0 })
 
-		// B's other tunnel is ruled out: B's session is closed, and grp,
-		// now without an agent, waits for one to return. B comes back,
-		// is refused on "other", and stops.
+		// Meanwhile B's other tunnel is ruled out. B comes back, is
+		// refused on "other", and stops.
 		rc := *r.Relay.config()
 		rc.Tokens = []Token{{ID: "test", Secret: testSecret, Names: []string{"grp"}}}
 		if _, err := r.Relay.Reload(rc); err != nil {
 			t.Fatal(err)
 		}
+		pb.Restore()
 		if err := b.wait(t, 20*time.Second); !isRefused(err, CodeForbidden) {
 			t.Fatalf("B's Run: %v, want the refusal of its tunnel named other", err)
 		}

@@ -394,17 +394,18 @@ func (tok *Token) allows(name string, protos uint8) *RefusedError {
 	return nil
 }
 
-// keeps says why tok's rules no longer allow the open tunnel g, or "".
-func (tok *Token) keeps(g *group) string {
+// keeps says why tok's rules no longer allow the open tunnel g, if they
+// do not.
+func (tok *Token) keeps(g *group) ruling {
 	switch {
 	case !matchName(tok.Names, g.key.Name):
-		return fmt.Sprintf("its token %q's names rule no longer allows the name %q", tok.ID, g.key.Name)
+		return ruling{fmt.Sprintf("its token %q's names rule no longer allows the name %q", tok.ID, g.key.Name), true}
 	case g.protos&ProtoUDP != 0 && tok.DenyUDP:
-		return fmt.Sprintf("its token %q may no longer open UDP tunnels", tok.ID)
+		return ruling{fmt.Sprintf("its token %q may no longer open UDP tunnels", tok.ID), true}
 	case len(tok.Ports) > 0 && !tok.Ports.Contains(g.port):
-		return fmt.Sprintf("port %d is no longer among the ports its token %q may use", g.port, tok.ID)
+		return ruling{text: fmt.Sprintf("port %d is no longer among the ports its token %q may use", g.port, tok.ID)}
 	}
-	return ""
+	return ruling{}
 }
 
 // addConn takes one of the token's connection slots, if it has a cap.

@@ -74,8 +74,11 @@ type AgentStatus struct {
 // AgentTunnelStatus is one of an agent's tunnels.
 type AgentTunnelStatus struct {
 	Name, Local string
-	// Public is the tunnel's URL, "" until the relay granted it.
-	Public        string
+	// Public is the tunnel's URL, "" until the relay granted it, and once
+	// it closed it for good.
+	Public string
+	// Closed is why the relay closed the tunnel for good, if it did.
+	Closed        string
 	Active, Total int64
 	// BytesIn flowed from clients to the local server; BytesOut, back.
 	BytesIn, BytesOut int64
