@@ -25,7 +25,6 @@ import (
 	"github.com/urfave/cli/v2"
 	"golang.org/x/term"
 
-	"github.com/relaytun/relay/internal/bitrate"
 	"github.com/relaytun/relay/internal/gcfloor"
 	"github.com/relaytun/relay/tunnel"
 )
@@ -286,17 +285,32 @@ func closedByRelay(err error) bool {
 		errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)
 }
 
-// parseRate reads --udp-rate: bits per second (bitrate.Parse), 0 or at
-// least one datagram a second.
+// parseRate reads a rate in bits per second: a number with an optional
+// k, M or G (powers of 1000).
 func parseRate(s string) (float64, error) {
-	r, err := bitrate.Parse(s)
-	if err != nil {
-		return 0, err
+	s = strings.TrimSpace(s)
+	mult := 1.0
+	if s != "" {
+		switch s[len(s)-1] {
+		case 'k', 'K':
+			mult, s = 1e3, s[:len(s)-1]
+		case 'm', 'M':
+			mult, s = 1e6, s[:len(s)-1]
+		case 'g', 'G':
+			mult, s = 1e9, s[:len(s)-1]
+		}
 	}
-	if r != 0 && r < 8*benchDatagram {
-		return 0, fmt.Errorf("%q is below one datagram a second", strings.TrimSpace(s))
+	v, err := strconv.ParseFloat(s, 64)
+	if err != nil || v < 0 || math.IsInf(v, 0) || math.IsNaN(v) {
+		return 0, fmt.Errorf("%q is not a rate such as 500k, 100M or 1G", s)
 	}
-	return r, nil
+	if r := v * mult; r == 0 || r >= 8*benchDatagram {
+		if r > 100e9 {
+			return 0, fmt.Errorf("%s bits/s is more than 100G", s)
+		}
+		return r, nil
+	}
+	return 0, fmt.Errorf("%q is below one datagram a second", s)
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }

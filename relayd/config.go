@@ -16,7 +16,6 @@ import (
 
 	"github.com/BurntSushi/toml"
 
-	"github.com/relaytun/relay/internal/bitrate"
 	"github.com/relaytun/relay/internal/tomlconf"
 	"github.com/relaytun/relay/tunnel"
 )
@@ -100,9 +99,6 @@ type TokenSection struct {
 	Ports          string `toml:"ports"`
 	MaxTunnels     int    `toml:"max_tunnels"`
 	MaxConnections int    `toml:"max_connections"`
-	// MaxBandwidth is bits per second in each direction, over all the
-	// token's tunnels, as iperf writes it ("100M"); "" or "0": no cap.
-	MaxBandwidth string `toml:"max_bandwidth"`
 	// UDP allows UDP tunnels; left out, it is true.
 	UDP *bool `toml:"udp"`
 	// The token's own public-client limits; see tunnel.Token.Clients.
@@ -542,13 +538,6 @@ func (c *Config) token(i int, relayPorts tunnel.PortSet) (tunnel.Token, error) {
 	}
 	if t.MaxConnections < 0 {
 		return tok, c.failAt("tokens.max_connections", i, "token %q: must be 0 (no limit) or more", t.ID)
-	}
-	if strings.TrimSpace(t.MaxBandwidth) != "" {
-		bps, err := bitrate.Parse(t.MaxBandwidth)
-		if err != nil {
-			return tok, c.failAt("tokens.max_bandwidth", i, "token %q: %v", t.ID, err)
-		}
-		tok.MaxBandwidth = bps
 	}
 	tok.DenyUDP = t.UDP != nil && !*t.UDP
 	cl, err := c.clientLimits("tokens", i, t.ClientSection)

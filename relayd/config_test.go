@@ -125,7 +125,6 @@ names = ["game-*", "mc"]
 ports = "24100-24105,25565"
 max_tunnels = 3
 max_connections = 100
-max_bandwidth = "50M"
 udp = false
 per_ip_connections = 8
 per_ip_rate = 0.5
@@ -166,7 +165,7 @@ secret = "bob-secret-0123456789"
 	no := false
 	wantTokens := []TokenSection{
 		{ID: "alice", Secret: "alice-secret-0123456789", Names: []string{"game-*", "mc"}, Ports: "24100-24105,25565",
-			MaxTunnels: 3, MaxConnections: 100, MaxBandwidth: "50M", UDP: &no,
+			MaxTunnels: 3, MaxConnections: 100, UDP: &no,
 			ClientSection: ClientSection{PerIPConnections: 8, PerIPRate: 0.5, PerIPBurst: 2,
 				Allow: []string{"10.0.0.0/8"}, Deny: []string{"10.1.2.3"}},
 			secret: "alice-secret-0123456789"},
@@ -299,10 +298,6 @@ var badConfigs = []struct {
 	{"max_tunnels negative", "[[tokens]]\nid = \"a\"\nsecret = \"" + secretA + "\"\nmax_tunnels = -1\n", 4, "tokens.max_tunnels", "0 (no limit) or more"},
 	{"max_tunnels fraction", "[[tokens]]\nid = \"a\"\nsecret = \"" + secretA + "\"\nmax_tunnels = 1.5\n", 4, "tokens.max_tunnels", "want an integer, got a float"},
 	{"max_connections negative", "[[tokens]]\nid = \"a\"\nsecret = \"" + secretA + "\"\nmax_connections = -3\n", 4, "tokens.max_connections", "0 (no limit) or more"},
-	{"max_bandwidth not a rate", "[[tokens]]\nid = \"a\"\nsecret = \"" + secretA + "\"\nmax_bandwidth = \"10 Mbit/s\"\n", 4, "tokens.max_bandwidth",
-		`token "a": "10 Mbit/s" is not a rate in bits per second such as 500k, 100M or 1G`},
-	{"max_bandwidth a number", "[[tokens]]\nid = \"a\"\nsecret = \"" + secretA + "\"\nmax_bandwidth = 100\n", 4, "tokens.max_bandwidth", "want a string, got an integer"},
-	{"max_bandwidth too high", "[[tokens]]\nid = \"a\"\nsecret = \"" + secretA + "\"\nmax_bandwidth = \"1T\"\n", 4, "tokens.max_bandwidth", `"1T" is not a rate`},
 	{"udp not a bool", "[[tokens]]\nid = \"a\"\nsecret = \"" + secretA + "\"\nudp = \"yes\"\n", 4, "tokens.udp", "want a boolean (true or false), got a string"},
 	{"token allow not an address", "[[tokens]]\nid = \"a\"\nsecret = \"" + secretA + "\"\nallow = [\"nope\"]\n", 4, "tokens.allow", `token "a": "nope" is not an IP address or CIDR prefix`},
 	{"token deny not an address", "[[tokens]]\nid = \"a\"\nsecret = \"" + secretA + "\"\ndeny = [\"1.2.3\"]\n", 4, "tokens.deny", `"1.2.3" is not an IP address`},
@@ -587,7 +582,6 @@ names = ["game-*", "mc"]
 ports = "24100-24109,24565"
 max_tunnels = 3
 max_connections = 100
-max_bandwidth = "50M"
 udp = false
 per_ip_connections = 8
 per_ip_rate = 0.5
@@ -635,7 +629,7 @@ secret = "plain-secret-0123456789"
 	}
 	wantTokens := []tunnel.Token{
 		{ID: "game", Secret: "game-secret-0123456789", Names: []string{"game-*", "mc"},
-			Ports: tunnel.PortSet{{Low: 24100, High: 24109}, {Low: 24565, High: 24565}}, MaxTunnels: 3, MaxConnections: 100, MaxBandwidth: 50e6, DenyUDP: true,
+			Ports: tunnel.PortSet{{Low: 24100, High: 24109}, {Low: 24565, High: 24565}}, MaxTunnels: 3, MaxConnections: 100, DenyUDP: true,
 			Clients: tunnel.ClientLimits{MaxConnsPerIP: 8, RatePerIP: 0.5, BurstPerIP: 2,
 				Allow: pfx("10.0.0.0/8"), Deny: pfx("10.1.2.3/32", "::1/128")}},
 		{ID: "web", Secret: "web-secret-0123456789"},

@@ -98,12 +98,12 @@ func TestChangedTokenKeys(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	next, err := ParseConfig("relay.toml", tok+"secret = \"other-secret-0123456789\"\nnames = [\"g-*\"]\nmax_connections = 3\nmax_bandwidth = \"8M\"\n\n"+
+	next, err := ParseConfig("relay.toml", tok+"secret = \"other-secret-0123456789\"\nnames = [\"g-*\"]\nmax_connections = 3\nmax_tunnels = 2\n\n"+
 		"[[tokens]]\nid = \"b\"\nsecret = \"b-secret-0123456789abc\"\n")
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []string{"tokens.a.secret", "tokens.a.names", "tokens.a.max_connections", "tokens.a.max_bandwidth"}
+	want := []string{"tokens.a.secret", "tokens.a.names", "tokens.a.max_tunnels", "tokens.a.max_connections"}
 	if got := changedKeys(base, next); !slices.Equal(got, want) {
 		t.Errorf("changedKeys = %q, want %q", got, want)
 	}

@@ -1064,7 +1064,7 @@ func (a *Agent) carry(ctx context.Context, st transport.Stream, byID map[uint32]
 	joined = true
 	// Stopping at once (not draining) must not wait on a client whose
 	// server is idle: ctx's end closes both.
-	startJoin(ctx, local, st, &t.bytesOut, &t.bytesIn, guard, nil, func(stats JoinStats) {
+	startJoin(ctx, local, st, &t.bytesOut, &t.bytesIn, guard, func(stats JoinStats) {
 		args := []any{"duration", time.Since(start).Round(time.Millisecond), "bytes_in", stats.BToA, "bytes_out", stats.AToB}
 		// A closed stream is the relay's ordinary end of a client; an
 		// aborted one means the client's side failed, so say so.

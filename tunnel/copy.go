@@ -8,8 +8,6 @@ import (
 	"sync"
 	"sync/atomic"
 
-	"golang.org/x/time/rate"
-
 	"github.com/relaytun/relay/transport"
 )
 
@@ -84,27 +82,19 @@ func JoinCounting(a, b net.Conn, aToB, bToA *atomic.Int64) JoinStats {
 // When a is a TCP socket, its direction holds no goroutine while a has
 // nothing to read (pump_linux.go): an idle pair costs one goroutine.
 func StartJoin(ctx context.Context, a, b net.Conn, aToB, bToA *atomic.Int64, done func(JoinStats)) {
-	startJoin(ctx, a, b, aToB, bToA, nil, nil, done)
+	startJoin(ctx, a, b, aToB, bToA, nil, done)
 }
 
-// startJoin is StartJoin with the writes to a watched by guard, and both
-// directions held to bw (a to b by bw.in, b to a by bw.out); either may
-// be nil.
-func startJoin(ctx context.Context, a, b net.Conn, aToB, bToA *atomic.Int64, guard *stallGuard, bw *bandwidth, done func(JoinStats)) {
-	j := &join{a: a, b: b, aToB: aToB, bToA: bToA, left: 2, done: done, bw: bw}
+// startJoin is StartJoin with the writes to a watched by guard (if not nil).
+func startJoin(ctx context.Context, a, b net.Conn, aToB, bToA *atomic.Int64, guard *stallGuard, done func(JoinStats)) {
+	j := &join{a: a, b: b, aToB: aToB, bToA: bToA, left: 2, done: done}
 	j.mu.Lock() // the pump and stop are set before either direction may end
 	if guard != nil {
 		j.guard = guard
 		j.toA = guard.add(a, func() { j.abort(errStalled) })
 	}
-	if bw != nil {
-		// A wait for the token's turn ends with the pair.
-		j.bwCtx, j.bwCancel = context.WithCancel(ctx)
-	}
 	go j.run(a, b, &j.st.BToA, bToA)
-	// The pump's workers serve every parked socket: none may wait for a
-	// token's turn.
-	if tc, ok := a.(*net.TCPConn); ok && bw == nil {
+	if tc, ok := a.(*net.TCPConn); ok {
 		j.pump, ok = startPump(b, tc, aToB, func(written int64, err error) {
 			j.ended(b, &j.st.AToB, written, err)
 			j.directionDone()
@@ -128,10 +118,6 @@ type join struct {
 	stop       func() bool // StartJoin's hook on its context
 	guard      *stallGuard // watches toA, the writes to a, when not nil
 	toA        *stallWriter
-
-	bw       *bandwidth
-	bwCtx    context.Context
-	bwCancel context.CancelFunc
 
 	mu   sync.Mutex
 	st   JoinStats
@@ -159,9 +145,6 @@ func (j *join) directionDone() {
 	}
 	if stop != nil {
 		stop()
-	}
-	if j.bwCancel != nil {
-		j.bwCancel()
 	}
 	if j.guard != nil {
 		j.guard.remove(j.toA)
@@ -202,9 +185,6 @@ func (j *join) abort(err error) {
 	shut := j.shut
 	j.shut = true
 	j.mu.Unlock()
-	if j.bwCancel != nil {
-		j.bwCancel()
-	}
 	if !shut {
 		if err != nil {
 			resetConn(j.a)
@@ -238,13 +218,6 @@ func (j *join) pipe(dst, src net.Conn, n *int64, live *atomic.Int64) {
 	var w io.Writer = dst
 	if j.toA != nil && dst == j.a {
 		w = j.toA
-	}
-	if j.bw != nil {
-		lim := j.bw.in
-		if dst == j.a {
-			lim = j.bw.out
-		}
-		w = &limitedWriter{w: w, lim: lim, ctx: j.bwCtx}
 	}
 	written, err := copyConn(w, src, live)
 	j.ended(dst, n, written, err)
@@ -378,30 +351,4 @@ func (c *countingWriter) Write(p []byte) (int, error) {
 	n, err := c.w.Write(p)
 	c.n.Add(int64(n))
 	return n, err
-}
-
-// limitedWriter writes to w no faster than lim allows, a burst at a time.
-type limitedWriter struct {
-	w   io.Writer
-	lim *rate.Limiter
-	ctx context.Context
-}
-
-func (l *limitedWriter) Write(p []byte) (int, error) {
-	n := 0
-	for n < len(p) {
-		chunk := min(len(p)-n, l.lim.Burst())
-		if err := l.lim.WaitN(l.ctx, chunk); err != nil {
-			if l.ctx.Err() != nil {
-				return n, err
-			}
-			continue // a reload lowered the burst under chunk: take the new one
-		}
-		m, err := l.w.Write(p[n : n+chunk])
-		n += m
-		if err != nil {
-			return n, err
-		}
-	}
-	return n, nil
 }

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math"
 	"math/big"
 	"net"
 	"net/netip"
@@ -127,7 +126,7 @@ func (c *RelayConfig) Validate() error {
 				}
 			}
 		}
-		if t.MaxTunnels < 0 || t.MaxConnections < 0 || t.MaxBandwidth < 0 || math.IsNaN(t.MaxBandwidth) || math.IsInf(t.MaxBandwidth, 0) {
+		if t.MaxTunnels < 0 || t.MaxConnections < 0 {
 			return fmt.Errorf("relay: token %q: limits must not be negative", t.ID)
 		}
 		if err := t.Clients.Validate(); err != nil {
@@ -243,7 +242,7 @@ func tokenStates(tokens []Token, old map[[keyIDLen]byte]*tokenState) map[[keyIDL
 		t := &tokens[i]
 		k := KeyID(t.Secret)
 		if ts, ok := old[k]; ok && ts.token().ID == t.ID {
-			ts.setToken(t)
+			ts.tok.Store(t)
 			m[k] = ts
 			continue
 		}

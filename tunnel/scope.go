@@ -29,11 +29,6 @@ type Token struct {
 	// MaxConnections caps the public connections open at once over all the
 	// token's tunnels.
 	MaxConnections int
-	// MaxBandwidth caps the token's traffic, in bits per second, in each
-	// direction on its own (clients to agents, agents to clients), over all
-	// its tunnels; 0: no cap. TCP waits for its turn; UDP datagrams over
-	// the rate are dropped.
-	MaxBandwidth float64
 	// DenyUDP refuses UDP tunnels.
 	DenyUDP bool
 	// Clients overrides the relay's limits on public clients for this
@@ -320,62 +315,12 @@ type tokenState struct {
 	tok     atomic.Pointer[Token]
 	tunnels int // guarded by Relay.mu
 	conns   atomic.Int64
-	// bw is made the first time the token has a bandwidth cap, and kept.
-	bw atomic.Pointer[bandwidth]
-}
-
-// bandwidth caps a token's bytes a second: in, from clients to agents,
-// and out, back. A burst is at least one copy buffer, so a full read goes
-// out in one wait, and a tenth of a second's worth.
-type bandwidth struct {
-	in, out *rate.Limiter
-}
-
-func newBandwidth(bps float64) *bandwidth {
-	bw := &bandwidth{in: rate.NewLimiter(rate.Inf, bigBufSize), out: rate.NewLimiter(rate.Inf, bigBufSize)}
-	bw.set(bps)
-	return bw
-}
-
-// set changes the cap to bps bits a second, or lifts it (0).
-func (bw *bandwidth) set(bps float64) {
-	limit, burst := rate.Inf, bigBufSize
-	if bps > 0 {
-		limit, burst = rate.Limit(bps/8), max(bigBufSize, int(bps/8/10))
-	}
-	for _, l := range []*rate.Limiter{bw.in, bw.out} {
-		l.SetBurst(burst)
-		l.SetLimit(limit)
-	}
 }
 
 func newTokenState(t *Token) *tokenState {
 	ts := &tokenState{}
-	ts.setToken(t)
+	ts.tok.Store(t)
 	return ts
-}
-
-// setToken puts t's rules in force, its bandwidth cap included.
-func (s *tokenState) setToken(t *Token) {
-	s.tok.Store(t)
-	bw := s.bw.Load()
-	switch {
-	case t.MaxBandwidth > 0 && bw == nil:
-		s.bw.Store(newBandwidth(t.MaxBandwidth))
-	case bw != nil:
-		// The connections open under the old cap share these limiters:
-		// they take the new one at once, or run free when it is lifted.
-		bw.set(t.MaxBandwidth)
-	}
-}
-
-// bandwidth is for new connections: the token's limiters while it has a
-// cap, nil otherwise.
-func (s *tokenState) bandwidth() *bandwidth {
-	if bw := s.bw.Load(); bw != nil && bw.in.Limit() != rate.Inf {
-		return bw
-	}
-	return nil
 }
 
 // token is the token's rules as they are now.

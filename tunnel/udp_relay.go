@@ -68,11 +68,6 @@ func (g *group) serveUDP(ctx context.Context) {
 			g.dropUDP()
 			continue
 		}
-		if bw := g.token.bw.Load(); bw != nil && !bw.in.AllowN(time.Unix(0, now), n) {
-			// Over the token's bandwidth: a datagram cannot wait.
-			g.dropUDP()
-			continue
-		}
 		f.last.Store(now)
 		m := f.member.Load()
 		if now-f.back.Load() > int64(g.r.config().AnswerTimeout) && !m.agent.suspect.Load() && g.size.Load() > 1 {
@@ -241,11 +236,6 @@ func (a *agentConn) deliverUDP(p []byte) {
 		g.dropUDP()
 		return
 	}
-	now := time.Now()
-	if bw := g.token.bw.Load(); bw != nil && !bw.out.AllowN(now, len(payload)) {
-		g.dropUDP()
-		return
-	}
 	// Only the client's datagrams keep a flow alive: otherwise an agent
 	// could keep sending, from the relay's address, to someone who once
 	// sent one spoofed datagram.
@@ -253,7 +243,7 @@ func (a *agentConn) deliverUDP(p []byte) {
 		g.dropUDP()
 		return
 	}
-	f.back.Store(now.UnixNano())
+	f.back.Store(time.Now().UnixNano())
 	g.bytesOut.Add(int64(len(payload)))
 }
 
