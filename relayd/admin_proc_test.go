@@ -8,8 +8,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
-	"path/filepath"
 	"regexp"
 	"runtime"
 	"slices"
@@ -355,10 +353,7 @@ func TestCheckAdminBadConfigs(t *testing.T) {
 	for _, tt := range adminBadConfigs {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			path := filepath.Join(t.TempDir(), "relay.toml")
-			if err := os.WriteFile(path, []byte(tt.text), 0o600); err != nil {
-				t.Fatal(err)
-			}
+			path := writeConfig(t, tt.text)
 			out, errOut, code := pt.Run(t, nil, pt.RelaydBin, "check", "--config", path)
 			want := fmt.Sprintf("relayd: %s:%d: %s: ", path, tt.line, tt.key)
 			if got := pt.LastLine(errOut); code != 1 || out != "" || !strings.HasPrefix(got, want) || !strings.Contains(got, tt.msg) {

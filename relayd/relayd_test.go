@@ -22,6 +22,17 @@ import (
 	pt "github.com/relaytun/relay/internal/proctest"
 )
 
+// writeConfig writes text to a relay.toml of the test's own and returns
+// its path.
+func writeConfig(t *testing.T, text string) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "relay.toml")
+	if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
 // TestCheckSample also checks that --config works before the command, as
 // relayd --help lists it, and from RELAYD_CONFIG.
 func TestCheckSample(t *testing.T) {
@@ -56,10 +67,7 @@ func TestCheckBadConfigs(t *testing.T) {
 	for _, tt := range badConfigs {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			path := filepath.Join(t.TempDir(), "relay.toml")
-			if err := os.WriteFile(path, []byte(tt.text), 0o600); err != nil {
-				t.Fatal(err)
-			}
+			path := writeConfig(t, tt.text)
 			for _, args := range [][]string{{"check", "--config", path}, {"--config", path, "check"}, {"--config", path}} {
 				out, errOut, code := pt.Run(t, nil, pt.RelaydBin, args...)
 				if code != 1 {
@@ -113,10 +121,7 @@ func TestCheckListenConfigs(t *testing.T) {
 	for _, tt := range slices.Concat(listenBadConfigs, publicHostBadConfigs) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
-			path := filepath.Join(t.TempDir(), "relay.toml")
-			if err := os.WriteFile(path, []byte(tt.text), 0o600); err != nil {
-				t.Fatal(err)
-			}
+			path := writeConfig(t, tt.text)
 			out, errOut, code := pt.Run(t, nil, pt.RelaydBin, "check", "--config", path)
 			want := "relayd: " + path + strings.TrimPrefix(tt.want, "bad.toml")
 			if got := pt.LastLine(errOut); code != 1 || out != "" || got != want {

@@ -80,15 +80,7 @@ func TestGroupMarkDoesNotDropClientWithNowhereToGo(t *testing.T) {
 func TestGroupShortWaitDoesNotMark(t *testing.T) {
 	kind := TransportTCP
 	r := startRelay(t, func(c *RelayConfig) { c.OpenStreamTimeout = time.Second })
-	pa := newProxy(t, kind, r.Addr)
-	a := groupAgent(t, pa.Addr(), r, kind, proctest.StartEcho(t, "A:"), nil)
-	b := groupAgent(t, r.Addr, r, kind, proctest.StartEcho(t, "B:"), nil)
-	if a.eps[0].Port != b.eps[0].Port {
-		t.Fatalf("the members got ports %d and %d", a.eps[0].Port, b.eps[0].Port)
-	}
-	held := holdTag(t, b.Public(0), "B:") // least connections: A next
-	defer held.c.Close()
-	time.Sleep(100 * time.Millisecond) // B's joining probe of A answered
+	pa, _, b, _ := groupOfTwo(t, r, kind)
 
 	pa.Freeze()
 	t0 := time.Now()
@@ -113,15 +105,7 @@ func TestGroupMarkReleasesWaitingClients(t *testing.T) {
 	forEachTransport(t, func(t *testing.T, kind string) {
 		r := startRelay(t, nil)
 		answer := r.Relay.config().AnswerTimeout
-		pa := newProxy(t, kind, r.Addr)
-		a := groupAgent(t, pa.Addr(), r, kind, proctest.StartEcho(t, "A:"), nil)
-		b := groupAgent(t, r.Addr, r, kind, proctest.StartEcho(t, "B:"), nil)
-		if a.eps[0].Port != b.eps[0].Port {
-			t.Fatalf("the members got ports %d and %d", a.eps[0].Port, b.eps[0].Port)
-		}
-		held := holdTag(t, b.Public(0), "B:") // least connections: A next
-		defer held.c.Close()
-		time.Sleep(100 * time.Millisecond) // B's joining probe of A answered
+		pa, _, b, _ := groupOfTwo(t, r, kind)
 
 		pa.Freeze()
 		defer pa.Thaw()

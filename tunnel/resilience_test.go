@@ -67,6 +67,24 @@ func groupAgent(t *testing.T, relayAddr string, r *testRelay, kind, local string
 	return liveAgentUp(t, cfg)
 }
 
+// groupOfTwo starts two members of one tunnel, A behind the proxy pa and
+// B direct, each with an echo server tagged "A:" or "B:", and holds a
+// client on B (closed at the test's end), so that least connections sends
+// the next client to A. It returns once B's joining probe of A is answered.
+func groupOfTwo(t *testing.T, r *testRelay, kind string) (pa pathProxy, a, b *liveAgent, held *heldClient) {
+	t.Helper()
+	pa = newProxy(t, kind, r.Addr)
+	a = groupAgent(t, pa.Addr(), r, kind, proctest.StartEcho(t, "A:"), nil)
+	b = groupAgent(t, r.Addr, r, kind, proctest.StartEcho(t, "B:"), nil)
+	if a.eps[0].Port != b.eps[0].Port {
+		t.Fatalf("the members got ports %d and %d", a.eps[0].Port, b.eps[0].Port)
+	}
+	held = holdTag(t, b.Public(0), "B:")
+	t.Cleanup(func() { held.c.Close() })
+	time.Sleep(100 * time.Millisecond)
+	return pa, a, b, held
+}
+
 // holdTag holds clients of addr until one reaches the server tagged tag.
 func holdTag(t *testing.T, addr, tag string) *heldClient {
 	t.Helper()
@@ -285,13 +303,7 @@ func TestGroupFrozenMemberCostsOneClient(t *testing.T) {
 	forEachTransport(t, func(t *testing.T, kind string) {
 		r := startRelay(t, nil)
 		answer := r.Relay.config().AnswerTimeout
-		p := newProxy(t, kind, r.Addr)
-		a := groupAgent(t, p.Addr(), r, kind, proctest.StartEcho(t, "A:"), nil)
-		b := groupAgent(t, r.Addr, r, kind, proctest.StartEcho(t, "B:"), nil)
-		if a.eps[0].Port != b.eps[0].Port {
-			t.Fatalf("the members got ports %d and %d", a.eps[0].Port, b.eps[0].Port)
-		}
-		held := holdTag(t, b.Public(0), "B:")
+		p, _, b, held := groupOfTwo(t, r, kind)
 
 		p.Freeze()
 		const clients = 10
