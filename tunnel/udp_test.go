@@ -78,6 +78,17 @@ func listenUDP(t testing.TB) net.PacketConn {
 	return pc
 }
 
+// expectDropped sends a datagram from c, whose flow the relay should
+// drop (what says which), and fails if anything comes back within 500 ms.
+func expectDropped(t *testing.T, c net.Conn, what string) {
+	t.Helper()
+	c.Write([]byte("dropped?"))
+	c.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
+	if n, err := c.Read(make([]byte, 64)); err == nil {
+		t.Fatalf("%s: got %d bytes back; want the datagram dropped", what, n)
+	}
+}
+
 // udpAgentConfig is agentConfig for a UDP (or TCP and UDP) tunnel.
 func (r *testRelay) udpAgentConfig(kind string, protos uint8, locals ...string) AgentConfig {
 	cfg := r.agentConfig(kind, locals...)
@@ -205,11 +216,7 @@ func TestUDPFlowLimit(t *testing.T) {
 	}
 	exchange(t, conns[0], []byte("a"))
 	exchange(t, conns[1], []byte("b"))
-	conns[2].Write([]byte("c"))
-	conns[2].SetReadDeadline(time.Now().Add(500 * time.Millisecond))
-	if n, err := conns[2].Read(make([]byte, 8)); err == nil {
-		t.Fatalf("the third flow got %d bytes back; want it dropped at the cap", n)
-	}
+	expectDropped(t, conns[2], "the third flow, at the cap")
 	if got := r.Relay.Tunnels()[0].Refused[RefusedFlowLimit]; got == 0 {
 		t.Errorf("refusals %v, want %s counted", r.Relay.Tunnels()[0].Refused, RefusedFlowLimit)
 	}
@@ -233,11 +240,7 @@ func TestUDPPerIPLimit(t *testing.T) {
 			conns = append(conns, dialUDP(t, public))
 		}
 		exchange(t, conns[0], []byte("a"))
-		conns[1].Write([]byte("b"))
-		conns[1].SetReadDeadline(time.Now().Add(500 * time.Millisecond))
-		if n, err := conns[1].Read(make([]byte, 8)); err == nil {
-			t.Fatalf("a second flow from the IP got %d bytes back; want it dropped at the per-IP cap of 1", n)
-		}
+		expectDropped(t, conns[1], "a second flow from the IP, at the per-IP cap of 1")
 		want := fmt.Sprintf(`level=INFO msg="public clients refused so far" tunnel=%s port=%d token=test by_reason=map[per_ip_conns:1] latest=%s`,
 			a.Endpoints[0].Name, a.Endpoints[0].Port, conns[1].LocalAddr())
 		if !strings.Contains(r.Log.String(), want) {
