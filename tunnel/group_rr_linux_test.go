@@ -60,6 +60,9 @@ func TestGroupRoundRobinIgnoresRetries(t *testing.T) {
 	const clients = 8
 	slow := 0
 	for i := range clients {
+		// Least connections goes first: the last client's end must have
+		// reached the relay, or A, still counting it, loses the tie.
+		waitFor(t, "the last client to end on the relay", 5*time.Second, func() bool { return r.Relay.Tunnels()[0].Active == 0 })
 		s := time.Now()
 		tag, err := visit(a.Public(0), 2)
 		d := time.Since(s)
