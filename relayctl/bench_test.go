@@ -156,7 +156,7 @@ func TestBenchErrors(t *testing.T) {
 		{"names rule", []string{"--relay", r.Addr, "--token", erinSecret, "--fingerprint", r.FP}, exitRefused,
 			`may not use the tunnel name "bench-`},
 		{"names rule, another --name", []string{"--relay", r.Addr, "--token", erinSecret, "--fingerprint", r.FP, "--name", "web-bench"}, exitRefused,
-			`token "erin" may not use the tunnel name "web-bench": its names rule allows only game-*; pick a --name that matches`},
+			`token "erin" may not use the tunnel name "web-bench": its names rule allows only game-*; pick a --name that matches (with several LOCALs, relayctl names each NAME-PORT)`},
 		// The relay turns away every connection past the first; the
 		// bench cannot learn why, and says what it may be.
 		{"connection limit", []string{"--relay", r.Addr, "--token", "one-conn-secret-0123456789", "--fingerprint", r.FP, "--streams", "4", "--udp-rate", "0"}, exitRefused,

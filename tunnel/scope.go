@@ -330,7 +330,7 @@ func (s *tokenState) token() *Token { return s.tok.Load() }
 // The ports rule is the relay's join to check, as it picks the port.
 func (tok *Token) allows(name string, protos uint8) *RefusedError {
 	if !matchName(tok.Names, name) {
-		return &RefusedError{Code: CodeForbidden, Text: fmt.Sprintf("token %q may not use the tunnel name %q: its names rule allows only %s; pick a --name that matches",
+		return &RefusedError{Code: CodeForbidden, Text: fmt.Sprintf("token %q may not use the tunnel name %q: its names rule allows only %s; pick a --name that matches (with several LOCALs, relayctl names each NAME-PORT)",
 			tok.ID, name, strings.Join(tok.Names, ", "))}
 	}
 	if protos&ProtoUDP != 0 && tok.DenyUDP {
