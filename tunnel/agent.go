@@ -451,10 +451,13 @@ func (a *Agent) session(ctx context.Context, reconnect bool, failures int, down 
 		}
 	}
 	if changed {
-		for i, e := range eps {
-			if reconnect && (i >= len(was) || was[i] != e) {
+		for _, e := range eps {
+			// By name and protocol: a tunnel the relay closed since leaves
+			// the others at other places in the list.
+			i := slices.IndexFunc(was, func(w Endpoint) bool { return w.Name == e.Name && w.Proto == e.Proto })
+			if reconnect && (i < 0 || was[i] != e) {
 				var before string
-				if i < len(was) {
+				if i >= 0 {
 					before = was[i].URL()
 				}
 				log.Warn("the relay gave a tunnel a different public address than before", "name", e.Name, "was", before, "now", e.URL())

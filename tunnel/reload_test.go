@@ -199,6 +199,19 @@ func TestReloadNarrowsToken(t *testing.T) {
 					if _, err := visit(a.Public(1), 2); err != nil {
 						t.Errorf("the agent's other tunnel after the reload: %v", err)
 					}
+					// A new session registers fits-1 alone, on its port,
+					// which is no move.
+					a.session().CloseWithError(0, "test: reconnect")
+					waitFor(t, "the agent to reconnect", 20*time.Second, func() bool {
+						st := a.Status()
+						return st.Reconnects == 1 && st.Connected
+					})
+					if _, err := visit(a.Public(1), 2); err != nil {
+						t.Errorf("the agent's other tunnel after a reconnect: %v", err)
+					}
+					if strings.Contains(a.Log.String(), "different public address") || strings.Contains(r.Log.String(), `msg="tunnel refused"`) {
+						t.Errorf("after a reconnect, the agent warned of a move or registered the closed tunnel again:\nagent:\n%s\nrelay:\n%s", a.Log, r.Log)
+					}
 				}
 				if err := held.finish(64 << 10); err != nil {
 					t.Errorf("the other agent's client in flight: %v", err)
