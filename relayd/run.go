@@ -235,9 +235,10 @@ func reload(st *runState) *Config {
 				}
 				// The keys this reload applied: what changed since the last
 				// file read, but for the ones warned about above.
+				waits := restartOnly(st.cfg, next, nil)
 				var applied []string
 				for _, k := range changedKeys(st.cfg, next) {
-					if !slices.Contains(restartOnly(st.cfg, next, nil), k) {
+					if !slices.Contains(waits, k) {
 						applied = append(applied, k)
 					}
 				}

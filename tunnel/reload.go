@@ -12,8 +12,8 @@ import (
 type ReloadResult struct {
 	TokensAdded, TokensRemoved, TokensChanged []string
 	// SessionsClosed counts agent sessions closed because their token was
-	// revoked or given another secret or id, or a tunnel they carry is no
-	// longer allowed.
+	// revoked or given another secret or id, or a tunnel they carry must
+	// move off its port.
 	SessionsClosed int
 	// TunnelsClosed counts tunnels closed because the new rules rule them
 	// out: their token's, or the relay's ports.
@@ -25,12 +25,14 @@ type ReloadResult struct {
 // Reload applies cfg to the running relay. A token's limits (connections,
 // tunnels, per-IP client limits) change in place: its sessions and clients
 // carry on. Sessions of a token revoked or given a new secret are closed for
-// good (the agent is told why); a tunnel the new rules no longer allow (its
-// token's names, ports or udp rule, the relay's ports, the token's id)
-// closes, and the sessions carrying it are closed with a temporary error,
-// so their agents reconnect at once and are judged by the new rules: their
-// other tunnels keep their ports. Tunnels waiting for their agents to
-// return close too when ruled out. An invalid cfg changes nothing.
+// good (the agent is told why). A tunnel the new rules no longer allow
+// closes: one its token's names or udp rule forbids, alone, by CLOSED to
+// its agents, whose sessions and other tunnels carry on; one that must
+// move off its port (its token's or the relay's ports) or is under a new
+// token id, with the sessions carrying it, closed with a temporary error so
+// their agents reconnect at once and get another port, their other tunnels
+// keeping theirs. Tunnels waiting for their agents to return close too when
+// ruled out. An invalid cfg changes nothing.
 func (r *Relay) Reload(cfg RelayConfig) (ReloadResult, error) {
 	var res ReloadResult
 	if err := cfg.Validate(); err != nil {
