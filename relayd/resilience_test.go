@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -289,6 +290,47 @@ func tokenTOML(id, secret string) string {
 	return fmt.Sprintf("[[tokens]]\nid = %q\nsecret = %q\n\n", id, secret)
 }
 
+// A SIGHUP whose token ports rule takes a tunnel's port away moves the
+// tunnel without a reconnect: relayd logs tunnels_moved=1, relayctl prints
+// the new address on stdout and logs the move, a transfer on the old port
+// finishes, the old port refuses new clients and the new one serves.
+func TestSIGHUPMovesTunnel(t *testing.T) {
+	forTransports(t, func(t *testing.T, kind string) {
+		r := pt.NewRelayd(t, pt.TokensTOML)
+		local := pt.StartEcho(t, "mv:")
+		p, urls := pt.StartExpose(t, 1, nil, exposeArgs(r, kind, pt.TestSecret, local)...)
+		x := pt.StartTransfer(t, urls[0], "mv:", 256<<10)
+		port, _ := strconv.Atoi(pt.URLRE.FindStringSubmatch(urls[0])[1])
+		var ports []string
+		if port > r.Low {
+			ports = append(ports, fmt.Sprintf("%d-%d", r.Low, port-1))
+		}
+		if port < r.High {
+			ports = append(ports, fmt.Sprintf("%d-%d", port+1, r.High))
+		}
+		r.RewriteConfig(t, pt.TokensTOML+fmt.Sprintf("ports = %q\n", strings.Join(ports, ",")))
+		r.Signal(syscall.SIGHUP)
+		r.WaitFor(&r.Stderr, regexp.MustCompile(`msg="relay.toml reloaded" .*changed=tokens.test.ports .*tunnels_moved=1 tunnels_closed=0 sessions_closed=0`), pt.StartTimeout)
+		moved := p.WaitFor(&p.Stdout, regexp.MustCompile(`^[^\n]*\n([^\n]*)\n`), pt.StartTimeout)[1]
+		if moved == urls[0] || !pt.URLRE.MatchString(moved) {
+			t.Fatalf("relayctl printed %q after the move from %s; want another tcp:// address", moved, urls[0])
+		}
+		p.WaitFor(&p.Stderr, regexp.MustCompile(`level=WARN msg="the relay moved a tunnel to another public port; clients connected on the old one carry on" .*was=`+
+			regexp.QuoteMeta(urls[0])+` now=`+regexp.QuoteMeta(moved)+` reason="port \d+ is no longer among the ports its token \\"test\\" may use"`), pt.StartTimeout)
+		x.Resume()
+		if err := x.Done(30 * time.Second); err != nil {
+			t.Errorf("the transfer on the old port: %v", err)
+		}
+		if !pt.Refused(urls[0]) {
+			t.Errorf("the old address %s still takes clients", urls[0])
+		}
+		pt.CheckEcho(t, moved, "mv:", 1024)
+		if strings.Contains(p.Stderr.String(), "reconnect") {
+			t.Errorf("relayctl reconnected across the move:\n%s", p.Stderr.String())
+		}
+	})
+}
+
 // SIGHUP re-reads relay.toml: an added token works at once, while the
 // other token's tunnel and its transfer in flight carry on, though that
 // token's limits and the relay's changed (in place); the reload's log line
@@ -318,7 +360,7 @@ func TestSIGHUPReload(t *testing.T) {
 		// transfer carry on.
 		r.RewriteConfig(t, "[limits]\nper_ip_connections = 20\n\n"+pt.TokensTOML+"max_connections = 50\n\n"+tokenTOML("new", newSecret))
 		reload()
-		want := `msg="relay.toml reloaded" file=` + r.Config + ` changed=limits.per_ip_connections,tokens.test.max_connections tokens_added=new tokens_removed=old tokens_changed=test tunnels_closed=1 sessions_closed=1`
+		want := `msg="relay.toml reloaded" file=` + r.Config + ` changed=limits.per_ip_connections,tokens.test.max_connections tokens_added=new tokens_removed=old tokens_changed=test tunnels_moved=0 tunnels_closed=1 sessions_closed=1`
 		if !strings.Contains(r.Stderr.String(), want) {
 			t.Fatalf("relayd did not log %s:\n%s", want, r.Stderr.String())
 		}

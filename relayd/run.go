@@ -245,7 +245,7 @@ func reload(st *runState) *Config {
 				log.Info("relay.toml reloaded", "file", file, "changed", strings.Join(applied, ","),
 					"tokens_added", strings.Join(res.TokensAdded, ","), "tokens_removed", strings.Join(res.TokensRemoved, ","),
 					"tokens_changed", strings.Join(res.TokensChanged, ","),
-					"tunnels_closed", res.TunnelsClosed, "sessions_closed", res.SessionsClosed)
+					"tunnels_moved", res.TunnelsMoved, "tunnels_closed", res.TunnelsClosed, "sessions_closed", res.SessionsClosed)
 				return next
 			}
 		}

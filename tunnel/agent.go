@@ -965,6 +965,8 @@ func (a *Agent) controlLoop(ctl transport.Stream, log *slog.Logger) error {
 			if err := a.tunnelClosed(m, log); err != nil {
 				return err
 			}
+		case *Moved:
+			a.tunnelMoved(m, log)
 		case *Error:
 			return &RefusedError{Code: m.Code, Text: m.Text}
 		}
@@ -994,6 +996,39 @@ func (a *Agent) tunnelClosed(m *Closed, log *slog.Logger) error {
 		return ref
 	}
 	return nil
+}
+
+// tunnelMoved records the tunnel's new public port, says so, and hands
+// every endpoint to OnReady again, as a reconnect that moved one would.
+func (a *Agent) tunnelMoved(m *Moved, log *slog.Logger) {
+	a.mu.Lock()
+	var at *agentTunnel
+	for _, t := range a.tunnels {
+		if t.closed == nil && t.id.Load() == m.Tunnel {
+			at = t
+		}
+	}
+	if at == nil || at.port == m.Port {
+		a.mu.Unlock()
+		return
+	}
+	eps := slices.Clone(a.endpoints)
+	var was, now []string
+	for i, e := range eps {
+		if e.Name == at.spec.Name {
+			was = append(was, e.URL())
+			eps[i].Port = m.Port
+			now = append(now, eps[i].URL())
+		}
+	}
+	at.public, at.port = strings.Join(now, " "), m.Port
+	a.endpoints = eps
+	a.mu.Unlock()
+	log.Warn("the relay moved a tunnel to another public port; clients connected on the old one carry on",
+		"name", at.spec.Name, "was", strings.Join(was, " "), "now", strings.Join(now, " "), "reason", m.Text)
+	if a.cfg.OnReady != nil {
+		a.cfg.OnReady(eps)
+	}
 }
 
 // carry serves one client stream: read its header, dial the local server,

@@ -26,14 +26,20 @@ type group struct {
 	r     *Relay
 	key   leaseKey
 	token *tokenState
-	port  uint16
-	ln    net.Listener // nil for a UDP-only tunnel
-	udp   *udpPort     // nil for a TCP-only tunnel
+	// port and ln are guarded by Relay.mu: a reload may move the tunnel
+	// to another port (moveLocked).
+	port uint16
+	ln   net.Listener // nil for a UDP-only tunnel
+	// udp is the public UDP socket and its flows; nil for a TCP-only
+	// tunnel. A move replaces it, and the old flows end with the old port.
+	udp atomic.Pointer[udpPort]
 	// protos are the tunnel's protocols (ProtoTCP, ProtoUDP).
 	protos uint8
 	since  time.Time
-	log    *slog.Logger
-	gate   atomic.Pointer[clientGate]
+	// logp names the tunnel, its port and token in its log lines; a move
+	// replaces it (logger).
+	logp atomic.Pointer[slog.Logger]
+	gate atomic.Pointer[clientGate]
 	// ips are the per-IP counts every gate of the group shares.
 	ips ipTable
 	traffic
@@ -66,6 +72,15 @@ type member struct {
 	active   atomic.Int64
 	draining atomic.Bool
 	gone     atomic.Bool // out of the group: its UDP flows move
+	// want is the port range the member's agent asked for (0-0: any); a
+	// move keeps the tunnel within every member's.
+	want PortRange
+}
+
+func (g *group) logger() *slog.Logger { return g.logp.Load() }
+
+func (g *group) setLogger() {
+	g.logp.Store(g.r.log.With("tunnel", g.key.Name, "port", g.port, "token", g.key.Token))
 }
 
 // closeListeners closes the public socket(s).
@@ -73,8 +88,8 @@ func (g *group) closeListeners() {
 	if g.ln != nil {
 		g.ln.Close()
 	}
-	if g.udp != nil {
-		g.udp.pc.Close()
+	if u := g.udp.Load(); u != nil {
+		u.pc.Close()
 	}
 }
 
@@ -92,7 +107,7 @@ func (g *group) addMemberLocked(a *agentConn, allow, deny []netip.Prefix) *membe
 	}
 	if g.gate.Load() == nil || !slices.Equal(allow, g.allow) || !slices.Equal(deny, g.deny) {
 		if g.gate.Load() != nil {
-			g.log.Info("client allow/deny lists replaced by the latest agent's", "allow", allow, "deny", deny)
+			g.logger().Info("client allow/deny lists replaced by the latest agent's", "allow", allow, "deny", deny)
 		}
 		g.allow, g.deny = allow, deny
 		g.rebuildGateLocked()
@@ -154,7 +169,7 @@ func (g *group) removeMemberLocked(m *member) {
 	}
 	// The agent vanished without saying goodbye: it is likely reconnecting.
 	// Keep the port, and hold new clients, for a while.
-	g.log.Info("tunnel has no agent; keeping its port open for one to return", "window", window)
+	g.logger().Info("tunnel has no agent; keeping its port open for one to return", "window", window)
 	g.orphan = time.AfterFunc(window, func() {
 		g.r.mu.Lock()
 		defer g.r.mu.Unlock()
@@ -192,8 +207,8 @@ func (g *group) info() TunnelInfo {
 		Active: g.active.Load(), Total: g.total.Load(), BytesIn: g.bytesIn.Load(), BytesOut: g.bytesOut.Load(),
 		Refused: g.refused.snapshot(),
 	}
-	if g.udp != nil {
-		ti.UDPFlows, ti.UDPDrops = g.udp.flowCount(), g.udp.drops.Load()
+	if u := g.udp.Load(); u != nil {
+		ti.UDPFlows, ti.UDPDrops = u.flowCount(), u.drops.Load()
 	}
 	for _, m := range g.members {
 		ti.Members = append(ti.Members, MemberInfo{
@@ -204,18 +219,20 @@ func (g *group) info() TunnelInfo {
 	return ti
 }
 
-func (g *group) serve(ctx context.Context) {
+// serve accepts the clients of ln, the tunnel's listener until a move
+// replaces and closes it.
+func (g *group) serve(ctx context.Context, ln net.Listener) {
 	var summary refusalSummary
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	var backoff time.Duration
 	for {
-		c, err := g.ln.Accept()
+		c, err := ln.Accept()
 		if err != nil {
 			// Out of file descriptors: the port must keep serving once
 			// some are free again.
 			if transport.RetryAccept(err, &backoff, ctx.Done()) {
-				g.log.Warn("accepting clients failed; retrying", "err", err, "in", backoff)
+				g.logger().Warn("accepting clients failed; retrying", "err", err, "in", backoff)
 				continue
 			}
 			return
@@ -227,7 +244,7 @@ func (g *group) serve(ctx context.Context) {
 			// Closed at once, before any work: a flood costs an accept
 			// and a close.
 			c.Close()
-			g.log.Debug("client refused", "client", client.String(), "reason", reason)
+			g.logger().Debug("client refused", "client", client.String(), "reason", reason)
 			summary.note(g, client)
 			continue
 		}
@@ -279,18 +296,18 @@ func (g *group) carry(ctx context.Context, c net.Conn, finish func()) {
 			c.Close()
 			switch {
 			case unreachable:
-				g.log.Info("client closed: the agent could not reach its local server", "client", client.String())
+				g.logger().Info("client closed: the agent could not reach its local server", "client", client.String())
 			case len(tried) > 0:
-				g.log.Warn("client dropped: no agent answered", "client", client.String(), "tried", len(tried))
+				g.logger().Warn("client dropped: no agent answered", "client", client.String(), "tried", len(tried))
 			default:
-				g.log.Warn("client dropped: the tunnel has no agent", "client", client.String())
+				g.logger().Warn("client dropped: the tunnel has no agent", "client", client.String())
 			}
 			return
 		}
 		tried = append(tried, m)
 		st, err := m.open(ctx, client, deadline)
 		if err != nil {
-			g.log.Debug("could not open a stream to an agent", "client", client.String(), "agent", m.agent.sess.RemoteAddr().String(), "err", err)
+			g.logger().Debug("could not open a stream to an agent", "client", client.String(), "agent", m.agent.sess.RemoteAddr().String(), "err", err)
 			continue
 		}
 		var peer net.Conn = &statusStream{Stream: st, agent: m.agent}
@@ -337,7 +354,7 @@ func (g *group) carry(ctx context.Context, c net.Conn, finish func()) {
 						m.agent.unanswered()
 					}
 				}
-				g.log.Debug("agent did not answer; trying another", "client", client.String(), "agent", m.agent.sess.RemoteAddr().String(), "err", err)
+				g.logger().Debug("agent did not answer; trying another", "client", client.String(), "agent", m.agent.sess.RemoteAddr().String(), "err", err)
 				continue
 			}
 			m.agent.alive()
@@ -356,9 +373,9 @@ func (g *group) carry(ctx context.Context, c net.Conn, finish func()) {
 		startJoin(ctx, c, peer, &g.bytesIn, &g.bytesOut, m.agent.guard, func(stats JoinStats) {
 			m.active.Add(-1)
 			if errors.Is(stats.Err, errLocalUnreachable) {
-				g.log.Info("client closed: the agent could not reach its local server", "client", client.String())
+				g.logger().Info("client closed: the agent could not reach its local server", "client", client.String())
 			} else {
-				g.log.Debug("client closed", "client", client.String(), "duration", time.Since(start).Round(time.Millisecond),
+				g.logger().Debug("client closed", "client", client.String(), "duration", time.Since(start).Round(time.Millisecond),
 					"bytes_in", stats.AToB, "bytes_out", stats.BToA, "err", stats.Err)
 			}
 			finish()
@@ -490,6 +507,6 @@ type refusalSummary struct{ last time.Time }
 func (s *refusalSummary) note(g *group, latest netip.AddrPort) {
 	if now := time.Now(); now.Sub(s.last) >= 10*time.Second {
 		s.last = now
-		g.log.Info("public clients refused so far", "by_reason", g.refused.snapshot(), "latest", latest.String())
+		g.logger().Info("public clients refused so far", "by_reason", g.refused.snapshot(), "latest", latest.String())
 	}
 }

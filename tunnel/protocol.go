@@ -74,6 +74,7 @@
 //	0x09 PONG        data:8
 //	0x0a DRAIN       tunnel:4
 //	0x0b CLOSED      tunnel:4 | code:2 | text:str(512)
+//	0x0c MOVED       tunnel:4 | port:2 | text:str(512)
 //
 // protos is a bit set: 1 TCP, 2 UDP. Ports 0-0 ask the relay to choose.
 // In REGISTER, protos may also carry 0x80, no lease: the tunnel is for this
@@ -90,6 +91,12 @@
 // session and its other tunnels carry on: the agent does not register it
 // again. An agent older than CLOSED takes it for an unknown frame and ends
 // the session; back, it is refused that tunnel, as before.
+// MOVED, from the relay, says a tunnel of the session now listens on
+// another public port (a reload took its port out of the ports it may
+// use; text says why): the tunnel id stays, clients connected on the old
+// port carry on, and new ones must use the new port. The old port's UDP
+// flows end with it. An agent older than MOVED ends the session on it and,
+// back, is given the new port.
 //
 // # Stream header
 //
@@ -154,6 +161,7 @@ const (
 	typePong       = 0x09
 	typeDrain      = 0x0a
 	typeClosed     = 0x0b
+	typeMoved      = 0x0c
 )
 
 // Bounds.
@@ -264,6 +272,14 @@ type Closed struct {
 	Text   string
 }
 
+// Moved says one tunnel of the session now has another public port, and
+// why (relay to agent).
+type Moved struct {
+	Tunnel uint32
+	Port   uint16
+	Text   string
+}
+
 func (*Hello) msgType() byte      { return typeHello }
 func (*Challenge) msgType() byte  { return typeChallenge }
 func (*Auth) msgType() byte       { return typeAuth }
@@ -275,6 +291,7 @@ func (*Ping) msgType() byte       { return typePing }
 func (*Pong) msgType() byte       { return typePong }
 func (*Drain) msgType() byte      { return typeDrain }
 func (*Closed) msgType() byte     { return typeClosed }
+func (*Moved) msgType() byte      { return typeMoved }
 
 func (m *Hello) encode(e *encoder) {
 	e.u16(m.Version)
@@ -360,6 +377,13 @@ func (m *Closed) decode(d *decoder) {
 	m.Text = d.str(maxErrorText)
 }
 
+func (m *Moved) encode(e *encoder) { e.u32(m.Tunnel); e.u16(m.Port); e.str(m.Text) }
+func (m *Moved) decode(d *decoder) {
+	m.Tunnel = d.u32()
+	m.Port = d.u16()
+	m.Text = d.str(maxErrorText)
+}
+
 func newMessage(t byte) Message {
 	switch t {
 	case typeHello:
@@ -384,6 +408,8 @@ func newMessage(t byte) Message {
 		return new(Drain)
 	case typeClosed:
 		return new(Closed)
+	case typeMoved:
+		return new(Moved)
 	}
 	return nil
 }

@@ -152,6 +152,12 @@ func messageCases() []messageCase {
 		{"closed/text-at-bound", 0x0b,
 			&Closed{Tunnel: 0xffffffff, Code: 0xffff, Text: text512},
 			wireCat(wireU32(0xffffffff), wireU16(0xffff), wireStr(text512))},
+		{"moved", 0x0c,
+			&Moved{Tunnel: 7, Port: 40001, Text: "port 40000 is no longer among the relay's ports"},
+			wireCat(wireU32(7), wireU16(40001), wireStr("port 40000 is no longer among the relay's ports"))},
+		{"moved/text-at-bound", 0x0c,
+			&Moved{Tunnel: 0xffffffff, Port: 0xffff, Text: text512},
+			wireCat(wireU32(0xffffffff), wireU16(0xffff), wireStr(text512))},
 	}
 }
 
@@ -377,8 +383,8 @@ func TestReadMessageErrors(t *testing.T) {
 			"unexpected EOF", []error{io.ErrUnexpectedEOF}, []error{ErrFrame}},
 		{"unknown-type/0x00", wireFrame(0x00, nil),
 			"malformed control frame: unknown message type 0x0", []error{ErrFrame}, nil},
-		{"unknown-type/0x0c", wireFrame(0x0c, wireU64(1)),
-			"malformed control frame: unknown message type 0xc", []error{ErrFrame}, nil},
+		{"unknown-type/0x0d", wireFrame(0x0d, wireU64(1)),
+			"malformed control frame: unknown message type 0xd", []error{ErrFrame}, nil},
 		{"unknown-type/0xff", wireFrame(0xff, nil),
 			"malformed control frame: unknown message type 0xff", []error{ErrFrame}, nil},
 		{"length/one-over", wireCat([]byte{typeWelcome}, wireU16(MaxControlPayload+1), make([]byte, MaxControlPayload+1)),
@@ -497,7 +503,7 @@ func TestReadMessageOversizeLengthNotRead(t *testing.T) {
 }
 
 func TestDecodeMessageUnknownType(t *testing.T) {
-	for _, typ := range []byte{0x00, 0x0c, 0x10, 0x80, 0xff} {
+	for _, typ := range []byte{0x00, 0x0d, 0x10, 0x80, 0xff} {
 		m, err := DecodeMessage(typ, wireU64(0))
 		checkFrameErr(t, "DecodeMessage", m, err, fmt.Sprintf("malformed control frame: unknown message type %#x", typ))
 	}
@@ -687,7 +693,7 @@ func FuzzReadMessage(f *testing.F) {
 	f.Add([]byte{typePing, 0})
 	f.Add(wireCat([]byte{typeWelcome}, wireU16(0xffff)))
 	f.Add(wireFrame(typeWelcome, wireCat(wireU16(10), []byte("abc"))))
-	f.Add(wireFrame(0x0c, nil))
+	f.Add(wireFrame(0x0d, nil))
 
 	f.Fuzz(func(t *testing.T, data []byte) {
 		r := bytes.NewReader(data)

@@ -386,8 +386,8 @@ func (r *Relay) Stats() RelayStats {
 		UDPDrops:          r.udpDrops.Load(),
 	}
 	for _, g := range r.groups {
-		if g.udp != nil {
-			st.UDPFlows += g.udp.flowCount()
+		if u := g.udp.Load(); u != nil {
+			st.UDPFlows += u.flowCount()
 		}
 	}
 	for a := range r.agents {
@@ -904,7 +904,7 @@ func (a *agentConn) register(ctx context.Context, m *Register) Message {
 	if err != nil {
 		return fail(CodeBadRequest, "deny list: %v", err)
 	}
-	mem, err := a.r.join(ctx, a, m, allow, deny)
+	mem, port, err := a.r.join(ctx, a, m, allow, deny)
 	if err != nil {
 		var ref *RefusedError
 		if errors.As(err, &ref) {
@@ -916,12 +916,12 @@ func (a *agentConn) register(ctx context.Context, m *Register) Message {
 		a.saveLease = false
 		a.r.saveLeases()
 	}
-	return &Registered{Request: m.Request, Tunnel: mem.id, Protos: mem.g.protos, Port: mem.g.port}
+	return &Registered{Request: m.Request, Tunnel: mem.id, Protos: mem.g.protos, Port: port}
 }
 
 // join puts a in the group for (its token, m.Name), opening the group (and
-// its public port) if there is none.
-func (r *Relay) join(ctx context.Context, a *agentConn, m *Register, allow, deny []netip.Prefix) (*member, error) {
+// its public port) if there is none, and returns the port.
+func (r *Relay) join(ctx context.Context, a *agentConn, m *Register, allow, deny []netip.Prefix) (*member, uint16, error) {
 	// The ports are read under r.mu: Reload holds it to replace them and
 	// close the tunnels they leave out, so none is opened or joined on a
 	// port it just took away.
@@ -937,31 +937,31 @@ func (r *Relay) join(ctx context.Context, a *agentConn, m *Register, allow, deny
 	cands := allowed
 	if m.PortLow != 0 {
 		if m.PortHigh < m.PortLow {
-			return nil, &RefusedError{Code: CodeBadRequest, Text: fmt.Sprintf("port range %d-%d is empty", m.PortLow, m.PortHigh)}
+			return nil, 0, &RefusedError{Code: CodeBadRequest, Text: fmt.Sprintf("port range %d-%d is empty", m.PortLow, m.PortHigh)}
 		}
 		cands = allowed.Intersect(want)
 		if len(cands) == 0 || (want.Low == want.High && !allowed.Contains(m.PortLow)) {
-			return nil, &RefusedError{Code: CodePortNotAllowed, Text: fmt.Sprintf(
+			return nil, 0, &RefusedError{Code: CodePortNotAllowed, Text: fmt.Sprintf(
 				"port %s is outside the ports %s (%s): ask for one of those, or none", want, whose, allowed)}
 		}
 	}
 	key := leaseKey{tok.ID, m.Name}
 
 	if r.closing {
-		return nil, &RefusedError{Code: CodeShutdown, Text: "the relay is shutting down"}
+		return nil, 0, &RefusedError{Code: CodeShutdown, Text: "the relay is shutting down"}
 	}
 	if ref := r.tokenCurrentLocked(a); ref != nil {
-		return nil, ref
+		return nil, 0, ref
 	}
 	if ref := tok.allows(m.Name, m.Protos); ref != nil {
-		return nil, ref
+		return nil, 0, ref
 	}
 	g := r.groups[key]
 	if g != nil && !allowed.Contains(g.port) {
 		// Reload closes the tunnels on ports the relay stopped offering;
 		// one left over must not hand its port on to the agents joining.
 		if len(g.members) > 0 {
-			return nil, &RefusedError{Code: CodeShutdown, Text: fmt.Sprintf(
+			return nil, 0, &RefusedError{Code: CodeShutdown, Text: fmt.Sprintf(
 				"tunnel %s is on port %d, outside the ports %s (%s): try again once it has moved", m.Name, g.port, whose, allowed)}
 		}
 		r.closeGroupLocked(g, fmt.Sprintf("port %d is no longer among the ports %s", g.port, whose))
@@ -974,45 +974,47 @@ func (r *Relay) join(ctx context.Context, a *agentConn, m *Register, allow, deny
 		// come back to it within the rejoin window.
 		switch {
 		case m.NoLease && (!g.noLease || g.liveMembersLocked() > 0):
-			return nil, &RefusedError{Code: CodePortTaken, Text: fmt.Sprintf(
+			return nil, 0, &RefusedError{Code: CodePortTaken, Text: fmt.Sprintf(
 				"tunnel %s is already open for another agent of this token, and a tunnel without a lease shares its port with none: pick another --name",
 				m.Name)}
 		case !m.NoLease && g.noLease:
-			return nil, &RefusedError{Code: CodePortTaken, Text: fmt.Sprintf(
+			return nil, 0, &RefusedError{Code: CodePortTaken, Text: fmt.Sprintf(
 				"tunnel %s is open without a lease for another agent of this token (relayctl bench), and shares its port with none: pick another --name, or try again once it ends",
 				m.Name)}
 		}
 		if g.protos != m.Protos {
-			return nil, &RefusedError{Code: CodeBadRequest, Text: fmt.Sprintf(
+			return nil, 0, &RefusedError{Code: CodeBadRequest, Text: fmt.Sprintf(
 				"tunnel %s is already open for %s; this agent asked for %s: use the same --proto to join it",
 				m.Name, protoNames(g.protos), protoNames(m.Protos))}
 		}
 		if m.PortLow != 0 && !cands.Contains(g.port) {
-			return nil, &RefusedError{Code: CodePortTaken, Text: fmt.Sprintf(
+			return nil, 0, &RefusedError{Code: CodePortTaken, Text: fmt.Sprintf(
 				"tunnel %s is already open on port %d (another agent with this token holds it): ask for port %d or none to join it",
 				m.Name, g.port, g.port)}
 		}
 		for _, o := range g.members {
 			if o.agent == a {
-				return nil, &RefusedError{Code: CodeBadRequest, Text: fmt.Sprintf("tunnel %s is already registered on this session", m.Name)}
+				return nil, 0, &RefusedError{Code: CodeBadRequest, Text: fmt.Sprintf("tunnel %s is already registered on this session", m.Name)}
 			}
 		}
 		mem := g.addMemberLocked(a, allow, deny)
+		mem.want = want
 		a.log.Info("agent joined tunnel", "name", g.key.Name, "port", g.port, "members", len(g.members))
-		return mem, nil
+		return mem, g.port, nil
 	}
 	if tok.MaxTunnels > 0 && a.token.tunnels >= tok.MaxTunnels {
-		return nil, &RefusedError{Code: CodeLimit, Text: fmt.Sprintf(
+		return nil, 0, &RefusedError{Code: CodeLimit, Text: fmt.Sprintf(
 			"token %q has %d tunnel(s) open, its max_tunnels = %d: close one first", tok.ID, a.token.tunnels, tok.MaxTunnels)}
 	}
 	port, ln, pc, err := r.bindLocked(key, cands, want, cfg.BindHost, m.Protos, m.NoLease)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	g = &group{
 		r: r, key: key, token: a.token, port: port, ln: ln, protos: m.Protos, noLease: m.NoLease, since: time.Now(),
-		log: r.log.With("tunnel", m.Name, "port", port, "token", tok.ID), joined: make(chan struct{}),
+		joined: make(chan struct{}),
 	}
+	g.setLogger()
 	r.groups[key] = g
 	r.ports[port] = g
 	a.token.tunnels++
@@ -1024,30 +1026,34 @@ func (r *Relay) join(ctx context.Context, a *agentConn, m *Register, allow, deny
 		}
 		r.markLeasesDirty()
 	}
-	if pc != nil {
-		g.udp = &udpPort{pc: pc, flows: make(map[netip.AddrPort]*udpFlow)}
-	}
 	mem := g.addMemberLocked(a, allow, deny)
+	mem.want = want
 	a.log.Info("tunnel open", "name", m.Name, "port", port, "protos", protoNames(m.Protos), "lease", !m.NoLease)
-	// The group serves with the relay's context, not this session's: the
-	// session may end while other members, or this agent's next session,
-	// carry on with the port.
-	gctx := r.serveCtx
+	g.serveLocked(ln, pc)
+	return mem, port, nil
+}
+
+// serveLocked starts serving the group's public sockets. It serves with the
+// relay's context, not a session's: the session may end while other
+// members, or the agent's next session, carry on with the port.
+func (g *group) serveLocked(ln net.Listener, pc *net.UDPConn) {
+	r, gctx := g.r, g.r.serveCtx
 	if ln != nil {
 		r.wg.Add(1)
 		go func() {
 			defer r.wg.Done()
-			g.serve(gctx)
+			g.serve(gctx, ln)
 		}()
 	}
 	if pc != nil {
+		u := &udpPort{pc: pc, flows: make(map[netip.AddrPort]*udpFlow)}
+		g.udp.Store(u)
 		r.wg.Add(1)
 		go func() {
 			defer r.wg.Done()
-			g.serveUDP(gctx)
+			g.serveUDP(gctx, u)
 		}()
 	}
-	return mem, nil
 }
 
 // bindLocked picks and binds a public port for key, for TCP, UDP or both
@@ -1287,7 +1293,7 @@ func (r *Relay) closeGroupLocked(g *group, why string) {
 		r.leases.release(g.key, time.Now())
 		r.markLeasesDirty()
 	}
-	g.log.Info("tunnel closed", "why", why)
+	g.logger().Info("tunnel closed", "why", why)
 }
 
 func (r *Relay) markLeasesDirty() {

@@ -1,10 +1,12 @@
 package tunnel
 
 import (
+	"errors"
 	"fmt"
 	"reflect"
 	"slices"
 	"sort"
+	"strings"
 	"time"
 )
 
@@ -12,9 +14,12 @@ import (
 type ReloadResult struct {
 	TokensAdded, TokensRemoved, TokensChanged []string
 	// SessionsClosed counts agent sessions closed because their token was
-	// revoked or given another secret or id, or a tunnel they carry must
-	// move off its port.
+	// revoked or given another secret or id, or a tunnel they carry had to
+	// move off its port and no free one was left.
 	SessionsClosed int
+	// TunnelsMoved counts tunnels moved to another port because the new
+	// rules took theirs away.
+	TunnelsMoved int
 	// TunnelsClosed counts tunnels closed because the new rules rule them
 	// out: their token's, or the relay's ports.
 	TunnelsClosed int
@@ -25,14 +30,17 @@ type ReloadResult struct {
 // Reload applies cfg to the running relay. A token's limits (connections,
 // tunnels, per-IP client limits) change in place: its sessions and clients
 // carry on. Sessions of a token revoked or given a new secret are closed for
-// good (the agent is told why). A tunnel the new rules no longer allow
-// closes: one its token's names or udp rule forbids, alone, by CLOSED to
-// its agents, whose sessions and other tunnels carry on; one that must
-// move off its port (its token's or the relay's ports) or is under a new
-// token id, with the sessions carrying it, closed with a temporary error so
-// their agents reconnect at once and get another port, their other tunnels
-// keeping theirs. Tunnels waiting for their agents to return close too when
-// ruled out. An invalid cfg changes nothing.
+// good (the agent is told why). A tunnel whose port the new rules take away
+// (its token's or the relay's ports) moves: it listens on another port from
+// then on, its agents hear the new one by MOVED, and its clients connected
+// on the old port carry on. A tunnel the new rules no longer allow closes:
+// one its token's names or udp rule forbids, or whose agents asked for
+// ports that are all taken away, alone, by CLOSED to its agents, whose
+// sessions and other tunnels carry on; one under a new token id, or that
+// found no free port to move to, with the sessions carrying it, closed
+// with a temporary error so their agents reconnect at once, their other
+// tunnels keeping their ports. Tunnels waiting for their agents to return
+// close when ruled out. An invalid cfg changes nothing.
 func (r *Relay) Reload(cfg RelayConfig) (ReloadResult, error) {
 	var res ReloadResult
 	if err := cfg.Validate(); err != nil {
@@ -96,16 +104,34 @@ func (r *Relay) Reload(cfg RelayConfig) (ReloadResult, error) {
 	// it or it waits out its rejoin window. Limits change in place: a
 	// lowered cap refuses new clients or tunnels, and keeps those open.
 	closing := map[*group]ruling{}
+	moved := map[*group]string{}
 	for _, g := range r.groups {
-		if why := r.ruledOutLocked(g); why.text != "" {
-			closing[g] = why
+		why := r.ruledOutLocked(g)
+		if why.text == "" {
+			continue
 		}
+		if why.port && len(g.members) > 0 {
+			err := r.moveLocked(g, why.text)
+			if err == nil {
+				moved[g] = why.text
+				res.TunnelsMoved++
+				continue
+			}
+			var ref *RefusedError
+			if errors.As(err, &ref) && ref.Code == CodePortNotAllowed {
+				// Asking again would get the same answer: closed for good.
+				why = ruling{text: why.text + ", " + ref.Text, forbidden: true}
+			}
+		}
+		closing[g] = why
 	}
 	for g, why := range closing {
 		r.closeGroupLocked(g, why.text)
 		res.TunnelsClosed++
 	}
 	var closed []kick // one tunnel of a session, by CLOSED (a is its member's)
+	var moves []Moved
+	var movesTo []*agentConn
 	for a := range r.agents {
 		if ref := r.tokenCurrentLocked(a); ref != nil {
 			kicks = append(kicks, kick{a: a, code: ref.Code, text: ref.Text})
@@ -113,6 +139,11 @@ func (r *Relay) Reload(cfg RelayConfig) (ReloadResult, error) {
 		}
 		kicked := false
 		for id, m := range a.members {
+			if text, ok := moved[m.g]; ok {
+				moves = append(moves, Moved{Tunnel: id, Port: m.g.port, Text: text})
+				movesTo = append(movesTo, a)
+				continue
+			}
 			why, ok := closing[m.g]
 			switch {
 			case !ok:
@@ -124,9 +155,8 @@ func (r *Relay) Reload(cfg RelayConfig) (ReloadResult, error) {
 				a.byID.Delete(id)
 				m.g.removeMemberLocked(m)
 			case !kicked:
-				// A port to move: the session closes, and its agent, back
-				// at once, gets another one. (CLOSED has no way to hand
-				// a tunnel a new port.)
+				// A port to move, and no free one to move to: the session
+				// closes, and its agent, back at once, asks again.
 				kicked = true
 				kicks = append(kicks, kick{a: a, code: CodeShutdown, text: fmt.Sprintf("tunnel %s closed by a change to the relay's configuration: %s; reconnect to register it again",
 					m.g.key.Name, why.text)})
@@ -144,9 +174,15 @@ func (r *Relay) Reload(cfg RelayConfig) (ReloadResult, error) {
 	}
 	// Counted while their sessions, still in r.agents, hold Serve's wait
 	// group above zero.
-	r.wg.Add(len(kicks) + len(closed))
+	r.wg.Add(len(kicks) + len(closed) + len(moves))
 	r.mu.Unlock()
 
+	for i := range moves {
+		go func() {
+			defer r.wg.Done()
+			movesTo[i].notice(&moves[i])
+		}()
+	}
 	for _, c := range closed {
 		go func() {
 			defer r.wg.Done()
@@ -165,11 +201,12 @@ func (r *Relay) Reload(cfg RelayConfig) (ReloadResult, error) {
 }
 
 // ruling is why the rules now in force rule out an open tunnel ("" if
-// they do not); forbidden, that they forbid it outright rather than only
-// its port.
+// they do not); forbidden, that they forbid it outright; port, that they
+// rule out only its port, so it may move to another.
 type ruling struct {
 	text      string
 	forbidden bool
+	port      bool
 }
 
 // ruledOutLocked says why the rules now in force rule out the open tunnel
@@ -183,7 +220,7 @@ func (r *Relay) ruledOutLocked(g *group) ruling {
 	case ts != g.token:
 		return ruling{text: fmt.Sprintf("its token %q is now called %q", tok.ID, ts.token().ID)}
 	case !r.config().Ports.Contains(g.port):
-		return ruling{text: fmt.Sprintf("port %d is no longer among the relay's ports", g.port)}
+		return ruling{text: fmt.Sprintf("port %d is no longer among the relay's ports", g.port), port: true}
 	}
 	return tok.keeps(g)
 }
@@ -202,4 +239,51 @@ func (a *agentConn) closeAfterNotice(code ErrorCode, text string) {
 	}
 	t.Stop()
 	a.sess.CloseWithError(uint64(code), text)
+}
+
+// moveLocked gives the open tunnel g another public port, among those its
+// token may now use and every member's agent asked for, and serves it
+// there. Clients connected on the old port carry on (their connections are
+// the listener's no longer); its UDP flows end with the old socket. A
+// tunnel whose agents asked only for ports taken away gets a
+// CodePortNotAllowed refusal, one with nowhere free to go another.
+func (r *Relay) moveLocked(g *group, why string) error {
+	if r.closing {
+		return &RefusedError{Code: CodeShutdown, Text: "the relay is shutting down"}
+	}
+	tok := g.token.token()
+	cands := r.config().Ports
+	if len(tok.Ports) > 0 {
+		cands = tok.Ports
+	}
+	var asked []string
+	for _, m := range g.members {
+		if m.want.Low != 0 {
+			cands = cands.Intersect(m.want)
+			if s := m.want.String(); !slices.Contains(asked, s) {
+				asked = append(asked, s)
+			}
+		}
+	}
+	if len(cands) == 0 {
+		return &RefusedError{Code: CodePortNotAllowed, Text: fmt.Sprintf(
+			"and no port its agent asked for (%s) is left: ask for another --port, or none", strings.Join(asked, "; "))}
+	}
+	port, ln, pc, err := r.bindLocked(g.key, cands, PortRange{}, r.config().BindHost, g.protos, g.noLease)
+	if err != nil {
+		return err
+	}
+	old := g.port
+	g.closeListeners()
+	delete(r.ports, old)
+	g.port, g.ln = port, ln
+	r.ports[port] = g
+	if !g.noLease {
+		r.leases.take(g.key, port)
+		r.markLeasesDirty()
+	}
+	g.setLogger()
+	g.serveLocked(ln, pc)
+	g.logger().Info("tunnel moved", "was", old, "why", why)
+	return nil
 }

@@ -115,13 +115,14 @@ func TestReloadTokens(t *testing.T) {
 	})
 }
 
-// A reload that narrows a token's rules closes only the tunnels they no
+// A reload that narrows a token's rules touches only the tunnels they no
 // longer allow. A name or UDP ruled out: the relay sends CLOSED for that
 // tunnel alone, and the agent's session, its other tunnel and that
 // tunnel's client in flight carry on; the agent reports the tunnel closed
-// and does not register it again. A port ruled out: the session is closed
-// and the agent, back at once, moves that tunnel and keeps the other's
-// port. Another agent of the token, whose tunnel still fits, carries on
+// and does not register it again. A port ruled out: the tunnel moves to a
+// port the token may use, the agent hears it by MOVED on the same session,
+// and the clients in flight on it and on the agent's other tunnel carry
+// on. Another agent of the token, whose tunnel still fits, carries on
 // with its client either way.
 func TestReloadNarrowsToken(t *testing.T) {
 	forEachTransport(t, func(t *testing.T, kind string) {
@@ -129,8 +130,8 @@ func TestReloadNarrowsToken(t *testing.T) {
 			name   string
 			tunnel TunnelSpec // the one ruled out; "fits-N" is not
 			narrow func(*Token, uint16)
-			why    string // the relay's "tunnel closed" reason
-			moves  bool   // the tunnel moves to another port, by a new session
+			why    string // the relay's "tunnel closed" or "tunnel moved" reason
+			moves  bool   // the tunnel moves to another port
 		}{
 			{"names", TunnelSpec{Name: "out"}, func(t *Token, _ uint16) { t.Names = []string{"fits-*"} },
 				`its token "scoped"'s names rule no longer allows the name "out"`, false},
@@ -153,37 +154,56 @@ func TestReloadNarrowsToken(t *testing.T) {
 				other := liveAgentUp(t, tokenAgent(r, kind, local, chgSecret, "fits-2"))
 				held := hold(t, other.Public(0), 2)
 				out := a.eps[0].Port
-				var sibling *heldClient
-				if !c.moves {
-					sibling = hold(t, a.Public(1), 2)
+				sibling := hold(t, a.Public(1), 2)
+				var onOut *heldClient
+				if c.moves {
+					onOut = hold(t, a.Public(0), 2)
 				}
 
 				rc := *r.Relay.config()
 				rc.Tokens = slices.Clone(rc.Tokens)
 				c.narrow(&rc.Tokens[len(rc.Tokens)-1], out)
 				res, err := r.Relay.Reload(rc)
-				sessions := 0
+				closed, moved := 1, 0
 				if c.moves {
-					sessions = 1
+					closed, moved = 0, 1
 				}
-				if err != nil || res.SessionsClosed != sessions || res.TunnelsClosed != 1 || fmt.Sprint(res.TokensChanged) != "[scoped]" {
-					t.Fatalf("Reload: %+v, %v; want token scoped changed, %d session(s) and one tunnel closed", res, err, sessions)
+				if err != nil || res.SessionsClosed != 0 || res.TunnelsClosed != closed || res.TunnelsMoved != moved || fmt.Sprint(res.TokensChanged) != "[scoped]" {
+					t.Fatalf("Reload: %+v, %v; want token scoped changed, no session closed, %d tunnel(s) closed and %d moved", res, err, closed, moved)
 				}
 				why := c.why
 				if c.moves {
 					why = fmt.Sprintf(why, out)
-				}
-				if want := fmt.Sprintf(`msg="tunnel closed" tunnel=out port=%d token=scoped why=%q`, out, why); !strings.Contains(r.Log.String(), want) {
-					t.Errorf("the relay did not log %s", want)
-				}
-
-				if c.moves {
 					eps := a.waitReady(t)
-					if eps[0].Port == out || eps[1].Port != a.eps[1].Port {
-						t.Errorf("after the reload, ports %d and %d; want the first moved off %d, the second kept at %d",
-							eps[0].Port, eps[1].Port, out, a.eps[1].Port)
+					now := eps[0].Port
+					if now == out || !rc.Tokens[len(rc.Tokens)-1].Ports.Contains(now) || eps[1].Port != a.eps[1].Port {
+						t.Errorf("after the reload, ports %d and %d; want the first moved off %d to one the token may use, the second kept at %d",
+							now, eps[1].Port, out, a.eps[1].Port)
+					}
+					if want := fmt.Sprintf(`msg="tunnel moved" tunnel=out port=%d token=scoped was=%d why=%q`, now, out, why); !strings.Contains(r.Log.String(), want) {
+						t.Errorf("the relay did not log %s", want)
+					}
+					if want := fmt.Sprintf(`level=WARN msg="the relay moved a tunnel to another public port; clients connected on the old one carry on" relay=%s transport=%s name=out was=%s now=%s reason=%q`,
+						r.Addr, kind, a.eps[0].URL(), eps[0].URL(), why); !strings.Contains(a.Log.String(), want) {
+						t.Errorf("the agent did not log %s", want)
+					}
+					if st := a.Status(); st.Tunnels[0].Public != eps[0].URL() || st.Reconnects != 0 || !st.Connected {
+						t.Errorf("the agent after its tunnel moved: %+v; want out at %s, the first session still up", st, eps[0].URL())
+					}
+					if err := onOut.finish(64 << 10); err != nil {
+						t.Errorf("the moved tunnel's client in flight: %v", err)
+					}
+					if _, err := visit(net.JoinHostPort("127.0.0.1", strconv.Itoa(int(now))), 2); err != nil {
+						t.Errorf("the moved tunnel on its new port: %v", err)
+					}
+					if c, err := net.DialTimeout("tcp", a.Public(0), time.Second); err == nil {
+						c.Close()
+						t.Errorf("the old port %d still accepts clients after the move", out)
 					}
 				} else {
+					if want := fmt.Sprintf(`msg="tunnel closed" tunnel=out port=%d token=scoped why=%q`, out, why); !strings.Contains(r.Log.String(), want) {
+						t.Errorf("the relay did not log %s", want)
+					}
 					want := fmt.Sprintf("tunnel out (%s): %s", local, why)
 					waitFor(t, "the agent to hear its tunnel closed", 10*time.Second, func() bool { return a.Status().Tunnels[0].Closed != "" })
 					if st := a.Status(); st.Tunnels[0].Closed != want || st.Tunnels[0].Public != "" || st.Tunnels[1].Closed != "" || st.Reconnects != 0 || !st.Connected {
@@ -193,12 +213,14 @@ func TestReloadNarrowsToken(t *testing.T) {
 						r.Addr, kind, local, why); !strings.Contains(a.Log.String(), want) {
 						t.Errorf("the agent did not log %s", want)
 					}
-					if err := sibling.finish(64 << 10); err != nil {
-						t.Errorf("the agent's other tunnel's client in flight: %v", err)
-					}
-					if _, err := visit(a.Public(1), 2); err != nil {
-						t.Errorf("the agent's other tunnel after the reload: %v", err)
-					}
+				}
+				if err := sibling.finish(64 << 10); err != nil {
+					t.Errorf("the agent's other tunnel's client in flight: %v", err)
+				}
+				if _, err := visit(a.Public(1), 2); err != nil {
+					t.Errorf("the agent's other tunnel after the reload: %v", err)
+				}
+				if !c.moves {
 					// A new session registers fits-1 alone, on its port,
 					// which is no move.
 					a.session().CloseWithError(0, "test: reconnect")
@@ -312,42 +334,156 @@ func TestReloadInvalid(t *testing.T) {
 	})
 }
 
-// A reload that takes a tunnel's port away from the relay's ports moves the
-// tunnel: its agent reconnects to another port and, the address having
-// changed, calls OnReady again.
+// portsWithout is every port from 1024 up but those given.
+func portsWithout(ports ...uint16) PortSet {
+	out := PortSet{{1024, 65535}}
+	for _, p := range ports {
+		var next PortSet
+		for _, r := range out {
+			if p < r.Low || p > r.High {
+				next = append(next, r)
+				continue
+			}
+			if p > r.Low {
+				next = append(next, PortRange{r.Low, p - 1})
+			}
+			if p < r.High {
+				next = append(next, PortRange{p + 1, r.High})
+			}
+		}
+		out = next
+	}
+	return out
+}
+
+// A reload that takes tunnels' ports away from the relay's ports moves the
+// tunnels without closing a session: every member of a group hears the
+// new port by MOVED (OnReady runs again), a client connected on the old
+// port carries on, the old port takes no new clients and its UDP flows
+// end, the new port serves TCP and UDP, and the leases follow, so a
+// reconnect keeps the new ports.
 func TestReloadMovesPort(t *testing.T) {
 	forEachTransport(t, func(t *testing.T, kind string) {
+		r := startRelay(t, func(c *RelayConfig) { c.RejoinWindow = time.Minute })
+		local, game := proctest.StartEcho(t, "m:"), startUDPEcho(t)
+		cfg := r.agentConfig(kind, local)
+		cfg.Tunnels = []TunnelSpec{{Name: "mv", Local: local}, {Name: "game", Local: game.Addr, Protos: ProtoUDP}}
+		a := liveAgentUp(t, cfg)
+		b := liveAgentUp(t, tokenAgent(r, kind, local, testSecret, "mv"))
+		if b.eps[0].Port != a.eps[0].Port {
+			t.Fatalf("the second agent of mv got port %d, not the group's %d", b.eps[0].Port, a.eps[0].Port)
+		}
+		held := hold(t, a.Public(0), 2)
+		player := dialUDP(t, a.Public(1))
+		udpEchoes(t, player, "before the move")
+
+		cfg2 := *r.Relay.config()
+		cfg2.Ports = portsWithout(a.eps[0].Port, a.eps[1].Port)
+		res, err := r.Relay.Reload(cfg2)
+		if err != nil || res.TunnelsMoved != 2 || res.SessionsClosed != 0 || res.TunnelsClosed != 0 {
+			t.Fatalf("Reload: %+v, %v; want two tunnels moved, nothing closed", res, err)
+		}
+		a.waitReady(t)
+		eps := a.waitReady(t) // one OnReady per tunnel moved
+		if eps[0].Port == a.eps[0].Port || eps[1].Port == a.eps[1].Port || !cfg2.Ports.Contains(eps[0].Port) || !cfg2.Ports.Contains(eps[1].Port) {
+			t.Fatalf("after the move, ports %d and %d (were %d and %d); want both moved into %s",
+				eps[0].Port, eps[1].Port, a.eps[0].Port, a.eps[1].Port, cfg2.Ports)
+		}
+		if got := b.waitReady(t)[0].Port; got != eps[0].Port {
+			t.Errorf("the group's other member heard port %d, want %d", got, eps[0].Port)
+		}
+		for _, x := range []*liveAgent{a, b} {
+			if st := x.Status(); st.Reconnects != 0 || !st.Connected {
+				t.Errorf("an agent after the move: %+v, want its first session still up", st)
+			}
+		}
+		if want := fmt.Sprintf(`msg="tunnel moved" tunnel=mv port=%d token=test was=%d why="port %d is no longer among the relay's ports"`,
+			eps[0].Port, a.eps[0].Port, a.eps[0].Port); !strings.Contains(r.Log.String(), want) {
+			t.Errorf("the relay did not log %s", want)
+		}
+
+		if err := held.finish(256 << 10); err != nil {
+			t.Errorf("the client connected on the old port: %v", err)
+		}
+		newTCP := net.JoinHostPort("127.0.0.1", strconv.Itoa(int(eps[0].Port)))
+		tags := map[string]bool{}
+		for range 4 {
+			tag, err := visit(newTCP, 2)
+			if err != nil {
+				t.Fatalf("the new port: %v", err)
+			}
+			tags[tag] = true
+		}
+		if c, err := net.DialTimeout("tcp", a.Public(0), time.Second); err == nil {
+			c.Close()
+			t.Errorf("the old port %d still accepts clients after the move", a.eps[0].Port)
+		}
+		expectDropped(t, player, "a player on the old UDP port")
+		udpEchoes(t, dialUDP(t, net.JoinHostPort("127.0.0.1", strconv.Itoa(int(eps[1].Port)))), "on the new UDP port")
+
+		// The leases moved: back after a lost session, the agent keeps
+		// the new ports and sees no move.
+		a.session().CloseWithError(0, "test: reconnect")
+		waitFor(t, "the agent to reconnect", 20*time.Second, func() bool {
+			st := a.Status()
+			return st.Reconnects == 1 && st.Connected
+		})
+		if st := a.Status(); st.Tunnels[0].Public != eps[0].URL() || st.Tunnels[1].Public != eps[1].URL() {
+			t.Errorf("after a reconnect: %+v; want the tunnels still at %s and %s", st.Tunnels, eps[0].URL(), eps[1].URL())
+		}
+		if strings.Contains(a.Log.String(), "different public address") {
+			t.Errorf("after a reconnect the agent warned of a move:\n%s", a.Log)
+		}
+	})
+}
+
+// udpEchoes checks that a datagram sent from c comes back.
+func udpEchoes(t *testing.T, c net.Conn, what string) {
+	t.Helper()
+	buf := make([]byte, 64)
+	for try := 0; ; try++ {
+		c.Write([]byte("ping"))
+		c.SetReadDeadline(time.Now().Add(time.Second))
+		n, err := c.Read(buf)
+		if err == nil && string(buf[:n]) == "ping" {
+			return
+		}
+		if try == 4 {
+			t.Fatalf("UDP %s: no echo (%d bytes, %v)", what, n, err)
+		}
+	}
+}
+
+// A reload that takes away the only port a tunnel's agent asked for closes
+// that tunnel for good (moving it would break the agent's --port, asking
+// again would be refused), saying what to do; the agent's other tunnel and
+// session carry on.
+func TestReloadClosesTunnelOnAskedPort(t *testing.T) {
+	forEachTransport(t, func(t *testing.T, kind string) {
+		x, _ := twoFreePorts(t)
 		r := startRelay(t, nil)
-		a := liveAgentUp(t, r.agentConfig(kind, proctest.StartEcho(t, "m:")))
-		p := a.eps[0].Port
-		cfg := *r.Relay.config()
-		cfg.Ports = nil
-		if p > 1024 {
-			cfg.Ports = append(cfg.Ports, PortRange{1024, p - 1})
+		local := proctest.StartEcho(t, "k:")
+		cfg := r.agentConfig(kind, local)
+		cfg.Tunnels = []TunnelSpec{{Name: "pinned", Local: local, Ports: PortRange{x, x}}, {Name: "free", Local: local}}
+		a := liveAgentUp(t, cfg)
+		sibling := hold(t, a.Public(1), 2)
+		rc := *r.Relay.config()
+		rc.Ports = portsWithout(x)
+		res, err := r.Relay.Reload(rc)
+		if err != nil || res.TunnelsClosed != 1 || res.TunnelsMoved != 0 || res.SessionsClosed != 0 {
+			t.Fatalf("Reload: %+v, %v; want one tunnel closed, nothing moved, no session closed", res, err)
 		}
-		if p < 65535 {
-			cfg.Ports = append(cfg.Ports, PortRange{p + 1, 65535})
+		why := fmt.Sprintf("port %d is no longer among the relay's ports, and no port its agent asked for (%d) is left: ask for another --port, or none", x, x)
+		if want := fmt.Sprintf(`msg="tunnel closed" tunnel=pinned port=%d token=test why=%q`, x, why); !strings.Contains(r.Log.String(), want) {
+			t.Errorf("the relay did not log %s", want)
 		}
-		res, err := r.Relay.Reload(cfg)
-		if err != nil || res.SessionsClosed != 1 {
-			t.Fatalf("Reload: %+v, %v; want one session closed", res, err)
+		want := fmt.Sprintf("tunnel pinned (%s): %s", local, why)
+		waitFor(t, "the agent to hear its tunnel closed", 10*time.Second, func() bool { return a.Status().Tunnels[0].Closed != "" })
+		if st := a.Status(); st.Tunnels[0].Closed != want || st.Tunnels[1].Closed != "" || st.Reconnects != 0 || !st.Connected {
+			t.Errorf("the agent after its tunnel was closed: %+v; want pinned closed saying %q, free open, the first session up", st, want)
 		}
-		eps := a.waitReady(t)
-		if eps[0].Port == p {
-			t.Fatalf("the tunnel is still on port %d, which the relay no longer offers", p)
-		}
-		if n := a.readies.Load(); n != 2 {
-			t.Errorf("OnReady called %d times, want twice", n)
-		}
-		if want := fmt.Sprintf(`msg="the relay gave a tunnel a different public address than before" relay=%s transport=%s name=%s was=%s now=%s`,
-			r.Addr, kind, eps[0].Name, a.eps[0].URL(), eps[0].URL()); !strings.Contains(a.Log.String(), want) {
-			t.Errorf("the agent did not warn that its address changed: no %s", want)
-		}
-		if want := fmt.Sprintf(`why="port %d is no longer among the relay's ports"`, p); !strings.Contains(r.Log.String(), want) {
-			t.Errorf("the relay did not log %q", want)
-		}
-		if _, err := visit(net.JoinHostPort("127.0.0.1", strconv.Itoa(int(eps[0].Port))), 2); err != nil {
-			t.Error(err)
+		if err := sibling.finish(64 << 10); err != nil {
+			t.Errorf("the other tunnel's client in flight: %v", err)
 		}
 	})
 }

@@ -344,11 +344,11 @@ func (tok *Token) allows(name string, protos uint8) *RefusedError {
 func (tok *Token) keeps(g *group) ruling {
 	switch {
 	case !matchName(tok.Names, g.key.Name):
-		return ruling{fmt.Sprintf("its token %q's names rule no longer allows the name %q", tok.ID, g.key.Name), true}
+		return ruling{text: fmt.Sprintf("its token %q's names rule no longer allows the name %q", tok.ID, g.key.Name), forbidden: true}
 	case g.protos&ProtoUDP != 0 && tok.DenyUDP:
-		return ruling{fmt.Sprintf("its token %q may no longer open UDP tunnels", tok.ID), true}
+		return ruling{text: fmt.Sprintf("its token %q may no longer open UDP tunnels", tok.ID), forbidden: true}
 	case len(tok.Ports) > 0 && !tok.Ports.Contains(g.port):
-		return ruling{text: fmt.Sprintf("port %d is no longer among the ports its token %q may use", g.port, tok.ID)}
+		return ruling{text: fmt.Sprintf("port %d is no longer among the ports its token %q may use", g.port, tok.ID), port: true}
 	}
 	return ruling{}
 }

@@ -44,11 +44,13 @@ func (u *udpPort) flowCount() int64 {
 // serveUDP reads the public socket and sends each datagram to the member
 // carrying its flow, opening flows (within the tunnel's client limits and
 // flow cap) for new client addresses.
-func (g *group) serveUDP(ctx context.Context) {
-	u := g.udp
+//
+// u is the tunnel's socket until a move replaces and closes it; the flows
+// end with it.
+func (g *group) serveUDP(ctx context.Context, u *udpPort) {
 	stop := make(chan struct{})
 	defer close(stop)
-	go g.sweepFlows(stop)
+	go g.sweepFlows(u, stop)
 	// Room in front of the payload for the header, so each datagram is
 	// sent from one buffer without a copy.
 	buf := make([]byte, maxStreamHeader+MaxDatagram)
@@ -63,9 +65,9 @@ func (g *group) serveUDP(ctx context.Context) {
 		}
 		client = netip.AddrPortFrom(client.Addr().Unmap(), client.Port())
 		now := time.Now().UnixNano()
-		f := g.flow(client, now)
+		f := g.flow(u, client, now)
 		if f == nil {
-			g.dropUDP()
+			g.dropUDP(u)
 			continue
 		}
 		f.last.Store(now)
@@ -84,22 +86,21 @@ func (g *group) serveUDP(ctx context.Context) {
 		start := maxStreamHeader - len(h)
 		copy(buf[start:], h)
 		if err := m.agent.link.send(buf[start : maxStreamHeader+n]); err != nil {
-			g.dropUDP()
+			g.dropUDP(u)
 			continue
 		}
 		g.bytesIn.Add(int64(n))
 	}
 }
 
-func (g *group) dropUDP() {
-	g.udp.drops.Add(1)
+func (g *group) dropUDP(u *udpPort) {
+	u.drops.Add(1)
 	g.r.udpDrops.Add(1)
 }
 
 // flow returns client's flow, opening one if the tunnel admits it; nil
 // drops the datagram. now is the datagram's arrival, in unix nanoseconds.
-func (g *group) flow(client netip.AddrPort, now int64) *udpFlow {
-	u := g.udp
+func (g *group) flow(u *udpPort, client netip.AddrPort, now int64) *udpFlow {
 	u.mu.Lock()
 	f := u.flows[client]
 	// A draining member keeps the flows it has (the player stays on its
@@ -150,7 +151,7 @@ func (g *group) flow(client netip.AddrPort, now int64) *udpFlow {
 		}
 		if old := f.member.Swap(m); old != m {
 			f.back.Store(now)
-			g.log.Debug("UDP flow moved to another member", "client", client.String(), "agent", m.agent.sess.RemoteAddr().String())
+			g.logger().Debug("UDP flow moved to another member", "client", client.String(), "agent", m.agent.sess.RemoteAddr().String())
 		}
 		return f
 	}
@@ -172,30 +173,30 @@ func (f *udpFlow) get() *member {
 }
 
 // sweepFlows closes flows idle for the flow timeout.
-func (g *group) sweepFlows(stop <-chan struct{}) {
+func (g *group) sweepFlows(u *udpPort, stop <-chan struct{}) {
 	idle := g.r.config().FlowIdleTimeout
 	t := time.NewTicker(max(idle/8, 50*time.Millisecond))
 	defer t.Stop()
 	for {
 		select {
 		case <-stop:
-			g.udp.mu.Lock()
-			for c, f := range g.udp.flows {
-				delete(g.udp.flows, c)
+			u.mu.Lock()
+			for c, f := range u.flows {
+				delete(u.flows, c)
 				f.release()
 			}
-			g.udp.mu.Unlock()
+			u.mu.Unlock()
 			return
 		case now := <-t.C:
 			cut := now.Add(-g.r.config().FlowIdleTimeout).UnixNano()
-			g.udp.mu.Lock()
-			for c, f := range g.udp.flows {
+			u.mu.Lock()
+			for c, f := range u.flows {
 				if f.last.Load() < cut {
-					delete(g.udp.flows, c)
+					delete(u.flows, c)
 					f.release()
 				}
 			}
-			g.udp.mu.Unlock()
+			u.mu.Unlock()
 		}
 	}
 }
@@ -216,15 +217,16 @@ func (a *agentConn) deliverUDP(p []byte) {
 	}
 	mem := v.(*member)
 	g := mem.g
-	if g.udp == nil {
+	u := g.udp.Load()
+	if u == nil {
 		a.r.udpDrops.Add(1)
 		return
 	}
-	g.udp.mu.Lock()
-	f := g.udp.flows[h.Client]
-	g.udp.mu.Unlock()
+	u.mu.Lock()
+	f := u.flows[h.Client]
+	u.mu.Unlock()
 	if f == nil {
-		g.dropUDP()
+		g.dropUDP(u)
 		return
 	}
 	if cur := f.member.Load(); cur != mem && !cur.gone.Load() {
@@ -233,14 +235,14 @@ func (a *agentConn) deliverUDP(p []byte) {
 		// and the flow's silence is its own member's. (A flow whose
 		// member left, as when its agent's session was lost, hears the
 		// agent back on its new session before the player speaks again.)
-		g.dropUDP()
+		g.dropUDP(u)
 		return
 	}
 	// Only the client's datagrams keep a flow alive: otherwise an agent
 	// could keep sending, from the relay's address, to someone who once
 	// sent one spoofed datagram.
-	if _, err := g.udp.pc.WriteToUDPAddrPort(payload, h.Client); err != nil {
-		g.dropUDP()
+	if _, err := u.pc.WriteToUDPAddrPort(payload, h.Client); err != nil {
+		g.dropUDP(u)
 		return
 	}
 	f.back.Store(time.Now().UnixNano())
