@@ -186,7 +186,7 @@ func TestAgentFileErrors(t *testing.T) {
 		{"unknown key in the second tunnel", head + one + one + "lcal = \"1\"\n", "bad.toml:7: tunnels.lcal: unknown key"},
 		{"unknown table", head + "[logs]\nlevel = \"info\"\n" + one, "bad.toml:3: logs: unknown key"},
 		{"wrong type", "relay = 7000\n", "bad.toml:1: relay: want a string, got an integer"},
-		{"bare number duration", head + "drain_timeout = 30\n" + one, `bad.toml:3: drain_timeout: "30" is not a duration with a unit, such as "10s"`},
+		{"bare number duration", head + "drain_timeout = 30\n" + one, `bad.toml:3: drain_timeout: 30 has no unit: write it with one, in quotes, such as "30s"`},
 		{"no relay", "token = \"s\"\n" + one, "bad.toml: relay is required: the relay's HOST:PORT"},
 		{"no token", "relay = \"r\"\n" + one, "bad.toml: token or token_file (or RELAY_TOKEN or RELAY_TOKEN_FILE in the environment) is required"},
 		{"token and token_file", head + "token_file = \"x\"\n" + one, "bad.toml:3: token and token_file are both set"},

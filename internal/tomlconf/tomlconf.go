@@ -26,6 +26,11 @@ type Duration struct{ time.Duration }
 func (d *Duration) UnmarshalText(b []byte) error {
 	v, err := time.ParseDuration(string(b))
 	if err != nil {
+		if _, nerr := strconv.ParseFloat(string(b), 64); nerr == nil {
+			// 30 or "30": a bare number, whether quoted or not (the
+			// decoder hands a TOML integer over as its text).
+			return fmt.Errorf("%s has no unit: write it with one, in quotes, such as \"%ss\"", b, b)
+		}
 		return fmt.Errorf("%q is not a duration with a unit, such as \"10s\"", b)
 	}
 	d.Duration = v
@@ -65,7 +70,13 @@ func Decode(path, data string, v any, sample string) error {
 	if err != nil {
 		var pe toml.ParseError
 		if errors.As(err, &pe) {
-			return &Error{File: path, Line: pe.Position.Line, Key: pe.LastKey, Msg: pe.Message}
+			msg := pe.Message
+			if n, ok := strings.CutSuffix(msg, " is out of range for int64"); ok {
+				// Digits only, unquoted: TOML reads a number, and a
+				// secret or name of 19 digits or more overflows it.
+				msg = fmt.Sprintf("%s is too large for a TOML integer; if it is text (a secret, a name), put it in quotes", n)
+			}
+			return &Error{File: path, Line: pe.Position.Line, Key: pe.LastKey, Msg: msg}
 		}
 		if m := typeErrRE.FindStringSubmatch(err.Error()); m != nil {
 			line, _ := strconv.Atoi(m[1])
