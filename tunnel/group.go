@@ -30,6 +30,9 @@ type group struct {
 	// to another port (moveLocked).
 	port uint16
 	ln   net.Listener // nil for a UDP-only tunnel
+	// movedWhy is why the latest move did, for its MOVED; guarded by
+	// Relay.mu.
+	movedWhy string
 	// udp is the public UDP socket and its flows; nil for a TCP-only
 	// tunnel. A move replaces it, and the old flows end with the old port.
 	udp atomic.Pointer[udpPort]

@@ -626,17 +626,24 @@ func (a *agentConn) send(m Message) error {
 // it gives up after noticeWait waiting for a writer stuck before it, as
 // well as on its own write. It reports whether m went out.
 func (a *agentConn) notice(m Message) bool {
+	return a.noticeOf(func() Message { return m })
+}
+
+// noticeOf is notice of the message build makes once the control stream
+// is this notice's: a frame that must say the latest state (MOVED) reads
+// it there, so of two such notices racing, the one written last says it.
+func (a *agentConn) noticeOf(build func() Message) bool {
 	t := time.NewTimer(noticeWait)
 	defer t.Stop()
 	select {
 	case a.wmu <- struct{}{}:
 	case <-t.C:
-		a.log.Debug("control stream busy; notice not sent", "type", fmt.Sprintf("%T", m))
+		a.log.Debug("control stream busy; notice not sent", "type", fmt.Sprintf("%T", build()))
 		return false
 	}
 	defer func() { <-a.wmu }()
 	a.ctl.SetWriteDeadline(time.Now().Add(noticeWait))
-	return WriteMessage(a.ctl, m) == nil
+	return WriteMessage(a.ctl, build()) == nil
 }
 
 // answers pings the agent and reports whether its PONG came back within

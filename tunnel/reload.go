@@ -104,7 +104,7 @@ func (r *Relay) Reload(cfg RelayConfig) (ReloadResult, error) {
 	// it or it waits out its rejoin window. Limits change in place: a
 	// lowered cap refuses new clients or tunnels, and keeps those open.
 	closing := map[*group]ruling{}
-	moved := map[*group]string{}
+	moved := map[*group]bool{}
 	for _, g := range r.groups {
 		why := r.ruledOutLocked(g)
 		if why.text == "" {
@@ -113,7 +113,7 @@ func (r *Relay) Reload(cfg RelayConfig) (ReloadResult, error) {
 		if why.port && len(g.members) > 0 {
 			err := r.moveLocked(g, why.text)
 			if err == nil {
-				moved[g] = why.text
+				moved[g] = true
 				res.TunnelsMoved++
 				continue
 			}
@@ -130,8 +130,12 @@ func (r *Relay) Reload(cfg RelayConfig) (ReloadResult, error) {
 		res.TunnelsClosed++
 	}
 	var closed []kick // one tunnel of a session, by CLOSED (a is its member's)
-	var moves []Moved
-	var movesTo []*agentConn
+	type move struct {
+		a  *agentConn
+		id uint32
+		g  *group
+	}
+	var moves []move
 	for a := range r.agents {
 		if ref := r.tokenCurrentLocked(a); ref != nil {
 			kicks = append(kicks, kick{a: a, code: ref.Code, text: ref.Text})
@@ -139,9 +143,8 @@ func (r *Relay) Reload(cfg RelayConfig) (ReloadResult, error) {
 		}
 		kicked := false
 		for id, m := range a.members {
-			if text, ok := moved[m.g]; ok {
-				moves = append(moves, Moved{Tunnel: id, Port: m.g.port, Text: text})
-				movesTo = append(movesTo, a)
+			if moved[m.g] {
+				moves = append(moves, move{a: a, id: id, g: m.g})
 				continue
 			}
 			why, ok := closing[m.g]
@@ -177,10 +180,17 @@ func (r *Relay) Reload(cfg RelayConfig) (ReloadResult, error) {
 	r.wg.Add(len(kicks) + len(closed) + len(moves))
 	r.mu.Unlock()
 
-	for i := range moves {
+	for _, mv := range moves {
 		go func() {
 			defer r.wg.Done()
-			movesTo[i].notice(&moves[i])
+			// The port and reason as they are when the frame goes out: a
+			// reload right after this one may move the tunnel again, and
+			// its MOVED may go out first.
+			mv.a.noticeOf(func() Message {
+				r.mu.Lock()
+				defer r.mu.Unlock()
+				return &Moved{Tunnel: mv.id, Port: mv.g.port, Text: mv.g.movedWhy}
+			})
 		}()
 	}
 	for _, c := range closed {
@@ -282,6 +292,7 @@ func (r *Relay) moveLocked(g *group, why string) error {
 		r.leases.take(g.key, port)
 		r.markLeasesDirty()
 	}
+	g.movedWhy = why
 	g.setLogger()
 	g.serveLocked(ln, pc)
 	g.logger().Info("tunnel moved", "was", old, "why", why)

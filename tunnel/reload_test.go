@@ -698,3 +698,26 @@ func TestGroupWaitsForEveryAgentThatVanished(t *testing.T) {
 		}
 	})
 }
+
+// Two reloads in a row that each move a tunnel send its agent two MOVEDs;
+// whatever order they go out in, the agent ends up with the port the
+// relay serves the tunnel on.
+func TestReloadMovesTwiceInARow(t *testing.T) {
+	forEachTransport(t, func(t *testing.T, kind string) {
+		r := startRelay(t, nil)
+		a := liveAgentUp(t, tokenAgent(r, kind, proctest.StartEcho(t, "t:"), testSecret, "twice"))
+		gone := []uint16{a.eps[0].Port}
+		for range 10 {
+			for range 2 {
+				rc := *r.Relay.config()
+				rc.Ports = portsWithout(gone...)
+				if _, err := r.Relay.Reload(rc); err != nil {
+					t.Fatal(err)
+				}
+				gone = append(gone, r.Relay.Tunnels()[0].Port)
+			}
+			want := fmt.Sprintf("tcp://127.0.0.1:%d", gone[len(gone)-1])
+			waitFor(t, "the agent to hear the latest port", 5*time.Second, func() bool { return a.Status().Tunnels[0].Public == want })
+		}
+	})
+}
