@@ -36,6 +36,9 @@ type group struct {
 	// udp is the public UDP socket and its flows; nil for a TCP-only
 	// tunnel. A move replaces it, and the old flows end with the old port.
 	udp atomic.Pointer[udpPort]
+	// udpDrops counts the datagrams dropped since the tunnel opened, on
+	// every socket it had.
+	udpDrops atomic.Int64
 	// protos are the tunnel's protocols (ProtoTCP, ProtoUDP).
 	protos uint8
 	since  time.Time
@@ -211,7 +214,7 @@ func (g *group) info() TunnelInfo {
 		Refused: g.refused.snapshot(),
 	}
 	if u := g.udp.Load(); u != nil {
-		ti.UDPFlows, ti.UDPDrops = u.flowCount(), u.drops.Load()
+		ti.UDPFlows, ti.UDPDrops = u.flowCount(), g.udpDrops.Load()
 	}
 	for _, m := range g.members {
 		ti.Members = append(ti.Members, MemberInfo{

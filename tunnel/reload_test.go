@@ -721,3 +721,27 @@ func TestReloadMovesTwiceInARow(t *testing.T) {
 		}
 	})
 }
+
+// A tunnel's UDP drop count is the tunnel's since it opened: a move to
+// another port does not set it back to zero (the metric is a counter).
+func TestReloadMoveKeepsUDPDrops(t *testing.T) {
+	forEachTransport(t, func(t *testing.T, kind string) {
+		r := startRelay(t, func(c *RelayConfig) { c.MaxFlows = 1 })
+		game := startUDPEcho(t)
+		a := liveAgentUp(t, r.udpAgentConfig(kind, ProtoUDP, game.Addr))
+		udpEchoes(t, dialUDP(t, a.Public(0)), "the first player")
+		expectDropped(t, dialUDP(t, a.Public(0)), "a player over the flow cap")
+		before := r.Relay.Tunnels()[0].UDPDrops
+		if before == 0 {
+			t.Fatal("no drop counted for the player over the flow cap")
+		}
+		rc := *r.Relay.config()
+		rc.Ports = portsWithout(a.eps[0].Port)
+		if res, err := r.Relay.Reload(rc); err != nil || res.TunnelsMoved != 1 {
+			t.Fatalf("Reload: %+v, %v; want the tunnel moved", res, err)
+		}
+		if ts := r.Relay.Tunnels(); ts[0].UDPDrops < before {
+			t.Errorf("after the move the tunnel counts %d UDP drops, before it %d", ts[0].UDPDrops, before)
+		}
+	})
+}

@@ -26,8 +26,7 @@ type udpFlow struct {
 
 // udpPort is a group's public UDP socket and its flows.
 type udpPort struct {
-	pc    *net.UDPConn
-	drops atomic.Int64
+	pc *net.UDPConn
 
 	mu    sync.Mutex
 	flows map[netip.AddrPort]*udpFlow
@@ -67,7 +66,7 @@ func (g *group) serveUDP(ctx context.Context, u *udpPort) {
 		now := time.Now().UnixNano()
 		f := g.flow(u, client, now)
 		if f == nil {
-			g.dropUDP(u)
+			g.dropUDP()
 			continue
 		}
 		f.last.Store(now)
@@ -86,15 +85,15 @@ func (g *group) serveUDP(ctx context.Context, u *udpPort) {
 		start := maxStreamHeader - len(h)
 		copy(buf[start:], h)
 		if err := m.agent.link.send(buf[start : maxStreamHeader+n]); err != nil {
-			g.dropUDP(u)
+			g.dropUDP()
 			continue
 		}
 		g.bytesIn.Add(int64(n))
 	}
 }
 
-func (g *group) dropUDP(u *udpPort) {
-	u.drops.Add(1)
+func (g *group) dropUDP() {
+	g.udpDrops.Add(1)
 	g.r.udpDrops.Add(1)
 }
 
@@ -226,7 +225,7 @@ func (a *agentConn) deliverUDP(p []byte) {
 	f := u.flows[h.Client]
 	u.mu.Unlock()
 	if f == nil {
-		g.dropUDP(u)
+		g.dropUDP()
 		return
 	}
 	if cur := f.member.Load(); cur != mem && !cur.gone.Load() {
@@ -235,14 +234,14 @@ func (a *agentConn) deliverUDP(p []byte) {
 		// and the flow's silence is its own member's. (A flow whose
 		// member left, as when its agent's session was lost, hears the
 		// agent back on its new session before the player speaks again.)
-		g.dropUDP(u)
+		g.dropUDP()
 		return
 	}
 	// Only the client's datagrams keep a flow alive: otherwise an agent
 	// could keep sending, from the relay's address, to someone who once
 	// sent one spoofed datagram.
 	if _, err := u.pc.WriteToUDPAddrPort(payload, h.Client); err != nil {
-		g.dropUDP(u)
+		g.dropUDP()
 		return
 	}
 	f.back.Store(time.Now().UnixNano())
