@@ -864,6 +864,10 @@ func (a *Agent) register(ctl transport.Stream, w *Welcome) ([]Endpoint, map[uint
 	}
 	byID := make(map[uint32]*agentTunnel, len(a.tunnels))
 	eps := make([]Endpoint, 0, len(a.tunnels))
+	// MOVEDs that came while registering: a reload moved a tunnel
+	// registered earlier in this session, or this one (its MOVED can
+	// overtake the REGISTERED). Applied, in order, once all are.
+	var moved []*Moved
 	for i, at := range a.tunnels {
 		a.mu.Lock()
 		closed := at.closed != nil
@@ -875,14 +879,14 @@ func (a *Agent) register(ctl transport.Stream, w *Welcome) ([]Endpoint, map[uint
 		req := uint32(i + 1)
 		reg := &Register{Request: req, Name: t.Name, Protos: t.protos(), PortLow: t.Ports.Low, PortHigh: t.Ports.High,
 			Allow: prefixStrings(t.Allow), Deny: prefixStrings(t.Deny), NoLease: t.NoLease}
-		m, err := a.registerOne(ctl, reg)
+		m, err := a.registerOne(ctl, reg, &moved)
 		if err != nil && reg.NoLease && isRefused(err, CodeUnsupported) {
 			// A relay older than the no-lease bit takes it for a protocol
 			// it does not carry (protocol.go): ask again without it.
 			a.log.Warn("the relay is older than this agent and keeps a lease for every tunnel: this one will hold its port after it closes",
 				"relay", a.cfg.Relay, "name", t.Name, "err", err)
 			reg.NoLease = false
-			m, err = a.registerOne(ctl, reg)
+			m, err = a.registerOne(ctl, reg, &moved)
 		}
 		if err != nil {
 			var ref *RefusedError
@@ -915,16 +919,43 @@ func (a *Agent) register(ctl transport.Stream, w *Welcome) ([]Endpoint, map[uint
 		at.public, at.port = strings.Join(urls, " "), r.Port
 		a.mu.Unlock()
 	}
+	for _, m := range moved {
+		at := byID[m.Tunnel]
+		if at == nil || at.port == m.Port {
+			continue
+		}
+		var was, now []string
+		for i, e := range eps {
+			if e.Name == at.spec.Name {
+				was = append(was, e.URL())
+				eps[i].Port = m.Port
+				now = append(now, eps[i].URL())
+			}
+		}
+		a.mu.Lock()
+		at.public, at.port = strings.Join(now, " "), m.Port
+		a.mu.Unlock()
+		a.log.Warn("the relay moved a tunnel to another public port; clients connected on the old one carry on",
+			"relay", a.cfg.Relay, "name", at.spec.Name, "was", strings.Join(was, " "), "now", strings.Join(now, " "), "reason", m.Text)
+	}
 	ctl.SetDeadline(time.Time{})
 	return eps, byID, nil
 }
 
-// registerOne sends one REGISTER and reads the answer.
-func (a *Agent) registerOne(ctl transport.Stream, reg *Register) (Message, error) {
+// registerOne sends one REGISTER and reads the answer, adding the MOVEDs
+// that come first to moved.
+func (a *Agent) registerOne(ctl transport.Stream, reg *Register, moved *[]*Moved) (Message, error) {
 	if err := WriteMessage(ctl, reg); err != nil {
 		return nil, fmt.Errorf("registering %s: %w", reg.Name, err)
 	}
-	return a.expect(ctl, "REGISTERED")
+	for {
+		m, err := a.expect(ctl, "REGISTERED")
+		if mv, ok := m.(*Moved); ok {
+			*moved = append(*moved, mv)
+			continue
+		}
+		return m, err
+	}
 }
 
 // controlLoop answers pings, measures round trips, and reports the relay's

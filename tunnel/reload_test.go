@@ -745,3 +745,45 @@ func TestReloadMoveKeepsUDPDrops(t *testing.T) {
 		}
 	})
 }
+
+// A reload that moves a tunnel while its agent is still registering its
+// other tunnels does not end the agent's session (here its first, which
+// would have ended Run): the MOVED read before a REGISTERED is applied,
+// and the agent goes live with the tunnel's new port.
+func TestReloadMovesWhileRegistering(t *testing.T) {
+	forEachTransport(t, func(t *testing.T, kind string) {
+		r := startRelay(t, nil)
+		local := proctest.StartEcho(t, "w:")
+		cfg := tokenAgent(r, kind, local, testSecret, "")
+		cfg.Tunnels = nil
+		for i := range 8 {
+			cfg.Tunnels = append(cfg.Tunnels, TunnelSpec{Name: fmt.Sprintf("reg%d", i), Local: local})
+		}
+		a := startAgent(t, cfg)
+		// Polled without a pause: the agent registers the others at once.
+		var first uint16
+		for deadline := time.Now().Add(10 * time.Second); first == 0 && time.Now().Before(deadline); {
+			r.Relay.mu.Lock()
+			if g := r.Relay.groups[leaseKey{"test", "reg0"}]; g != nil {
+				first = g.port
+			}
+			r.Relay.mu.Unlock()
+		}
+		rc := *r.Relay.config()
+		rc.Ports = portsWithout(first)
+		if res, err := r.Relay.Reload(rc); err != nil || res.TunnelsMoved != 1 {
+			t.Fatalf("Reload: %+v, %v; want reg0 moved", res, err)
+		}
+		a.waitReady(t)
+		var want string
+		for _, ti := range r.Relay.Tunnels() {
+			if ti.Name == "reg0" {
+				want = fmt.Sprintf("tcp://127.0.0.1:%d", ti.Port)
+			}
+		}
+		waitFor(t, "the agent to have reg0's new port", 5*time.Second, func() bool { return a.Status().Tunnels[0].Public == want })
+		if st := a.Status(); st.Reconnects != 0 || !st.Connected {
+			t.Errorf("the agent after reg0 moved: %+v, want its first session still up", st)
+		}
+	})
+}
