@@ -110,6 +110,12 @@ func (r *Relay) Reload(cfg RelayConfig) (ReloadResult, error) {
 		if why.text == "" {
 			continue
 		}
+		if why.port && r.closing {
+			// The relay is stopping: its public ports are closed already,
+			// and it opens no other; closing the sessions would cut the
+			// clients its drain lets finish.
+			continue
+		}
 		if why.port && len(g.members) > 0 {
 			err := r.moveLocked(g, why.text)
 			if err == nil {

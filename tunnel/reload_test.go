@@ -1,6 +1,7 @@
 package tunnel
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"slices"
@@ -784,6 +785,39 @@ func TestReloadMovesWhileRegistering(t *testing.T) {
 		waitFor(t, "the agent to have reg0's new port", 5*time.Second, func() bool { return a.Status().Tunnels[0].Public == want })
 		if st := a.Status(); st.Reconnects != 0 || !st.Connected {
 			t.Errorf("the agent after reg0 moved: %+v, want its first session still up", st)
+		}
+	})
+}
+
+// A reload during a Shutdown's drain that takes a tunnel's port away
+// neither moves the tunnel (the relay opens no port while it stops) nor
+// closes its agent's session: the clients in flight finish, as the drain
+// promised.
+func TestReloadDuringDrain(t *testing.T) {
+	forEachTransport(t, func(t *testing.T, kind string) {
+		r := startRelay(t, nil)
+		a := liveAgentUp(t, tokenAgent(r, kind, proctest.StartEcho(t, "d:"), testSecret, "drn"))
+		held := hold(t, a.Public(0), 2)
+		shut := make(chan error, 1)
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			shut <- r.Relay.Shutdown(ctx)
+		}()
+		waitFor(t, "the agent to hear DRAIN", 10*time.Second, func() bool {
+			return strings.Contains(a.Log.String(), "the relay is shutting down: clients in flight continue")
+		})
+		rc := *r.Relay.config()
+		rc.Ports = portsWithout(a.eps[0].Port)
+		res, err := r.Relay.Reload(rc)
+		if err != nil || res.TunnelsMoved != 0 || res.SessionsClosed != 0 {
+			t.Errorf("Reload while draining: %+v, %v; want nothing moved, no session closed", res, err)
+		}
+		if err := held.finish(64 << 10); err != nil {
+			t.Errorf("the client in flight across the drain and the reload: %v", err)
+		}
+		if err := <-shut; err != nil {
+			t.Errorf("Shutdown: %v", err)
 		}
 	})
 }
