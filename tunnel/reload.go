@@ -186,6 +186,12 @@ func (r *Relay) Reload(cfg RelayConfig) (ReloadResult, error) {
 	r.wg.Add(len(kicks) + len(closed) + len(moves))
 	r.mu.Unlock()
 
+	if res.TunnelsMoved > 0 {
+		// The moved leases go to disk before the agents hear the new
+		// ports (as a new tunnel's before its REGISTERED), so a relay
+		// killed right after still keeps them.
+		r.saveLeases()
+	}
 	for _, mv := range moves {
 		go func() {
 			defer r.wg.Done()

@@ -2,8 +2,11 @@ package tunnel
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"net"
+	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -818,6 +821,29 @@ func TestReloadDuringDrain(t *testing.T) {
 		}
 		if err := <-shut; err != nil {
 			t.Errorf("Shutdown: %v", err)
+		}
+	})
+}
+
+// A move's new lease is on disk before the agent hears the new port, as a
+// new tunnel's is before its REGISTERED: a relay killed right after still
+// gives the agent that port when it comes back.
+func TestReloadMoveSavesLease(t *testing.T) {
+	forEachTransport(t, func(t *testing.T, kind string) {
+		leases := filepath.Join(t.TempDir(), "leases.json")
+		r := startRelay(t, func(c *RelayConfig) { c.LeaseFile = leases })
+		a := liveAgentUp(t, tokenAgent(r, kind, proctest.StartEcho(t, "s:"), testSecret, "saved"))
+		rc := *r.Relay.config()
+		rc.Ports = portsWithout(a.eps[0].Port)
+		if res, err := r.Relay.Reload(rc); err != nil || res.TunnelsMoved != 1 {
+			t.Fatalf("Reload: %+v, %v; want the tunnel moved", res, err)
+		}
+		// As Reload returns: its MOVED may be out already.
+		data, _ := os.ReadFile(leases)
+		now := a.waitReady(t)[0].Port
+		var f leaseFile
+		if err := json.Unmarshal(data, &f); err != nil || len(f.Leases) != 1 || f.Leases[0].Port != now {
+			t.Errorf("the lease file as Reload returned, the tunnel moved to %d: %s (%v)", now, data, err)
 		}
 	})
 }
