@@ -33,7 +33,9 @@ type ReloadResult struct {
 // good (the agent is told why). A tunnel whose port the new rules take away
 // (its token's or the relay's ports) moves: it listens on another port from
 // then on, its agents hear the new one by MOVED, and its clients connected
-// on the old port carry on. A tunnel the new rules no longer allow closes:
+// on the old port carry on; an agent of it that asked only for ports taken
+// away is told by CLOSED that it is out of it for good. A tunnel the new
+// rules no longer allow closes:
 // one its token's names or udp rule forbids, or whose agents asked for
 // ports that are all taken away, alone, by CLOSED to its agents, whose
 // sessions and other tunnels carry on; one under a new token id, or that
@@ -105,6 +107,9 @@ func (r *Relay) Reload(cfg RelayConfig) (ReloadResult, error) {
 	// lowered cap refuses new clients or tunnels, and keeps those open.
 	closing := map[*group]ruling{}
 	moved := map[*group]bool{}
+	// stranded are the members of moved tunnels whose agents asked only
+	// for ports taken away: closed for good, each alone.
+	stranded := map[*member]string{}
 	for _, g := range r.groups {
 		why := r.ruledOutLocked(g)
 		if why.text == "" {
@@ -117,10 +122,13 @@ func (r *Relay) Reload(cfg RelayConfig) (ReloadResult, error) {
 			continue
 		}
 		if why.port && len(g.members) > 0 {
-			err := r.moveLocked(g, why.text)
+			out, err := r.moveLocked(g, why.text)
 			if err == nil {
 				moved[g] = true
 				res.TunnelsMoved++
+				for _, m := range out {
+					stranded[m] = fmt.Sprintf("%s, and no port its agent asked for (%s) is left: ask for another --port, or none", why.text, m.want)
+				}
 				continue
 			}
 			var ref *RefusedError
@@ -149,6 +157,15 @@ func (r *Relay) Reload(cfg RelayConfig) (ReloadResult, error) {
 		}
 		kicked := false
 		for id, m := range a.members {
+			if text, ok := stranded[m]; ok {
+				closed = append(closed, kick{a: a, code: CodeForbidden, text: text, tunnel: id})
+				delete(a.members, id)
+				a.byID.Delete(id)
+				// Not away: it will not be back.
+				m.draining.Store(true)
+				m.g.removeMemberLocked(m)
+				continue
+			}
 			if moved[m.g] {
 				moves = append(moves, move{a: a, id: id, g: m.g})
 				continue
@@ -266,34 +283,49 @@ func (a *agentConn) closeAfterNotice(code ErrorCode, text string) {
 // moveLocked gives the open tunnel g another public port, among those its
 // token may now use and every member's agent asked for, and serves it
 // there. Clients connected on the old port carry on (their connections are
-// the listener's no longer); its UDP flows end with the old socket. A
-// tunnel whose agents asked only for ports taken away gets a
-// CodePortNotAllowed refusal, one with nowhere free to go another.
-func (r *Relay) moveLocked(g *group, why string) error {
+// the listener's no longer); its UDP flows end with the old socket. It
+// returns the members whose agents asked only for ports taken away: the
+// tunnel moves without them, and they must leave it for good. A tunnel
+// whose every agent did gets a CodePortNotAllowed refusal; one with
+// nowhere free to go, or whose agents' ranges no longer meet, another.
+func (r *Relay) moveLocked(g *group, why string) ([]*member, error) {
 	if r.closing {
-		return &RefusedError{Code: CodeShutdown, Text: "the relay is shutting down"}
+		return nil, &RefusedError{Code: CodeShutdown, Text: "the relay is shutting down"}
 	}
 	tok := g.token.token()
-	cands := r.config().Ports
+	allowed := r.config().Ports
 	if len(tok.Ports) > 0 {
-		cands = tok.Ports
+		allowed = tok.Ports
 	}
+	cands := allowed
 	var asked []string
+	var stranded []*member
 	for _, m := range g.members {
-		if m.want.Low != 0 {
-			cands = cands.Intersect(m.want)
-			if s := m.want.String(); !slices.Contains(asked, s) {
-				asked = append(asked, s)
-			}
+		if m.want.Low == 0 {
+			continue
 		}
+		if s := m.want.String(); !slices.Contains(asked, s) {
+			asked = append(asked, s)
+		}
+		if len(allowed.Intersect(m.want)) == 0 {
+			// Asking again would be refused: not a reason to close the
+			// tunnel for the agents that asked for any port, or others.
+			stranded = append(stranded, m)
+			continue
+		}
+		cands = cands.Intersect(m.want)
+	}
+	if len(stranded) == len(g.members) {
+		return nil, &RefusedError{Code: CodePortNotAllowed, Text: fmt.Sprintf(
+			"and no port its agent asked for (%s) is left: ask for another --port, or none", strings.Join(asked, "; "))}
 	}
 	if len(cands) == 0 {
-		return &RefusedError{Code: CodePortNotAllowed, Text: fmt.Sprintf(
-			"and no port its agent asked for (%s) is left: ask for another --port, or none", strings.Join(asked, "; "))}
+		return nil, &RefusedError{Code: CodeNoPortFree, Text: fmt.Sprintf(
+			"and the ports its agents asked for (%s) have none left in common", strings.Join(asked, "; "))}
 	}
 	port, ln, pc, err := r.bindLocked(g.key, cands, PortRange{}, r.config().BindHost, g.protos, g.noLease)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	old := g.port
 	g.closeListeners()
@@ -308,5 +340,5 @@ func (r *Relay) moveLocked(g *group, why string) error {
 	g.setLogger()
 	g.serveLocked(ln, pc)
 	g.logger().Info("tunnel moved", "was", old, "why", why)
-	return nil
+	return stranded, nil
 }

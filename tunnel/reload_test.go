@@ -847,3 +847,41 @@ func TestReloadMoveSavesLease(t *testing.T) {
 		}
 	})
 }
+
+// A reload that takes away the only port one member of a tunnel asked for
+// closes the tunnel for that member alone; it moves for the member that
+// asked for any port, which carries on.
+func TestReloadMovesTunnelWithoutPinnedMember(t *testing.T) {
+	forEachTransport(t, func(t *testing.T, kind string) {
+		x, _ := twoFreePorts(t)
+		r := startRelay(t, nil)
+		local := proctest.StartEcho(t, "p:")
+		pc := tokenAgent(r, kind, local, testSecret, "shared")
+		pc.Tunnels[0].Ports = PortRange{x, x}
+		pinned := liveAgentUp(t, pc)
+		free := liveAgentUp(t, tokenAgent(r, kind, local, testSecret, "shared"))
+		if free.eps[0].Port != x {
+			t.Fatalf("the second agent got port %d, not the group's %d", free.eps[0].Port, x)
+		}
+		rc := *r.Relay.config()
+		rc.Ports = portsWithout(x)
+		res, err := r.Relay.Reload(rc)
+		if err != nil || res.TunnelsMoved != 1 || res.TunnelsClosed != 0 || res.SessionsClosed != 0 {
+			t.Fatalf("Reload: %+v, %v; want the tunnel moved, nothing closed", res, err)
+		}
+		want := fmt.Sprintf("tunnel shared (%s): port %d is no longer among the relay's ports, and no port its agent asked for (%d) is left: ask for another --port, or none", local, x, x)
+		if err := pinned.wait(t, 20*time.Second); !isRefused(err, CodeForbidden) || err.Error() != want {
+			t.Errorf("the pinned agent's Run: %v, want a forbidden refusal %q", err, want)
+		}
+		now := free.waitReady(t)[0].Port
+		if now == x {
+			t.Fatalf("the free agent still has port %d", x)
+		}
+		if st := free.Status(); st.Tunnels[0].Closed != "" || st.Reconnects != 0 || !st.Connected {
+			t.Errorf("the agent that asked for any port: %+v, want its tunnel open on its first session", st)
+		}
+		if ts := r.Relay.Tunnels(); len(ts) != 1 || ts[0].Port != now || len(ts[0].Members) != 1 {
+			t.Errorf("tunnels %+v, want shared on %d with one member", ts, now)
+		}
+	})
+}
