@@ -864,10 +864,10 @@ func (a *Agent) register(ctl transport.Stream, w *Welcome) ([]Endpoint, map[uint
 	}
 	byID := make(map[uint32]*agentTunnel, len(a.tunnels))
 	eps := make([]Endpoint, 0, len(a.tunnels))
-	// MOVEDs that came while registering: a reload moved a tunnel
-	// registered earlier in this session, or this one (its MOVED can
-	// overtake the REGISTERED). Applied, in order, once all are.
-	var moved []*Moved
+	// MOVEDs and CLOSEDs that came while registering: a reload moved or
+	// closed a tunnel registered earlier in this session, or this one (its
+	// notice can overtake the REGISTERED). Applied, in order, once all are.
+	var early []Message
 	for i, at := range a.tunnels {
 		a.mu.Lock()
 		closed := at.closed != nil
@@ -879,14 +879,14 @@ func (a *Agent) register(ctl transport.Stream, w *Welcome) ([]Endpoint, map[uint
 		req := uint32(i + 1)
 		reg := &Register{Request: req, Name: t.Name, Protos: t.protos(), PortLow: t.Ports.Low, PortHigh: t.Ports.High,
 			Allow: prefixStrings(t.Allow), Deny: prefixStrings(t.Deny), NoLease: t.NoLease}
-		m, err := a.registerOne(ctl, reg, &moved)
+		m, err := a.registerOne(ctl, reg, &early)
 		if err != nil && reg.NoLease && isRefused(err, CodeUnsupported) {
 			// A relay older than the no-lease bit takes it for a protocol
 			// it does not carry (protocol.go): ask again without it.
 			a.log.Warn("the relay is older than this agent and keeps a lease for every tunnel: this one will hold its port after it closes",
 				"relay", a.cfg.Relay, "name", t.Name, "err", err)
 			reg.NoLease = false
-			m, err = a.registerOne(ctl, reg, &moved)
+			m, err = a.registerOne(ctl, reg, &early)
 		}
 		if err != nil {
 			var ref *RefusedError
@@ -919,39 +919,46 @@ func (a *Agent) register(ctl transport.Stream, w *Welcome) ([]Endpoint, map[uint
 		at.public, at.port = strings.Join(urls, " "), r.Port
 		a.mu.Unlock()
 	}
-	for _, m := range moved {
-		at := byID[m.Tunnel]
-		if at == nil || at.port == m.Port {
-			continue
-		}
-		var was, now []string
-		for i, e := range eps {
-			if e.Name == at.spec.Name {
-				was = append(was, e.URL())
-				eps[i].Port = m.Port
-				now = append(now, eps[i].URL())
+	log := a.log.With("relay", a.cfg.Relay)
+	for _, m := range early {
+		switch m := m.(type) {
+		case *Moved:
+			at := byID[m.Tunnel]
+			if at == nil || at.port == m.Port {
+				continue
+			}
+			was, now := moveEndpoints(eps, at.spec.Name, m.Port)
+			a.mu.Lock()
+			at.public, at.port = strings.Join(now, " "), m.Port
+			a.mu.Unlock()
+			logMoved(log, at.spec.Name, was, now, m.Text)
+		case *Closed:
+			at := byID[m.Tunnel]
+			if at == nil {
+				continue
+			}
+			delete(byID, m.Tunnel)
+			eps = slices.DeleteFunc(eps, func(e Endpoint) bool { return e.Name == at.spec.Name })
+			if err := a.tunnelClosed(m, log); err != nil {
+				return nil, nil, err
 			}
 		}
-		a.mu.Lock()
-		at.public, at.port = strings.Join(now, " "), m.Port
-		a.mu.Unlock()
-		a.log.Warn("the relay moved a tunnel to another public port; clients connected on the old one carry on",
-			"relay", a.cfg.Relay, "name", at.spec.Name, "was", strings.Join(was, " "), "now", strings.Join(now, " "), "reason", m.Text)
 	}
 	ctl.SetDeadline(time.Time{})
 	return eps, byID, nil
 }
 
 // registerOne sends one REGISTER and reads the answer, adding the MOVEDs
-// that come first to moved.
-func (a *Agent) registerOne(ctl transport.Stream, reg *Register, moved *[]*Moved) (Message, error) {
+// and CLOSEDs that come first to early.
+func (a *Agent) registerOne(ctl transport.Stream, reg *Register, early *[]Message) (Message, error) {
 	if err := WriteMessage(ctl, reg); err != nil {
 		return nil, fmt.Errorf("registering %s: %w", reg.Name, err)
 	}
 	for {
 		m, err := a.expect(ctl, "REGISTERED")
-		if mv, ok := m.(*Moved); ok {
-			*moved = append(*moved, mv)
+		switch m.(type) {
+		case *Moved, *Closed:
+			*early = append(*early, m)
 			continue
 		}
 		return m, err
@@ -1044,22 +1051,32 @@ func (a *Agent) tunnelMoved(m *Moved, log *slog.Logger) {
 		return
 	}
 	eps := slices.Clone(a.endpoints)
-	var was, now []string
-	for i, e := range eps {
-		if e.Name == at.spec.Name {
-			was = append(was, e.URL())
-			eps[i].Port = m.Port
-			now = append(now, eps[i].URL())
-		}
-	}
+	was, now := moveEndpoints(eps, at.spec.Name, m.Port)
 	at.public, at.port = strings.Join(now, " "), m.Port
 	a.endpoints = eps
 	a.mu.Unlock()
-	log.Warn("the relay moved a tunnel to another public port; clients connected on the old one carry on",
-		"name", at.spec.Name, "was", strings.Join(was, " "), "now", strings.Join(now, " "), "reason", m.Text)
+	logMoved(log, at.spec.Name, was, now, m.Text)
 	if a.cfg.OnReady != nil {
 		a.cfg.OnReady(eps)
 	}
+}
+
+// moveEndpoints gives the endpoints of the tunnel name port and returns
+// their URLs before and after.
+func moveEndpoints(eps []Endpoint, name string, port uint16) (was, now []string) {
+	for i, e := range eps {
+		if e.Name == name {
+			was = append(was, e.URL())
+			eps[i].Port = port
+			now = append(now, eps[i].URL())
+		}
+	}
+	return was, now
+}
+
+func logMoved(log *slog.Logger, name string, was, now []string, why string) {
+	log.Warn("the relay moved a tunnel to another public port; clients connected on the old one carry on",
+		"name", name, "was", strings.Join(was, " "), "now", strings.Join(now, " "), "reason", why)
 }
 
 // carry serves one client stream: read its header, dial the local server,

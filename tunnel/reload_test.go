@@ -792,6 +792,46 @@ func TestReloadMovesWhileRegistering(t *testing.T) {
 	})
 }
 
+// A CLOSED that reaches the agent while it still registers its other
+// tunnels (a reload's names rule closes the first) is applied once
+// registration ends: the tunnel is closed, the others go live on the same
+// session, and the agent does not take the CLOSED for a bad answer.
+func TestReloadClosesWhileRegistering(t *testing.T) {
+	forEachTransport(t, func(t *testing.T, kind string) {
+		r := startRelay(t, func(rc *RelayConfig) { rc.Tokens = append(rc.Tokens, Token{ID: "scoped", Secret: chgSecret}) })
+		local := proctest.StartEcho(t, "c:")
+		cfg := tokenAgent(r, kind, local, chgSecret, "")
+		cfg.Tunnels = []TunnelSpec{{Name: "gone", Local: local}}
+		for i := range 8 {
+			cfg.Tunnels = append(cfg.Tunnels, TunnelSpec{Name: fmt.Sprintf("keep%d", i), Local: local})
+		}
+		a := startAgent(t, cfg)
+		// Polled without a pause: the agent registers the others at once.
+		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); {
+			r.Relay.mu.Lock()
+			g := r.Relay.groups[leaseKey{"scoped", "gone"}]
+			r.Relay.mu.Unlock()
+			if g != nil {
+				break
+			}
+		}
+		rc := *r.Relay.config()
+		rc.Tokens = slices.Clone(rc.Tokens)
+		rc.Tokens[len(rc.Tokens)-1].Names = []string{"keep*"}
+		if res, err := r.Relay.Reload(rc); err != nil || res.TunnelsClosed != 1 {
+			t.Fatalf("Reload: %+v, %v; want gone closed", res, err)
+		}
+		eps := a.waitReady(t)
+		if len(eps) != 8 || eps[0].Name != "keep0" {
+			t.Errorf("live after the reload: %+v; want keep0-keep7 only", eps)
+		}
+		waitFor(t, "the agent to have gone closed", 5*time.Second, func() bool { return a.Status().Tunnels[0].Closed != "" })
+		if st := a.Status(); st.Reconnects != 0 || !st.Connected {
+			t.Errorf("the agent after gone was closed: %+v, want its first session still up", st)
+		}
+	})
+}
+
 // A reload during a Shutdown's drain that takes a tunnel's port away
 // neither moves the tunnel (the relay opens no port while it stops) nor
 // closes its agent's session: the clients in flight finish, as the drain
