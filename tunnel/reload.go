@@ -35,14 +35,14 @@ type ReloadResult struct {
 // then on, its agents hear the new one by MOVED, and its clients connected
 // on the old port carry on; an agent of it that asked only for ports taken
 // away is told by CLOSED that it is out of it for good. A tunnel the new
-// rules no longer allow closes:
-// one its token's names or udp rule forbids, or whose agents asked for
-// ports that are all taken away, alone, by CLOSED to its agents, whose
-// sessions and other tunnels carry on; one under a new token id, or that
-// found no free port to move to, with the sessions carrying it, closed
-// with a temporary error so their agents reconnect at once, their other
-// tunnels keeping their ports. Tunnels waiting for their agents to return
-// close when ruled out. An invalid cfg changes nothing.
+// rules no longer allow closes: one its token's names or udp rule forbids,
+// or whose agents all asked for ports taken away, alone, by CLOSED to its
+// agents, whose sessions and other tunnels carry on; one under a new token
+// id, or that found no free port to move to, with the sessions carrying it,
+// closed with a temporary error so their agents reconnect at once, their
+// other tunnels keeping their ports. Tunnels waiting for their agents to
+// return close when ruled out; during a Shutdown's drain, a tunnel whose
+// port is taken away is left to the drain. An invalid cfg changes nothing.
 func (r *Relay) Reload(cfg RelayConfig) (ReloadResult, error) {
 	var res ReloadResult
 	if err := cfg.Validate(); err != nil {
