@@ -283,7 +283,7 @@ func TestBenchLeavesNoLease(t *testing.T) {
 	// stable's.
 	other, _ := expose("other")
 	code, _, last := bench()
-	if want := fmt.Sprintf("every allowed port in %d-%d is in use or leased to a tunnel that is away, and a tunnel without a lease takes none of those", p, q); code != exitRefused || !strings.HasSuffix(last, want) {
+	if want := fmt.Sprintf("every port it may use (%d-%d) is in use or leased to a tunnel that is away, and a tunnel without a lease takes none of those", p, q); code != exitRefused || !strings.HasSuffix(last, want) {
 		t.Errorf("bench with one idle lease's port left: exit %d, stderr ends %q; want %d and \"…%s\"", code, last, exitRefused, want)
 	}
 	pt.Stopped(t, other, syscall.SIGTERM)

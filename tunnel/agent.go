@@ -333,7 +333,12 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 		if failures == 2 {
 			// Said once per outage, not once per attempt.
-			a.log.Warn("the relay is not answering; retrying with backoff", "relay", a.cfg.Relay, "err", err, "max_delay", a.cfg.RetryMaxDelay)
+			msg := "the relay is not answering; retrying with backoff"
+			if errors.As(err, new(*RefusedError)) {
+				// It answers, with a refusal that may pass (no port free).
+				msg = "the relay refused for now; retrying with backoff"
+			}
+			a.log.Warn(msg, "relay", a.cfg.Relay, "err", err, "max_delay", a.cfg.RetryMaxDelay)
 		}
 		delay := a.backoff(failures)
 		if !live {
@@ -931,7 +936,7 @@ func (a *Agent) register(ctl transport.Stream, w *Welcome) ([]Endpoint, map[uint
 			a.mu.Lock()
 			at.public, at.port = strings.Join(now, " "), m.Port
 			a.mu.Unlock()
-			logMoved(log, at.spec.Name, was, now, m.Text)
+			logMoved(log, at.spec, was, now, m.Text)
 		case *Closed:
 			at := byID[m.Tunnel]
 			if at == nil {
@@ -1018,21 +1023,29 @@ func (a *Agent) tunnelClosed(m *Closed, log *slog.Logger) error {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	left := 0
-	var ref *RefusedError
+	var closed *agentTunnel
 	for _, at := range a.tunnels {
 		if at.closed == nil && at.id.Load() == m.Tunnel {
 			at.closed = &RefusedError{Code: m.Code, Text: fmt.Sprintf("tunnel %s (%s): %s", at.spec.Name, at.spec.Local, m.Text)}
 			at.public = ""
-			ref = at.closed
-			log.Warn("the relay closed a tunnel; the others carry on", "name", at.spec.Name, "local", at.spec.Local, "code", m.Code.String(), "reason", m.Text)
+			closed = at
 		}
 		if at.closed == nil {
 			left++
 		}
 	}
-	if ref != nil && left == 0 {
-		return ref
+	if closed == nil {
+		return nil
 	}
+	// Out of the endpoints too: a later move or reconnect prints them
+	// again, and a closed tunnel's address is dead.
+	a.endpoints = slices.DeleteFunc(slices.Clone(a.endpoints), func(e Endpoint) bool { return e.Name == closed.spec.Name })
+	if left == 0 {
+		log.Warn("the relay closed the agent's last tunnel; stopping, and resetting its open connections",
+			"name", closed.spec.Name, "local", closed.spec.Local, "code", m.Code.String(), "reason", m.Text)
+		return closed.closed
+	}
+	log.Warn("the relay closed a tunnel; the others carry on", "name", closed.spec.Name, "local", closed.spec.Local, "code", m.Code.String(), "reason", m.Text)
 	return nil
 }
 
@@ -1055,7 +1068,7 @@ func (a *Agent) tunnelMoved(m *Moved, log *slog.Logger) {
 	at.public, at.port = strings.Join(now, " "), m.Port
 	a.endpoints = eps
 	a.mu.Unlock()
-	logMoved(log, at.spec.Name, was, now, m.Text)
+	logMoved(log, at.spec, was, now, m.Text)
 	if a.cfg.OnReady != nil {
 		a.cfg.OnReady(eps)
 	}
@@ -1074,9 +1087,15 @@ func moveEndpoints(eps []Endpoint, name string, port uint16) (was, now []string)
 	return was, now
 }
 
-func logMoved(log *slog.Logger, name string, was, now []string, why string) {
-	log.Warn("the relay moved a tunnel to another public port; clients connected on the old one carry on",
-		"name", name, "was", strings.Join(was, " "), "now", strings.Join(now, " "), "reason", why)
+func logMoved(log *slog.Logger, t TunnelSpec, was, now []string, why string) {
+	msg := "the relay moved a tunnel to another public port; clients connected on the old one carry on"
+	switch t.protos() {
+	case ProtoUDP:
+		msg = "the relay moved a tunnel to another public port; its UDP flows on the old one end"
+	case ProtoTCP | ProtoUDP:
+		msg = "the relay moved a tunnel to another public port; TCP clients connected on the old one carry on, its UDP flows there end"
+	}
+	log.Warn(msg, "name", t.Name, "was", strings.Join(was, " "), "now", strings.Join(now, " "), "reason", why)
 }
 
 // carry serves one client stream: read its header, dial the local server,

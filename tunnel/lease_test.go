@@ -426,7 +426,7 @@ func TestLeasedPortsAndReuse(t *testing.T) {
 
 		// Every port live: a coming back is told, not given c's port.
 		_, err = run("a", PortRange{})
-		want := fmt.Sprintf("tunnel a (%s): every allowed port in %s is in use", local, r.Relay.config().Ports)
+		want := fmt.Sprintf("tunnel a (%s): every port it may use (%s) is in use", local, r.Relay.config().Ports)
 		if !isRefused(err, CodeNoPortFree) || err.Error() != want {
 			t.Fatalf("a with every port live: %v; want %q", err, want)
 		}

@@ -86,7 +86,7 @@ func TestNoLeaseLeavesNoLease(t *testing.T) {
 			t.Fatal(err)
 		}
 		_, err = noLeaseAgent(t, r, kind, "bench-full", local)
-		want := fmt.Sprintf("tunnel bench-full (%s): every allowed port in %s is in use or leased to a tunnel that is away, and a tunnel without a lease takes none of those",
+		want := fmt.Sprintf("tunnel bench-full (%s): every port it may use (%s) is in use or leased to a tunnel that is away, and a tunnel without a lease takes none of those",
 			local, r.Relay.config().Ports)
 		if !isRefused(err, CodeNoPortFree) || err.Error() != want {
 			t.Fatalf("without a lease, with keep's idle port alone left: %v; want %q", err, want)

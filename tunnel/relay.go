@@ -1173,9 +1173,9 @@ func (r *Relay) bindLocked(key leaseKey, cands PortSet, want PortRange, host str
 	}
 	if noLease {
 		return 0, nil, nil, &RefusedError{Code: CodeNoPortFree, Text: fmt.Sprintf(
-			"every allowed port in %s is in use or leased to a tunnel that is away, and a tunnel without a lease takes none of those", cands)}
+			"every port it may use (%s) is in use or leased to a tunnel that is away, and a tunnel without a lease takes none of those", cands)}
 	}
-	return 0, nil, nil, &RefusedError{Code: CodeNoPortFree, Text: fmt.Sprintf("every allowed port in %s is in use", cands)}
+	return 0, nil, nil, &RefusedError{Code: CodeNoPortFree, Text: fmt.Sprintf("every port it may use (%s) is in use", cands)}
 }
 
 // protoNames spells a protocol set as --proto does: "tcp", "udp", "tcp,udp".

@@ -14,8 +14,7 @@ import (
 type ReloadResult struct {
 	TokensAdded, TokensRemoved, TokensChanged []string
 	// SessionsClosed counts agent sessions closed because their token was
-	// revoked or given another secret or id, or a tunnel they carry had to
-	// move off its port and no free one was left.
+	// revoked or given another secret or id.
 	SessionsClosed int
 	// TunnelsMoved counts tunnels moved to another port because the new
 	// rules took theirs away.
@@ -35,13 +34,13 @@ type ReloadResult struct {
 // then on, its agents hear the new one by MOVED, and its clients connected
 // on the old port carry on; an agent of it that asked only for ports taken
 // away is told by CLOSED that it is out of it for good. A tunnel the new
-// rules no longer allow closes: one its token's names or udp rule forbids,
-// or whose agents all asked for ports taken away, alone, by CLOSED to its
-// agents, whose sessions and other tunnels carry on; one under a new token
-// id, or that found no free port to move to, with the sessions carrying it,
-// closed with a temporary error so their agents reconnect at once, their
-// other tunnels keeping their ports. Tunnels waiting for their agents to
-// return close when ruled out; during a Shutdown's drain, a tunnel whose
+// rules no longer allow closes alone, by CLOSED to its agents, whose
+// sessions and other tunnels carry on: one its token's names or udp rule
+// forbids, whose agents all asked for ports taken away, or that found no
+// free port to move to. One under a new token id closes with the sessions
+// carrying it, with a temporary error, so their agents reconnect at once,
+// their other tunnels keeping their ports. Tunnels waiting for their agents
+// to return close when ruled out; during a Shutdown's drain, a tunnel whose
 // port is taken away is left to the drain. An invalid cfg changes nothing.
 func (r *Relay) Reload(cfg RelayConfig) (ReloadResult, error) {
 	var res ReloadResult
@@ -131,10 +130,18 @@ func (r *Relay) Reload(cfg RelayConfig) (ReloadResult, error) {
 				}
 				continue
 			}
+			// Closed alone, for good: the agent's other tunnels and their
+			// connections carry on. (Closing its session instead would
+			// take them all down, and bring the agent back to a refusal
+			// for as long as no port is free.)
 			var ref *RefusedError
-			if errors.As(err, &ref) && ref.Code == CodePortNotAllowed {
-				// Asking again would get the same answer: closed for good.
+			switch {
+			case errors.As(err, &ref) && ref.Code == CodePortNotAllowed:
 				why = ruling{text: why.text + ", " + ref.Text, forbidden: true}
+			case errors.As(err, &ref):
+				why = ruling{text: why.text + ", and it could not move: " + ref.Text, forbidden: true, code: ref.Code}
+			default:
+				why = ruling{text: fmt.Sprintf("%s, and it could not move: %v", why.text, err), forbidden: true}
 			}
 		}
 		closing[g] = why
@@ -176,13 +183,17 @@ func (r *Relay) Reload(cfg RelayConfig) (ReloadResult, error) {
 			case why.forbidden:
 				// For good: the agent hears it for that tunnel alone, and
 				// its other tunnels and their clients carry on.
-				closed = append(closed, kick{a: a, code: CodeForbidden, text: why.text, tunnel: id})
+				code := CodeForbidden
+				if why.code != 0 {
+					code = why.code
+				}
+				closed = append(closed, kick{a: a, code: code, text: why.text, tunnel: id})
 				delete(a.members, id)
 				a.byID.Delete(id)
 				m.g.removeMemberLocked(m)
 			case !kicked:
-				// A port to move, and no free one to move to: the session
-				// closes, and its agent, back at once, asks again.
+				// Under a new token id: the session closes, and its agent,
+				// back at once, registers the tunnel under the new one.
 				kicked = true
 				kicks = append(kicks, kick{a: a, code: CodeShutdown, text: fmt.Sprintf("tunnel %s closed by a change to the relay's configuration: %s; reconnect to register it again",
 					m.g.key.Name, why.text)})
@@ -246,6 +257,7 @@ type ruling struct {
 	text      string
 	forbidden bool
 	port      bool
+	code      ErrorCode // CLOSED's code, when not CodeForbidden
 }
 
 // ruledOutLocked says why the rules now in force rule out the open tunnel

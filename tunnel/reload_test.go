@@ -266,6 +266,10 @@ func TestAllTunnelsClosedEndsRun(t *testing.T) {
 		if err := a.wait(t, 20*time.Second); !isRefused(err, CodeForbidden) || err.Error() != want {
 			t.Errorf("Run returned %v, want a forbidden refusal %q", err, want)
 		}
+		if want := `msg="the relay closed the agent's last tunnel; stopping, and resetting its open connections"`; !strings.Contains(a.Log.String(), want) ||
+			strings.Contains(a.Log.String(), "the others carry on") {
+			t.Errorf("the agent did not log %s alone:\n%s", want, a.Log)
+		}
 		if strings.Contains(a.Log.String(), "reconnecting") {
 			t.Errorf("the agent reconnected:\n%s", a.Log)
 		}
@@ -630,12 +634,22 @@ func TestJoinRefusesPortGone(t *testing.T) {
 		r.Relay.cfg.Store(&rc)
 		r.Relay.mu.Unlock()
 
-		startAgent(t, cfg) // the same name: it would join
+		// The same name: it would join. Refused for now, it retries, and
+		// says it was refused rather than that the relay is silent.
+		cfg.WaitForRelay = true
+		fastRetry(&cfg)
+		joiner := startAgent(t, cfg)
 		want := fmt.Sprintf(`code=shutdown reason="tunnel %s is on port %d, outside the ports this relay allows (%d): try again once it has moved"`,
 			cfg.Tunnels[0].Name, x, y)
 		waitFor(t, "the relay to refuse the joining agent", 10*time.Second, func() bool { return strings.Contains(r.Log.String(), want) })
 		if ts := r.Relay.Tunnels(); len(ts) != 1 || len(ts[0].Members) != 1 {
 			t.Fatalf("tunnels %+v, want the first agent's alone", ts)
+		}
+		want = fmt.Sprintf(`level=WARN msg="the relay refused for now; retrying with backoff" relay=%s err="tunnel %s (%s): tunnel %s is on port %d`,
+			r.Addr, cfg.Tunnels[0].Name, local, cfg.Tunnels[0].Name, x)
+		waitFor(t, "the joining agent to say it was refused", 10*time.Second, func() bool { return strings.Contains(joiner.Log.String(), want) })
+		if strings.Contains(joiner.Log.String(), "not answering") {
+			t.Errorf("the joining agent called a relay that refused it silent:\n%s", joiner.Log)
 		}
 	})
 }
@@ -788,6 +802,66 @@ func TestReloadMovesWhileRegistering(t *testing.T) {
 		waitFor(t, "the agent to have reg0's new port", 5*time.Second, func() bool { return a.Status().Tunnels[0].Public == want })
 		if st := a.Status(); st.Reconnects != 0 || !st.Connected {
 			t.Errorf("the agent after reg0 moved: %+v, want its first session still up", st)
+		}
+	})
+}
+
+// A tunnel whose port a reload takes away and that finds no free port to
+// move to is closed alone (CLOSED, no-port-free), not with its agent's
+// session: the agent's other tunnel moves and its client carries on, the
+// closed tunnel's client in flight finishes, and the closed tunnel leaves
+// the agent's endpoints, so later moves print no dead address.
+func TestReloadNoPortToMoveTo(t *testing.T) {
+	forEachTransport(t, func(t *testing.T, kind string) {
+		// A block of four ports per transport: they run at once.
+		base := uint16(52100)
+		if kind == TransportTCP {
+			base += 10
+		}
+		r := startRelay(t, func(c *RelayConfig) { c.Ports = PortSet{{base, base + 3}} })
+		local := proctest.StartEcho(t, "f:")
+		pin := tokenAgent(r, kind, local, testSecret, "pin")
+		pin.Tunnels[0].Ports = PortRange{base + 3, base + 3}
+		liveAgentUp(t, pin)
+		cfg := r.agentConfig(kind, local)
+		cfg.Tunnels = []TunnelSpec{
+			{Name: "moves", Local: local, Ports: PortRange{base, base + 1}},
+			{Name: "stuck", Local: local, Ports: PortRange{base + 2, base + 3}},
+		}
+		a := liveAgentUp(t, cfg)
+		onMoves, onStuck := hold(t, a.Public(0), 2), hold(t, a.Public(1), 2)
+
+		rc := *r.Relay.config()
+		rc.Ports = portsWithout(a.eps[0].Port, base+2).Intersect(PortRange{base, base + 3})
+		res, err := r.Relay.Reload(rc)
+		if err != nil || res.TunnelsMoved != 1 || res.TunnelsClosed != 1 || res.SessionsClosed != 0 {
+			t.Fatalf("Reload: %+v, %v; want one tunnel moved, one closed, no session closed", res, err)
+		}
+		why := fmt.Sprintf("port %d is no longer among the relay's ports, and it could not move: every port it may use (%d) is in use", base+2, base+3)
+		if want := fmt.Sprintf(`msg="tunnel closed" tunnel=stuck port=%d token=test why=%q`, base+2, why); !strings.Contains(r.Log.String(), want) {
+			t.Errorf("the relay did not log %s", want)
+		}
+		waitFor(t, "the agent to hear both", 10*time.Second, func() bool {
+			st := a.Status()
+			return st.Tunnels[1].Closed != "" && st.Tunnels[0].Public != a.eps[0].URL()
+		})
+		if want := fmt.Sprintf(`msg="the relay closed a tunnel; the others carry on" relay=%s transport=%s name=stuck local=%s code=no-port-free reason=%q`,
+			r.Addr, kind, local, why); !strings.Contains(a.Log.String(), want) {
+			t.Errorf("the agent did not log %s", want)
+		}
+		if st := a.Status(); st.Reconnects != 0 || !st.Connected {
+			t.Errorf("the agent after the reload: %+v, want its first session still up", st)
+		}
+		a.mu.Lock()
+		eps := slices.Clone(a.endpoints)
+		a.mu.Unlock()
+		if len(eps) != 1 || eps[0].Name != "moves" || eps[0].Port == a.eps[0].Port {
+			t.Errorf("the agent's endpoints after the reload: %+v; want moves alone, on its new port", eps)
+		}
+		for name, h := range map[string]*heldClient{"moves": onMoves, "stuck": onStuck} {
+			if err := h.finish(64 << 10); err != nil {
+				t.Errorf("the client in flight on %s: %v", name, err)
+			}
 		}
 	})
 }
