@@ -813,40 +813,45 @@ func TestReloadMovesWhileRegistering(t *testing.T) {
 // the agent's endpoints, so later moves print no dead address.
 func TestReloadNoPortToMoveTo(t *testing.T) {
 	forEachTransport(t, func(t *testing.T, kind string) {
-		// A block of four ports per transport: they run at once.
-		base := uint16(52100)
-		if kind == TransportTCP {
-			base += 10
+		a1, a2 := twoFreePorts(t)
+		pinned, spare := twoFreePorts(t)
+		for pinned == a1 || pinned == a2 || spare == a1 || spare == a2 {
+			pinned, spare = twoFreePorts(t)
 		}
-		r := startRelay(t, func(c *RelayConfig) { c.Ports = PortSet{{base, base + 3}} })
+		r := startRelay(t, func(c *RelayConfig) { c.Ports = PortSet{{a1, a1}, {a2, a2}, {pinned, pinned}} })
 		local := proctest.StartEcho(t, "f:")
 		pin := tokenAgent(r, kind, local, testSecret, "pin")
-		pin.Tunnels[0].Ports = PortRange{base + 3, base + 3}
+		pin.Tunnels[0].Ports = PortRange{pinned, pinned}
 		liveAgentUp(t, pin)
 		cfg := r.agentConfig(kind, local)
-		cfg.Tunnels = []TunnelSpec{
-			{Name: "moves", Local: local, Ports: PortRange{base, base + 1}},
-			{Name: "stuck", Local: local, Ports: PortRange{base + 2, base + 3}},
-		}
+		cfg.Tunnels = []TunnelSpec{{Name: "one", Local: local}, {Name: "two", Local: local}}
 		a := liveAgentUp(t, cfg)
-		onMoves, onStuck := hold(t, a.Public(0), 2), hold(t, a.Public(1), 2)
+		held := []*heldClient{hold(t, a.Public(0), 2), hold(t, a.Public(1), 2)}
 
+		// Both lose their ports; one free port is left, for one of them.
 		rc := *r.Relay.config()
-		rc.Ports = portsWithout(a.eps[0].Port, base+2).Intersect(PortRange{base, base + 3})
+		rc.Ports = PortSet{{min(pinned, spare), min(pinned, spare)}, {max(pinned, spare), max(pinned, spare)}}
 		res, err := r.Relay.Reload(rc)
 		if err != nil || res.TunnelsMoved != 1 || res.TunnelsClosed != 1 || res.SessionsClosed != 0 {
 			t.Fatalf("Reload: %+v, %v; want one tunnel moved, one closed, no session closed", res, err)
 		}
-		why := fmt.Sprintf("port %d is no longer among the relay's ports, and it could not move: every port it may use (%d) is in use", base+2, base+3)
-		if want := fmt.Sprintf(`msg="tunnel closed" tunnel=stuck port=%d token=test why=%q`, base+2, why); !strings.Contains(r.Log.String(), want) {
-			t.Errorf("the relay did not log %s", want)
-		}
 		waitFor(t, "the agent to hear both", 10*time.Second, func() bool {
 			st := a.Status()
-			return st.Tunnels[1].Closed != "" && st.Tunnels[0].Public != a.eps[0].URL()
+			return (st.Tunnels[0].Closed != "") != (st.Tunnels[1].Closed != "") &&
+				(st.Tunnels[0].Public == "tcp://"+net.JoinHostPort("127.0.0.1", strconv.Itoa(int(spare))) ||
+					st.Tunnels[1].Public == "tcp://"+net.JoinHostPort("127.0.0.1", strconv.Itoa(int(spare))))
 		})
-		if want := fmt.Sprintf(`msg="the relay closed a tunnel; the others carry on" relay=%s transport=%s name=stuck local=%s code=no-port-free reason=%q`,
-			r.Addr, kind, local, why); !strings.Contains(a.Log.String(), want) {
+		closed, moved := 0, 1
+		if a.Status().Tunnels[1].Closed != "" {
+			closed, moved = 1, 0
+		}
+		name, old := cfg.Tunnels[closed].Name, a.eps[closed].Port
+		why := fmt.Sprintf("port %d is no longer among the relay's ports, and it could not move: every port it may use (%s) is in use", old, rc.Ports)
+		if want := fmt.Sprintf(`msg="tunnel closed" tunnel=%s port=%d token=test why=%q`, name, old, why); !strings.Contains(r.Log.String(), want) {
+			t.Errorf("the relay did not log %s", want)
+		}
+		if want := fmt.Sprintf(`msg="the relay closed a tunnel; the others carry on" relay=%s transport=%s name=%s local=%s code=no-port-free reason=%q`,
+			r.Addr, kind, name, local, why); !strings.Contains(a.Log.String(), want) {
 			t.Errorf("the agent did not log %s", want)
 		}
 		if st := a.Status(); st.Reconnects != 0 || !st.Connected {
@@ -855,12 +860,12 @@ func TestReloadNoPortToMoveTo(t *testing.T) {
 		a.mu.Lock()
 		eps := slices.Clone(a.endpoints)
 		a.mu.Unlock()
-		if len(eps) != 1 || eps[0].Name != "moves" || eps[0].Port == a.eps[0].Port {
-			t.Errorf("the agent's endpoints after the reload: %+v; want moves alone, on its new port", eps)
+		if len(eps) != 1 || eps[0].Name != cfg.Tunnels[moved].Name || eps[0].Port != spare {
+			t.Errorf("the agent's endpoints after the reload: %+v; want %s alone, on port %d", eps, cfg.Tunnels[moved].Name, spare)
 		}
-		for name, h := range map[string]*heldClient{"moves": onMoves, "stuck": onStuck} {
+		for i, h := range held {
 			if err := h.finish(64 << 10); err != nil {
-				t.Errorf("the client in flight on %s: %v", name, err)
+				t.Errorf("the client in flight on %s: %v", cfg.Tunnels[i].Name, err)
 			}
 		}
 	})
