@@ -900,9 +900,11 @@ func TestReloadClosesWhileRegistering(t *testing.T) {
 		if res, err := r.Relay.Reload(rc); err != nil || res.TunnelsClosed != 1 {
 			t.Fatalf("Reload: %+v, %v; want gone closed", res, err)
 		}
+		// The CLOSED may also come after registration, on a loaded
+		// machine: then gone is live first, and closed right after.
 		eps := a.waitReady(t)
-		if len(eps) != 8 || eps[0].Name != "keep0" {
-			t.Errorf("live after the reload: %+v; want keep0-keep7 only", eps)
+		if n := len(eps); n != 8 && n != 9 || eps[n-8].Name != "keep0" {
+			t.Errorf("live after the reload: %+v; want keep0-keep7 (and gone, had registration ended first)", eps)
 		}
 		waitFor(t, "the agent to have gone closed", 5*time.Second, func() bool { return a.Status().Tunnels[0].Closed != "" })
 		if st := a.Status(); st.Reconnects != 0 || !st.Connected {
