@@ -108,7 +108,7 @@ func (r *Relay) Reload(cfg RelayConfig) (ReloadResult, error) {
 	moved := map[*group]bool{}
 	// stranded are the members of moved tunnels whose agents asked only
 	// for ports taken away: closed for good, each alone.
-	stranded := map[*member]string{}
+	stranded := map[*member]ruling{}
 	for _, g := range r.groups {
 		why := r.ruledOutLocked(g)
 		if why.text == "" {
@@ -126,7 +126,7 @@ func (r *Relay) Reload(cfg RelayConfig) (ReloadResult, error) {
 				moved[g] = true
 				res.TunnelsMoved++
 				for _, m := range out {
-					stranded[m] = fmt.Sprintf("%s, and no port its agent asked for (%s) is left: ask for another --port, or none", why.text, m.want)
+					stranded[m] = ruling{text: fmt.Sprintf("%s, and no port its agent asked for (%s) is left: ask for another --port, or none", why.text, m.want), forbidden: true}
 				}
 				continue
 			}
@@ -164,20 +164,14 @@ func (r *Relay) Reload(cfg RelayConfig) (ReloadResult, error) {
 		}
 		kicked := false
 		for id, m := range a.members {
-			if text, ok := stranded[m]; ok {
-				closed = append(closed, kick{a: a, code: CodeForbidden, text: text, tunnel: id})
-				delete(a.members, id)
-				a.byID.Delete(id)
-				// Not away: it will not be back.
-				m.draining.Store(true)
-				m.g.removeMemberLocked(m)
-				continue
-			}
-			if moved[m.g] {
+			why, ok := stranded[m]
+			if !ok && moved[m.g] {
 				moves = append(moves, move{a: a, id: id, g: m.g})
 				continue
 			}
-			why, ok := closing[m.g]
+			if !ok {
+				why, ok = closing[m.g]
+			}
 			switch {
 			case !ok:
 			case why.forbidden:
@@ -190,6 +184,9 @@ func (r *Relay) Reload(cfg RelayConfig) (ReloadResult, error) {
 				closed = append(closed, kick{a: a, code: code, text: why.text, tunnel: id})
 				delete(a.members, id)
 				a.byID.Delete(id)
+				// Not away: it will not be back (a tunnel that moved on
+				// without it waits for no one).
+				m.draining.Store(true)
 				m.g.removeMemberLocked(m)
 			case !kicked:
 				// Under a new token id: the session closes, and its agent,
@@ -300,10 +297,9 @@ func (a *agentConn) closeAfterNotice(code ErrorCode, text string) {
 // tunnel moves without them, and they must leave it for good. A tunnel
 // whose every agent did gets a CodePortNotAllowed refusal; one with
 // nowhere free to go, or whose agents' ranges no longer meet, another.
+// Not while the relay stops: it would open a port no one closes (Reload
+// leaves such tunnels to the drain).
 func (r *Relay) moveLocked(g *group, why string) ([]*member, error) {
-	if r.closing {
-		return nil, &RefusedError{Code: CodeShutdown, Text: "the relay is shutting down"}
-	}
 	tok := g.token.token()
 	allowed := r.config().Ports
 	if len(tok.Ports) > 0 {
