@@ -932,9 +932,8 @@ func (a *Agent) register(ctl transport.Stream, w *Welcome) ([]Endpoint, map[uint
 			if at == nil || at.port == m.Port {
 				continue
 			}
-			was, now := moveEndpoints(eps, at.spec.Name, m.Port)
 			a.mu.Lock()
-			at.public, at.port = strings.Join(now, " "), m.Port
+			was, now := at.moveTo(eps, m.Port)
 			a.mu.Unlock()
 			logMoved(log, at.spec, was, now, m.Text)
 		case *Closed:
@@ -1064,8 +1063,7 @@ func (a *Agent) tunnelMoved(m *Moved, log *slog.Logger) {
 		return
 	}
 	eps := slices.Clone(a.endpoints)
-	was, now := moveEndpoints(eps, at.spec.Name, m.Port)
-	at.public, at.port = strings.Join(now, " "), m.Port
+	was, now := at.moveTo(eps, m.Port)
 	a.endpoints = eps
 	a.mu.Unlock()
 	logMoved(log, at.spec, was, now, m.Text)
@@ -1074,16 +1072,17 @@ func (a *Agent) tunnelMoved(m *Moved, log *slog.Logger) {
 	}
 }
 
-// moveEndpoints gives the endpoints of the tunnel name port and returns
-// their URLs before and after.
-func moveEndpoints(eps []Endpoint, name string, port uint16) (was, now []string) {
+// moveTo gives the tunnel, and its endpoints among eps, port, and returns
+// their URLs before and after. Agent.mu is held.
+func (at *agentTunnel) moveTo(eps []Endpoint, port uint16) (was, now []string) {
 	for i, e := range eps {
-		if e.Name == name {
+		if e.Name == at.spec.Name {
 			was = append(was, e.URL())
 			eps[i].Port = port
 			now = append(now, eps[i].URL())
 		}
 	}
+	at.public, at.port = strings.Join(now, " "), port
 	return was, now
 }
 
