@@ -138,10 +138,18 @@ func benchAction(c *cli.Context) error {
 	ctx, stop := signal.NotifyContext(c.Context, os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	ready := make(chan []tunnel.Endpoint, 1)
+	target := newBenchTarget()
+	prog := newProgress(os.Stderr) // its total is set once the tests are known
 	plan.cfg.OnReady = func(eps []tunnel.Endpoint) {
+		was, now := target.set(eps)
 		select {
 		case ready <- eps:
 		default:
+		}
+		// After a reload on the relay moved the tunnel (MOVED), the tests
+		// go on at its new port.
+		if was != "" && was != now {
+			prog.log(fmt.Sprintf("the relay moved the test's tunnel from tcp://%s to tcp://%s; the tests go on there", was, now))
 		}
 	}
 	gcfloor.Set(gcfloor.Relay)
@@ -159,9 +167,8 @@ func benchAction(c *cli.Context) error {
 		case <-time.After(stopWait):
 		}
 	}()
-	var eps []tunnel.Endpoint
 	select {
-	case eps = <-ready:
+	case <-ready:
 	case err := <-done:
 		if err == nil {
 			err = errors.New("the agent stopped before its tunnel was live")
@@ -174,15 +181,6 @@ func benchAction(c *cli.Context) error {
 	case <-ctx.Done():
 		return cli.Exit("interrupted", exitFailure)
 	}
-	var tcpAddr, udpAddr string
-	for _, e := range eps {
-		hp := net.JoinHostPort(e.Host, strconv.Itoa(int(e.Port)))
-		if e.Proto == "udp" {
-			udpAddr = hp
-		} else {
-			tcpAddr = hp
-		}
-	}
 
 	res := BenchResult{Relay: plan.cfg.Relay, Transport: agent.Status().Transport, Duration: dur.Seconds(), Streams: streams}
 	steps := []struct {
@@ -190,22 +188,22 @@ func benchAction(c *cli.Context) error {
 		run  func(context.Context) (string, error)
 	}{
 		{"throughput, 1 stream", func(ctx context.Context) (string, error) {
-			bps, err := benchThroughput(ctx, tcpAddr, 1, dur)
+			bps, err := benchThroughput(ctx, target, 1, dur)
 			res.Throughput1 = bps
 			return formatBits(bps), err
 		}},
 		{fmt.Sprintf("throughput, %d streams", streams), func(ctx context.Context) (string, error) {
-			bps, err := benchThroughput(ctx, tcpAddr, streams, dur)
+			bps, err := benchThroughput(ctx, target, streams, dur)
 			res.ThroughputN = bps
 			return formatBits(bps), err
 		}},
 		{"round trip, 64 bytes", func(ctx context.Context) (string, error) {
-			p50, p99, n, err := benchRoundTrip(ctx, tcpAddr, dur)
+			p50, p99, n, err := benchRoundTrip(ctx, target, dur)
 			res.RoundTripP50, res.RoundTripP99, res.RoundTrips = ms(p50), ms(p99), n
 			return fmt.Sprintf("p50 %.3f ms  p99 %.3f ms", ms(p50), ms(p99)), err
 		}},
 		{fmt.Sprintf("new connections, %d at a time", streams), func(ctx context.Context) (string, error) {
-			rate, err := benchConnect(ctx, tcpAddr, streams, dur)
+			rate, err := benchConnect(ctx, target, streams, dur)
 			res.NewConnections = rate
 			return fmt.Sprintf("%.0f /s", rate), err
 		}},
@@ -215,7 +213,7 @@ func benchAction(c *cli.Context) error {
 			name string
 			run  func(context.Context) (string, error)
 		}{fmt.Sprintf("UDP %s, %d-byte datagrams", formatBits(rate), benchDatagram), func(ctx context.Context) (string, error) {
-			u, err := benchUDP(ctx, srv, udpAddr, rate, dur)
+			u, err := benchUDP(ctx, srv, target, rate, dur)
 			res.UDP = u
 			if u == nil {
 				return "", err
@@ -225,7 +223,8 @@ func benchAction(c *cli.Context) error {
 	}
 
 	reconnects := agent.Status().Reconnects
-	prog := newProgress(os.Stderr, len(steps))
+	tcpAddr, _, _ := target.addrs()
+	prog.total = len(steps)
 	prog.log(fmt.Sprintf("benchmarking %s over %s through tcp://%s", res.Relay, res.Transport, tcpAddr))
 	var lines [][2]string
 	for i, st := range steps {
@@ -335,8 +334,8 @@ type progress struct {
 	mu    sync.Mutex
 }
 
-func newProgress(f *os.File, total int) *progress {
-	return &progress{w: f, tty: term.IsTerminal(int(f.Fd())), total: total}
+func newProgress(f *os.File) *progress {
+	return &progress{w: f, tty: term.IsTerminal(int(f.Fd()))}
 }
 
 func (p *progress) log(msg string) {
@@ -532,7 +531,7 @@ func (u *udpRecorder) reset() {
 
 // benchThroughput writes to streams sink connections for d and returns
 // the bits per second the server received.
-func benchThroughput(ctx context.Context, addr string, streams int, d time.Duration) (float64, error) {
+func benchThroughput(ctx context.Context, target *benchTarget, streams int, d time.Duration) (float64, error) {
 	type result struct {
 		n       int64
 		elapsed time.Duration
@@ -541,7 +540,7 @@ func benchThroughput(ctx context.Context, addr string, streams int, d time.Durat
 	results := make(chan result, streams)
 	for range streams {
 		go func() {
-			n, el, err := sinkStream(ctx, addr, d)
+			n, el, err := sinkStream(ctx, target, d)
 			results <- result{n, el, err}
 		}()
 	}
@@ -567,9 +566,8 @@ func benchThroughput(ctx context.Context, addr string, streams int, d time.Durat
 
 // sinkStream sends for d on one connection, then waits for the server's
 // count of what arrived.
-func sinkStream(ctx context.Context, addr string, d time.Duration) (int64, time.Duration, error) {
-	var dl net.Dialer
-	c, err := dl.DialContext(ctx, "tcp", addr)
+func sinkStream(ctx context.Context, target *benchTarget, d time.Duration) (int64, time.Duration, error) {
+	c, err := target.dial(ctx, &net.Dialer{})
 	if err != nil {
 		return 0, 0, err
 	}
@@ -599,9 +597,8 @@ func sinkStream(ctx context.Context, addr string, d time.Duration) (int64, time.
 
 // benchRoundTrip sends 64-byte messages one at a time on an echo
 // connection for d.
-func benchRoundTrip(ctx context.Context, addr string, d time.Duration) (p50, p99 time.Duration, n int, err error) {
-	var dl net.Dialer
-	c, err := dl.DialContext(ctx, "tcp", addr)
+func benchRoundTrip(ctx context.Context, target *benchTarget, d time.Duration) (p50, p99 time.Duration, n int, err error) {
+	c, err := target.dial(ctx, &net.Dialer{})
 	if err != nil {
 		return 0, 0, 0, err
 	}
@@ -638,7 +635,7 @@ func benchRoundTrip(ctx context.Context, addr string, d time.Duration) (p50, p99
 
 // benchConnect opens connections, workers at a time, for d: each sends
 // one byte to the echo and reads it back.
-func benchConnect(ctx context.Context, addr string, workers int, d time.Duration) (float64, error) {
+func benchConnect(ctx context.Context, target *benchTarget, workers int, d time.Duration) (float64, error) {
 	var ok, failed atomic.Int64
 	// A pointer: an atomic.Value panics when the errors' types differ.
 	var lastErr atomic.Pointer[error]
@@ -651,7 +648,7 @@ func benchConnect(ctx context.Context, addr string, workers int, d time.Duration
 			defer wg.Done()
 			dl := net.Dialer{Timeout: 5 * time.Second}
 			for time.Now().Before(end) && ctx.Err() == nil {
-				if err := oneConnection(ctx, &dl, addr); err != nil {
+				if err := oneConnection(ctx, &dl, target); err != nil {
 					failed.Add(1)
 					lastErr.Store(&err)
 					continue
@@ -671,8 +668,8 @@ func benchConnect(ctx context.Context, addr string, workers int, d time.Duration
 	return float64(ok.Load()) / elapsed.Seconds(), nil
 }
 
-func oneConnection(ctx context.Context, dl *net.Dialer, addr string) error {
-	c, err := dl.DialContext(ctx, "tcp", addr)
+func oneConnection(ctx context.Context, dl *net.Dialer, target *benchTarget) error {
+	c, err := target.dial(ctx, dl)
 	if err != nil {
 		return err
 	}
@@ -693,15 +690,30 @@ func oneConnection(ctx context.Context, dl *net.Dialer, addr string) error {
 
 // benchUDP sends benchDatagram-byte datagrams at rate for d and reports
 // what the bench server received.
-func benchUDP(ctx context.Context, s *benchServer, addr string, rate float64, d time.Duration) (*BenchUDP, error) {
-	c, err := net.Dial("udp", addr)
-	if err != nil {
+func benchUDP(ctx context.Context, s *benchServer, target *benchTarget, rate float64, d time.Duration) (*BenchUDP, error) {
+	var c net.Conn
+	var moved <-chan struct{}
+	// redial sends to where the tunnel is now; the datagrams sent to its
+	// old port after a move are lost, and counted so.
+	redial := func() error {
+		_, addr, m := target.addrs()
+		nc, err := net.Dial("udp", addr)
+		if err != nil {
+			return err
+		}
+		if uc, ok := nc.(*net.UDPConn); ok {
+			uc.SetWriteBuffer(4 << 20)
+		}
+		if c != nil {
+			c.Close()
+		}
+		c, moved = nc, m
+		return nil
+	}
+	if err := redial(); err != nil {
 		return nil, err
 	}
-	defer c.Close()
-	if uc, ok := c.(*net.UDPConn); ok {
-		uc.SetWriteBuffer(4 << 20)
-	}
+	defer func() { c.Close() }()
 	p := make([]byte, benchDatagram)
 	// The first datagrams open the flow; wait until they arrive.
 	s.udp.probes.Store(0)
@@ -712,6 +724,10 @@ func benchUDP(ctx context.Context, s *benchServer, addr string, rate float64, d 
 		}
 		c.Write(p)
 		select {
+		case <-moved:
+			if err := redial(); err != nil {
+				return nil, err
+			}
 		case <-time.After(100 * time.Millisecond):
 		case <-ctx.Done():
 			return nil, ctx.Err()
@@ -725,6 +741,13 @@ func benchUDP(ctx context.Context, s *benchServer, addr string, rate float64, d 
 		el := time.Since(start)
 		if el >= d || ctx.Err() != nil {
 			break
+		}
+		select {
+		case <-moved:
+			if err := redial(); err != nil {
+				return nil, err
+			}
+		default:
 		}
 		for due := int(el.Seconds() * perSecond); sent < due; sent++ {
 			binary.BigEndian.PutUint64(p, uint64(sent))
@@ -752,4 +775,67 @@ func benchUDP(ctx context.Context, s *benchServer, addr string, rate float64, d 
 		res.DelayP50, res.DelayP99 = ms(t[len(t)/2]), ms(t[len(t)*99/100])
 	}
 	return res, nil
+}
+
+// benchTarget is where the test's tunnel is. A reload on the relay may
+// move it to another port mid-bench (MOVED): each test, and each
+// connection a test opens, goes to where it is now.
+type benchTarget struct {
+	mu       sync.Mutex
+	tcp, udp string
+	moved    chan struct{} // closed at the next move
+}
+
+func newBenchTarget() *benchTarget { return &benchTarget{moved: make(chan struct{})} }
+
+// set takes the tunnel's addresses from the agent, and reports its TCP
+// address before and after.
+func (t *benchTarget) set(eps []tunnel.Endpoint) (was, now string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	was = t.tcp
+	for _, e := range eps {
+		hp := net.JoinHostPort(e.Host, strconv.Itoa(int(e.Port)))
+		if e.Proto == "udp" {
+			t.udp = hp
+		} else {
+			t.tcp = hp
+		}
+	}
+	if was != "" {
+		close(t.moved)
+		t.moved = make(chan struct{})
+	}
+	return was, t.tcp
+}
+
+func (t *benchTarget) addrs() (tcp, udp string, moved <-chan struct{}) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.tcp, t.udp, t.moved
+}
+
+// moveWait bounds how long a refused dial waits to learn of a move.
+const moveWait = 2 * time.Second
+
+// dial connects to the tunnel's TCP address. The relay closes a moved
+// tunnel's old port before its MOVED reaches the agent, so a refusal may
+// be the move on its way: it is tried again at the new port if one comes
+// within moveWait.
+func (t *benchTarget) dial(ctx context.Context, dl *net.Dialer) (net.Conn, error) {
+	addr, _, moved := t.addrs()
+	c, err := dl.DialContext(ctx, "tcp", addr)
+	if err == nil || !errors.Is(err, syscall.ECONNREFUSED) {
+		return c, err
+	}
+	timer := time.NewTimer(moveWait)
+	defer timer.Stop()
+	select {
+	case <-moved:
+		addr, _, _ = t.addrs()
+		return dl.DialContext(ctx, "tcp", addr)
+	case <-timer.C:
+	case <-ctx.Done():
+	}
+	return nil, err
 }

@@ -96,6 +96,47 @@ func TestBench(t *testing.T) {
 	}
 }
 
+// TestBenchFollowsMove: a reload that takes the test's port away moves
+// its tunnel (MOVED) mid-bench; the bench says so and the tests go on at
+// the new port, so it ends with every figure rather than a failure.
+func TestBenchFollowsMove(t *testing.T) {
+	t.Parallel()
+	for _, kind := range []string{"quic", "tcp"} {
+		t.Run(kind, func(t *testing.T) {
+			t.Parallel()
+			r := pt.NewRelayd(t, pt.TokensTOML)
+			p := pt.Start(t, nil, pt.RelayctlBin, "bench", "--duration", "1s", "--json", "--streams", "2", "--udp-rate", "20M",
+				"--relay", r.Addr, "--token", pt.TestSecret, "--fingerprint", r.FP, "--transport", kind)
+			port, _ := strconv.Atoi(p.WaitFor(&p.Stderr, regexp.MustCompile(`through tcp://127\.0\.0\.1:(\d+)`), pt.StartTimeout)[1])
+			var ports []string
+			if port > r.Low {
+				ports = append(ports, fmt.Sprintf("%d-%d", r.Low, port-1))
+			}
+			if port < r.High {
+				ports = append(ports, fmt.Sprintf("%d-%d", port+1, r.High))
+			}
+			r.RewriteConfig(t, pt.TokensTOML+fmt.Sprintf("ports = %q\n", strings.Join(ports, ",")))
+			r.Signal(syscall.SIGHUP)
+			r.WaitFor(&r.Stderr, regexp.MustCompile(`msg="relay.toml reloaded" .*tunnels_moved=1 `), pt.StartTimeout)
+			if code := p.Wait(pt.ExitTimeout); code != 0 {
+				t.Fatalf("relayctl bench: exit %d across a move; want 0\nstderr:\n%s", code, p.Stderr.String())
+			}
+			m := regexp.MustCompile(`(?m)^relayctl bench: the relay moved the test's tunnel from tcp://127\.0\.0\.1:(\d+) to tcp://127\.0\.0\.1:(\d+); the tests go on there$`).
+				FindStringSubmatch(p.Stderr.String())
+			if m == nil || m[1] != strconv.Itoa(port) || m[2] == m[1] {
+				t.Fatalf("stderr does not tell of the move from port %d:\n%s", port, p.Stderr.String())
+			}
+			var res BenchResult
+			if err := json.Unmarshal([]byte(p.Stdout.String()), &res); err != nil {
+				t.Fatalf("stdout is not one JSON object: %v\n%s", err, p.Stdout.String())
+			}
+			if !(res.Throughput1 > 0 && res.ThroughputN > 0 && res.RoundTrips > 0 && res.NewConnections > 0) || res.UDP == nil || res.UDP.Received == 0 {
+				t.Errorf("a figure is missing after the move:\n%s", p.Stdout.String())
+			}
+		})
+	}
+}
+
 // TestBenchProgressOffTerminal: with stderr not a terminal, progress is
 // one line per test, written when the test ends, saying how it ended.
 func TestBenchProgressOffTerminal(t *testing.T) {
