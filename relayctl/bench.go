@@ -285,9 +285,9 @@ func closedByRelay(err error) bool {
 }
 
 // parseRate reads a rate in bits per second: a number with an optional
-// k, M or G (powers of 1000).
-func parseRate(s string) (float64, error) {
-	s = strings.TrimSpace(s)
+// k, M or G (powers of 1000). Errors quote the rate as given, unit and all.
+func parseRate(rate string) (float64, error) {
+	s := strings.TrimSpace(rate)
 	mult := 1.0
 	if s != "" {
 		switch s[len(s)-1] {
@@ -301,15 +301,15 @@ func parseRate(s string) (float64, error) {
 	}
 	v, err := strconv.ParseFloat(s, 64)
 	if err != nil || v < 0 || math.IsInf(v, 0) || math.IsNaN(v) {
-		return 0, fmt.Errorf("%q is not a rate such as 500k, 100M or 1G", s)
+		return 0, fmt.Errorf("%q is not a rate such as 500k, 100M or 1G (0 skips the UDP test)", rate)
 	}
 	if r := v * mult; r == 0 || r >= 8*benchDatagram {
 		if r > 100e9 {
-			return 0, fmt.Errorf("%s bits/s is more than 100G", s)
+			return 0, fmt.Errorf("%q is more than 100G: give 100G or less", rate)
 		}
 		return r, nil
 	}
-	return 0, fmt.Errorf("%q is below one datagram a second", s)
+	return 0, fmt.Errorf("%q is below one %d-byte datagram a second: give %gk or more (0 skips the UDP test)", rate, benchDatagram, 8*benchDatagram/1e3)
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }

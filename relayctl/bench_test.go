@@ -211,6 +211,7 @@ func TestBenchErrors(t *testing.T) {
 		{"zero streams", append([]string{"--streams", "0"}, ok...), exitUsage, "--streams 0: give 1 to 256"},
 		{"short duration", append([]string{"--duration", "1ms"}, ok...), exitUsage, "--duration 1ms: give 100ms to 1h"},
 		{"bad rate", append([]string{"--udp-rate", "fast"}, ok...), exitUsage, `--udp-rate: "fast" is not a rate`},
+		{"rate too high", append([]string{"--udp-rate", "200G"}, ok...), exitUsage, `--udp-rate: "200G" is more than 100G`},
 		{"bad transport", append([]string{"--transport", "bogus"}, ok...), exitUsage, `"bogus"`},
 	}
 	for _, tt := range tests {
@@ -355,6 +356,35 @@ func TestBenchFailed(t *testing.T) {
 		var ec cli.ExitCoder
 		if !errors.As(err, &ec) || ec.ExitCode() != tc.code || !strings.HasPrefix(err.Error(), tc.want) {
 			t.Errorf("%s: %v (exit %v); want exit %d and %q…", tc.name, err, ec, tc.code, tc.want)
+		}
+	}
+}
+
+// TestParseRate: --udp-rate takes bits/s with k, M or G; a refused rate is
+// quoted as it was given, unit and all (the message used to drop it:
+// `--udp-rate 200G` said "200 bits/s is more than 100G").
+func TestParseRate(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want float64
+	}{
+		{"0", 0}, {"9600", 9600}, {"500k", 500e3}, {"100M", 100e6}, {"1.5G", 1.5e9}, {" 2m ", 2e6}, {"100G", 100e9},
+	} {
+		if got, err := parseRate(tc.in); err != nil || got != tc.want {
+			t.Errorf("parseRate(%q) = %v, %v; want %v", tc.in, got, err, tc.want)
+		}
+	}
+	for _, tc := range []struct{ in, want string }{
+		{"fast", `"fast" is not a rate such as 500k, 100M or 1G (0 skips the UDP test)`},
+		{"10x", `"10x" is not a rate such as 500k, 100M or 1G (0 skips the UDP test)`},
+		{"-1M", `"-1M" is not a rate such as 500k, 100M or 1G (0 skips the UDP test)`},
+		{"M", `"M" is not a rate such as 500k, 100M or 1G (0 skips the UDP test)`},
+		{"200G", `"200G" is more than 100G: give 100G or less`},
+		{"1k", `"1k" is below one 1200-byte datagram a second: give 9.6k or more (0 skips the UDP test)`},
+		{"100", `"100" is below one 1200-byte datagram a second: give 9.6k or more (0 skips the UDP test)`},
+	} {
+		if got, err := parseRate(tc.in); err == nil || err.Error() != tc.want {
+			t.Errorf("parseRate(%q) = %v, %v; want the error %q", tc.in, got, err, tc.want)
 		}
 	}
 }
