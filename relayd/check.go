@@ -23,6 +23,13 @@ var checkCommand = &cli.Command{
 		if err != nil {
 			return cli.Exit(err.Error(), 1)
 		}
+		// relayd reads them only at start: check them too, or check says
+		// ok to a file relayd refuses to start with.
+		if cfg.Relay.CertFile != "" {
+			if _, err := cfg.certificate(); err != nil {
+				return cli.Exit(err.Error(), 1)
+			}
+		}
 		for _, w := range readableSecrets(cfg) {
 			fmt.Fprintf(c.App.ErrWriter, "relayd: warning: %s: %s (mode %04o): %s\n", w.file, w.msg, w.mode, w.fix)
 		}

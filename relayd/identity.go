@@ -28,7 +28,7 @@ func loadIdentity(cfg *Config) (*identity, error) {
 		return nil, err
 	}
 	if cfg.Relay.CertFile != "" {
-		cert, err := transport.LoadCertificate(cfg.Relay.CertFile, cfg.Relay.KeyFile)
+		cert, err := cfg.certificate()
 		if err != nil {
 			return nil, err
 		}
@@ -46,6 +46,17 @@ func loadIdentity(cfg *Config) (*identity, error) {
 		return nil, err
 	}
 	return &identity{cert: cert, stateDir: dir, createdKey: created}, nil
+}
+
+// certificate loads [relay] cert_file and key_file. An error points at
+// cert_file's line, as the file's other errors point at theirs (it was a
+// bare "loading certificate: open …" that named no key).
+func (c *Config) certificate() (tls.Certificate, error) {
+	cert, err := transport.LoadCertificate(c.Relay.CertFile, c.Relay.KeyFile)
+	if err != nil {
+		return cert, c.fail("relay.cert_file", "%v (key_file is %s)", err, c.Relay.KeyFile)
+	}
+	return cert, nil
 }
 
 // tokenFile holds the token relayd makes when relay.toml defines none.

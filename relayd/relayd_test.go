@@ -5,6 +5,7 @@ package main
 // generated token, signals.
 
 import (
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -20,6 +21,7 @@ import (
 	"time"
 
 	pt "github.com/relaytun/relay/internal/proctest"
+	"github.com/relaytun/relay/transport"
 )
 
 // writeConfig writes text to a relay.toml of the test's own and returns
@@ -159,6 +161,60 @@ func TestCheckUsage(t *testing.T) {
 				t.Errorf("stderr ends %q, want \"relayd: …%s…\"", got, tt.want)
 			}
 		})
+	}
+}
+
+// writeCertPair writes a self-signed certificate and its key, as PEM
+// files in dir, and returns their paths.
+func writeCertPair(t *testing.T, dir, name string) (certFile, keyFile string) {
+	t.Helper()
+	keyFile = filepath.Join(dir, name+".key")
+	key, _, err := transport.LoadOrCreateKey(keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := transport.SelfSignedCertificate(key, "relay.example.com")
+	if err != nil {
+		t.Fatal(err)
+	}
+	certFile = writeFile(t, dir, name+".pem", string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Certificate[0]})), 0o644)
+	return certFile, keyFile
+}
+
+// TestCheckCertFile: relayd reads cert_file and key_file only at start, and
+// check reads them too, so that it does not pass a file relayd then
+// refuses to start with; either refuses one that does not load with a
+// line pointing at cert_file.
+func TestCheckCertFile(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	cert, key := writeCertPair(t, dir, "a")
+	_, otherKey := writeCertPair(t, dir, "b")
+	garbage := writeFile(t, dir, "garbage.pem", "not PEM\n", 0o644)
+	missing := filepath.Join(dir, "missing.pem")
+	for _, tt := range []struct {
+		name, cert, key, want string
+	}{
+		{"missing cert", missing, key, "loading certificate: open " + missing + ": no such file or directory (key_file is " + key + ")"},
+		{"missing key", cert, missing, "loading certificate: open " + missing + ": no such file or directory (key_file is " + missing + ")"},
+		{"not PEM", garbage, key, "loading certificate: tls: failed to find any PEM data in certificate input (key_file is " + key + ")"},
+		{"key of another certificate", cert, otherKey, "loading certificate: tls: private key does not match public key (key_file is " + otherKey + ")"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			path := writeConfig(t, fmt.Sprintf("[relay]\nlisten = \"127.0.0.1:0\"\ncert_file = %q\nkey_file = %q\n", tt.cert, tt.key))
+			want := "relayd: " + path + ":3: relay.cert_file: " + tt.want
+			for _, cmd := range []string{"check", "fingerprint"} {
+				out, errOut, code := pt.Run(t, nil, pt.RelaydBin, cmd, "--config", path)
+				if got := pt.LastLine(errOut); code != 1 || out != "" || got != want {
+					t.Errorf("relayd %s: exit %d, stdout %q, stderr ends %q\nwant exit 1, nothing, %q", cmd, code, out, got, want)
+				}
+			}
+		})
+	}
+	path := writeConfig(t, fmt.Sprintf("[relay]\nlisten = \"127.0.0.1:0\"\ncert_file = %q\nkey_file = %q\n", cert, key))
+	if out, errOut, code := pt.Run(t, nil, pt.RelaydBin, "check", "--config", path); code != 0 || !strings.HasPrefix(out, path+": ok (") {
+		t.Errorf("relayd check of a loadable pair: exit %d, stdout %q, stderr %q", code, out, errOut)
 	}
 }
 
