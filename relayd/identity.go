@@ -35,7 +35,7 @@ func loadIdentity(cfg *Config) (*identity, error) {
 		return &identity{cert: cert, stateDir: dir}, nil
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("creating state_dir: %w", err)
+		return nil, stateDirError(dir, err)
 	}
 	key, created, err := transport.LoadOrCreateKey(filepath.Join(dir, "relay.key"))
 	if err != nil {
@@ -57,6 +57,12 @@ func (c *Config) certificate() (tls.Certificate, error) {
 		return cert, c.fail("relay.cert_file", "%v (key_file is %s)", err, c.Relay.KeyFile)
 	}
 	return cert, nil
+}
+
+// stateDirError is the error for a state_dir that cannot be created,
+// with what to do about it.
+func stateDirError(dir string, err error) error {
+	return fmt.Errorf("creating state_dir %s: %w: set [relay] state_dir to a folder relayd can write", dir, err)
 }
 
 // tokenFile holds the token relayd makes when relay.toml defines none.
@@ -81,7 +87,7 @@ func loadGeneratedToken(stateDir string) (tok tunnel.Token, created bool, err er
 		return tok, false, fmt.Errorf("reading token: %w", err)
 	}
 	if err := os.MkdirAll(stateDir, 0o700); err != nil {
-		return tok, false, fmt.Errorf("creating state_dir: %w", err)
+		return tok, false, stateDirError(stateDir, err)
 	}
 	secret := rand.Text()
 	if err := transport.WriteFileAtomic(path, []byte(secret+"\n"), 0o600); err != nil {

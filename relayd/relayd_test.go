@@ -142,7 +142,7 @@ func TestCheckUsage(t *testing.T) {
 		code int
 		want string
 	}{
-		{"no config", []string{"check"}, 2, "--config"},
+		{"no config", []string{"check"}, 2, "check needs --config FILE"},
 		{"missing file", []string{"check", "--config", missing}, 1, missing},
 		{"missing file before check", []string{"--config", missing, "check"}, 1, missing},
 		{"missing file before fingerprint", []string{"--config", missing, "fingerprint"}, 1, missing},
