@@ -119,6 +119,32 @@ func TestReloadTokens(t *testing.T) {
 	})
 }
 
+// Reload gives a token a new id and keeps its secret: its agent's session
+// closes with a reason that says so, and the agent, back at once,
+// registers its tunnel under the new id.
+func TestReloadRenamesToken(t *testing.T) {
+	forEachTransport(t, func(t *testing.T, kind string) {
+		r := startRelay(t, func(c *RelayConfig) { c.Tokens = append(c.Tokens, Token{ID: "old", Secret: oldSecret}) })
+		local := proctest.StartEcho(t, "r:")
+		a := liveAgentUp(t, tokenAgent(r, kind, local, oldSecret, "ren"))
+
+		rc := *r.Relay.config()
+		rc.Tokens = []Token{{ID: "test", Secret: testSecret}, {ID: "new", Secret: oldSecret}}
+		res, err := r.Relay.Reload(rc)
+		if err != nil || res.SessionsClosed != 1 || fmt.Sprint(res.TokensAdded, res.TokensRemoved) != "[new] [old]" {
+			t.Fatalf("Reload: %+v, %v; want new added, old removed, 1 session closed", res, err)
+		}
+		a.waitReady(t)
+		why := `token "old" is now called "new" on the relay; reconnect under the new id`
+		if want := fmt.Sprintf(`msg="connection to the relay lost; reconnecting" relay=%s err=%q`, r.Addr, why); !strings.Contains(a.Log.String(), want) {
+			t.Errorf("the agent did not log %s:\n%s", want, a.Log)
+		}
+		if ts := r.Relay.Tunnels(); len(ts) != 1 || ts[0].TokenID != "new" || ts[0].Name != "ren" {
+			t.Errorf("tunnels after the agent came back: %+v; want ren under token new", ts)
+		}
+	})
+}
+
 // A reload that narrows a token's rules touches only the tunnels they no
 // longer allow. A name or UDP ruled out: the relay sends CLOSED for that
 // tunnel alone, and the agent's session, its other tunnel and that

@@ -288,6 +288,35 @@ func TestRefusals(t *testing.T) {
 				t.Fatalf("got %v, want port-taken", err)
 			}
 		})
+		// A second agent of the token joins the open tunnel of its name
+		// (a group) only on its port and with its protocols.
+		t.Run("name open on another port", func(t *testing.T) {
+			cfg := r.agentConfig(kind, local)
+			cfg.Tunnels[0].Name = "grp-port"
+			first := mustRunAgent(t, cfg)
+			p := first.Endpoints[0].Port
+			other := p + 1
+			if other > 41999 {
+				other = p - 1
+			}
+			cfg.Tunnels[0].Ports = PortRange{other, other}
+			_, err := runAgent(t, cfg)
+			want := fmt.Sprintf("tunnel grp-port (%s): tunnel grp-port is already open on port %d (another agent with this token holds it): ask for port %d or none to join it", local, p, p)
+			if !isRefused(err, CodePortTaken) || err.Error() != want {
+				t.Fatalf("got %v\nwant port-taken: %s", err, want)
+			}
+		})
+		t.Run("name open for another protocol", func(t *testing.T) {
+			cfg := r.agentConfig(kind, local)
+			cfg.Tunnels[0].Name = "grp-proto"
+			mustRunAgent(t, cfg)
+			cfg.Tunnels[0].Protos = ProtoUDP
+			_, err := runAgent(t, cfg)
+			want := fmt.Sprintf("tunnel grp-proto (%s): tunnel grp-proto is already open for tcp; this agent asked for udp: use the same --proto to join it", local)
+			if !isRefused(err, CodeBadRequest) || err.Error() != want {
+				t.Fatalf("got %v\nwant bad-request: %s", err, want)
+			}
+		})
 		t.Run("port busy on host", func(t *testing.T) {
 			var ln net.Listener
 			var port uint16
