@@ -360,7 +360,7 @@ func TestSIGHUPReload(t *testing.T) {
 		// transfer carry on.
 		r.RewriteConfig(t, "[limits]\nper_ip_connections = 20\n\n"+pt.TokensTOML+"max_connections = 50\n\n"+tokenTOML("new", newSecret))
 		reload()
-		want := `msg="relay.toml reloaded" file=` + r.Config + ` changed=limits.per_ip_connections,tokens.test.max_connections tokens_added=new tokens_removed=old tokens_changed=test tunnels_moved=0 tunnels_closed=1 sessions_closed=1`
+		want := `msg="relay.toml reloaded" file=` + r.Config + ` changed=limits.per_ip_connections,tokens.test.max_connections tokens_added=new tokens_removed=old tokens_changed=test tokens_renamed="" tunnels_moved=0 tunnels_closed=1 sessions_closed=1`
 		if !strings.Contains(r.Stderr.String(), want) {
 			t.Fatalf("relayd did not log %s:\n%s", want, r.Stderr.String())
 		}

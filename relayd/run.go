@@ -244,7 +244,7 @@ func reload(st *runState) *Config {
 				}
 				log.Info("relay.toml reloaded", "file", file, "changed", strings.Join(applied, ","),
 					"tokens_added", strings.Join(res.TokensAdded, ","), "tokens_removed", strings.Join(res.TokensRemoved, ","),
-					"tokens_changed", strings.Join(res.TokensChanged, ","),
+					"tokens_changed", strings.Join(res.TokensChanged, ","), "tokens_renamed", strings.Join(res.TokensRenamed, ","),
 					"tunnels_moved", res.TunnelsMoved, "tunnels_closed", res.TunnelsClosed, "sessions_closed", res.SessionsClosed)
 				return next
 			}
@@ -262,9 +262,10 @@ var partlyApplied = map[string]string{
 }
 
 // changedKeys names the keys of relay.toml, as section.key, whose value
-// differs between a and b; for a token in both (by id), as
-// tokens.ID.key, "secret" also when a secret_file's content changed. The
-// tokens added or removed, the relay's reload result names.
+// differs between a and b; for a token in both (by id, or by secret when
+// renamed), as tokens.ID.key with b's id, "secret" also when a
+// secret_file's content changed. The tokens added or removed, the relay's
+// reload result names.
 func changedKeys(a, b *Config) []string {
 	var out []string
 	var walk func(prefix string, x, y reflect.Value)
@@ -284,13 +285,16 @@ func changedKeys(a, b *Config) []string {
 		}
 	}
 	walk("", reflect.ValueOf(a).Elem(), reflect.ValueOf(b).Elem())
-	for i := range a.Tokens {
-		for j := range b.Tokens {
-			ta, tb := &a.Tokens[i], &b.Tokens[j]
-			if ta.ID != tb.ID {
-				continue
-			}
-			prefix := "tokens." + ta.ID + "."
+	for j := range b.Tokens {
+		tb := &b.Tokens[j]
+		i := slices.IndexFunc(a.Tokens, func(t TokenSection) bool { return t.ID == tb.ID })
+		if i < 0 {
+			// A rename: the relay keeps a token by its secret.
+			i = slices.IndexFunc(a.Tokens, func(t TokenSection) bool { return t.secret == tb.secret })
+		}
+		if i >= 0 {
+			ta := &a.Tokens[i]
+			prefix := "tokens." + tb.ID + "."
 			n := len(out)
 			walk(prefix, reflect.ValueOf(ta).Elem(), reflect.ValueOf(tb).Elem())
 			if ta.secret != tb.secret && !slices.Contains(out[n:], prefix+"secret") {

@@ -107,6 +107,15 @@ func TestChangedTokenKeys(t *testing.T) {
 	if got := changedKeys(base, next); !slices.Equal(got, want) {
 		t.Errorf("changedKeys = %q, want %q", got, want)
 	}
+	// Renamed (same secret, new id): named by its new id.
+	renamed, err := ParseConfig("relay.toml", "[[tokens]]\nid = \"c\"\nsecret = \"token-secret-0123456789\"\nmax_connections = 2\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want = []string{"tokens.c.id", "tokens.c.max_connections"}
+	if got := changedKeys(base, renamed); !slices.Equal(got, want) {
+		t.Errorf("changedKeys for a rename = %q, want %q", got, want)
+	}
 
 	dir := t.TempDir()
 	file, secret := filepath.Join(dir, "relay.toml"), filepath.Join(dir, "a.secret")

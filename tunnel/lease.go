@@ -188,6 +188,25 @@ func (t *leaseTable) drop(k leaseKey) {
 	}
 }
 
+// rename moves the leases of each token renamed (old id → new id) to its
+// new id, so its tunnels keep their ports. A lease already under a new id
+// (a token gone whose id the renamed one takes) gives way.
+func (t *leaseTable) rename(ids map[string]string) {
+	moved := map[leaseKey]*lease{}
+	for k, l := range t.m {
+		if to, ok := ids[k.Token]; ok {
+			delete(t.m, k)
+			delete(t.port, l.Port)
+			moved[leaseKey{to, k.Name}] = l
+		}
+	}
+	for k, l := range moved {
+		t.drop(k)
+		t.m[k] = l
+		t.port[l.Port] = k
+	}
+}
+
 // snapshot encodes the table for save, which writes outside Relay.mu.
 func (t *leaseTable) snapshot() []byte {
 	f := leaseFile{Version: leaseFileVersion, Leases: make([]leaseEntry, 0, len(t.m))}

@@ -59,6 +59,38 @@ func TestLeaseTableExpiry(t *testing.T) {
 	}
 }
 
+// TestLeaseTableRename: two tokens that swap ids swap their leases, and a
+// renamed token's lease takes the place of one left by a token gone under
+// the id it takes; the port index follows.
+func TestLeaseTableRename(t *testing.T) {
+	t0 := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
+	tb, err := loadLeases("", time.Hour, t0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tb.take(leaseKey{"a", "x"}, 2000)
+	tb.take(leaseKey{"b", "x"}, 2001)
+	tb.take(leaseKey{"c", "y"}, 2002)
+	tb.take(leaseKey{"gone", "y"}, 2003) // a token gone; "c" takes its id
+	tb.release(leaseKey{"gone", "y"}, t0)
+	tb.rename(map[string]string{"a": "b", "b": "a", "c": "gone"})
+	want := map[leaseKey]uint16{{"b", "x"}: 2000, {"a", "x"}: 2001, {"gone", "y"}: 2002}
+	if len(tb.m) != len(want) || len(tb.port) != len(want) {
+		t.Fatalf("after the renames: leases %v, ports %v; want %v", tb.m, tb.port, want)
+	}
+	for k, port := range want {
+		if l, ok := tb.get(k, t0); !ok || l.Port != port {
+			t.Errorf("lease %v = %v, %v; want port %d", k, l, ok, port)
+		}
+		if h, ok := tb.holder(port, t0); !ok || h != k {
+			t.Errorf("holder(%d) = %v, %v; want %v", port, h, ok, k)
+		}
+	}
+	if _, ok := tb.holder(2003, t0); ok {
+		t.Error("port 2003, the gone token's, is still held")
+	}
+}
+
 func TestOldestIdleLease(t *testing.T) {
 	t0 := time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
 	tb, _ := loadLeases("", time.Hour, t0)

@@ -235,13 +235,15 @@ func NewRelay(cfg RelayConfig) (*Relay, error) {
 }
 
 // tokenStates indexes tokens by key id, keeping the state (counts) of any
-// token in old with the same secret and id, and giving it the new rules.
+// token in old with the same secret, and giving it the new rules and id.
 func tokenStates(tokens []Token, old map[[keyIDLen]byte]*tokenState) map[[keyIDLen]byte]*tokenState {
 	m := make(map[[keyIDLen]byte]*tokenState, len(tokens))
 	for i := range tokens {
 		t := &tokens[i]
 		k := KeyID(t.Secret)
-		if ts, ok := old[k]; ok && ts.token().ID == t.ID {
+		// Same secret, same token: its sessions, tunnels and counts carry
+		// on, under a new id too (a rename).
+		if ts, ok := old[k]; ok {
 			ts.tok.Store(t)
 			m[k] = ts
 			continue
@@ -1224,15 +1226,11 @@ func (r *Relay) drainMembers(a *agentConn, id uint32) {
 }
 
 // tokenCurrentLocked refuses a whose token was revoked, or given another
-// secret or id, by a reload since it authenticated. Its other rules change
-// in place.
+// secret, by a reload since it authenticated. Its other rules, and its
+// id, change in place.
 func (r *Relay) tokenCurrentLocked(a *agentConn) *RefusedError {
 	tok := a.token.token()
-	ts, ok := r.tokens[KeyID(tok.Secret)]
-	switch {
-	case ok && ts != a.token:
-		return &RefusedError{Code: CodeShutdown, Text: fmt.Sprintf("token %q is now called %q on the relay; reconnect under the new id", tok.ID, ts.token().ID)}
-	case ok:
+	if _, ok := r.tokens[KeyID(tok.Secret)]; ok {
 		return nil
 	}
 	for _, o := range r.tokens {

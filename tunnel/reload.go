@@ -13,8 +13,12 @@ import (
 // ReloadResult says what a Reload changed.
 type ReloadResult struct {
 	TokensAdded, TokensRemoved, TokensChanged []string
+	// TokensRenamed lists "old->new" for each token whose secret stayed
+	// and whose id changed: its sessions, tunnels and leases carry on
+	// under the new id.
+	TokensRenamed []string
 	// SessionsClosed counts agent sessions closed because their token was
-	// revoked or given another secret or id.
+	// revoked or given another secret.
 	SessionsClosed int
 	// TunnelsMoved counts tunnels moved to another port because the new
 	// rules took theirs away.
@@ -28,8 +32,10 @@ type ReloadResult struct {
 
 // Reload applies cfg to the running relay. A token's limits (connections,
 // tunnels, per-IP client limits) change in place: its sessions and clients
-// carry on. Sessions of a token revoked or given a new secret are closed for
-// good (the agent is told why). A tunnel whose port the new rules take away
+// carry on, and so do they when it keeps its secret under a new id: its
+// tunnels and their port leases are renamed with it. Sessions of a token
+// revoked or given a new secret are closed for good (the agent is told
+// why). A tunnel whose port the new rules take away
 // (its token's or the relay's ports) moves: it listens on another port from
 // then on, its agents hear the new one by MOVED, and its clients connected
 // on the old port carry on; an agent of it that asked only for ports taken
@@ -37,9 +43,7 @@ type ReloadResult struct {
 // rules no longer allow closes alone, by CLOSED to its agents, whose
 // sessions and other tunnels carry on: one its token's names or udp rule
 // forbids, whose agents all asked for ports taken away, or that found no
-// free port to move to. One under a new token id closes with the sessions
-// carrying it, with a temporary error, so their agents reconnect at once,
-// their other tunnels keeping their ports. Tunnels waiting for their agents
+// free port to move to. Tunnels waiting for their agents
 // to return close when ruled out; during a Shutdown's drain, a tunnel whose
 // port is taken away is left to the drain. An invalid cfg changes nothing.
 func (r *Relay) Reload(cfg RelayConfig) (ReloadResult, error) {
@@ -65,13 +69,24 @@ func (r *Relay) Reload(cfg RelayConfig) (ReloadResult, error) {
 	// Those keep their running values.
 	cfg.BindHost, cfg.MaxPendingSessions, cfg.LeaseFile = old.BindHost, old.MaxPendingSessions, old.LeaseFile
 
-	oldTok := map[string]Token{}
+	oldTok, oldBySecret := map[string]Token{}, map[string]Token{}
 	for _, t := range old.Tokens {
-		oldTok[t.ID] = t
+		oldTok[t.ID], oldBySecret[t.Secret] = t, t
 	}
+	// renamed maps the old id of each token that kept its secret under a
+	// new id to the new one.
+	renamed := map[string]string{}
 	newTok := map[string]Token{}
 	for _, t := range cfg.Tokens {
 		newTok[t.ID] = t
+		if o, ok := oldBySecret[t.Secret]; ok && o.ID != t.ID {
+			renamed[o.ID] = t.ID
+			res.TokensRenamed = append(res.TokensRenamed, o.ID+"->"+t.ID)
+			if o.ID = t.ID; !reflect.DeepEqual(o, t) {
+				res.TokensChanged = append(res.TokensChanged, t.ID)
+			}
+			continue
+		}
 		o, ok := oldTok[t.ID]
 		switch {
 		case !ok:
@@ -81,13 +96,14 @@ func (r *Relay) Reload(cfg RelayConfig) (ReloadResult, error) {
 		}
 	}
 	for id := range oldTok {
-		if _, ok := newTok[id]; !ok {
+		if _, ok := newTok[id]; !ok && renamed[id] == "" {
 			res.TokensRemoved = append(res.TokensRemoved, id)
 		}
 	}
 	sort.Strings(res.TokensAdded)
 	sort.Strings(res.TokensRemoved)
 	sort.Strings(res.TokensChanged)
+	sort.Strings(res.TokensRenamed)
 
 	type kick struct {
 		a      *agentConn
@@ -150,6 +166,9 @@ func (r *Relay) Reload(cfg RelayConfig) (ReloadResult, error) {
 		r.closeGroupLocked(g, why.text)
 		res.TunnelsClosed++
 	}
+	// After the closes: a tunnel of a token gone may hold the key a
+	// renamed one's tunnel takes.
+	r.renameLocked(renamed)
 	var closed []kick // one tunnel of a session, by CLOSED (a is its member's)
 	type move struct {
 		a  *agentConn
@@ -162,7 +181,6 @@ func (r *Relay) Reload(cfg RelayConfig) (ReloadResult, error) {
 			kicks = append(kicks, kick{a: a, code: ref.Code, text: ref.Text})
 			continue
 		}
-		kicked := false
 		for id, m := range a.members {
 			why, ok := stranded[m]
 			if !ok && moved[m.g] {
@@ -172,11 +190,10 @@ func (r *Relay) Reload(cfg RelayConfig) (ReloadResult, error) {
 			if !ok {
 				why, ok = closing[m.g]
 			}
-			switch {
-			case !ok:
-			case why.forbidden:
+			if ok {
 				// For good: the agent hears it for that tunnel alone, and
-				// its other tunnels and their clients carry on.
+				// its other tunnels and their clients carry on. (A ruling
+				// on the session's token itself closed the session above.)
 				code := CodeForbidden
 				if why.code != 0 {
 					code = why.code
@@ -188,12 +205,6 @@ func (r *Relay) Reload(cfg RelayConfig) (ReloadResult, error) {
 				// without it waits for no one).
 				m.draining.Store(true)
 				m.g.removeMemberLocked(m)
-			case !kicked:
-				// Under a new token id: the session closes, and its agent,
-				// back at once, registers the tunnel under the new one.
-				kicked = true
-				kicks = append(kicks, kick{a: a, code: CodeShutdown, text: fmt.Sprintf("tunnel %s closed by a change to the relay's configuration: %s; reconnect to register it again",
-					m.g.key.Name, why.text)})
 			}
 		}
 	}
@@ -261,12 +272,10 @@ type ruling struct {
 // g.
 func (r *Relay) ruledOutLocked(g *group) ruling {
 	tok := g.token.token()
-	ts, ok := r.tokens[KeyID(tok.Secret)]
+	_, ok := r.tokens[KeyID(tok.Secret)]
 	switch {
 	case !ok:
 		return ruling{text: fmt.Sprintf("its token %q was revoked or given a new secret", tok.ID)}
-	case ts != g.token:
-		return ruling{text: fmt.Sprintf("its token %q is now called %q", tok.ID, ts.token().ID)}
 	case !r.config().Ports.Contains(g.port):
 		return ruling{text: fmt.Sprintf("port %d is no longer among the relay's ports", g.port), port: true}
 	}
@@ -349,4 +358,30 @@ func (r *Relay) moveLocked(g *group, why string) ([]*member, error) {
 	g.serveLocked(ln, pc)
 	g.logger().Info("tunnel moved", "was", old, "why", why)
 	return stranded, nil
+}
+
+// renameLocked gives the tunnels of each token renamed (old id → new id)
+// their new key, and moves their port leases with them, so an agent of
+// theirs that comes back, or joins, finds them under the new id.
+func (r *Relay) renameLocked(renamed map[string]string) {
+	if len(renamed) == 0 {
+		return
+	}
+	var rekeyed []*group
+	for k, g := range r.groups {
+		if to, ok := renamed[k.Token]; ok && g.token.token().ID == to {
+			delete(r.groups, k)
+			rekeyed = append(rekeyed, g)
+		}
+	}
+	for _, g := range rekeyed {
+		g.key.Token = renamed[g.key.Token]
+		r.groups[g.key] = g
+		g.setLogger()
+	}
+	r.leases.rename(renamed)
+	r.markLeasesDirty()
+	for from, to := range renamed {
+		r.log.Info("token renamed; its sessions, tunnels and port leases carry on under the new id", "was", from, "token", to)
+	}
 }

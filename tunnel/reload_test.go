@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -119,28 +120,60 @@ func TestReloadTokens(t *testing.T) {
 	})
 }
 
-// Reload gives a token a new id and keeps its secret: its agent's session
-// closes with a reason that says so, and the agent, back at once,
-// registers its tunnel under the new id.
+// Reload gives a token a new id and keeps its secret: a rename. Its
+// agent's session, its tunnel on the same port, the client that tunnel
+// holds, and the lease of its tunnel that is away all carry on under the
+// new id; the agent does not reconnect, and the away tunnel's agent, back
+// under the new id, gets its port again.
 func TestReloadRenamesToken(t *testing.T) {
 	forEachTransport(t, func(t *testing.T, kind string) {
-		r := startRelay(t, func(c *RelayConfig) { c.Tokens = append(c.Tokens, Token{ID: "old", Secret: oldSecret}) })
+		leases := filepath.Join(t.TempDir(), "leases.json")
+		r := startRelay(t, func(c *RelayConfig) {
+			c.LeaseFile = leases
+			c.Tokens = append(c.Tokens, Token{ID: "old", Secret: oldSecret})
+		})
 		local := proctest.StartEcho(t, "r:")
 		a := liveAgentUp(t, tokenAgent(r, kind, local, oldSecret, "ren"))
+		held := proctest.Hold(t, "tcp://"+a.Public(0), "r:")
+		away := liveAgentUp(t, tokenAgent(r, kind, local, oldSecret, "away"))
+		awayPort := away.eps[0].Port
+		away.Stop() // says goodbye: its tunnel closes, and its lease waits
+		waitFor(t, "the away tunnel to close", 10*time.Second, func() bool { return len(r.Relay.Tunnels()) == 1 })
 
 		rc := *r.Relay.config()
 		rc.Tokens = []Token{{ID: "test", Secret: testSecret}, {ID: "new", Secret: oldSecret}}
 		res, err := r.Relay.Reload(rc)
-		if err != nil || res.SessionsClosed != 1 || fmt.Sprint(res.TokensAdded, res.TokensRemoved) != "[new] [old]" {
-			t.Fatalf("Reload: %+v, %v; want new added, old removed, 1 session closed", res, err)
+		if err != nil || res.SessionsClosed != 0 || fmt.Sprint(res.TokensRenamed, res.TokensAdded, res.TokensRemoved, res.TokensChanged) != "[old->new] [] [] []" {
+			t.Fatalf("Reload: %+v, %v; want old->new renamed, nothing added, removed, changed or closed", res, err)
 		}
-		a.waitReady(t)
-		why := `token "old" is now called "new" on the relay; reconnect under the new id`
-		if want := fmt.Sprintf(`msg="connection to the relay lost; reconnecting" relay=%s err=%q`, r.Addr, why); !strings.Contains(a.Log.String(), want) {
-			t.Errorf("the agent did not log %s:\n%s", want, a.Log)
+		if ts := r.Relay.Tunnels(); len(ts) != 1 || ts[0].TokenID != "new" || ts[0].Name != "ren" || ts[0].Port != a.eps[0].Port {
+			t.Errorf("tunnels after the rename: %+v; want ren under token new on port %d", ts, a.eps[0].Port)
 		}
-		if ts := r.Relay.Tunnels(); len(ts) != 1 || ts[0].TokenID != "new" || ts[0].Name != "ren" {
-			t.Errorf("tunnels after the agent came back: %+v; want ren under token new", ts)
+		held.SetDeadline(time.Now().Add(10 * time.Second))
+		if _, err := held.Write([]byte("still")); err != nil {
+			t.Fatalf("the held client: %v", err)
+		}
+		got := make([]byte, 5)
+		if _, err := io.ReadFull(held, got); err != nil || string(got) != "still" {
+			t.Errorf("the held client after the rename read %q, %v", got, err)
+		}
+		proctest.CheckEcho(t, "tcp://"+a.Public(0), "r:", 1024)
+		if st := a.Status(); !st.Connected || st.Reconnects != 0 {
+			t.Errorf("the agent across the rename: %+v; want its first session", st)
+		}
+		waitFor(t, "the renamed leases on disk", 10*time.Second, func() bool {
+			data, _ := os.ReadFile(leases)
+			var f leaseFile
+			json.Unmarshal(data, &f)
+			got := map[string]uint16{}
+			for _, l := range f.Leases {
+				got[l.Token+"/"+l.Name] = l.Port
+			}
+			return len(got) == 2 && got["new/ren"] == a.eps[0].Port && got["new/away"] == awayPort
+		})
+		back := liveAgentUp(t, tokenAgent(r, kind, local, oldSecret, "away"))
+		if back.eps[0].Port != awayPort {
+			t.Errorf("the away tunnel came back under the new id on port %d, want its lease's %d", back.eps[0].Port, awayPort)
 		}
 	})
 }
