@@ -316,7 +316,10 @@ func (a *Agent) Run(ctx context.Context) error {
 		} else {
 			attempts++
 		}
-		if !retryable(err, everLive) || (!everLive && !a.cfg.WaitForRelay) {
+		if !retryable(err, everLive) || (!everLive && !a.cfg.WaitForRelay) || a.allClosed() {
+			// With every tunnel closed for good there is nothing to
+			// register again, even when the reason (no port free) would
+			// be worth a retry for a tunnel still asked for.
 			return err
 		}
 		if live {
@@ -1013,6 +1016,19 @@ func (a *Agent) controlLoop(ctl transport.Stream, log *slog.Logger) error {
 			return &RefusedError{Code: m.Code, Text: m.Text}
 		}
 	}
+}
+
+// allClosed reports whether the relay closed every one of the agent's
+// tunnels for good.
+func (a *Agent) allClosed() bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, at := range a.tunnels {
+		if at.closed == nil {
+			return false
+		}
+	}
+	return true
 }
 
 // tunnelClosed takes the tunnel the relay closed for good out of this and

@@ -335,6 +335,37 @@ func TestAllTunnelsClosedEndsRun(t *testing.T) {
 	})
 }
 
+// An agent whose last tunnel a reload closed because it could not move (no
+// port free) stops as for any other CLOSED of its last tunnel: it used to
+// take no-port-free for a refusal worth a retry, reconnect, register
+// nothing, and stay connected with no tunnel at all.
+func TestLastTunnelClosedNoPortFreeEndsRun(t *testing.T) {
+	forEachTransport(t, func(t *testing.T, kind string) {
+		free, pinned := twoFreePorts(t)
+		r := startRelay(t, func(c *RelayConfig) { c.Ports = PortSet{{free, free}, {pinned, pinned}} })
+		local := proctest.StartEcho(t, "n:")
+		pin := tokenAgent(r, kind, local, testSecret, "pin")
+		pin.Tunnels[0].Ports = PortRange{pinned, pinned}
+		liveAgentUp(t, pin)
+		a := liveAgentUp(t, tokenAgent(r, kind, local, testSecret, "lone"))
+
+		// Its port goes; the only one left is the pinned tunnel's.
+		rc := *r.Relay.config()
+		rc.Ports = PortSet{{pinned, pinned}}
+		if res, err := r.Relay.Reload(rc); err != nil || res.TunnelsClosed != 1 {
+			t.Fatalf("Reload: %+v, %v; want one tunnel closed", res, err)
+		}
+		why := fmt.Sprintf("port %d is no longer among the relay's ports, and it could not move: every port it may use (%d) is in use", free, pinned)
+		want := fmt.Sprintf("tunnel lone (%s): %s", local, why)
+		if err := a.wait(t, 20*time.Second); !isRefused(err, CodeNoPortFree) || err.Error() != want {
+			t.Errorf("Run returned %v, want a no-port-free refusal %q", err, want)
+		}
+		if strings.Contains(a.Log.String(), "reconnecting") {
+			t.Errorf("the agent reconnected with no tunnel left:\n%s", a.Log)
+		}
+	})
+}
+
 // An agent refused on a tunnel after others registered, and so about to
 // stop, says goodbye: the tunnels it had registered close at once rather
 // than wait out the rejoin window for it.
