@@ -506,13 +506,51 @@ func (s *statusStream) Read(p []byte) (int, error) {
 var errLocalUnreachable = errors.New("the agent could not reach its local server")
 
 // refusalSummary logs the tunnel's refusals of public clients so far, at
-// most once per 10 s, so a flood cannot flood the log. Each reader of a
-// public socket (TCP accept loop, UDP read loop) has its own.
-type refusalSummary struct{ last time.Time }
+// most once per refusalLogEvery, so a flood cannot flood the log. A refusal
+// within the interval after a line schedules one more line for its end, so
+// the refusals after a line are in the log even when none follows them (a
+// burst that stops, a reason seen only once). Each reader of a public
+// socket (TCP accept loop, UDP read loop) has its own.
+type refusalSummary struct {
+	// after runs f after d; nil: time.AfterFunc. Tests replace it.
+	after func(d time.Duration, f func())
+
+	mu      sync.Mutex
+	last    time.Time
+	pending bool           // a line is scheduled for the interval's end
+	latest  netip.AddrPort // the latest client refused, for that line
+}
+
+// refusalLogEvery is the least time between two refusal summaries of one
+// reader.
+const refusalLogEvery = 10 * time.Second
 
 func (s *refusalSummary) note(g *group, latest netip.AddrPort) {
-	if now := time.Now(); now.Sub(s.last) >= 10*time.Second {
-		s.last = now
-		g.logger().Info("public clients refused so far", "by_reason", g.refused.snapshot(), "latest", latest.String())
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.latest = latest
+	if s.pending {
+		return
 	}
+	wait := refusalLogEvery - time.Since(s.last)
+	if wait <= 0 {
+		s.logLocked(g)
+		return
+	}
+	s.pending = true
+	after := s.after
+	if after == nil {
+		after = func(d time.Duration, f func()) { time.AfterFunc(d, f) }
+	}
+	after(wait, func() {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		s.pending = false
+		s.logLocked(g)
+	})
+}
+
+func (s *refusalSummary) logLocked(g *group) {
+	s.last = time.Now()
+	g.logger().Info("public clients refused so far", "by_reason", g.refused.snapshot(), "latest", s.latest.String())
 }

@@ -31,7 +31,7 @@ type udpPort struct {
 	mu    sync.Mutex
 	flows map[netip.AddrPort]*udpFlow
 
-	refusals refusalSummary // serveUDP's goroutine only
+	refusals refusalSummary
 }
 
 func (u *udpPort) flowCount() int64 {
