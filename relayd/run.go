@@ -91,9 +91,6 @@ func runAction(c *cli.Context) error {
 	}
 	defer stopAdmin()
 
-	onHandshakeErr := func(a net.Addr, err error) {
-		log.Debug("tcp handshake failed", "remote", a.String(), "err", err)
-	}
 	opts := transportOptions(cfg)
 	if signer, ok := id.cert.PrivateKey.(crypto.Signer); ok {
 		// The same key after a restart lets agents of the old process see at
@@ -102,7 +99,7 @@ func runAction(c *cli.Context) error {
 			log.Warn("agents will notice a restart only at their idle timeout", "err", err)
 		}
 	}
-	ln, err := transport.Listen(cfg.Relay.Listen, transport.ServerTLSConfig(id.cert, tunnel.ALPN), opts, onHandshakeErr)
+	ln, err := transport.Listen(cfg.Relay.Listen, transport.ServerTLSConfig(id.cert, tunnel.ALPN), opts, relay.TransportHandshakeFailed)
 	if err != nil {
 		return cli.Exit(bindError(err, "[relay] listen").Error(), 1)
 	}

@@ -209,7 +209,7 @@ func (l *tcpListener) acceptLoop() {
 		default:
 			// Too many handshakes in progress: refuse rather than queue.
 			c.Close()
-			l.handshakeFailed(c.RemoteAddr(), errors.New("too many handshakes in progress"))
+			l.handshakeFailed(c.RemoteAddr(), ErrTooManyHandshakes)
 			continue
 		}
 		l.wg.Add(1)
@@ -232,6 +232,11 @@ func (l *tcpListener) acceptLoop() {
 		}()
 	}
 }
+
+// ErrTooManyHandshakes is what a TCP listener's onErr hears for a
+// connection it closed at once because Options.MaxHandshakes others were
+// in their handshake.
+var ErrTooManyHandshakes = errors.New("too many handshakes in progress")
 
 func (l *tcpListener) handshakeFailed(a net.Addr, err error) {
 	if l.onErr != nil {

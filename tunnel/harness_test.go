@@ -93,7 +93,7 @@ func startRelayWith(t testing.TB, mod func(*RelayConfig), optMod func(*transport
 	if optMod != nil {
 		optMod(&opts)
 	}
-	ln, err := transport.Listen("127.0.0.1:0", transport.ServerTLSConfig(cert, ALPN), opts, nil)
+	ln, err := transport.Listen("127.0.0.1:0", transport.ServerTLSConfig(cert, ALPN), opts, r.TransportHandshakeFailed)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -177,6 +177,48 @@ func TestGarbageOnControlPort(t *testing.T) {
 	roundTrip(t, a.Public(0), "existing tunnel")
 }
 
+// Failures of the TCP port's own handshake are counted among the relay's
+// handshake failures, as the metrics' agent_handshake_failures_total
+// promises for probing: garbage and a TLS-looking header as "tls", a
+// connection closed at once past the handshakes in progress as
+// "too-many-handshakes". They used to reach only a debug line, so probing
+// over TCP, and a flood of slow handshakes, showed in no metric. (QUIC's
+// handshake failures stay inside quic-go: there is no transport to run
+// this over but TCP.)
+func TestTCPHandshakeFailuresCounted(t *testing.T) {
+	r := startRelayWith(t, nil, func(o *transport.Options) { o.MaxHandshakes = 1 })
+	garbage := [][]byte{[]byte("GET / HTTP/1.0\r\n\r\n"), {0x16, 0x03, 0x01, 0xff, 0xff}, make([]byte, 100)}
+	for _, p := range garbage {
+		c, err := net.Dial("tcp", r.Addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Write(p)
+		io.Copy(io.Discard, c) // until the relay closes it
+		c.Close()
+	}
+	waitFor(t, "the garbage counted", 10*time.Second, func() bool {
+		return r.Relay.Stats().HandshakeFailures["tls"] == int64(len(garbage))
+	})
+
+	// One connection holds the only handshake slot; the next is closed at
+	// once, and counted.
+	held, err := net.Dial("tcp", r.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	c, err := net.Dial("tcp", r.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, c)
+	c.Close()
+	waitFor(t, "the refused handshake counted", 10*time.Second, func() bool {
+		return r.Relay.Stats().HandshakeFailures["too-many-handshakes"] == 1
+	})
+}
+
 func roundTrip(t *testing.T, addr, what string) {
 	t.Helper()
 	c := dialPublic(t, addr)

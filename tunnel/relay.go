@@ -443,6 +443,28 @@ type agentConn struct {
 	since       time.Time
 }
 
+// TransportHandshakeFailed counts, among the handshake failures, a
+// connection that failed in the transport's own handshake, before a session
+// reached Serve: garbage or a failed TLS handshake on the TCP port ("tls"),
+// one too slow ("timeout"), or one closed at once because
+// transport.Options.MaxHandshakes others were in their handshake
+// ("too-many-handshakes"). It is the onErr of transport.Listen. (QUIC's
+// handshake failures stay inside quic-go and are not counted.)
+func (r *Relay) TransportHandshakeFailed(addr net.Addr, err error) {
+	if errors.Is(err, context.Canceled) {
+		return // the listener closing, not the peer failing
+	}
+	reason := "tls"
+	switch {
+	case errors.Is(err, transport.ErrTooManyHandshakes):
+		reason = "too-many-handshakes"
+	case errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, context.DeadlineExceeded):
+		reason = "timeout"
+	}
+	r.handshakeFailures.add(reason)
+	r.log.Debug("tcp handshake failed", "remote", addr.String(), "reason", reason, "err", err)
+}
+
 func (r *Relay) serveSession(ctx context.Context, s transport.Session) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
