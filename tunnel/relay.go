@@ -1255,12 +1255,22 @@ func (r *Relay) tokenCurrentLocked(a *agentConn) *RefusedError {
 	if _, ok := r.tokens[KeyID(tok.Secret)]; ok {
 		return nil
 	}
-	for _, o := range r.tokens {
-		if o.token().ID == tok.ID {
-			return &RefusedError{Code: CodeUnauthorized, Text: fmt.Sprintf("token %q has a new secret on the relay: ask the relay's operator for it", tok.ID)}
-		}
+	if r.hasTokenIDLocked(tok.ID) {
+		return &RefusedError{Code: CodeUnauthorized, Text: fmt.Sprintf("token %q has a new secret on the relay: ask the relay's operator for it", tok.ID)}
 	}
 	return &RefusedError{Code: CodeUnauthorized, Text: fmt.Sprintf("token %q was revoked on the relay: ask the relay's operator for a new one", tok.ID)}
+}
+
+// hasTokenIDLocked reports whether a token of the running configuration
+// has the id: a token whose secret is unknown but whose id is not was
+// given a new secret, not revoked.
+func (r *Relay) hasTokenIDLocked(id string) bool {
+	for _, o := range r.tokens {
+		if o.token().ID == id {
+			return true
+		}
+	}
+	return false
 }
 
 // dropMembers takes every member of a's session out of its group.

@@ -274,8 +274,10 @@ func (r *Relay) ruledOutLocked(g *group) ruling {
 	tok := g.token.token()
 	_, ok := r.tokens[KeyID(tok.Secret)]
 	switch {
+	case !ok && r.hasTokenIDLocked(tok.ID):
+		return ruling{text: fmt.Sprintf("its token %q was given a new secret", tok.ID)}
 	case !ok:
-		return ruling{text: fmt.Sprintf("its token %q was revoked or given a new secret", tok.ID)}
+		return ruling{text: fmt.Sprintf("its token %q was revoked", tok.ID)}
 	case !r.config().Ports.Contains(g.port):
 		return ruling{text: fmt.Sprintf("port %d is no longer among the relay's ports", g.port), port: true}
 	}

@@ -71,14 +71,19 @@ func TestReloadTokens(t *testing.T) {
 			t.Errorf("Reload result %+v, want added [new], removed [old], changed [chg rot], 2 sessions and 2 tunnels closed", res)
 		}
 
-		// Revoked, and a new secret: Run ends with the reason, no retry.
+		// Revoked, and a new secret: Run ends with the reason, no retry;
+		// the relay's line for the tunnel says which of the two it was.
 		for _, c := range []struct {
-			a    *liveAgent
-			want string
+			a         *liveAgent
+			want, why string
 		}{
-			{old, `token "old" was revoked on the relay: ask the relay's operator for a new one`},
-			{rot, `token "rot" has a new secret on the relay: ask the relay's operator for it`},
+			{old, `token "old" was revoked on the relay: ask the relay's operator for a new one`, `its token \"old\" was revoked`},
+			{rot, `token "rot" has a new secret on the relay: ask the relay's operator for it`, `its token \"rot\" was given a new secret`},
 		} {
+			name := c.a.eps[0].Name
+			if want := fmt.Sprintf(`msg="tunnel closed" tunnel=%s port=%d token=%s why="%s"`, name, c.a.eps[0].Port, name, c.why); !strings.Contains(r.Log.String(), want) {
+				t.Errorf("the relay did not log %s", want)
+			}
 			err = c.a.wait(t, 20*time.Second)
 			if !isRefused(err, CodeUnauthorized) || err.Error() != c.want {
 				t.Errorf("Run returned %v; want an unauthorized refusal saying %q", err, c.want)
