@@ -189,7 +189,8 @@ func newFakeRelay() *fakeRelay {
 		}},
 		stats: tunnel.RelayStats{
 			Agents: map[string]int{"quic": 1}, Tunnels: 1, ClientsActive: 2, ClientsTotal: 7,
-			HandshakeFailures: map[string]int64{"timeout": 1}, AgentRefusals: map[string]int64{"unauthorized": 4},
+			HandshakeFailures: map[string]int64{"timeout": 1}, AgentRefusals: map[string]int64{"unauthorized": 4, "limit": 3},
+			TokenRefusals: map[string]map[string]int64{"alice": {"limit": 2}, "bob": {"limit": 1}},
 			UDPFlows: 8, UDPDrops: 9,
 		},
 	}
@@ -257,7 +258,7 @@ func TestAdminJSON(t *testing.T) {
 	}
 	delete(st, "started")
 	got, _ := json.Marshal(st)
-	const wantStats = `{"agent_refusals":{"unauthorized":4},"agents":{"quic":1,"tcp":0},"client_refusals":{},"clients_active":2,"clients_total":7,"handshake_failures":{"timeout":1},"tunnels":1,"udp_drops":9,"udp_flows":8}`
+	const wantStats = `{"agent_refusals":{"limit":3,"unauthorized":4},"agent_refusals_by_token":{"alice":{"limit":2},"bob":{"limit":1}},"agents":{"quic":1,"tcp":0},"client_refusals":{},"clients_active":2,"clients_total":7,"handshake_failures":{"timeout":1},"tunnels":1,"udp_drops":9,"udp_flows":8}`
 	if string(got) != wantStats {
 		t.Errorf("/api/v1/stats without version and started:\n got %s\nwant %s", got, wantStats)
 	}
@@ -366,9 +367,13 @@ relayd_tunnel_agents{token="alice",tunnel="web"} 2
 # TYPE relayd_agent_sessions gauge
 relayd_agent_sessions{transport="quic"} 1
 relayd_agent_sessions{transport="tcp"} 0
+# HELP relayd_token_agent_refusals_total Refusals sent to the agents of a token, by error code.
+# TYPE relayd_token_agent_refusals_total counter
+relayd_token_agent_refusals_total{reason="limit",token="alice"} 2
+relayd_token_agent_refusals_total{reason="limit",token="bob"} 1
 `
 	if err := testutil.CollectAndCompare(c, strings.NewReader(want), "relayd_tunnel_in_bytes_total",
-		"relayd_tunnel_client_refusals_total", "relayd_tunnel_agents", "relayd_agent_sessions"); err != nil {
+		"relayd_tunnel_client_refusals_total", "relayd_tunnel_agents", "relayd_agent_sessions", "relayd_token_agent_refusals_total"); err != nil {
 		t.Error(err)
 	}
 	// The snapshot the relay handed out is left as it was.

@@ -52,11 +52,13 @@ type apiStats struct {
 	ClientsTotal      int64            `json:"clients_total"`
 	HandshakeFailures map[string]int64 `json:"handshake_failures"`
 	AgentRefusals     map[string]int64 `json:"agent_refusals"`
-	ClientRefusals    map[string]int64 `json:"client_refusals"`
-	UDPFlows          int64            `json:"udp_flows"`
-	UDPDrops          int64            `json:"udp_drops"`
-	Started           time.Time        `json:"started"`
-	Version           apiVersion       `json:"version"`
+	// TokenRefusals is AgentRefusals for the agents of each token.
+	TokenRefusals  map[string]map[string]int64 `json:"agent_refusals_by_token"`
+	ClientRefusals map[string]int64            `json:"client_refusals"`
+	UDPFlows       int64                       `json:"udp_flows"`
+	UDPDrops       int64                       `json:"udp_drops"`
+	Started        time.Time                   `json:"started"`
+	Version        apiVersion                  `json:"version"`
 }
 
 type apiVersion struct {
@@ -119,12 +121,15 @@ func apiTunnels(ts []tunnel.TunnelInfo, publicHost string) []apiTunnel {
 }
 
 func newAPIStats(st tunnel.RelayStats, started time.Time) apiStats {
+	if st.TokenRefusals == nil {
+		st.TokenRefusals = map[string]map[string]int64{}
+	}
 	agents := map[string]int{transport.KindQUIC: 0, transport.KindTCP: 0}
 	maps.Copy(agents, st.Agents)
 	in := buildinfo.Read()
 	return apiStats{
 		Agents: agents, Tunnels: st.Tunnels, ClientsActive: st.ClientsActive, ClientsTotal: st.ClientsTotal,
-		HandshakeFailures: nonNil(st.HandshakeFailures), AgentRefusals: nonNil(st.AgentRefusals),
+		HandshakeFailures: nonNil(st.HandshakeFailures), AgentRefusals: nonNil(st.AgentRefusals), TokenRefusals: st.TokenRefusals,
 		ClientRefusals: nonNil(st.ClientRefusals), UDPFlows: st.UDPFlows, UDPDrops: st.UDPDrops, Started: started,
 		Version: apiVersion{Version: in.Version, Commit: in.Commit, GoVersion: in.GoVersion, Protocol: tunnel.ProtocolVersion},
 	}

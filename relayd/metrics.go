@@ -26,6 +26,7 @@ type relayCollector struct {
 
 	sessions, tunnels, clientsActive, clientsTotal  *prometheus.Desc
 	handshakeFailures, agentRefusals, clientRefused *prometheus.Desc
+	tokenRefusals                                   *prometheus.Desc
 	udpFlows, udpDrops                              *prometheus.Desc
 
 	tunnelAgents, tunnelActive, tunnelTotal, tunnelIn, tunnelOut *prometheus.Desc
@@ -47,6 +48,7 @@ func newRelayCollector(relay relayView) *relayCollector {
 		clientsTotal:      d("client_connections_total", "Public client connections carried since relayd started."),
 		handshakeFailures: d("agent_handshake_failures_total", "Agent sessions that failed before authenticating, by reason.", "reason"),
 		agentRefusals:     d("agent_refusals_total", "Agents or tunnel registrations the relay refused, by error code.", "reason"),
+		tokenRefusals:     d("token_agent_refusals_total", "Refusals sent to the agents of a token, by error code.", "token", "reason"),
 		clientRefused:     d("client_refusals_total", "Public clients turned away before reaching an agent, by reason.", "reason"),
 		udpFlows:          d("udp_flows", "UDP flows (client addresses) open, over all tunnels."),
 		udpDrops:          d("udp_dropped_total", "UDP datagrams dropped, over all tunnels."),
@@ -64,7 +66,7 @@ func newRelayCollector(relay relayView) *relayCollector {
 
 func (c *relayCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
-		c.sessions, c.tunnels, c.clientsActive, c.clientsTotal, c.handshakeFailures, c.agentRefusals, c.clientRefused,
+		c.sessions, c.tunnels, c.clientsActive, c.clientsTotal, c.handshakeFailures, c.agentRefusals, c.tokenRefusals, c.clientRefused,
 		c.udpFlows, c.udpDrops,
 		c.tunnelAgents, c.tunnelActive, c.tunnelTotal, c.tunnelIn, c.tunnelOut, c.tunnelRefused, c.tunnelUDPFlows, c.tunnelUDPDrops,
 		c.build,
@@ -98,6 +100,9 @@ func (c *relayCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(c.clientsTotal, float64(st.ClientsTotal))
 	byReason(c.handshakeFailures, st.HandshakeFailures)
 	byReason(c.agentRefusals, st.AgentRefusals)
+	for _, tok := range slices.Sorted(maps.Keys(st.TokenRefusals)) {
+		byReason(c.tokenRefusals, st.TokenRefusals[tok], tok)
+	}
 	byReason(c.clientRefused, st.ClientRefusals)
 	gauge(c.udpFlows, float64(st.UDPFlows))
 	counter(c.udpDrops, float64(st.UDPDrops))

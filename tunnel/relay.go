@@ -386,6 +386,12 @@ func (r *Relay) Stats() RelayStats {
 		AgentRefusals:     r.agentRefusals.snapshot(),
 		ClientRefusals:    r.clientRefusals.snapshot(),
 		UDPDrops:          r.udpDrops.Load(),
+		TokenRefusals:     map[string]map[string]int64{},
+	}
+	for _, ts := range r.tokens {
+		if m := ts.refusals.snapshot(); len(m) > 0 {
+			st.TokenRefusals[ts.token().ID] = m
+		}
 	}
 	for _, g := range r.groups {
 		if u := g.udp.Load(); u != nil {
@@ -706,6 +712,8 @@ func (a *agentConn) refuse(code ErrorCode, text string) error {
 	a.r.agentRefusals.add(code.String())
 	if a.token == nil {
 		a.r.handshakeFailures.add(code.String())
+	} else {
+		a.token.refusals.add(code.String())
 	}
 	a.wmu <- struct{}{}
 	a.ctl.SetWriteDeadline(time.Now().Add(2 * time.Second))
@@ -914,6 +922,7 @@ func (a *agentConn) register(ctx context.Context, m *Register) Message {
 		text := fmt.Sprintf(format, args...)
 		a.log.Warn("tunnel refused", "name", m.Name, "code", code.String(), "reason", text)
 		a.r.agentRefusals.add(code.String())
+		a.token.refusals.add(code.String())
 		return &Error{Request: m.Request, Code: code, Text: text}
 	}
 	if !ValidName(m.Name) {

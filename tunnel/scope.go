@@ -315,6 +315,9 @@ type tokenState struct {
 	tok     atomic.Pointer[Token]
 	tunnels int // guarded by Relay.mu
 	conns   atomic.Int64
+	// refusals counts what the relay refused the token's agents, by
+	// error code: which user keeps hitting which rule.
+	refusals counterMap
 }
 
 func newTokenState(t *Token) *tokenState {

@@ -50,6 +50,11 @@ type RelayStats struct {
 	HandshakeFailures map[string]int64
 	// AgentRefusals counts refusals sent to agents, by error code name.
 	AgentRefusals map[string]int64
+	// TokenRefusals counts, by token id, the refusals sent to agents
+	// that authenticated with it (by error code name): those of tokens
+	// in force, since each was added (a token keeps its counts across
+	// reloads that keep its secret).
+	TokenRefusals map[string]map[string]int64
 	// ClientRefusals counts public clients turned away, by reason.
 	ClientRefusals map[string]int64
 	// UDPFlows is how many UDP flows are open; UDPDrops, datagrams dropped.

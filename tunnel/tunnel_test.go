@@ -277,6 +277,11 @@ func TestRefusals(t *testing.T) {
 			if !isRefused(err, CodePortNotAllowed) || !strings.Contains(err.Error(), "41000-41999") {
 				t.Fatalf("got %v, want port-not-allowed naming the range", err)
 			}
+			// Counted under the token; the wrong token's refusal above,
+			// before any token was known, is not.
+			if got := r.Relay.Stats().TokenRefusals; len(got) != 1 || got["test"]["port-not-allowed"] != 1 || got["test"]["unauthorized"] != 0 {
+				t.Errorf("refusals by token: %v; want test's one port-not-allowed alone", got)
+			}
 		})
 		t.Run("port taken", func(t *testing.T) {
 			cfg := r.agentConfig(kind, local)
