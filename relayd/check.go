@@ -33,6 +33,9 @@ var checkCommand = &cli.Command{
 		for _, w := range readableSecrets(cfg) {
 			fmt.Fprintf(c.App.ErrWriter, "relayd: warning: %s: %s (mode %04o): %s\n", w.file, w.msg, w.mode, w.fix)
 		}
+		if w := ephemeralWarning(cfg.Relay.Ports); w != nil {
+			fmt.Fprintf(c.App.ErrWriter, "relayd: warning: %s: %s (%s of them): %s\n", path, w.msg(), w.overlap, w.fix())
+		}
 		fmt.Fprintf(c.App.Writer, "%s: ok (listen %s, ports %s, %d token(s))\n",
 			path, cfg.Relay.Listen, cfg.Relay.Ports, len(cfg.Tokens))
 		return nil

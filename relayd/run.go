@@ -84,6 +84,7 @@ func runAction(c *cli.Context) error {
 	for _, w := range readableSecrets(cfg) {
 		log.Warn(w.msg, "file", w.file, "mode", fmt.Sprintf("%04o", w.mode), "fix", w.fix)
 	}
+	warnEphemeral(log, cfg)
 
 	stopAdmin, err := startAdmin(cfg, relay, draining.Load, log)
 	if err != nil {
@@ -229,6 +230,9 @@ func reload(st *runState) *Config {
 				}
 				for _, w := range readableSecrets(next) {
 					log.Warn(w.msg, "file", w.file, "mode", fmt.Sprintf("%04o", w.mode), "fix", w.fix)
+				}
+				if next.Relay.Ports != st.cfg.Relay.Ports {
+					warnEphemeral(log, next)
 				}
 				// The keys this reload applied: what changed since the last
 				// file read, but for the ones warned about above.
