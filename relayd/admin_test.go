@@ -190,8 +190,7 @@ func newFakeRelay() *fakeRelay {
 		stats: tunnel.RelayStats{
 			Agents: map[string]int{"quic": 1}, Tunnels: 1, ClientsActive: 2, ClientsTotal: 7,
 			HandshakeFailures: map[string]int64{"timeout": 1}, AgentRefusals: map[string]int64{"unauthorized": 4, "limit": 3},
-			TokenRefusals: map[string]map[string]int64{"alice": {"limit": 2}, "bob": {"limit": 1}},
-			UDPFlows: 8, UDPDrops: 9,
+			UDPFlows: 8, UDPDrops: 9, TokenRefusals: map[string]map[string]int64{"alice": {"limit": 2}, "bob": {"limit": 1}},
 		},
 	}
 }
