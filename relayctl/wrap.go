@@ -34,7 +34,8 @@ const (
 var forwarded = []os.Signal{syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT}
 
 // wrap runs command beside the agent: the command starts first, the agent
-// connects once every local server accepts TCP connections, every signal
+// connects once every local server of a TCP tunnel accepts connections (a
+// UDP-only tunnel's is not waited for: see waitLocals), every signal
 // in forwarded goes to the command, and when the command exits the tunnels
 // close and relayctl exits with its exit code (128+N if signal N killed
 // it). If the agent ends first (refused, relay unverified, gave up), the
@@ -97,10 +98,17 @@ func wrap(agent *tunnel.Agent, p *agentPlan, command []string) error {
 
 // waitLocals returns once every tunnel's local server accepts a TCP
 // connection, sending each address on waiting as its turn comes, or when
-// ctx ends.
+// ctx ends. A UDP-only tunnel's server is not waited for: UDP has no
+// connection to try, and a datagram sent to find out would reach the
+// server as if from a player. Waiting for its TCP port instead would wait
+// forever (a Bedrock or Valheim server listens on none).
 func waitLocals(ctx context.Context, tunnels []tunnel.TunnelSpec, waiting chan<- string, log *slog.Logger) error {
 	d := net.Dialer{Timeout: time.Second}
 	for _, t := range tunnels {
+		if t.Protos == tunnel.ProtoUDP {
+			log.Info("not waiting for a UDP-only local server: UDP has no connection to try", "local", t.Local)
+			continue
+		}
 		waiting <- t.Local
 		for logged := false; ; logged = true {
 			c, err := d.DialContext(ctx, "tcp", t.Local)

@@ -4,8 +4,10 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"os/signal"
@@ -19,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	pt "github.com/relaytun/relay/internal/proctest"
+	"github.com/relaytun/relay/tunnel"
 )
 
 func init() { helperServer = serveHelper }
@@ -183,5 +186,31 @@ func TestWrap(t *testing.T) {
 				t.Errorf("stderr ends %q, want %q", last, want)
 			}
 		})
+	}
+}
+
+// TestWaitLocalsUDPOnly: a UDP-only tunnel's local server is not waited
+// for, since it accepts no TCP connection to find it by; a TCP tunnel's is.
+// (The context is over before the start, so a wait returns at once with
+// its error instead of polling.)
+func TestWaitLocalsUDPOnly(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	log := slog.New(slog.DiscardHandler)
+	local := pt.ClosedPort(t)
+	for _, tc := range []struct {
+		protos uint8
+		wait   bool
+	}{
+		{tunnel.ProtoUDP, false},
+		{tunnel.ProtoTCP, true},
+		{tunnel.ProtoTCP | tunnel.ProtoUDP, true},
+		{0, true}, // TCP
+	} {
+		specs := []tunnel.TunnelSpec{{Name: "game", Local: local, Protos: tc.protos}}
+		err := waitLocals(ctx, specs, make(chan string, len(specs)), log)
+		if waited := err != nil; waited != tc.wait {
+			t.Errorf("protos %#x: waitLocals returned %v; want a wait for the local server: %v", tc.protos, err, tc.wait)
+		}
 	}
 }
