@@ -153,3 +153,43 @@ func TestExposeRetryFlags(t *testing.T) {
 		}
 	}
 }
+
+// TestExposeRelayAddress: --relay takes HOST, HOST:PORT and IPv6 in either
+// form; a URL, a port that is no number or no host is a usage error naming
+// --relay, not a relay that cannot be reached (exit 1, retried for ever
+// with --wait-for-relay).
+func TestExposeRelayAddress(t *testing.T) {
+	fp := "SHA256:" + strings.Repeat("A", 43)
+	for _, tt := range []struct{ relay, want string }{
+		{"relay.example.com", "relay.example.com:7000"},
+		{"relay.example.com:24000", "relay.example.com:24000"},
+		{"127.0.0.1", "127.0.0.1:7000"},
+		{"::1", "[::1]:7000"},
+		{"[::1]", "[::1]:7000"},
+		{"[::1]:24000", "[::1]:24000"},
+	} {
+		cfg, err := parseExpose(t, nil, "8080", "--relay", tt.relay, "--token", "s", "--fingerprint", fp)
+		if err != nil {
+			t.Errorf("--relay %s: %v", tt.relay, err)
+		} else if cfg.Relay != tt.want {
+			t.Errorf("--relay %s: dials %s, want %s", tt.relay, cfg.Relay, tt.want)
+		}
+	}
+	for _, tt := range []struct{ relay, want string }{
+		{"tcp://relay.example.com:24000", `--relay: "tcp://relay.example.com:24000": not a URL: give HOST:PORT, without tcp://`},
+		{"https://relay.example.com", "not a URL"},
+		{"relay.example.com:seven", `port "seven" is not a number from 1 to 65535`},
+		{"relay.example.com:70000", `port "70000" is not a number`},
+		{"relay.example.com:0", `port "0" is not a number`},
+		{"relay.example.com:", `port "" is not a number`},
+		{":7000", "no host"},
+		{"relay.example.com/x", "not HOST:PORT"},
+		{"2001:db8::1:7000:x", "an IPv6 address goes in brackets"},
+	} {
+		_, err := parseExpose(t, nil, "8080", "--relay", tt.relay, "--token", "s", "--fingerprint", fp)
+		var ec cli.ExitCoder
+		if !errors.As(err, &ec) || ec.ExitCode() != exitUsage || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("--relay %s: %v, want exit %d saying %q", tt.relay, err, exitUsage, tt.want)
+		}
+	}
+}

@@ -188,6 +188,7 @@ func TestAgentFileErrors(t *testing.T) {
 		{"wrong type", "relay = 7000\n", "bad.toml:1: relay: want a string, got an integer"},
 		{"bare number duration", head + "drain_timeout = 30\n" + one, `bad.toml:3: drain_timeout: 30 has no unit: write it with one, in quotes, such as "30s"`},
 		{"no relay", "token = \"s\"\n" + one, "bad.toml: relay is required: the relay's HOST:PORT"},
+		{"relay URL", "relay = \"tcp://r:7000\"\ntoken = \"s\"\n" + one, `bad.toml:1: relay: "tcp://r:7000": not a URL: give HOST:PORT, without tcp://`},
 		{"no token", "relay = \"r\"\n" + one, "bad.toml: token or token_file (or RELAY_TOKEN or RELAY_TOKEN_FILE in the environment) is required"},
 		{"token and token_file", head + "token_file = \"x\"\n" + one, "bad.toml:3: token and token_file are both set"},
 		{"token_file missing", "relay = \"r\"\ntoken_file = \"" + missing + "\"\n" + one, "bad.toml:2: token_file: cannot read " + missing + ": no such file or directory"},

@@ -121,6 +121,37 @@ type naming struct {
 	tokenEnvMissing, tokenEnvBoth string
 }
 
+// relayAddr checks a relay address as the user wrote it and returns it as
+// HOST:PORT, with defaultRelayPort when it has none. A scheme, a path or a
+// port that is not a number would otherwise reach the dialer and fail as an
+// unreachable relay (exit 1, and retried for ever with --wait-for-relay),
+// when it is a usage mistake.
+func relayAddr(s string) (string, error) {
+	if i := strings.Index(s, "://"); i >= 0 {
+		return "", fmt.Errorf("not a URL: give HOST:PORT, without %s", s[:i+3])
+	}
+	if strings.ContainsAny(s, "/ ") {
+		return "", errors.New("not HOST:PORT")
+	}
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		// No port, or a bare IPv6 address (::1, [::1]).
+		host, port = strings.Trim(s, "[]"), defaultRelayPort
+		if strings.Contains(host, ":") {
+			if _, err := netip.ParseAddr(host); err != nil {
+				return "", errors.New("not HOST:PORT (an IPv6 address goes in brackets: [2001:db8::1]:7000)")
+			}
+		}
+	}
+	if host == "" {
+		return "", errors.New("no host: give HOST:PORT")
+	}
+	if n, err := strconv.ParseUint(port, 10, 16); err != nil || n == 0 {
+		return "", fmt.Errorf("port %q is not a number from 1 to 65535", port)
+	}
+	return net.JoinHostPort(host, port), nil
+}
+
 // agentPlan is a checked agentSpec, ready to run.
 type agentPlan struct {
 	cfg          tunnel.AgentConfig
@@ -143,10 +174,11 @@ func (s *agentSpec) build(n naming) (*agentPlan, error) {
 	if s.Relay == "" {
 		return nil, whole("relay", "%s is required: the relay's HOST:PORT, e.g. relay.example.com:7000", n.key("relay"))
 	}
-	cfg.Relay = s.Relay
-	if _, _, err := net.SplitHostPort(s.Relay); err != nil {
-		cfg.Relay = net.JoinHostPort(strings.Trim(s.Relay, "[]"), defaultRelayPort)
+	relay, err := relayAddr(s.Relay)
+	if err != nil {
+		return nil, fail("relay", 0, "%q: %v, e.g. relay.example.com:7000 (the port is 7000 when left out)", s.Relay, err)
 	}
+	cfg.Relay = relay
 	switch {
 	case s.Token != "" && s.TokenFile != "":
 		return nil, whole("token_file", "%s and %s are both set%s: use one", n.key("token"), n.key("token_file"), n.tokenEnvBoth)
