@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -21,8 +22,32 @@ type agentFlow struct {
 	last atomic.Int64 // unix nanoseconds
 	in   atomic.Int64 // bytes to the local server
 	// header, when set, is the PROXY v2 header that goes in front of the
-	// flow's first datagram; taken once sent.
+	// flow's next datagram; taken once sent.
 	header atomic.Pointer[[]byte]
+	// proxyHeader is the flow's PROXY v2 header (nil without one), set
+	// again in header when the local server refuses a datagram: a server
+	// that was down, or restarted, has not seen it, and one that reads
+	// the header (Geyser) ignores a peer that never sent it.
+	proxyHeader []byte
+	// refused: the local server refused a datagram since it last sent
+	// one, which was logged.
+	refused atomic.Bool
+}
+
+// localRefused notes that the local server refused one of f's datagrams
+// (nothing listens on its UDP port: down, or restarting): logged once
+// until it answers again, and the PROXY header goes in front of the next
+// datagram again. The flow stays, so the player carries on once the
+// server is back.
+func (a *Agent) localRefused(t *agentTunnel, client netip.AddrPort, f *agentFlow, err error) {
+	if f.proxyHeader != nil {
+		h := f.proxyHeader
+		f.header.Store(&h)
+	}
+	if !f.refused.Swap(true) {
+		a.log.Warn("udp datagrams not delivered: the local server refused them (is it running, on this UDP port?); the flow stays open",
+			"tunnel", t.spec.Name, "client", client.String(), "local", t.spec.Local, "err", err)
+	}
 }
 
 // agentUDP is an agent tunnel's flows. They outlive sessions: after a
@@ -57,7 +82,12 @@ func (a *Agent) deliverUDP(p []byte, byID map[uint32]*agentTunnel) {
 		payload = append(*hp, payload...)
 	}
 	if _, err := f.conn.Write(payload); err != nil {
+		// A refusal the socket noted for an earlier datagram fails this
+		// one, unsent.
 		t.udp.drops.Add(1)
+		if !errors.Is(err, net.ErrClosed) {
+			a.localRefused(t, h.Client, f, err)
+		}
 		return
 	}
 	f.in.Add(int64(n))
@@ -103,6 +133,9 @@ func (a *Agent) flow(t *agentTunnel, client netip.AddrPort) (*agentFlow, error) 
 			conn.Close()
 			return nil, err
 		}
+		// Clipped: deliverUDP appends the payload to the header, which
+		// must not write into proxyHeader.
+		f.proxyHeader = slices.Clip(b)
 		f.header.Store(&b)
 	}
 	u.flows[client] = f
@@ -152,8 +185,10 @@ func (a *Agent) serveFlow(t *agentTunnel, client netip.AddrPort, f *agentFlow) {
 			}
 			// ECONNREFUSED from a server not (yet) listening: keep the
 			// flow; the client may retry.
+			a.localRefused(t, client, f, err)
 			continue
 		}
+		f.refused.Store(false)
 		f.last.Store(time.Now().UnixNano())
 		link := a.link.Load()
 		if link == nil {

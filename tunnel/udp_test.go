@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/pires/go-proxyproto"
+
+	"github.com/relaytun/relay/internal/proctest"
 )
 
 // udpEcho runs a UDP server on loopback that sends every datagram back to
@@ -451,4 +453,89 @@ func FuzzParseDatagram(f *testing.F) {
 			t.Fatal("payload longer than the datagram")
 		}
 	})
+}
+
+// TestUDPLocalServerDown: datagrams a UDP tunnel's local server refuses
+// (nothing listens on its port) are logged once until it answers again,
+// the flow stays for when it is back, and a flow with a PROXY v2 header
+// sends it again in front of the first datagram the server takes: the
+// one that rode in front of a refused datagram never reached it, and a
+// server reading headers (Geyser) ignores a peer that sent none.
+func TestUDPLocalServerDown(t *testing.T) {
+	forEachTransport(t, func(t *testing.T, kind string) {
+		r := startRelay(t, nil)
+		local := proctest.ClosedPort(t)
+		cfg := r.udpAgentConfig(kind, ProtoUDP, local)
+		cfg.Tunnels[0].ProxyProtocol = 2
+		a := mustRunAgent(t, cfg)
+		c := dialUDP(t, endpointFor(t, a, "udp"))
+		const warning = "the local server refused them"
+		warnings := func() int { return strings.Count(a.Log.String(), warning) }
+		refused := func(n int) func() bool {
+			return func() bool {
+				c.Write([]byte("anyone?"))
+				return warnings() >= n
+			}
+		}
+		waitFor(t, "the agent to log the refusal", 10*time.Second, refused(1))
+		if !strings.Contains(a.Log.String(), "local="+local) {
+			t.Errorf("the refusal does not name the local server %s:\n%s", local, a.Log)
+		}
+		for range 5 {
+			c.Write([]byte("anyone?"))
+		}
+
+		// The server comes up: the flow carries on, header first.
+		pc, err := net.ListenPacket("udp", local)
+		if err != nil {
+			t.Fatal(err)
+		}
+		firsts := make(chan []byte, 64)
+		go func() {
+			buf := make([]byte, 2048)
+			seen := map[string]bool{}
+			for {
+				n, from, err := pc.ReadFrom(buf)
+				if err != nil {
+					return
+				}
+				p := buf[:n]
+				if !seen[from.String()] {
+					seen[from.String()] = true
+					firsts <- bytes.Clone(p)
+				}
+				if h, err := proxyproto.Read(bufio.NewReader(bytes.NewReader(p))); err == nil {
+					p = p[len(mustFormat(t, h)):]
+				}
+				if string(p) != "anyone?" { // sent while it was down
+					pc.WriteTo(p, from)
+				}
+			}
+		}()
+		exchange(t, c, []byte("back"))
+		first := <-firsts
+		h, err := proxyproto.Read(bufio.NewReader(bytes.NewReader(first)))
+		if err != nil {
+			t.Fatalf("the server's first datagram from the flow, %q, has no PROXY header: %v", first, err)
+		}
+		if src, _, ok := h.UDPAddrs(); !ok || src.String() != c.LocalAddr().String() {
+			t.Errorf("PROXY header source %v, want the client %s", h.SourceAddr, c.LocalAddr())
+		}
+		if n := warnings(); n != 1 {
+			t.Errorf("%d refusal lines for one outage, want 1:\n%s", n, a.Log)
+		}
+
+		// It answered, so the next outage is logged again.
+		pc.Close()
+		waitFor(t, "the agent to log the second outage", 10*time.Second, refused(2))
+	})
+}
+
+func mustFormat(t *testing.T, h *proxyproto.Header) []byte {
+	t.Helper()
+	b, err := h.Format()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
