@@ -456,11 +456,17 @@ func TestLeasedPortsAndReuse(t *testing.T) {
 			t.Errorf("c's tunnel: %v", err)
 		}
 
-		// Every port live: a coming back is told, not given c's port.
+		// Every port live: a coming back is told, not given c's port, and
+		// what to do.
 		_, err = run("a", PortRange{})
-		want := fmt.Sprintf("tunnel a (%s): every port it may use (%s) is in use", local, r.Relay.config().Ports)
+		want := fmt.Sprintf("tunnel a (%s): every port it may use (%s) is in use: try again once one is free, or ask the relay's operator for more ports", local, r.Relay.config().Ports)
 		if !isRefused(err, CodeNoPortFree) || err.Error() != want {
 			t.Fatalf("a with every port live: %v; want %q", err, want)
+		}
+		_, err = run("a", PortRange{x, y})
+		want = fmt.Sprintf("tunnel a (%s): every port it may use (%s) is in use: ask for a wider --port range, or leave --port out", local, r.Relay.config().Ports.Intersect(PortRange{x, y}))
+		if !isRefused(err, CodeNoPortFree) || err.Error() != want {
+			t.Fatalf("a asking for %d-%d with every port live: %v; want %q", x, y, err, want)
 		}
 	})
 }

@@ -1048,6 +1048,16 @@ func (r *Relay) join(ctx context.Context, a *agentConn, m *Register, allow, deny
 	}
 	port, ln, pc, err := r.bindLocked(key, cands, want, cfg.BindHost, m.Protos, m.NoLease)
 	if err != nil {
+		var ref *RefusedError
+		if errors.As(err, &ref) && ref.Code == CodeNoPortFree && !m.NoLease {
+			// What to do, which a reload's use of the same text (the
+			// operator's doing) leaves out.
+			hint := "try again once one is free, or ask the relay's operator for more ports"
+			if m.PortLow != 0 {
+				hint = "ask for a wider --port range, or leave --port out"
+			}
+			err = &RefusedError{Code: ref.Code, Text: ref.Text + ": " + hint}
+		}
 		return nil, 0, err
 	}
 	g = &group{
