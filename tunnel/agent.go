@@ -695,7 +695,7 @@ func (a *Agent) dial(ctx context.Context) (transport.Session, error) {
 	if a.fellBack {
 		level = slog.LevelDebug
 	}
-	s, fellBack, err := dialAuto(ctx, a.cfg.Relay, a.cfg.FallbackDelay, a.log, level, q, t)
+	s, fellBack, err := dialAuto(ctx, a.cfg.Relay, a.cfg.FallbackDelay, a.log, level, q, t, fallbackGrace)
 	a.fellBack = a.fellBack || fellBack
 	return s, err
 }
@@ -721,78 +721,134 @@ func (e *DialError) Error() string {
 func (e *DialError) Unwrap() error { return e.Err }
 
 // DialAuto dials with first, and also with second once delay passes or
-// first fails, returning whichever session comes up first. A relay that
-// fails verification ends the attempt: another transport would not help.
+// first fails, returning whichever session comes up first, but first's
+// when it follows second's closely (see dialAuto). A relay that fails
+// verification ends the attempt: another transport would not help.
 func DialAuto(ctx context.Context, addr string, delay time.Duration, log *slog.Logger, first, second transport.Dialer) (transport.Session, error) {
-	s, _, err := dialAuto(ctx, addr, delay, log, slog.LevelInfo, first, second)
+	s, _, err := dialAuto(ctx, addr, delay, log, slog.LevelInfo, first, second, fallbackGrace)
 	return s, err
+}
+
+// fallbackGrace is how long dialAuto holds a session of its second
+// dialer that took took, for a fresh attempt of the first, started at the
+// same moment, to come up: QUIC's handshake takes one round trip, TCP
+// and TLS's two, so where UDP gets through QUIC is seldom much later.
+func fallbackGrace(took time.Duration) time.Duration {
+	return min(max(took, 100*time.Millisecond), time.Second)
 }
 
 // dialAuto is DialAuto logging the turn to second at level, and reporting
 // whether it took that turn.
-func dialAuto(ctx context.Context, addr string, delay time.Duration, log *slog.Logger, level slog.Level, first, second transport.Dialer) (transport.Session, bool, error) {
+//
+// When delay passes without an answer, first is tried afresh beside
+// second: an attempt that went out while the relay was down (a restart)
+// is waiting out its retransmission backoff (quic-go doubles it from
+// 200 ms), and would leave the session on second for as long as it
+// lasts, though the relay now answers first as well. A session of second
+// that comes up while a first attempt is pending is held for
+// grace(how long it took) to let that one come up instead.
+func dialAuto(ctx context.Context, addr string, delay time.Duration, log *slog.Logger, level slog.Level,
+	first, second transport.Dialer, grace func(took time.Duration) time.Duration) (transport.Session, bool, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	type result struct {
-		s   transport.Session
-		err error
+		s     transport.Session
+		err   error
+		first bool
 	}
-	results := make(chan result, 2)
-	start := func(d transport.Dialer) {
+	results := make(chan result, 3)
+	start := func(d transport.Dialer, isFirst bool) {
 		go func() {
 			s, err := dialOne(ctx, d, addr)
-			results <- result{s, err}
+			results <- result{s, err, isFirst}
 		}()
 	}
+	started, done, firstPending := 0, 0, 0
+	startFirst := func() { start(first, true); started++; firstPending++ }
+	var tookSecond bool
+	var secondStart time.Time
+	startSecond := func() { start(second, false); started++; tookSecond, secondStart = true, time.Now() }
 	// closeLate closes whatever the attempts still pending bring.
-	closeLate := func(pending int) {
-		for range pending {
-			if r := <-results; r.s != nil {
-				r.s.Close()
+	closeLate := func() {
+		go func(pending int) {
+			for range pending {
+				if r := <-results; r.s != nil {
+					r.s.Close()
+				}
 			}
-		}
+		}(started - done)
 	}
-	start(first)
-	started, done := 1, 0
+	startFirst()
 	timer := time.NewTimer(delay)
 	defer timer.Stop()
+	var held transport.Session // second's, while a first attempt may still win
+	var graceOver <-chan time.Time
 	var errs []error
 	for {
 		select {
 		case <-timer.C:
-			if started == 1 {
+			if !tookSecond {
 				log.Log(ctx, level, "no answer over "+first.Kind()+" yet; trying "+second.Kind(), "relay", addr)
-				start(second)
-				started++
+				startSecond()
+				startFirst()
 			}
 		case r := <-results:
 			done++
+			if r.first {
+				firstPending--
+			}
 			if r.err == nil {
-				go closeLate(started - done)
-				return r.s, started == 2, nil
+				if !r.first && firstPending > 0 {
+					held = r.s
+					graceOver = time.After(grace(time.Since(secondStart)))
+					continue
+				}
+				if held != nil {
+					log.Debug(first.Kind()+" answered soon after "+second.Kind()+"; using "+first.Kind(), "relay", addr)
+					held.Close()
+				}
+				closeLate()
+				return r.s, tookSecond, nil
 			}
 			var idErr *transport.IdentityError
 			if errors.As(r.err, &idErr) {
-				go closeLate(started - done)
-				return nil, started == 2, idErr
+				if held != nil {
+					held.Close()
+				}
+				closeLate()
+				return nil, tookSecond, idErr
 			}
 			errs = append(errs, r.err)
+			if held != nil {
+				if firstPending == 0 {
+					closeLate()
+					return held, true, nil
+				}
+				continue
+			}
 			// Refused over TCP means the host answered with nothing on the
 			// port: QUIC, on the same port number, will not do better.
-			if started == 2 && errors.Is(r.err, syscall.ECONNREFUSED) {
-				return nil, started == 2, errors.Join(errs...)
+			if !r.first && errors.Is(r.err, syscall.ECONNREFUSED) {
+				closeLate()
+				return nil, true, errors.Join(errs...)
 			}
-			if started == 1 {
+			if !tookSecond {
 				log.Log(ctx, level, first.Kind()+" failed; trying "+second.Kind(), "relay", addr, "err", r.err)
-				start(second)
-				started++
+				startSecond()
 				continue
 			}
 			if done == started {
-				return nil, started == 2, errors.Join(errs...)
+				return nil, true, errors.Join(errs...)
 			}
+		case <-graceOver:
+			closeLate()
+			return held, true, nil
 		case <-ctx.Done():
-			return nil, started == 2, ctx.Err()
+			if held != nil {
+				held.Close()
+			}
+			closeLate()
+			return nil, tookSecond, ctx.Err()
 		}
 	}
 }

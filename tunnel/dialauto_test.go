@@ -1,0 +1,113 @@
+package tunnel
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/relaytun/relay/transport"
+)
+
+// stubDialer is a transport.Dialer whose attempts run dial, numbered from
+// 1, so a test decides what each attempt of dialAuto's meets.
+type stubDialer struct {
+	kind  string
+	calls atomic.Int32
+	dial  func(ctx context.Context, n int32) (transport.Session, error)
+}
+
+func (d *stubDialer) Kind() string { return d.kind }
+
+func (d *stubDialer) Dial(ctx context.Context, _ string) (transport.Session, error) {
+	return d.dial(ctx, d.calls.Add(1))
+}
+
+// stubSession is a session that knows its kind and whether it was closed;
+// dialAuto calls nothing else.
+type stubSession struct {
+	transport.Session
+	kind   string
+	closed atomic.Bool
+}
+
+func (s *stubSession) Kind() string { return s.kind }
+func (s *stubSession) Close() error { s.closed.Store(true); return nil }
+
+// unanswered is an attempt that never hears back: a QUIC Initial sent while the
+// relay was down, waiting out its retransmission backoff.
+func unanswered(ctx context.Context) (transport.Session, error) {
+	<-ctx.Done()
+	return nil, ctx.Err()
+}
+
+// A relay that was down when the QUIC attempt went out, and answers both
+// transports by the time the fallback starts: the session is QUIC's, from
+// a fresh attempt beside TCP, not TCP's for as long as it lasts (UDP
+// tunnels then framed on a TCP stream).
+func TestDialAutoTriesFirstAfreshBesideSecond(t *testing.T) {
+	quicSess, tcpSess := &stubSession{kind: "quic"}, &stubSession{kind: "tcp"}
+	tcpUp := make(chan struct{})
+	quic := &stubDialer{kind: "quic", dial: func(ctx context.Context, n int32) (transport.Session, error) {
+		if n == 1 {
+			return unanswered(ctx)
+		}
+		<-tcpUp // the fresh attempt comes up after TCP's
+		return quicSess, nil
+	}}
+	tcp := &stubDialer{kind: "tcp", dial: func(context.Context, int32) (transport.Session, error) {
+		close(tcpUp)
+		return tcpSess, nil
+	}}
+	hour := func(time.Duration) time.Duration { return time.Hour }
+	s, fellBack, err := dialAuto(context.Background(), "relay:7000", time.Millisecond, slog.New(slog.DiscardHandler), slog.LevelInfo, quic, tcp, hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s != quicSess || !fellBack {
+		t.Fatalf("got the %s session (fell back: %v), want the fresh quic attempt's after the fallback", s.Kind(), fellBack)
+	}
+	waitFor(t, "the tcp session to be closed", 10*time.Second, tcpSess.closed.Load)
+	if quicSess.closed.Load() {
+		t.Error("the session returned was closed")
+	}
+}
+
+// Where UDP gets nowhere, the TCP session is used once the grace is over,
+// or at once when every QUIC attempt has failed.
+func TestDialAutoFallsBackWhenFirstNeverAnswers(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		quic  func(ctx context.Context, n int32, tcpUp <-chan struct{}) (transport.Session, error)
+		grace time.Duration
+	}{
+		{"silent", func(ctx context.Context, _ int32, _ <-chan struct{}) (transport.Session, error) {
+			return unanswered(ctx)
+		}, time.Millisecond},
+		{"failing", func(_ context.Context, _ int32, tcpUp <-chan struct{}) (transport.Session, error) {
+			<-tcpUp
+			return nil, errors.New("no recent network activity")
+		}, time.Hour},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tcpSess := &stubSession{kind: "tcp"}
+			tcpUp := make(chan struct{})
+			quic := &stubDialer{kind: "quic", dial: func(ctx context.Context, n int32) (transport.Session, error) { return tc.quic(ctx, n, tcpUp) }}
+			tcp := &stubDialer{kind: "tcp", dial: func(context.Context, int32) (transport.Session, error) {
+				close(tcpUp)
+				return tcpSess, nil
+			}}
+			grace := func(time.Duration) time.Duration { return tc.grace }
+			s, fellBack, err := dialAuto(context.Background(), "relay:7000", time.Millisecond, slog.New(slog.DiscardHandler), slog.LevelInfo, quic, tcp, grace)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if s != tcpSess || !fellBack || tcpSess.closed.Load() {
+				t.Errorf("got the %s session (fell back: %v, closed: %v), want tcp's, open", s.Kind(), fellBack, tcpSess.closed.Load())
+			}
+			waitFor(t, "a fresh quic attempt beside tcp", 10*time.Second, func() bool { return quic.calls.Load() == 2 })
+		})
+	}
+}
