@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"regexp"
 	"strings"
 
 	"github.com/urfave/cli/v2"
@@ -40,7 +41,26 @@ var exposeCommand = &cli.Command{
 		&cli.StringFlag{Name: "log-format", Value: "text", Usage: "text or json"},
 		controlFlag(),
 	),
-	Action: exposeAction,
+	OnUsageError: flagUsageError,
+	Action:       exposeAction,
+}
+
+// bareDuration is the flag package's error for a value it could not parse,
+// when that value is a bare number.
+var bareDuration = regexp.MustCompile(`^invalid value "([0-9]+(?:\.[0-9]+)?)" for flag -([a-z-]+): parse error$`)
+
+// flagUsageError is a usage error (exit 2) for a flag relayctl could not
+// parse; a duration given as a bare number ("--retry-max-delay 30") says to
+// add a unit, as agent.toml's keys do, instead of "parse error".
+func flagUsageError(c *cli.Context, err error, _ bool) error {
+	if m := bareDuration.FindStringSubmatch(err.Error()); m != nil {
+		for _, f := range c.Command.Flags {
+			if d, ok := f.(*cli.DurationFlag); ok && d.Name == m[2] {
+				return cli.Exit(fmt.Sprintf("--%s: %s has no unit: write it with one, such as %ss", m[2], m[1], m[1]), exitUsage)
+			}
+		}
+	}
+	return cli.Exit(err.Error(), exitUsage)
 }
 
 func exposeAction(c *cli.Context) error {
