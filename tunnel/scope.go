@@ -337,7 +337,7 @@ func (tok *Token) allows(name string, protos uint8) *RefusedError {
 			tok.ID, name, strings.Join(tok.Names, ", "))}
 	}
 	if protos&ProtoUDP != 0 && tok.DenyUDP {
-		return &RefusedError{Code: CodeForbidden, Text: fmt.Sprintf("token %q may not open UDP tunnels (its udp rule is false)", tok.ID)}
+		return &RefusedError{Code: CodeForbidden, Text: fmt.Sprintf("token %q may not open UDP tunnels (its udp rule is false): use --proto tcp, or ask the relay's operator for a token that may", tok.ID)}
 	}
 	return nil
 }

@@ -390,8 +390,8 @@ func TestUDPRefusals(t *testing.T) {
 	r := startRelay(t, func(c *RelayConfig) { c.Tokens[0].DenyUDP = true })
 	srv := startUDPEcho(t)
 	_, err := runAgent(t, r.udpAgentConfig(TransportQUIC, ProtoUDP, srv.Addr))
-	if !isRefused(err, CodeForbidden) || !bytes.Contains([]byte(err.Error()), []byte("udp rule")) {
-		t.Errorf("UDP with a token that denies it: %v, want forbidden naming the udp rule", err)
+	if !isRefused(err, CodeForbidden) || !strings.HasSuffix(err.Error(), `token "test" may not open UDP tunnels (its udp rule is false): use --proto tcp, or ask the relay's operator for a token that may`) {
+		t.Errorf("UDP with a token that denies it: %v, want forbidden naming the udp rule and what to do", err)
 	}
 	cfg := r.udpAgentConfig(TransportQUIC, ProtoUDP, srv.Addr)
 	cfg.Tunnels[0].ProxyProtocol = 1
