@@ -258,7 +258,7 @@ func (v *Verifier) verify(addr, host string, cs tls.ConnectionState) error {
 	got := spkiHash(leaf)
 	if v.Pin != nil {
 		if !bytes.Equal(got, v.Pin) {
-			return &IdentityError{Msg: fmt.Sprintf("relay %s has fingerprint %s, not the expected %s: check --fingerprint (run `relayd fingerprint` on the relay)",
+			return &IdentityError{Msg: fmt.Sprintf("relay %s has fingerprint %s, not the expected %s: check the pinned fingerprint (--fingerprint, or fingerprint in agent.toml) against what `relayd fingerprint` prints on the relay",
 				addr, FormatFingerprint(got), FormatFingerprint(v.Pin))}
 		}
 		return nil

@@ -274,7 +274,7 @@ func TestPinMismatch(t *testing.T) {
 			t.Parallel()
 			_, err := srv.dialWith(t, kind, &Verifier{Pin: otherPin}, testALPN)
 			ie := identityError(t, err)
-			mustContain(t, ie.Error(), Fingerprint(srv.cert.Leaf), Fingerprint(other), srv.addr, "--fingerprint")
+			mustContain(t, ie.Error(), Fingerprint(srv.cert.Leaf), Fingerprint(other), srv.addr, "--fingerprint, or fingerprint in agent.toml")
 			// The error is final, whatever wraps it.
 			mustContain(t, err.Error(), Fingerprint(srv.cert.Leaf))
 		})

@@ -152,7 +152,7 @@ func TestPermanentRefusalStops(t *testing.T) {
 			want               string
 		}{
 			{"bad token", "wrong-secret-0123456789", "unauthorized",
-				"token not accepted: check --token (or RELAY_TOKEN) against the relay's tokens: the [[tokens]] in its relay.toml, or the token file in its state directory when relay.toml defines none"},
+				"token not accepted: check the token (--token or --token-file, token or token_file in agent.toml, or RELAY_TOKEN) against the relay's tokens: the [[tokens]] in its relay.toml, or the token file in its state directory when relay.toml defines none"},
 			{"name out of scope", "games-secret-0123456789", "forbidden",
 				`may not use the tunnel name "t` + local[strings.LastIndex(local, ":")+1:] + `"`},
 		} {

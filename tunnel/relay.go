@@ -629,7 +629,7 @@ func (r *Relay) handshake(ctx context.Context, s transport.Session, log *slog.Lo
 	}
 	want := Proof(secret, ch.Nonce, ekm)
 	if !hmac.Equal(want[:], auth.Proof[:]) || !known {
-		return nil, a.refuse(CodeUnauthorized, "token not accepted: check --token (or RELAY_TOKEN) against the relay's tokens: the [[tokens]] in its relay.toml, or the token file in its state directory when relay.toml defines none")
+		return nil, a.refuse(CodeUnauthorized, "token not accepted: check the token (--token or --token-file, token or token_file in agent.toml, or RELAY_TOKEN) against the relay's tokens: the [[tokens]] in its relay.toml, or the token file in its state directory when relay.toml defines none")
 	}
 	a.token = ts
 	a.instance = hello.Instance
