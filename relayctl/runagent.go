@@ -130,6 +130,8 @@ func agentExit(err error, relay string) error {
 	// The rest end the first connection: once live, the agent reconnects.
 	case errors.As(err, &ref) && ref.Temporary():
 		return cli.Exit(fmt.Sprintf("the relay ended the session: %s; run relayctl again once it is back, or with --wait-for-relay (wait_for_relay)", oneLine(ref.Text)), exitFailure)
+	case errors.Is(err, tunnel.ErrLastTunnelClosed) && errors.As(err, &ref):
+		return cli.Exit("the relay closed the agent's last tunnel: "+oneLine(ref.Text), exitRefused)
 	case errors.As(err, &ref):
 		return cli.Exit("the relay refused: "+oneLine(ref.Text), exitRefused)
 	case errors.As(err, &dialErr):

@@ -37,6 +37,9 @@ func TestAgentExit(t *testing.T) {
 			"the relay ended the session: relay failed to open a port: too many open files; run relayctl again once it is back, or with --wait-for-relay (wait_for_relay)"},
 		{"refused", fmt.Errorf("registering: %w", &tunnel.RefusedError{Code: tunnel.CodePortTaken, Text: "port 20001 is already taken by another tunnel on this relay: choose another --port, or leave it out"}), exitRefused,
 			"the relay refused: port 20001 is already taken by another tunnel on this relay: choose another --port, or leave it out"},
+		{"last tunnel closed", fmt.Errorf("%w: %w", tunnel.ErrLastTunnelClosed, &tunnel.RefusedError{Code: tunnel.CodeForbidden,
+			Text: `tunnel gone (127.0.0.1:8080): its token "t"'s names rule no longer allows the name "gone"`}), exitRefused,
+			`the relay closed the agent's last tunnel: tunnel gone (127.0.0.1:8080): its token "t"'s names rule no longer allows the name "gone"`},
 		{"unreachable", dial, exitFailure,
 			"could not reach the relay at relay.example.com:7000 over tcp: dial tcp: connection refused: check the relay's address, that relayd is running there, " +
 				"and that its port is open (UDP for QUIC, TCP for --transport tcp); --wait-for-relay (wait_for_relay) keeps trying"},

@@ -1114,7 +1114,7 @@ func (a *Agent) tunnelClosed(m *Closed, log *slog.Logger) error {
 	if left == 0 {
 		log.Warn("the relay closed the agent's last tunnel; stopping, and resetting its open connections",
 			"name", closed.spec.Name, "local", closed.spec.Local, "code", m.Code.String(), "reason", m.Text)
-		return closed.closed
+		return &lastTunnelClosed{closed.closed}
 	}
 	log.Warn("the relay closed a tunnel; the others carry on", "name", closed.spec.Name, "local", closed.spec.Local, "code", m.Code.String(), "reason", m.Text)
 	return nil

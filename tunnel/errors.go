@@ -74,4 +74,15 @@ var (
 	// ErrSessionClosed is returned once the agent's session with the relay
 	// has ended.
 	ErrSessionClosed = errors.New("session with the relay closed")
+	// ErrLastTunnelClosed matches (errors.Is) Run's error when the relay
+	// closed the agent's last tunnel for good (CLOSED), which stops it;
+	// the error is also that tunnel's *RefusedError.
+	ErrLastTunnelClosed = errors.New("the relay closed the agent's last tunnel")
 )
+
+// lastTunnelClosed is the CLOSED that left the agent with no tunnel: its
+// text is the tunnel's refusal, and it is ErrLastTunnelClosed too.
+type lastTunnelClosed struct{ *RefusedError }
+
+func (e *lastTunnelClosed) Unwrap() error        { return e.RefusedError }
+func (e *lastTunnelClosed) Is(target error) bool { return target == ErrLastTunnelClosed }

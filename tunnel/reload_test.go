@@ -3,6 +3,7 @@ package tunnel
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -327,8 +328,8 @@ func TestAllTunnelsClosedEndsRun(t *testing.T) {
 			t.Fatal(err)
 		}
 		want := fmt.Sprintf(`tunnel gone (%s): its token "test"'s names rule no longer allows the name "gone"`, local)
-		if err := a.wait(t, 20*time.Second); !isRefused(err, CodeForbidden) || err.Error() != want {
-			t.Errorf("Run returned %v, want a forbidden refusal %q", err, want)
+		if err := a.wait(t, 20*time.Second); !isRefused(err, CodeForbidden) || err.Error() != want || !errors.Is(err, ErrLastTunnelClosed) {
+			t.Errorf("Run returned %v, want a forbidden refusal %q that is ErrLastTunnelClosed", err, want)
 		}
 		if want := `msg="the relay closed the agent's last tunnel; stopping, and resetting its open connections"`; !strings.Contains(a.Log.String(), want) ||
 			strings.Contains(a.Log.String(), "the others carry on") {
