@@ -108,15 +108,7 @@ func TestBenchFollowsMove(t *testing.T) {
 			p := pt.Start(t, nil, pt.RelayctlBin, "bench", "--duration", "1s", "--json", "--streams", "2", "--udp-rate", "20M",
 				"--relay", r.Addr, "--token", pt.TestSecret, "--fingerprint", r.FP, "--transport", kind)
 			port, _ := strconv.Atoi(p.WaitFor(&p.Stderr, regexp.MustCompile(`through tcp://127\.0\.0\.1:(\d+)`), pt.StartTimeout)[1])
-			var ports []string
-			if port > r.Low {
-				ports = append(ports, fmt.Sprintf("%d-%d", r.Low, port-1))
-			}
-			if port < r.High {
-				ports = append(ports, fmt.Sprintf("%d-%d", port+1, r.High))
-			}
-			r.RewriteConfig(t, pt.TokensTOML+fmt.Sprintf("ports = %q\n", strings.Join(ports, ",")))
-			r.Signal(syscall.SIGHUP)
+			r.TakePortAway(t, port)
 			r.WaitFor(&r.Stderr, regexp.MustCompile(`msg="relay.toml reloaded" .*tunnels_moved=1 `), pt.StartTimeout)
 			if code := p.Wait(pt.ExitTimeout); code != 0 {
 				t.Fatalf("relayctl bench: exit %d across a move; want 0\nstderr:\n%s", code, p.Stderr.String())

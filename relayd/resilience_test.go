@@ -301,15 +301,7 @@ func TestSIGHUPMovesTunnel(t *testing.T) {
 		p, urls := pt.StartExpose(t, 1, nil, exposeArgs(r, kind, pt.TestSecret, local)...)
 		x := pt.StartTransfer(t, urls[0], "mv:", 256<<10)
 		port, _ := strconv.Atoi(pt.URLRE.FindStringSubmatch(urls[0])[1])
-		var ports []string
-		if port > r.Low {
-			ports = append(ports, fmt.Sprintf("%d-%d", r.Low, port-1))
-		}
-		if port < r.High {
-			ports = append(ports, fmt.Sprintf("%d-%d", port+1, r.High))
-		}
-		r.RewriteConfig(t, pt.TokensTOML+fmt.Sprintf("ports = %q\n", strings.Join(ports, ",")))
-		r.Signal(syscall.SIGHUP)
+		r.TakePortAway(t, port)
 		r.WaitFor(&r.Stderr, regexp.MustCompile(`msg="relay.toml reloaded" .*changed=tokens.test.ports .*tunnels_moved=1 tunnels_closed=0 sessions_closed=0`), pt.StartTimeout)
 		moved := p.WaitFor(&p.Stdout, regexp.MustCompile(`^[^\n]*\n([^\n]*)\n`), pt.StartTimeout)[1]
 		if moved == urls[0] || !pt.URLRE.MatchString(moved) {

@@ -157,3 +157,19 @@ func (r *Relayd) RewriteConfig(t testing.TB, extra string) {
 		t.Fatal(err)
 	}
 }
+
+// TakePortAway rewrites relay.toml so TokensTOML's token may use every port
+// of the relay's block but port, and sends SIGHUP: the reload moves the
+// tunnel on port.
+func (r *Relayd) TakePortAway(t testing.TB, port int) {
+	t.Helper()
+	var ports []string
+	if port > r.Low {
+		ports = append(ports, fmt.Sprintf("%d-%d", r.Low, port-1))
+	}
+	if port < r.High {
+		ports = append(ports, fmt.Sprintf("%d-%d", port+1, r.High))
+	}
+	r.RewriteConfig(t, TokensTOML+fmt.Sprintf("ports = %q\n", strings.Join(ports, ",")))
+	r.Signal(syscall.SIGHUP)
+}
