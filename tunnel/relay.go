@@ -244,6 +244,10 @@ func tokenStates(tokens []Token, old map[[keyIDLen]byte]*tokenState) map[[keyIDL
 		// Same secret, same token: its sessions, tunnels and counts carry
 		// on, under a new id too (a rename).
 		if ts, ok := old[k]; ok {
+			ts.renamedFrom = ""
+			if was := ts.token().ID; was != t.ID {
+				ts.renamedFrom = was
+			}
 			ts.tok.Store(t)
 			m[k] = ts
 			continue
@@ -1274,19 +1278,20 @@ func (r *Relay) tokenCurrentLocked(a *agentConn) *RefusedError {
 	if _, ok := r.tokens[KeyID(tok.Secret)]; ok {
 		return nil
 	}
-	if r.hasTokenIDLocked(tok.ID) {
+	if r.rotatedLocked(tok.ID) {
 		return &RefusedError{Code: CodeUnauthorized, Text: fmt.Sprintf("token %q has a new secret on the relay: ask the relay's operator for it", tok.ID)}
 	}
 	return &RefusedError{Code: CodeUnauthorized, Text: fmt.Sprintf("token %q was revoked on the relay: ask the relay's operator for a new one", tok.ID)}
 }
 
-// hasTokenIDLocked reports whether a token of the running configuration
-// has the id: a token whose secret is unknown but whose id is not was
-// given a new secret, not revoked.
-func (r *Relay) hasTokenIDLocked(id string) bool {
+// rotatedLocked reports whether the token of the running configuration
+// with the id, whose old secret is no longer known, is that token given a
+// new secret: not when another token, renamed by the latest reload, took
+// the id (that one was revoked, and its id's secret is another user's).
+func (r *Relay) rotatedLocked(id string) bool {
 	for _, o := range r.tokens {
 		if o.token().ID == id {
-			return true
+			return o.renamedFrom == ""
 		}
 	}
 	return false

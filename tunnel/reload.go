@@ -73,31 +73,48 @@ func (r *Relay) Reload(cfg RelayConfig) (ReloadResult, error) {
 	for _, t := range old.Tokens {
 		oldTok[t.ID], oldBySecret[t.Secret] = t, t
 	}
+	newTok, newBySecret := map[string]Token{}, map[string]Token{}
+	for _, t := range cfg.Tokens {
+		newTok[t.ID], newBySecret[t.Secret] = t, t
+	}
+	// A token is its secret: the relay keeps its state by it. An id whose
+	// secret changed is a token given a new secret only when its old
+	// secret went; one a renamed token took names another token.
+	rotated := func(id string) bool {
+		o, inOld := oldTok[id]
+		t, inNew := newTok[id]
+		if !inOld || !inNew {
+			return false
+		}
+		_, oldKept := newBySecret[o.Secret]
+		_, newKnown := oldBySecret[t.Secret]
+		return !oldKept && !newKnown
+	}
 	// renamed maps the old id of each token that kept its secret under a
 	// new id to the new one.
 	renamed := map[string]string{}
-	newTok := map[string]Token{}
 	for _, t := range cfg.Tokens {
-		newTok[t.ID] = t
-		if o, ok := oldBySecret[t.Secret]; ok && o.ID != t.ID {
+		o, kept := oldBySecret[t.Secret]
+		switch {
+		case kept && o.ID != t.ID:
 			renamed[o.ID] = t.ID
 			res.TokensRenamed = append(res.TokensRenamed, o.ID+"->"+t.ID)
 			if o.ID = t.ID; !reflect.DeepEqual(o, t) {
 				res.TokensChanged = append(res.TokensChanged, t.ID)
 			}
-			continue
-		}
-		o, ok := oldTok[t.ID]
-		switch {
-		case !ok:
-			res.TokensAdded = append(res.TokensAdded, t.ID)
-		case !reflect.DeepEqual(o, t):
+		case kept:
+			if !reflect.DeepEqual(o, t) {
+				res.TokensChanged = append(res.TokensChanged, t.ID)
+			}
+		case rotated(t.ID):
 			res.TokensChanged = append(res.TokensChanged, t.ID)
+		default:
+			res.TokensAdded = append(res.TokensAdded, t.ID)
 		}
 	}
-	for id := range oldTok {
-		if _, ok := newTok[id]; !ok && renamed[id] == "" {
-			res.TokensRemoved = append(res.TokensRemoved, id)
+	for _, o := range old.Tokens {
+		if _, kept := newBySecret[o.Secret]; !kept && !rotated(o.ID) {
+			res.TokensRemoved = append(res.TokensRemoved, o.ID)
 		}
 	}
 	sort.Strings(res.TokensAdded)
@@ -274,7 +291,7 @@ func (r *Relay) ruledOutLocked(g *group) ruling {
 	tok := g.token.token()
 	_, ok := r.tokens[KeyID(tok.Secret)]
 	switch {
-	case !ok && r.hasTokenIDLocked(tok.ID):
+	case !ok && r.rotatedLocked(tok.ID):
 		return ruling{text: fmt.Sprintf("its token %q was given a new secret", tok.ID)}
 	case !ok:
 		return ruling{text: fmt.Sprintf("its token %q was revoked", tok.ID)}

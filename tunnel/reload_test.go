@@ -184,6 +184,47 @@ func TestReloadRenamesToken(t *testing.T) {
 	})
 }
 
+// A renamed token that takes the id of a token the same reload removes:
+// the removed one is reported removed and its agent told it was revoked
+// (not that its id has a new secret, which is the renamed token's, another
+// user's); the renamed token's tunnel takes the key of the removed one's
+// of the same name. A new token under the id a rename freed is added, not
+// a changed one.
+func TestReloadRenameTakesRemovedTokensID(t *testing.T) {
+	forEachTransport(t, func(t *testing.T, kind string) {
+		r := startRelay(t, func(c *RelayConfig) {
+			c.Tokens = append(c.Tokens, Token{ID: "old", Secret: oldSecret}, Token{ID: "gone", Secret: newSecret})
+		})
+		local := proctest.StartEcho(t, "t:")
+		ren := liveAgentUp(t, tokenAgent(r, kind, local, oldSecret, "x"))
+		gone := liveAgentUp(t, tokenAgent(r, kind, local, newSecret, "x"))
+
+		rc := *r.Relay.config()
+		rc.Tokens = []Token{{ID: "test", Secret: testSecret}, {ID: "gone", Secret: oldSecret}}
+		res, err := r.Relay.Reload(rc)
+		if got := fmt.Sprint(res.TokensRenamed, res.TokensAdded, res.TokensRemoved, res.TokensChanged, res.SessionsClosed); err != nil || got != "[old->gone] [] [gone] [] 1" {
+			t.Fatalf("Reload: %+v, %v; want old->gone renamed, gone removed, one session closed", res, err)
+		}
+		want := `token "gone" was revoked on the relay: ask the relay's operator for a new one`
+		if err := gone.wait(t, 20*time.Second); !isRefused(err, CodeUnauthorized) || err.Error() != want {
+			t.Errorf("the removed token's agent: %v; want %q", err, want)
+		}
+		if want := `why="its token \"gone\" was revoked"`; !strings.Contains(r.Log.String(), want) {
+			t.Errorf("the relay did not log %s:\n%s", want, r.Log)
+		}
+		if ts := r.Relay.Tunnels(); len(ts) != 1 || ts[0].TokenID != "gone" || ts[0].Port != ren.eps[0].Port {
+			t.Errorf("tunnels after the reload: %+v; want x under gone on port %d", ts, ren.eps[0].Port)
+		}
+		proctest.CheckEcho(t, "tcp://"+ren.Public(0), "t:", 1024)
+
+		rc.Tokens = []Token{{ID: "test", Secret: testSecret}, {ID: "again", Secret: oldSecret}, {ID: "gone", Secret: chgSecret}}
+		res, err = r.Relay.Reload(rc)
+		if got := fmt.Sprint(res.TokensRenamed, res.TokensAdded, res.TokensRemoved, res.TokensChanged, res.SessionsClosed); err != nil || got != "[gone->again] [gone] [] [] 0" {
+			t.Errorf("Reload: %+v, %v; want gone->again renamed, a new gone added", res, err)
+		}
+	})
+}
+
 // A reload that narrows a token's rules touches only the tunnels they no
 // longer allow. A name or UDP ruled out: the relay sends CLOSED for that
 // tunnel alone, and the agent's session, its other tunnel and that

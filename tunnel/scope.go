@@ -310,11 +310,16 @@ func (g *clientGate) count(reason string) string {
 
 // tokenState is what the relay tracks per token across sessions.
 type tokenState struct {
-	// tok is replaced in place by a reload that keeps the token's id and
-	// secret: its limits apply at once, to the sessions already in.
+	// tok is replaced in place by a reload that keeps the token's
+	// secret: its limits, and its id, apply at once, to the sessions
+	// already in.
 	tok     atomic.Pointer[Token]
 	tunnels int // guarded by Relay.mu
-	conns   atomic.Int64
+	// renamedFrom is the id the latest reload took from the token (""
+	// when it kept it): the token holding an id since then is not the
+	// old one's new secret. Guarded by Relay.mu.
+	renamedFrom string
+	conns       atomic.Int64
 	// refusals counts what the relay refused the token's agents, by
 	// error code: which user keeps hitting which rule.
 	refusals counterMap
