@@ -263,8 +263,8 @@ var partlyApplied = map[string]string{
 }
 
 // changedKeys names the keys of relay.toml, as section.key, whose value
-// differs between a and b; for a token in both (by id, or by secret when
-// renamed), as tokens.ID.key with b's id, "secret" also when a
+// differs between a and b; for a token in both (by secret, the relay's
+// way, or by id when its secret changed), as tokens.ID.key with b's id, "secret" also when a
 // secret_file's content changed. The tokens added or removed, the relay's
 // reload result names.
 func changedKeys(a, b *Config) []string {
@@ -288,10 +288,14 @@ func changedKeys(a, b *Config) []string {
 	walk("", reflect.ValueOf(a).Elem(), reflect.ValueOf(b).Elem())
 	for j := range b.Tokens {
 		tb := &b.Tokens[j]
-		i := slices.IndexFunc(a.Tokens, func(t TokenSection) bool { return t.ID == tb.ID })
+		// The relay keeps a token by its secret, under a new id too (a
+		// rename); by its id only when its old secret went and its new
+		// one is no other token's.
+		i := slices.IndexFunc(a.Tokens, func(t TokenSection) bool { return t.secret == tb.secret })
 		if i < 0 {
-			// A rename: the relay keeps a token by its secret.
-			i = slices.IndexFunc(a.Tokens, func(t TokenSection) bool { return t.secret == tb.secret })
+			i = slices.IndexFunc(a.Tokens, func(t TokenSection) bool {
+				return t.ID == tb.ID && !slices.ContainsFunc(b.Tokens, func(n TokenSection) bool { return n.secret == t.secret })
+			})
 		}
 		if i >= 0 {
 			ta := &a.Tokens[i]

@@ -117,6 +117,22 @@ func TestChangedTokenKeys(t *testing.T) {
 		t.Errorf("changedKeys for a rename = %q, want %q", got, want)
 	}
 
+	// Two tokens swapping ids are two renames, as the relay takes them,
+	// not two new secrets.
+	two := "[[tokens]]\nid = \"a\"\nsecret = \"token-secret-0123456789\"\n[[tokens]]\nid = \"b\"\nsecret = \"b-secret-0123456789abc\"\n"
+	pair, err := ParseConfig("relay.toml", two)
+	if err != nil {
+		t.Fatal(err)
+	}
+	swapped, err := ParseConfig("relay.toml", strings.NewReplacer(`"a"`, `"b"`, `"b"`, `"a"`).Replace(two))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want = []string{"tokens.b.id", "tokens.a.id"}
+	if got := changedKeys(pair, swapped); !slices.Equal(got, want) {
+		t.Errorf("changedKeys for swapped ids = %q, want %q", got, want)
+	}
+
 	dir := t.TempDir()
 	file, secret := filepath.Join(dir, "relay.toml"), filepath.Join(dir, "a.secret")
 	os.WriteFile(file, []byte(tok+"secret_file = \"a.secret\"\n"), 0o600)
