@@ -10,6 +10,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/pires/go-proxyproto"
@@ -76,17 +77,23 @@ func (a *Agent) deliverUDP(p []byte, byID map[uint32]*agentTunnel) {
 	}
 	f.last.Store(time.Now().UnixNano())
 	n := len(payload)
-	if hp := f.header.Swap(nil); hp != nil {
+	hp := f.header.Swap(nil)
+	if hp != nil {
 		// PROXY v2 for UDP: the header rides in front of the flow's first
 		// datagram, which is how Geyser and Velocity read it.
 		payload = append(*hp, payload...)
 	}
 	if _, err := f.conn.Write(payload); err != nil {
-		// A refusal the socket noted for an earlier datagram fails this
-		// one, unsent.
 		t.udp.drops.Add(1)
-		if !errors.Is(err, net.ErrClosed) {
+		switch {
+		case errors.Is(err, syscall.ECONNREFUSED):
+			// A refusal the socket noted for an earlier datagram fails
+			// this one, unsent.
 			a.localRefused(t, h.Client, f, err)
+		case hp != nil:
+			// Not sent (too big with the header, say): the header goes
+			// in front of the next one.
+			f.header.CompareAndSwap(nil, hp)
 		}
 		return
 	}

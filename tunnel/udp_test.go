@@ -539,3 +539,53 @@ func mustFormat(t *testing.T, h *proxyproto.Header) []byte {
 	}
 	return b
 }
+
+// A datagram the local socket cannot send for a reason of its own (too
+// big once the PROXY header rides in front of it) is a drop, not the local
+// server refusing: the agent does not say the server refused, and the
+// header, which went nowhere, rides in front of the next datagram.
+func TestUDPLocalWriteErrorNotARefusal(t *testing.T) {
+	forEachTransport(t, func(t *testing.T, kind string) {
+		r := startRelay(t, nil)
+		pc := listenUDP(t)
+		firsts := make(chan []byte, 8)
+		go func() {
+			buf := make([]byte, 65535)
+			seen := map[string]bool{}
+			for {
+				n, from, err := pc.ReadFrom(buf)
+				if err != nil {
+					return
+				}
+				p := buf[:n]
+				if !seen[from.String()] {
+					seen[from.String()] = true
+					firsts <- bytes.Clone(p)
+				}
+				if h, err := proxyproto.Read(bufio.NewReader(bytes.NewReader(p))); err == nil {
+					p = p[len(mustFormat(t, h)):]
+				}
+				pc.WriteTo(p, from)
+			}
+		}()
+		cfg := r.udpAgentConfig(kind, ProtoUDP, pc.LocalAddr().String())
+		cfg.Tunnels[0].ProxyProtocol = 2
+		a := mustRunAgent(t, cfg)
+		c := dialUDP(t, endpointFor(t, a, "udp"))
+		// The largest datagram there is: with the header in front, more
+		// than a UDP socket sends.
+		if _, err := c.Write(make([]byte, MaxDatagram)); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, "the big datagram dropped", 10*time.Second, func() bool { return a.agent.tunnels[0].udp.drops.Load() > 0 })
+		exchange(t, c, []byte("small"))
+		if first := <-firsts; !bytes.HasSuffix(first, []byte("small")) {
+			t.Fatalf("the server's first datagram from the flow is %d bytes, want the small one", len(first))
+		} else if _, err := proxyproto.Read(bufio.NewReader(bytes.NewReader(first))); err != nil {
+			t.Errorf("the server's first datagram from the flow has no PROXY header: %v", err)
+		}
+		if strings.Contains(a.Log.String(), "the local server refused them") {
+			t.Errorf("a datagram too big to send was logged as the local server refusing it:\n%s", a.Log)
+		}
+	})
+}
