@@ -287,7 +287,7 @@ func (l *tcpListener) handshake(c *batchConn) (*smuxSession, error) {
 	if !stop() {
 		// The deadline fired between the last read and now.
 		ms.Close()
-		return nil, errors.New("handshake timed out")
+		return nil, fmt.Errorf("handshake: %w", ctx.Err()) // timed out, or the listener closing
 	}
 	c.SetDeadline(time.Time{})
 	sig.SetReadDeadline(time.Time{})

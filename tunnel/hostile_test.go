@@ -3,11 +3,16 @@ package tunnel
 import (
 	"context"
 	"crypto/rand"
+	"errors"
+	"fmt"
 	"io"
 	"net"
+	"os"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/xtaci/smux"
 
 	"github.com/relaytun/relay/transport"
 )
@@ -217,6 +222,27 @@ func TestTCPHandshakeFailuresCounted(t *testing.T) {
 	waitFor(t, "the refused handshake counted", 10*time.Second, func() bool {
 		return r.Relay.Stats().HandshakeFailures["too-many-handshakes"] == 1
 	})
+}
+
+// TestTransportHandshakeFailedReasons: a peer through TLS that never opens
+// the signal stream times out in smux, whose timeout is a net.Error and
+// no os.ErrDeadlineExceeded: it is a "timeout", not a "tls" failure; the
+// listener closing is none.
+func TestTransportHandshakeFailedReasons(t *testing.T) {
+	r := startRelay(t, nil)
+	addr := &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 1}
+	for _, err := range []error{
+		fmt.Errorf("waiting for signal stream: %w", smux.ErrTimeout),
+		fmt.Errorf("handshake: %w", context.DeadlineExceeded),
+		fmt.Errorf("tls handshake: %w", os.ErrDeadlineExceeded),
+	} {
+		r.Relay.TransportHandshakeFailed(addr, err)
+	}
+	r.Relay.TransportHandshakeFailed(addr, fmt.Errorf("handshake: %w", context.Canceled))
+	r.Relay.TransportHandshakeFailed(addr, errors.New("tls handshake: remote error: tls: bad certificate"))
+	if got := r.Relay.Stats().HandshakeFailures; len(got) != 2 || got["timeout"] != 3 || got["tls"] != 1 {
+		t.Errorf("handshake failures %v, want 3 timeout and 1 tls", got)
+	}
 }
 
 func roundTrip(t *testing.T, addr, what string) {

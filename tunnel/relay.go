@@ -465,10 +465,14 @@ func (r *Relay) TransportHandshakeFailed(addr net.Addr, err error) {
 		return // the listener closing, not the peer failing
 	}
 	reason := "tls"
+	var ne net.Error
 	switch {
 	case errors.Is(err, transport.ErrTooManyHandshakes):
 		reason = "too-many-handshakes"
-	case errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, context.DeadlineExceeded):
+	case errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, context.DeadlineExceeded),
+		errors.As(err, &ne) && ne.Timeout():
+		// smux's own timeout too: a peer through TLS that never opens
+		// the signal stream.
 		reason = "timeout"
 	}
 	r.handshakeFailures.add(reason)
