@@ -1,9 +1,11 @@
 package main
 
 import (
+	"cmp"
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -22,6 +24,7 @@ var ephemeralFiles = [2]string{"/proc/sys/net/ipv4/ip_local_port_range", "/proc/
 type portWarning struct {
 	ephemeral tunnel.PortRange
 	overlap   tunnel.PortSet
+	reserved  tunnel.PortSet // the kernel's reserved ports now
 }
 
 func (w *portWarning) msg() string {
@@ -30,8 +33,15 @@ func (w *portWarning) msg() string {
 }
 
 func (w *portWarning) fix() string {
-	return fmt.Sprintf("pick [relay] ports outside %s (the default 20000-29999 is), or keep the kernel off them: sysctl -w net.ipv4.ip_local_reserved_ports=%s",
-		w.ephemeral, w.overlap)
+	var dflt string
+	if d := (tunnel.PortSet{{Low: 20000, High: 29999}}); len(d.Intersect(w.ephemeral)) == 0 {
+		dflt = " (the default 20000-29999 is)"
+	}
+	// The sysctl replaces the list: the ports reserved now stay in it.
+	keep := append(slices.Clone(w.reserved), w.overlap...)
+	slices.SortFunc(keep, func(a, b tunnel.PortRange) int { return cmp.Compare(a.Low, b.Low) })
+	return fmt.Sprintf("pick [relay] ports outside %s%s, or keep the kernel off them: sysctl -w net.ipv4.ip_local_reserved_ports=%s",
+		w.ephemeral, dflt, keep)
 }
 
 // ephemeralWarning reads the kernel's ephemeral range and reserved ports,
@@ -83,7 +93,7 @@ func ephemeralOverlap(set tunnel.PortSet, rangeText, reserved string) *portWarni
 	if len(overlap) == 0 {
 		return nil
 	}
-	return &portWarning{ephemeral: eph, overlap: overlap}
+	return &portWarning{ephemeral: eph, overlap: overlap, reserved: res}
 }
 
 func warnEphemeral(log *slog.Logger, cfg *Config) {

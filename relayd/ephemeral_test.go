@@ -43,6 +43,12 @@ func TestEphemeralOverlap(t *testing.T) {
 	if want := "pick [relay] ports outside 32768-60999 (the default 20000-29999 is), or keep the kernel off them: sysctl -w net.ipv4.ip_local_reserved_ports=40000-40002"; w.fix() != want {
 		t.Errorf("fix: %q\nwant %q", w.fix(), want)
 	}
+	// The sysctl sets the whole list: the ports reserved already stay in
+	// it; and a range that takes in the default does not call it outside.
+	w = ephemeralOverlap(tunnel.PortSet{{Low: 40000, High: 40002}}, "10000 60999", "50000-50009,8080\n")
+	if want := "pick [relay] ports outside 10000-60999, or keep the kernel off them: sysctl -w net.ipv4.ip_local_reserved_ports=8080,40000-40002,50000-50009"; w.fix() != want {
+		t.Errorf("fix: %q\nwant %q", w.fix(), want)
+	}
 }
 
 // TestCheckWarnsEphemeral: relayd check, and relayd at start, warn about
