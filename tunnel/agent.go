@@ -505,7 +505,7 @@ func (a *Agent) session(ctx context.Context, reconnect bool, failures int, down 
 		defer wg.Done()
 		a.keepAlive(ctx, ctl)
 	}()
-	guard := newStallGuard(func() bool { return a.answers(ctl, sess.Done()) }, log)
+	guard := newStallGuard(func() bool { return a.answers(ctl, sess.Done()) }, func() *slog.Logger { return log })
 	wg.Add(1)
 	go func() {
 		defer wg.Done()

@@ -415,7 +415,10 @@ type agentConn struct {
 	ctl      transport.Stream
 	token    *tokenState
 	instance [instanceLen]byte
-	log      *slog.Logger
+	// base is the session's logger; logp adds the token's id, which a
+	// reload that renames the token changes (read with logger).
+	base *slog.Logger
+	logp atomic.Pointer[slog.Logger]
 
 	// wmu serialises control frames: a channel with room for one, so
 	// notice can give up waiting for it.
@@ -506,8 +509,8 @@ func (r *Relay) serveSession(ctx context.Context, s transport.Session) {
 		return
 	}
 	defer r.forgetAgent(a)
-	a.log.Info("agent connected")
-	a.guard = newStallGuard(a.answers, a.log)
+	a.logger().Info("agent connected")
+	a.guard = newStallGuard(a.answers, a.logger)
 	go a.guard.watch(s.Done())
 	// From here on, a shutdown is announced before the session goes.
 	stop()
@@ -541,11 +544,11 @@ func (r *Relay) serveSession(ctx context.Context, s transport.Session) {
 	switch {
 	case errors.As(err, &sent):
 	case err == nil || errors.Is(err, io.EOF) || transport.IsClosed(err) || ctx.Err() != nil:
-		a.log.Info("agent disconnected")
+		a.logger().Info("agent disconnected")
 	case errors.Is(err, os.ErrDeadlineExceeded):
-		a.log.Warn("agent disconnected: silent too long", "liveness", r.config().Liveness)
+		a.logger().Warn("agent disconnected: silent too long", "liveness", r.config().Liveness)
 	default:
-		a.log.Warn("agent disconnected", "err", err)
+		a.logger().Warn("agent disconnected", "err", err)
 	}
 }
 
@@ -574,7 +577,7 @@ func (r *Relay) admitAgent(a *agentConn) *RefusedError {
 	r.agents[a] = struct{}{}
 	r.mu.Unlock()
 	for _, o := range old {
-		o.log.Info("agent session replaced by a newer one from the same agent", "new", a.sess.RemoteAddr().String())
+		o.logger().Info("agent session replaced by a newer one from the same agent", "new", a.sess.RemoteAddr().String())
 		o.sess.CloseWithError(uint64(CodeShutdown), "replaced by a newer session from the same agent")
 	}
 	return nil
@@ -597,7 +600,7 @@ func (r *Relay) handshake(ctx context.Context, s transport.Session, log *slog.Lo
 		return nil, fmt.Errorf("waiting for control stream: %w", err)
 	}
 	ctl.SetDeadline(deadline)
-	a := &agentConn{r: r, sess: s, ctl: ctl, log: log, wmu: make(chan struct{}, 1), pong: make(chan struct{}, 1), members: make(map[uint32]*member), since: time.Now(), link: newDgramLink(s)}
+	a := &agentConn{r: r, sess: s, ctl: ctl, base: log, wmu: make(chan struct{}, 1), pong: make(chan struct{}, 1), members: make(map[uint32]*member), since: time.Now(), link: newDgramLink(s)}
 
 	m, err := ReadMessage(ctl)
 	if err != nil {
@@ -641,13 +644,24 @@ func (r *Relay) handshake(ctx context.Context, s transport.Session, log *slog.Lo
 	}
 	a.token = ts
 	a.instance = hello.Instance
-	a.log = log.With("token", ts.token().ID)
+	a.setLogger()
 	if err := a.send(&Welcome{PublicHost: cfg.PublicHost}); err != nil {
 		return nil, fmt.Errorf("sending welcome: %w", err)
 	}
 	ctl.SetDeadline(time.Time{})
 	return a, nil
 }
+
+// logger is the session's logger, with its token's id once it has one.
+func (a *agentConn) logger() *slog.Logger {
+	if l := a.logp.Load(); l != nil {
+		return l
+	}
+	return a.base
+}
+
+// setLogger names the token, as it is called now, on the session's lines.
+func (a *agentConn) setLogger() { a.logp.Store(a.base.With("token", a.token.token().ID)) }
 
 // send writes m, giving up after the liveness timeout: an agent that stops
 // reading must not hold the control stream (and a shutdown) for ever.
@@ -676,7 +690,7 @@ func (a *agentConn) noticeOf(build func() Message) bool {
 	select {
 	case a.wmu <- struct{}{}:
 	case <-t.C:
-		a.log.Debug("control stream busy; notice not sent", "type", fmt.Sprintf("%T", build()))
+		a.logger().Debug("control stream busy; notice not sent", "type", fmt.Sprintf("%T", build()))
 		return false
 	}
 	defer func() { <-a.wmu }()
@@ -716,7 +730,7 @@ func (e *sentRefusal) Unwrap() error { return e.RefusedError }
 // agent closes its end on reading the ERROR; waiting for that (briefly)
 // keeps the frame from being lost to a reset.
 func (a *agentConn) refuse(code ErrorCode, text string) error {
-	a.log.Warn("agent refused", "code", code.String(), "reason", text)
+	a.logger().Warn("agent refused", "code", code.String(), "reason", text)
 	a.r.agentRefusals.add(code.String())
 	if a.token == nil {
 		a.r.handshakeFailures.add(code.String())
@@ -843,7 +857,7 @@ func (a *agentConn) pingUntilAnswered() {
 			return
 		}
 		if !registering && a.markSuspect() {
-			a.log.Warn("agent did not answer a probe; sending its clients elsewhere until it does")
+			a.logger().Warn("agent did not answer a probe; sending its clients elsewhere until it does")
 		}
 		if !a.suspect.Load() {
 			return
@@ -857,7 +871,7 @@ func (a *agentConn) pingUntilAnswered() {
 // once, until it answers a probe or a stream.
 func (a *agentConn) unanswered() {
 	if a.markSuspect() {
-		a.log.Warn("agent did not answer a new client's stream; sending clients to the other members until it answers")
+		a.logger().Warn("agent did not answer a new client's stream; sending clients to the other members until it answers")
 	}
 	a.probe()
 }
@@ -880,7 +894,7 @@ func (a *agentConn) markSuspect() bool {
 // alive clears the suspect mark: the agent answered a ping or a stream.
 func (a *agentConn) alive() {
 	if a.suspect.Load() && a.suspect.CompareAndSwap(true, false) {
-		a.log.Info("agent answers again")
+		a.logger().Info("agent answers again")
 	}
 }
 
@@ -928,7 +942,7 @@ func ValidName(name string) bool { return nameRE.MatchString(name) }
 func (a *agentConn) register(ctx context.Context, m *Register) Message {
 	fail := func(code ErrorCode, format string, args ...any) Message {
 		text := fmt.Sprintf(format, args...)
-		a.log.Warn("tunnel refused", "name", m.Name, "code", code.String(), "reason", text)
+		a.logger().Warn("tunnel refused", "name", m.Name, "code", code.String(), "reason", text)
 		a.r.agentRefusals.add(code.String())
 		a.token.refusals.add(code.String())
 		return &Error{Request: m.Request, Code: code, Text: text}
@@ -1047,7 +1061,7 @@ func (r *Relay) join(ctx context.Context, a *agentConn, m *Register, allow, deny
 		}
 		mem := g.addMemberLocked(a, allow, deny)
 		mem.want = want
-		a.log.Info("agent joined tunnel", "name", g.key.Name, "port", g.port, "members", len(g.members))
+		a.logger().Info("agent joined tunnel", "name", g.key.Name, "port", g.port, "members", len(g.members))
 		return mem, g.port, nil
 	}
 	if tok.MaxTunnels > 0 && a.token.tunnels >= tok.MaxTunnels {
@@ -1086,7 +1100,7 @@ func (r *Relay) join(ctx context.Context, a *agentConn, m *Register, allow, deny
 	}
 	mem := g.addMemberLocked(a, allow, deny)
 	mem.want = want
-	a.log.Info("tunnel open", "name", m.Name, "port", port, "protos", protoNames(m.Protos), "lease", !m.NoLease)
+	a.logger().Info("tunnel open", "name", m.Name, "port", port, "protos", protoNames(m.Protos), "lease", !m.NoLease)
 	g.serveLocked(ln, pc)
 	return mem, port, nil
 }
@@ -1267,7 +1281,7 @@ func (r *Relay) drainMembers(a *agentConn, id uint32) {
 		if m.draining.Swap(true) {
 			continue
 		}
-		a.log.Info("agent draining tunnel", "name", m.g.key.Name, "clients", m.active.Load())
+		a.logger().Info("agent draining tunnel", "name", m.g.key.Name, "clients", m.active.Load())
 		if m.g.liveMembersLocked() == 0 {
 			r.closeGroupLocked(m.g, "its agents are draining")
 		}

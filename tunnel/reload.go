@@ -265,7 +265,7 @@ func (r *Relay) Reload(cfg RelayConfig) (ReloadResult, error) {
 		}()
 	}
 	for _, k := range kicks {
-		k.a.log.Warn("closing agent session after reload", "reason", k.text)
+		k.a.logger().Warn("closing agent session after reload", "reason", k.text)
 		go func() {
 			defer r.wg.Done()
 			k.a.closeAfterNotice(k.code, k.text)
@@ -400,6 +400,11 @@ func (r *Relay) renameLocked(renamed map[string]string) {
 	}
 	r.leases.rename(renamed)
 	r.markLeasesDirty()
+	for a := range r.agents {
+		if a.token.renamedFrom != "" {
+			a.setLogger()
+		}
+	}
 	for from, to := range renamed {
 		r.log.Info("token renamed; its sessions, tunnels and port leases carry on under the new id", "was", from, "token", to)
 	}

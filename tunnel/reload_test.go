@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -181,6 +182,11 @@ func TestReloadRenamesToken(t *testing.T) {
 		if back.eps[0].Port != awayPort {
 			t.Errorf("the away tunnel came back under the new id on port %d, want its lease's %d", back.eps[0].Port, awayPort)
 		}
+		// The renamed session's own lines name the new id.
+		a.Stop()
+		waitFor(t, "the renamed session's last line", 10*time.Second, func() bool {
+			return regexp.MustCompile(`msg="agent disconnected" agent=\S+ transport=\S+ token=new\n`).MatchString(r.Log.String())
+		})
 	})
 }
 

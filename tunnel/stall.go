@@ -40,7 +40,7 @@ type stallGuard struct {
 	// time; it reports true when it cannot tell (its own PING could not
 	// be sent, so the blocked direction is the other one).
 	answers func() bool
-	log     *slog.Logger
+	log     func() *slog.Logger // read per use: a rename changes the token on it
 
 	mu      sync.Mutex
 	writers map[*stallWriter]struct{}
@@ -56,7 +56,7 @@ const (
 // errStalled ends a connection the guard reset.
 var errStalled = errors.New("reset: it stopped reading while its unread data held up the session")
 
-func newStallGuard(answers func() bool, log *slog.Logger) *stallGuard {
+func newStallGuard(answers func() bool, log func() *slog.Logger) *stallGuard {
 	return &stallGuard{answers: answers, log: log, writers: make(map[*stallWriter]struct{})}
 }
 
@@ -92,7 +92,7 @@ func (g *stallGuard) watch(done <-chan struct{}) {
 			}
 		}
 		if n > 0 {
-			g.log.Warn("reset connections that stopped reading: their unread data held up the session", "connections", n)
+			g.log().Warn("reset connections that stopped reading: their unread data held up the session", "connections", n)
 		}
 	}
 }
