@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"strings"
 	"testing"
@@ -360,6 +361,75 @@ func TestUnauthenticatedStreamCap(t *testing.T) {
 		case <-s.Done():
 			t.Fatal("the session itself closed: the stream cap was not what refused")
 		default:
+		}
+	})
+}
+
+// A stream an agent opens before it is welcomed is closed at once, and its
+// datagrams are taken and dropped, not left holding what the agent sends
+// until the handshake deadline (over TLS+smux, up to the session's whole
+// receive window, and the datagram queue); the handshake goes on.
+func TestStreamBeforeWelcomeClosed(t *testing.T) {
+	forEachTransport(t, func(t *testing.T, kind string) {
+		// The deadline is far off: a stream left open would be closed
+		// only with the session, and the handshake after it would fail.
+		r := startRelay(t, func(c *RelayConfig) { c.HandshakeTimeout = time.Minute })
+		s := dialRaw(t, r, kind)
+		ctl, err := s.OpenStream(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := WriteMessage(ctl, &Hello{Version: ProtocolVersion, Software: "test", KeyID: KeyID(testSecret)}); err != nil {
+			t.Fatal(err)
+		}
+		m, err := ReadMessage(ctl)
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, err := s.OpenStream(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		// A datagram stream's start, which a welcomed agent's stream
+		// would be served for.
+		if _, err := st.Write([]byte{DatagramStreamMarker, 0, 1, 0}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.Copy(io.Discard, st); err == nil {
+			// Over TLS+smux the relay's close ends the stream with its
+			// FIN; check that its RESET came too: writes fail.
+			for {
+				if _, err := st.Write(make([]byte, 1024)); err != nil {
+					break
+				}
+			}
+		}
+		select {
+		case <-s.Done():
+			t.Fatal("the session closed instead of the stream")
+		default:
+		}
+		dg := AppendStreamHeader(nil, StreamHeader{Tunnel: 1, Client: netip.MustParseAddrPort("192.0.2.1:9")})
+		dg = append(dg, "junk"...)
+		for r.Relay.Stats().UDPDrops == 0 {
+			if err := s.SendDatagram(dg); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case <-s.Done():
+				t.Fatal("the session closed before the relay took its datagrams")
+			case <-time.After(10 * time.Millisecond):
+			}
+		}
+		ekm, _ := sessionBinding(s)
+		if err := WriteMessage(ctl, &Auth{Proof: Proof(testSecret, m.(*Challenge).Nonce, ekm)}); err != nil {
+			t.Fatal(err)
+		}
+		if m, err = ReadMessage(ctl); err != nil {
+			t.Fatal(err)
+		}
+		if _, ok := m.(*Welcome); !ok {
+			t.Fatalf("got %T, want *Welcome", m)
 		}
 	})
 }

@@ -419,6 +419,9 @@ type agentConn struct {
 	// reload that renames the token changes (read with logger).
 	base *slog.Logger
 	logp atomic.Pointer[slog.Logger]
+	// welcomed is set once the agent authenticated, before its WELCOME:
+	// from then on the streams it opens are served (acceptStreams).
+	welcomed atomic.Bool
 
 	// wmu serialises control frames: a channel with room for one, so
 	// notice can give up waiting for it.
@@ -519,17 +522,6 @@ func (r *Relay) serveSession(ctx context.Context, s transport.Session) {
 		s.CloseWithError(uint64(CodeShutdown), "the relay is shutting down")
 	})
 	defer stopNotice()
-	// After the control stream an agent opens only its datagram stream.
-	go func() {
-		for {
-			st, err := s.AcceptStream(ctx)
-			if err != nil {
-				return
-			}
-			go a.serveAgentStream(st)
-		}
-	}()
-	go a.receiveDatagrams(ctx)
 	defer a.link.close()
 	err = a.controlLoop(ctx)
 	// The end of the control stream is a goodbye; anything else may be an
@@ -595,12 +587,15 @@ func (r *Relay) handshake(ctx context.Context, s transport.Session, log *slog.Lo
 	deadline := time.Now().Add(cfg.HandshakeTimeout)
 	hctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
+	a := &agentConn{r: r, sess: s, base: log, wmu: make(chan struct{}, 1), pong: make(chan struct{}, 1), members: make(map[uint32]*member), since: time.Now(), link: newDgramLink(s)}
+	go a.receiveDatagrams(ctx)
 	ctl, err := s.AcceptStream(hctx)
 	if err != nil {
 		return nil, fmt.Errorf("waiting for control stream: %w", err)
 	}
 	ctl.SetDeadline(deadline)
-	a := &agentConn{r: r, sess: s, ctl: ctl, base: log, wmu: make(chan struct{}, 1), pong: make(chan struct{}, 1), members: make(map[uint32]*member), since: time.Now(), link: newDgramLink(s)}
+	a.ctl = ctl
+	go a.acceptStreams(ctx)
 
 	m, err := ReadMessage(ctl)
 	if err != nil {
@@ -645,6 +640,9 @@ func (r *Relay) handshake(ctx context.Context, s transport.Session, log *slog.Lo
 	a.token = ts
 	a.instance = hello.Instance
 	a.setLogger()
+	// Before the WELCOME goes out: the agent may open its datagram
+	// stream as soon as it reads it.
+	a.welcomed.Store(true)
 	if err := a.send(&Welcome{PublicHost: cfg.PublicHost}); err != nil {
 		return nil, fmt.Errorf("sending welcome: %w", err)
 	}
@@ -1253,6 +1251,29 @@ func protoNames(p uint8) string {
 		names = append(names, "udp")
 	}
 	return strings.Join(names, ",")
+}
+
+// acceptStreams serves the streams the agent opens after its control
+// stream, until ctx (the session's) ends. Once it is welcomed, the only one
+// it has a use for is its datagram stream. One opened before that is closed
+// at once: nothing would read it until the handshake ended, and TLS+smux,
+// which does not hold a peer to its stream windows, would meanwhile keep
+// whatever the peer sends on it, up to the session's whole receive window
+// (64 MiB) for each of max_pending_sessions sessions that never
+// authenticate. (receiveDatagrams runs from the same moment, for the
+// same reason.)
+func (a *agentConn) acceptStreams(ctx context.Context) {
+	for {
+		st, err := a.sess.AcceptStream(ctx)
+		if err != nil {
+			return
+		}
+		if !a.welcomed.Load() {
+			st.Close()
+			continue
+		}
+		go a.serveAgentStream(st)
+	}
 }
 
 // serveAgentStream serves a stream the agent opened: its datagram stream,

@@ -249,7 +249,10 @@ func (a *agentConn) deliverUDP(p []byte) {
 }
 
 // receiveDatagrams delivers the agent's transport datagrams until the
-// session ends.
+// session ends. It runs from the start of the handshake: left unread, what
+// an agent sends before it is welcomed would wait in the transport's queue
+// until the handshake deadline. Those name no tunnel of the session, and
+// are dropped (and counted) as any such.
 func (a *agentConn) receiveDatagrams(ctx context.Context) {
 	for {
 		p, err := a.sess.ReceiveDatagram(ctx)
