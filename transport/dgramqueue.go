@@ -6,28 +6,39 @@ import (
 )
 
 // datagramQueue holds the datagrams a TLS+smux session received until
-// ReceiveDatagram takes them: at most max, newer ones dropped beyond that.
+// ReceiveDatagram takes them: at most max, and at most
+// max*datagramQueueShare bytes of them, newer ones dropped beyond that.
 // Unlike a channel of that capacity, its storage grows with use and goes
 // when it empties, so the many idle sessions of a busy relay hold none.
 type datagramQueue struct {
-	mu    sync.Mutex
-	q     [][]byte
-	head  int
-	max   int
-	ready chan struct{} // capacity 1: something was pushed
+	mu       sync.Mutex
+	q        [][]byte
+	head     int
+	max      int
+	bytes    int // the bytes of the datagrams waiting
+	maxBytes int
+	ready    chan struct{} // capacity 1: something was pushed
 }
 
+// datagramQueueShare is the bytes a queue holds per datagram it may hold:
+// room for max datagrams of a usual size (a game's, or a full Ethernet
+// frame's), but not for max of 64 KiB, which a peer sending its largest
+// datagrams faster than they are taken, or before anyone takes them,
+// would otherwise pile up (64 MiB for the default 1024).
+const datagramQueueShare = 2 << 10
+
 func newDatagramQueue(max int) *datagramQueue {
-	return &datagramQueue{max: max, ready: make(chan struct{}, 1)}
+	return &datagramQueue{max: max, maxBytes: max * datagramQueueShare, ready: make(chan struct{}, 1)}
 }
 
 // push queues p, or drops it when the queue is full.
 func (d *datagramQueue) push(p []byte) {
 	d.mu.Lock()
-	if len(d.q)-d.head >= d.max {
+	if len(d.q)-d.head >= d.max || d.bytes+len(p) > d.maxBytes {
 		d.mu.Unlock()
 		return
 	}
+	d.bytes += len(p)
 	if d.head > 0 && len(d.q) == cap(d.q) {
 		// Full to the end of its storage: move what waits to the front
 		// rather than grow, so a queue that never empties stays bounded.
@@ -51,6 +62,7 @@ func (d *datagramQueue) pop(ctx context.Context, done <-chan struct{}) ([]byte, 
 			p := d.q[d.head]
 			d.q[d.head] = nil
 			d.head++
+			d.bytes -= len(p)
 			more := d.head < len(d.q)
 			if !more {
 				if cap(d.q) > 64 {

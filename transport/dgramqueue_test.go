@@ -50,3 +50,33 @@ func TestDatagramQueue(t *testing.T) {
 		t.Errorf("pop after done: %v, want ErrClosed", err)
 	}
 }
+
+// A queue holds max datagrams of a usual size, but not max of the largest:
+// those a peer sends faster than they are taken stop at max*2 KiB bytes.
+func TestDatagramQueueBytes(t *testing.T) {
+	d := newDatagramQueue(64)
+	for range 64 {
+		d.push(make([]byte, 1500))
+	}
+	if n := len(d.q) - d.head; n != 64 {
+		t.Fatalf("%d datagrams of 1500 bytes queued, want 64", n)
+	}
+	ctx, done := context.Background(), make(chan struct{})
+	for range 64 {
+		d.pop(ctx, done)
+	}
+	for range 64 {
+		d.push(make([]byte, MaxTCPDatagram))
+	}
+	if n := len(d.q) - d.head; n*MaxTCPDatagram > 64*datagramQueueShare {
+		t.Fatalf("%d datagrams of %d bytes queued: %d bytes, over %d", n, MaxTCPDatagram, n*MaxTCPDatagram, 64*datagramQueueShare)
+	}
+	// Taking them makes room again.
+	for len(d.q)-d.head > 0 {
+		d.pop(ctx, done)
+	}
+	d.push(make([]byte, MaxTCPDatagram))
+	if n := len(d.q) - d.head; n != 1 {
+		t.Fatalf("%d datagrams queued after the queue emptied, want 1", n)
+	}
+}

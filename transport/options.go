@@ -26,7 +26,8 @@ type Options struct {
 	// together.
 	SessionWindow int
 	// DatagramQueue is how many received datagrams wait for
-	// ReceiveDatagram before new ones are dropped.
+	// ReceiveDatagram before new ones are dropped; on TLS+smux, also at
+	// most 2 KiB each on average (2 MiB for the default 1024).
 	DatagramQueue int
 	// ResetKey, on a QUIC listener, derives the stateless-reset tokens it
 	// hands out. A server that restarts with the same key answers packets
