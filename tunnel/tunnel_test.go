@@ -189,16 +189,18 @@ func TestLocalServerDown(t *testing.T) {
 		r := startRelay(t, nil)
 		a := mustRunAgent(t, r.agentConfig(kind, dead))
 		c := dialPublic(t, a.Public(0))
-		c.SetDeadline(time.Now().Add(5 * time.Second))
+		// Generous: a loaded machine (CI under -race) is slow, and a
+		// pass takes milliseconds.
+		c.SetDeadline(time.Now().Add(15 * time.Second))
 		n, err := c.Read(make([]byte, 1))
 		if n != 0 || (err != io.EOF && !isReset(err)) {
 			t.Fatalf("client read %d bytes, err %v; want it closed", n, err)
 		}
-		waitFor(t, "agent log line", 5*time.Second, func() bool {
+		waitFor(t, "agent log line", 15*time.Second, func() bool {
 			return strings.Contains(a.Log.String(), "the local server did not accept the connection") &&
 				strings.Contains(a.Log.String(), "connection refused")
 		})
-		waitFor(t, "relay log line", 5*time.Second, func() bool {
+		waitFor(t, "relay log line", 15*time.Second, func() bool {
 			return strings.Contains(r.Log.String(), "could not reach its local server")
 		})
 	})
