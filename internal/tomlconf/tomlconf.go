@@ -71,10 +71,12 @@ func Decode(path, data string, v any, sample string) error {
 		var pe toml.ParseError
 		if errors.As(err, &pe) {
 			msg := pe.Message
-			if n, ok := strings.CutSuffix(msg, " is out of range for int64"); ok {
+			if strings.HasSuffix(msg, " is out of range for int64") {
 				// Digits only, unquoted: TOML reads a number, and a
-				// secret or name of 19 digits or more overflows it.
-				msg = fmt.Sprintf("%s is too large for a TOML integer; if it is text (a secret, a name), put it in quotes", n)
+				// secret or name of 19 digits or more overflows it. The
+				// number stays out of the message, which relayd logs: it
+				// may be the secret.
+				msg = "the number is too large for a TOML integer; if it is text (a secret, a name), put it in quotes"
 			}
 			return &Error{File: path, Line: pe.Position.Line, Key: pe.LastKey, Msg: msg}
 		}

@@ -60,7 +60,7 @@ func TestDecodeErrors(t *testing.T) {
 		{"bare number duration", "wait = 10\n", `s.toml:1: wait: 10 has no unit: write it with one, in quotes, such as "10s"`},
 		{"duration without unit", "wait = \"10\"\n", `s.toml:1: wait: 10 has no unit: write it with one, in quotes, such as "10s"`},
 		{"not a duration", "wait = \"soon\"\n", `s.toml:1: wait: "soon" is not a duration with a unit, such as "10s"`},
-		{"integer overflow", "top = 12345678901234567890\n", "s.toml:1: top: 12345678901234567890 is too large for a TOML integer; if it is text (a secret, a name), put it in quotes"},
+		{"integer overflow", "top = 12345678901234567890\n", "s.toml:1: top: the number is too large for a TOML integer; if it is text (a secret, a name), put it in quotes"},
 		{"unknown top-level key", "top = \"a\"\ntopp = 1\n", "s.toml:2: topp: unknown key (see the sample sample.toml for the keys there are)"},
 		{"unknown key in a table", "[server]\nport = 1\nhost = \"x\"\n", "s.toml:3: server.host: unknown key"},
 		{"unknown table", "[client]\nport = 1\n", "s.toml:1: client: unknown key"},
