@@ -188,6 +188,21 @@ func (t *leaseTable) drop(k leaseKey) {
 	}
 }
 
+// ownIdle counts the leases of token but for except's, and finds the
+// oldest of them released.
+func (t *leaseTable) ownIdle(token string, except leaseKey) (n int, oldest leaseKey, found bool) {
+	for k, l := range t.m {
+		if k.Token != token || k == except {
+			continue
+		}
+		n++
+		if !l.Released.IsZero() && (!found || l.Released.Before(t.m[oldest].Released)) {
+			oldest, found = k, true
+		}
+	}
+	return n, oldest, found
+}
+
 // rename moves the leases of each token renamed (old id → new id) to its
 // new id, so its tunnels keep their ports. A lease already under a new id
 // (a token gone whose id the renamed one takes) gives way.

@@ -9,6 +9,8 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -346,6 +348,53 @@ func stopAgent(t *testing.T, r *testRelay, a *liveAgent) {
 	t.Helper()
 	a.Stop()
 	waitFor(t, "the relay to close the tunnel", 10*time.Second, func() bool { return len(r.Relay.Tunnels()) == 0 })
+}
+
+// A token with max_tunnels = 2 holds at most two port leases: a third
+// tunnel name, once the first two are away, takes the place of the lease
+// idle the longest, and the other stays.
+func TestLeasesCappedByMaxTunnels(t *testing.T) {
+	forEachTransport(t, func(t *testing.T, kind string) {
+		r := startRelay(t, func(c *RelayConfig) { c.Tokens[0].MaxTunnels = 2 })
+		local := proctest.StartEcho(t, "m:")
+		leased := func() string {
+			r.Relay.mu.Lock()
+			defer r.Relay.mu.Unlock()
+			var names []string
+			for k := range r.Relay.leases.m {
+				names = append(names, k.Name)
+			}
+			slices.Sort(names)
+			return strings.Join(names, ",")
+		}
+		ports := map[string]uint16{}
+		for _, name := range []string{"a", "b"} {
+			a, err := leasedAgent(t, r, kind, name, local, PortRange{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ports[name] = a.eps[0].Port
+			stopAgent(t, r, a) // a's lease is released first, so idle longer
+		}
+		if _, err := leasedAgent(t, r, kind, "c", local, PortRange{}); err != nil {
+			t.Fatal(err)
+		}
+		if got := leased(); got != "b,c" {
+			t.Errorf("leases with a and b away and c open: %s; want b,c (a's, idle longest, dropped)", got)
+		}
+		if !regexp.MustCompile(`msg="the token holds max_tunnels port leases; dropping its longest-idle one for a new tunnel" .* name=c dropped=a port=` +
+			strconv.Itoa(int(ports["a"])) + " max_tunnels=2\n").MatchString(r.Log.String()) {
+			t.Errorf("the relay did not log the dropped lease:\n%s", r.Log)
+		}
+		// b comes back to its port; c's own lease stays its.
+		b, err := leasedAgent(t, r, kind, "b", local, PortRange{})
+		if err != nil || b.eps[0].Port != ports["b"] {
+			t.Fatalf("b back: %v, %v; want its leased port %d", b, err, ports["b"])
+		}
+		if got := leased(); got != "b,c" {
+			t.Errorf("leases with b and c open: %s; want b,c", got)
+		}
+	})
 }
 
 // A relay started again on the same lease file gives each (token, name) its

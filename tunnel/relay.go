@@ -1066,6 +1066,22 @@ func (r *Relay) join(ctx context.Context, a *agentConn, m *Register, allow, deny
 		return nil, 0, &RefusedError{Code: CodeLimit, Text: fmt.Sprintf(
 			"token %q has %d tunnel(s) open, its max_tunnels = %d: close one first", tok.ID, a.token.tunnels, tok.MaxTunnels)}
 	}
+	if !m.NoLease && tok.MaxTunnels > 0 {
+		// A token holds at most max_tunnels leases: one registering name
+		// after name would otherwise fill the relay's ports with leases
+		// of its own, and then take other tokens' idle ones. The tunnel
+		// of a new name takes the place of the token's longest-idle one.
+		for {
+			n, old, ok := r.leases.ownIdle(tok.ID, key)
+			if n < tok.MaxTunnels || !ok {
+				break
+			}
+			a.logger().Info("the token holds max_tunnels port leases; dropping its longest-idle one for a new tunnel",
+				"name", m.Name, "dropped", old.Name, "port", r.leases.m[old].Port, "max_tunnels", tok.MaxTunnels)
+			r.leases.drop(old)
+			r.markLeasesDirty()
+		}
+	}
 	port, ln, pc, err := r.bindLocked(key, cands, want, cfg.BindHost, m.Protos, m.NoLease)
 	if err != nil {
 		var ref *RefusedError
