@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"slices"
+	"strings"
 
 	"github.com/urfave/cli/v2"
 )
@@ -30,6 +31,7 @@ func newApp() *cli.App {
 		Usage:           "put a local server on a relay's public port",
 		Commands:        []*cli.Command{exposeCommand, runCommand, statusCommand, benchCommand, versionCommand},
 		HideHelpCommand: true,
+		Action:          rootAction,
 		ExitErrHandler:  func(*cli.Context, error) {},
 		OnUsageError: func(c *cli.Context, err error, _ bool) error {
 			return cli.Exit(err.Error(), exitUsage)
@@ -43,6 +45,32 @@ func newApp() *cli.App {
 		}
 	}
 	return app
+}
+
+// rootAction runs for `relayctl` with no command, or one it does not know.
+// urfave/cli's default would answer a misspelt command with "No help topic"
+// and exit 3, which a script reads as the relay refusing; it is a usage
+// mistake (exit 2). `relayctl help [COMMAND]` prints the help, as --help does.
+func rootAction(c *cli.Context) error {
+	if c.NArg() == 0 {
+		return cli.ShowAppHelp(c)
+	}
+	names := make([]string, 0, len(c.App.Commands))
+	for _, cmd := range c.App.Commands {
+		names = append(names, cmd.Name)
+	}
+	first := c.Args().First()
+	if first == "help" {
+		switch topic := c.Args().Get(1); {
+		case topic == "":
+			return cli.ShowAppHelp(c)
+		case c.App.Command(topic) != nil:
+			return cli.ShowCommandHelp(c, topic)
+		default:
+			return cli.Exit(fmt.Sprintf("no command %q to show help for (commands: %s)", topic, strings.Join(names, ", ")), exitUsage)
+		}
+	}
+	return cli.Exit(fmt.Sprintf("unknown command %q (commands: %s; relayctl COMMAND --help shows one's flags)", first, strings.Join(names, ", ")), exitUsage)
 }
 
 func main() {
