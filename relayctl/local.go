@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"net"
+	"net/netip"
 	"strconv"
 	"strings"
 
@@ -21,7 +22,7 @@ func parseLocal(s string) (string, error) {
 	}
 	host, port, err := net.SplitHostPort(s)
 	if err != nil {
-		return "", fmt.Errorf("%q is not PORT or HOST:PORT (for example 8080 or localhost:8080)", s)
+		return "", fmt.Errorf("%q is not PORT or HOST:PORT (%s)", s, localHint(s))
 	}
 	if n, err := strconv.Atoi(port); err != nil || !isDigits(port) || n < 1 || n > 65535 {
 		return "", fmt.Errorf("%q: port must be 1-65535", s)
@@ -30,6 +31,30 @@ func parseLocal(s string) (string, error) {
 		host = "localhost"
 	}
 	return net.JoinHostPort(host, port), nil
+}
+
+// localHint says what is wrong with a LOCAL that is not HOST:PORT, for the
+// usual slips: a URL copied from a browser, an IPv6 address without
+// brackets (what [::1]:8080 means), a host without its port.
+func localHint(s string) string {
+	if i := strings.Index(s, "://"); i >= 0 {
+		return "not a URL: give it without " + s[:i+3] + ", for example localhost:8080"
+	}
+	if strings.Count(s, ":") > 1 && !strings.HasPrefix(s, "[") {
+		if i := strings.LastIndex(s, ":"); isDigits(s[i+1:]) {
+			if _, err := netip.ParseAddr(s[:i]); err == nil {
+				return "an IPv6 address goes in brackets: " + net.JoinHostPort(s[:i], s[i+1:])
+			}
+		}
+		if a, err := netip.ParseAddr(s); err == nil && a.Is6() {
+			return "an IPv6 address goes in brackets, with the port after: " + net.JoinHostPort(s, "8080")
+		}
+		return "an IPv6 address goes in brackets, for example [::1]:8080"
+	}
+	if s != "" && (!strings.Contains(s, ":") || strings.HasSuffix(s, "]")) {
+		return "no port: add one, for example " + net.JoinHostPort(strings.Trim(s, "[]"), "8080")
+	}
+	return "for example 8080 or localhost:8080"
 }
 
 // parseLocalRange is parseLocal that also takes a port range, "2456-2458"

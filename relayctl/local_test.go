@@ -40,6 +40,14 @@ func TestParseLocal(t *testing.T) {
 		{"localhost:", "1-65535"},
 		{"::1:8080", "is not PORT or HOST:PORT"},
 		{"localhost", "is not PORT or HOST:PORT"},
+		// The usual slips say what to write instead.
+		{"::1:8080", "an IPv6 address goes in brackets: [::1]:8080"},
+		{"2001:db8::5:25565", "an IPv6 address goes in brackets: [2001:db8::5]:25565"},
+		{"::1", "an IPv6 address goes in brackets, with the port after: [::1]:8080"},
+		{"a:b:c", "an IPv6 address goes in brackets, for example [::1]:8080"},
+		{"[::1]", "no port: add one, for example [::1]:8080"},
+		{"localhost", "no port: add one, for example localhost:8080"},
+		{"http://localhost:8080", "not a URL: give it without http://, for example localhost:8080"},
 	}
 	for _, tt := range bad {
 		got, err := parseLocal(tt.in)
