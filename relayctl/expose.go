@@ -109,7 +109,44 @@ func exposePlan(c *cli.Context) (*agentPlan, error) {
 		}
 		s.Tunnels = append(s.Tunnels, t)
 	}
+	if err := sameName(c.Args().Slice(), s.Tunnels, c.String("name")); err != "" {
+		return usage("%s", err)
+	}
 	return s.buildFromFlags()
+}
+
+// sameName says what to do when two LOCALs would make one tunnel name, in
+// expose's terms: build's message ("tunnel name ... is already taken by
+// tunnel 1") speaks of agent.toml's tables, and its hint (set --name) does
+// not help when --name makes NAME-PORT and the two share a port.
+func sameName(args []string, tunnels []tunnelSpec, flagName string) string {
+	seen := map[string]int{} // tunnel name: index in args
+	for i, t := range tunnels {
+		local, err := parseLocal(args[i])
+		if err != nil {
+			continue // a range, or a mistake build reports
+		}
+		name := t.Name
+		if name == "" {
+			name = deriveName(local)
+		}
+		j, ok := seen[name]
+		if !ok {
+			seen[name] = i
+			continue
+		}
+		if first, _ := parseLocal(args[j]); first == local {
+			if args[j] == args[i] {
+				return fmt.Sprintf("LOCAL %q is given twice: give it once", args[i])
+			}
+			return fmt.Sprintf("LOCAL %q and %q are the same server, %s: give it once", args[j], args[i], local)
+		}
+		if flagName != "" {
+			return fmt.Sprintf("LOCAL %q and %q would both be tunnel %q (--name %s names each %s-PORT): run expose once for each, with a --name each, or leave --name out", args[j], args[i], name, flagName, flagName)
+		}
+		return fmt.Sprintf("LOCAL %q and %q would both be tunnel %q: run expose once for each, with a --name each", args[j], args[i], name)
+	}
+	return ""
 }
 
 // buildFromFlags builds s, which came from expose's flags (or bench's): a

@@ -195,3 +195,29 @@ func TestExposeRelayAddress(t *testing.T) {
 		}
 	}
 }
+
+// TestExposeSameName: two LOCALs that would make one tunnel name say so in
+// expose's terms, with a fix that works: --name makes NAME-PORT, so setting
+// it (what agent.toml's message suggests) cannot part two LOCALs on one port.
+func TestExposeSameName(t *testing.T) {
+	fp := "SHA256:" + strings.Repeat("A", 43)
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"8080", "8080"}, `LOCAL "8080" is given twice: give it once`},
+		{[]string{"8080", "localhost:8080"}, `LOCAL "8080" and "localhost:8080" are the same server, localhost:8080: give it once`},
+		{[]string{"127.0.0.1:8080", "[::1]:8080", "--name", "web"}, `LOCAL "127.0.0.1:8080" and "[::1]:8080" would both be tunnel "web-8080" (--name web names each web-PORT): run expose once for each, with a --name each, or leave --name out`},
+	} {
+		_, err := parseExpose(t, nil, append(tt.args, "--relay", "r", "--token", "s", "--fingerprint", fp)...)
+		var ec cli.ExitCoder
+		if !errors.As(err, &ec) || ec.ExitCode() != exitUsage || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%q: %v, want exit %d saying %q", tt.args, err, exitUsage, tt.want)
+		}
+	}
+	// Without --name the two hosts make two names.
+	cfg, err := parseExpose(t, nil, "127.0.0.1:8080", "[::1]:8080", "--relay", "r", "--token", "s", "--fingerprint", fp)
+	if err != nil || len(cfg.Tunnels) != 2 || cfg.Tunnels[0].Name == cfg.Tunnels[1].Name {
+		t.Errorf("127.0.0.1:8080 [::1]:8080: %v, tunnels %+v; want two names", err, cfg.Tunnels)
+	}
+}
