@@ -282,7 +282,7 @@ func (v *Verifier) trustOnFirstUse(addr string, got []byte) error {
 	defer v.mu.Unlock()
 	data, err := os.ReadFile(v.KnownRelays)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
-		return &IdentityError{Msg: fmt.Sprintf("reading known relays: %v", err)}
+		return &IdentityError{Msg: fmt.Sprintf("reading known relays: %v: %s", err, v.knownRelaysFix(got))}
 	}
 	sc := bufio.NewScanner(bytes.NewReader(data))
 	for line := 1; sc.Scan(); line++ {
@@ -305,16 +305,23 @@ func (v *Verifier) trustOnFirstUse(addr string, got []byte) error {
 	}
 	data = append(data, addr+" "+FormatFingerprint(got)+"\n"...)
 	if err := os.MkdirAll(filepath.Dir(v.KnownRelays), 0o700); err != nil {
-		return &IdentityError{Msg: fmt.Sprintf("recording relay key: %v", err)}
+		return &IdentityError{Msg: fmt.Sprintf("recording relay key: %v: %s", err, v.knownRelaysFix(got))}
 	}
 	if err := WriteFileAtomic(v.KnownRelays, data, 0o600); err != nil {
-		return &IdentityError{Msg: fmt.Sprintf("recording relay key: %v", err)}
+		return &IdentityError{Msg: fmt.Sprintf("recording relay key: %v: %s", err, v.knownRelaysFix(got))}
 	}
 	if v.Logger != nil {
 		v.Logger.Warn("trusting relay on first use; pass --fingerprint to pin it instead",
 			"relay", addr, "fingerprint", FormatFingerprint(got), "recorded_in", v.KnownRelays)
 	}
 	return nil
+}
+
+// knownRelaysFix says what to do when the known-relays file cannot be read
+// or written: trust on first use needs it, a pinned key does not.
+func (v *Verifier) knownRelaysFix(got []byte) string {
+	return fmt.Sprintf("trusting a relay on first use needs %s readable and writable: fix that, point --known-relays (known_relays in agent.toml) at a file that is, or pin the key with --fingerprint %s after checking it with `relayd fingerprint` on the relay",
+		v.KnownRelays, FormatFingerprint(got))
 }
 
 // WriteFileAtomic writes data to a temporary file beside path and renames it

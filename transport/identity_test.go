@@ -433,6 +433,26 @@ func TestTrustOnFirstUseKeepsOtherEntries(t *testing.T) {
 	}
 }
 
+// TestTrustOnFirstUseUnwritable: a known-relays file that cannot be read or
+// written says what to do (another file, or a pinned key), not only why.
+func TestTrustOnFirstUseUnwritable(t *testing.T) {
+	t.Parallel()
+	srv := newTestServer(t, testOptions(), nil)
+	notDir := filepath.Join(t.TempDir(), "file")
+	if err := os.WriteFile(notDir, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	known := filepath.Join(notDir, "known_relays") // its folder is a file
+	for _, kind := range kinds {
+		t.Run(kind, func(t *testing.T) {
+			t.Parallel()
+			_, err := srv.dialWith(t, kind, &Verifier{KnownRelays: known}, testALPN)
+			ie := identityError(t, err)
+			mustContain(t, ie.Error(), known, "not a directory", "--known-relays", "--fingerprint "+Fingerprint(srv.cert.Leaf))
+		})
+	}
+}
+
 func TestTrustOnFirstUseBadEntry(t *testing.T) {
 	t.Parallel()
 	srv := newTestServer(t, testOptions(), nil)
