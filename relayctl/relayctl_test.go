@@ -177,6 +177,10 @@ func TestStopOnSignal(t *testing.T) {
 			if errOut := p.Stderr.String(); strings.Contains(errOut, "relayctl: ") {
 				t.Errorf("stderr reports an error after %v:\n%s", tc.sig, errOut)
 			}
+			// A drain can last drain_timeout: the line says how to end it.
+			if errOut := p.Stderr.String(); !strings.Contains(errOut, "(signal again to close them now)") {
+				t.Errorf("stderr after %v does not say a second signal closes open connections:\n%s", tc.sig, errOut)
+			}
 			deadline := time.Now().Add(5 * time.Second)
 			for {
 				c, err := net.DialTimeout("tcp", pt.HostPort(t, urls[0]), time.Second)

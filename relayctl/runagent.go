@@ -58,7 +58,9 @@ func runAgent(c *cli.Context, p *agentPlan) error {
 	case err := <-r.done:
 		return agentExit(err, p.cfg.Relay)
 	case sig := <-sigs:
-		p.log.Info("stopping: draining, so open connections may finish", "signal", sig.String(), "drain_timeout", p.drainTimeout)
+		// Say how to cut the wait short, as relayd does: a terminal's user
+		// with a websocket open would otherwise wait out drain_timeout.
+		p.log.Info("stopping: draining, so open connections may finish (signal again to close them now)", "signal", sig.String(), "drain_timeout", p.drainTimeout)
 		err := r.drain(p.drainTimeout, sigs, p.log)
 		p.log.Info("stopped")
 		return agentExit(err, p.cfg.Relay)
