@@ -236,7 +236,7 @@ func listenControl(path string) (net.Listener, error) {
 		}
 		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
 			c.Close()
-			return nil, errors.New("another relayctl is serving this socket")
+			return nil, errors.New("another relayctl is serving this socket: give each agent a --control of its own, or leave --control out (each then gets PID.sock)")
 		}
 		os.Remove(path)
 	}

@@ -154,7 +154,7 @@ func TestStatus(t *testing.T) {
 		t.Parallel()
 		_, errOut, code := pt.Run(t, nil, pt.RelayctlBin, "expose", local, "--relay", r.Addr, "--token", pt.TestSecret,
 			"--fingerprint", r.FP, "--control", sock)
-		want := "relayctl: --control " + sock + ": another relayctl is serving this socket"
+		want := "relayctl: --control " + sock + ": another relayctl is serving this socket: give each agent a --control of its own, or leave --control out (each then gets PID.sock)"
 		if code != 1 || pt.LastLine(errOut) != want {
 			t.Errorf("exit %d, stderr ends %q; want 1, %q", code, pt.LastLine(errOut), want)
 		}
