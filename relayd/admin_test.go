@@ -225,6 +225,7 @@ func TestAdminJSON(t *testing.T) {
         "transport": "quic",
         "since": "2026-11-21T10:00:00Z",
         "active": 2,
+        "udp_flows": 0,
         "draining": false
       }
     ],

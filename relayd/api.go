@@ -40,7 +40,8 @@ type apiAgent struct {
 	Address   string    `json:"address"`
 	Transport string    `json:"transport"`
 	Since     time.Time `json:"since"`
-	Active    int64     `json:"active"`
+	Active    int64     `json:"active"`    // open TCP connections
+	UDPFlows  int64     `json:"udp_flows"` // UDP flows it carries
 	Draining  bool      `json:"draining"`
 }
 
@@ -113,7 +114,7 @@ func apiTunnels(ts []tunnel.TunnelInfo, publicHost string) []apiTunnel {
 			at.Protocols = []string{}
 		}
 		for _, m := range t.Members {
-			at.Agents = append(at.Agents, apiAgent{Address: m.Agent, Transport: m.Transport, Since: m.Since, Active: m.Active, Draining: m.Draining})
+			at.Agents = append(at.Agents, apiAgent{Address: m.Agent, Transport: m.Transport, Since: m.Since, Active: m.Active, UDPFlows: m.UDPFlows, Draining: m.Draining})
 		}
 		out = append(out, at)
 	}

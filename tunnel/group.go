@@ -21,7 +21,8 @@ import (
 // group is one public tunnel: a port, and the agents (members) serving it.
 // One agent is a group of one; agents registering the same name with the
 // same token share the port, and new clients go to the member with the
-// fewest, round robin among equals.
+// fewest (TCP connections and UDP flows together), round robin among
+// equals.
 type group struct {
 	r     *Relay
 	key   leaseKey
@@ -71,11 +72,15 @@ type group struct {
 
 // member is one agent session's place in a group.
 type member struct {
-	id       uint32 // the tunnel id in this member's stream headers
-	g        *group
-	agent    *agentConn
-	since    time.Time
-	active   atomic.Int64
+	id     uint32 // the tunnel id in this member's stream headers
+	g      *group
+	agent  *agentConn
+	since  time.Time
+	active atomic.Int64
+	// flows counts the UDP flows pinned to the member (guarded, for
+	// writers, by the flows' udpPort.mu): pick weighs them with active,
+	// so players spread over the members as connections do.
+	flows    atomic.Int64
 	draining atomic.Bool
 	gone     atomic.Bool // out of the group: its UDP flows move
 	// want is the port range the member's agent asked for (0-0: any); a
@@ -219,7 +224,7 @@ func (g *group) info() TunnelInfo {
 	for _, m := range g.members {
 		ti.Members = append(ti.Members, MemberInfo{
 			Agent: m.agent.sess.RemoteAddr().String(), Transport: m.agent.sess.Kind(), Since: m.since,
-			Active: m.active.Load(), Draining: m.draining.Load(),
+			Active: m.active.Load(), UDPFlows: m.flows.Load(), Draining: m.draining.Load(),
 		})
 	}
 	return ti
@@ -391,7 +396,8 @@ func (g *group) carry(ctx context.Context, c net.Conn, finish func()) {
 }
 
 // pick chooses the member for the next client among those not yet tried:
-// live members the fewest clients, round robin among equals; suspect ones
+// live members the fewest clients (TCP connections and UDP flows), round
+// robin among equals; suspect ones
 // only when nothing else is left. alternatives reports whether another
 // member remains should this one fail; suspect, that m was chosen among
 // suspect members; closed, that the group is gone.
@@ -421,9 +427,10 @@ func (g *group) pick(tried []*member) (m *member, alternatives, suspect, closed 
 		// members and one failing, start every client at the same one.
 		g.rr++
 	}
+	load := func(c *member) int64 { return c.active.Load() + c.flows.Load() }
 	for i := range cands {
 		c := cands[(g.rr+i)%len(cands)]
-		if m == nil || c.active.Load() < m.active.Load() {
+		if m == nil || load(c) < load(m) {
 			m = c
 		}
 	}

@@ -32,7 +32,10 @@ type MemberInfo struct {
 	Agent     string
 	Transport string
 	Since     time.Time
-	Active    int64
+	// Active counts the member's open TCP connections; UDPFlows, the
+	// tunnel's UDP flows it carries.
+	Active   int64
+	UDPFlows int64
 	// Draining members finish their clients but get no new ones.
 	Draining bool
 }

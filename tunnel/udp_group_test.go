@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"net"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -288,6 +289,51 @@ func TestUDPQuietFlowHearsAgentAfterReconnect(t *testing.T) {
 		}
 		if !heard(2 * time.Second) {
 			t.Fatal("the quiet player heard nothing from the server in 2 s after the agent came back")
+		}
+	})
+}
+
+// New players go to the member with the fewest flows, as new connections
+// go to the one with the fewest connections: a member that joins a group
+// whose other member carries every player (the first instance back from a
+// rolling upgrade, one that replaces a member that died) takes the next
+// players, instead of half of them going on to the busy one. Each flow
+// counts against its member from the start, so the players that a lost
+// member hands on spread the same way.
+func TestUDPGroupNewFlowsGoToFewestFlows(t *testing.T) {
+	forEachTransport(t, func(t *testing.T, kind string) {
+		r := startRelay(t, nil)
+		udp := func(c *AgentConfig) { c.Tunnels[0].Protos = ProtoUDP }
+		a := groupAgent(t, r.Addr, r, kind, startTaggedUDPEcho(t, "A:"), udp)
+		public := net.JoinHostPort("127.0.0.1", strconv.Itoa(int(a.eps[0].Port)))
+		for i := range 4 {
+			if tag, ok := udpTag(dialUDP(t, public), []byte("hello"), 5*time.Second); !ok || tag != "A:" {
+				t.Fatalf("flow %d, with A alone in the group: answer %q (%v), want A's", i, tag, ok)
+			}
+		}
+
+		groupAgent(t, r.Addr, r, kind, startTaggedUDPEcho(t, "B:"), udp)
+		var tags []string
+		for range 3 {
+			tag, ok := udpTag(dialUDP(t, public), []byte("hello"), 5*time.Second)
+			if !ok {
+				t.Fatal("a new flow got no answer")
+			}
+			tags = append(tags, tag)
+		}
+		ti := r.Relay.Tunnels()
+		t.Logf("%s: A carries 4 flows, B joins: the next 3 went to %v; members %+v", kind, tags, ti[0].Members)
+		for i, tag := range tags {
+			if tag != "B:" {
+				t.Errorf("new flow %d went to %q with A carrying %d flows and B %d: want B, the member with the fewest", i, tag, 4+i, i)
+			}
+		}
+		var flows []int64
+		for _, m := range ti[0].Members {
+			flows = append(flows, m.UDPFlows)
+		}
+		if !slices.Equal(flows, []int64{4, 3}) {
+			t.Errorf("the members' udp flows are %v, want [4 3]", flows)
 		}
 	})
 }

@@ -149,6 +149,8 @@ func (g *group) flow(u *udpPort, client netip.AddrPort, now int64) *udpFlow {
 			return f
 		}
 		if old := f.member.Swap(m); old != m {
+			old.flows.Add(-1)
+			m.flows.Add(1)
 			f.back.Store(now)
 			g.logger().Debug("UDP flow moved to another member", "client", client.String(), "agent", m.agent.sess.RemoteAddr().String())
 		}
@@ -157,6 +159,7 @@ func (g *group) flow(u *udpPort, client netip.AddrPort, now int64) *udpFlow {
 	f = &udpFlow{release: release}
 	f.back.Store(now)
 	f.member.Store(m)
+	m.flows.Add(1)
 	u.flows[client] = f
 	g.total.Add(1)
 	g.r.clientsTotal.Add(1)
@@ -182,6 +185,7 @@ func (g *group) sweepFlows(u *udpPort, stop <-chan struct{}) {
 			u.mu.Lock()
 			for c, f := range u.flows {
 				delete(u.flows, c)
+				f.member.Load().flows.Add(-1)
 				f.release()
 			}
 			u.mu.Unlock()
@@ -192,6 +196,7 @@ func (g *group) sweepFlows(u *udpPort, stop <-chan struct{}) {
 			for c, f := range u.flows {
 				if f.last.Load() < cut {
 					delete(u.flows, c)
+					f.member.Load().flows.Add(-1)
 					f.release()
 				}
 			}
