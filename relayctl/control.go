@@ -54,17 +54,20 @@ const systemControlDir = "/run/relayctl"
 // controlStatus is what GET /v1/status returns, and `relayctl status --json`
 // prints (one per agent). Fields are only ever added.
 type controlStatus struct {
-	PID        int             `json:"pid"`
-	Version    string          `json:"version"`
-	Control    string          `json:"control"` // the socket's path
-	Relay      string          `json:"relay"`
-	Transport  string          `json:"transport"` // "quic" or "tcp"; "" while not connected
-	Connected  bool            `json:"connected"`
-	Since      time.Time       `json:"since"` // when the session came up
-	Uptime     float64         `json:"uptime_seconds"`
-	RTT        *float64        `json:"rtt_ms"` // null while not connected, or not measured yet
-	Reconnects int             `json:"reconnects"`
-	Tunnels    []controlTunnel `json:"tunnels"`
+	PID        int       `json:"pid"`
+	Version    string    `json:"version"`
+	Control    string    `json:"control"` // the socket's path
+	Relay      string    `json:"relay"`
+	Transport  string    `json:"transport"` // "quic" or "tcp"; "" while not connected
+	Connected  bool      `json:"connected"`
+	Since      time.Time `json:"since"` // when the session came up
+	Uptime     float64   `json:"uptime_seconds"`
+	RTT        *float64  `json:"rtt_ms"` // null while not connected, or not measured yet
+	Reconnects int       `json:"reconnects"`
+	// Draining: stopping; the relay sends it no new clients, and it
+	// exits once those connected are done (or --drain-timeout passes).
+	Draining bool            `json:"draining"`
+	Tunnels  []controlTunnel `json:"tunnels"`
 }
 
 type controlTunnel struct {
@@ -96,7 +99,7 @@ func newControlStatus(st tunnel.AgentStatus, path string, now time.Time) control
 	cs := controlStatus{
 		PID: os.Getpid(), Version: buildinfo.Read().Version, Control: path,
 		Relay: st.Relay, Transport: st.Transport, Connected: st.Connected, Since: st.Since,
-		Reconnects: st.Reconnects, Tunnels: []controlTunnel{},
+		Reconnects: st.Reconnects, Draining: st.Draining, Tunnels: []controlTunnel{},
 	}
 	if !cs.Connected {
 		cs.Transport = ""

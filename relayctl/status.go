@@ -318,6 +318,9 @@ func writeStatus(w io.Writer, sts []controlStatus, asJSON bool) error {
 		if st.Connected {
 			state = "connected"
 		}
+		if st.Draining {
+			state += ", draining"
+		}
 		fmt.Fprintf(w, "agent %d (relayctl %s) → %s, %s, reconnects %d  [%s]\n",
 			st.PID, st.Version, st.Relay, state, st.Reconnects, st.Control)
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)

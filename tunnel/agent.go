@@ -660,7 +660,7 @@ func (a *Agent) sendDrain(ctl transport.Stream) {
 func (a *Agent) Status() AgentStatus {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	st := AgentStatus{Relay: a.cfg.Relay, Connected: a.connected, Since: a.since, RTT: a.rtt, Reconnects: max(a.sessions-1, 0)}
+	st := AgentStatus{Relay: a.cfg.Relay, Connected: a.connected, Since: a.since, RTT: a.rtt, Reconnects: max(a.sessions-1, 0), Draining: a.draining}
 	if a.sess != nil {
 		st.Transport = a.sess.Kind()
 	}

@@ -374,6 +374,9 @@ func TestGroupDrainMember(t *testing.T) {
 			ti := r.Relay.Tunnels()
 			return len(ti) == 1 && len(ti[0].Members) == 2 && (ti[0].Members[0].Draining || ti[0].Members[1].Draining)
 		})
+		if !b.Status().Draining {
+			t.Error("B's Status() does not say it is draining")
+		}
 		for i := range 10 {
 			if tag, err := visit(b.Public(0), 2); err != nil || tag != "A:" {
 				t.Fatalf("client %d during B's drain reached %q, %v; want A", i, tag, err)

@@ -76,7 +76,10 @@ type AgentStatus struct {
 	RTT time.Duration
 	// Reconnects counts sessions after the first.
 	Reconnects int
-	Tunnels    []AgentTunnelStatus
+	// Draining: Drain was called; the relay sends the agent no new
+	// clients, and it exits once those connected are done.
+	Draining bool
+	Tunnels  []AgentTunnelStatus
 }
 
 // AgentTunnelStatus is one of an agent's tunnels.
