@@ -188,6 +188,19 @@ func (t *leaseTable) drop(k leaseKey) {
 	}
 }
 
+// restore puts back k's lease l, which drop took, unless k or its port has
+// another lease since.
+func (t *leaseTable) restore(k leaseKey, l *lease) {
+	if _, ok := t.m[k]; ok {
+		return
+	}
+	if _, ok := t.port[l.Port]; ok {
+		return
+	}
+	t.m[k] = l
+	t.port[l.Port] = k
+}
+
 // ownIdle counts the leases of token but for except's, and finds the
 // oldest of them released.
 func (t *leaseTable) ownIdle(token string, except leaseKey) (n int, oldest leaseKey, found bool) {

@@ -397,6 +397,42 @@ func TestLeasesCappedByMaxTunnels(t *testing.T) {
 	})
 }
 
+// A tunnel the relay turns down costs its token no lease: the lease the
+// max_tunnels cap would have dropped for it stays, and no drop is logged.
+func TestLeaseCapKeepsLeaseOnRefusal(t *testing.T) {
+	forEachTransport(t, func(t *testing.T, kind string) {
+		r := startRelay(t, func(c *RelayConfig) {
+			c.Tokens[0].MaxTunnels = 1
+			c.Tokens = append(c.Tokens, Token{ID: "other", Secret: oldSecret})
+		})
+		local := proctest.StartEcho(t, "k:")
+		a, err := leasedAgent(t, r, kind, "a", local, PortRange{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		stopAgent(t, r, a)
+		ocfg := r.agentConfig(kind, local)
+		ocfg.Token = oldSecret
+		o, err := liveOrRefused(t, ocfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		taken := o.eps[0].Port
+		if _, err := leasedAgent(t, r, kind, "c", local, PortRange{Low: taken, High: taken}); err == nil {
+			t.Fatalf("c on port %d, which other's tunnel holds, was let in", taken)
+		}
+		r.Relay.mu.Lock()
+		_, kept := r.Relay.leases.m[leaseKey{"test", "a"}]
+		r.Relay.mu.Unlock()
+		if !kept {
+			t.Error("the refused tunnel c cost test its lease of a")
+		}
+		if strings.Contains(r.Log.String(), "dropping its longest-idle one") {
+			t.Errorf("the relay logged a lease dropped for a tunnel it refused:\n%s", r.Log)
+		}
+	})
+}
+
 // A relay started again on the same lease file gives each (token, name) its
 // port back, to a new agent process as much as to the old one.
 func TestLeaseSurvivesRestart(t *testing.T) {

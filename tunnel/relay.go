@@ -1066,6 +1066,11 @@ func (r *Relay) join(ctx context.Context, a *agentConn, m *Register, allow, deny
 		return nil, 0, &RefusedError{Code: CodeLimit, Text: fmt.Sprintf(
 			"token %q has %d tunnel(s) open, its max_tunnels = %d: close one first", tok.ID, a.token.tunnels, tok.MaxTunnels)}
 	}
+	type droppedLease struct {
+		k leaseKey
+		l *lease
+	}
+	var dropped []droppedLease
 	if !m.NoLease && tok.MaxTunnels > 0 {
 		// A token holds at most max_tunnels leases: one registering name
 		// after name would otherwise fill the relay's ports with leases
@@ -1076,14 +1081,17 @@ func (r *Relay) join(ctx context.Context, a *agentConn, m *Register, allow, deny
 			if n < tok.MaxTunnels || !ok {
 				break
 			}
-			a.logger().Info("the token holds max_tunnels port leases; dropping its longest-idle one for a new tunnel",
-				"name", m.Name, "dropped", old.Name, "port", r.leases.m[old].Port, "max_tunnels", tok.MaxTunnels)
+			dropped = append(dropped, droppedLease{old, r.leases.m[old]})
 			r.leases.drop(old)
-			r.markLeasesDirty()
 		}
 	}
 	port, ln, pc, err := r.bindLocked(key, cands, want, cfg.BindHost, m.Protos, m.NoLease)
 	if err != nil {
+		// A tunnel turned down takes no one's place: the leases dropped
+		// for it are the token's again.
+		for _, d := range dropped {
+			r.leases.restore(d.k, d.l)
+		}
 		var ref *RefusedError
 		if errors.As(err, &ref) && ref.Code == CodeNoPortFree && !m.NoLease {
 			// What to do, which a reload's use of the same text (the
@@ -1095,6 +1103,11 @@ func (r *Relay) join(ctx context.Context, a *agentConn, m *Register, allow, deny
 			err = &RefusedError{Code: ref.Code, Text: ref.Text + ": " + hint}
 		}
 		return nil, 0, err
+	}
+	for _, d := range dropped {
+		a.logger().Info("the token holds max_tunnels port leases; dropping its longest-idle one for a new tunnel",
+			"name", m.Name, "dropped", d.k.Name, "port", d.l.Port, "max_tunnels", tok.MaxTunnels)
+		r.markLeasesDirty()
 	}
 	g = &group{
 		r: r, key: key, token: a.token, port: port, ln: ln, protos: m.Protos, noLease: m.NoLease, since: time.Now(),
