@@ -120,6 +120,9 @@ func exposePlan(c *cli.Context) (*agentPlan, error) {
 // tunnel 1") speaks of agent.toml's tables, and its hint (set --name) does
 // not help when --name makes NAME-PORT and the two share a port.
 func sameName(args []string, tunnels []tunnelSpec, flagName string) string {
+	if flagName != "" && !tunnel.ValidName(flagName) {
+		return "" // not made NAME-PORT: build says what is wrong with it
+	}
 	seen := map[string]int{} // tunnel name: index in args
 	for i, t := range tunnels {
 		local, err := parseLocal(args[i])

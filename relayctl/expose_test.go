@@ -215,8 +215,14 @@ func TestExposeSameName(t *testing.T) {
 			t.Errorf("%q: %v, want exit %d saying %q", tt.args, err, exitUsage, tt.want)
 		}
 	}
+	// A --name that is no tunnel name is reported as such, not as two
+	// LOCALs sharing it.
+	cfg, err := parseExpose(t, nil, "8080", "9090", "--name", "Bad!", "--relay", "r", "--token", "s", "--fingerprint", fp)
+	if want := `--name: tunnel name "Bad!" is invalid`; err == nil || !strings.Contains(err.Error(), want) {
+		t.Errorf("8080 9090 --name Bad!: %v, want it saying %q", err, want)
+	}
 	// Without --name the two hosts make two names.
-	cfg, err := parseExpose(t, nil, "127.0.0.1:8080", "[::1]:8080", "--relay", "r", "--token", "s", "--fingerprint", fp)
+	cfg, err = parseExpose(t, nil, "127.0.0.1:8080", "[::1]:8080", "--relay", "r", "--token", "s", "--fingerprint", fp)
 	if err != nil || len(cfg.Tunnels) != 2 || cfg.Tunnels[0].Name == cfg.Tunnels[1].Name {
 		t.Errorf("127.0.0.1:8080 [::1]:8080: %v, tunnels %+v; want two names", err, cfg.Tunnels)
 	}
