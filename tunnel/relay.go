@@ -559,6 +559,9 @@ func (r *Relay) admitAgent(a *agentConn) *RefusedError {
 		r.mu.Unlock()
 		return ref
 	}
+	// Again, under r.mu: a reload that renamed the token since the
+	// handshake named it did not find a among r.agents to rename.
+	a.setLogger()
 	if a.instance != ([instanceLen]byte{}) {
 		for o := range r.agents {
 			if o.instance == a.instance && o.token == a.token {

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -17,6 +18,7 @@ import (
 	"time"
 
 	"github.com/relaytun/relay/internal/proctest"
+	"github.com/relaytun/relay/internal/syncbuf"
 )
 
 const (
@@ -188,6 +190,32 @@ func TestReloadRenamesToken(t *testing.T) {
 			return regexp.MustCompile(`msg="agent disconnected" agent=\S+ transport=\S+ token=new\n`).MatchString(r.Log.String())
 		})
 	})
+}
+
+// A session whose token a reload renames between its handshake and its
+// admission (so the rename did not find it among the relay's agents) logs
+// under the new id once admitted, not the one it came in under.
+func TestRenameBeforeAdmitLogsNewID(t *testing.T) {
+	r := startRelay(t, nil)
+	var buf syncbuf.Buffer
+	r.Relay.mu.Lock()
+	ts := r.Relay.tokens[KeyID(testSecret)]
+	r.Relay.mu.Unlock()
+	a := &agentConn{r: r.Relay, base: slog.New(slog.NewTextHandler(&buf, nil)), token: ts}
+	a.setLogger() // as the handshake does
+	rc := *r.Relay.config()
+	rc.Tokens = []Token{{ID: "renamed", Secret: testSecret}}
+	if _, err := r.Relay.Reload(rc); err != nil {
+		t.Fatal(err)
+	}
+	if ref := r.Relay.admitAgent(a); ref != nil {
+		t.Fatal(ref)
+	}
+	defer r.Relay.forgetAgent(a)
+	a.logger().Info("agent connected")
+	if got := buf.String(); !strings.Contains(got, "token=renamed") {
+		t.Errorf("the admitted session logs %q; want token=renamed", got)
+	}
 }
 
 // A renamed token that takes the id of a token the same reload removes:
