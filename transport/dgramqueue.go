@@ -7,7 +7,8 @@ import (
 
 // datagramQueue holds the datagrams a TLS+smux session received until
 // ReceiveDatagram takes them: at most max, and at most
-// max*datagramQueueShare bytes of them, newer ones dropped beyond that.
+// max*datagramQueueShare bytes of them (MaxTCPDatagram for a small max),
+// newer ones dropped beyond that.
 // Unlike a channel of that capacity, its storage grows with use and goes
 // when it empties, so the many idle sessions of a busy relay hold none.
 type datagramQueue struct {
@@ -28,7 +29,13 @@ type datagramQueue struct {
 const datagramQueueShare = 2 << 10
 
 func newDatagramQueue(max int) *datagramQueue {
-	return &datagramQueue{max: max, maxBytes: max * datagramQueueShare, ready: make(chan struct{}, 1)}
+	// Room for one of the largest at least: a small queue must not drop
+	// every large datagram, however fast they are taken.
+	maxBytes := max * datagramQueueShare
+	if maxBytes < MaxTCPDatagram {
+		maxBytes = MaxTCPDatagram
+	}
+	return &datagramQueue{max: max, maxBytes: maxBytes, ready: make(chan struct{}, 1)}
 }
 
 // push queues p, or drops it when the queue is full.

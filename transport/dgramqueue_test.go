@@ -79,4 +79,10 @@ func TestDatagramQueueBytes(t *testing.T) {
 	if n := len(d.q) - d.head; n != 1 {
 		t.Fatalf("%d datagrams queued after the queue emptied, want 1", n)
 	}
+	// A queue smaller than 32 still takes one of the largest.
+	d = newDatagramQueue(4)
+	d.push(make([]byte, MaxTCPDatagram))
+	if n := len(d.q) - d.head; n != 1 {
+		t.Fatalf("%d datagrams of %d bytes queued in an empty queue of 4, want 1", n, MaxTCPDatagram)
+	}
 }
