@@ -141,7 +141,12 @@ func startControl(c *cli.Context, agent statusSource, log *slog.Logger) (stop fu
 	ln, err := listenControl(path)
 	if err != nil {
 		if named {
-			return nil, cli.Exit(fmt.Sprintf("--control %s: %v", path, err), exitFailure)
+			msg := fmt.Sprintf("--control %s: %v", path, err)
+			if errors.Is(err, errControlServed) {
+				// Only for a PATH given: the default one is this PID's.
+				msg += ": give each agent a --control of its own, or leave --control out (each then gets PID.sock)"
+			}
+			return nil, cli.Exit(msg, exitFailure)
 		}
 		log.Warn("no control socket, so relayctl status will not see this agent", "err", err)
 		return noop, nil
@@ -229,6 +234,10 @@ func readNote(note string) (string, bool) {
 	return path, true
 }
 
+// errControlServed is listenControl's error for a socket another agent
+// serves.
+var errControlServed = errors.New("another relayctl is serving this socket")
+
 // listenControl listens on the unix socket path, readable by this user
 // alone. A socket left there by an agent that is gone is replaced; a live
 // one, or anything else at path, is an error.
@@ -239,7 +248,7 @@ func listenControl(path string) (net.Listener, error) {
 		}
 		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
 			c.Close()
-			return nil, errors.New("another relayctl is serving this socket: give each agent a --control of its own, or leave --control out (each then gets PID.sock)")
+			return nil, errControlServed
 		}
 		os.Remove(path)
 	}

@@ -3,6 +3,11 @@ package main
 import (
 	"bytes"
 	"errors"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -42,5 +47,46 @@ func TestUnknownCommand(t *testing.T) {
 		if out.Len() != 0 {
 			t.Errorf("%q: printed %q on stdout, which carries only the tcp:// lines", tt.args, out.String())
 		}
+	}
+}
+
+// TestDefaultControlServed: the default socket, PID.sock, served by another
+// agent (one of the same PID in another container sharing the folder) costs
+// a warning that does not tell the user to leave out the --control they
+// left out.
+func TestDefaultControlServed(t *testing.T) {
+	t.Setenv("RUNTIME_DIRECTORY", "")
+	t.Setenv("XDG_RUNTIME_DIR", t.TempDir())
+	dir, err := controlDir(true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("unix", filepath.Join(dir, strconv.Itoa(os.Getpid())+".sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	var logs bytes.Buffer
+	app := &cli.App{Flags: []cli.Flag{controlFlag()}, Action: func(c *cli.Context) error {
+		stop, err := startControl(c, nil, slog.New(slog.NewTextHandler(&logs, nil)))
+		if err == nil {
+			stop()
+		}
+		return err
+	}}
+	if err := app.Run([]string{"relayctl"}); err != nil {
+		t.Fatal(err)
+	}
+	if got := logs.String(); !strings.Contains(got, "another relayctl is serving this socket") || strings.Contains(got, "leave --control out") {
+		t.Errorf("warning for the default socket served by another agent: %q; want no advice to leave --control out", got)
 	}
 }
