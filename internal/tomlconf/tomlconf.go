@@ -71,12 +71,19 @@ func Decode(path, data string, v any, sample string) error {
 		var pe toml.ParseError
 		if errors.As(err, &pe) {
 			msg := pe.Message
-			if strings.HasSuffix(msg, " is out of range for int64") {
+			switch {
+			case strings.HasSuffix(msg, " is out of range for int64"):
 				// Digits only, unquoted: TOML reads a number, and a
 				// secret or name of 19 digits or more overflows it. The
 				// number stays out of the message, which relayd logs: it
 				// may be the secret.
 				msg = "the number is too large for a TOML integer; if it is text (a secret, a name), put it in quotes"
+			case strings.HasSuffix(msg, " is out of range for float64"):
+				msg = "the number is too large for a TOML float; if it is text (a secret, a name), put it in quotes"
+			case strings.HasPrefix(msg, "expected value but found "):
+				// Unquoted text: the parser echoes its leading letters,
+				// which may be a secret's.
+				msg = "the value is not quoted text, a number, true or false, or a date; if it is text (a secret, a name), put it in quotes"
 			}
 			return &Error{File: path, Line: pe.Position.Line, Key: pe.LastKey, Msg: msg}
 		}

@@ -61,6 +61,9 @@ func TestDecodeErrors(t *testing.T) {
 		{"duration without unit", "wait = \"10\"\n", `s.toml:1: wait: 10 has no unit: write it with one, in quotes, such as "10s"`},
 		{"not a duration", "wait = \"soon\"\n", `s.toml:1: wait: "soon" is not a duration with a unit, such as "10s"`},
 		{"integer overflow", "top = 12345678901234567890\n", "s.toml:1: top: the number is too large for a TOML integer; if it is text (a secret, a name), put it in quotes"},
+		// Neither echoes the value, which relayd logs: it may be a secret.
+		{"float overflow", "top = 1e99999\n", "s.toml:1: top: the number is too large for a TOML float; if it is text (a secret, a name), put it in quotes"},
+		{"bare word", "top = deadbeef0123\n", "s.toml:1: top: the value is not quoted text, a number, true or false, or a date; if it is text (a secret, a name), put it in quotes"},
 		{"unknown top-level key", "top = \"a\"\ntopp = 1\n", "s.toml:2: topp: unknown key (see the sample sample.toml for the keys there are)"},
 		{"unknown key in a table", "[server]\nport = 1\nhost = \"x\"\n", "s.toml:3: server.host: unknown key"},
 		{"unknown table", "[client]\nport = 1\n", "s.toml:1: client: unknown key"},
