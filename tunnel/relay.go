@@ -432,6 +432,10 @@ type agentConn struct {
 	members map[uint32]*member
 	byID    sync.Map
 	link    *dgramLink
+	// kicked is set by the reload that closes the session for its token
+	// (guarded by Relay.mu): it stays among r.agents while its notice
+	// goes out, and a reload after that one leaves it alone.
+	kicked bool
 
 	// saveLease asks register to write the lease table before it replies;
 	// only the control loop's goroutine touches it.

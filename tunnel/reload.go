@@ -194,7 +194,14 @@ func (r *Relay) Reload(cfg RelayConfig) (ReloadResult, error) {
 	}
 	var moves []move
 	for a := range r.agents {
+		if a.kicked {
+			// An earlier reload closes it, and told it why: telling it
+			// again, or counting it again, would be this reload's
+			// reading of a token that is no longer its.
+			continue
+		}
 		if ref := r.tokenCurrentLocked(a); ref != nil {
+			a.kicked = true
 			kicks = append(kicks, kick{a: a, code: ref.Code, text: ref.Text})
 			continue
 		}

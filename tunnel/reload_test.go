@@ -218,6 +218,30 @@ func TestRenameBeforeAdmitLogsNewID(t *testing.T) {
 	}
 }
 
+// A session a reload closes for its revoked token stays among the relay's
+// agents while its notice goes out (up to a second when the agent does not
+// hang up): a reload right after, which gives the id to a new token, neither
+// counts it again nor tells it the id has a new secret, another user's.
+func TestReloadLeavesClosingSessionAlone(t *testing.T) {
+	forEachTransport(t, func(t *testing.T, kind string) {
+		r := startRelay(t, nil)
+		authenticate(t, dialRaw(t, r, kind)) // and never hangs up
+		rc := *r.Relay.config()
+		rc.Tokens = []Token{{ID: "other", Secret: oldSecret}}
+		if res, err := r.Relay.Reload(rc); err != nil || res.SessionsClosed != 1 {
+			t.Fatalf("Reload revoking test: %+v, %v; want one session closed", res, err)
+		}
+		rc.Tokens = append(rc.Tokens, Token{ID: "test", Secret: newSecret})
+		res, err := r.Relay.Reload(rc)
+		if err != nil || res.SessionsClosed != 0 {
+			t.Errorf("Reload giving the id test to a new token: %+v, %v; want no session closed", res, err)
+		}
+		if strings.Contains(r.Log.String(), "has a new secret") {
+			t.Errorf("the revoked token's session was told its id has a new secret:\n%s", r.Log)
+		}
+	})
+}
+
 // A renamed token that takes the id of a token the same reload removes:
 // the removed one is reported removed and its agent told it was revoked
 // (not that its id has a new secret, which is the renamed token's, another
