@@ -490,28 +490,7 @@ func TestUDPLocalServerDown(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		firsts := make(chan []byte, 64)
-		go func() {
-			buf := make([]byte, 2048)
-			seen := map[string]bool{}
-			for {
-				n, from, err := pc.ReadFrom(buf)
-				if err != nil {
-					return
-				}
-				p := buf[:n]
-				if !seen[from.String()] {
-					seen[from.String()] = true
-					firsts <- bytes.Clone(p)
-				}
-				if h, err := proxyproto.Read(bufio.NewReader(bytes.NewReader(p))); err == nil {
-					p = p[len(mustFormat(t, h)):]
-				}
-				if string(p) != "anyone?" { // sent while it was down
-					pc.WriteTo(p, from)
-				}
-			}
-		}()
+		firsts := proxyEchoUDP(t, pc, func(p []byte) bool { return string(p) != "anyone?" }) // sent while it was down
 		exchange(t, c, []byte("back"))
 		first := <-firsts
 		h, err := proxyproto.Read(bufio.NewReader(bytes.NewReader(first)))
@@ -548,26 +527,7 @@ func TestUDPLocalWriteErrorNotARefusal(t *testing.T) {
 	forEachTransport(t, func(t *testing.T, kind string) {
 		r := startRelay(t, nil)
 		pc := listenUDP(t)
-		firsts := make(chan []byte, 8)
-		go func() {
-			buf := make([]byte, 65535)
-			seen := map[string]bool{}
-			for {
-				n, from, err := pc.ReadFrom(buf)
-				if err != nil {
-					return
-				}
-				p := buf[:n]
-				if !seen[from.String()] {
-					seen[from.String()] = true
-					firsts <- bytes.Clone(p)
-				}
-				if h, err := proxyproto.Read(bufio.NewReader(bytes.NewReader(p))); err == nil {
-					p = p[len(mustFormat(t, h)):]
-				}
-				pc.WriteTo(p, from)
-			}
-		}()
+		firsts := proxyEchoUDP(t, pc, nil)
 		cfg := r.udpAgentConfig(kind, ProtoUDP, pc.LocalAddr().String())
 		cfg.Tunnels[0].ProxyProtocol = 2
 		a := mustRunAgent(t, cfg)
@@ -588,4 +548,34 @@ func TestUDPLocalWriteErrorNotARefusal(t *testing.T) {
 			t.Errorf("a datagram too big to send was logged as the local server refusing it:\n%s", a.Log)
 		}
 	})
+}
+
+// proxyEchoUDP serves pc as a UDP echo behind a PROXY-protocol agent: it
+// sends each client's first datagram, as it arrived, on the channel it
+// returns, and echoes every datagram, its PROXY header taken off, that
+// echo (if not nil) allows, until pc is closed.
+func proxyEchoUDP(t *testing.T, pc net.PacketConn, echo func(p []byte) bool) <-chan []byte {
+	firsts := make(chan []byte, 64)
+	go func() {
+		buf := make([]byte, 65535)
+		seen := map[string]bool{}
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			p := buf[:n]
+			if !seen[from.String()] {
+				seen[from.String()] = true
+				firsts <- bytes.Clone(p)
+			}
+			if h, err := proxyproto.Read(bufio.NewReader(bytes.NewReader(p))); err == nil {
+				p = p[len(mustFormat(t, h)):]
+			}
+			if echo == nil || echo(p) {
+				pc.WriteTo(p, from)
+			}
+		}
+	}()
+	return firsts
 }
