@@ -80,9 +80,15 @@ type member struct {
 	// flows counts the UDP flows pinned to the member (guarded, for
 	// writers, by the flows' udpPort.mu): pick weighs them with active,
 	// so players spread over the members as connections do.
-	flows    atomic.Int64
-	draining atomic.Bool
-	gone     atomic.Bool // out of the group: its UDP flows move
+	flows atomic.Int64
+	// localDownUntil (unix nanoseconds) is set when the member's agent
+	// could not reach its local server for a client: until then pick
+	// tries the other members first. With no clients on it, the member
+	// would otherwise have the least load and be every client's first
+	// try, each costing a round trip and a line in the agent's log.
+	localDownUntil atomic.Int64
+	draining       atomic.Bool
+	gone           atomic.Bool // out of the group: its UDP flows move
 	// want is the port range the member's agent asked for (0-0: any); a
 	// move keeps the tunnel within every member's.
 	want PortRange
@@ -372,8 +378,10 @@ func (g *group) carry(ctx context.Context, c net.Conn, finish func()) {
 			if b[0] != StatusConnected {
 				st.Close()
 				unreachable = true
+				m.localDownUntil.Store(time.Now().Add(localDownBackoff).UnixNano())
 				continue
 			}
+			m.localDownUntil.Store(0)
 			peer = st
 		}
 		m.active.Add(1)
@@ -404,18 +412,26 @@ func (g *group) carry(ctx context.Context, c net.Conn, finish func()) {
 func (g *group) pick(tried []*member) (m *member, alternatives, suspect, closed bool) {
 	g.r.mu.Lock()
 	defer g.r.mu.Unlock()
-	var healthy, suspects []*member
+	var healthy, localDown, suspects []*member
+	var now int64
 	for _, c := range g.members {
 		if c.draining.Load() || slices.Contains(tried, c) {
 			continue
 		}
-		if c.agent.suspect.Load() {
+		switch until := c.localDownUntil.Load(); {
+		case c.agent.suspect.Load():
 			suspects = append(suspects, c)
-		} else {
+		case until != 0 && until > nanos(&now):
+			localDown = append(localDown, c)
+		default:
 			healthy = append(healthy, c)
 		}
 	}
 	cands := healthy
+	if len(cands) == 0 {
+		// Their agents answer; their local servers may be back.
+		cands = localDown
+	}
 	if len(cands) == 0 {
 		cands = suspects
 	}
@@ -434,7 +450,19 @@ func (g *group) pick(tried []*member) (m *member, alternatives, suspect, closed 
 			m = c
 		}
 	}
-	return m, len(healthy)+len(suspects) > 1, len(healthy) == 0, g.closed
+	return m, len(healthy)+len(localDown)+len(suspects) > 1, len(healthy)+len(localDown) == 0, g.closed
+}
+
+// localDownBackoff is how long a member whose agent could not reach its
+// local server goes to the back of pick's queue.
+const localDownBackoff = time.Second
+
+// nanos reads the clock once for a pick, the first time one needs it.
+func nanos(now *int64) int64 {
+	if *now == 0 {
+		*now = time.Now().UnixNano()
+	}
+	return *now
 }
 
 // healthyLeft reports whether a member not in tried, not draining and not

@@ -439,3 +439,35 @@ func TestSameInstanceReplaces(t *testing.T) {
 		}
 	})
 }
+
+// A member whose agent cannot reach its local server goes to the back of
+// the queue for a while: with no clients on it, it has the least load,
+// and used to be the first try of about every other client (round robin
+// among equals), each refused there and sent on. Now the clients after
+// the first refusal go straight to the member that serves.
+func TestGroupMemberWithLocalDownTriedLast(t *testing.T) {
+	forEachTransport(t, func(t *testing.T, kind string) {
+		r := startRelay(t, nil)
+		a := groupAgent(t, r.Addr, r, kind, proctest.StartEcho(t, "A:"), nil)
+		down := groupAgent(t, r.Addr, r, kind, proctest.ClosedPort(t), nil)
+		if a.eps[0].Port != down.eps[0].Port {
+			t.Fatalf("the members got ports %d and %d", a.eps[0].Port, down.eps[0].Port)
+		}
+		const clients = 20
+		start := time.Now()
+		for i := range clients {
+			if tag, err := visit(a.Public(0), 2); err != nil || tag != "A:" {
+				t.Fatalf("client %d: %q, %v", i+1, tag, err)
+			}
+		}
+		// One refusal a backoff at most, and one to find out; without
+		// the backoff, about every other client.
+		refused := strings.Count(down.Log.String(), "the local server did not accept the connection")
+		if most := 1 + int(time.Since(start)/localDownBackoff) + 1; refused > most {
+			t.Errorf("%d of %d clients were first sent to the member whose local server is down; want at most %d", refused, clients, most)
+		}
+		if refused == 0 {
+			t.Errorf("no client tried the member whose local server is down: the test shows nothing")
+		}
+	})
+}
