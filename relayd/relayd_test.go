@@ -107,6 +107,7 @@ func TestExtraArguments(t *testing.T) {
 		{[]string{"version", "--json"}, "relayd: flag provided but not defined: -json (see relayd --help)"},
 		{[]string{"version", "extra"}, `relayd: version takes no arguments (got "extra")`},
 		{[]string{"--config", samplePath, "serve"}, `relayd: unexpected argument "serve" (commands: check, fingerprint, version)`},
+		{[]string{"help", "serve"}, `relayd: no command "serve" to show help for (commands: check, fingerprint, version)`},
 	} {
 		out, errOut, code := pt.Run(t, nil, pt.RelaydBin, tt.args...)
 		if got := pt.LastLine(errOut); code != 2 || out != "" || got != tt.want {
@@ -674,5 +675,23 @@ func waitAdmitted(t *testing.T, url, tag string) {
 			t.Fatalf("%s still turns clients away 5s after the first one closed: %v", url, err)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestHelpCommand: relayd help [COMMAND] prints the help, as --help does
+// (it used to be refused as an unexpected argument).
+func TestHelpCommand(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"help"}, "COMMANDS:\n   check"},
+		{[]string{"help", "check"}, "validate relay.toml"},
+	} {
+		out, errOut, code := pt.Run(t, nil, pt.RelaydBin, tt.args...)
+		if code != 0 || !strings.Contains(out, tt.want) {
+			t.Errorf("relayd %s: exit %d, stdout %q, stderr %q; want exit 0 and %q", strings.Join(tt.args, " "), code, out, errOut, tt.want)
+		}
 	}
 }

@@ -43,6 +43,17 @@ func runAction(c *cli.Context) error {
 	var draining atomic.Bool
 	go handleSignals(sigs, cancel, &running, &draining)
 
+	if c.Args().First() == "help" {
+		// As relayctl help [COMMAND] does.
+		switch topic := c.Args().Get(1); {
+		case topic == "":
+			return cli.ShowAppHelp(c)
+		case c.App.Command(topic) != nil:
+			return cli.ShowCommandHelp(c, topic)
+		default:
+			return cli.Exit(fmt.Sprintf("no command %q to show help for (commands: check, fingerprint, version)", topic), 2)
+		}
+	}
 	if c.Args().Present() {
 		return cli.Exit(fmt.Sprintf("unexpected argument %q (commands: check, fingerprint, version)", c.Args().First()), 2)
 	}
