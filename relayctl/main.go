@@ -7,9 +7,10 @@ import (
 	"fmt"
 	"os"
 	"slices"
-	"strings"
 
 	"github.com/urfave/cli/v2"
+
+	"github.com/relaytun/relay/internal/clihelp"
 )
 
 // Exit codes. Scripts may rely on them.
@@ -52,25 +53,14 @@ func newApp() *cli.App {
 // and exit 3, which a script reads as the relay refusing; it is a usage
 // mistake (exit 2). `relayctl help [COMMAND]` prints the help, as --help does.
 func rootAction(c *cli.Context) error {
-	if c.NArg() == 0 {
+	switch first := c.Args().First(); first {
+	case "":
 		return cli.ShowAppHelp(c)
+	case "help":
+		return clihelp.Help(c, c.Args().Get(1), exitUsage)
+	default:
+		return cli.Exit(fmt.Sprintf("unknown command %q (commands: %s; relayctl COMMAND --help shows one's flags)", first, clihelp.Commands(c.App)), exitUsage)
 	}
-	names := make([]string, 0, len(c.App.Commands))
-	for _, cmd := range c.App.Commands {
-		names = append(names, cmd.Name)
-	}
-	first := c.Args().First()
-	if first == "help" {
-		switch topic := c.Args().Get(1); {
-		case topic == "":
-			return cli.ShowAppHelp(c)
-		case c.App.Command(topic) != nil:
-			return cli.ShowCommandHelp(c, topic)
-		default:
-			return cli.Exit(fmt.Sprintf("no command %q to show help for (commands: %s)", topic, strings.Join(names, ", ")), exitUsage)
-		}
-	}
-	return cli.Exit(fmt.Sprintf("unknown command %q (commands: %s; relayctl COMMAND --help shows one's flags)", first, strings.Join(names, ", ")), exitUsage)
 }
 
 func main() {

@@ -22,6 +22,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/relaytun/relay/internal/buildinfo"
+	"github.com/relaytun/relay/internal/clihelp"
 	"github.com/relaytun/relay/internal/debugpprof"
 	"github.com/relaytun/relay/internal/gcfloor"
 	"github.com/relaytun/relay/transport"
@@ -44,18 +45,10 @@ func runAction(c *cli.Context) error {
 	go handleSignals(sigs, cancel, &running, &draining)
 
 	if c.Args().First() == "help" {
-		// As relayctl help [COMMAND] does.
-		switch topic := c.Args().Get(1); {
-		case topic == "":
-			return cli.ShowAppHelp(c)
-		case c.App.Command(topic) != nil:
-			return cli.ShowCommandHelp(c, topic)
-		default:
-			return cli.Exit(fmt.Sprintf("no command %q to show help for (commands: check, fingerprint, version)", topic), 2)
-		}
+		return clihelp.Help(c, c.Args().Get(1), 2)
 	}
 	if c.Args().Present() {
-		return cli.Exit(fmt.Sprintf("unexpected argument %q (commands: check, fingerprint, version)", c.Args().First()), 2)
+		return cli.Exit(fmt.Sprintf("unexpected argument %q (commands: %s)", c.Args().First(), clihelp.Commands(c.App)), 2)
 	}
 	cfg, err := loadConfig(c)
 	if err != nil {
