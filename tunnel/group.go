@@ -413,7 +413,7 @@ func (g *group) pick(tried []*member) (m *member, alternatives, suspect, closed 
 	g.r.mu.Lock()
 	defer g.r.mu.Unlock()
 	var healthy, localDown, suspects []*member
-	var now int64
+	now := time.Now().UnixNano()
 	for _, c := range g.members {
 		if c.draining.Load() || slices.Contains(tried, c) {
 			continue
@@ -421,7 +421,7 @@ func (g *group) pick(tried []*member) (m *member, alternatives, suspect, closed 
 		switch until := c.localDownUntil.Load(); {
 		case c.agent.suspect.Load():
 			suspects = append(suspects, c)
-		case until != 0 && until > nanos(&now):
+		case until > now:
 			localDown = append(localDown, c)
 		default:
 			healthy = append(healthy, c)
@@ -456,14 +456,6 @@ func (g *group) pick(tried []*member) (m *member, alternatives, suspect, closed 
 // localDownBackoff is how long a member whose agent could not reach its
 // local server goes to the back of pick's queue.
 const localDownBackoff = time.Second
-
-// nanos reads the clock once for a pick, the first time one needs it.
-func nanos(now *int64) int64 {
-	if *now == 0 {
-		*now = time.Now().UnixNano()
-	}
-	return *now
-}
 
 // healthyLeft reports whether a member not in tried, not draining and not
 // suspect could take a client.
