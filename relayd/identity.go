@@ -72,7 +72,10 @@ const tokenFile = "token"
 const generatedTokenID = "default"
 
 // loadGeneratedToken returns the token kept in state_dir for a relay.toml
-// without [[tokens]], creating it on first use (created reports that).
+// without [[tokens]], or a new one on first use (created reports that),
+// which saveGeneratedToken keeps once relayd listens: a first start that
+// fails to bind must leave the next start to print the token as made,
+// not only log its file.
 func loadGeneratedToken(stateDir string) (tok tunnel.Token, created bool, err error) {
 	path := filepath.Join(stateDir, tokenFile)
 	data, err := os.ReadFile(path)
@@ -89,9 +92,13 @@ func loadGeneratedToken(stateDir string) (tok tunnel.Token, created bool, err er
 	if err := os.MkdirAll(stateDir, 0o700); err != nil {
 		return tok, false, stateDirError(stateDir, err)
 	}
-	secret := rand.Text()
-	if err := transport.WriteFileAtomic(path, []byte(secret+"\n"), 0o600); err != nil {
-		return tok, false, fmt.Errorf("writing token: %w", err)
+	return tunnel.Token{ID: generatedTokenID, Secret: rand.Text()}, true, nil
+}
+
+// saveGeneratedToken writes tok, made by loadGeneratedToken, to state_dir.
+func saveGeneratedToken(stateDir string, tok tunnel.Token) error {
+	if err := transport.WriteFileAtomic(filepath.Join(stateDir, tokenFile), []byte(tok.Secret+"\n"), 0o600); err != nil {
+		return fmt.Errorf("writing token: %w", err)
 	}
-	return tunnel.Token{ID: generatedTokenID, Secret: secret}, true, nil
+	return nil
 }

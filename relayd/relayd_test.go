@@ -335,6 +335,40 @@ func TestGeneratedToken(t *testing.T) {
 	pt.CheckEcho(t, strings.TrimSpace(url), "gen:", 4096)
 }
 
+// TestGeneratedTokenAfterFailedStart: a first start without [[tokens]]
+// that cannot bind keeps no token, so the next start prints its relayctl
+// line as a new token's even off a terminal, where a reused token is only
+// logged by its file (as a service's first start would otherwise never
+// show it).
+func TestGeneratedTokenAfterFailedStart(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	config, stateDir, _, _ := pt.WriteRelaydConfig(t, "")
+	good, _ := os.ReadFile(config)
+	taken := strings.Replace(string(good), `listen = "127.0.0.1:0"`, `listen = "`+ln.Addr().String()+`"`, 1)
+	if err := os.WriteFile(config, []byte(taken), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if out, errOut, code := pt.Run(t, nil, pt.RelaydBin, "--config", config); code != 1 || out != "" {
+		t.Fatalf("relayd on a taken port: exit %d, stdout %q (stderr %q), want exit 1 and nothing", code, out, errOut)
+	}
+	if _, err := os.Stat(filepath.Join(stateDir, "token")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the failed start left a token file (stat: %v)", err)
+	}
+	if err := os.WriteFile(config, good, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r := pt.StartRelayd(t, config, stateDir)
+	r.WaitFor(&r.Stdout, agentLineRE, pt.StartTimeout)
+	if made := "so relayd made one"; !strings.Contains(r.Stdout.String(), made) {
+		t.Errorf("the first start that listens does not say %q:\n%s", made, r.Stdout.String())
+	}
+}
+
 // TestPrintAgentLine: the sentence above the relayctl line says whether
 // this start made the token or reuses one an earlier run made (a restart
 // used to say "made one" too); off a terminal a reused token is only

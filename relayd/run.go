@@ -108,6 +108,12 @@ func runAction(c *cli.Context) error {
 	if err != nil {
 		return cli.Exit(bindError(err, "[relay] listen").Error(), 1)
 	}
+	if createdToken {
+		if err := saveGeneratedToken(id.stateDir, rc.Tokens[0]); err != nil {
+			ln.Close()
+			return cli.Exit(err.Error(), 1)
+		}
+	}
 	fp := transport.Fingerprint(id.cert.Leaf)
 	log.Info("relayd listening", "listen", ln.Addr().String(), "transports", "quic (udp), tls+smux (tcp)",
 		"ports", rc.Ports.String(), "fingerprint", fp, "state_dir", id.stateDir, "version", buildinfo.Read().Version)
