@@ -25,6 +25,7 @@ import (
 	"github.com/urfave/cli/v2"
 	"golang.org/x/term"
 
+	"github.com/relaytun/relay/internal/bitrate"
 	"github.com/relaytun/relay/internal/gcfloor"
 	"github.com/relaytun/relay/tunnel"
 )
@@ -287,23 +288,11 @@ func closedByRelay(err error) bool {
 // parseRate reads a rate in bits per second: a number with an optional
 // k, M or G (powers of 1000). Errors quote the rate as given, unit and all.
 func parseRate(rate string) (float64, error) {
-	s := strings.TrimSpace(rate)
-	mult := 1.0
-	if s != "" {
-		switch s[len(s)-1] {
-		case 'k', 'K':
-			mult, s = 1e3, s[:len(s)-1]
-		case 'm', 'M':
-			mult, s = 1e6, s[:len(s)-1]
-		case 'g', 'G':
-			mult, s = 1e9, s[:len(s)-1]
-		}
-	}
-	v, err := strconv.ParseFloat(s, 64)
-	if err != nil || v < 0 || math.IsInf(v, 0) || math.IsNaN(v) {
+	r, err := bitrate.Parse(rate)
+	if err != nil {
 		return 0, fmt.Errorf("%q is not a rate such as 500k, 100M or 1G (0 skips the UDP test)", rate)
 	}
-	if r := v * mult; r == 0 || r >= 8*benchDatagram {
+	if r == 0 || r >= 8*benchDatagram {
 		if r > 100e9 {
 			return 0, fmt.Errorf("%q is more than 100G: give 100G or less", rate)
 		}
@@ -315,15 +304,7 @@ func parseRate(rate string) (float64, error) {
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
 // formatBits spells bits per second as iperf does.
-func formatBits(bps float64) string {
-	switch {
-	case bps >= 1e9:
-		return fmt.Sprintf("%.2f Gbit/s", bps/1e9)
-	case bps >= 1e6:
-		return fmt.Sprintf("%.1f Mbit/s", bps/1e6)
-	}
-	return fmt.Sprintf("%.0f kbit/s", bps/1e3)
-}
+func formatBits(bps float64) string { return bitrate.Format(bps) }
 
 // progress shows which test runs: a line redrawn in place on a terminal,
 // else one line per test, written as it ends with its result.

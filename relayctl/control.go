@@ -64,6 +64,9 @@ type controlStatus struct {
 	Uptime     float64   `json:"uptime_seconds"`
 	RTT        *float64  `json:"rtt_ms"` // null while not connected, or not measured yet
 	Reconnects int       `json:"reconnects"`
+	// LimitBPS is what the relay lets the agent send, in bits a second
+	// (its token's max_bandwidth, or its share of it); null: no limit.
+	LimitBPS *uint64 `json:"limit_bps"`
 	// Draining: stopping; the relay sends it no new clients, and it
 	// exits once those connected are done (or --drain-timeout passes).
 	Draining bool            `json:"draining"`
@@ -108,6 +111,10 @@ func newControlStatus(st tunnel.AgentStatus, path string, now time.Time) control
 	if cs.Connected && st.RTT > 0 {
 		rtt := float64(st.RTT.Microseconds()) / 1000
 		cs.RTT = &rtt
+	}
+	if cs.Connected && st.Limit > 0 {
+		bps := 8 * st.Limit
+		cs.LimitBPS = &bps
 	}
 	if st.Connected && !st.Since.IsZero() {
 		cs.Uptime = now.Sub(st.Since).Round(time.Millisecond).Seconds()

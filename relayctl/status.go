@@ -20,6 +20,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/relaytun/relay/internal/bitrate"
 	"github.com/urfave/cli/v2"
 	"golang.org/x/term"
 )
@@ -320,6 +321,9 @@ func writeStatus(w io.Writer, sts []controlStatus, asJSON bool) error {
 		}
 		if st.Draining {
 			state += ", draining"
+		}
+		if st.LimitBPS != nil {
+			state += ", sending at most " + bitrate.Format(float64(*st.LimitBPS))
 		}
 		fmt.Fprintf(w, "agent %d (relayctl %s) → %s, %s, reconnects %d  [%s]\n",
 			st.PID, st.Version, st.Relay, state, st.Reconnects, st.Control)

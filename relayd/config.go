@@ -16,6 +16,7 @@ import (
 
 	"github.com/BurntSushi/toml"
 
+	"github.com/relaytun/relay/internal/bitrate"
 	"github.com/relaytun/relay/internal/tomlconf"
 	"github.com/relaytun/relay/tunnel"
 )
@@ -99,6 +100,9 @@ type TokenSection struct {
 	Ports          string `toml:"ports"`
 	MaxTunnels     int    `toml:"max_tunnels"`
 	MaxConnections int    `toml:"max_connections"`
+	// MaxBandwidth caps the token's traffic each way, in bits a second as
+	// "100M" (k, M, G: powers of 1000); empty or "0": no cap.
+	MaxBandwidth string `toml:"max_bandwidth"`
 	// UDP allows UDP tunnels; left out, it is true.
 	UDP *bool `toml:"udp"`
 	// The token's own public-client limits; see tunnel.Token.Clients.
@@ -539,6 +543,18 @@ func (c *Config) token(i int, relayPorts tunnel.PortSet) (tunnel.Token, error) {
 	if t.MaxConnections < 0 {
 		return tok, c.failAt("tokens.max_connections", i, "token %q: must be 0 (no limit) or more", t.ID)
 	}
+	if s := strings.TrimSpace(t.MaxBandwidth); s != "" {
+		bps, err := bitrate.Parse(s)
+		switch {
+		case err != nil:
+			return tok, c.failAt("tokens.max_bandwidth", i, "token %q: %q is not a rate in bits a second such as \"500k\", \"100M\" or \"1G\" (\"0\": no limit)", t.ID, t.MaxBandwidth)
+		case bps != 0 && bps < minBandwidth:
+			return tok, c.failAt("tokens.max_bandwidth", i, "token %q: %q is below %s: give \"64k\" or more (\"0\": no limit)", t.ID, t.MaxBandwidth, bitrate.Format(minBandwidth))
+		case bps > maxBandwidth:
+			return tok, c.failAt("tokens.max_bandwidth", i, "token %q: %q is more than 1000G: give \"1000G\" or less (\"0\": no limit)", t.ID, t.MaxBandwidth)
+		}
+		tok.MaxBandwidth = uint64(bps / 8)
+	}
 	tok.DenyUDP = t.UDP != nil && !*t.UDP
 	cl, err := c.clientLimits("tokens", i, t.ClientSection)
 	if err != nil {
@@ -547,6 +563,13 @@ func (c *Config) token(i int, relayPorts tunnel.PortSet) (tunnel.Token, error) {
 	tok.Clients = cl
 	return tok, nil
 }
+
+// The bounds of max_bandwidth, in bits a second: below 64 kbit/s a
+// 1472-byte datagram takes a fifth of a second, and a game is not playable.
+const (
+	minBandwidth = 64e3
+	maxBandwidth = 1000e9
+)
 
 // clientLimits checks a ClientSection and turns it into tunnel.ClientLimits.
 // table is "limits" or "tokens"; index is the token's (-1 for [limits]).

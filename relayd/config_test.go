@@ -299,6 +299,13 @@ var badConfigs = []struct {
 	{"max_tunnels negative", "[[tokens]]\nid = \"a\"\nsecret = \"" + secretA + "\"\nmax_tunnels = -1\n", 4, "tokens.max_tunnels", "0 (no limit) or more"},
 	{"max_tunnels fraction", "[[tokens]]\nid = \"a\"\nsecret = \"" + secretA + "\"\nmax_tunnels = 1.5\n", 4, "tokens.max_tunnels", "want an integer, got a float"},
 	{"max_connections negative", "[[tokens]]\nid = \"a\"\nsecret = \"" + secretA + "\"\nmax_connections = -3\n", 4, "tokens.max_connections", "0 (no limit) or more"},
+	{"max_bandwidth not a rate", "[[tokens]]\nid = \"a\"\nsecret = \"" + secretA + "\"\nmax_bandwidth = \"fast\"\n", 4, "tokens.max_bandwidth",
+		`token "a": "fast" is not a rate in bits a second such as "500k", "100M" or "1G" ("0": no limit)`},
+	{"max_bandwidth in bytes", "[[tokens]]\nid = \"a\"\nsecret = \"" + secretA + "\"\nmax_bandwidth = \"10MB\"\n", 4, "tokens.max_bandwidth", `"10MB" is not a rate in bits a second`},
+	{"max_bandwidth a number", "[[tokens]]\nid = \"a\"\nsecret = \"" + secretA + "\"\nmax_bandwidth = 100\n", 4, "tokens.max_bandwidth", "want a string"},
+	{"max_bandwidth too low", "[[tokens]]\nid = \"a\"\nsecret = \"" + secretA + "\"\nmax_bandwidth = \"8k\"\n", 4, "tokens.max_bandwidth",
+		`token "a": "8k" is below 64 kbit/s: give "64k" or more ("0": no limit)`},
+	{"max_bandwidth too high", "[[tokens]]\nid = \"a\"\nsecret = \"" + secretA + "\"\nmax_bandwidth = \"2000G\"\n", 4, "tokens.max_bandwidth", `"2000G" is more than 1000G`},
 	{"udp not a bool", "[[tokens]]\nid = \"a\"\nsecret = \"" + secretA + "\"\nudp = \"yes\"\n", 4, "tokens.udp", "want a boolean (true or false), got a string"},
 	{"token allow not an address", "[[tokens]]\nid = \"a\"\nsecret = \"" + secretA + "\"\nallow = [\"nope\"]\n", 4, "tokens.allow", `token "a": "nope" is not an IP address or CIDR prefix`},
 	{"token deny not an address", "[[tokens]]\nid = \"a\"\nsecret = \"" + secretA + "\"\ndeny = [\"1.2.3\"]\n", 4, "tokens.deny", `"1.2.3" is not an IP address`},
@@ -583,6 +590,7 @@ names = ["game-*", "mc"]
 ports = "24100-24109,24565"
 max_tunnels = 3
 max_connections = 100
+max_bandwidth = "25M"
 udp = false
 per_ip_connections = 8
 per_ip_rate = 0.5
@@ -631,6 +639,7 @@ secret = "plain-secret-0123456789"
 	wantTokens := []tunnel.Token{
 		{ID: "game", Secret: "game-secret-0123456789", Names: []string{"game-*", "mc"},
 			Ports: tunnel.PortSet{{Low: 24100, High: 24109}, {Low: 24565, High: 24565}}, MaxTunnels: 3, MaxConnections: 100, DenyUDP: true,
+			MaxBandwidth: 25e6 / 8,
 			Clients: tunnel.ClientLimits{MaxConnsPerIP: 8, RatePerIP: 0.5, BurstPerIP: 2,
 				Allow: pfx("10.0.0.0/8"), Deny: pfx("10.1.2.3/32", "::1/128")}},
 		{ID: "web", Secret: "web-secret-0123456789"},

@@ -21,6 +21,7 @@ import (
 
 	"github.com/pires/go-proxyproto"
 
+	"github.com/relaytun/relay/internal/bitrate"
 	"github.com/relaytun/relay/transport"
 )
 
@@ -227,6 +228,7 @@ type Agent struct {
 	since     time.Time
 	rtt       time.Duration
 	sessions  int
+	limit     uint64 // the session's LIMIT, bytes a second (0: none)
 	endpoints []Endpoint
 	draining  bool
 	stopRun   context.CancelFunc
@@ -239,6 +241,9 @@ type Agent struct {
 	flows   sync.WaitGroup // UDP flows' goroutines
 	active  atomic.Int64
 	link    atomic.Pointer[dgramLink] // the current session's datagram path
+	// pace is the current session's share of its token's max_bandwidth
+	// (LIMIT), which what it reads from local servers keeps to.
+	pace *pace
 }
 
 // agentTunnel is one TunnelSpec and what it carried, across sessions.
@@ -263,7 +268,7 @@ func NewAgent(cfg AgentConfig) (*Agent, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	a := &Agent{cfg: cfg, log: log, since: time.Now(), pong: make(chan struct{}, 1)}
+	a := &Agent{cfg: cfg, log: log, since: time.Now(), pong: make(chan struct{}, 1), pace: newPace()}
 	rand.Read(a.instance[:])
 	for _, t := range cfg.Tunnels {
 		at := &agentTunnel{spec: t}
@@ -414,6 +419,7 @@ func (a *Agent) session(ctx context.Context, reconnect bool, failures int, down 
 	stop()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	a.pace.set(0) // until this session's LIMIT, if one comes
 	eps, byID, err := a.register(ctl, welcome)
 	if err != nil {
 		var ref *RefusedError
@@ -444,6 +450,7 @@ func (a *Agent) session(ctx context.Context, reconnect bool, failures int, down 
 		// path's while the agent has none, and for the next session's
 		// until its first PONG.
 		a.rtt = 0
+		a.limit = 0
 		a.mu.Unlock()
 	}()
 	if draining {
@@ -660,7 +667,7 @@ func (a *Agent) sendDrain(ctl transport.Stream) {
 func (a *Agent) Status() AgentStatus {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	st := AgentStatus{Relay: a.cfg.Relay, Connected: a.connected, Since: a.since, RTT: a.rtt, Reconnects: max(a.sessions-1, 0), Draining: a.draining}
+	st := AgentStatus{Relay: a.cfg.Relay, Connected: a.connected, Since: a.since, RTT: a.rtt, Reconnects: max(a.sessions-1, 0), Draining: a.draining, Limit: a.limit}
 	if a.sess != nil {
 		st.Transport = a.sess.Kind()
 	}
@@ -932,6 +939,7 @@ func (a *Agent) register(ctl transport.Stream, w *Welcome) ([]Endpoint, map[uint
 	// closed a tunnel registered earlier in this session, or this one (its
 	// notice can overtake the REGISTERED). Applied, in order, once all are.
 	var early []Message
+	paces := true
 	for i, at := range a.tunnels {
 		a.mu.Lock()
 		closed := at.closed != nil
@@ -942,8 +950,14 @@ func (a *Agent) register(ctl transport.Stream, w *Welcome) ([]Endpoint, map[uint
 		t := at.spec
 		req := uint32(i + 1)
 		reg := &Register{Request: req, Name: t.Name, Protos: t.protos(), PortLow: t.Ports.Low, PortHigh: t.Ports.High,
-			Allow: prefixStrings(t.Allow), Deny: prefixStrings(t.Deny), NoLease: t.NoLease}
+			Allow: prefixStrings(t.Allow), Deny: prefixStrings(t.Deny), NoLease: t.NoLease, Paces: paces}
 		m, err := a.registerOne(ctl, reg, &early)
+		if err != nil && reg.Paces && isRefused(err, CodeUnsupported) {
+			// A relay older than LIMIT refuses its bit the same way
+			// (protocol.go): it has no bandwidth limits to keep to.
+			paces, reg.Paces = false, false
+			m, err = a.registerOne(ctl, reg, &early)
+		}
 		if err != nil && reg.NoLease && isRefused(err, CodeUnsupported) {
 			// A relay older than the no-lease bit takes it for a protocol
 			// it does not carry (protocol.go): ask again without it.
@@ -1019,9 +1033,12 @@ func (a *Agent) registerOne(ctl transport.Stream, reg *Register, early *[]Messag
 	}
 	for {
 		m, err := a.expect(ctl, "REGISTERED")
-		switch m.(type) {
+		switch m := m.(type) {
 		case *Moved, *Closed:
 			*early = append(*early, m)
+			continue
+		case *Limit:
+			a.setLimit(m)
 			continue
 		}
 		return m, err
@@ -1068,10 +1085,31 @@ func (a *Agent) controlLoop(ctl transport.Stream, log *slog.Logger) error {
 			}
 		case *Moved:
 			a.tunnelMoved(m, log)
+		case *Limit:
+			a.setLimit(m)
 		case *Error:
 			return &RefusedError{Code: m.Code, Text: m.Text}
 		}
 	}
+}
+
+// setLimit keeps the session's sending to the relay's LIMIT from now on,
+// saying so when it changes.
+func (a *Agent) setLimit(m *Limit) {
+	a.mu.Lock()
+	changed := a.limit != m.Rate
+	a.limit = m.Rate
+	a.mu.Unlock()
+	a.pace.set(m.Rate)
+	if !changed {
+		return
+	}
+	if m.Rate == 0 {
+		a.log.Info("the relay lifted its bandwidth limit on this agent", "relay", a.cfg.Relay)
+		return
+	}
+	a.log.Info("the relay limits what this agent sends (its share of the token's max_bandwidth): clients' downloads and UDP datagrams over it wait or are dropped",
+		"relay", a.cfg.Relay, "limit", bitrate.Format(8*float64(m.Rate)))
 }
 
 // allClosed reports whether the relay closed every one of the agent's
@@ -1240,7 +1278,7 @@ func (a *Agent) carry(ctx context.Context, st transport.Stream, byID map[uint32]
 	joined = true
 	// Stopping at once (not draining) must not wait on a client whose
 	// server is idle: ctx's end closes both.
-	startJoin(ctx, local, st, &t.bytesOut, &t.bytesIn, guard, func(stats JoinStats) {
+	startJoin(ctx, local, st, &t.bytesOut, &t.bytesIn, guard, joinPaces{toB: a.pace}, func(stats JoinStats) {
 		args := []any{"duration", time.Since(start).Round(time.Millisecond), "bytes_in", stats.BToA, "bytes_out", stats.AToB}
 		// A closed stream is the relay's ordinary end of a client; an
 		// aborted one means the client's side failed, so say so.

@@ -82,20 +82,32 @@ func JoinCounting(a, b net.Conn, aToB, bToA *atomic.Int64) JoinStats {
 // When a is a TCP socket, its direction holds no goroutine while a has
 // nothing to read (pump_linux.go): an idle pair costs one goroutine.
 func StartJoin(ctx context.Context, a, b net.Conn, aToB, bToA *atomic.Int64, done func(JoinStats)) {
-	startJoin(ctx, a, b, aToB, bToA, nil, done)
+	startJoin(ctx, a, b, aToB, bToA, nil, joinPaces{}, done)
 }
 
-// startJoin is StartJoin with the writes to a watched by guard (if not nil).
-func startJoin(ctx context.Context, a, b net.Conn, aToB, bToA *atomic.Int64, guard *stallGuard, done func(JoinStats)) {
-	j := &join{a: a, b: b, aToB: aToB, bToA: bToA, left: 2, done: done}
+// joinPaces are the paces the writes to a and to b keep to (nil: none),
+// and sentA (if not nil) counts the writes to a too.
+type joinPaces struct {
+	toA, toB *pace
+	sentA    *atomic.Int64
+}
+
+// startJoin is StartJoin with the writes to a watched by guard (if not
+// nil), and both directions' writes kept to their paces.
+func startJoin(ctx context.Context, a, b net.Conn, aToB, bToA *atomic.Int64, guard *stallGuard, paces joinPaces, done func(JoinStats)) {
+	j := &join{a: a, b: b, aToB: aToB, bToA: bToA, left: 2, done: done, paces: paces}
 	j.mu.Lock() // the pump and stop are set before either direction may end
 	if guard != nil {
 		j.guard = guard
 		j.toA = guard.add(a, func() { j.abort(errStalled) })
 	}
+	if paces != (joinPaces{}) {
+		// A write waiting for its pace ends with the pair.
+		j.paceCtx, j.paceStop = context.WithCancel(ctx)
+	}
 	go j.run(a, b, &j.st.BToA, bToA)
 	if tc, ok := a.(*net.TCPConn); ok {
-		j.pump, ok = startPump(b, tc, aToB, func(written int64, err error) {
+		j.pump, ok = startPump(paced(j.paceCtx, b, paces.toB, nil), tc, aToB, func(written int64, err error) {
 			j.ended(b, &j.st.AToB, written, err)
 			j.directionDone()
 		})
@@ -118,6 +130,9 @@ type join struct {
 	stop       func() bool // StartJoin's hook on its context
 	guard      *stallGuard // watches toA, the writes to a, when not nil
 	toA        *stallWriter
+	paces      joinPaces
+	paceCtx    context.Context // ends with the pair, when paces are set
+	paceStop   context.CancelFunc
 
 	mu   sync.Mutex
 	st   JoinStats
@@ -148,6 +163,9 @@ func (j *join) directionDone() {
 	}
 	if j.guard != nil {
 		j.guard.remove(j.toA)
+	}
+	if j.paceStop != nil {
+		j.paceStop()
 	}
 	j.a.Close()
 	j.b.Close()
@@ -186,6 +204,9 @@ func (j *join) abort(err error) {
 	j.shut = true
 	j.mu.Unlock()
 	if !shut {
+		if j.paceStop != nil {
+			j.paceStop()
+		}
 		if err != nil {
 			resetConn(j.a)
 			resetConn(j.b)
@@ -218,6 +239,11 @@ func (j *join) pipe(dst, src net.Conn, n *int64, live *atomic.Int64) {
 	var w io.Writer = dst
 	if j.toA != nil && dst == j.a {
 		w = j.toA
+	}
+	if dst == j.a {
+		w = paced(j.paceCtx, w, j.paces.toA, j.paces.sentA)
+	} else {
+		w = paced(j.paceCtx, w, j.paces.toB, nil)
 	}
 	written, err := copyConn(w, src, live)
 	j.ended(dst, n, written, err)

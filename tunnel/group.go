@@ -389,7 +389,7 @@ func (g *group) carry(ctx context.Context, c net.Conn, finish func()) {
 		// The copies run on goroutines of their own, and this one ends.
 		joined = true
 		stop() // the join closes c when ctx ends
-		startJoin(ctx, c, peer, &g.bytesIn, &g.bytesOut, m.agent.guard, func(stats JoinStats) {
+		startJoin(ctx, c, peer, &g.bytesIn, &g.bytesOut, m.agent.guard, joinPaces{toA: g.token.down, toB: g.token.up, sentA: &m.agent.down}, func(stats JoinStats) {
 			m.active.Add(-1)
 			if errors.Is(stats.Err, errLocalUnreachable) {
 				g.logger().Info("client closed: the agent could not reach its local server", "client", client.String())

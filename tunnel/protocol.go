@@ -19,6 +19,7 @@
 //	  | <------------ REGISTERED {req, tunnel, port}|  (or ERROR {req, code, text})
 //	  | PING / PONG, either way, any time           |  liveness and round-trip time
 //	  | DRAIN {tunnel}, either way, any time        |  no new clients (see below)
+//	  | <------------------------- LIMIT {rate}      |  the token's max_bandwidth
 //
 // EKM is 32 bytes of TLS keying material (RFC 5705/8446 exporter, label
 // "EXPORTER-relay-auth", no context), so a proof is bound to one TLS session:
@@ -75,6 +76,7 @@
 //	0x0a DRAIN       tunnel:4
 //	0x0b CLOSED      tunnel:4 | code:2 | text:str(512)
 //	0x0c MOVED       tunnel:4 | port:2 | text:str(512)
+//	0x0d LIMIT       rate:8
 //
 // protos is a bit set: 1 TCP, 2 UDP. Ports 0-0 ask the relay to choose.
 // In REGISTER, protos may also carry 0x80, no lease: the tunnel is for this
@@ -97,6 +99,23 @@
 // port carry on, and new ones must use the new port. The old port's UDP
 // flows end with it. An agent older than MOVED ends the session on it and,
 // back, is given the new port.
+//
+// LIMIT, from the relay, is how many bytes a second the agent may send on
+// the session, over all its tunnels together (streams' bytes and
+// datagrams' payloads; 0: no limit). It comes when the token has a
+// max_bandwidth, once the first tunnel is registered, and again whenever
+// the agent's share changes (the token's limit is split evenly among its
+// sessions with tunnels, and a reload may change it). The agent paces
+// what it reads from its local servers to it and drops datagrams over it.
+// The relay enforces the whole token's limit itself too, so an agent that
+// does not keep to it gains nothing: the data it sends too fast waits
+// unread in its own session's window, which stalls that session alone.
+// An agent that keeps to LIMIT sets 0x40 in every REGISTER's protos; the
+// relay sends LIMIT only to such a session, and refuses a tunnel of a
+// token with a limit to one that does not (it would fill its session's
+// window, and be dropped as silent). A relay older than the bit refuses
+// it as an unsupported protocol set, and the agent registers again
+// without it.
 //
 // # Stream header
 //
@@ -162,6 +181,7 @@ const (
 	typeDrain      = 0x0a
 	typeClosed     = 0x0b
 	typeMoved      = 0x0c
+	typeLimit      = 0x0d
 )
 
 // Bounds.
@@ -189,6 +209,9 @@ const (
 // where a relay that does not know it refuses it without ending the
 // session.
 const flagNoLease = 1 << 7
+
+// flagPaces is Register.Paces on the wire, the same way.
+const flagPaces = 1 << 6
 
 // Message is one control message.
 type Message interface {
@@ -239,6 +262,8 @@ type Register struct {
 	// NoLease asks for a tunnel that leaves no port lease behind (see
 	// the package doc).
 	NoLease bool
+	// Paces says the agent keeps to LIMIT.
+	Paces bool
 }
 
 // Registered grants a tunnel.
@@ -280,6 +305,10 @@ type Moved struct {
 	Text   string
 }
 
+// Limit caps the bytes a second the agent sends on the session (relay to
+// agent; 0: no limit).
+type Limit struct{ Rate uint64 }
+
 func (*Hello) msgType() byte      { return typeHello }
 func (*Challenge) msgType() byte  { return typeChallenge }
 func (*Auth) msgType() byte       { return typeAuth }
@@ -292,6 +321,7 @@ func (*Pong) msgType() byte       { return typePong }
 func (*Drain) msgType() byte      { return typeDrain }
 func (*Closed) msgType() byte     { return typeClosed }
 func (*Moved) msgType() byte      { return typeMoved }
+func (*Limit) msgType() byte      { return typeLimit }
 
 func (m *Hello) encode(e *encoder) {
 	e.u16(m.Version)
@@ -326,6 +356,9 @@ func (m *Register) encode(e *encoder) {
 	if m.NoLease {
 		protos |= flagNoLease
 	}
+	if m.Paces {
+		protos |= flagPaces
+	}
 	e.u8(protos)
 	e.u16(m.PortLow)
 	e.u16(m.PortHigh)
@@ -336,7 +369,7 @@ func (m *Register) decode(d *decoder) {
 	m.Request = d.u32()
 	m.Name = d.str(MaxNameLen)
 	protos := d.u8()
-	m.Protos, m.NoLease = protos&^flagNoLease, protos&flagNoLease != 0
+	m.Protos, m.NoLease, m.Paces = protos&^(flagNoLease|flagPaces), protos&flagNoLease != 0, protos&flagPaces != 0
 	m.PortLow = d.u16()
 	m.PortHigh = d.u16()
 	m.Allow = d.list(MaxPrefixes, maxPrefixLen)
@@ -377,6 +410,9 @@ func (m *Closed) decode(d *decoder) {
 	m.Text = d.str(maxErrorText)
 }
 
+func (m *Limit) encode(e *encoder) { e.u64(m.Rate) }
+func (m *Limit) decode(d *decoder) { m.Rate = d.u64() }
+
 func (m *Moved) encode(e *encoder) { e.u32(m.Tunnel); e.u16(m.Port); e.str(m.Text) }
 func (m *Moved) decode(d *decoder) {
 	m.Tunnel = d.u32()
@@ -410,6 +446,8 @@ func newMessage(t byte) Message {
 		return new(Closed)
 	case typeMoved:
 		return new(Moved)
+	case typeLimit:
+		return new(Limit)
 	}
 	return nil
 }

@@ -113,6 +113,9 @@ func messageCases() []messageCase {
 		{"register/no-lease", 0x05,
 			&Register{Request: 4, Name: "bench-1", Protos: ProtoTCP | ProtoUDP, NoLease: true},
 			wireCat(wireU32(4), wireStr("bench-1"), wireU8(0x83), wireU16(0), wireU16(0), wireU8(0), wireU8(0))},
+		{"register/paces", 0x05,
+			&Register{Request: 5, Name: "web", Protos: ProtoTCP, NoLease: true, Paces: true},
+			wireCat(wireU32(5), wireStr("web"), wireU8(0xc1), wireU16(0), wireU16(0), wireU8(0), wireU8(0))},
 		{"register/empty-name", 0x05,
 			&Register{Request: 2, PortLow: 65535, PortHigh: 65535},
 			wireCat(wireU32(2), wireStr(""), wireU8(0), wireU16(65535), wireU16(65535), wireU8(0), wireU8(0))},
@@ -158,6 +161,12 @@ func messageCases() []messageCase {
 		{"moved/text-at-bound", 0x0c,
 			&Moved{Tunnel: 0xffffffff, Port: 0xffff, Text: text512},
 			wireCat(wireU32(0xffffffff), wireU16(0xffff), wireStr(text512))},
+		{"limit", 0x0d,
+			&Limit{Rate: 1_250_000},
+			wireU64(1_250_000)},
+		{"limit/none", 0x0d,
+			&Limit{},
+			wireU64(0)},
 	}
 }
 
@@ -383,8 +392,8 @@ func TestReadMessageErrors(t *testing.T) {
 			"unexpected EOF", []error{io.ErrUnexpectedEOF}, []error{ErrFrame}},
 		{"unknown-type/0x00", wireFrame(0x00, nil),
 			"malformed control frame: unknown message type 0x0", []error{ErrFrame}, nil},
-		{"unknown-type/0x0d", wireFrame(0x0d, wireU64(1)),
-			"malformed control frame: unknown message type 0xd", []error{ErrFrame}, nil},
+		{"unknown-type/0x0e", wireFrame(0x0e, wireU64(1)),
+			"malformed control frame: unknown message type 0xe", []error{ErrFrame}, nil},
 		{"unknown-type/0xff", wireFrame(0xff, nil),
 			"malformed control frame: unknown message type 0xff", []error{ErrFrame}, nil},
 		{"length/one-over", wireCat([]byte{typeWelcome}, wireU16(MaxControlPayload+1), make([]byte, MaxControlPayload+1)),
@@ -503,7 +512,7 @@ func TestReadMessageOversizeLengthNotRead(t *testing.T) {
 }
 
 func TestDecodeMessageUnknownType(t *testing.T) {
-	for _, typ := range []byte{0x00, 0x0d, 0x10, 0x80, 0xff} {
+	for _, typ := range []byte{0x00, 0x0e, 0x10, 0x80, 0xff} {
 		m, err := DecodeMessage(typ, wireU64(0))
 		checkFrameErr(t, "DecodeMessage", m, err, fmt.Sprintf("malformed control frame: unknown message type %#x", typ))
 	}
@@ -693,7 +702,7 @@ func FuzzReadMessage(f *testing.F) {
 	f.Add([]byte{typePing, 0})
 	f.Add(wireCat([]byte{typeWelcome}, wireU16(0xffff)))
 	f.Add(wireFrame(typeWelcome, wireCat(wireU16(10), []byte("abc"))))
-	f.Add(wireFrame(0x0d, nil))
+	f.Add(wireFrame(0x0e, nil))
 
 	f.Fuzz(func(t *testing.T, data []byte) {
 		r := bytes.NewReader(data)

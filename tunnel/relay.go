@@ -248,7 +248,7 @@ func tokenStates(tokens []Token, old map[[keyIDLen]byte]*tokenState) map[[keyIDL
 			if was := ts.token().ID; was != t.ID {
 				ts.renamedFrom = was
 			}
-			ts.tok.Store(t)
+			ts.setToken(t)
 			m[k] = ts
 			continue
 		}
@@ -284,6 +284,7 @@ func (r *Relay) Serve(ctx context.Context, ln transport.Listener) error {
 		defer close(saved)
 		r.leaseWriter(ctx)
 	}()
+	go r.bandwidthLoop(ctx)
 	defer func() {
 		r.wg.Wait()
 		cancel()
@@ -437,6 +438,18 @@ type agentConn struct {
 	// goes out, and a reload after that one leaves it alone.
 	kicked bool
 
+	// paces: the agent keeps to LIMIT (REGISTER's bit). limit is the
+	// share of its token's max_bandwidth it was last given (0: none).
+	paces atomic.Bool
+	limit atomic.Uint64
+	// down counts the bytes the relay passed on from the agent to its
+	// clients; lastDown is its reading at the last tick of
+	// bandwidthLoop, and used the rate since the one before (bytes a
+	// second). Both guarded by the token's shareMu.
+	down     atomic.Int64
+	lastDown int64
+	used     uint64
+
 	// saveLease asks register to write the lease table before it replies;
 	// only the control loop's goroutine touches it.
 	saveLease bool
@@ -586,6 +599,136 @@ func (r *Relay) forgetAgent(a *agentConn) {
 	r.mu.Lock()
 	delete(r.agents, a)
 	r.mu.Unlock()
+	if a.paces.Load() {
+		r.shareBandwidth(a.token, false) // one session fewer to share it
+	}
+}
+
+// shareBandwidth gives each of ts's sessions that keep to LIMIT its share
+// of the token's max_bandwidth, and tells each one whose share changed. A
+// token's limit is the relay's to enforce whatever its agents do (its
+// paces); the shares keep an agent from sending what the relay would only
+// hold back, without holding back one that is busy while the others idle.
+// measure (the once-a-second tick) takes each session's use since the
+// last tick first; the other calls, as a session comes or goes or a
+// reload changes the limit, share by the last tick's.
+func (r *Relay) shareBandwidth(ts *tokenState, measure bool) {
+	r.mu.Lock()
+	var sessions []*agentConn
+	for a := range r.agents {
+		if a.token == ts && a.paces.Load() {
+			sessions = append(sessions, a)
+		}
+	}
+	r.mu.Unlock()
+	ts.shareMu.Lock()
+	defer ts.shareMu.Unlock()
+	now := time.Now()
+	if measure {
+		secs := now.Sub(ts.measured).Seconds()
+		for _, a := range sessions {
+			down := a.down.Load()
+			if secs > 0 && !ts.measured.IsZero() {
+				a.used = uint64(float64(down-a.lastDown) / secs)
+			}
+			a.lastDown = down
+		}
+		ts.measured = now
+	}
+	used := make([]uint64, len(sessions))
+	held := make([]uint64, len(sessions))
+	for i, a := range sessions {
+		used[i], held[i] = a.used, a.limit.Load()
+	}
+	for i, share := range shares(ts.token().MaxBandwidth, used, held) {
+		a := sessions[i]
+		if old := a.limit.Load(); share != old && (old == 0 || share == 0 || absDiff(share, old) > old/20) {
+			a.limit.Store(share)
+			go a.sendLimit()
+		}
+	}
+}
+
+// shares splits rate (bytes a second; 0: no limit) among sessions that
+// used used[i] of their last shares held[i]. A session using less than
+// half of its share is light, and gets an even share (rate/n), room to
+// grow into before the next tick; the busy ones split what the light ones
+// leave, and never get less than an even share. The sum can pass rate
+// for a tick as light sessions pick up, by at most the light ones' even
+// shares: the relay holds that much back for a second.
+func shares(rate uint64, used, held []uint64) []uint64 {
+	n := uint64(len(used))
+	out := make([]uint64, n)
+	if rate == 0 || n <= 1 {
+		for i := range out {
+			out[i] = rate
+		}
+		return out
+	}
+	even := max(rate/n, 1)
+	var busy, lightUse uint64
+	for i := range used {
+		if h := held[i]; h > 0 && used[i] >= h/2 {
+			busy++
+		} else {
+			lightUse += min(used[i], even)
+		}
+	}
+	for i := range used {
+		out[i] = even
+		if h := held[i]; busy > 0 && h > 0 && used[i] >= h/2 {
+			out[i] = max(even, (rate-lightUse)/busy)
+		}
+	}
+	return out
+}
+
+func absDiff(a, b uint64) uint64 {
+	if a > b {
+		return a - b
+	}
+	return b - a
+}
+
+// bandwidthLoop reshares each limited token's bandwidth every second, by
+// how its sessions used their shares, until ctx ends.
+func (r *Relay) bandwidthLoop(ctx context.Context) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		r.mu.Lock()
+		var limited []*tokenState
+		for _, ts := range r.tokens {
+			if ts.token().MaxBandwidth > 0 {
+				limited = append(limited, ts)
+			}
+		}
+		r.mu.Unlock()
+		for _, ts := range limited {
+			r.shareBandwidth(ts, true)
+		}
+	}
+}
+
+// sendLimit tells the agent its share as it is when the frame goes out
+// (of two racing, the later says the latest), trying again while the
+// control stream is too busy to take it.
+func (a *agentConn) sendLimit() {
+	for {
+		if a.noticeOf(func() Message { return &Limit{Rate: a.limit.Load()} }) {
+			return
+		}
+		select {
+		case <-a.sess.Done():
+			return
+		case <-time.After(time.Second):
+		}
+	}
 }
 
 // handshake runs hello, challenge, auth and welcome on the control stream.
@@ -785,6 +928,10 @@ func (a *agentConn) controlLoop(ctx context.Context) error {
 			if err != nil {
 				return err
 			}
+			if _, ok := reply.(*Registered); ok && m.Paces && !a.paces.Swap(true) {
+				// One more session shares the token's bandwidth.
+				a.r.shareBandwidth(a.token, false)
+			}
 		case *Ping:
 			if err := a.send(&Pong{Data: m.Data}); err != nil {
 				return err
@@ -962,6 +1109,11 @@ func (a *agentConn) register(ctx context.Context, m *Register) Message {
 	}
 	if m.Protos == 0 || m.Protos&^(ProtoTCP|ProtoUDP) != 0 {
 		return fail(CodeUnsupported, "protocol set %#x is not one this relay carries (tcp, udp, or both)", m.Protos)
+	}
+	if tok := a.token.token(); tok.MaxBandwidth > 0 && !m.Paces {
+		// Its data over the limit would wait unread in its session's
+		// window until the session stalled (protocol.go, LIMIT).
+		return fail(CodeForbidden, "token %q has a bandwidth limit (max_bandwidth) that this agent is too old to keep to: upgrade relayctl", tok.ID)
 	}
 	allow, err := ParsePrefixes(m.Allow)
 	if err != nil {

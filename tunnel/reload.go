@@ -3,6 +3,7 @@ package tunnel
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"reflect"
 	"slices"
 	"sort"
@@ -279,6 +280,13 @@ func (r *Relay) Reload(cfg RelayConfig) (ReloadResult, error) {
 		}()
 	}
 	res.SessionsClosed = len(kicks)
+	r.mu.Lock()
+	tokens := slices.Collect(maps.Values(r.tokens))
+	r.mu.Unlock()
+	for _, ts := range tokens {
+		// A limit set, changed or lifted reaches the sessions in now.
+		r.shareBandwidth(ts, false)
+	}
 	return res, nil
 }
 

@@ -31,6 +31,10 @@ type Token struct {
 	MaxConnections int
 	// DenyUDP refuses UDP tunnels.
 	DenyUDP bool
+	// MaxBandwidth caps the bytes a second the token's tunnels carry
+	// each way, over all its sessions, tunnels and clients together, TCP
+	// and UDP (0: no cap).
+	MaxBandwidth uint64
 	// Clients overrides the relay's limits on public clients for this
 	// token's tunnels: a non-zero number replaces the relay's, and the
 	// allow and deny lists apply on top of the relay's.
@@ -320,15 +324,30 @@ type tokenState struct {
 	// old one's new secret. Guarded by Relay.mu.
 	renamedFrom string
 	conns       atomic.Int64
+	// up and down pace the token's bytes from public clients to agents
+	// and from agents to public clients, at MaxBandwidth.
+	up, down *pace
+	// shareMu guards the sharing of the down pace among the token's
+	// sessions (Relay.shareBandwidth), and measured is when it last
+	// measured their use.
+	shareMu  sync.Mutex
+	measured time.Time
 	// refusals counts what the relay refused the token's agents, by
 	// error code: which user keeps hitting which rule.
 	refusals counterMap
 }
 
 func newTokenState(t *Token) *tokenState {
-	ts := &tokenState{}
-	ts.tok.Store(t)
+	ts := &tokenState{up: newPace(), down: newPace()}
+	ts.setToken(t)
 	return ts
+}
+
+// setToken makes t the token's rules.
+func (s *tokenState) setToken(t *Token) {
+	s.tok.Store(t)
+	s.up.set(t.MaxBandwidth)
+	s.down.set(t.MaxBandwidth)
 }
 
 // token is the token's rules as they are now.

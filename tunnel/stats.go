@@ -76,6 +76,9 @@ type AgentStatus struct {
 	RTT time.Duration
 	// Reconnects counts sessions after the first.
 	Reconnects int
+	// Limit is the current session's LIMIT from the relay, its share of
+	// the token's max_bandwidth, in bytes a second (0: none).
+	Limit uint64
 	// Draining: Drain was called; the relay sends the agent no new
 	// clients, and it exits once those connected are done.
 	Draining bool

@@ -202,6 +202,10 @@ func (a *Agent) serveFlow(t *agentTunnel, client netip.AddrPort, f *agentFlow) {
 			t.udp.drops.Add(1) // between sessions
 			continue
 		}
+		if !a.pace.allow(n) {
+			t.udp.drops.Add(1) // over the relay's LIMIT
+			continue
+		}
 		h := AppendStreamHeader(hdr[:0], StreamHeader{Tunnel: t.id.Load(), Client: client})
 		s := maxStreamHeader - len(h)
 		copy(buf[s:], h)

@@ -70,6 +70,10 @@ func (g *group) serveUDP(ctx context.Context, u *udpPort) {
 			continue
 		}
 		f.last.Store(now)
+		if !g.token.up.allow(n) {
+			g.dropUDP() // over the token's max_bandwidth
+			continue
+		}
 		m := f.member.Load()
 		if now-f.back.Load() > int64(g.r.config().AnswerTimeout) && !m.agent.suspect.Load() && g.size.Load() > 1 {
 			// Its client talks, the member has not answered for a while:
@@ -242,6 +246,11 @@ func (a *agentConn) deliverUDP(p []byte) {
 		g.dropUDP()
 		return
 	}
+	if !g.token.down.allow(len(payload)) {
+		g.dropUDP() // over the token's max_bandwidth
+		return
+	}
+	a.down.Add(int64(len(payload)))
 	// Only the client's datagrams keep a flow alive: otherwise an agent
 	// could keep sending, from the relay's address, to someone who once
 	// sent one spoofed datagram.
