@@ -12,7 +12,8 @@ import (
 
 // Listen serves both transports on one port number: QUIC on UDP and TLS+smux
 // on TCP. With port 0 it picks a number free on both. onErr, when not nil,
-// hears about failed TCP handshakes.
+// hears about failed handshakes on both (see ListenTCP and ListenQUIC); it
+// may be called from many goroutines at once.
 func Listen(addr string, tlsConf *tls.Config, o Options, onErr func(net.Addr, error)) (Listener, error) {
 	if err := o.Validate(); err != nil {
 		return nil, err
@@ -38,7 +39,7 @@ func Listen(addr string, tlsConf *tls.Config, o Options, onErr func(net.Addr, er
 			}
 			return nil, lastErr
 		}
-		ql, err := ListenQUIC(pc, tlsConf, o)
+		ql, err := ListenQUIC(pc, tlsConf, o, onErr)
 		if err != nil {
 			tl.Close()
 			pc.Close()

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/quic-go/quic-go"
@@ -83,17 +84,20 @@ func dialQUIC(ctx context.Context, addr string, tlsConf *tls.Config, conf *quic.
 // the sessions it accepted share its socket, which is closed once the last
 // of them ends.
 type quicListener struct {
-	l  *quic.Listener
-	tr *quic.Transport
-	pc net.PacketConn
+	l     *quic.Listener
+	tr    *quic.Transport
+	pc    net.PacketConn
+	onErr func(net.Addr, error)
 
-	mu     sync.Mutex
-	live   int
-	closed bool
+	closing atomic.Bool // set before the quic.Listener closes
+	mu      sync.Mutex
+	live    int
+	closed  bool
 }
 
-// ListenQUIC listens for QUIC sessions on pc, which it then owns.
-func ListenQUIC(pc net.PacketConn, tlsConf *tls.Config, o Options) (Listener, error) {
+// ListenQUIC listens for QUIC sessions on pc, which it then owns. onErr,
+// when not nil, hears about connections whose handshake failed.
+func ListenQUIC(pc net.PacketConn, tlsConf *tls.Config, o Options, onErr func(net.Addr, error)) (Listener, error) {
 	if err := o.Validate(); err != nil {
 		return nil, err
 	}
@@ -105,39 +109,86 @@ func ListenQUIC(pc net.PacketConn, tlsConf *tls.Config, o Options) (Listener, er
 		k := quic.StatelessResetKey(sha256.Sum256(append([]byte("relay stateless reset\x00"), o.ResetKey...)))
 		tr.StatelessResetKey = &k
 	}
+	ql := &quicListener{tr: tr, pc: pc, onErr: onErr}
+	if onErr != nil {
+		tr.ConnContext = ql.connContext
+	}
 	l, err := tr.Listen(tlsConf, quicConfig(o))
 	if err != nil {
 		return nil, fmt.Errorf("quic: %w", err)
 	}
-	return &quicListener{l: l, tr: tr, pc: pc}, nil
+	ql.l = l
+	return ql, nil
+}
+
+// quic-go's Listener.Accept returns only connections whose handshake
+// completed: one that failed (a TLS alert either way, a wrong ALPN, a
+// protocol error, a peer gone silent) ends inside quic-go, unseen. What
+// quic-go does show is the context it gives Transport.ConnContext, once per
+// connection from the first Initial on, which it cancels with the
+// connection's error when the connection ends, handshake or not. So each
+// connection gets a quicHandshake, reachable from its Conn.Context(): Accept
+// and the context's end race to settle it, and if the end wins, the
+// handshake failed and onErr hears the error. This costs a context and an
+// AfterFunc per connection and nothing per packet (a Config.Tracer, the
+// other way to see a connection close, makes quic-go build a qlog event for
+// every packet sent and received).
+type quicHandshake struct {
+	settled atomic.Bool
+}
+
+type quicHandshakeKey struct{}
+
+func (l *quicListener) connContext(ctx context.Context, info *quic.ClientInfo) (context.Context, error) {
+	h := &quicHandshake{}
+	addr := info.RemoteAddr
+	context.AfterFunc(ctx, func() {
+		if h.settled.Swap(true) || l.closing.Load() {
+			return // accepted, or refused because the listener is closing
+		}
+		err := context.Cause(ctx)
+		if errors.Is(err, &quic.TransportError{ErrorCode: quic.ConnectionRefused}) {
+			// quic-go's own refusal: finished handshakes waiting for
+			// Accept filled its queue.
+			err = fmt.Errorf("%w: %w", ErrTooManyHandshakes, err)
+		}
+		l.onErr(addr, fmt.Errorf("quic handshake: %w", err))
+	})
+	return context.WithValue(ctx, quicHandshakeKey{}, h), nil
 }
 
 func (l *quicListener) Accept(ctx context.Context) (Session, error) {
-	c, err := l.l.Accept(ctx)
-	if err != nil {
-		if errors.Is(err, quic.ErrServerClosed) {
-			return nil, ErrClosed
+	for {
+		c, err := l.l.Accept(ctx)
+		if err != nil {
+			if errors.Is(err, quic.ErrServerClosed) {
+				return nil, ErrClosed
+			}
+			return nil, err
 		}
-		return nil, err
-	}
-	l.mu.Lock()
-	l.live++
-	l.mu.Unlock()
-	context.AfterFunc(c.Context(), func() {
+		if h, ok := c.Context().Value(quicHandshakeKey{}).(*quicHandshake); ok && h.settled.Swap(true) {
+			continue // it ended while queued, and was counted as a failure
+		}
 		l.mu.Lock()
-		l.live--
-		last := l.closed && l.live == 0
+		l.live++
 		l.mu.Unlock()
-		if last {
-			l.closeSocket()
-		}
-	})
-	return newQUICSession(c), nil
+		context.AfterFunc(c.Context(), func() {
+			l.mu.Lock()
+			l.live--
+			last := l.closed && l.live == 0
+			l.mu.Unlock()
+			if last {
+				l.closeSocket()
+			}
+		})
+		return newQUICSession(c), nil
+	}
 }
 
 func (l *quicListener) Addr() net.Addr { return l.l.Addr() }
 
 func (l *quicListener) Close() error {
+	l.closing.Store(true)
 	err := l.l.Close()
 	l.mu.Lock()
 	first := !l.closed

@@ -235,7 +235,9 @@ func (l *tcpListener) acceptLoop() {
 
 // ErrTooManyHandshakes is what a TCP listener's onErr hears for a
 // connection it closed at once because Options.MaxHandshakes others were
-// in their handshake.
+// in their handshake, and a QUIC listener's for one quic-go refused because
+// the connections that finished their handshake but were not yet accepted
+// filled its queue.
 var ErrTooManyHandshakes = errors.New("too many handshakes in progress")
 
 func (l *tcpListener) handshakeFailed(a net.Addr, err error) {

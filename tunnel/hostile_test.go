@@ -3,6 +3,8 @@ package tunnel
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -10,9 +12,11 @@ import (
 	"net/netip"
 	"os"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/quic-go/quic-go"
 	"github.com/xtaci/smux"
 
 	"github.com/relaytun/relay/transport"
@@ -188,9 +192,8 @@ func TestGarbageOnControlPort(t *testing.T) {
 // promises for probing: garbage and a TLS-looking header as "tls", a
 // connection closed at once past the handshakes in progress as
 // "too-many-handshakes". They used to reach only a debug line, so probing
-// over TCP, and a flood of slow handshakes, showed in no metric. (QUIC's
-// handshake failures stay inside quic-go: there is no transport to run
-// this over but TCP.)
+// over TCP, and a flood of slow handshakes, showed in no metric.
+// (TestQUICHandshakeFailuresCounted is the QUIC port's.)
 func TestTCPHandshakeFailuresCounted(t *testing.T) {
 	r := startRelayWith(t, nil, func(o *transport.Options) { o.MaxHandshakes = 1 })
 	garbage := [][]byte{[]byte("GET / HTTP/1.0\r\n\r\n"), {0x16, 0x03, 0x01, 0xff, 0xff}, make([]byte, 100)}
@@ -223,6 +226,107 @@ func TestTCPHandshakeFailuresCounted(t *testing.T) {
 	waitFor(t, "the refused handshake counted", 10*time.Second, func() bool {
 		return r.Relay.Stats().HandshakeFailures["too-many-handshakes"] == 1
 	})
+}
+
+// Failures of the QUIC port's handshakes are counted too, by the TCP
+// port's reasons, so a dashboard reads the same for both: a wrong ALPN and
+// a client that does not trust the relay (a TLS alert either way) as
+// "tls", a client gone silent after its first packet and an Initial that
+// never decrypts as "timeout". A datagram that is no Initial is dropped
+// without a connection, and an agent that connects is no failure. They used
+// to stay inside quic-go, which hands Accept only connections whose
+// handshake completed.
+func TestQUICHandshakeFailuresCounted(t *testing.T) {
+	r := startRelayWith(t, nil, func(o *transport.Options) { o.HandshakeTimeout = time.Second })
+	a := mustRunAgent(t, r.agentConfig(TransportQUIC, startServer(t, echo)))
+	roundTrip(t, a.Public(0), "a QUIC agent")
+
+	wrongALPN, err := (&transport.Verifier{Pin: r.Pin}).ClientTLSConfig(r.Addr, "h3")
+	if err != nil {
+		t.Fatal(err)
+	}
+	untrusted := &tls.Config{ServerName: "127.0.0.1", NextProtos: []string{ALPN}, RootCAs: x509.NewCertPool()}
+	for _, tc := range []*tls.Config{wrongALPN, untrusted} {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		if s, err := (&transport.QUICDialer{TLS: tc, Options: testOptions()}).Dial(ctx, r.Addr); err == nil {
+			s.Close()
+			t.Errorf("dial offering %v with roots %v succeeded", tc.NextProtos, tc.RootCAs)
+		}
+		cancel()
+	}
+	waitFor(t, "the failed TLS handshakes counted", 10*time.Second, func() bool {
+		return r.Relay.Stats().HandshakeFailures["tls"] == 2
+	})
+
+	stallQUICHandshake(t, r.Addr)
+	uc, err := net.Dial("udp", r.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer uc.Close()
+	uc.Write(garbageInitial())
+	uc.Write([]byte("GET / HTTP/1.0\r\n\r\n"))
+	waitFor(t, "the handshakes that never completed counted", 10*time.Second, func() bool {
+		return r.Relay.Stats().HandshakeFailures["timeout"] == 2
+	})
+	time.Sleep(200 * time.Millisecond)
+	if got := r.Relay.Stats().HandshakeFailures; len(got) != 2 || got["tls"] != 2 || got["timeout"] != 2 {
+		t.Errorf("handshake failures %v, want 2 tls and 2 timeout", got)
+	}
+	roundTrip(t, a.Public(0), "the QUIC agent after the failures")
+}
+
+// stallQUICHandshake starts a QUIC handshake with addr whose client sends
+// its first datagram and nothing after it: to the relay, a handshake that
+// never completes.
+func stallQUICHandshake(t *testing.T, addr string) {
+	t.Helper()
+	ua, err := net.ResolveUDPAddr("udp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	uc, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := &quic.Transport{Conn: &firstDatagramOnly{PacketConn: uc}}
+	t.Cleanup(func() { tr.Close(); uc.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	tc := &tls.Config{ServerName: "127.0.0.1", NextProtos: []string{ALPN}, InsecureSkipVerify: true}
+	if c, err := tr.Dial(ctx, ua, tc, &quic.Config{}); err == nil {
+		c.CloseWithError(0, "")
+		t.Fatal("a handshake with only its first datagram sent completed")
+	}
+}
+
+// firstDatagramOnly sends the first datagram written to it and drops the
+// rest.
+type firstDatagramOnly struct {
+	net.PacketConn
+	sent atomic.Bool
+}
+
+func (c *firstDatagramOnly) WriteTo(p []byte, addr net.Addr) (int, error) {
+	if c.sent.Swap(true) {
+		return len(p), nil
+	}
+	return c.PacketConn.WriteTo(p, addr)
+}
+
+// garbageInitial is a datagram with a valid QUIC v1 Initial header (long
+// header, version 1, 8-byte connection IDs, no token) and a payload that
+// does not decrypt.
+func garbageInitial() []byte {
+	p := make([]byte, 1200)
+	for i := range p {
+		p[i] = byte(i*7 + 3)
+	}
+	h := []byte{0xc3, 0, 0, 0, 1, 8, 1, 2, 3, 4, 5, 6, 7, 8, 8, 9, 10, 11, 12, 13, 14, 15, 16, 0}
+	n := len(p) - len(h) - 2
+	h = append(h, 0x40|byte(n>>8), byte(n))
+	copy(p, h)
+	return p
 }
 
 // TestTransportHandshakeFailedReasons: a peer through TLS that never opens

@@ -478,11 +478,12 @@ type agentConn struct {
 
 // TransportHandshakeFailed counts, among the handshake failures, a
 // connection that failed in the transport's own handshake, before a session
-// reached Serve: garbage or a failed TLS handshake on the TCP port ("tls"),
-// one too slow ("timeout"), or one closed at once because
+// reached Serve: garbage or a failed TLS handshake ("tls": on QUIC, a TLS
+// alert either way, a wrong ALPN, a protocol error or a peer closing the
+// connection), one too slow ("timeout": on QUIC, quic-go's handshake idle
+// or handshake timeout too), or one closed at once because
 // transport.Options.MaxHandshakes others were in their handshake
-// ("too-many-handshakes"). It is the onErr of transport.Listen. (QUIC's
-// handshake failures stay inside quic-go and are not counted.)
+// ("too-many-handshakes"). It is the onErr of transport.Listen.
 func (r *Relay) TransportHandshakeFailed(addr net.Addr, err error) {
 	if errors.Is(err, context.Canceled) {
 		return // the listener closing, not the peer failing
@@ -495,11 +496,16 @@ func (r *Relay) TransportHandshakeFailed(addr net.Addr, err error) {
 	case errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, context.DeadlineExceeded),
 		errors.As(err, &ne) && ne.Timeout():
 		// smux's own timeout too: a peer through TLS that never opens
-		// the signal stream.
+		// the signal stream; and quic-go's IdleTimeoutError and
+		// HandshakeTimeoutError.
 		reason = "timeout"
 	}
 	r.handshakeFailures.add(reason)
-	r.log.Debug("tcp handshake failed", "remote", addr.String(), "reason", reason, "err", err)
+	kind := transport.KindTCP
+	if _, ok := addr.(*net.UDPAddr); ok {
+		kind = transport.KindQUIC
+	}
+	r.log.Debug("transport handshake failed", "remote", addr.String(), "transport", kind, "reason", reason, "err", err)
 }
 
 func (r *Relay) serveSession(ctx context.Context, s transport.Session) {
