@@ -1,0 +1,484 @@
+package tunnel
+
+// Measurements of the relay over an emulated real network (internal/impair
+// between the agent and the relay): time to first byte, one stream's
+// throughput, liveness under loss, a blackholed path, UDP under a small
+// path MTU. They take minutes and print numbers rather than assert, so
+// they run only when asked:
+//
+//	RELAY_NETSIM=1 go test ./tunnel -run NetSim -v -timeout 30m
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/relaytun/relay/internal/impair"
+	"github.com/relaytun/relay/transport"
+)
+
+func netsim(t *testing.T) {
+	if os.Getenv("RELAY_NETSIM") == "" {
+		t.Skip("a measurement: RELAY_NETSIM=1 runs it")
+	}
+}
+
+// simProxy is an impair proxy for kind's transport.
+type simProxy interface {
+	Addr() string
+	Set(up, down impair.Config)
+	Blackhole(on bool)
+	Stats() (up, down impair.Stats)
+	Close() error
+}
+
+func newSimProxy(t testing.TB, kind, target string, c impair.Config) simProxy {
+	t.Helper()
+	var p simProxy
+	var err error
+	if kind == TransportTCP {
+		p, err = impair.NewTCP(target, c, c)
+	} else {
+		p, err = impair.NewUDP(target, c, c)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { p.Close() })
+	return p
+}
+
+func median(ds []time.Duration) time.Duration {
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
+
+// TestNetSimTTFB: a new client's time to first byte, server speaks first
+// and client speaks first, at 50 ms RTT; also with a group of two.
+func TestNetSimTTFB(t *testing.T) {
+	netsim(t)
+	greet := startServer(t, func(c net.Conn) {
+		defer c.Close()
+		c.Write([]byte("hello\n"))
+		io.Copy(io.Discard, c)
+	})
+	ech := startServer(t, echo)
+	for _, kind := range kinds {
+		for _, members := range []int{1, 2} {
+			r := startRelay(t, nil)
+			p := newSimProxy(t, kind, r.Addr, impair.Config{Delay: 25 * time.Millisecond})
+			var ta *testAgent
+			for range members {
+				cfg := r.agentConfig(kind, greet, ech)
+				cfg.Relay = p.Addr()
+				ta = mustRunAgent(t, cfg)
+			}
+			time.Sleep(500 * time.Millisecond)
+			var g, e []time.Duration
+			b := make([]byte, 1)
+			for range 15 {
+				start := time.Now()
+				c, err := net.Dial("tcp", ta.Public(0))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if _, err := io.ReadFull(c, b); err != nil {
+					t.Fatal(err)
+				}
+				g = append(g, time.Since(start))
+				c.Close()
+				start = time.Now()
+				c, err = net.Dial("tcp", ta.Public(1))
+				if err != nil {
+					t.Fatal(err)
+				}
+				c.Write([]byte("x"))
+				if _, err := io.ReadFull(c, b); err != nil {
+					t.Fatal(err)
+				}
+				e = append(e, time.Since(start))
+				c.Close()
+			}
+			t.Logf("%s, %d member(s), 50 ms RTT: server-first TTFB median %v (min %v), client-first median %v (min %v)",
+				kind, members, median(g).Round(100*time.Microsecond), slices.Min(g).Round(100*time.Microsecond),
+				median(e).Round(100*time.Microsecond), slices.Min(e).Round(100*time.Microsecond))
+		}
+	}
+}
+
+// TestNetSimBulk: one stream's throughput, download and upload, at 50 and
+// 150 ms RTT with no bandwidth cap.
+func TestNetSimBulk(t *testing.T) {
+	netsim(t)
+	const dur = 6 * time.Second
+	chunk := make([]byte, 64<<10)
+	src := startServer(t, func(c net.Conn) {
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(dur + 5*time.Second))
+		for {
+			if _, err := c.Write(chunk); err != nil {
+				return
+			}
+		}
+	})
+	sink := startServer(t, func(c net.Conn) {
+		defer c.Close()
+		n, _ := io.Copy(io.Discard, c)
+		fmt.Fprintf(c, "%d", n)
+	})
+	rtts := []time.Duration{50 * time.Millisecond, 150 * time.Millisecond}
+	if v := os.Getenv("RELAY_NETSIM_RTT"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rtts = []time.Duration{d}
+	}
+	only := os.Getenv("RELAY_NETSIM_KIND")
+	for _, rtt := range rtts {
+		for _, kind := range kinds {
+			if only != "" && kind != only {
+				continue
+			}
+			var win int
+			fmt.Sscan(os.Getenv("RELAY_NETSIM_WINDOW"), &win)
+			setWin := func(o *transport.Options) {
+				if win > 0 {
+					o.StreamWindow, o.SessionWindow = win, max(o.SessionWindow, 2*win)
+				}
+			}
+			r := startRelayWith(t, nil, setWin)
+			p := newSimProxy(t, kind, r.Addr, impair.Config{Delay: rtt / 2})
+			cfg := r.agentConfig(kind, src, sink)
+			cfg.Relay = p.Addr()
+			setWin(&cfg.TransportOptions)
+			ta := mustRunAgent(t, cfg)
+			// Download: the local server sends.
+			c, err := net.Dial("tcp", ta.Public(0))
+			if err != nil {
+				t.Fatal(err)
+			}
+			start := time.Now()
+			c.SetReadDeadline(start.Add(dur))
+			n, _ := io.Copy(io.Discard, c)
+			down := float64(n) * 8 / time.Since(start).Seconds() / 1e6
+			c.Close()
+			// Upload: the client sends.
+			c, err = net.Dial("tcp", ta.Public(1))
+			if err != nil {
+				t.Fatal(err)
+			}
+			start = time.Now()
+			var sent int64
+			for time.Since(start) < dur {
+				m, err := c.Write(chunk)
+				sent += int64(m)
+				if err != nil {
+					break
+				}
+			}
+			c.(*net.TCPConn).CloseWrite()
+			got, _ := io.ReadAll(c)
+			up := float64(sent) * 8 / time.Since(start).Seconds() / 1e6
+			c.Close()
+			pu, pd := p.Stats()
+			t.Logf("%s, RTT %v: one stream down %.0f Mbit/s, up %.0f Mbit/s (server counted %s bytes of %d); proxy up %+v down %+v",
+				kind, rtt, down, up, got, sent, pu, pd)
+			ta.Stop()
+			r.Stop()
+		}
+	}
+}
+
+// TestNetSimLiveness: sessions on a 300 ms RTT path losing 3% of UDP
+// packets, with a request every half second and one bulk download, for
+// RELAY_NETSIM_MINUTES (2); counts reconnects and failed requests.
+func TestNetSimLiveness(t *testing.T) {
+	netsim(t)
+	minutes := 2.0
+	fmt.Sscan(os.Getenv("RELAY_NETSIM_MINUTES"), &minutes)
+	dur := time.Duration(minutes * float64(time.Minute))
+	ech := startServer(t, echo)
+	chunk := make([]byte, 32<<10)
+	src := startServer(t, func(c net.Conn) {
+		defer c.Close()
+		for {
+			if _, err := c.Write(chunk); err != nil {
+				return
+			}
+		}
+	})
+	var wg sync.WaitGroup
+	for _, kind := range kinds {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			r := startRelay(t, nil)
+			c := impair.Config{Delay: 150 * time.Millisecond, Rate: 2 << 20, Queue: 512 << 10}
+			if kind == TransportQUIC {
+				c.Loss = 0.03
+			}
+			p := newSimProxy(t, kind, r.Addr, c)
+			cfg := r.agentConfig(kind, ech, src)
+			cfg.Relay = p.Addr()
+			cfg.TransportOptions = DefaultAgentConfig().TransportOptions
+			ta := mustRunAgent(t, cfg)
+			var bulk atomic.Int64
+			stop := make(chan struct{})
+			go func() {
+				buf := make([]byte, 64<<10)
+				for {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					c, err := net.Dial("tcp", ta.Public(1))
+					if err != nil {
+						time.Sleep(time.Second)
+						continue
+					}
+					go func() { <-stop; c.Close() }()
+					for {
+						n, err := c.Read(buf)
+						bulk.Add(int64(n))
+						if err != nil {
+							break
+						}
+					}
+					c.Close()
+				}
+			}()
+			var ok, failed int
+			var slowest time.Duration
+			end := time.Now().Add(dur)
+			for time.Now().Before(end) {
+				start := time.Now()
+				err := func() error {
+					c, err := net.Dial("tcp", ta.Public(0))
+					if err != nil {
+						return err
+					}
+					defer c.Close()
+					c.SetDeadline(time.Now().Add(20 * time.Second))
+					c.Write([]byte("ping"))
+					_, err = io.ReadFull(c, make([]byte, 4))
+					return err
+				}()
+				if err != nil {
+					failed++
+				} else {
+					ok++
+					slowest = max(slowest, time.Since(start))
+				}
+				time.Sleep(500 * time.Millisecond)
+			}
+			close(stop)
+			st := ta.agent.Status()
+			up, down := p.Stats()
+			t.Logf("%s, 300 ms RTT, 2 MB/s, loss %.0f%%, %v: reconnects %d, requests ok %d failed %d (slowest %v), bulk %.2f MB/s, rtt now %v; stalls reset: relay %d agent %d; proxy up %+v down %+v",
+				kind, c.Loss*100, dur, st.Reconnects, ok, failed, slowest.Round(time.Millisecond),
+				float64(bulk.Load())/dur.Seconds()/1e6, st.RTT.Round(time.Millisecond),
+				strings.Count(r.Log.String(), "stopped reading"), strings.Count(ta.Log.String(), "stopped reading"), up, down)
+			if st.Reconnects > 0 {
+				t.Logf("%s agent log:\n%s", kind, ta.Log)
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+// TestNetSimBlackhole: the path between agent and relay carries nothing
+// for a while (RELAY_NETSIM_OUTAGES, "8s,40s"), with the default timeouts;
+// logs when each side notices, what a connected client and a new one see,
+// and when and on which port the agent is back.
+func TestNetSimBlackhole(t *testing.T) {
+	netsim(t)
+	outages := []time.Duration{8 * time.Second, 40 * time.Second}
+	if v := os.Getenv("RELAY_NETSIM_OUTAGES"); v != "" {
+		outages = nil
+		for _, f := range strings.Split(v, ",") {
+			d, err := time.ParseDuration(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			outages = append(outages, d)
+		}
+	}
+	ech := startServer(t, echo)
+	var wg sync.WaitGroup
+	for _, outage := range outages {
+		for _, kind := range kinds {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defaults := func(o *transport.Options) { *o = transport.DefaultOptions(); o.MaxIncomingStreams = MaxAgentStreams }
+				r := startRelayWith(t, nil, defaults)
+				p := newSimProxy(t, kind, r.Addr, impair.Config{Delay: 25 * time.Millisecond})
+				cfg := r.agentConfig(kind, ech)
+				cfg.Relay = p.Addr()
+				cfg.TransportOptions = transport.DefaultOptions()
+				ta := mustRunAgent(t, cfg)
+				public := ta.Public(0)
+				held, err := net.Dial("tcp", public)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				held.Write([]byte("x"))
+				io.ReadFull(held, make([]byte, 1))
+				var lines []string
+				var mu sync.Mutex
+				note := func(f string, args ...any) {
+					mu.Lock()
+					lines = append(lines, fmt.Sprintf(f, args...))
+					mu.Unlock()
+				}
+				t0 := time.Now()
+				since := func() time.Duration { return time.Since(t0).Round(100 * time.Millisecond) }
+				p.Blackhole(true)
+				go func() {
+					_, err := held.Read(make([]byte, 1))
+					note("%v held client's read ends: %v", since(), err)
+				}()
+				go func() {
+					time.Sleep(min(outage/2, 20*time.Second))
+					start := time.Now()
+					c, err := net.Dial("tcp", public)
+					if err != nil {
+						note("%v new client: dial: %v", since(), err)
+						return
+					}
+					defer c.Close()
+					c.Write([]byte("y"))
+					c.SetReadDeadline(time.Now().Add(90 * time.Second))
+					_, err = io.ReadFull(c, make([]byte, 1))
+					note("%v new client (connected at %v): read after %v: %v", since(), time.Since(t0).Round(100*time.Millisecond)-time.Since(start).Round(100*time.Millisecond), time.Since(start).Round(100*time.Millisecond), err)
+				}()
+				agentDown, relayDown := false, false
+				for time.Since(t0) < outage {
+					if !agentDown && !ta.agent.Status().Connected {
+						agentDown = true
+						note("%v agent notices", since())
+					}
+					if !relayDown && agentCount(r.Relay) == 0 {
+						relayDown = true
+						note("%v relay drops the session", since())
+					}
+					time.Sleep(50 * time.Millisecond)
+				}
+				p.Blackhole(false)
+				note("%v path back", since())
+				back := time.Now()
+				for !ta.agent.Status().Connected && time.Since(back) < 2*time.Minute {
+					time.Sleep(50 * time.Millisecond)
+				}
+				st := ta.agent.Status()
+				note("%v agent connected %v, %v after the path came back; public %s (was %s); reconnects %d",
+					since(), st.Connected, time.Since(back).Round(100*time.Millisecond), st.Tunnels[0].Public, "tcp://"+public, st.Reconnects)
+				if c, err := net.Dial("tcp", public); err == nil {
+					c.SetDeadline(time.Now().Add(10 * time.Second))
+					c.Write([]byte("z"))
+					_, err := io.ReadFull(c, make([]byte, 1))
+					note("%v a client on the old port after: %v", since(), err)
+					c.Close()
+				} else {
+					note("%v a client on the old port after: %v", since(), err)
+				}
+				time.Sleep(time.Second)
+				mu.Lock()
+				t.Logf("%s, outage %v:\n  %s", kind, outage, strings.Join(lines, "\n  "))
+				mu.Unlock()
+			}()
+		}
+	}
+	wg.Wait()
+}
+
+// TestNetSimUDPMTU: game datagrams of 1100-1472 bytes over a UDP tunnel
+// whose agent path drops packets over a size: from the start (1280 bytes
+// of UDP payload), and from the middle of a session that had found a
+// larger MTU. Counts what arrives intact.
+func TestNetSimUDPMTU(t *testing.T) {
+	netsim(t)
+	sizes := []int{1100, 1200, 1220, 1232, 1252, 1280, 1300, 1400, 1472}
+	e := startUDPEcho(t)
+	send := func(c net.Conn, size, n int, gap time.Duration) int {
+		got := 0
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			buf := make([]byte, 2048)
+			for {
+				c.SetReadDeadline(time.Now().Add(time.Second + gap))
+				m, err := c.Read(buf)
+				if err != nil {
+					return
+				}
+				if m == size && buf[0] == byte(size) && buf[m-1] == byte(size) {
+					got++
+				}
+			}
+		}()
+		p := make([]byte, size)
+		for i := range p {
+			p[i] = byte(size)
+		}
+		for range n {
+			c.Write(p)
+			time.Sleep(gap)
+		}
+		<-done
+		return got
+	}
+	for _, max := range []int{1280, 1252} {
+		for _, kind := range kinds {
+			r := startRelay(t, nil)
+			p := newSimProxy(t, kind, r.Addr, impair.Config{Delay: 25 * time.Millisecond, MaxPacket: max})
+			cfg := r.udpAgentConfig(kind, ProtoUDP, e.Addr)
+			cfg.Relay = p.Addr()
+			a := startAgent(t, cfg)
+			select {
+			case a.eps = <-a.ready:
+			case <-time.After(20 * time.Second):
+				up, down := p.Stats()
+				t.Logf("%s, path drops UDP payloads over %d: no session within 20 s; proxy up %+v down %+v", kind, max, up, down)
+				continue
+			}
+			c := dialUDP(t, a.Public(0))
+			var res []string
+			for _, size := range sizes {
+				res = append(res, fmt.Sprintf("%d:%d/50", size, send(c, size, 50, 5*time.Millisecond)))
+			}
+			up, down := p.Stats()
+			t.Logf("%s, path drops UDP payloads over %d from the start: %s; proxy dropped for size %d up %d down",
+				kind, max, strings.Join(res, " "), up.TooLarge, down.TooLarge)
+		}
+	}
+	// The path MTU shrinks in the middle of a session.
+	for _, kind := range kinds {
+		r := startRelay(t, nil)
+		p := newSimProxy(t, kind, r.Addr, impair.Config{Delay: 25 * time.Millisecond})
+		cfg := r.udpAgentConfig(kind, ProtoUDP, e.Addr)
+		cfg.Relay = p.Addr()
+		a := liveAgentUp(t, cfg)
+		c := dialUDP(t, a.Public(0))
+		warm := send(c, 1400, 100, 20*time.Millisecond)
+		p.Set(impair.Config{Delay: 25 * time.Millisecond, MaxPacket: 1280}, impair.Config{Delay: 25 * time.Millisecond, MaxPacket: 1280})
+		var res []string
+		for range 10 {
+			res = append(res, fmt.Sprint(send(c, 1400, 20, 50*time.Millisecond)))
+		}
+		up, down := p.Stats()
+		t.Logf("%s, 1400-byte datagrams: %d/100 before the MTU drops to 1280; then per second (of 20): %s; proxy dropped for size %d up %d down",
+			kind, warm, strings.Join(res, " "), up.TooLarge, down.TooLarge)
+	}
+}
