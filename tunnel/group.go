@@ -366,11 +366,15 @@ func (g *group) carry(ctx context.Context, c net.Conn, finish func()) {
 				aborted = m.agent.answerDone(w)
 			}
 			if err != nil || b[0] != StatusConnected {
-				// Closed first: it ends a write of ahead's stuck on it.
-				st.Close()
+				// Reset, not closed: an agent that has not yet passed
+				// the bytes sent ahead to its server drops them (a
+				// closed stream would read as a whole request), so the
+				// next member's server is the only one to see them. It
+				// also ends a write of ahead's stuck on the stream.
+				resetConn(st)
 			}
 			if aerr := ahead.stop(c); aerr != nil {
-				st.Close()
+				resetConn(st)
 				c.Close()
 				g.logger().Debug("client closed while its member was asked", "client", client.String(), "err", aerr)
 				return
