@@ -304,9 +304,6 @@ func (g *group) carry(ctx context.Context, c net.Conn, finish func()) {
 	}()
 	var tried []*member
 	unreachable := false
-	// What the client sent while a member's answer was awaited: sent on
-	// ahead, and again to the next member should this one fail.
-	var ahead sentAhead
 	for {
 		m, alternatives, suspect, closed := g.pick(tried)
 		if m == nil {
@@ -325,7 +322,7 @@ func (g *group) carry(ctx context.Context, c net.Conn, finish func()) {
 			return
 		}
 		tried = append(tried, m)
-		st, err := m.open(ctx, client, deadline, ahead.buf)
+		st, err := m.open(ctx, client, deadline)
 		if err != nil {
 			g.logger().Debug("could not open a stream to an agent", "client", client.String(), "agent", m.agent.sess.RemoteAddr().String(), "err", err)
 			continue
@@ -350,9 +347,6 @@ func (g *group) carry(ctx context.Context, c net.Conn, finish func()) {
 				st.Close()
 				continue
 			}
-			// The client's first bytes (a request) go on while the
-			// answer is on its way, not a round trip after it.
-			ahead.start(c, st)
 			var b [1]byte
 			_, err := io.ReadFull(st, b[:])
 			aborted := m.agent.answerDone(w)
@@ -365,21 +359,8 @@ func (g *group) carry(ctx context.Context, c net.Conn, finish func()) {
 				_, err = io.ReadFull(st, b[:])
 				aborted = m.agent.answerDone(w)
 			}
-			if err != nil || b[0] != StatusConnected {
-				// Reset, not closed: an agent that has not yet passed
-				// the bytes sent ahead to its server drops them (a
-				// closed stream would read as a whole request), so the
-				// next member's server is the only one to see them. It
-				// also ends a write of ahead's stuck on the stream.
-				resetConn(st)
-			}
-			if aerr := ahead.stop(c); aerr != nil {
-				resetConn(st)
-				c.Close()
-				g.logger().Debug("client closed while its member was asked", "client", client.String(), "err", aerr)
-				return
-			}
 			if err != nil {
+				st.Close()
 				if errors.Is(err, os.ErrDeadlineExceeded) && !aborted {
 					if answer < cfg.AnswerTimeout {
 						// The client's own deadline cut the wait short:
@@ -395,12 +376,12 @@ func (g *group) carry(ctx context.Context, c net.Conn, finish func()) {
 			}
 			m.agent.alive()
 			if b[0] != StatusConnected {
+				st.Close()
 				unreachable = true
 				m.localDownUntil.Store(time.Now().Add(localDownBackoff).UnixNano())
 				continue
 			}
 			m.localDownUntil.Store(0)
-			g.bytesIn.Add(int64(len(ahead.buf)))
 			peer = st
 		}
 		m.active.Add(1)
@@ -508,75 +489,20 @@ func (g *group) waitMember(ctx context.Context, deadline time.Time) bool {
 	return false
 }
 
-// open opens a stream to m's agent for client and writes its header, and
-// after it early, the bytes the client sent before (to another member).
-func (m *member) open(ctx context.Context, client netip.AddrPort, deadline time.Time, early []byte) (transport.Stream, error) {
+// open opens a stream to m's agent for client and writes its header.
+func (m *member) open(ctx context.Context, client netip.AddrPort, deadline time.Time) (transport.Stream, error) {
 	octx, cancel := context.WithDeadline(ctx, deadline)
 	st, err := m.agent.sess.OpenStream(octx)
 	cancel()
 	if err != nil {
 		return nil, fmt.Errorf("opening a stream: %w", err)
 	}
-	hdr := AppendStreamHeader(make([]byte, 0, maxStreamHeader+len(early)), StreamHeader{Tunnel: m.id, Client: client})
-	if _, err := st.Write(append(hdr, early...)); err != nil {
+	hdr := AppendStreamHeader(make([]byte, 0, maxStreamHeader), StreamHeader{Tunnel: m.id, Client: client})
+	if _, err := st.Write(hdr); err != nil {
 		st.Close()
 		return nil, fmt.Errorf("writing the stream header: %w", err)
 	}
 	return st, nil
-}
-
-// sentAhead reads a client while its member's answer is awaited, and sends
-// what it reads on ahead to that member, keeping it (up to maxSentAhead)
-// for the next member should this one not take the client. Without it a
-// client that speaks first (HTTP, TLS) waited a round trip to the agent
-// more than one on a tunnel of a single member.
-type sentAhead struct {
-	buf  []byte
-	err  error // a read error other than EOF and stop's deadline
-	done chan struct{}
-}
-
-// maxSentAhead bounds what the client may send before its member answers;
-// beyond it, the client waits.
-const maxSentAhead = 64 << 10
-
-// start reads c, and writes what it reads to st, until stop.
-func (a *sentAhead) start(c net.Conn, st transport.Stream) {
-	a.done = make(chan struct{})
-	if len(a.buf) >= maxSentAhead || a.err != nil {
-		close(a.done)
-		return
-	}
-	go func() {
-		defer close(a.done)
-		p := make([]byte, 16<<10)
-		for len(a.buf) < maxSentAhead {
-			n, err := c.Read(p[:min(len(p), maxSentAhead-len(a.buf))])
-			if n > 0 {
-				a.buf = append(a.buf, p[:n]...)
-				if _, werr := st.Write(p[:n]); werr != nil {
-					return // kept for the next member
-				}
-			}
-			if err != nil {
-				// EOF is the join's to see (a read after it gives it
-				// again), and a timeout is stop's.
-				if !errors.Is(err, io.EOF) && !errors.Is(err, os.ErrDeadlineExceeded) {
-					a.err = err
-				}
-				return
-			}
-		}
-	}()
-}
-
-// stop ends start's reads and waits for them; it reports a client that
-// failed meanwhile.
-func (a *sentAhead) stop(c net.Conn) error {
-	c.SetReadDeadline(time.Unix(1, 0))
-	<-a.done
-	c.SetReadDeadline(time.Time{})
-	return a.err
 }
 
 // statusStream consumes the agent's status byte before the first payload
