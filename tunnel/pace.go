@@ -53,16 +53,37 @@ func (p *pace) allow(n int) bool {
 // It returns ctx's error if ctx ends first.
 func (p *pace) wait(ctx context.Context, n int) error {
 	for n > 0 && p.on.Load() {
-		k := min(n, p.lim.Burst())
+		burst := p.lim.Burst()
+		k := min(n, burst)
 		if k <= 0 {
 			return nil // turned off meanwhile
 		}
-		if err := p.lim.WaitN(ctx, k); err != nil {
+		took, err := p.step(ctx, k, burst)
+		if err != nil {
 			return err
 		}
-		n -= k
+		if took {
+			n -= k
+		}
 	}
 	return nil
+}
+
+// step waits for k bytes, chosen when the burst was burst. It reports
+// false, and no error, when a reload shrank the burst under k meanwhile
+// (rate.Limiter refuses a step over its burst): the caller takes a
+// smaller one, rather than fail and cut its connection.
+func (p *pace) step(ctx context.Context, k, burst int) (took bool, err error) {
+	if err := p.lim.WaitN(ctx, k); err != nil {
+		if ctx.Err() != nil {
+			return false, ctx.Err()
+		}
+		if p.lim.Burst() != burst {
+			return false, nil
+		}
+		return false, err
+	}
+	return true, nil
 }
 
 // paced wraps w so that what is written to it keeps to p, adding what it

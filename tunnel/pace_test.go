@@ -379,3 +379,20 @@ func TestMaxBandwidthUDP(t *testing.T) {
 		}
 	})
 }
+
+// TestPaceBurstShrinks: a step chosen under one burst, taken after a
+// reload lowered the limit and the burst under it, is retried smaller
+// rather than fail, which would cut its connection.
+func TestPaceBurstShrinks(t *testing.T) {
+	p := newPace()
+	p.set(10 << 20)
+	burst := p.lim.Burst()
+	p.set(1 << 20) // between the step's choice and its wait
+	took, err := p.step(context.Background(), burst, burst)
+	if took || err != nil {
+		t.Fatalf("a step over a shrunk burst: took %v, %v; want to be told to take a smaller one", took, err)
+	}
+	if err := p.wait(context.Background(), burst); err != nil {
+		t.Fatalf("a wait of more than the burst: %v", err)
+	}
+}
