@@ -31,6 +31,9 @@ type group struct {
 	// to another port (moveLocked).
 	port uint16
 	ln   net.Listener // nil for a UDP-only tunnel
+	// accepted is closed once the loop accepting on ln accepts no more:
+	// every client it took is counted by then.
+	accepted chan struct{}
 	// movedWhy is why the latest move did, for its MOVED; guarded by
 	// Relay.mu.
 	movedWhy string
@@ -100,10 +103,15 @@ func (g *group) setLogger() {
 	g.logp.Store(g.r.log.With("tunnel", g.key.Name, "port", g.port, "token", g.key.Token))
 }
 
-// closeListeners closes the public socket(s).
+// closeListeners closes the public socket(s), with Relay.mu held. The
+// TCP clients still in the listener's accept queue, whose connect already
+// succeeded, are accepted and carried like any other, not reset
+// (closeListener), and counted before it returns, so a drain waits for
+// them.
 func (g *group) closeListeners() {
 	if g.ln != nil {
-		g.ln.Close()
+		var summary refusalSummary
+		closeListener(g.ln, func(c net.Conn) { g.take(g.r.serveCtx, c, &g.r.wg, &summary) })
 	}
 	if u := g.udp.Load(); u != nil {
 		u.pc.Close()
@@ -237,11 +245,12 @@ func (g *group) info() TunnelInfo {
 }
 
 // serve accepts the clients of ln, the tunnel's listener until a move
-// replaces and closes it.
-func (g *group) serve(ctx context.Context, ln net.Listener) {
+// replaces and closes it. It closes accepted once it accepts no more.
+func (g *group) serve(ctx context.Context, ln net.Listener, accepted chan<- struct{}) {
 	var summary refusalSummary
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	defer close(accepted)
 	var backoff time.Duration
 	for {
 		c, err := ln.Accept()
@@ -255,28 +264,34 @@ func (g *group) serve(ctx context.Context, ln net.Listener) {
 			return
 		}
 		backoff = 0
-		client := addrPort(c.RemoteAddr())
-		release, reason := g.gate.Load().admit(client.Addr())
-		if reason != "" {
-			// Closed at once, before any work: a flood costs an accept
-			// and a close.
-			c.Close()
-			g.logger().Debug("client refused", "client", client.String(), "reason", reason)
-			summary.note(g, client)
-			continue
-		}
-		g.active.Add(1)
-		g.total.Add(1)
-		g.r.clientsTotal.Add(1)
-		g.r.clientsActive.Add(1)
-		wg.Add(1)
-		go g.carry(ctx, c, func() {
-			release()
-			g.active.Add(-1)
-			g.r.clientsActive.Add(-1)
-			wg.Done()
-		})
+		g.take(ctx, c, &wg, &summary)
 	}
+}
+
+// take admits client c, accepted on the tunnel's port, and carries it on
+// a goroutine that wg counts; a refusal is noted in summary.
+func (g *group) take(ctx context.Context, c net.Conn, wg *sync.WaitGroup, summary *refusalSummary) {
+	client := addrPort(c.RemoteAddr())
+	release, reason := g.gate.Load().admit(client.Addr())
+	if reason != "" {
+		// Closed at once, before any work: a flood costs an accept
+		// and a close.
+		c.Close()
+		g.logger().Debug("client refused", "client", client.String(), "reason", reason)
+		summary.note(g, client)
+		return
+	}
+	g.active.Add(1)
+	g.total.Add(1)
+	g.r.clientsTotal.Add(1)
+	g.r.clientsActive.Add(1)
+	wg.Add(1)
+	go g.carry(ctx, c, func() {
+		release()
+		g.active.Add(-1)
+		g.r.clientsActive.Add(-1)
+		wg.Done()
+	})
 }
 
 // carry finds a member for client c, opens a stream to it and joins the

@@ -332,12 +332,24 @@ func (r *Relay) Shutdown(ctx context.Context) error {
 	for a := range r.agents {
 		agents = append(agents, a)
 	}
+	// The clients queued on a port are taken, not reset (closeListeners);
+	// those the accept loops took are counted once the loops end.
+	var accepting []chan struct{}
+	for _, g := range groups {
+		g.closeListeners()
+		if g.accepted != nil {
+			accepting = append(accepting, g.accepted)
+		}
+	}
 	r.mu.Unlock()
 	if ln != nil {
 		ln.Close()
 	}
-	for _, g := range groups {
-		g.closeListeners()
+	for _, c := range accepting {
+		select {
+		case <-c:
+		case <-ctx.Done():
+		}
 	}
 	// At once, not one after another: a slow agent costs a second, not
 	// a second each.
@@ -1303,10 +1315,12 @@ func (r *Relay) join(ctx context.Context, a *agentConn, m *Register, allow, deny
 func (g *group) serveLocked(ln net.Listener, pc *net.UDPConn) {
 	r, gctx := g.r, g.r.serveCtx
 	if ln != nil {
+		accepted := make(chan struct{})
+		g.accepted = accepted
 		r.wg.Add(1)
 		go func() {
 			defer r.wg.Done()
-			g.serve(gctx, ln)
+			g.serve(gctx, ln, accepted)
 		}()
 	}
 	if pc != nil {
