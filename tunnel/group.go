@@ -421,16 +421,21 @@ func (g *group) carry(ctx context.Context, c net.Conn, finish func()) {
 // pick chooses the member for the next client among those not yet tried:
 // live members the fewest clients (TCP connections and UDP flows), round
 // robin among equals; suspect ones
-// only when nothing else is left. alternatives reports whether another
+// only when nothing else is left, and draining ones only when every
+// member drains (a client accepted before the port closed). alternatives reports whether another
 // member remains should this one fail; suspect, that m was chosen among
 // suspect members; closed, that the group is gone.
 func (g *group) pick(tried []*member) (m *member, alternatives, suspect, closed bool) {
 	g.r.mu.Lock()
 	defer g.r.mu.Unlock()
-	var healthy, localDown, suspects []*member
+	var healthy, localDown, suspects, draining []*member
 	now := time.Now().UnixNano()
 	for _, c := range g.members {
-		if c.draining.Load() || slices.Contains(tried, c) {
+		if slices.Contains(tried, c) {
+			continue
+		}
+		if c.draining.Load() {
+			draining = append(draining, c)
 			continue
 		}
 		switch until := c.localDownUntil.Load(); {
@@ -450,6 +455,14 @@ func (g *group) pick(tried []*member) (m *member, alternatives, suspect, closed 
 	if len(cands) == 0 {
 		cands = suspects
 	}
+	others, suspect := len(healthy)+len(localDown)+len(suspects), len(healthy)+len(localDown) == 0
+	if len(cands) == 0 {
+		// Every member drains, so the port is closed, and this client
+		// was accepted before it was (in flight, or queued in the
+		// listener): its agents still serve what they have, this one
+		// too, rather than have it reset.
+		cands, others, suspect = draining, len(draining), false
+	}
 	if len(cands) == 0 {
 		return nil, false, false, g.closed
 	}
@@ -465,7 +478,7 @@ func (g *group) pick(tried []*member) (m *member, alternatives, suspect, closed 
 			m = c
 		}
 	}
-	return m, len(healthy)+len(localDown)+len(suspects) > 1, len(healthy)+len(localDown) == 0, g.closed
+	return m, others > 1, suspect, g.closed
 }
 
 // localDownBackoff is how long a member whose agent could not reach its
