@@ -616,7 +616,7 @@ func parsePrefixes(ss []string) ([]netip.Prefix, error) {
 // ~/.local/state/relayd.
 func (c *Config) stateDir() (string, error) {
 	if c.Relay.StateDir != "" {
-		return c.Relay.StateDir, nil
+		return c.path(c.Relay.StateDir), nil
 	}
 	if d := os.Getenv("STATE_DIRECTORY"); d != "" {
 		return strings.Split(d, ":")[0], nil
@@ -629,4 +629,23 @@ func (c *Config) stateDir() (string, error) {
 		return "", fmt.Errorf("no state_dir configured and no home directory: %w", err)
 	}
 	return filepath.Join(home, ".local", "state", "relayd"), nil
+}
+
+// path resolves a path relay.toml gives for state_dir, cert_file or
+// key_file: a relative one starts at relay.toml's folder, as secret_file's
+// and token_file's do, so `relayd fingerprint --config /etc/relayd/relay.toml`
+// run from any folder finds the relay's key rather than making another.
+// relayd used to take these from its working directory: when only that
+// one exists, it is kept, so a deployment that relied on it keeps its key.
+func (c *Config) path(p string) string {
+	if p == "" || filepath.IsAbs(p) || c.file == "" {
+		return p
+	}
+	joined := filepath.Join(filepath.Dir(c.file), p)
+	if _, err := os.Stat(joined); err != nil {
+		if _, err := os.Stat(p); err == nil {
+			return p
+		}
+	}
+	return joined
 }

@@ -52,9 +52,9 @@ func loadIdentity(cfg *Config) (*identity, error) {
 // cert_file's line, as the file's other errors point at theirs (it was a
 // bare "loading certificate: open …" that named no key).
 func (c *Config) certificate() (tls.Certificate, error) {
-	cert, err := transport.LoadCertificate(c.Relay.CertFile, c.Relay.KeyFile)
+	cert, err := transport.LoadCertificate(c.path(c.Relay.CertFile), c.path(c.Relay.KeyFile))
 	if err != nil {
-		return cert, c.fail("relay.cert_file", "%v (key_file is %s)", err, c.Relay.KeyFile)
+		return cert, c.fail("relay.cert_file", "%v (key_file is %s)", err, c.path(c.Relay.KeyFile))
 	}
 	return cert, nil
 }

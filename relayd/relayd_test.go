@@ -231,6 +231,17 @@ func TestFingerprint(t *testing.T) {
 		if !regexp.MustCompile(`^SHA256:[A-Za-z0-9+/]{43}\n$`).MatchString(out) {
 			t.Fatalf("run %d printed %q, want one line SHA256:…", i+1, out)
 		}
+		// The run that makes the key says so, and where: run from a shell
+		// beside a relay whose key is elsewhere (a systemd unit's
+		// $STATE_DIRECTORY), it prints a key no relay serves.
+		wantErr := ""
+		if i == 0 {
+			wantErr = "relayd: no key was there yet, so this made one: " + filepath.Join(stateDir, "relay.key") +
+				"; a relayd already running with another state_dir has another key (a systemd unit's is in its $STATE_DIRECTORY: STATE_DIRECTORY=/var/lib/relayd relayd fingerprint --config FILE)\n"
+		}
+		if errOut != wantErr {
+			t.Errorf("run %d: stderr %q, want %q", i+1, errOut, wantErr)
+		}
 		if i == 0 {
 			first = out
 		} else if out != first {
