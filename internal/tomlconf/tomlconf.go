@@ -8,8 +8,10 @@
 package tomlconf
 
 import (
+	"encoding"
 	"errors"
 	"fmt"
+	"reflect"
 	"regexp"
 	"strconv"
 	"strings"
@@ -98,10 +100,183 @@ func Decode(path, data string, v any, sample string) error {
 	}
 	if und := md.Undecoded(); len(und) > 0 {
 		k := und[0]
-		return &Error{File: path, Line: undecodedLine(data, k), Key: k.String(),
-			Msg: fmt.Sprintf("unknown key (see the sample %s for the keys there are)", sample)}
+		msg := fmt.Sprintf("unknown key (see the sample %s for the keys there are)", sample)
+		if h := unknownKeyHint(reflect.TypeOf(v), k); h != "" {
+			msg += "; " + h
+		}
+		return &Error{File: path, Line: undecodedLine(data, k), Key: k.String(), Msg: msg}
 	}
 	return nil
+}
+
+// A known key of a config type, for the hint to an unknown one.
+type knownKey struct {
+	table string // "relay", "tokens"; "" at the top
+	name  string
+	kind  int // keyValue, keyTable or keyArray
+}
+
+const (
+	keyValue = iota
+	keyTable
+	keyArray // an array of tables, [[tokens]]
+)
+
+var (
+	textUnmarshaler = reflect.TypeFor[encoding.TextUnmarshaler]()
+	tomlUnmarshaler = reflect.TypeFor[toml.Unmarshaler]()
+)
+
+// knownKeys lists the keys the struct type t decodes, as toml tags name
+// them, with the tables they are in.
+func knownKeys(t reflect.Type, table string, out []knownKey) []knownKey {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	if t.Kind() != reflect.Struct {
+		return out
+	}
+	for i := range t.NumField() {
+		f := t.Field(i)
+		name, _, _ := strings.Cut(f.Tag.Get("toml"), ",")
+		if (!f.IsExported() && !f.Anonymous) || name == "-" {
+			continue
+		}
+		ft := f.Type
+		for ft.Kind() == reflect.Pointer {
+			ft = ft.Elem()
+		}
+		if f.Anonymous && name == "" && ft.Kind() == reflect.Struct {
+			out = knownKeys(ft, table, out) // its keys are the table's own
+			continue
+		}
+		if name == "" {
+			name = f.Name
+		}
+		sub := name
+		if table != "" {
+			sub = table + "." + name
+		}
+		switch {
+		case !isValue(ft):
+			out = append(out, knownKey{table, name, keyTable})
+			out = knownKeys(ft, sub, out)
+		case ft.Kind() == reflect.Slice && !isValue(ft.Elem()):
+			out = append(out, knownKey{table, name, keyArray})
+			out = knownKeys(ft.Elem(), sub, out)
+		default:
+			out = append(out, knownKey{table, name, keyValue})
+		}
+	}
+	return out
+}
+
+// isValue says whether t decodes from a single TOML value (a string that
+// a Duration reads, say) rather than a table.
+func isValue(t reflect.Type) bool {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	if t.Kind() != reflect.Struct {
+		return true
+	}
+	p := reflect.PointerTo(t)
+	return p.Implements(textUnmarshaler) || p.Implements(tomlUnmarshaler)
+}
+
+// unknownKeyHint says what an unknown key was likely meant to be: a key of
+// another table (a line added at the end of the file lands in the last
+// table there, [admin] in the sample relay.toml), or a key of its own
+// table spelt a little differently. "" when nothing is close.
+func unknownKeyHint(t reflect.Type, k toml.Key) string {
+	if t == nil || len(k) == 0 {
+		return ""
+	}
+	known := knownKeys(t, "", nil)
+	table, last := strings.Join(k[:len(k)-1], "."), k[len(k)-1]
+	kinds := map[string]int{}
+	for _, kk := range known {
+		if kk.kind != keyValue {
+			kinds[join(kk.table, kk.name)] = kk.kind
+		}
+	}
+	header := func(table string) string {
+		if kinds[table] == keyArray {
+			return "[[" + table + "]]"
+		}
+		return "[" + table + "]"
+	}
+	var elsewhere []string
+	top := false
+	for _, kk := range known {
+		if kk.name != last || kk.table == table {
+			continue
+		}
+		if kk.table == "" {
+			top = true
+		} else {
+			elsewhere = append(elsewhere, header(kk.table))
+		}
+	}
+	const why = " (a key belongs to the table whose header comes before it)"
+	switch {
+	case top && kinds[last] != keyValue:
+		return fmt.Sprintf("%s is a table of its own: start it with its header, %s", last, header(last))
+	case top:
+		return fmt.Sprintf("%s is a top-level key: move it above the first table header%s", last, why)
+	case len(elsewhere) == 1:
+		return fmt.Sprintf("%s is a key of %s: move it under that header%s", last, elsewhere[0], why)
+	case len(elsewhere) > 1:
+		return fmt.Sprintf("%s is a key of %s: move it under one of those headers%s", last, strings.Join(elsewhere, " or "), why)
+	}
+	best, bestD := "", 3
+	for _, kk := range known {
+		if kk.table != table {
+			continue
+		}
+		d, limit := editDistance(last, kk.name), 2
+		if len(last) <= 4 {
+			limit = 1 // "id" is two edits from "on"
+		}
+		if d <= limit && d < bestD {
+			best, bestD = kk.name, d
+			if kk.kind != keyValue {
+				best = header(join(kk.table, kk.name))
+			}
+		}
+	}
+	if best != "" {
+		return "did you mean " + best + "?"
+	}
+	return ""
+}
+
+func join(table, name string) string {
+	if table == "" {
+		return name
+	}
+	return table + "." + name
+}
+
+// editDistance is the Levenshtein distance between a and b.
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
 }
 
 // typeErrRE matches BurntSushi/toml's error for a value of the wrong type.

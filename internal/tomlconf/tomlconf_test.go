@@ -146,3 +146,53 @@ func TestSourceFail(t *testing.T) {
 		t.Errorf("got %q, want %q", got, want)
 	}
 }
+
+// TestDecodeUnknownKeyHints: an unknown key says what it was likely meant
+// to be. A line added at the end of the sample relay.toml lands in its last
+// table, [admin], and "admin.public_host: unknown key" alone left the user
+// looking at a key the sample has.
+func TestDecodeUnknownKeyHints(t *testing.T) {
+	const unknown = "unknown key (see the sample sample.toml for the keys there are)"
+	const why = " (a key belongs to the table whose header comes before it)"
+	for _, tt := range []struct{ name, text, want string }{
+		{"top-level key in a table", "[server]\nport = 1\ntop = \"x\"\n",
+			"s.toml:3: server.top: " + unknown + "; top is a top-level key: move it above the first table header" + why},
+		{"key of another table", "[server]\nport = 1\n[[items]]\nname = \"a\"\nport = 2\n",
+			"s.toml:5: items.port: " + unknown + "; port is a key of [server]: move it under that header" + why},
+		{"key of two other tables", "[[items]]\nname = \"a\"\nlisten = \"x\"\n",
+			"s.toml:3: items.listen: " + unknown + "; listen is a key of [server] or [admin]: move it under one of those headers" + why},
+		{"table as a key", "[server]\nadmin = 1\n",
+			"s.toml:2: server.admin: " + unknown + "; admin is a table of its own: start it with its header, [admin]"},
+		{"misspelt key", "[server]\nports = 1\n", "s.toml:2: server.ports: " + unknown + "; did you mean port?"},
+		{"misspelt key in an item", "[[items]]\nname = \"a\"\nsizes = 1\n", "s.toml:3: items.sizes: " + unknown + "; did you mean size?"},
+		{"misspelt top-level key", "tag = [\"a\"]\n", "s.toml:1: tag: " + unknown + "; did you mean tags?"},
+		{"misspelt duration", "wait_for = \"1s\"\n", "s.toml:1: wait_for: " + unknown},
+		{"misspelt table", "[servers]\nport = 1\n", "s.toml:1: servers: " + unknown + "; did you mean [server]?"},
+		{"misspelt array of tables", "[[item]]\nname = \"a\"\n", "s.toml:1: item: " + unknown + "; did you mean [[items]]?"},
+		{"nothing close", "[server]\nxyzzy = 1\n", "s.toml:2: server.xyzzy: " + unknown},
+		{"short and two edits away", "id = 1\n", "s.toml:1: id: " + unknown},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			var s struct {
+				Top    string   `toml:"top"`
+				Wait   Duration `toml:"wait"`
+				Tags   []string `toml:"tags"`
+				Server struct {
+					Port   int    `toml:"port"`
+					Listen string `toml:"listen"`
+				} `toml:"server"`
+				Admin struct {
+					Listen string `toml:"listen"`
+				} `toml:"admin"`
+				Items []struct {
+					Name string `toml:"name"`
+					Size int    `toml:"size"`
+				} `toml:"items"`
+			}
+			err := Decode("s.toml", tt.text, &s, "sample.toml")
+			if err == nil || err.Error() != tt.want {
+				t.Errorf("error %v\nwant %s", err, tt.want)
+			}
+		})
+	}
+}
