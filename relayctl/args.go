@@ -62,7 +62,16 @@ func reorderArgs(app *cli.App, args []string) []string {
 		if strings.Contains(name, "=") {
 			continue
 		}
-		if takesValue[name] && i+1 < len(rest) {
+		if takesValue[name] {
+			if i+1 == len(rest) {
+				// The last argument, and its value left out: moved
+				// ahead of LOCAL, it would take LOCAL for its value
+				// (`expose 8080 --relay` used --relay 8080, then
+				// said LOCAL was missing). Without what follows
+				// it, the flag package says what is wrong: the
+				// flag needs a value.
+				return append([]string{args[0], args[1]}, flags...)
+			}
 			flags = append(flags, rest[i+1])
 			i++
 		}

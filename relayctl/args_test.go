@@ -33,8 +33,10 @@ func TestReorderArgs(t *testing.T) {
 			"relayctl expose --relay r -"},
 		{"double dash ends flags", "relayctl expose 8080 --relay r -- --token s",
 			"relayctl expose --relay r 8080 -- --token s"},
+		// Not "--relay 8080": that dialed the relay "8080" and then said
+		// LOCAL was missing. Alone, the flag is reported as needing a value.
 		{"missing value at the end", "relayctl expose 8080 --relay",
-			"relayctl expose --relay 8080"},
+			"relayctl expose --relay"},
 		{"unknown flag takes no value", "relayctl expose 8080 --bogus x",
 			"relayctl expose --bogus 8080 x"},
 		{"no command", "relayctl", "relayctl"},

@@ -9,6 +9,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/relaytun/relay/internal/clihelp"
 	"github.com/relaytun/relay/internal/tomlconf"
 	"github.com/relaytun/relay/tunnel"
 )
@@ -53,14 +54,14 @@ var bareDuration = regexp.MustCompile(`^invalid value "([0-9]+(?:\.[0-9]+)?)" fo
 // parse; a duration given as a bare number ("--retry-max-delay 30") says to
 // add a unit, as agent.toml's keys do, instead of "parse error".
 func flagUsageError(c *cli.Context, err error, _ bool) error {
-	if m := bareDuration.FindStringSubmatch(err.Error()); m != nil {
+	if m := bareDuration.FindStringSubmatch(err.Error()); m != nil && c.Command != nil {
 		for _, f := range c.Command.Flags {
 			if d, ok := f.(*cli.DurationFlag); ok && d.Name == m[2] {
 				return cli.Exit(fmt.Sprintf("--%s: %s has no unit: write it with one, such as %ss", m[2], m[1], m[1]), exitUsage)
 			}
 		}
 	}
-	return cli.Exit(err.Error(), exitUsage)
+	return cli.Exit(clihelp.UsageError(c, err, "relayctl"), exitUsage)
 }
 
 func exposeAction(c *cli.Context) error {

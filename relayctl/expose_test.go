@@ -145,7 +145,7 @@ func TestExposeRetryFlags(t *testing.T) {
 		{[]string{"--retry-max-delay", "0s"}, "--retry-max-delay: 0s: must be at least 500ms"},
 		{[]string{"--retry-max-delay", "30"}, "--retry-max-delay: 30 has no unit: write it with one, such as 30s"},
 		{[]string{"--drain-timeout", "1.5"}, "--drain-timeout: 1.5 has no unit: write it with one, such as 1.5s"},
-		{[]string{"--max-retries", "1.5"}, `invalid value "1.5" for flag -max-retries`}, // not a duration
+		{[]string{"--max-retries", "1.5"}, `invalid value "1.5" for flag --max-retries: parse error (see relayctl expose --help)`}, // not a duration
 		{[]string{"--drain-timeout", "-1s"}, "--drain-timeout: -1s: must be a duration"},
 	} {
 		_, err := parseExpose(t, nil, append(base, tt.args...)...)

@@ -34,9 +34,7 @@ func newApp() *cli.App {
 		HideHelpCommand: true,
 		Action:          rootAction,
 		ExitErrHandler:  func(*cli.Context, error) {},
-		OnUsageError: func(c *cli.Context, err error, _ bool) error {
-			return cli.Exit(err.Error(), exitUsage)
-		},
+		OnUsageError:    flagUsageError,
 	}
 	// A command's own flag errors would otherwise print "Incorrect Usage"
 	// and the help on stdout, which carries only the tcp:// lines.

@@ -90,3 +90,42 @@ func TestDefaultControlServed(t *testing.T) {
 		t.Errorf("warning for the default socket served by another agent: %q; want no advice to leave --control out", got)
 	}
 }
+
+// TestFlagErrors: a mistyped or value-less flag is a usage error (exit 2)
+// written as the user typed it (--tokn, not the flag package's -tokn), with
+// the flag meant where one is close and the help to read. A value left off
+// the last flag used to take LOCAL for it: `expose 8080 --relay` dialed the
+// relay "8080", then said LOCAL was missing.
+func TestFlagErrors(t *testing.T) {
+	for _, tt := range []struct {
+		args []string
+		want string // the whole error
+	}{
+		{[]string{"expose", "8080", "--tokn", "x"}, "unknown flag --tokn: did you mean --token? (see relayctl expose --help)"},
+		{[]string{"expose", "8080", "--tokn=x"}, "unknown flag --tokn: did you mean --token? (see relayctl expose --help)"},
+		{[]string{"expose", "8080", "--verbose"}, "unknown flag --verbose (see relayctl expose --help)"},
+		{[]string{"status", "--jsn"}, "unknown flag --jsn: did you mean --json? (see relayctl status --help)"},
+		{[]string{"bench", "--stream", "3"}, "unknown flag --stream: did you mean --streams? (see relayctl bench --help)"},
+		{[]string{"run", "--confg", "a.toml"}, "unknown flag --confg: did you mean --config? (see relayctl run --help)"},
+		{[]string{"--verbose"}, "unknown flag --verbose (see relayctl --help)"},
+		{[]string{"expose", "8080", "--relay"}, "flag --relay needs a value (see relayctl expose --help)"},
+		{[]string{"expose", "8080", "--name", "web", "-r"}, "flag -r needs a value (see relayctl expose --help)"},
+		{[]string{"expose", "8080", "--max-retries", "abc"}, `invalid value "abc" for flag --max-retries: parse error (see relayctl expose --help)`},
+		{[]string{"expose", "8080", "--wait-for-relay=maybe"}, `invalid boolean value "maybe" for --wait-for-relay: parse error (see relayctl expose --help)`},
+		{[]string{"expose", "8080", "--retry-max-delay", "30"}, "--retry-max-delay: 30 has no unit: write it with one, such as 30s"},
+		{[]string{"bench", "--duration", "3"}, "--duration: 3 has no unit: write it with one, such as 3s"},
+	} {
+		app := newApp()
+		var out bytes.Buffer
+		app.Writer = &out
+		app.ErrWriter = &out
+		err := app.Run(reorderArgs(app, append([]string{"relayctl"}, tt.args...)))
+		var ec cli.ExitCoder
+		if !errors.As(err, &ec) || ec.ExitCode() != exitUsage || err.Error() != tt.want {
+			t.Errorf("%q: %v\nwant exit %d saying %q", tt.args, err, exitUsage, tt.want)
+		}
+		if out.Len() != 0 {
+			t.Errorf("%q: printed %q", tt.args, out.String())
+		}
+	}
+}

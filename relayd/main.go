@@ -8,6 +8,8 @@ import (
 	"os"
 
 	"github.com/urfave/cli/v2"
+
+	"github.com/relaytun/relay/internal/clihelp"
 )
 
 func main() {
@@ -38,8 +40,8 @@ func main() {
 }
 
 // usageError keeps help text off stdout and exits 2 for a usage mistake.
-func usageError(_ *cli.Context, err error, _ bool) error {
-	return cli.Exit(err.Error()+" (see relayd --help)", 2)
+func usageError(c *cli.Context, err error, _ bool) error {
+	return cli.Exit(clihelp.UsageError(c, err, "relayd"), 2)
 }
 
 // globalConfigFlag is --config before any command. Only this copy reads

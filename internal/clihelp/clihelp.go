@@ -6,6 +6,7 @@ package clihelp
 
 import (
 	"fmt"
+	"regexp"
 	"strings"
 
 	"github.com/urfave/cli/v2"
@@ -33,4 +34,81 @@ func Help(c *cli.Context, topic string, usage int) error {
 		return cli.ShowCommandHelp(c, topic)
 	}
 	return cli.Exit(fmt.Sprintf("no command %q to show help for (commands: %s)", topic, Commands(c.App)), usage)
+}
+
+// flagErrRE matches the flag package's errors, which name a flag with one
+// dash (-tokn) whatever the user typed (--tokn).
+var flagErrRE = regexp.MustCompile(`^(flag provided but not defined: |flag needs an argument: |invalid (?:boolean )?value "[^"]*" for (?:flag )?)-+([^\s=:]+)(.*)$`)
+
+// UsageError words a flag error of prog's command line as the user typed
+// it, with the flag meant where one is close ("unknown flag --tokn: did
+// you mean --token?"), and where to see the flags (prog CMD --help).
+func UsageError(c *cli.Context, err error, prog string) string {
+	msg := err.Error()
+	help, flags := prog+" --help", c.App.Flags
+	if c.Command != nil && c.Command.Name != "" && c.App.Command(c.Command.Name) != nil {
+		help, flags = prog+" "+c.Command.Name+" --help", c.Command.Flags
+	}
+	if m := flagErrRE.FindStringSubmatch(msg); m != nil {
+		switch m[1] {
+		case "flag provided but not defined: ":
+			msg = "unknown flag " + dashed(m[2])
+			if best := closestFlag(m[2], flags); best != "" {
+				msg += ": did you mean " + dashed(best) + "?"
+			}
+		case "flag needs an argument: ":
+			msg = "flag " + dashed(m[2]) + " needs a value"
+		default:
+			msg = m[1] + dashed(m[2]) + m[3]
+		}
+	}
+	return msg + " (see " + help + ")"
+}
+
+// dashed writes a flag's name as --help shows it: -w, --watch.
+func dashed(name string) string {
+	if len(name) == 1 {
+		return "-" + name
+	}
+	return "--" + name
+}
+
+// closestFlag is the name among flags one or two edits from name, or "".
+func closestFlag(name string, flags []cli.Flag) string {
+	best, bestD := "", 3
+	limit := 2
+	if len(name) <= 4 {
+		limit = 1
+	}
+	for _, f := range flags {
+		for _, n := range f.Names() {
+			if len(n) < 2 {
+				continue
+			}
+			if d := editDistance(name, n); d <= limit && d < bestD {
+				best, bestD = n, d
+			}
+		}
+	}
+	return best
+}
+
+// editDistance is the Levenshtein distance between a and b.
+func editDistance(a, b string) int {
+	prev, cur := make([]int, len(b)+1), make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
 }
