@@ -26,7 +26,7 @@ func Parse(s string) (float64, error) {
 		}
 	}
 	v, err := strconv.ParseFloat(t, 64)
-	if err != nil || v < 0 || math.IsInf(v, 0) || math.IsNaN(v) {
+	if err != nil || v < 0 || math.IsInf(v*mult, 0) || math.IsNaN(v) {
 		return 0, errNotRate
 	}
 	return v * mult, nil
