@@ -636,9 +636,16 @@ func (s *smuxSession) ConnectionState() tls.ConnectionState {
 // records reports whether the session runs on records of our own.
 func (s *smuxSession) records() bool { _, ok := s.conn.(*recordConn); return ok }
 
-func (s *smuxSession) LocalAddr() net.Addr   { return s.tc.LocalAddr() }
-func (s *smuxSession) RemoteAddr() net.Addr  { return s.tc.RemoteAddr() }
-func (s *smuxSession) Kind() string          { return KindTCP }
+func (s *smuxSession) LocalAddr() net.Addr  { return s.tc.LocalAddr() }
+func (s *smuxSession) RemoteAddr() net.Addr { return s.tc.RemoteAddr() }
+func (s *smuxSession) Kind() string         { return KindTCP }
+
+// Windows returns the most a stream, and the session, hold unread: fixed,
+// as smux does not tune them (QUIC does, which is why only this session
+// tells).
+func (s *smuxSession) Windows() (stream, session int) {
+	return s.opts.StreamWindow, s.opts.SessionWindow
+}
 func (s *smuxSession) Done() <-chan struct{} { return s.done }
 
 // CloseWithError closes the session. TLS+smux has no close reason on the

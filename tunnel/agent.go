@@ -241,6 +241,9 @@ type Agent struct {
 	flows   sync.WaitGroup // UDP flows' goroutines
 	active  atomic.Int64
 	link    atomic.Pointer[dgramLink] // the current session's datagram path
+	// received counts the bytes the relay's streams brought to local
+	// servers (the stall guard's sign of a session that moves).
+	received atomic.Int64
 	// pace is the current session's share of its token's max_bandwidth
 	// (LIMIT), which what it reads from local servers keeps to.
 	pace *pace
@@ -512,7 +515,7 @@ func (a *Agent) session(ctx context.Context, reconnect bool, failures int, down 
 		defer wg.Done()
 		a.keepAlive(ctx, ctl)
 	}()
-	guard := newStallGuard(func() bool { return a.answers(ctl, sess.Done()) }, func() *slog.Logger { return log })
+	guard := newStallGuard(func() bool { return a.answers(ctl, sess.Done()) }, windowFills(sess), func() *slog.Logger { return log })
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -591,8 +594,9 @@ func (a *Agent) answers(ctl transport.Stream, done <-chan struct{}) bool {
 	if err != nil {
 		return true
 	}
-	wait := pongWait(answerWait, a.fastest.get(), a.cfg.TransportOptions.IdleTimeout)
-	return pongSince(&a.lastPong, a.pong, sent, wait, done)
+	idle := a.cfg.TransportOptions.IdleTimeout
+	wait := pongWait(answerWait, a.fastest.get(), idle)
+	return pongSince(&a.lastPong, a.pong, sent, wait, max(wait, idle/3), a.received.Load, done)
 }
 
 // answerWait is the least the agent's stall guard waits for a PONG: the
@@ -1278,7 +1282,7 @@ func (a *Agent) carry(ctx context.Context, st transport.Stream, byID map[uint32]
 	joined = true
 	// Stopping at once (not draining) must not wait on a client whose
 	// server is idle: ctx's end closes both.
-	startJoin(ctx, local, st, &t.bytesOut, &t.bytesIn, guard, joinPaces{toB: a.pace}, func(stats JoinStats) {
+	startJoin(ctx, local, st, &t.bytesOut, &t.bytesIn, guard, joinPaces{toB: a.pace, sentA: &a.received}, func(stats JoinStats) {
 		args := []any{"duration", time.Since(start).Round(time.Millisecond), "bytes_in", stats.BToA, "bytes_out", stats.AToB}
 		// A closed stream is the relay's ordinary end of a client; an
 		// aborted one means the client's side failed, so say so.

@@ -482,3 +482,73 @@ func TestNetSimUDPMTU(t *testing.T) {
 			kind, warm, strings.Join(res, " "), up.TooLarge, down.TooLarge)
 	}
 }
+
+// TestNetSimSlowClientOnCongestedUplink: a client that reads slowly (its
+// writes on the relay block for seconds at a time) while another client's
+// download fills the agent's uplink, whose router queues two seconds of
+// data. The control round trip grows with the queue; the stall guard must
+// not take that for a stuck session and reset the slow client.
+func TestNetSimSlowClientOnCongestedUplink(t *testing.T) {
+	netsim(t)
+	endless := startServer(t, func(c net.Conn) {
+		defer c.Close()
+		b := make([]byte, 32<<10)
+		for {
+			if _, err := c.Write(b); err != nil {
+				return
+			}
+		}
+	})
+	for _, kind := range kinds {
+		r := startRelay(t, nil)
+		link := impair.Config{Delay: 50 * time.Millisecond, Rate: 1 << 20, Queue: 2 << 20}
+		p := newSimProxy(t, kind, r.Addr, link)
+		cfg := r.agentConfig(kind, endless)
+		cfg.Relay = p.Addr()
+		a := mustRunAgent(t, cfg)
+		fast, err := net.Dial("tcp", a.Public(0))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var fastBytes atomic.Int64
+		go func() {
+			b := make([]byte, 64<<10)
+			for {
+				n, err := fast.Read(b)
+				fastBytes.Add(int64(n))
+				if err != nil {
+					return
+				}
+			}
+		}()
+		slow, err := net.Dial("tcp", a.Public(0))
+		if err != nil {
+			t.Fatal(err)
+		}
+		slow.(*net.TCPConn).SetReadBuffer(4 << 10)
+		var slowBytes int64
+		var slowErr error
+		start := time.Now()
+		b := make([]byte, 1<<10)
+		for time.Since(start) < 40*time.Second {
+			slow.SetReadDeadline(time.Now().Add(5 * time.Second))
+			n, err := slow.Read(b)
+			slowBytes += int64(n)
+			if err != nil {
+				slowErr = err
+				break
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		fast.Close()
+		slow.Close()
+		resets := strings.Count(r.Log.String(), "reset connections that stopped reading")
+		for _, l := range strings.Split(r.Log.String(), "\n") {
+			if strings.Contains(l, "reset") || strings.Contains(l, "WARN") {
+				t.Log(l)
+			}
+		}
+		t.Logf("%s: 100 ms RTT, 8 Mbit/s uplink with 2 s of queue: fast client %.1f MB in %v; slow client %d bytes, ended by %v; relay guard resets logged: %d",
+			kind, float64(fastBytes.Load())/1e6, time.Since(start).Round(time.Second), slowBytes, slowErr, resets)
+	}
+}

@@ -86,12 +86,12 @@ func (p *pace) step(ctx context.Context, k, burst int) (took bool, err error) {
 	return true, nil
 }
 
-// paced wraps w so that what is written to it keeps to p, adding what it
-// wrote to sent (if not nil); a nil p leaves w as it is. It keeps w's
+// paced wraps w so that what is written to it keeps to p (if not nil),
+// adding what it wrote to sent (if not nil); with neither, it is w. It keeps w's
 // WriteBuffer (writeAll's way of sending from the caller's buffer) when w
 // has one.
 func paced(ctx context.Context, w io.Writer, p *pace, sent *atomic.Int64) io.Writer {
-	if p == nil {
+	if p == nil && sent == nil {
 		return w
 	}
 	pw := &pacedWriter{ctx: ctx, w: w, p: p, sent: sent}
@@ -123,7 +123,7 @@ func (w *pacedWriter) count(n int, err error) (int, error) {
 func (w *pacedWriter) write(b []byte, send func([]byte) (int, error)) (int, error) {
 	written := 0
 	for len(b) > 0 {
-		if !w.p.on.Load() {
+		if w.p == nil || !w.p.on.Load() {
 			n, err := send(b)
 			return written + n, err
 		}

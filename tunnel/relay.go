@@ -454,13 +454,15 @@ type agentConn struct {
 	// share of its token's max_bandwidth it was last given (0: none).
 	paces atomic.Bool
 	limit atomic.Uint64
-	// down counts the bytes the relay passed on from the agent to its
-	// clients; lastDown is its reading at the last tick of
-	// bandwidthLoop, and used the rate since the one before (bytes a
-	// second). Both guarded by the token's shareMu.
-	down     atomic.Int64
-	lastDown int64
-	used     uint64
+	// down and downUDP count the bytes the relay passed on from the
+	// agent's streams and datagrams to its clients (down is also the
+	// stall guard's sign of a session that moves: datagrams pass a
+	// stuck QUIC session's flow control). lastDown is their sum at the
+	// last tick of bandwidthLoop, and used the rate since the one before
+	// (bytes a second); both guarded by the token's shareMu.
+	down, downUDP atomic.Int64
+	lastDown      int64
+	used          uint64
 
 	// saveLease asks register to write the lease table before it replies;
 	// only the control loop's goroutine touches it.
@@ -548,7 +550,7 @@ func (r *Relay) serveSession(ctx context.Context, s transport.Session) {
 	}
 	defer r.forgetAgent(a)
 	a.logger().Info("agent connected")
-	a.guard = newStallGuard(a.answers, a.logger)
+	a.guard = newStallGuard(a.answers, windowFills(s), a.logger)
 	go a.guard.watch(s.Done())
 	// From here on, a shutdown is announced before the session goes.
 	stop()
@@ -645,7 +647,7 @@ func (r *Relay) shareBandwidth(ts *tokenState, measure bool) {
 	if measure {
 		secs := now.Sub(ts.measured).Seconds()
 		for _, a := range sessions {
-			down := a.down.Load()
+			down := a.down.Load() + a.downUDP.Load()
 			if secs > 0 && !ts.measured.IsZero() {
 				a.used = uint64(float64(down-a.lastDown) / secs)
 			}
@@ -877,7 +879,7 @@ func (a *agentConn) answers() bool {
 	}
 	cfg := a.r.config()
 	wait := pongWait(cfg.AnswerTimeout, a.fastest.get(), cfg.Liveness)
-	ok := pongSince(&a.lastPong, a.pong, sent, wait, a.sess.Done())
+	ok := pongSince(&a.lastPong, a.pong, sent, wait, max(wait, cfg.Liveness/3), a.down.Load, a.sess.Done())
 	if a.lastPong.Load() >= sent {
 		a.fastest.observe(time.Duration(time.Now().UnixNano() - sent))
 	}

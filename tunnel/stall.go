@@ -7,6 +7,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/relaytun/relay/transport"
 )
 
 // A client that stops reading (on the relay) or a local server that stops
@@ -40,7 +42,11 @@ type stallGuard struct {
 	// time; it reports true when it cannot tell (its own PING could not
 	// be sent, so the blocked direction is the other one).
 	answers func() bool
-	log     func() *slog.Logger // read per use: a rename changes the token on it
+	// fills reports whether n stalled connections' unread data could
+	// fill the session's window; when it cannot, they are not what holds
+	// the session up, whatever its PONG's delay says.
+	fills func(n int) bool
+	log   func() *slog.Logger // read per use: a rename changes the token on it
 
 	mu      sync.Mutex
 	writers map[*stallWriter]struct{}
@@ -56,8 +62,24 @@ const (
 // errStalled ends a connection the guard reset.
 var errStalled = errors.New("reset: it stopped reading while its unread data held up the session")
 
-func newStallGuard(answers func() bool, log func() *slog.Logger) *stallGuard {
-	return &stallGuard{answers: answers, log: log, writers: make(map[*stallWriter]struct{})}
+func newStallGuard(answers func() bool, fills func(n int) bool, log func() *slog.Logger) *stallGuard {
+	return &stallGuard{answers: answers, fills: fills, log: log, writers: make(map[*stallWriter]struct{})}
+}
+
+// windowFills is the stall guard's fills for sess. A TLS+smux session's
+// windows are fixed, and a stream holds at most its window unread: fewer
+// stalled connections than the session window's worth of stream windows
+// (sixteen, by default) cannot be what fills it, and a late PONG then is
+// a congested path's (over TLS+smux the PING waits behind every byte
+// queued on the connection: seconds, on a full home uplink). QUIC tunes
+// its windows, starting small, so there any number may.
+func windowFills(sess transport.Session) func(n int) bool {
+	w, ok := sess.(interface{ Windows() (stream, session int) })
+	if !ok {
+		return func(int) bool { return true }
+	}
+	stream, session := w.Windows()
+	return func(n int) bool { return n*stream >= session }
 }
 
 // watch checks the writers until done closes.
@@ -76,7 +98,7 @@ func (g *stallGuard) watch(done <-chan struct{}) {
 			grace = alertGrace
 		}
 		stalled := g.stalled(now, grace)
-		if len(stalled) == 0 || g.answers() {
+		if len(stalled) == 0 || !g.fills(len(stalled)) || g.answers() {
 			continue
 		}
 		g.alert = time.Now().Add(alertFor)
@@ -185,17 +207,41 @@ func pongWait(answer, fastest, liveness time.Duration) time.Duration {
 // nanoseconds, as last holds the latest PONG's arrival; pong is signalled
 // at each). It reports whether one came, or true if done closes first: a
 // session that ended is not a stuck one.
-func pongSince(last *atomic.Int64, pong <-chan struct{}, sent int64, wait time.Duration, done <-chan struct{}) bool {
+//
+// A PONG can be late on a session that is not stuck at all: on a
+// congested path (a home uplink filled by a download, its router queueing
+// seconds of it) the PING waits behind the queue, over TLS+smux behind
+// every byte the agent has sent. The guard then took a slow reader for a
+// stuck one and reset it. So while the peer's streams keep bringing data
+// (received, a count of their bytes, grows by movingRate or more a
+// second), the wait goes on, a second at a time, up to most: a session
+// whose window is full brings none, or only what its stuck readers free.
+func pongSince(last *atomic.Int64, pong <-chan struct{}, sent int64, wait, most time.Duration, received func() int64, done <-chan struct{}) bool {
 	timer := time.NewTimer(wait)
 	defer timer.Stop()
+	start, mark, step := time.Now(), received(), wait
 	for last.Load() < sent {
 		select {
 		case <-pong:
 		case <-timer.C:
-			return last.Load() >= sent
+			if last.Load() >= sent {
+				return true
+			}
+			now, got := time.Now(), received()
+			left := most - now.Sub(start)
+			if left <= 0 || float64(got-mark) < movingRate*step.Seconds() {
+				return false
+			}
+			step = min(time.Second, left)
+			mark = got
+			timer.Reset(step)
 		case <-done:
 			return true
 		}
 	}
 	return true
 }
+
+// movingRate is the least a session's streams must bring, in bytes a
+// second, for a late PONG to be taken for a congested path's.
+const movingRate = 16 << 10

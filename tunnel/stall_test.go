@@ -3,8 +3,10 @@ package tunnel
 import (
 	"errors"
 	"io"
+	"log/slog"
 	"net"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -204,6 +206,95 @@ func TestPongWait(t *testing.T) {
 			f.reset()
 			if got := pongWait(answer, f.get(), liveness); got != answer {
 				t.Errorf("after a reset: waits %v, want %v", got, answer)
+			}
+		})
+	}
+}
+
+// TestPongSinceWaitsOnAMovingSession: a PONG later than the wait still
+// counts while the peer's streams keep bringing data (a congested path,
+// where the PING waits in a queue behind that data), up to most; on a
+// session that brings nothing, or only a trickle, the wait is the wait.
+func TestPongSinceWaitsOnAMovingSession(t *testing.T) {
+	t.Parallel()
+	run := func(rate float64, pongAfter, most time.Duration) bool {
+		var last atomic.Int64
+		pong := make(chan struct{}, 1)
+		t0 := time.Now()
+		sent := t0.UnixNano()
+		received := func() int64 { return int64(time.Since(t0).Seconds() * rate) }
+		timer := time.AfterFunc(pongAfter, func() {
+			last.Store(time.Now().UnixNano())
+			pong <- struct{}{}
+		})
+		defer timer.Stop()
+		return pongSince(&last, pong, sent, 200*time.Millisecond, most, received, nil)
+	}
+	if !run(1<<20, time.Second, 20*time.Second) {
+		t.Error("a PONG 1 s late on a session bringing 1 MiB/s was taken for a stuck session")
+	}
+	if run(0, 5*time.Second, 20*time.Second) {
+		t.Error("a session bringing nothing was given more than its wait")
+	}
+	if run(movingRate/4, 5*time.Second, 20*time.Second) {
+		t.Error("a session bringing a trickle (what stuck readers free) was given more than its wait")
+	}
+	if run(1<<20, 10*time.Second, 500*time.Millisecond) {
+		t.Error("a moving session's wait went past most")
+	}
+}
+
+// windowed is a session with fixed windows, as TLS+smux's are.
+type windowed struct {
+	transport.Session
+	stream, session int
+}
+
+func (w windowed) Windows() (int, int) { return w.stream, w.session }
+
+// TestWindowFills: on a session with fixed windows, fewer stalled
+// connections than the session window's worth of stream windows cannot
+// fill it; where windows are tuned (QUIC), any number may.
+func TestWindowFills(t *testing.T) {
+	fills := windowFills(windowed{stream: 4 << 20, session: 64 << 20})
+	if fills(15) || !fills(16) || !fills(40) {
+		t.Errorf("4 MiB streams, 64 MiB session: fills(15, 16, 40) = %v, %v, %v; want false, true, true", fills(15), fills(16), fills(40))
+	}
+	if any := windowFills(&stubSession{kind: "quic"}); !any(1) {
+		t.Error("a session without fixed windows: one stalled connection was taken as unable to fill it")
+	}
+}
+
+// TestStallGuardLeavesFewStalledAlone: a late PONG with one connection
+// stalled, on a session whose window one connection cannot fill, is a
+// congested path's (the PING queued behind the session's data), not a
+// stuck session's: the guard leaves the connection be. Before, it reset
+// a client reading slowly beside a download filling the agent's uplink.
+func TestStallGuardLeavesFewStalledAlone(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		fills bool
+	}{{"cannot fill", false}, {"can fill", true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			g := newStallGuard(func() bool { return false }, func(int) bool { return tc.fills }, func() *slog.Logger { return slog.New(slog.DiscardHandler) })
+			c, peer := net.Pipe() // nothing reads peer: writes to c block
+			defer peer.Close()
+			reset := make(chan struct{})
+			w := g.add(c, func() { close(reset); c.Close() })
+			go w.Write([]byte("stuck"))
+			done := make(chan struct{})
+			defer close(done)
+			go g.watch(done)
+			select {
+			case <-reset:
+				if !tc.fills {
+					t.Fatal("the guard reset a stalled connection that could not fill the session's window")
+				}
+			case <-time.After(stallGrace + 3*stallInterval):
+				if tc.fills {
+					t.Fatal("the guard left a stalled connection that could fill the window, with its PONG late")
+				}
 			}
 		})
 	}

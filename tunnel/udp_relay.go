@@ -250,7 +250,7 @@ func (a *agentConn) deliverUDP(p []byte) {
 		g.dropUDP() // over the token's max_bandwidth
 		return
 	}
-	a.down.Add(int64(len(payload)))
+	a.downUDP.Add(int64(len(payload)))
 	// Only the client's datagrams keep a flow alive: otherwise an agent
 	// could keep sending, from the relay's address, to someone who once
 	// sent one spoofed datagram.
