@@ -46,6 +46,7 @@ func wrap(agent *tunnel.Agent, p *agentPlan, command []string) error {
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, forwarded...)
 	defer signal.Stop(sigs)
+	warnTaken(p.cfg.Tunnels, command[0], log)
 	ch, err := startChild(command, log)
 	if err != nil {
 		return cli.Exit(fmt.Sprintf("starting %s: %v", command[0], pathErr(err)), exitFailure)
@@ -92,6 +93,24 @@ func wrap(agent *tunnel.Agent, p *agentPlan, command []string) error {
 				return cli.Exit(fmt.Sprintf("the tunnels ended; %s was stopped", ch.name), exitFailure)
 			}
 			return agentExit(err, p.cfg.Relay)
+		}
+	}
+}
+
+// warnTaken warns of each TCP local server that accepts connections
+// before the command has started: another program holds its port, the
+// wait for the command's server ends at once on it, and clients reach it
+// rather than the command (which may then fail to listen).
+func warnTaken(tunnels []tunnel.TunnelSpec, command string, log *slog.Logger) {
+	d := net.Dialer{Timeout: 300 * time.Millisecond}
+	for _, t := range tunnels {
+		if t.Protos == tunnel.ProtoUDP {
+			continue
+		}
+		if c, err := d.Dial("tcp", t.Local); err == nil {
+			c.Close()
+			log.Warn("something already accepts connections on the local address before the command has started: clients will reach it, not the command, which may fail to listen there; stop that program, or give the command and LOCAL another port",
+				"local", t.Local, "command", command)
 		}
 	}
 }

@@ -161,6 +161,19 @@ func TestWrap(t *testing.T) {
 		}
 	})
 
+	t.Run("port taken", func(t *testing.T) {
+		t.Parallel()
+		local := pt.StartEcho(t, "")
+		p := pt.Start(t, nil, pt.RelayctlBin, append(append([]string{"expose", local}, relay...), "--", "sh", "-c", "sleep 1; exit 3")...)
+		if code := p.Wait(pt.ExitTimeout); code != 3 {
+			t.Errorf("exit %d, want the command's 3", code)
+		}
+		want := `level=WARN msg="something already accepts connections on the local address before the command has started: clients will reach it, not the command, which may fail to listen there; stop that program, or give the command and LOCAL another port" local=` + local + " command=sh"
+		if !strings.Contains(p.Stderr.String(), want) {
+			t.Errorf("stderr lacks %s:\n%s", want, p.Stderr.String())
+		}
+	})
+
 	// The relay is never dialed in these: the command ends first.
 	for _, tc := range []struct {
 		name    string
