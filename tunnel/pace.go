@@ -3,6 +3,7 @@ package tunnel
 import (
 	"context"
 	"io"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -18,22 +19,55 @@ import (
 // atomic load, so every connection can carry one and a reload that sets
 // a limit reaches the connections already open.
 type pace struct {
-	on  atomic.Bool
-	lim *rate.Limiter
+	on atomic.Bool
+	// lim is the bucket at the rate in force: a change of rate puts a
+	// new one in its place, whose burst never changes.
+	lim atomic.Pointer[rate.Limiter]
+
+	// mu guards rate, the rate set last (bytes a second; 0: none), and
+	// changed, which a set that changes it closes and replaces: the
+	// writes waiting then start over with the new bucket (or go, the
+	// pace lifted), rather than wait out what the old one gave them (at
+	// a low rate, minutes). What they had reserved goes with the old
+	// bucket: they sent none of it.
+	mu      sync.Mutex
+	rate    uint64
+	changed chan struct{}
 }
 
-func newPace() *pace { return &pace{lim: rate.NewLimiter(rate.Inf, 0)} }
+func newPace() *pace {
+	p := &pace{changed: make(chan struct{})}
+	p.lim.Store(rate.NewLimiter(rate.Inf, 0))
+	return p
+}
 
 // set makes the rate bytesPerSec, or no limit for 0.
 func (p *pace) set(bytesPerSec uint64) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if bytesPerSec == p.rate {
+		return // a reload that left it alone: the waits go on
+	}
+	p.rate = bytesPerSec
 	if bytesPerSec == 0 {
 		p.on.Store(false)
-		p.lim.SetLimit(rate.Inf)
-		return
+	} else {
+		p.lim.Store(rate.NewLimiter(rate.Limit(bytesPerSec), paceBurst(bytesPerSec)))
+		p.on.Store(true)
 	}
-	p.lim.SetBurst(paceBurst(bytesPerSec))
-	p.lim.SetLimit(rate.Limit(bytesPerSec))
-	p.on.Store(true)
+	close(p.changed)
+	p.changed = make(chan struct{})
+}
+
+// state is the pace's bucket (nil when it is off) and the channel its
+// next change closes.
+func (p *pace) state() (*rate.Limiter, <-chan struct{}) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if !p.on.Load() {
+		return nil, nil
+	}
+	return p.lim.Load(), p.changed
 }
 
 // paceBurst is how many bytes may go at once: a tenth of a second's worth,
@@ -46,44 +80,38 @@ func paceBurst(bytesPerSec uint64) int {
 // allow takes n bytes from the pace now, reporting false (taking nothing)
 // when they are over it: a datagram then is dropped.
 func (p *pace) allow(n int) bool {
-	return !p.on.Load() || p.lim.AllowN(time.Now(), n)
+	return !p.on.Load() || p.lim.Load().AllowN(time.Now(), n)
 }
 
 // wait blocks until n bytes may go, in steps no larger than the burst.
-// It returns ctx's error if ctx ends first.
+// It returns ctx's error if ctx ends first. A step waiting when the rate
+// changes starts over with the new bucket, or goes at once when the pace
+// was lifted.
 func (p *pace) wait(ctx context.Context, n int) error {
 	for n > 0 && p.on.Load() {
-		burst := p.lim.Burst()
-		k := min(n, burst)
-		if k <= 0 {
-			return nil // turned off meanwhile
+		lim, changed := p.state()
+		if lim == nil {
+			return nil // lifted meanwhile
 		}
-		took, err := p.step(ctx, k, burst)
-		if err != nil {
-			return err
+		k := min(n, lim.Burst()) // within this bucket's burst, which stays
+		now := time.Now()
+		r := lim.ReserveN(now, k)
+		if d := r.DelayFrom(now); d > 0 {
+			t := time.NewTimer(d)
+			select {
+			case <-t.C:
+			case <-changed:
+				t.Stop()
+				continue
+			case <-ctx.Done():
+				t.Stop()
+				r.Cancel()
+				return ctx.Err()
+			}
 		}
-		if took {
-			n -= k
-		}
+		n -= k
 	}
 	return nil
-}
-
-// step waits for k bytes, chosen when the burst was burst. It reports
-// false, and no error, when a reload shrank the burst under k meanwhile
-// (rate.Limiter refuses a step over its burst): the caller takes a
-// smaller one, rather than fail and cut its connection.
-func (p *pace) step(ctx context.Context, k, burst int) (took bool, err error) {
-	if err := p.lim.WaitN(ctx, k); err != nil {
-		if ctx.Err() != nil {
-			return false, ctx.Err()
-		}
-		if p.lim.Burst() != burst {
-			return false, nil
-		}
-		return false, err
-	}
-	return true, nil
 }
 
 // paced wraps w so that what is written to it keeps to p (if not nil),
@@ -127,7 +155,7 @@ func (w *pacedWriter) write(b []byte, send func([]byte) (int, error)) (int, erro
 			n, err := send(b)
 			return written + n, err
 		}
-		k := min(len(b), max(w.p.lim.Burst(), 1))
+		k := min(len(b), max(w.p.lim.Load().Burst(), 1))
 		if err := w.p.wait(w.ctx, k); err != nil {
 			return written, err
 		}

@@ -380,19 +380,63 @@ func TestMaxBandwidthUDP(t *testing.T) {
 	})
 }
 
-// TestPaceBurstShrinks: a step chosen under one burst, taken after a
-// reload lowered the limit and the burst under it, is retried smaller
-// rather than fail, which would cut its connection.
-func TestPaceBurstShrinks(t *testing.T) {
-	p := newPace()
-	p.set(10 << 20)
-	burst := p.lim.Burst()
-	p.set(1 << 20) // between the step's choice and its wait
-	took, err := p.step(context.Background(), burst, burst)
-	if took || err != nil {
-		t.Fatalf("a step over a shrunk burst: took %v, %v; want to be told to take a smaller one", took, err)
+// TestPaceChangeReachesWaits: a write already waiting for its pace takes
+// up a new rate at once, raised or lifted, rather than wait out what the
+// old rate gave it (at 1 B/s, a burst takes four and a half hours).
+func TestPaceChangeReachesWaits(t *testing.T) {
+	for _, change := range []struct {
+		name string
+		rate uint64
+	}{{"raised", 1 << 30}, {"lifted", 0}} {
+		t.Run(change.name, func(t *testing.T) {
+			p := newPace()
+			p.set(1)
+			burst := paceBurst(1)
+			p.lim.Load().ReserveN(time.Now(), burst) // the bucket is empty
+			w := paced(context.Background(), io.Discard, p, nil)
+			done := make(chan error, 1)
+			go func() { _, err := w.Write(make([]byte, 2*burst)); done <- err }()
+			time.Sleep(50 * time.Millisecond) // the write waits
+			p.set(change.rate)
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Fatalf("the waiting write: %v", err)
+				}
+			case <-time.After(30 * time.Second):
+				t.Fatalf("a write waiting at 1 B/s did not take up the pace %s meanwhile", change.name)
+			}
+		})
 	}
-	if err := p.wait(context.Background(), burst); err != nil {
-		t.Fatalf("a wait of more than the burst: %v", err)
-	}
+}
+
+// TestMaxBandwidthRaisedReachesWaits: a reload that raises a token's
+// limit speeds up a download held back by the old one at once, on the
+// agent (its LIMIT) and on the relay, rather than after the waits the
+// old rate gave it.
+func TestMaxBandwidthRaisedReachesWaits(t *testing.T) {
+	forEachTransport(t, func(t *testing.T, kind string) {
+		const rate, size = 16, 256 << 10 // a 4 KiB read takes four minutes
+		r := startRelay(t, func(c *RelayConfig) { c.Tokens[0].MaxBandwidth = rate })
+		a := mustRunAgent(t, r.agentConfig(kind, startServer(t, sendN(size))))
+		waitFor(t, "the agent to hear its LIMIT", 5*time.Second, func() bool { return a.agent.Status().Limit == rate })
+		c, err := net.Dial("tcp", a.Public(0))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		got := make(chan int64, 1)
+		go func() { n, _ := io.Copy(io.Discard, c); got <- n }()
+		time.Sleep(time.Second) // the download waits for its pace
+
+		cfg := *r.Relay.config()
+		cfg.Tokens = []Token{{ID: "test", Secret: testSecret, MaxBandwidth: 1 << 30}}
+		if _, err := r.Relay.Reload(cfg); err != nil {
+			t.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(30 * time.Second))
+		if n := <-got; n != size {
+			t.Fatalf("download: %d of %d bytes within 30 s of the limit raised to 8.6 Gbit/s", n, size)
+		}
+	})
 }
