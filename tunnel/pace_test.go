@@ -440,3 +440,52 @@ func TestMaxBandwidthRaisedReachesWaits(t *testing.T) {
 		}
 	})
 }
+
+// TestMaxBandwidthReloadClosesAgentThatCannotPace: a reload that gives a
+// token a limit closes, by CLOSED, the tunnels of its agents too old to
+// keep to LIMIT, as a REGISTER of theirs would be refused: their data over
+// the limit would wait in their sessions' windows, their PINGs behind it,
+// until the relay dropped them as silent. An agent that paces keeps its
+// tunnel, and hears its LIMIT.
+func TestMaxBandwidthReloadClosesAgentThatCannotPace(t *testing.T) {
+	forEachTransport(t, func(t *testing.T, kind string) {
+		r := startRelay(t, nil)
+		ctl := authenticate(t, dialRaw(t, r, kind))
+		ctl.SetDeadline(time.Now().Add(10 * time.Second))
+		if err := WriteMessage(ctl, &Register{Request: 1, Name: "old", Protos: ProtoTCP}); err != nil {
+			t.Fatal(err)
+		}
+		m, err := ReadMessage(ctl)
+		if err != nil {
+			t.Fatal(err)
+		}
+		reg, ok := m.(*Registered)
+		if !ok {
+			t.Fatalf("got %#v, want REGISTERED", m)
+		}
+		a := mustRunAgent(t, r.agentConfig(kind, startServer(t, echo)))
+
+		cfg := *r.Relay.config()
+		cfg.Tokens = []Token{{ID: "test", Secret: testSecret, MaxBandwidth: 1 << 20}}
+		if _, err := r.Relay.Reload(cfg); err != nil {
+			t.Fatal(err)
+		}
+		want := &Closed{Tunnel: reg.Tunnel, Code: CodeForbidden, Text: `token "test" has a bandwidth limit (max_bandwidth) that this agent is too old to keep to: upgrade relayctl`}
+		if m, err := ReadMessage(ctl); err != nil {
+			t.Fatalf("after the reload that set a limit: %v; want %#v", err, want)
+		} else if c, ok := m.(*Closed); !ok || *c != *want {
+			t.Fatalf("after the reload that set a limit: %#v, want %#v", m, want)
+		}
+		waitFor(t, "the agent that paces to hear its LIMIT", 5*time.Second, func() bool { return a.agent.Status().Limit == 1<<20 })
+		if s := a.Log.String(); strings.Contains(s, "closed") {
+			t.Errorf("the agent that paces lost its tunnel:\n%s", s)
+		}
+		c, err := net.Dial("tcp", a.Public(0))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		exchange(t, c, []byte("still open"))
+	})
+}

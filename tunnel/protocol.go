@@ -113,7 +113,9 @@
 // An agent that keeps to LIMIT sets 0x40 in every REGISTER's protos; the
 // relay sends LIMIT only to such a session, and refuses a tunnel of a
 // token with a limit to one that does not (it would fill its session's
-// window, and be dropped as silent). A relay older than the bit refuses
+// window, and be dropped as silent); a reload that gives the token a
+// limit closes such a session's tunnels by CLOSED, with the same text.
+// A relay older than the bit refuses
 // it as an unsupported protocol set, and the agent registers again
 // without it.
 //

@@ -450,10 +450,14 @@ type agentConn struct {
 	// goes out, and a reload after that one leaves it alone.
 	kicked bool
 
-	// paces: the agent keeps to LIMIT (REGISTER's bit). limit is the
-	// share of its token's max_bandwidth it was last given (0: none).
+	// paces: the agent keeps to LIMIT (REGISTER's bit), and a tunnel of
+	// its was granted. limit is the share of its token's max_bandwidth it
+	// was last given (0: none).
 	paces atomic.Bool
 	limit atomic.Uint64
+	// canPace: a REGISTER of the agent's carried the bit. Set before the
+	// REGISTER is served, so a reload that finds the tunnel finds it set.
+	canPace atomic.Bool
 	// down and downUDP count the bytes the relay passed on from the
 	// agent's streams and datagrams to its clients (down is also the
 	// stall guard's sign of a session that moves: datagrams pass a
@@ -735,6 +739,12 @@ func (r *Relay) bandwidthLoop(ctx context.Context) {
 	}
 }
 
+// cannotPace says why an agent that does not keep to LIMIT may carry no
+// tunnel of tok, which has a bandwidth limit.
+func cannotPace(tok *Token) string {
+	return fmt.Sprintf("token %q has a bandwidth limit (max_bandwidth) that this agent is too old to keep to: upgrade relayctl", tok.ID)
+}
+
 // sendLimit tells the agent its share as it is when the frame goes out
 // (of two racing, the later says the latest), trying again while the
 // control stream is too busy to take it.
@@ -942,6 +952,9 @@ func (a *agentConn) controlLoop(ctx context.Context) error {
 			// in Agent.expect. A reply stuck behind a full stream keeps
 			// probes off for at most the liveness timeout.
 			a.registering.Store(true)
+			if m.Paces {
+				a.canPace.Store(true)
+			}
 			reply := a.register(ctx, m)
 			err := a.send(reply)
 			a.registering.Store(false)
@@ -1133,7 +1146,7 @@ func (a *agentConn) register(ctx context.Context, m *Register) Message {
 	if tok := a.token.token(); tok.MaxBandwidth > 0 && !m.Paces {
 		// Its data over the limit would wait unread in its session's
 		// window until the session stalled (protocol.go, LIMIT).
-		return fail(CodeForbidden, "token %q has a bandwidth limit (max_bandwidth) that this agent is too old to keep to: upgrade relayctl", tok.ID)
+		return fail(CodeForbidden, "%s", cannotPace(tok))
 	}
 	allow, err := ParsePrefixes(m.Allow)
 	if err != nil {

@@ -206,8 +206,17 @@ func (r *Relay) Reload(cfg RelayConfig) (ReloadResult, error) {
 			kicks = append(kicks, kick{a: a, code: ref.Code, text: ref.Text})
 			continue
 		}
+		// A limit set on the token reaches an agent too old to keep to
+		// LIMIT as a REGISTER of its would: its tunnels close.
+		tooOld := ""
+		if tok := a.token.token(); tok.MaxBandwidth > 0 && !a.canPace.Load() {
+			tooOld = cannotPace(tok)
+		}
 		for id, m := range a.members {
 			why, ok := stranded[m]
+			if !ok && tooOld != "" {
+				why, ok = ruling{text: tooOld, forbidden: true}, true
+			}
 			if !ok && moved[m.g] {
 				moves = append(moves, move{a: a, id: id, g: m.g})
 				continue
