@@ -19,7 +19,7 @@
 //	  | <------------ REGISTERED {req, tunnel, port}|  (or ERROR {req, code, text})
 //	  | PING / PONG, either way, any time           |  liveness and round-trip time
 //	  | DRAIN {tunnel}, either way, any time        |  no new clients (see below)
-//	  | <------------------------- LIMIT {rate}      |  the token's max_bandwidth
+//	  | <------------------------ LIMIT {rate}      |  a share of the token's max_bandwidth
 //
 // EKM is 32 bytes of TLS keying material (RFC 5705/8446 exporter, label
 // "EXPORTER-relay-auth", no context), so a proof is bound to one TLS session:
@@ -104,8 +104,14 @@
 // the session, over all its tunnels together (streams' bytes and
 // datagrams' payloads; 0: no limit). It comes when the token has a
 // max_bandwidth, once the first tunnel is registered, and again whenever
-// the agent's share changes (the token's limit is split evenly among its
-// sessions with tunnels, and a reload may change it). The agent paces
+// the agent's share changes by more than a twentieth, or to or from 0. The
+// token's limit is shared among its sessions that were granted a tunnel
+// with the bit below (those whose tunnels have closed since too): a lone
+// session gets all of it; with several, each starts with an even share,
+// and once a second a session that used at least half of its share gets
+// what the others leave, never less than an even share (Relay.shares). A
+// session coming or going, and a reload that sets, changes or lifts the
+// limit (LIMIT 0), share it again at once. The agent paces
 // what it reads from its local servers to it and drops datagrams over it.
 // The relay enforces the whole token's limit itself too, so an agent that
 // does not keep to it gains nothing: the data it sends too fast waits
