@@ -476,6 +476,9 @@ func TestMaxBandwidthReloadClosesAgentThatCannotPace(t *testing.T) {
 		} else if c, ok := m.(*Closed); !ok || *c != *want {
 			t.Fatalf("after the reload that set a limit: %#v, want %#v", m, want)
 		}
+		if s := r.Log.String(); !strings.Contains(s, `msg="closing the agent's tunnel after reload" agent=`) || !strings.Contains(s, `name=old reason="token \"test\" has a bandwidth limit`) {
+			t.Errorf("the relay did not log which tunnel it closed, and why:\n%s", s)
+		}
 		waitFor(t, "the agent that paces to hear its LIMIT", 5*time.Second, func() bool { return a.agent.Status().Limit == 1<<20 })
 		if s := a.Log.String(); strings.Contains(s, "closed") {
 			t.Errorf("the agent that paces lost its tunnel:\n%s", s)

@@ -128,6 +128,7 @@ func (r *Relay) Reload(cfg RelayConfig) (ReloadResult, error) {
 		code   ErrorCode
 		text   string
 		tunnel uint32
+		name   string // the tunnel's, for a CLOSED
 	}
 	var kicks []kick
 	r.mu.Lock()
@@ -232,7 +233,7 @@ func (r *Relay) Reload(cfg RelayConfig) (ReloadResult, error) {
 				if why.code != 0 {
 					code = why.code
 				}
-				closed = append(closed, kick{a: a, code: code, text: why.text, tunnel: id})
+				closed = append(closed, kick{a: a, code: code, text: why.text, tunnel: id, name: m.g.key.Name})
 				delete(a.members, id)
 				a.byID.Delete(id)
 				// Not away: it will not be back (a tunnel that moved on
@@ -278,6 +279,7 @@ func (r *Relay) Reload(cfg RelayConfig) (ReloadResult, error) {
 	for _, c := range closed {
 		go func() {
 			defer r.wg.Done()
+			c.a.logger().Info("closing the agent's tunnel after reload", "name", c.name, "reason", c.text)
 			c.a.notice(&Closed{Tunnel: c.tunnel, Code: c.code, Text: c.text})
 		}()
 	}
