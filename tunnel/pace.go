@@ -83,15 +83,16 @@ func (p *pace) allow(n int) bool {
 	return !p.on.Load() || p.lim.Load().AllowN(time.Now(), n)
 }
 
-// wait blocks until n bytes may go, in steps no larger than the burst.
-// It returns ctx's error if ctx ends first. A step waiting when the rate
-// changes starts over with the new bucket, or goes at once when the pace
-// was lifted.
-func (p *pace) wait(ctx context.Context, n int) error {
-	for n > 0 && p.on.Load() {
+// take blocks until up to n bytes may go, and says how many: n, or the
+// burst of the bucket in force when that is smaller (all n when the pace
+// is off). It returns ctx's error if ctx ends first. A take waiting when
+// the rate changes starts over with the new bucket, its burst, or goes
+// at once when the pace was lifted.
+func (p *pace) take(ctx context.Context, n int) (int, error) {
+	for {
 		lim, changed := p.state()
 		if lim == nil {
-			return nil // lifted meanwhile
+			return n, nil // off
 		}
 		k := min(n, lim.Burst()) // within this bucket's burst, which stays
 		now := time.Now()
@@ -106,12 +107,11 @@ func (p *pace) wait(ctx context.Context, n int) error {
 			case <-ctx.Done():
 				t.Stop()
 				r.Cancel()
-				return ctx.Err()
+				return 0, ctx.Err()
 			}
 		}
-		n -= k
+		return k, nil
 	}
-	return nil
 }
 
 // paced wraps w so that what is written to it keeps to p (if not nil),
@@ -147,7 +147,9 @@ func (w *pacedWriter) count(n int, err error) (int, error) {
 
 // write sends b through send in pieces of the pace's burst, each once the
 // pace allows it, so a big write does not take the whole rate at once
-// while other connections wait.
+// while other connections wait. A piece is sized by the bucket it waited
+// for: one waiting when the rate is lowered goes in the new, smaller
+// pieces, the first as soon as the new rate allows.
 func (w *pacedWriter) write(b []byte, send func([]byte) (int, error)) (int, error) {
 	written := 0
 	for len(b) > 0 {
@@ -155,8 +157,8 @@ func (w *pacedWriter) write(b []byte, send func([]byte) (int, error)) (int, erro
 			n, err := send(b)
 			return written + n, err
 		}
-		k := min(len(b), max(w.p.lim.Load().Burst(), 1))
-		if err := w.p.wait(w.ctx, k); err != nil {
+		k, err := w.p.take(w.ctx, len(b))
+		if err != nil {
 			return written, err
 		}
 		n, err := send(b[:k])
