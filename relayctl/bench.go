@@ -76,6 +76,10 @@ type BenchResult struct {
 	NewConnections float64 `json:"new_connections_per_second"`
 	// UDP is absent when the test was skipped (--udp-rate 0).
 	UDP *BenchUDP `json:"udp,omitempty"`
+	// Limit is what the relay let this agent send at the end, bits per
+	// second (its token's max_bandwidth, or its share of it); absent
+	// when the relay set none. The figures then show the limit.
+	Limit float64 `json:"relay_limit_bits_per_second,omitempty"`
 }
 
 // BenchUDP is the UDP test's outcome.
@@ -242,6 +246,7 @@ func benchAction(c *cli.Context) error {
 		lines = append(lines, [2]string{st.name, out})
 	}
 	prog.finish()
+	res.Limit = 8 * float64(agent.Status().Limit)
 
 	if c.Bool("json") {
 		enc := json.NewEncoder(c.App.Writer)
@@ -255,6 +260,9 @@ func benchAction(c *cli.Context) error {
 	}
 	if res.UDP != nil {
 		fmt.Fprintf(tw, "UDP one-way delay\tp50 %.3f ms  p99 %.3f ms (%d of %d datagrams arrived)\n", res.UDP.DelayP50, res.UDP.DelayP99, res.UDP.Received, res.UDP.Sent)
+	}
+	if res.Limit > 0 {
+		fmt.Fprintf(tw, "note: the relay limits the token's bandwidth (max_bandwidth); this agent could send at most %s: the figures show the limit, not the path\n", formatBits(res.Limit))
 	}
 	return tw.Flush()
 }

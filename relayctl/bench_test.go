@@ -166,6 +166,32 @@ func TestBenchTable(t *testing.T) {
 	if strings.Contains(out, "UDP") {
 		t.Errorf("--udp-rate 0 still ran the UDP test:\n%s", out)
 	}
+	if strings.Contains(out, "note:") {
+		t.Errorf("a note under the table of a relay with no limit:\n%s", out)
+	}
+}
+
+// TestBenchLimited: against a token with a max_bandwidth, bench says its
+// figures show the limit, in the table and in --json.
+func TestBenchLimited(t *testing.T) {
+	t.Parallel()
+	r := pt.NewRelayd(t, pt.TokensTOML+"max_bandwidth = \"100M\"\n")
+	args := []string{"bench", "--duration", "200ms", "--udp-rate", "0", "--streams", "2",
+		"--relay", r.Addr, "--token", pt.TestSecret, "--fingerprint", r.FP}
+	out, errOut, code := pt.Run(t, nil, pt.RelayctlBin, args...)
+	if code != 0 {
+		t.Fatalf("relayctl bench: exit %d\nstderr:\n%s", code, errOut)
+	}
+	if want := "note: the relay limits the token's bandwidth (max_bandwidth); this agent could send at most 100.0 Mbit/s: the figures show the limit, not the path\n"; !strings.HasSuffix(out, want) {
+		t.Errorf("the table does not end %q:\n%s", want, out)
+	}
+	out, errOut, code = pt.Run(t, nil, pt.RelayctlBin, append(args, "--json")...)
+	if code != 0 {
+		t.Fatalf("relayctl bench --json: exit %d\nstderr:\n%s", code, errOut)
+	}
+	if !strings.Contains(out, `"relay_limit_bits_per_second": 100000000`) {
+		t.Errorf("--json lacks relay_limit_bits_per_second 100000000:\n%s", out)
+	}
 }
 
 // TestBenchErrors: each mistake gets expose's exit code and one line
