@@ -78,9 +78,15 @@ func paceBurst(bytesPerSec uint64) int {
 }
 
 // allow takes n bytes from the pace now, reporting false (taking nothing)
-// when they are over it: a datagram then is dropped.
+// when they are over it: a datagram then is dropped. A datagram larger
+// than the burst (up to 64 KiB, at a low limit) takes a whole one when the
+// bucket is full: otherwise it could never pass, however slowly sent.
 func (p *pace) allow(n int) bool {
-	return !p.on.Load() || p.lim.Load().AllowN(time.Now(), n)
+	if !p.on.Load() {
+		return true
+	}
+	lim := p.lim.Load()
+	return lim.AllowN(time.Now(), min(n, lim.Burst()))
 }
 
 // take blocks until up to n bytes may go, and says how many: n, or the

@@ -520,3 +520,20 @@ func TestPaceLoweredSplitsWaitingWrite(t *testing.T) {
 		t.Errorf("after the rate was lowered, the waiting write sent a piece of %d bytes; the new burst is %d", n, paceBurst(low))
 	}
 }
+
+// TestPaceAllowsDatagramOverBurst: a datagram larger than the burst (64
+// KiB at 1 Mbit/s, whose burst is 16 KiB) passes when the bucket is full,
+// as one burst, and not again until it has refilled.
+func TestPaceAllowsDatagramOverBurst(t *testing.T) {
+	p := newPace()
+	p.set(125_000)
+	if burst := paceBurst(125_000); burst >= 64<<10 {
+		t.Fatalf("burst %d: the case needs a datagram over it", burst)
+	}
+	if !p.allow(64 << 10) {
+		t.Fatal("a 64 KiB datagram was dropped by a full bucket")
+	}
+	if p.allow(64 << 10) {
+		t.Error("a second 64 KiB datagram passed an empty bucket")
+	}
+}
