@@ -6,11 +6,11 @@ import (
 	"crypto/x509"
 	"errors"
 	"net"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/quic-go/quic-go"
+	"github.com/relaytun/relay/internal/quictest"
 )
 
 // TestQUICHandshakeFailures: a QUIC handshake that fails never reaches
@@ -56,8 +56,8 @@ func TestQUICHandshakeFailures(t *testing.T) {
 		}
 	}
 
-	stallQUICHandshake(t, srv.addr)
-	sendUDP(t, srv.addr, garbageInitial())
+	quictest.StallHandshake(t, srv.addr, testALPN)
+	sendUDP(t, srv.addr, quictest.GarbageInitial())
 	sendUDP(t, srv.addr, []byte("GET / HTTP/1.0\r\n\r\n")) // no Initial: dropped
 	errs := herrs.wait(t, 2)[2:]
 	for _, err := range errs {
@@ -69,7 +69,7 @@ func TestQUICHandshakeFailures(t *testing.T) {
 
 	// A handshake in progress when the listener closes is refused by
 	// quic-go, which is no failure of the peer's.
-	stallQUICHandshake(t, srv.addr)
+	quictest.StallHandshake(t, srv.addr, testALPN)
 	time.Sleep(100 * time.Millisecond)
 	srv.ln.Close()
 	time.Sleep(2 * o.HandshakeTimeout)
@@ -78,58 +78,6 @@ func TestQUICHandshakeFailures(t *testing.T) {
 	if len(herrs.errs) != 4 {
 		t.Errorf("onErr heard %d failures, want 4: %v", len(herrs.errs), herrs.errs)
 	}
-}
-
-// stallQUICHandshake starts a QUIC handshake with addr whose client sends
-// its first datagram and nothing after it: to the relay, a handshake that
-// never completes.
-func stallQUICHandshake(t testing.TB, addr string) {
-	t.Helper()
-	ua, err := net.ResolveUDPAddr("udp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	uc, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	tr := &quic.Transport{Conn: &firstDatagramOnly{PacketConn: uc}}
-	t.Cleanup(func() { tr.Close(); uc.Close() })
-	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
-	defer cancel()
-	tlsConf := &tls.Config{ServerName: "127.0.0.1", NextProtos: []string{testALPN}, InsecureSkipVerify: true}
-	if c, err := tr.Dial(ctx, ua, tlsConf, &quic.Config{}); err == nil {
-		c.CloseWithError(0, "")
-		t.Fatal("a handshake with only its first datagram sent completed")
-	}
-}
-
-// firstDatagramOnly sends the first datagram written to it and drops the
-// rest.
-type firstDatagramOnly struct {
-	net.PacketConn
-	sent atomic.Bool
-}
-
-func (c *firstDatagramOnly) WriteTo(p []byte, addr net.Addr) (int, error) {
-	if c.sent.Swap(true) {
-		return len(p), nil
-	}
-	return c.PacketConn.WriteTo(p, addr)
-}
-
-// garbageInitial is a datagram with a valid QUIC v1 Initial header and a
-// payload that does not decrypt.
-func garbageInitial() []byte {
-	p := make([]byte, 1200)
-	for i := range p {
-		p[i] = byte(i*7 + 3)
-	}
-	h := []byte{0xc3, 0, 0, 0, 1, 8, 1, 2, 3, 4, 5, 6, 7, 8, 8, 9, 10, 11, 12, 13, 14, 15, 16, 0}
-	n := len(p) - len(h) - 2
-	h = append(h, 0x40|byte(n>>8), byte(n))
-	copy(p, h)
-	return p
 }
 
 // sendUDP sends one datagram to addr.

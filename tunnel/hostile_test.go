@@ -12,13 +12,12 @@ import (
 	"net/netip"
 	"os"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/quic-go/quic-go"
 	"github.com/xtaci/smux"
 
+	"github.com/relaytun/relay/internal/quictest"
 	"github.com/relaytun/relay/transport"
 )
 
@@ -258,13 +257,13 @@ func TestQUICHandshakeFailuresCounted(t *testing.T) {
 		return r.Relay.Stats().HandshakeFailures["tls"] == 2
 	})
 
-	stallQUICHandshake(t, r.Addr)
+	quictest.StallHandshake(t, r.Addr, ALPN)
 	uc, err := net.Dial("udp", r.Addr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer uc.Close()
-	uc.Write(garbageInitial())
+	uc.Write(quictest.GarbageInitial())
 	uc.Write([]byte("GET / HTTP/1.0\r\n\r\n"))
 	waitFor(t, "the handshakes that never completed counted", 10*time.Second, func() bool {
 		return r.Relay.Stats().HandshakeFailures["timeout"] == 2
@@ -274,59 +273,6 @@ func TestQUICHandshakeFailuresCounted(t *testing.T) {
 		t.Errorf("handshake failures %v, want 2 tls and 2 timeout", got)
 	}
 	roundTrip(t, a.Public(0), "the QUIC agent after the failures")
-}
-
-// stallQUICHandshake starts a QUIC handshake with addr whose client sends
-// its first datagram and nothing after it: to the relay, a handshake that
-// never completes.
-func stallQUICHandshake(t *testing.T, addr string) {
-	t.Helper()
-	ua, err := net.ResolveUDPAddr("udp", addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	uc, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	tr := &quic.Transport{Conn: &firstDatagramOnly{PacketConn: uc}}
-	t.Cleanup(func() { tr.Close(); uc.Close() })
-	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
-	defer cancel()
-	tc := &tls.Config{ServerName: "127.0.0.1", NextProtos: []string{ALPN}, InsecureSkipVerify: true}
-	if c, err := tr.Dial(ctx, ua, tc, &quic.Config{}); err == nil {
-		c.CloseWithError(0, "")
-		t.Fatal("a handshake with only its first datagram sent completed")
-	}
-}
-
-// firstDatagramOnly sends the first datagram written to it and drops the
-// rest.
-type firstDatagramOnly struct {
-	net.PacketConn
-	sent atomic.Bool
-}
-
-func (c *firstDatagramOnly) WriteTo(p []byte, addr net.Addr) (int, error) {
-	if c.sent.Swap(true) {
-		return len(p), nil
-	}
-	return c.PacketConn.WriteTo(p, addr)
-}
-
-// garbageInitial is a datagram with a valid QUIC v1 Initial header (long
-// header, version 1, 8-byte connection IDs, no token) and a payload that
-// does not decrypt.
-func garbageInitial() []byte {
-	p := make([]byte, 1200)
-	for i := range p {
-		p[i] = byte(i*7 + 3)
-	}
-	h := []byte{0xc3, 0, 0, 0, 1, 8, 1, 2, 3, 4, 5, 6, 7, 8, 8, 9, 10, 11, 12, 13, 14, 15, 16, 0}
-	n := len(p) - len(h) - 2
-	h = append(h, 0x40|byte(n>>8), byte(n))
-	copy(p, h)
-	return p
 }
 
 // TestTransportHandshakeFailedReasons: a peer through TLS that never opens

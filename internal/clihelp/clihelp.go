@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"strings"
 
+	"github.com/relaytun/relay/internal/editdist"
 	"github.com/urfave/cli/v2"
 )
 
@@ -85,30 +86,10 @@ func closestFlag(name string, flags []cli.Flag) string {
 			if len(n) < 2 {
 				continue
 			}
-			if d := editDistance(name, n); d <= limit && d < bestD {
+			if d := editdist.Distance(name, n); d <= limit && d < bestD {
 				best, bestD = n, d
 			}
 		}
 	}
 	return best
-}
-
-// editDistance is the Levenshtein distance between a and b.
-func editDistance(a, b string) int {
-	prev, cur := make([]int, len(b)+1), make([]int, len(b)+1)
-	for j := range prev {
-		prev[j] = j
-	}
-	for i := 1; i <= len(a); i++ {
-		cur[0] = i
-		for j := 1; j <= len(b); j++ {
-			cost := 1
-			if a[i-1] == b[j-1] {
-				cost = 0
-			}
-			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
-		}
-		prev, cur = cur, prev
-	}
-	return prev[len(b)]
 }

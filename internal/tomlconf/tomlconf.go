@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/BurntSushi/toml"
+	"github.com/relaytun/relay/internal/editdist"
 )
 
 // Duration is a time.Duration written as a string with a unit ("10s"). A
@@ -234,7 +235,7 @@ func unknownKeyHint(t reflect.Type, k toml.Key) string {
 		if kk.table != table {
 			continue
 		}
-		d, limit := editDistance(last, kk.name), 2
+		d, limit := editdist.Distance(last, kk.name), 2
 		if len(last) <= 4 {
 			limit = 1 // "id" is two edits from "on"
 		}
@@ -256,27 +257,6 @@ func join(table, name string) string {
 		return name
 	}
 	return table + "." + name
-}
-
-// editDistance is the Levenshtein distance between a and b.
-func editDistance(a, b string) int {
-	prev := make([]int, len(b)+1)
-	cur := make([]int, len(b)+1)
-	for j := range prev {
-		prev[j] = j
-	}
-	for i := 1; i <= len(a); i++ {
-		cur[0] = i
-		for j := 1; j <= len(b); j++ {
-			cost := 1
-			if a[i-1] == b[j-1] {
-				cost = 0
-			}
-			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
-		}
-		prev, cur = cur, prev
-	}
-	return prev[len(b)]
 }
 
 // typeErrRE matches BurntSushi/toml's error for a value of the wrong type.
