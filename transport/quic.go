@@ -26,6 +26,12 @@ func quicConfig(o Options) *quic.Config {
 		InitialConnectionReceiveWindow: uint64(min(1<<20, o.SessionWindow)),
 		MaxConnectionReceiveWindow:     uint64(o.SessionWindow),
 		EnableDatagrams:                true,
+		// QUIC's floor, not quic-go's 1280: a path whose MTU leaves less
+		// than 1280 bytes of UDP payload (an IPv6 tunnel at the 1280-byte
+		// minimum carries 1232) otherwise never completes a handshake.
+		// Path MTU discovery raises the size from there in a few round
+		// trips.
+		InitialPacketSize: 1200,
 	}
 }
 

@@ -439,7 +439,7 @@ func TestNetSimUDPMTU(t *testing.T) {
 		<-done
 		return got
 	}
-	for _, max := range []int{1280, 1252} {
+	for _, max := range []int{1280, 1252, 1232} {
 		for _, kind := range kinds {
 			r := startRelay(t, nil)
 			p := newSimProxy(t, kind, r.Addr, impair.Config{Delay: 25 * time.Millisecond, MaxPacket: max})
