@@ -109,7 +109,15 @@ func (g *group) setLogger() {
 // (closeListener), and counted before it returns, so a drain waits for
 // them.
 func (g *group) closeListeners() {
-	if g.ln != nil {
+	switch {
+	case g.ln == nil:
+	case g.r.serveCtx.Err() != nil:
+		// The relay stops at once, not in a drain: the clients it took
+		// would be cut straight away, and Serve may be waiting on r.wg
+		// already, with nothing left to keep its count above zero, so
+		// adding them to it is not safe.
+		g.ln.Close()
+	default:
 		var summary refusalSummary
 		closeListener(g.ln, func(c net.Conn) { g.take(g.r.serveCtx, c, &g.r.wg, &summary) })
 	}
