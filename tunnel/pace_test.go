@@ -304,6 +304,7 @@ func TestShares(t *testing.T) {
 		{"busy one below half", 900, []uint64{400, 800}, []uint64{900, 900}, []uint64{450, 500}},
 		{"one light, one busy", 900, []uint64{100, 600}, []uint64{300, 900}, []uint64{450, 800}},
 		{"a light one over even counts as even", 900, []uint64{500, 450}, []uint64{1200, 450}, []uint64{450, 450}},
+		{"more sessions than bytes a second", 2, []uint64{1, 1, 1, 5}, []uint64{4, 4, 4, 5}, []uint64{1, 1, 1, 1}},
 	} {
 		if got := shares(tc.rate, tc.used, tc.held); !slices.Equal(got, tc.want) {
 			t.Errorf("%s: shares(%d, used %v, held %v) = %v, want %v", tc.name, tc.rate, tc.used, tc.held, got, tc.want)

@@ -701,7 +701,7 @@ func shares(rate uint64, used, held []uint64) []uint64 {
 	for i := range used {
 		out[i] = even
 		if h := held[i]; busy > 0 && h > 0 && used[i] >= h/2 {
-			out[i] = max(even, (rate-lightUse)/busy)
+			out[i] = max(even, (rate-min(lightUse, rate))/busy)
 		}
 	}
 	return out
