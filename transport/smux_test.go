@@ -343,3 +343,20 @@ func TestSmuxWriteBuffer(t *testing.T) {
 		t.Fatalf("read %d bytes, not the %d written (or changed)", len(got), len(want))
 	}
 }
+
+// TestSmuxWindows: a session tells the most a stream and the session hold
+// unread, a stream's never below smux's initial peer window, which a
+// sender uses until the first window update.
+func TestSmuxWindows(t *testing.T) {
+	for _, tc := range []struct{ stream, session, want int }{
+		{4 << 20, 64 << 20, 4 << 20},
+		{64 << 10, 256 << 10, 256 << 10},
+	} {
+		o := DefaultOptions()
+		o.StreamWindow, o.SessionWindow = tc.stream, tc.session
+		s := &smuxSession{opts: o}
+		if stream, session := s.Windows(); stream != tc.want || session != tc.session {
+			t.Errorf("windows %d/%d: Windows() = %d, %d; want %d, %d", tc.stream, tc.session, stream, session, tc.want, tc.session)
+		}
+	}
+}

@@ -642,10 +642,15 @@ func (s *smuxSession) Kind() string         { return KindTCP }
 
 // Windows returns the most a stream, and the session, hold unread: fixed,
 // as smux does not tune them (QUIC does, which is why only this session
-// tells).
+// tells). A stream's is at least smux's initial peer window, 256 KiB,
+// which the sender assumes until our first window update.
 func (s *smuxSession) Windows() (stream, session int) {
-	return s.opts.StreamWindow, s.opts.SessionWindow
+	return max(s.opts.StreamWindow, smuxInitialPeerWindow), s.opts.SessionWindow
 }
+
+// smuxInitialPeerWindow is smux's initialPeerWindow (frame.go).
+const smuxInitialPeerWindow = 256 << 10
+
 func (s *smuxSession) Done() <-chan struct{} { return s.done }
 
 // CloseWithError closes the session. TLS+smux has no close reason on the
