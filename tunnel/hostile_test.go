@@ -443,9 +443,12 @@ func TestStreamBeforeWelcomeClosed(t *testing.T) {
 		// A datagram stream's start, which a welcomed agent's stream
 		// would be served for.
 		if _, err := st.Write([]byte{DatagramStreamMarker, 0, 1, 0}); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := io.Copy(io.Discard, st); err == nil {
+			// The relay's reset came first (under load, over TLS+smux):
+			// the stream was refused all the same.
+			if !errors.Is(err, net.ErrClosed) {
+				t.Fatal(err)
+			}
+		} else if _, err := io.Copy(io.Discard, st); err == nil {
 			// Over TLS+smux the relay's close ends the stream with its
 			// FIN; check that its RESET came too: writes fail.
 			for {
