@@ -53,10 +53,14 @@ func wrap(agent *tunnel.Agent, p *agentPlan, command []string) error {
 	}
 
 	pollCtx, stopPoll := context.WithCancel(context.Background())
-	defer stopPoll()
+	pollDone := make(chan struct{})
+	// The wait ends before wrap returns: a "waiting for the local server"
+	// line logged after relayctl's last line would bury it.
+	defer func() { stopPoll(); <-pollDone }()
 	waiting := make(chan string, len(p.cfg.Tunnels)) // each local server as its turn comes
 	ready := make(chan struct{})
 	go func() {
+		defer close(pollDone)
 		if waitLocals(pollCtx, p.cfg.Tunnels, waiting, log) == nil {
 			close(ready)
 		}
@@ -134,6 +138,9 @@ func waitLocals(ctx context.Context, tunnels []tunnel.TunnelSpec, waiting chan<-
 			if err == nil {
 				c.Close()
 				break
+			}
+			if ctx.Err() != nil {
+				return ctx.Err()
 			}
 			if !logged {
 				log.Info("waiting for the local server to accept connections", "local", t.Local)
