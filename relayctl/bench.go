@@ -195,12 +195,12 @@ func benchAction(c *cli.Context) error {
 		{"throughput, 1 stream", func(ctx context.Context) (string, error) {
 			bps, err := benchThroughput(ctx, target, 1, dur)
 			res.Throughput1 = bps
-			return formatBits(bps), err
+			return bitrate.Format(bps), err
 		}},
 		{fmt.Sprintf("throughput, %d streams", streams), func(ctx context.Context) (string, error) {
 			bps, err := benchThroughput(ctx, target, streams, dur)
 			res.ThroughputN = bps
-			return formatBits(bps), err
+			return bitrate.Format(bps), err
 		}},
 		{"round trip, 64 bytes", func(ctx context.Context) (string, error) {
 			p50, p99, n, err := benchRoundTrip(ctx, target, dur)
@@ -217,7 +217,7 @@ func benchAction(c *cli.Context) error {
 		steps = append(steps, struct {
 			name string
 			run  func(context.Context) (string, error)
-		}{fmt.Sprintf("UDP %s, %d-byte datagrams", formatBits(rate), benchDatagram), func(ctx context.Context) (string, error) {
+		}{fmt.Sprintf("UDP %s, %d-byte datagrams", bitrate.Format(rate), benchDatagram), func(ctx context.Context) (string, error) {
 			u, err := benchUDP(ctx, srv, target, rate, dur)
 			res.UDP = u
 			if u == nil {
@@ -262,7 +262,7 @@ func benchAction(c *cli.Context) error {
 		fmt.Fprintf(tw, "UDP one-way delay\tp50 %.3f ms  p99 %.3f ms (%d of %d datagrams arrived)\n", res.UDP.DelayP50, res.UDP.DelayP99, res.UDP.Received, res.UDP.Sent)
 	}
 	if res.Limit > 0 {
-		fmt.Fprintf(tw, "note: the relay limits the token's bandwidth (max_bandwidth); this agent could send at most %s: the figures show the limit, not the path\n", formatBits(res.Limit))
+		fmt.Fprintf(tw, "note: the relay limits the token's bandwidth (max_bandwidth); this agent could send at most %s: the figures show the limit, not the path\n", bitrate.Format(res.Limit))
 	}
 	return tw.Flush()
 }
@@ -310,9 +310,6 @@ func parseRate(rate string) (float64, error) {
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
-
-// formatBits spells bits per second as iperf does.
-func formatBits(bps float64) string { return bitrate.Format(bps) }
 
 // progress shows which test runs: a line redrawn in place on a terminal,
 // else one line per test, written as it ends with its result.
