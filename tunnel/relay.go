@@ -690,9 +690,10 @@ func shares(rate uint64, used, held []uint64) []uint64 {
 		return out
 	}
 	even := max(rate/n, 1)
+	isBusy := make([]bool, n)
 	var busy, lightUse uint64
 	for i := range used {
-		if h := held[i]; h > 0 && used[i] >= h/2 {
+		if isBusy[i] = held[i] > 0 && used[i] >= held[i]/2; isBusy[i] {
 			busy++
 		} else {
 			lightUse += min(used[i], even)
@@ -700,7 +701,7 @@ func shares(rate uint64, used, held []uint64) []uint64 {
 	}
 	for i := range used {
 		out[i] = even
-		if h := held[i]; busy > 0 && h > 0 && used[i] >= h/2 {
+		if isBusy[i] {
 			out[i] = max(even, (rate-min(lightUse, rate))/busy)
 		}
 	}
