@@ -102,12 +102,11 @@ func startJoin(ctx context.Context, a, b net.Conn, aToB, bToA *atomic.Int64, gua
 		j.toA = guard.add(a, func() { j.abort(errStalled) })
 	}
 	if paces != (joinPaces{}) {
-		// A write waiting for its pace ends with the pair.
-		j.paceCtx, j.paceStop = context.WithCancel(ctx)
+		j.paceEnd = make(chan struct{})
 	}
 	go j.run(a, b, &j.st.BToA, bToA)
 	if tc, ok := a.(*net.TCPConn); ok {
-		j.pump, ok = startPump(paced(j.paceCtx, b, paces.toB, nil), tc, aToB, func(written int64, err error) {
+		j.pump, ok = startPump(j.pacedB.wrap(j.paceEnd, b, paces.toB, nil), tc, aToB, func(written int64, err error) {
 			j.ended(b, &j.st.AToB, written, err)
 			j.directionDone()
 		})
@@ -131,13 +130,17 @@ type join struct {
 	guard      *stallGuard // watches toA, the writes to a, when not nil
 	toA        *stallWriter
 	paces      joinPaces
-	paceCtx    context.Context // ends with the pair, when paces are set
-	paceStop   context.CancelFunc
+	// The writes to a and b, kept to their paces; a write waiting for its
+	// pace ends when paceEnd (made when paces are set) is closed, with
+	// the pair.
+	pacedA, pacedB pacedBufferWriter
+	paceEnd        chan struct{}
 
-	mu   sync.Mutex
-	st   JoinStats
-	left int // directions still copying
-	shut bool
+	mu       sync.Mutex
+	st       JoinStats
+	left     int // directions still copying
+	shut     bool
+	paceDone bool // paceEnd is closed
 }
 
 // run copies one direction for StartJoin.
@@ -164,9 +167,7 @@ func (j *join) directionDone() {
 	if j.guard != nil {
 		j.guard.remove(j.toA)
 	}
-	if j.paceStop != nil {
-		j.paceStop()
-	}
+	j.endPaces()
 	j.a.Close()
 	j.b.Close()
 	if j.done != nil {
@@ -204,9 +205,7 @@ func (j *join) abort(err error) {
 	j.shut = true
 	j.mu.Unlock()
 	if !shut {
-		if j.paceStop != nil {
-			j.paceStop()
-		}
+		j.endPaces()
 		if err != nil {
 			resetConn(j.a)
 			resetConn(j.b)
@@ -217,6 +216,19 @@ func (j *join) abort(err error) {
 		if j.pump != nil {
 			j.pump.wake() // a parked pump learns of the close from its read
 		}
+	}
+}
+
+// endPaces ends the writes waiting for their paces, once.
+func (j *join) endPaces() {
+	if j.paceEnd == nil {
+		return
+	}
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if !j.paceDone {
+		j.paceDone = true
+		close(j.paceEnd)
 	}
 }
 
@@ -241,9 +253,9 @@ func (j *join) pipe(dst, src net.Conn, n *int64, live *atomic.Int64) {
 		w = j.toA
 	}
 	if dst == j.a {
-		w = paced(j.paceCtx, w, j.paces.toA, j.paces.sentA)
+		w = j.pacedA.wrap(j.paceEnd, w, j.paces.toA, j.paces.sentA)
 	} else {
-		w = paced(j.paceCtx, w, j.paces.toB, nil)
+		w = j.pacedB.wrap(j.paceEnd, w, j.paces.toB, nil)
 	}
 	written, err := copyConn(w, src, live)
 	j.ended(dst, n, written, err)

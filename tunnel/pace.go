@@ -1,7 +1,7 @@
 package tunnel
 
 import (
-	"context"
+	"errors"
 	"io"
 	"sync"
 	"sync/atomic"
@@ -89,12 +89,16 @@ func (p *pace) allow(n int) bool {
 	return lim.AllowN(time.Now(), min(n, lim.Burst()))
 }
 
+// errPaceEnded is what a write waiting for its pace returns when its
+// connection ends meanwhile.
+var errPaceEnded = errors.New("pace: the connection ended while its write waited")
+
 // take blocks until up to n bytes may go, and says how many: n, or the
 // burst of the bucket in force when that is smaller (all n when the pace
-// is off). It returns ctx's error if ctx ends first. A take waiting when
-// the rate changes starts over with the new bucket, its burst, or goes
-// at once when the pace was lifted.
-func (p *pace) take(ctx context.Context, n int) (int, error) {
+// is off). It returns errPaceEnded if end is closed first. A take waiting
+// when the rate changes starts over with the new bucket, its burst, or
+// goes at once when the pace was lifted.
+func (p *pace) take(end <-chan struct{}, n int) (int, error) {
 	for {
 		lim, changed := p.state()
 		if lim == nil {
@@ -110,10 +114,10 @@ func (p *pace) take(ctx context.Context, n int) (int, error) {
 			case <-changed:
 				t.Stop()
 				continue
-			case <-ctx.Done():
+			case <-end:
 				t.Stop()
 				r.Cancel()
-				return 0, ctx.Err()
+				return 0, errPaceEnded
 			}
 		}
 		return k, nil
@@ -121,22 +125,28 @@ func (p *pace) take(ctx context.Context, n int) (int, error) {
 }
 
 // paced wraps w so that what is written to it keeps to p (if not nil),
-// adding what it wrote to sent (if not nil); with neither, it is w. It keeps w's
-// WriteBuffer (writeAll's way of sending from the caller's buffer) when w
-// has one.
-func paced(ctx context.Context, w io.Writer, p *pace, sent *atomic.Int64) io.Writer {
+// adding what it wrote to sent (if not nil); with neither, it is w. A
+// write waiting for p ends when end is closed. It keeps w's WriteBuffer
+// (writeAll's way of sending from the caller's buffer) when w has one.
+func paced(end <-chan struct{}, w io.Writer, p *pace, sent *atomic.Int64) io.Writer {
+	return new(pacedBufferWriter).wrap(end, w, p, sent)
+}
+
+// wrap is paced in a writer the caller holds (a join holds one for each
+// direction, so that pacing costs a connection no allocation).
+func (pw *pacedBufferWriter) wrap(end <-chan struct{}, w io.Writer, p *pace, sent *atomic.Int64) io.Writer {
 	if p == nil && sent == nil {
 		return w
 	}
-	pw := &pacedWriter{ctx: ctx, w: w, p: p, sent: sent}
-	if bw := bufferWriter(w); bw != nil {
-		return &pacedBufferWriter{pacedWriter: pw, bw: bw}
+	pw.pacedWriter = pacedWriter{end: end, w: w, p: p, sent: sent}
+	if pw.bw = bufferWriter(w); pw.bw != nil {
+		return pw
 	}
-	return pw
+	return &pw.pacedWriter
 }
 
 type pacedWriter struct {
-	ctx  context.Context
+	end  <-chan struct{}
 	w    io.Writer
 	p    *pace
 	sent *atomic.Int64
@@ -163,7 +173,7 @@ func (w *pacedWriter) write(b []byte, send func([]byte) (int, error)) (int, erro
 			n, err := send(b)
 			return written + n, err
 		}
-		k, err := w.p.take(w.ctx, len(b))
+		k, err := w.p.take(w.end, len(b))
 		if err != nil {
 			return written, err
 		}
@@ -178,7 +188,7 @@ func (w *pacedWriter) write(b []byte, send func([]byte) (int, error)) (int, erro
 }
 
 type pacedBufferWriter struct {
-	*pacedWriter
+	pacedWriter
 	bw transport.BufferWriter
 }
 

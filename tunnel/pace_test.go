@@ -2,7 +2,6 @@ package tunnel
 
 import (
 	"bufio"
-	"context"
 	"io"
 	"net"
 	"slices"
@@ -225,13 +224,13 @@ func TestPacesOnAnOlderRelay(t *testing.T) {
 }
 
 // TestPacedWriter: writes keep to the pace in pieces of its burst, a
-// lifted pace lets them through at once, and an ended context stops a
+// lifted pace lets them through at once, and the connection's end stops a
 // waiting write.
 func TestPacedWriter(t *testing.T) {
 	p := newPace()
 	var got strings.Builder
 	var sizes []int
-	w := paced(context.Background(), writerFunc(func(b []byte) (int, error) {
+	w := paced(nil, writerFunc(func(b []byte) (int, error) {
 		sizes = append(sizes, len(b))
 		return got.Write(b)
 	}), p, nil)
@@ -252,20 +251,20 @@ func TestPacedWriter(t *testing.T) {
 		t.Error("the bytes written differ from those given")
 	}
 
-	ctx, cancel := context.WithCancel(context.Background())
-	stuck := paced(ctx, io.Discard, p, nil)
+	end := make(chan struct{})
+	stuck := paced(end, io.Discard, p, nil)
 	p.set(64 << 10)
 	stuck.Write(make([]byte, burst)) // empties the bucket
 	done := make(chan error, 1)
 	go func() { _, err := stuck.Write(make([]byte, burst)); done <- err }()
-	cancel()
+	close(end)
 	select {
 	case err := <-done:
-		if err != context.Canceled {
-			t.Errorf("a write whose context ended: %v, want %v", err, context.Canceled)
+		if err != errPaceEnded {
+			t.Errorf("a write whose connection ended: %v, want %v", err, errPaceEnded)
 		}
 	case <-time.After(5 * time.Second):
-		t.Fatal("a write waiting for its pace did not end with its context")
+		t.Fatal("a write waiting for its pace did not end with its connection")
 	}
 
 	d := newPace()
@@ -394,7 +393,7 @@ func TestPaceChangeReachesWaits(t *testing.T) {
 			p.set(1)
 			burst := paceBurst(1)
 			p.lim.Load().ReserveN(time.Now(), burst) // the bucket is empty
-			w := paced(context.Background(), io.Discard, p, nil)
+			w := paced(nil, io.Discard, p, nil)
 			done := make(chan error, 1)
 			go func() { _, err := w.Write(make([]byte, 2*burst)); done <- err }()
 			time.Sleep(50 * time.Millisecond) // the write waits
@@ -504,10 +503,10 @@ func TestPaceLoweredSplitsWaitingWrite(t *testing.T) {
 	p := newPace()
 	p.set(high)
 	p.lim.Load().ReserveN(time.Now(), paceBurst(high)) // the bucket is empty
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
+	end := make(chan struct{})
+	defer close(end)
 	first := make(chan int, 1)
-	w := paced(ctx, writerFunc(func(b []byte) (int, error) {
+	w := paced(end, writerFunc(func(b []byte) (int, error) {
 		select {
 		case first <- len(b):
 		default:
