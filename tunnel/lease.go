@@ -36,6 +36,23 @@ type leaseTable struct {
 	port map[uint16]leaseKey
 }
 
+// keyedLease is a lease with its key, as dropped from the table, to be
+// restored.
+type keyedLease struct {
+	k leaseKey
+	l *lease
+}
+
+// leaseChange is what opening one tunnel did to the lease table: the
+// lease key had before (nil: none), and the leases of others dropped for
+// it (the token's max_tunnels cap, or the longest-idle lease whose port it
+// took). undoLeasesLocked puts them back.
+type leaseChange struct {
+	key     leaseKey
+	prev    *lease
+	dropped []keyedLease
+}
+
 // leaseFile is the on-disk form, versioned so a later format can tell.
 type leaseFile struct {
 	Version int          `json:"version"`
@@ -189,16 +206,17 @@ func (t *leaseTable) drop(k leaseKey) {
 }
 
 // restore puts back k's lease l, which drop took, unless k or its port has
-// another lease since.
-func (t *leaseTable) restore(k leaseKey, l *lease) {
+// another lease since, and reports whether it did.
+func (t *leaseTable) restore(k leaseKey, l *lease) bool {
 	if _, ok := t.m[k]; ok {
-		return
+		return false
 	}
 	if _, ok := t.port[l.Port]; ok {
-		return
+		return false
 	}
 	t.m[k] = l
 	t.port[l.Port] = k
+	return true
 }
 
 // ownIdle counts the leases of token but for except's, and finds the

@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"slices"
 	"strconv"
@@ -429,6 +430,61 @@ func TestLeaseCapKeepsLeaseOnRefusal(t *testing.T) {
 		}
 		if strings.Contains(r.Log.String(), "dropping its longest-idle one") {
 			t.Errorf("the relay logged a lease dropped for a tunnel it refused:\n%s", r.Log)
+		}
+	})
+}
+
+// An agent that stops because the relay refused one of its tunnels (what
+// relayctl expose with several LOCALs does) leaves no lease behind for
+// the tunnels it opened before that one: the user saw no address, and a
+// run that fixes the refused LOCAL starts from the leases as they were.
+// A new tunnel's lease is dropped, the lease the token's max_tunnels cap
+// dropped for it is back, and a tunnel that had its lease keeps it.
+func TestRefusedAgentLeavesNoLease(t *testing.T) {
+	forEachTransport(t, func(t *testing.T, kind string) {
+		r := startRelay(t, func(c *RelayConfig) {
+			c.Tokens[0].Names = []string{"ok-*"}
+			c.Tokens[0].MaxTunnels = 1
+		})
+		local := proctest.StartEcho(t, "u:")
+		a, err := leasedAgent(t, r, kind, "ok-a", local, PortRange{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		stopAgent(t, r, a)
+		before := leasesHeld(r.Relay)
+		if len(before) != 1 || before["ok-a"].Port != a.eps[0].Port {
+			t.Fatalf("leases %+v, want ok-a's alone, on %d", before, a.eps[0].Port)
+		}
+
+		refused := func(first string) {
+			t.Helper()
+			cfg := r.agentConfig(kind, local)
+			cfg.Tunnels = []TunnelSpec{{Name: first, Local: local}, {Name: "bad", Local: local}}
+			want := fmt.Sprintf(`tunnel bad (%s): token "test" may not use the tunnel name "bad": its names rule allows only ok-*; pick a --name that matches (with several LOCALs, relayctl names each NAME-PORT)`, local)
+			if err := startAgent(t, cfg).wait(t, 20*time.Second); !isRefused(err, CodeForbidden) || err.Error() != want {
+				t.Fatalf("Run with %s and bad: %v, want the refusal %q", first, err, want)
+			}
+			waitFor(t, "the relay to close "+first, 10*time.Second, func() bool { return len(r.Relay.Tunnels()) == 0 })
+		}
+
+		// ok-b is new, and takes the place of ok-a's lease (max_tunnels
+		// = 1); then bad is refused.
+		refused("ok-b")
+		waitFor(t, "the leases to be as before", 10*time.Second, func() bool { return reflect.DeepEqual(leasesHeld(r.Relay), before) })
+		for _, want := range []string{
+			`msg="the agent stopped on a refusal: dropping the port lease its tunnel took" .* token=test name=ok-b port=[0-9]+\n`,
+			fmt.Sprintf(`msg="the agent stopped on a refusal: a port lease dropped for its tunnel is back" .* token=test name=ok-b was_token=test was=ok-a port=%d\n`, before["ok-a"].Port),
+		} {
+			if !regexp.MustCompile(want).MatchString(r.Log.String()) {
+				t.Errorf("the relay did not log %s\n%s", want, r.Log)
+			}
+		}
+
+		// ok-a had its lease before it was registered again: it keeps it.
+		refused("ok-a")
+		if got := leasesHeld(r.Relay); len(got) != 1 || got["ok-a"].Port != before["ok-a"].Port {
+			t.Errorf("leases after ok-a and bad: %+v, want ok-a's alone, on %d", got, before["ok-a"].Port)
 		}
 	})
 }

@@ -469,8 +469,13 @@ type agentConn struct {
 	used          uint64
 
 	// saveLease asks register to write the lease table before it replies;
-	// only the control loop's goroutine touches it.
-	saveLease bool
+	// refused says the latest REGISTER was refused. Only the control
+	// loop's goroutine touches them.
+	saveLease, refused bool
+	// leased is what the tunnels this session opened did to the lease
+	// table, undone when it ends with a goodbye right after a refusal;
+	// guarded by Relay.mu.
+	leased []leaseChange
 
 	// suspect is set when the agent missed a probe or a stream answer:
 	// groups send it new clients only when no other member can take them.
@@ -571,6 +576,15 @@ func (r *Relay) serveSession(ctx context.Context, s transport.Session) {
 	// A stopping relay keeps no port open for the agent to come back to.
 	// (Serve's ctx may end this session before Serve marks it closing.)
 	if dropped := r.dropMembers(a, goodbye || ctx.Err() != nil); goodbye {
+		if a.refused {
+			// The agent stops on that refusal (an agent that retries
+			// does not say goodbye): it never went live, and its user,
+			// who was shown no address, fixes the refused tunnel and
+			// runs it again. Leases its tunnels took would reserve
+			// ports no one was told of, and cost the token leases it
+			// has: put the table back as it was.
+			r.undoLeases(a)
+		}
 		a.finishClients(ctx, dropped)
 	}
 	var sent *sentRefusal
@@ -957,6 +971,7 @@ func (a *agentConn) controlLoop(ctx context.Context) error {
 				a.canPace.Store(true)
 			}
 			reply := a.register(ctx, m)
+			_, a.refused = reply.(*Error)
 			err := a.send(reply)
 			a.registering.Store(false)
 			if err != nil {
@@ -1259,11 +1274,7 @@ func (r *Relay) join(ctx context.Context, a *agentConn, m *Register, allow, deny
 		return nil, 0, &RefusedError{Code: CodeLimit, Text: fmt.Sprintf(
 			"token %q has %d tunnel(s) open, its max_tunnels = %d: close one first", tok.ID, a.token.tunnels, tok.MaxTunnels)}
 	}
-	type droppedLease struct {
-		k leaseKey
-		l *lease
-	}
-	var dropped []droppedLease
+	var dropped []keyedLease
 	if !m.NoLease && tok.MaxTunnels > 0 {
 		// A token holds at most max_tunnels leases: one registering name
 		// after name would otherwise fill the relay's ports with leases
@@ -1274,14 +1285,15 @@ func (r *Relay) join(ctx context.Context, a *agentConn, m *Register, allow, deny
 			if n < tok.MaxTunnels || !ok {
 				break
 			}
-			dropped = append(dropped, droppedLease{old, r.leases.m[old]})
+			dropped = append(dropped, keyedLease{old, r.leases.m[old]})
 			r.leases.drop(old)
 		}
 	}
-	port, ln, pc, err := r.bindLocked(key, cands, want, cfg.BindHost, m.Protos, m.NoLease)
+	capped := len(dropped)
+	port, ln, pc, err := r.bindLocked(key, cands, want, cfg.BindHost, m.Protos, m.NoLease, &dropped)
 	if err != nil {
 		// A tunnel turned down takes no one's place: the leases dropped
-		// for it are the token's again.
+		// for it are their holders' again.
 		for _, d := range dropped {
 			r.leases.restore(d.k, d.l)
 		}
@@ -1297,7 +1309,7 @@ func (r *Relay) join(ctx context.Context, a *agentConn, m *Register, allow, deny
 		}
 		return nil, 0, err
 	}
-	for _, d := range dropped {
+	for _, d := range dropped[:capped] {
 		a.logger().Info("the token holds max_tunnels port leases; dropping its longest-idle one for a new tunnel",
 			"name", m.Name, "dropped", d.k.Name, "port", d.l.Port, "max_tunnels", tok.MaxTunnels)
 		r.markLeasesDirty()
@@ -1311,10 +1323,15 @@ func (r *Relay) join(ctx context.Context, a *agentConn, m *Register, allow, deny
 	r.ports[port] = g
 	a.token.tunnels++
 	if !m.NoLease {
-		if r.leases.take(key, port) {
+		prev := r.leases.m[key]
+		changed := r.leases.take(key, port)
+		if changed {
 			// A new promise goes to disk before the agent hears of it, so
 			// a relay killed right after still keeps it.
 			a.saveLease = true
+		}
+		if changed || len(dropped) > 0 {
+			a.leased = append(a.leased, leaseChange{key: key, prev: prev, dropped: dropped})
 		}
 		r.markLeasesDirty()
 	}
@@ -1354,8 +1371,9 @@ func (g *group) serveLocked(ln net.Listener, pc *net.UDPConn) {
 // on the same number: its lease's, if that fits the request; the requested
 // one; or a free one among cands that no other tunnel holds a lease on.
 // With noLease, it takes no port a lease holds, key's own included: a test
-// must not answer on a port real clients know.
-func (r *Relay) bindLocked(key leaseKey, cands PortSet, want PortRange, host string, protos uint8, noLease bool) (uint16, net.Listener, *net.UDPConn, error) {
+// must not answer on a port real clients know. The idle leases it drops to
+// take their port are added to dropped, if not nil.
+func (r *Relay) bindLocked(key leaseKey, cands PortSet, want PortRange, host string, protos uint8, noLease bool, dropped *[]keyedLease) (uint16, net.Listener, *net.UDPConn, error) {
 	now := time.Now()
 	listen := func(port uint16) (net.Listener, *net.UDPConn, error) {
 		addr := net.JoinHostPort(host, strconv.Itoa(int(port)))
@@ -1445,8 +1463,12 @@ func (r *Relay) bindLocked(key leaseKey, cands PortSet, want PortRange, host str
 		if !ok {
 			break
 		}
-		port := r.leases.m[old].Port
+		l := r.leases.m[old]
 		r.leases.drop(old)
+		if dropped != nil {
+			*dropped = append(*dropped, keyedLease{old, l})
+		}
+		port := l.Port
 		ln, pc, err := listen(port)
 		if err != nil {
 			lastErr = err
@@ -1597,6 +1619,38 @@ func (r *Relay) dropMembersLocked(a *agentConn, goodbye bool) []*member {
 		dropped = append(dropped, m)
 	}
 	return dropped
+}
+
+// undoLeases puts back what the tunnels a's session opened did to the
+// lease table, as far as no one has used it since: a tunnel still open (an
+// agent joined it) keeps its lease, and a lease is restored only where its
+// key and port have none.
+func (r *Relay) undoLeases(a *agentConn) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	const why = "the agent stopped on a refusal: "
+	for i := len(a.leased) - 1; i >= 0; i-- {
+		c := a.leased[i]
+		if r.groups[c.key] != nil {
+			continue
+		}
+		if l, ok := r.leases.m[c.key]; ok && (c.prev == nil || l.Port != c.prev.Port) {
+			r.leases.drop(c.key)
+			a.logger().Info(why+"dropping the port lease its tunnel took", "name", c.key.Name, "port", l.Port)
+		}
+		if c.prev != nil {
+			r.leases.restore(c.key, c.prev)
+		}
+		for _, d := range c.dropped {
+			if r.leases.restore(d.k, d.l) {
+				a.logger().Info(why+"a port lease dropped for its tunnel is back", "name", c.key.Name, "was_token", d.k.Token, "was", d.k.Name, "port", d.l.Port)
+			}
+		}
+	}
+	if len(a.leased) > 0 {
+		r.markLeasesDirty()
+	}
+	a.leased = nil
 }
 
 // closeGroupLocked closes g's public port and starts its lease's lifetime.

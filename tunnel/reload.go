@@ -385,7 +385,7 @@ func (r *Relay) moveLocked(g *group, why string) ([]*member, error) {
 		return nil, &RefusedError{Code: CodeNoPortFree, Text: fmt.Sprintf(
 			"and the ports its agents asked for (%s) have none left in common", strings.Join(asked, "; "))}
 	}
-	port, ln, pc, err := r.bindLocked(g.key, cands, PortRange{}, r.config().BindHost, g.protos, g.noLease)
+	port, ln, pc, err := r.bindLocked(g.key, cands, PortRange{}, r.config().BindHost, g.protos, g.noLease, nil)
 	if err != nil {
 		return nil, err
 	}
