@@ -67,10 +67,17 @@ type group struct {
 	closed      bool
 	orphan      *time.Timer
 	// away are the agent instances that left without a goodbye and have
-	// not come back, with when they left: the agents the rejoin window
-	// waits for (those away longer than it are not counted on).
-	away   map[[instanceLen]byte]time.Time
+	// not come back, with when they left and the ports they asked for:
+	// the agents the rejoin window waits for (those away longer than it
+	// are not counted on), and a move keeps to.
+	away   map[[instanceLen]byte]awayAgent
 	joined chan struct{} // closed, and replaced, when a member joins
+}
+
+// awayAgent is a member that left its group without a goodbye.
+type awayAgent struct {
+	left time.Time
+	want PortRange // as member.want
 }
 
 // member is one agent session's place in a group.
@@ -178,15 +185,15 @@ func (g *group) removeMemberLocked(m *member) {
 	if !m.draining.Load() && m.agent.instance != ([instanceLen]byte{}) && window > 0 {
 		// Left without a goodbye: it may come back.
 		now := time.Now()
-		for inst, left := range g.away {
-			if now.Sub(left) > window {
+		for inst, aw := range g.away {
+			if now.Sub(aw.left) > window {
 				delete(g.away, inst)
 			}
 		}
 		if g.away == nil {
-			g.away = make(map[[instanceLen]byte]time.Time)
+			g.away = make(map[[instanceLen]byte]awayAgent)
 		}
-		g.away[m.agent.instance] = now
+		g.away[m.agent.instance] = awayAgent{left: now, want: m.want}
 	}
 	if g.closed || g.liveMembersLocked() > 0 {
 		return
@@ -216,8 +223,8 @@ func (g *group) removeMemberLocked(m *member) {
 // within the rejoin window may still come back.
 func (g *group) awaitsLocked(now time.Time) bool {
 	window := g.r.config().RejoinWindow
-	for _, left := range g.away {
-		if now.Sub(left) <= window {
+	for _, aw := range g.away {
+		if now.Sub(aw.left) <= window {
 			return true
 		}
 	}

@@ -344,7 +344,8 @@ func (a *agentConn) closeAfterNotice(code ErrorCode, text string) {
 }
 
 // moveLocked gives the open tunnel g another public port, among those its
-// token may now use and every member's agent asked for, and serves it
+// token may now use and every member's agent asked for (and, where that
+// leaves one free, those its agents away asked for), and serves it
 // there. Clients connected on the old port carry on (their connections are
 // the listener's no longer); its UDP flows end with the old socket. It
 // returns the members whose agents asked only for ports taken away: the
@@ -385,7 +386,24 @@ func (r *Relay) moveLocked(g *group, why string) ([]*member, error) {
 		return nil, &RefusedError{Code: CodeNoPortFree, Text: fmt.Sprintf(
 			"and the ports its agents asked for (%s) have none left in common", strings.Join(asked, "; "))}
 	}
-	port, ln, pc, err := r.bindLocked(g.key, cands, PortRange{}, r.config().BindHost, g.protos, g.noLease, nil)
+	// The agents away that may still come back (within the rejoin
+	// window) asked for ports too: the tunnel moves within their ranges
+	// where these leave it a free port, so each finds it there when back,
+	// rather than be refused it for as long as the others hold it. They
+	// do not stop a move the members here can make.
+	kept, now, window := cands, time.Now(), r.config().RejoinWindow
+	for _, aw := range g.away {
+		if aw.want.Low == 0 || now.Sub(aw.left) > window {
+			continue
+		}
+		if c := kept.Intersect(aw.want); len(c) > 0 {
+			kept = c
+		}
+	}
+	port, ln, pc, err := r.bindLocked(g.key, kept, PortRange{}, r.config().BindHost, g.protos, g.noLease, nil)
+	if err != nil && kept.Size() != cands.Size() {
+		port, ln, pc, err = r.bindLocked(g.key, cands, PortRange{}, r.config().BindHost, g.protos, g.noLease, nil)
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -912,6 +912,61 @@ func TestGroupWaitsForEveryAgentThatVanished(t *testing.T) {
 	})
 }
 
+// A reload that moves a tunnel keeps it within the --port range of a
+// member that vanished without a goodbye and may still come back, as it
+// does for the members it holds: P asked for x-y, F for any port; P is
+// away when the reload takes its port, and back, P joins the tunnel on the
+// port it moved to, rather than be refused it for as long as F holds it.
+func TestReloadMoveKeepsVanishedAgentsRange(t *testing.T) {
+	forEachTransport(t, func(t *testing.T, kind string) {
+		x, y := twoFreePorts(t)
+		// x and y, and none between them: P's range x-y holds two ports
+		// of the relay's, F's any of them.
+		elsewhere := PortRange{1024, 19999}
+		r := startRelayWith(t, func(c *RelayConfig) {
+			c.Ports = PortSet{elsewhere, {x, x}, {y, y}}
+			c.RejoinWindow = time.Minute
+			fastLivenessRelay(c)
+		}, fastLivenessOpts)
+		local := proctest.StartEcho(t, "v:")
+		p := newProxy(t, kind, r.Addr)
+		pc := tokenAgent(r, kind, local, testSecret, "shared")
+		pc.Relay = p.Addr()
+		pc.Tunnels[0].Ports = PortRange{x, y}
+		fastLivenessAgent(&pc)
+		pinned := liveAgentUp(t, pc)
+		was := pinned.eps[0].Port
+		free := liveAgentUp(t, tokenAgent(r, kind, local, testSecret, "shared"))
+		if free.eps[0].Port != was {
+			t.Fatalf("the second agent got port %d, not the group's %d", free.eps[0].Port, was)
+		}
+
+		p.Cut()
+		waitFor(t, "the relay to lose the agent that asked for x-y", 20*time.Second, func() bool { return agentCount(r.Relay) == 1 })
+		other := x + y - was
+		rc := *r.Relay.config()
+		rc.Ports = PortSet{elsewhere, {other, other}}
+		if res, err := r.Relay.Reload(rc); err != nil || res.TunnelsMoved != 1 || res.TunnelsClosed != 0 {
+			t.Fatalf("Reload: %+v, %v; want the tunnel moved", res, err)
+		}
+		if got := free.waitReady(t)[0].Port; got != other {
+			t.Errorf("the tunnel moved to port %d, want %d, the one left of x-y (%d-%d), which the agent away asked for", got, other, x, y)
+		}
+
+		p.Restore()
+		waitFor(t, "the agent that asked for x-y to be back in the tunnel", 20*time.Second, func() bool {
+			ts := r.Relay.Tunnels()
+			return len(ts) == 1 && len(ts[0].Members) == 2
+		})
+		if st := pinned.Status(); !st.Connected || st.Tunnels[0].Public != fmt.Sprintf("tcp://127.0.0.1:%d", other) {
+			t.Errorf("the agent that asked for x-y: %+v, want it back on port %d", st, other)
+		}
+		if strings.Contains(pinned.Log.String(), "refused") {
+			t.Errorf("the agent that asked for x-y was refused on its way back:\n%s", pinned.Log)
+		}
+	})
+}
+
 // Two reloads in a row that each move a tunnel send its agent two MOVEDs;
 // whatever order they go out in, the agent ends up with the port the
 // relay serves the tunnel on.
