@@ -155,7 +155,13 @@ func (l *quicListener) connContext(ctx context.Context, info *quic.ClientInfo) (
 		err := context.Cause(ctx)
 		if errors.Is(err, &quic.TransportError{ErrorCode: quic.ConnectionRefused}) {
 			// quic-go's own refusal: finished handshakes waiting for
-			// Accept filled its queue.
+			// Accept filled its queue. It refuses with the same error,
+			// nothing to tell them apart by, when the listener closes
+			// (not counted, above) and when a new connection's ID is
+			// one a connection holds already; but the latter never ends
+			// this context: quic-go v0.65 closes that connection before
+			// it starts it, then waits for an end that never comes
+			// (quic-go issue 5848).
 			err = fmt.Errorf("%w: %w", ErrTooManyHandshakes, err)
 		}
 		l.onErr(addr, fmt.Errorf("quic handshake: %w", err))
