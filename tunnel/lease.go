@@ -46,7 +46,7 @@ type keyedLease struct {
 // leaseChange is what opening one tunnel did to the lease table: the
 // lease key had before (nil: none), and the leases of others dropped for
 // it (the token's max_tunnels cap, or the longest-idle lease whose port it
-// took). undoLeasesLocked puts them back.
+// took). Relay.undoLeases puts them back.
 type leaseChange struct {
 	key     leaseKey
 	prev    *lease
