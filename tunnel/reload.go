@@ -390,7 +390,8 @@ func (r *Relay) moveLocked(g *group, why string) ([]*member, error) {
 	// window) asked for ports too: the tunnel moves within their ranges
 	// where these leave it a free port, so each finds it there when back,
 	// rather than be refused it for as long as the others hold it. They
-	// do not stop a move the members here can make.
+	// neither stop a move the members here can make nor, there being
+	// other ports, take one a lease holds (bindLocked's noLease).
 	kept, now, window := cands, time.Now(), r.config().RejoinWindow
 	for _, aw := range g.away {
 		if aw.want.Low == 0 || now.Sub(aw.left) > window {
@@ -400,9 +401,11 @@ func (r *Relay) moveLocked(g *group, why string) ([]*member, error) {
 			kept = c
 		}
 	}
-	port, ln, pc, err := r.bindLocked(g.key, kept, PortRange{}, r.config().BindHost, g.protos, g.noLease, nil)
-	if err != nil && kept.Size() != cands.Size() {
-		port, ln, pc, err = r.bindLocked(g.key, cands, PortRange{}, r.config().BindHost, g.protos, g.noLease, nil)
+	narrowed := kept.Size() != cands.Size()
+	host := r.config().BindHost
+	port, ln, pc, err := r.bindLocked(g.key, kept, PortRange{}, host, g.protos, g.noLease || narrowed, nil)
+	if err != nil && narrowed {
+		port, ln, pc, err = r.bindLocked(g.key, cands, PortRange{}, host, g.protos, g.noLease, nil)
 	}
 	if err != nil {
 		return nil, err

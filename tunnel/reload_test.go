@@ -918,53 +918,82 @@ func TestGroupWaitsForEveryAgentThatVanished(t *testing.T) {
 // away when the reload takes its port, and back, P joins the tunnel on the
 // port it moved to, rather than be refused it for as long as F holds it.
 func TestReloadMoveKeepsVanishedAgentsRange(t *testing.T) {
-	forEachTransport(t, func(t *testing.T, kind string) {
-		x, y := twoFreePorts(t)
-		// x and y, and none between them: P's range x-y holds two ports
-		// of the relay's, F's any of them.
-		elsewhere := PortRange{1024, 19999}
-		r := startRelayWith(t, func(c *RelayConfig) {
-			c.Ports = PortSet{elsewhere, {x, x}, {y, y}}
-			c.RejoinWindow = time.Minute
-			fastLivenessRelay(c)
-		}, fastLivenessOpts)
-		local := proctest.StartEcho(t, "v:")
-		p := newProxy(t, kind, r.Addr)
-		pc := tokenAgent(r, kind, local, testSecret, "shared")
-		pc.Relay = p.Addr()
-		pc.Tunnels[0].Ports = PortRange{x, y}
-		fastLivenessAgent(&pc)
-		pinned := liveAgentUp(t, pc)
-		was := pinned.eps[0].Port
-		free := liveAgentUp(t, tokenAgent(r, kind, local, testSecret, "shared"))
-		if free.eps[0].Port != was {
-			t.Fatalf("the second agent got port %d, not the group's %d", free.eps[0].Port, was)
-		}
+	forEachTransport(t, func(t *testing.T, kind string) { moveWithAgentAway(t, kind, false) })
+}
 
-		p.Cut()
-		waitFor(t, "the relay to lose the agent that asked for x-y", 20*time.Second, func() bool { return agentCount(r.Relay) == 1 })
-		other := x + y - was
-		rc := *r.Relay.config()
-		rc.Ports = PortSet{elsewhere, {other, other}}
-		if res, err := r.Relay.Reload(rc); err != nil || res.TunnelsMoved != 1 || res.TunnelsClosed != 0 {
-			t.Fatalf("Reload: %+v, %v; want the tunnel moved", res, err)
-		}
-		if got := free.waitReady(t)[0].Port; got != other {
-			t.Errorf("the tunnel moved to port %d, want %d, the one left of x-y (%d-%d), which the agent away asked for", got, other, x, y)
-		}
+// An agent away is no reason to break a lease, though: when the port left
+// in its range is leased to another tunnel, and other ports are free, the
+// tunnel moves to one of those, and the lease stays.
+func TestReloadMoveTakesNoLeaseForVanishedAgent(t *testing.T) {
+	forEachTransport(t, func(t *testing.T, kind string) { moveWithAgentAway(t, kind, true) })
+}
 
-		p.Restore()
-		waitFor(t, "the agent that asked for x-y to be back in the tunnel", 20*time.Second, func() bool {
-			ts := r.Relay.Tunnels()
-			return len(ts) == 1 && len(ts[0].Members) == 2
-		})
-		if st := pinned.Status(); !st.Connected || st.Tunnels[0].Public != fmt.Sprintf("tcp://127.0.0.1:%d", other) {
-			t.Errorf("the agent that asked for x-y: %+v, want it back on port %d", st, other)
+func moveWithAgentAway(t *testing.T, kind string, leased bool) {
+	x, y := twoFreePorts(t)
+	// x and y, and none between them: P's range x-y holds two ports of
+	// the relay's, F's any of them.
+	elsewhere := PortRange{1024, 19999}
+	r := startRelayWith(t, func(c *RelayConfig) {
+		c.Ports = PortSet{elsewhere, {x, x}, {y, y}}
+		c.RejoinWindow = time.Minute
+		fastLivenessRelay(c)
+	}, fastLivenessOpts)
+	local := proctest.StartEcho(t, "v:")
+	p := newProxy(t, kind, r.Addr)
+	pc := tokenAgent(r, kind, local, testSecret, "shared")
+	pc.Relay = p.Addr()
+	pc.Tunnels[0].Ports = PortRange{x, y}
+	fastLivenessAgent(&pc)
+	pinned := liveAgentUp(t, pc)
+	was := pinned.eps[0].Port
+	other := x + y - was
+	fc := tokenAgent(r, kind, local, testSecret, "shared")
+	fastLivenessAgent(&fc)
+	free := liveAgentUp(t, fc)
+	if free.eps[0].Port != was {
+		t.Fatalf("the second agent got port %d, not the group's %d", free.eps[0].Port, was)
+	}
+	if leased {
+		held, err := leasedAgent(t, r, kind, "held", local, PortRange{other, other})
+		if err != nil {
+			t.Fatal(err)
 		}
-		if strings.Contains(pinned.Log.String(), "refused") {
-			t.Errorf("the agent that asked for x-y was refused on its way back:\n%s", pinned.Log)
+		held.Stop()
+		waitFor(t, "the relay to close held", 10*time.Second, func() bool { return len(r.Relay.Tunnels()) == 1 })
+	}
+
+	p.Cut()
+	waitFor(t, "the relay to lose the agent that asked for x-y", 20*time.Second, func() bool { return agentCount(r.Relay) == 1 })
+	rc := *r.Relay.config()
+	rc.Ports = PortSet{elsewhere, {other, other}}
+	if res, err := r.Relay.Reload(rc); err != nil || res.TunnelsMoved != 1 || res.TunnelsClosed != 0 {
+		t.Fatalf("Reload: %+v, %v; want the tunnel moved", res, err)
+	}
+	now := free.waitReady(t)[0].Port
+	if leased {
+		if now == other || !elsewhere.Contains(now) {
+			t.Errorf("the tunnel moved to port %d, want one of %s: %d is leased to held", now, elsewhere, other)
 		}
+		if l, ok := leasesHeld(r.Relay)["held"]; !ok || l.Port != other {
+			t.Errorf("held's lease: %+v, %v; want it kept, on %d", l, ok, other)
+		}
+		return
+	}
+	if now != other {
+		t.Errorf("the tunnel moved to port %d, want %d, the one left of x-y (%d-%d), which the agent away asked for", now, other, x, y)
+	}
+
+	p.Restore()
+	waitFor(t, "the agent that asked for x-y to be back in the tunnel", 20*time.Second, func() bool {
+		ts := r.Relay.Tunnels()
+		return len(ts) == 1 && len(ts[0].Members) == 2
 	})
+	if st := pinned.Status(); !st.Connected || st.Tunnels[0].Public != fmt.Sprintf("tcp://127.0.0.1:%d", other) {
+		t.Errorf("the agent that asked for x-y: %+v, want it back on port %d", st, other)
+	}
+	if strings.Contains(pinned.Log.String(), "refused") {
+		t.Errorf("the agent that asked for x-y was refused on its way back:\n%s", pinned.Log)
+	}
 }
 
 // Two reloads in a row that each move a tunnel send its agent two MOVEDs;
