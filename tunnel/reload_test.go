@@ -226,6 +226,8 @@ func TestReloadLeavesClosingSessionAlone(t *testing.T) {
 	forEachTransport(t, func(t *testing.T, kind string) {
 		r := startRelay(t, nil)
 		authenticate(t, dialRaw(t, r, kind)) // and never hangs up
+		// The WELCOME goes out before the relay records the session.
+		waitFor(t, "the relay to hold the session", 10*time.Second, func() bool { return agentCount(r.Relay) == 1 })
 		rc := *r.Relay.config()
 		rc.Tokens = []Token{{ID: "other", Secret: oldSecret}}
 		if res, err := r.Relay.Reload(rc); err != nil || res.SessionsClosed != 1 {
