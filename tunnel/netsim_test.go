@@ -3,12 +3,14 @@ package tunnel
 // Measurements of the relay over an emulated real network (internal/impair
 // between the agent and the relay): time to first byte, one stream's
 // throughput, liveness under loss, a blackholed path, UDP under a small
-// path MTU. They take minutes and print numbers rather than assert, so
+// path MTU, the latency of small requests and game datagrams beside a bulk
+// transfer on a slow uplink. They take minutes and print numbers rather than assert, so
 // they run only when asked:
 //
 //	RELAY_NETSIM=1 go test ./tunnel -run NetSim -v -timeout 30m
 
 import (
+	"encoding/binary"
 	"fmt"
 	"io"
 	"net"
@@ -551,4 +553,352 @@ func TestNetSimSlowClientOnCongestedUplink(t *testing.T) {
 		t.Logf("%s: 100 ms RTT, 8 Mbit/s uplink with 2 s of queue: fast client %.1f MB in %v; slow client %d bytes, ended by %v; relay guard resets logged: %d",
 			kind, float64(fastBytes.Load())/1e6, time.Since(start).Round(time.Second), slowBytes, slowErr, resets)
 	}
+}
+
+// TestNetSimLatencyUnderLoad: what bulk transfer through an agent does to
+// the latency of the agent's other traffic on a home link: a 20 Mbit/s
+// uplink and a 100 Mbit/s downlink, 40 ms round trip, a router that
+// queues 75 ms each way. Measured at once (probeLatency): a 64-byte echo
+// every 50 ms on a held TCP connection, a new connection's first echo
+// every 250 ms, and a 100-byte game datagram every 20 ms echoed by a UDP
+// server; when idle, during a download (a public client reading from a
+// server behind the agent as fast as it can: the uplink is full) and
+// during an upload (a client sending as fast as it can: the downlink is).
+//
+// Over TLS+smux the proxy's sockets read with a small receive buffer
+// (impair.Config.RecvBuffer), so that bytes the router has no room for
+// wait unsent in the sender's socket, as they do on a real link; the log
+// shows how many did.
+func TestNetSimLatencyUnderLoad(t *testing.T) {
+	netsim(t)
+	const (
+		upRate   = 20e6 / 8 // bytes per second
+		downRate = 100e6 / 8
+		rtt      = 40 * time.Millisecond
+		queue    = 75 * time.Millisecond
+	)
+	measure := 10 * time.Second
+	if v := os.Getenv("RELAY_NETSIM_MEASURE"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		measure = d
+	}
+	ech := startServer(t, echo)
+	chunk := make([]byte, 32<<10)
+	src := startServer(t, func(c net.Conn) {
+		defer c.Close()
+		for {
+			if _, err := c.Write(chunk); err != nil {
+				return
+			}
+		}
+	})
+	sink := startServer(t, func(c net.Conn) {
+		defer c.Close()
+		io.Copy(io.Discard, c)
+	})
+	u := startUDPEcho(t)
+	only := os.Getenv("RELAY_NETSIM_KIND")
+	for _, kind := range kinds {
+		if only != "" && kind != only {
+			continue
+		}
+		r := startRelay(t, nil)
+		link := func(rate float64) impair.Config {
+			return impair.Config{Delay: rtt / 2, Rate: int64(rate), Queue: int(rate * queue.Seconds()), RecvBuffer: 16 << 10}
+		}
+		var p simProxy
+		var err error
+		if kind == TransportTCP {
+			p, err = impair.NewTCP(r.Addr, link(upRate), link(downRate))
+		} else {
+			p, err = impair.NewUDP(r.Addr, link(upRate), link(downRate))
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg := r.agentConfig(kind, ech, src, sink)
+		cfg.Tunnels = append(cfg.Tunnels, TunnelSpec{Name: "game", Local: u.Addr, Protos: ProtoUDP})
+		cfg.Relay = p.Addr()
+		cfg.TransportOptions = DefaultAgentConfig().TransportOptions
+		ta := mustRunAgent(t, cfg)
+		echoAddr, gameAddr := ta.Public(0), endpointFor(t, ta, "udp")
+		time.Sleep(time.Second)
+
+		type result struct {
+			name   string
+			s      latencySamples
+			mbits  float64
+			queues string
+		}
+		results := []result{{name: "idle", s: probeLatency(t, echoAddr, gameAddr, measure/2)}}
+		for _, upload := range []bool{false, true} {
+			res := result{name: "download"}
+			target := ta.Public(1)
+			if upload {
+				res.name, target = "upload", ta.Public(2)
+			}
+			c, err := net.Dial("tcp", target)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var moved atomic.Int64
+			done := make(chan struct{})
+			go func() {
+				defer close(done)
+				b := make([]byte, 64<<10)
+				for {
+					var n int
+					var err error
+					if upload {
+						n, err = c.Write(b)
+					} else {
+						n, err = c.Read(b)
+					}
+					moved.Add(int64(n))
+					if err != nil {
+						return
+					}
+				}
+			}()
+			time.Sleep(3 * time.Second) // past slow start, the queues full
+			from, start := moved.Load(), time.Now()
+			stop := make(chan struct{})
+			sampled := make(chan []sockQueues)
+			go func() {
+				// The connection through the proxy that carries the
+				// bulk: the agent's to the proxy, or the proxy's to
+				// the relay.
+				addr := p.Addr()
+				if upload {
+					addr = r.Addr
+				}
+				_, port, _ := net.SplitHostPort(addr)
+				var qs []sockQueues
+				for {
+					select {
+					case <-stop:
+						sampled <- qs
+						return
+					case <-time.After(250 * time.Millisecond):
+					}
+					if q, ok := tcpQueues(port); ok && kind == TransportTCP {
+						qs = append(qs, q)
+					}
+				}
+			}()
+			res.s = probeLatency(t, echoAddr, gameAddr, measure)
+			close(stop)
+			qs := <-sampled
+			res.mbits = float64(moved.Load()-from) * 8 / time.Since(start).Seconds() / 1e6
+			c.Close()
+			<-done
+			if moved.Load() == 0 {
+				t.Errorf("%s: the %s carried nothing", kind, res.name)
+			}
+			if len(qs) > 0 {
+				// The sender's unacknowledged bytes (its unsent ones,
+				// but for the few the proxy's socket holds) and the
+				// proxy's unread ones.
+				var sent, unread []int
+				for _, q := range qs {
+					if upload {
+						sent, unread = append(sent, q.listener.tx), append(unread, q.dialer.rx)
+					} else {
+						sent, unread = append(sent, q.dialer.tx), append(unread, q.listener.rx)
+					}
+				}
+				slices.Sort(sent)
+				slices.Sort(unread)
+				who := "agent's"
+				if upload {
+					who = "relay's"
+				}
+				res.queues = fmt.Sprintf("%s socket %d KiB queued (median; max %d), proxy's %d KiB unread (max %d)",
+					who, sent[len(sent)/2]>>10, sent[len(sent)-1]>>10, unread[len(unread)/2]>>10, unread[len(unread)-1]>>10)
+			}
+			results = append(results, res)
+		}
+
+		t.Logf("%s: 20 Mbit/s up, 100 Mbit/s down, %v RTT, router queues %v; p50 / p99 / max", kind, rtt, queue)
+		t.Logf("  %-10s %-24s %-24s %s", "", "64-byte echo, held conn", "new conn + first echo", "100-byte datagram echo")
+		for _, res := range results {
+			line := fmt.Sprintf("  %-10s %-24s %-24s %s (%d lost)", res.name, pcts(res.s.tcp), pcts(res.s.conn), pcts(res.s.udp), res.s.udpLost)
+			if res.mbits > 0 {
+				line += fmt.Sprintf("; %.1f Mbit/s", res.mbits)
+			}
+			t.Log(line)
+			if res.queues != "" {
+				t.Logf("  %-10s %s", "", res.queues)
+			}
+		}
+		ta.Stop()
+		r.Stop()
+		p.Close()
+	}
+}
+
+// latencySamples are the round trips probeLatency measured.
+type latencySamples struct {
+	tcp, conn, udp []time.Duration
+	udpLost        int
+}
+
+// probeLatency measures, for d, at once: a 64-byte echo every 50 ms on a
+// held connection to the TCP echo at tcpAddr, a new connection and its
+// first byte's echo every 250 ms, and the echo of a 100-byte datagram
+// sent to udpAddr every 20 ms. Replies must match what was sent.
+func probeLatency(t *testing.T, tcpAddr, udpAddr string, d time.Duration) latencySamples {
+	t.Helper()
+	var s latencySamples
+	var wg sync.WaitGroup
+	end := time.Now().Add(d)
+	wg.Add(3)
+	go func() {
+		defer wg.Done()
+		c, err := net.Dial("tcp", tcpAddr)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer c.Close()
+		msg, back := make([]byte, 64), make([]byte, 64)
+		for i := 0; time.Now().Before(end); i++ {
+			for j := range msg {
+				msg[j] = byte(i + j)
+			}
+			start := time.Now()
+			c.SetDeadline(start.Add(20 * time.Second))
+			if _, err := c.Write(msg); err != nil {
+				t.Error(err)
+				return
+			}
+			if _, err := io.ReadFull(c, back); err != nil || string(back) != string(msg) {
+				t.Errorf("held connection's echo %d: %v (or different bytes)", i, err)
+				return
+			}
+			s.tcp = append(s.tcp, time.Since(start))
+			time.Sleep(50 * time.Millisecond)
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		for time.Now().Before(end) {
+			start := time.Now()
+			c, err := net.Dial("tcp", tcpAddr)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			c.SetDeadline(start.Add(20 * time.Second))
+			b := []byte{'q'}
+			c.Write(b)
+			_, err = io.ReadFull(c, b)
+			c.Close()
+			if err != nil || b[0] != 'q' {
+				t.Errorf("new connection's echo: %v (or a different byte)", err)
+				return
+			}
+			s.conn = append(s.conn, time.Since(start))
+			time.Sleep(250 * time.Millisecond)
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		c, err := net.Dial("udp", udpAddr)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer c.Close()
+		var mu sync.Mutex
+		var sent []time.Time
+		received := make(chan struct{})
+		go func() {
+			defer close(received)
+			b := make([]byte, 2048)
+			for {
+				c.SetReadDeadline(time.Now().Add(3 * time.Second))
+				n, err := c.Read(b)
+				if err != nil {
+					return
+				}
+				seq := int(binary.BigEndian.Uint32(b))
+				mu.Lock()
+				ok := n == 100 && seq < len(sent) && b[99] == byte(seq)
+				if ok {
+					s.udp = append(s.udp, time.Since(sent[seq]))
+				}
+				mu.Unlock()
+				if !ok {
+					t.Errorf("datagram echo of %d bytes, sequence %d: not one that was sent", n, seq)
+				}
+			}
+		}()
+		p := make([]byte, 100)
+		for seq := 0; time.Now().Before(end); seq++ {
+			binary.BigEndian.PutUint32(p, uint32(seq))
+			p[99] = byte(seq)
+			mu.Lock()
+			sent = append(sent, time.Now())
+			mu.Unlock()
+			c.Write(p)
+			time.Sleep(20 * time.Millisecond)
+		}
+		<-received
+		s.udpLost = len(sent) - len(s.udp)
+		if len(s.udp) == 0 {
+			t.Error("no datagram came back")
+		}
+	}()
+	wg.Wait()
+	return s
+}
+
+// pcts formats the median, 99th percentile and maximum of ds.
+func pcts(ds []time.Duration) string {
+	if len(ds) == 0 {
+		return "-"
+	}
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	ms := func(d time.Duration) string { return fmt.Sprintf("%.0f", float64(d)/float64(time.Millisecond)) }
+	return fmt.Sprintf("%s / %s / %s ms", ms(s[len(s)/2]), ms(s[len(s)*99/100]), ms(s[len(s)-1]))
+}
+
+// sockQueues are the bytes queued in the two sockets of a loopback TCP
+// connection: each one's unacknowledged bytes (sent or not) and unread
+// ones.
+type sockQueues struct{ dialer, listener struct{ tx, rx int } }
+
+// tcpQueues reads /proc/net/tcp for the established connection to port
+// (decimal); ok is false where there is no such file or connection.
+func tcpQueues(port string) (q sockQueues, ok bool) {
+	b, err := os.ReadFile("/proc/net/tcp")
+	if err != nil {
+		return q, false
+	}
+	var p int
+	fmt.Sscan(port, &p)
+	hexPort := fmt.Sprintf(":%04X", p)
+	var dialer, listener bool
+	for _, l := range strings.Split(string(b), "\n")[1:] {
+		f := strings.Fields(l)
+		if len(f) < 5 || f[3] != "01" {
+			continue
+		}
+		var tx, rx int
+		if _, err := fmt.Sscanf(f[4], "%x:%x", &tx, &rx); err != nil {
+			continue
+		}
+		switch {
+		case strings.HasSuffix(f[2], hexPort):
+			q.dialer.tx, q.dialer.rx, dialer = tx, rx, true
+		case strings.HasSuffix(f[1], hexPort):
+			q.listener.tx, q.listener.rx, listener = tx, rx, true
+		}
+	}
+	return q, dialer && listener
 }

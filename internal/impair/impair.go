@@ -48,6 +48,16 @@ type Config struct {
 	// the queue), as a TCP window bounds a real path's bytes in flight:
 	// readers wait for room. 0: 64 MiB.
 	Window int
+	// RecvBuffer is the receive buffer (SO_RCVBUF) of the proxy's sockets
+	// that read the TCP bytes going this way (on Unix): up's is set when
+	// NewTCP listens, down's as each connection to the target is made.
+	// The kernel acknowledges what it buffers there, and grows the
+	// buffer to megabytes on its own: behind a Rate cap, bytes the queue
+	// has no room for would wait there, acknowledged, rather than unsent
+	// in the sender's socket, where a real bottleneck leaves them (and
+	// where TCP_NOTSENT_LOWAT bounds them). A small one (16 KiB) keeps
+	// them in the sender. 0: the kernel's own.
+	RecvBuffer int
 }
 
 func (c Config) window() int64 {

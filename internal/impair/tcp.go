@@ -1,6 +1,7 @@
 package impair
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -38,7 +39,10 @@ func NewTCP(target string, up, down Config) (*TCP, error) {
 	if !ta.IP.IsLoopback() {
 		return nil, fmt.Errorf("impair: target %s is not a loopback address", target)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	// The sockets that read get their RecvBuffer before they connect, so
+	// that the window they offer from the first is the one they keep.
+	lc := net.ListenConfig{Control: recvBuffer(up.RecvBuffer)}
+	ln, err := lc.Listen(context.Background(), "tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
 	}
@@ -110,7 +114,7 @@ func (p *TCP) serve() {
 		if err != nil {
 			return
 		}
-		up, err := net.Dial("tcp", p.target)
+		up, err := p.down.dialer().Dial("tcp", p.target)
 		if err != nil {
 			c.Close()
 			continue
@@ -210,6 +214,13 @@ func (p *TCP) pump(src, dst net.Conn, l *link) {
 			return
 		}
 	}
+}
+
+// dialer dials the sockets that read the bytes going l's way.
+func (l *link) dialer() *net.Dialer {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return &net.Dialer{Control: recvBuffer(l.cfg.RecvBuffer)}
 }
 
 func (l *link) window() int64 {
