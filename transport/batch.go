@@ -2,6 +2,7 @@ package transport
 
 import (
 	"crypto/tls"
+	"math/bits"
 	"net"
 	"slices"
 	"sync"
@@ -32,6 +33,8 @@ type batchConn struct {
 	queue    *[]byte   // nil when empty; from batchBufs
 	writing  bool      // a socket write is in progress
 	last     int64     // when the last socket write ended, unix nanoseconds
+	limit    int       // the queue's bound, minBatch to maxBatch
+	notSent  int       // the socket's TCP_NOTSENT_LOWAT as set (notsent.go); -1: none
 	err      error     // the socket's write error, sticky
 	closed   bool
 	kick     chan struct{} // wakes the flusher; capacity 1
@@ -39,9 +42,24 @@ type batchConn struct {
 }
 
 const (
-	// maxBatch bounds the bytes queued ahead of the socket: a full queue
-	// makes Write wait, so a slow peer pushes back on smux's sender.
+	// maxBatch and minBatch bound the bytes queued ahead of the socket: a
+	// full queue makes Write wait, so a slow peer pushes back on smux's
+	// sender. The queue is first in, first out, in front of the socket's
+	// own unsent bytes (notsent.go), so every frame waits for all of it,
+	// while smux, behind it, takes each stream in turn: on a 20 Mbit/s
+	// uplink 256 KiB is 105 ms. So the bound follows the socket (see
+	// flush): maxBatch where it takes bytes fast (loopback, a fast link:
+	// larger writes, fewer system calls); minBatch, where it starts, on
+	// a slow link: one of smux's largest frames with its records'
+	// overhead (13 ms at 20 Mbit/s). The flusher takes the whole queue,
+	// so the sender fills the next one while it writes.
 	maxBatch = 256 << 10
+	minBatch = smuxFrameSize + 1<<10
+	// batchDrain is how long the socket may take to send the queue, or
+	// its own unsent bytes, at the rate it takes bytes; batchRateWindow
+	// is the least time over which that rate is measured.
+	batchDrain      = 5 * time.Millisecond
+	batchRateWindow = 20 * time.Millisecond
 	// closeLinger bounds how long Close waits to send what is queued.
 	closeLinger = 2 * time.Second
 	// batchGap is how long after the last socket write a Write goes
@@ -53,8 +71,11 @@ const (
 var batchBufs = sync.Pool{New: func() any { b := make([]byte, 0, 64<<10); return &b }}
 
 func newBatchConn(c net.Conn) *batchConn {
-	b := &batchConn{Conn: c, kick: make(chan struct{}, 1), finished: make(chan struct{})}
+	b := &batchConn{Conn: c, limit: minBatch, notSent: -1, kick: make(chan struct{}, 1), finished: make(chan struct{})}
 	b.room.L = &b.mu
+	if setNotSentLowat(c, minNotSent) {
+		b.notSent = minNotSent
+	}
 	go b.flush()
 	return b
 }
@@ -76,7 +97,7 @@ func (b *batchConn) writeFill(n int, fill func([]byte) []byte) error {
 // write writes p, or what fill appends (n bytes either way).
 func (b *batchConn) write(n int, p []byte, fill func([]byte) []byte) error {
 	b.mu.Lock()
-	for b.queue != nil && len(*b.queue)+n > maxBatch && b.err == nil && !b.closed {
+	for b.queue != nil && len(*b.queue)+n > b.limit && b.err == nil && !b.closed {
 		b.room.Wait()
 	}
 	switch {
@@ -157,9 +178,22 @@ func (b *batchConn) kickFlusher() {
 
 // flush writes the queue whenever it is not empty, until the connection is
 // closed and the queue sent, or the socket fails; then it closes the socket.
+//
+// It also measures the socket, over windows of batchRateWindow at least:
+// in a window where the flusher spent half its time or more in writes,
+// the socket held the bytes back, and the rate at which it took them
+// while it wrote sets the queue's bound and the socket's unsent bytes
+// (what it sends in batchDrain at that rate). A window with less is left
+// out: whatever sets the pace, it is not the socket, and on a slow link
+// waiting for a bulk transfer the bounds must stay where they are.
 func (b *batchConn) flush() {
 	defer close(b.finished)
 	defer b.Conn.Close()
+	var (
+		window  time.Time     // when the window began
+		written int           // bytes written in it
+		busy    time.Duration // time spent writing in it
+	)
 	for {
 		b.mu.Lock()
 		for b.writing || (b.queue == nil && !b.closed && b.err == nil) {
@@ -176,20 +210,62 @@ func (b *batchConn) flush() {
 		b.writing = true
 		b.room.Broadcast()
 		b.mu.Unlock()
+		start := time.Now()
+		if window.IsZero() {
+			window = start
+		}
 		_, err := b.Conn.Write(*q)
+		end := time.Now()
+		written += len(*q)
+		busy += end.Sub(start)
 		if cap(*q) <= 4*maxBatch {
 			*q = (*q)[:0]
 			batchBufs.Put(q)
 		}
+		limit := 0
+		if d := end.Sub(window); d >= batchRateWindow {
+			if 2*busy >= d {
+				limit = drainBytes(written, busy, minBatch, maxBatch)
+				if n := notSentFor(written, busy); b.notSent >= 0 && n != b.notSent && setNotSentLowat(b.Conn, n) {
+					b.notSent = n
+				}
+			}
+			window, written, busy = end, 0, 0
+		}
 		b.mu.Lock()
+		if limit > 0 {
+			b.limit = limit
+		}
 		b.writing = false
-		b.last = time.Now().UnixNano()
+		b.last = end.UnixNano()
 		if err != nil && b.err == nil {
 			b.err = err
 		}
 		b.room.Broadcast()
 		b.mu.Unlock()
 	}
+}
+
+// drainBytes is what a socket that took n bytes in d of writing takes in
+// batchDrain: from lo to hi.
+func drainBytes(n int, d time.Duration, lo, hi int) int {
+	if d <= 0 {
+		return hi
+	}
+	return int(min(max(int64(n)*int64(batchDrain)/int64(d), int64(lo)), int64(hi)))
+}
+
+// notSentFor is the TCP_NOTSENT_LOWAT for a socket that took n bytes in
+// d of writing: what it takes in batchDrain, at least minNotSent, in
+// powers of two (so that a rate that wavers changes it only when it
+// halves or doubles); from maxNotSent on, 0: the system's default, no
+// bound unless its administrator set one.
+func notSentFor(n int, d time.Duration) int {
+	b := drainBytes(n, d, minNotSent, maxNotSent)
+	if b >= maxNotSent {
+		return 0
+	}
+	return 1 << (bits.Len(uint(b)) - 1)
 }
 
 func (b *batchConn) Read(p []byte) (int, error) {
@@ -251,7 +327,8 @@ func (b *batchConn) setDeadline(set func(time.Time) error, t time.Time) error {
 }
 
 // setTCPOptions tunes a session's TCP connection. TCP_NODELAY is Go's
-// default already; batchConn does the coalescing Nagle would.
+// default already; batchConn does the coalescing Nagle would, and bounds
+// the socket's unsent bytes.
 func setTCPOptions(c net.Conn) {
 	tc, ok := c.(*net.TCPConn)
 	if !ok {

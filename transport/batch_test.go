@@ -97,3 +97,71 @@ func TestBatchConnWriteError(t *testing.T) {
 		t.Fatal("flusher still running after Close")
 	}
 }
+
+// slowConn is a socket that takes rate bytes a second.
+type slowConn struct {
+	net.Conn
+	rate float64
+}
+
+func (c slowConn) Write(p []byte) (int, error) {
+	time.Sleep(time.Duration(float64(len(p)) / c.rate * float64(time.Second)))
+	return len(p), nil
+}
+
+// The queue's bound follows the socket under a sender that always has
+// more: the most on a fast one, the least on a 20 Mbit/s uplink, where
+// every frame waits behind what it holds.
+func TestBatchConnLimitFollowsSocket(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		rate float64
+		want int
+	}{
+		{"1 GB/s", 1e9, maxBatch},
+		{"20 Mbit/s", 20e6 / 8, minBatch},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			a, _ := looptest.TCPPair(t)
+			bc := newBatchConn(slowConn{a, tt.rate})
+			defer bc.Close()
+			bc.mu.Lock()
+			bc.limit = (minBatch + maxBatch) / 2 // it must move either way
+			bc.mu.Unlock()
+			p := make([]byte, smuxFrameSize)
+			for end := time.Now().Add(4 * batchRateWindow); time.Now().Before(end); {
+				if _, err := bc.Write(p); err != nil {
+					t.Fatal(err)
+				}
+			}
+			bc.mu.Lock()
+			got := bc.limit
+			bc.mu.Unlock()
+			if got != tt.want {
+				t.Errorf("bound %d, want %d", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestDrainBytes(t *testing.T) {
+	for _, tt := range []struct {
+		n          int
+		d          time.Duration
+		batch, lat int
+	}{
+		{1 << 20, 0, maxBatch, 0},
+		{1 << 30, time.Second, maxBatch, 0},             // 1 GB/s: 5 MB in batchDrain
+		{100_000_000, time.Second, maxBatch, 256 << 10}, // 800 Mbit/s: 500 KB
+		{20_000_000, time.Second, 100_000, 64 << 10},    // 160 Mbit/s: 100 KB
+		{2_500_000, time.Second, minBatch, minNotSent},  // 20 Mbit/s: 12.5 KB
+		{1, time.Hour, minBatch, minNotSent},
+	} {
+		if got := drainBytes(tt.n, tt.d, minBatch, maxBatch); got != tt.batch {
+			t.Errorf("drainBytes(%d, %v) = %d, want %d", tt.n, tt.d, got, tt.batch)
+		}
+		if got := notSentFor(tt.n, tt.d); got != tt.lat {
+			t.Errorf("notSentFor(%d, %v) = %d, want %d", tt.n, tt.d, got, tt.lat)
+		}
+	}
+}

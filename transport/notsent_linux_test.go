@@ -1,0 +1,126 @@
+package transport
+
+import (
+	"context"
+	"net"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/relaytun/relay/internal/looptest"
+)
+
+// Both ends of a TLS+smux session bound their socket's unsent bytes from
+// the start, on records and on plain TLS alike.
+func TestNotSentLowat(t *testing.T) {
+	for _, plain := range []bool{false, true} {
+		t.Run(map[bool]string{false: "records", true: "plain TLS"}[plain], func(t *testing.T) {
+			o := testOptions()
+			o.plainTLS = plain
+			s := newTestServer(t, o, nil)
+			tlsConf, err := (&Verifier{Pin: s.pin}).ClientTLSConfig(s.addr, testALPN)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			c, err := (&TCPDialer{TLS: tlsConf, Options: o}).Dial(ctx, s.addr)
+			if err != nil {
+				t.Fatalf("Dial: %v", err)
+			}
+			t.Cleanup(func() { c.Close() })
+			sv := s.accept(t)
+			for _, end := range []struct {
+				name string
+				s    Session
+			}{{"dialer", c}, {"listener", sv}} {
+				ss := end.s.(*smuxSession)
+				if ss.records() == plain {
+					t.Fatalf("%s: records %v", end.name, ss.records())
+				}
+				var bc *batchConn
+				switch conn := ss.conn.(type) {
+				case *recordConn:
+					bc = conn.raw
+				case frameConn:
+					bc = conn.NetConn().(*batchConn)
+				default:
+					t.Fatalf("%s: smux runs on a %T", end.name, conn)
+				}
+				got := notSentLowat(t, bc.Conn.(*net.TCPConn))
+				if got != minNotSent {
+					t.Errorf("%s: TCP_NOTSENT_LOWAT %d, want %d", end.name, got, minNotSent)
+				}
+			}
+		})
+	}
+}
+
+// The bounds on a socket's unsent bytes and on the queue in front of them
+// open up while a fast reader takes everything, and close again when a
+// slow one holds the bytes back.
+func TestNotSentLowatFollowsSocket(t *testing.T) {
+	a, b := looptest.TCPPair(t)
+	b.SetReadBuffer(64 << 10) // the reader's kernel holds little
+	bc := newBatchConn(a)
+	defer bc.Close()
+	var pause atomic.Int64 // between the reader's 4 KiB reads
+	go func() {
+		buf := make([]byte, 4<<10)
+		for {
+			if _, err := b.Read(buf); err != nil {
+				return
+			}
+			time.Sleep(time.Duration(pause.Load()))
+		}
+	}()
+	p := make([]byte, smuxFrameSize)
+	for _, phase := range []struct {
+		name  string
+		pause time.Duration
+		ok    func(notSent, limit int) bool
+		want  string
+	}{
+		{"fast reader", 0, func(n, l int) bool { return (n == 0 || n >= 16*minNotSent) && l >= 4*minBatch },
+			"no bound or a large one, and a large queue"},
+		{"2 MB/s", 2 * time.Millisecond, func(n, l int) bool { return n == minNotSent && l == minBatch },
+			"the least of each"},
+	} {
+		pause.Store(int64(phase.pause))
+		var n, l int
+		for end := time.Now().Add(10 * time.Second); time.Now().Before(end); {
+			if _, err := bc.Write(p); err != nil {
+				t.Fatal(err)
+			}
+			n = notSentLowat(t, a)
+			bc.mu.Lock()
+			l = bc.limit
+			bc.mu.Unlock()
+			if phase.ok(n, l) {
+				break
+			}
+		}
+		if !phase.ok(n, l) {
+			t.Errorf("%s: TCP_NOTSENT_LOWAT %d and queue bound %d; want %s", phase.name, n, l, phase.want)
+		}
+	}
+}
+
+func notSentLowat(t *testing.T, c *net.TCPConn) int {
+	t.Helper()
+	rc, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n int
+	var gerr error
+	rc.Control(func(fd uintptr) {
+		n, gerr = unix.GetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_NOTSENT_LOWAT)
+	})
+	if gerr != nil {
+		t.Fatal(gerr)
+	}
+	return n
+}
