@@ -124,16 +124,12 @@ func (p *pace) take(end <-chan struct{}, n int) (int, error) {
 	}
 }
 
-// paced wraps w so that what is written to it keeps to p (if not nil),
-// adding what it wrote to sent (if not nil); with neither, it is w. A
-// write waiting for p ends when end is closed. It keeps w's WriteBuffer
-// (writeAll's way of sending from the caller's buffer) when w has one.
-func paced(end <-chan struct{}, w io.Writer, p *pace, sent *atomic.Int64) io.Writer {
-	return new(pacedBufferWriter).wrap(end, w, p, sent)
-}
-
-// wrap is paced in a writer the caller holds (a join holds one for each
-// direction, so that pacing costs a connection no allocation).
+// wrap makes pw the writer that keeps what is written to w to p (if not
+// nil), adding what it wrote to sent (if not nil), and returns it; with
+// neither, it returns w. A write waiting for p ends when end is closed.
+// It keeps w's WriteBuffer (writeAll's way of sending from the caller's
+// buffer) when w has one. A join holds one pw for each direction, so that
+// pacing costs a connection no allocation.
 func (pw *pacedBufferWriter) wrap(end <-chan struct{}, w io.Writer, p *pace, sent *atomic.Int64) io.Writer {
 	if p == nil && sent == nil {
 		return w

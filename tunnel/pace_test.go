@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -536,4 +537,9 @@ func TestPaceAllowsDatagramOverBurst(t *testing.T) {
 	if p.allow(64 << 10) {
 		t.Error("a second 64 KiB datagram passed an empty bucket")
 	}
+}
+
+// paced is wrap in a writer of its own, for the tests of one.
+func paced(end <-chan struct{}, w io.Writer, p *pace, sent *atomic.Int64) io.Writer {
+	return new(pacedBufferWriter).wrap(end, w, p, sent)
 }
