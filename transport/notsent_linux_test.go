@@ -1,7 +1,6 @@
 package transport
 
 import (
-	"context"
 	"net"
 	"sync/atomic"
 	"testing"
@@ -19,19 +18,7 @@ func TestNotSentLowat(t *testing.T) {
 		t.Run(map[bool]string{false: "records", true: "plain TLS"}[plain], func(t *testing.T) {
 			o := testOptions()
 			o.plainTLS = plain
-			s := newTestServer(t, o, nil)
-			tlsConf, err := (&Verifier{Pin: s.pin}).ClientTLSConfig(s.addr, testALPN)
-			if err != nil {
-				t.Fatal(err)
-			}
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
-			c, err := (&TCPDialer{TLS: tlsConf, Options: o}).Dial(ctx, s.addr)
-			if err != nil {
-				t.Fatalf("Dial: %v", err)
-			}
-			t.Cleanup(func() { c.Close() })
-			sv := s.accept(t)
+			c, sv := newTestServer(t, o, nil).connect(t, KindTCP)
 			for _, end := range []struct {
 				name string
 				s    Session
