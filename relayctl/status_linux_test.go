@@ -22,6 +22,7 @@ func TestStatusWatchTerminal(t *testing.T) {
 	sock := filepath.Join(t.TempDir(), "none.sock")
 	cmd := exec.Command(pt.RelayctlBin, "status", "--watch", "--control", sock)
 	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + t.TempDir(), "TMPDIR=" + t.TempDir()}
+	cmd.Env = append(cmd.Env, pt.CoverEnv()...)
 	cmd.Stdout, cmd.Stderr = pts, pts
 	screen, done := startOnPTY(t, cmd, ptm, pts)
 	// The terminal turns each \n into \r\n.

@@ -31,6 +31,7 @@ func TestWrapTerminal(t *testing.T) {
 	local := pt.ClosedPort(t)
 	cmd := exec.Command(pt.RelayctlBin, "expose", local, "--relay", r.Addr, "--token", pt.TestSecret, "--fingerprint", r.FP, "--", self)
 	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + t.TempDir(), "TMPDIR=" + t.TempDir(), helperEnv + "=" + local, "HELPER_STDIN=1"}
+	cmd.Env = append(cmd.Env, pt.CoverEnv()...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = pts, pts, pts
 	// A session of its own with the terminal as its controlling one, as a
 	// shell would give it.

@@ -126,7 +126,19 @@ func testEnv(t testing.TB, extra ...string) []string {
 	}
 	env = append(env, "HOME="+home, "XDG_CONFIG_HOME="+filepath.Join(home, ".config"),
 		"XDG_STATE_HOME="+filepath.Join(home, ".state"), "TMPDIR="+home)
+	env = append(env, CoverEnv()...)
 	return append(env, extra...)
+}
+
+// CoverEnv is what a process needs in its environment to write its
+// coverage where RELAY_COVERDIR says: with GOFLAGS=-cover the binaries are
+// built to count, but go test points GOCOVERDIR at a directory of its own,
+// removed when the test binary exits.
+func CoverEnv() []string {
+	if d := os.Getenv("RELAY_COVERDIR"); d != "" {
+		return []string{"GOCOVERDIR=" + d}
+	}
+	return nil
 }
 
 // Start runs bin with args; env entries ("K=V") are added to an environment
@@ -148,6 +160,14 @@ func Start(t testing.TB, env []string, bin string, args ...string) *Proc {
 		close(p.done)
 	}()
 	t.Cleanup(func() {
+		if len(CoverEnv()) > 0 {
+			// A killed process writes no coverage: ask first.
+			p.cmd.Process.Signal(syscall.SIGTERM)
+			select {
+			case <-p.done:
+			case <-time.After(2 * time.Second):
+			}
+		}
 		p.cmd.Process.Kill()
 		<-p.done
 		if t.Failed() {
