@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"syscall"
 	"testing"
 
 	pt "github.com/relaytun/relay/internal/proctest"
@@ -51,8 +52,9 @@ func TestEphemeralOverlap(t *testing.T) {
 	}
 }
 
-// TestCheckWarnsEphemeral: relayd check, and relayd at start, warn about
-// public ports inside this machine's ephemeral range.
+// TestCheckWarnsEphemeral: relayd check, relayd at start, and a reload
+// that changes [relay] ports warn about public ports inside this machine's
+// ephemeral range.
 func TestCheckWarnsEphemeral(t *testing.T) {
 	t.Parallel()
 	data, err := os.ReadFile(ephemeralFiles[0])
@@ -70,10 +72,14 @@ func TestCheckWarnsEphemeral(t *testing.T) {
 		t.Skipf("ports %s are reserved here", ports)
 	}
 	path := filepath.Join(t.TempDir(), "relay.toml")
-	cfg := fmt.Sprintf("[relay]\nlisten = \"127.0.0.1:0\"\nports = %q\nstate_dir = %q\n\n%s", ports, filepath.Join(filepath.Dir(path), "state"), pt.TokensTOML)
-	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
+	write := func(ports string) {
+		t.Helper()
+		cfg := fmt.Sprintf("[relay]\nlisten = \"127.0.0.1:0\"\nports = %q\nstate_dir = %q\n\n%s", ports, filepath.Join(filepath.Dir(path), "state"), pt.TokensTOML)
+		if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+			t.Fatal(err)
+		}
 	}
+	write(ports)
 	out, errOut, code := pt.Run(t, nil, pt.RelaydBin, "check", "--config", path)
 	want := fmt.Sprintf("relayd: warning: %s: [relay] ports overlap the range the kernel takes outgoing connections' local ports from: "+
 		"an outgoing connection may take a tunnel's port while nothing listens on it, and the tunnel, back, gets another (%s of them): "+
@@ -82,5 +88,24 @@ func TestCheckWarnsEphemeral(t *testing.T) {
 		t.Errorf("relayd check: exit %d\nstdout: %s\nstderr: %s\nwant exit 0, ok, and a warning starting %q", code, out, errOut, want)
 	}
 	r := pt.StartRelayd(t, path, filepath.Join(filepath.Dir(path), "state"))
-	r.WaitFor(&r.Stderr, regexp.MustCompile(regexp.QuoteMeta(`level=WARN msg="[relay] ports overlap the range the kernel takes outgoing connections' local ports from: `)), pt.StartTimeout)
+	warning := regexp.QuoteMeta(`level=WARN msg="[relay] ports overlap the range the kernel takes outgoing connections' local ports from: `)
+	r.WaitFor(&r.Stderr, regexp.MustCompile(warning), pt.StartTimeout)
+
+	// A reload that leaves the ports as they were says nothing of them
+	// again; one that changes them, to ports the kernel may hand out too,
+	// warns with the new ports.
+	r.Signal(syscall.SIGHUP)
+	r.WaitFor(&r.Stderr, regexp.MustCompile(`msg="relay.toml reloaded" file=\S+ changed="" `), pt.StartTimeout)
+	moved := fmt.Sprintf("%d-%d", p+10, p+19)
+	if ephemeralWarning(moved) == nil {
+		t.Skipf("ports %s are reserved here", moved)
+	}
+	write(moved)
+	r.Signal(syscall.SIGHUP)
+	r.WaitFor(&r.Stderr, regexp.MustCompile(`msg="relay.toml reloaded" file=\S+ changed=relay.ports `), pt.StartTimeout)
+	got := regexp.MustCompile(warning+`.* ports=(\S+) `).FindAllStringSubmatch(r.Stderr.String(), -1)
+	if len(got) != 2 || got[0][1] != ports || got[1][1] != moved {
+		t.Errorf("relayd warned about the ephemeral range %d times, for %q; want twice: at start for %s, at the reload for %s\n%s",
+			len(got), got, ports, moved, r.Stderr.String())
+	}
 }

@@ -383,6 +383,47 @@ func TestGeneratedTokenAfterFailedStart(t *testing.T) {
 	}
 }
 
+// TestSIGHUPTokenless: a reload of a relay.toml that still defines no
+// [[tokens]] keeps the generated token, and its agents' tunnels carry on;
+// a reload that takes away every token of a relayd started with some is
+// refused with a line saying what to do (it said "relay: no tokens
+// configured"), and the token keeps working.
+func TestSIGHUPTokenless(t *testing.T) {
+	t.Parallel()
+	const admin = "[admin]\nlisten = \"127.0.0.1:0\"\n"
+	t.Run("generated token kept", func(t *testing.T) {
+		t.Parallel()
+		r := pt.NewRelayd(t, "")
+		token := r.WaitFor(&r.Stdout, agentLineRE, pt.StartTimeout)[2]
+		local := pt.StartEcho(t, "gen:")
+		agent, urls := pt.StartExpose(t, 1, nil, local, "--relay", r.Addr, "--token", token, "--fingerprint", r.FP, "--transport", "tcp")
+		r.RewriteConfig(t, "[limits]\nper_ip_connections = 20\n\n"+admin)
+		r.Signal(syscall.SIGHUP)
+		r.WaitFor(&r.Stderr, regexp.MustCompile(`msg="relay.toml reloaded" file=\S+ changed=limits.per_ip_connections tokens_added="" tokens_removed="" tokens_changed="" tokens_renamed="" tunnels_moved=0 tunnels_closed=0 sessions_closed=0`), pt.StartTimeout)
+		pt.CheckEcho(t, urls[0], "gen:", 1024)
+		_, more := pt.StartExpose(t, 1, nil, local, "--relay", r.Addr, "--token", token, "--fingerprint", r.FP, "--transport", "tcp", "--name", "more")
+		pt.CheckEcho(t, more[0], "gen:", 1024)
+		if errOut := agent.Stderr.String(); strings.Contains(errOut, "reconnect") || strings.Contains(errOut, "relayctl: ") {
+			t.Errorf("the agent of the generated token did not carry on across the reload:\n%s", errOut)
+		}
+	})
+	t.Run("every token removed", func(t *testing.T) {
+		t.Parallel()
+		r := pt.NewRelayd(t, pt.TokensTOML)
+		r.RewriteConfig(t, admin)
+		r.Signal(syscall.SIGHUP)
+		want := `level=ERROR msg="reload failed; the running configuration stays" file=` + r.Config +
+			` err="relay.toml defines no [[tokens]] now, and a reload cannot take every token away: add one, or restart relayd to have it make a token of its own"`
+		r.WaitFor(&r.Stderr, regexp.MustCompile(regexp.QuoteMeta(want)), pt.StartTimeout)
+		local := pt.StartEcho(t, "kept:")
+		_, urls := pt.StartExpose(t, 1, nil, local, "--relay", r.Addr, "--token", pt.TestSecret, "--fingerprint", r.FP, "--transport", "tcp")
+		pt.CheckEcho(t, urls[0], "kept:", 1024)
+		if out := r.Stdout.String(); out != "" {
+			t.Errorf("relayd printed %q on stdout; want no generated token from a reload", out)
+		}
+	})
+}
+
 // TestPrintAgentLine: the sentence above the relayctl line says whether
 // this start made the token or reuses one an earlier run made (a restart
 // used to say "made one" too); off a terminal a reused token is only
@@ -541,9 +582,10 @@ func TestListenAddressNotHere(t *testing.T) {
 	}
 }
 
-// TestSecretPermissionWarning: relayd warns at start when relay.toml holds
-// a secret and every user can read it, or everyone can read a
-// secret_file; it stays quiet when only relayd's user can.
+// TestSecretPermissionWarning: relayd warns at start and at each reload,
+// and relayd check warns too, when relay.toml holds a secret and every
+// user can read it, or everyone can read a secret_file; they stay quiet
+// when only relayd's user can.
 func TestSecretPermissionWarning(t *testing.T) {
 	t.Parallel()
 	const fileSecret = "file-secret-0123456789"
@@ -576,25 +618,39 @@ func TestSecretPermissionWarning(t *testing.T) {
 				t.Fatal(err)
 			}
 			r := pt.StartRelayd(t, config, stateDir)
+			r.Signal(syscall.SIGHUP)
+			r.WaitFor(&r.Stderr, regexp.MustCompile(`msg="relay.toml reloaded"`), pt.StartTimeout)
 			errOut := r.Stderr.String()
-			warnings := regexp.MustCompile(`(?m)^.*level=WARN.*$`).FindAllString(errOut, -1)
+			_, checkErr, code := pt.Run(t, nil, pt.RelaydBin, "check", "--config", config)
+			if code != 0 {
+				t.Errorf("relayd check: exit %d, want 0\nstderr: %s", code, checkErr)
+			}
+			var want, wantCheck string
 			switch tt.warn {
-			case "":
-				if len(warnings) > 0 {
-					t.Errorf("warned with the file readable by its owner alone:\n%s", strings.Join(warnings, "\n"))
-				}
 			case "config":
-				want := fmt.Sprintf(`level=WARN msg="the config file holds token secrets and every user can read it" file=%s mode=%04o fix="chmod 600 %s (or 640 with relayd's group), or move each secret to a file of its own named by secret_file"`,
+				want = fmt.Sprintf(`level=WARN msg="the config file holds token secrets and every user can read it" file=%s mode=%04o fix="chmod 600 %s (or 640 with relayd's group), or move each secret to a file of its own named by secret_file"`,
 					config, tt.configMode, config)
-				if len(warnings) != 1 || warnings[0][strings.Index(warnings[0], "level="):] != want {
-					t.Errorf("warnings:\n%s\nwant one:\n%s", strings.Join(warnings, "\n"), want)
-				}
+				wantCheck = fmt.Sprintf("relayd: warning: %s: the config file holds token secrets and every user can read it (mode %04o): chmod 600 %s (or 640 with relayd's group), or move each secret to a file of its own named by secret_file\n",
+					config, tt.configMode, config)
 			case "secret":
-				want := fmt.Sprintf(`level=WARN msg="the secret_file of token \"f\" can be read by every user" file=%s mode=%04o fix="chmod 600 %s (or 640 with relayd's group)"`,
+				want = fmt.Sprintf(`level=WARN msg="the secret_file of token \"f\" can be read by every user" file=%s mode=%04o fix="chmod 600 %s (or 640 with relayd's group)"`,
 					secretPath, tt.fileMode, secretPath)
-				if len(warnings) != 1 || warnings[0][strings.Index(warnings[0], "level="):] != want {
-					t.Errorf("warnings:\n%s\nwant one:\n%s", strings.Join(warnings, "\n"), want)
+				wantCheck = fmt.Sprintf("relayd: warning: %s: the secret_file of token \"f\" can be read by every user (mode %04o): chmod 600 %s (or 640 with relayd's group)\n",
+					secretPath, tt.fileMode, secretPath)
+			}
+			// Once at start, before relayd listens; once at the reload.
+			start, reloaded, _ := strings.Cut(errOut, `msg="relayd listening"`)
+			for i, part := range []string{start, reloaded} {
+				warnings := regexp.MustCompile(`(?m)^.*level=WARN.*$`).FindAllString(part, -1)
+				switch {
+				case want == "" && len(warnings) > 0:
+					t.Errorf("warned with the file readable by its owner alone:\n%s", strings.Join(warnings, "\n"))
+				case want != "" && (len(warnings) != 1 || warnings[0][strings.Index(warnings[0], "level="):] != want):
+					t.Errorf("warnings at the %s:\n%s\nwant one:\n%s", []string{"start", "reload"}[i], strings.Join(warnings, "\n"), want)
 				}
+			}
+			if checkErr != wantCheck {
+				t.Errorf("relayd check: stderr %q\nwant %q", checkErr, wantCheck)
 			}
 			if strings.Contains(errOut, pt.TestSecret) || strings.Contains(errOut, fileSecret) {
 				t.Errorf("a secret appears in relayd's log:\n%s", errOut)

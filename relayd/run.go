@@ -114,6 +114,16 @@ func runAction(c *cli.Context) error {
 			return cli.Exit(err.Error(), 1)
 		}
 	}
+	var overridden []string
+	for _, f := range []struct{ flag, key string }{{"log-level", "log.level"}, {"log-format", "log.format"}} {
+		if c.IsSet(f.flag) {
+			overridden = append(overridden, f.key)
+		}
+	}
+	// Before "relayd listening": a SIGHUP sent on that line must reload
+	// (handleSignals ignores one that comes before), and a stop signal
+	// drain.
+	running.Store(&runState{relay: relay, started: cfg, cfg: cfg, overridden: overridden, generated: generated, log: log})
 	fp := transport.Fingerprint(id.cert.Leaf)
 	log.Info("relayd listening", "listen", ln.Addr().String(), "transports", "quic (udp), tls+smux (tcp)",
 		"ports", rc.Ports.String(), "fingerprint", fp, "state_dir", id.stateDir, "version", buildinfo.Read().Version)
@@ -124,13 +134,6 @@ func runAction(c *cli.Context) error {
 		printAgentLine(os.Stdout, term.IsTerminal(int(os.Stdout.Fd())), log, cfg, ln.Addr(), rc.Tokens[0].Secret, fp, createdToken, id.stateDir)
 	}
 
-	var overridden []string
-	for _, f := range []struct{ flag, key string }{{"log-level", "log.level"}, {"log-format", "log.format"}} {
-		if c.IsSet(f.flag) {
-			overridden = append(overridden, f.key)
-		}
-	}
-	running.Store(&runState{relay: relay, started: cfg, cfg: cfg, overridden: overridden, generated: generated, log: log})
 	if err := relay.Serve(ctx, ln); err != nil {
 		return cli.Exit(err.Error(), 1)
 	}
@@ -228,7 +231,11 @@ func reload(st *runState) *Config {
 				rc.Tokens = st.generated
 			}
 			var res tunnel.ReloadResult
-			if res, err = relay.Reload(rc); err == nil {
+			if len(rc.Tokens) == 0 {
+				// The relay's own "no tokens configured" says nothing of
+				// what to do.
+				err = errNoTokensLeft
+			} else if res, err = relay.Reload(rc); err == nil {
 				// Against what started, not the last file read: the warning
 				// stays until the file agrees with what runs again.
 				for _, k := range restartOnly(st.started, next, st.overridden) {
@@ -264,6 +271,12 @@ func reload(st *runState) *Config {
 	log.Error("reload failed; the running configuration stays", "file", file, "err", err)
 	return nil
 }
+
+// errNoTokensLeft is reload's error for a relay.toml that takes away every
+// token of a relayd started with some: relayd makes a token of its own
+// only when it starts without any.
+var errNoTokensLeft = errors.New("relay.toml defines no [[tokens]] now, and a reload cannot take every token away: " +
+	"add one, or restart relayd to have it make a token of its own")
 
 // partlyApplied notes, for the restart-only keys that a reload does apply
 // in part, which part.

@@ -2,11 +2,13 @@ package main
 
 import (
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 
@@ -192,5 +194,52 @@ func TestSIGHUPRestartWarnings(t *testing.T) {
 	}
 	if strings.Contains(r.Stderr.String(), "level=ERROR") {
 		t.Errorf("relayd logged an error:\n%s", r.Stderr.String())
+	}
+}
+
+// TestSignalsBeforeRunAndWithoutConfig: before the relay runs, SIGHUP is
+// ignored and a stop signal stops at once (there is nothing to drain yet);
+// a relayd on the embedded defaults (no --config) answers SIGHUP with a
+// warning that there is no file to re-read, and carries on: no stop, no
+// drain, the same state.
+func TestSignalsBeforeRunAndWithoutConfig(t *testing.T) {
+	run := func(st *runState, sigs ...os.Signal) (stops int, running *runState, draining bool) {
+		ch := make(chan os.Signal, len(sigs))
+		for _, s := range sigs {
+			ch <- s
+		}
+		close(ch)
+		var r atomic.Pointer[runState]
+		r.Store(st)
+		var d atomic.Bool
+		handleSignals(ch, func() { stops++ }, &r, &d)
+		return stops, r.Load(), d.Load()
+	}
+
+	if stops, _, draining := run(nil, syscall.SIGHUP); stops != 0 || draining {
+		t.Errorf("SIGHUP before the relay runs: %d stops, draining %v; want it ignored", stops, draining)
+	}
+	for _, sig := range []os.Signal{syscall.SIGTERM, os.Interrupt} {
+		if stops, _, draining := run(nil, sig); stops != 1 || draining {
+			t.Errorf("%v before the relay runs: %d stops, draining %v; want one stop, no drain", sig, stops, draining)
+		}
+	}
+
+	var logs strings.Builder
+	noTime := func(_ []string, a slog.Attr) slog.Attr {
+		if a.Key == slog.TimeKey {
+			return slog.Attr{}
+		}
+		return a
+	}
+	def := DefaultConfig()
+	st := &runState{started: &def, cfg: &def, log: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{ReplaceAttr: noTime}))}
+	stops, running, draining := run(st, syscall.SIGHUP, syscall.SIGHUP)
+	if stops != 0 || draining || running != st {
+		t.Errorf("SIGHUP without --config: %d stops, draining %v, state replaced %v; want relayd to carry on as it was", stops, draining, running != st)
+	}
+	want := strings.Repeat(`level=WARN msg="reload asked, but relayd runs without --config: nothing to re-read"`+"\n", 2)
+	if logs.String() != want {
+		t.Errorf("SIGHUP twice without --config logged\n%s\nwant\n%s", logs.String(), want)
 	}
 }
