@@ -395,6 +395,12 @@ var listenBadConfigs = []struct {
 		`bad.toml:2: admin.listen: "127.0.0.1:20000": port 20000 is one of [relay] ports (20000-29999), which tunnels get on 0.0.0.0:7000: give the admin API a port outside them`},
 	{"ports include the default admin port", "[relay]\nports = \"7001-7100\"\n",
 		`bad.toml:2: relay.ports: "7001-7100" includes 7001, the admin API's port ([admin] listen, by default 127.0.0.1:7001): a tunnel given it could not listen; leave it out, or set [admin] listen`},
+	// Host names are not resolved: one against a wildcard overlaps, and
+	// two names overlap when they are the same, whatever their case.
+	{"admin on a host name, relay on every address", "[relay]\nlisten = \"0.0.0.0:7000\"\n[admin]\nlisten = \"relay.internal:7000\"\ntoken = \"" + adminToken + "\"\n",
+		`bad.toml:4: admin.listen: "relay.internal:7000" shares TCP port 7000 with [relay] listen (0.0.0.0:7000), where agents connect: give the admin API another port`},
+	{"one host name in two cases", "[relay]\nlisten = \"relay.internal:7000\"\n[admin]\nlisten = \"RELAY.Internal:7000\"\ntoken = \"" + adminToken + "\"\n",
+		`bad.toml:4: admin.listen: "RELAY.Internal:7000" shares TCP port 7000 with [relay] listen (relay.internal:7000), where agents connect: give the admin API another port`},
 }
 
 // publicHostBadConfigs are public_host values agents could not print as
@@ -419,6 +425,14 @@ var publicHostBadConfigs = []struct {
 		`bad.toml:2: relay.public_host: "relay example com" is not a host name or IP address (for example "relay.example.com" or "203.0.113.7")`},
 	{"scheme alone", "[relay]\npublic_host = \"https://\"\n",
 		`bad.toml:2: relay.public_host: "https://" is not a host name or IP address (for example "relay.example.com" or "203.0.113.7")`},
+	{"label starting with a hyphen", "[relay]\npublic_host = \"-relay.example.com\"\n",
+		`bad.toml:2: relay.public_host: "-relay.example.com" is not a host name or IP address (for example "relay.example.com" or "203.0.113.7")`},
+	{"label ending with a hyphen", "[relay]\npublic_host = \"relay-.example.com\"\n",
+		`bad.toml:2: relay.public_host: "relay-.example.com" is not a host name or IP address (for example "relay.example.com" or "203.0.113.7")`},
+	{"empty label", "[relay]\npublic_host = \"relay..example.com\"\n",
+		`bad.toml:2: relay.public_host: "relay..example.com" is not a host name or IP address (for example "relay.example.com" or "203.0.113.7")`},
+	{"label too long", "[relay]\npublic_host = \"" + strings.Repeat("a", 64) + ".example.com\"\n",
+		`bad.toml:2: relay.public_host: "` + strings.Repeat("a", 64) + `.example.com" is not a host name or IP address (for example "relay.example.com" or "203.0.113.7")`},
 }
 
 func TestPublicHost(t *testing.T) {
@@ -455,6 +469,8 @@ func TestListenConfigsAllowed(t *testing.T) {
 		// Tunnels listen on 192.0.2.1: the admin API's port on loopback is free for them.
 		"[relay]\nlisten = \"192.0.2.1:7000\"\n[admin]\nlisten = \"127.0.0.1:20000\"\n",
 		"[relay]\nlisten = \"[::1]:65535\"\nports = \"1-65534\"\n[admin]\nlisten = \"\"\n",
+		// Two host names are not resolved: only the same name overlaps.
+		"[relay]\nlisten = \"relay.internal:7000\"\n[admin]\nlisten = \"admin.internal:7000\"\ntoken = \"" + adminToken + "\"\n",
 	} {
 		if _, err := ParseConfig("good.toml", text); err != nil {
 			t.Errorf("%q: %v", text, err)

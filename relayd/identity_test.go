@@ -1,15 +1,19 @@
 package main
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	pt "github.com/relaytun/relay/internal/proctest"
 )
 
 // TestIdentityErrors: a state_dir that cannot be made, and a token file
 // there too short to use, each stop relayd with a line that names the
-// path and says what to do.
+// path and says what to do; a relay.key that holds no key is named, and
+// left as it is.
 func TestIdentityErrors(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
@@ -35,6 +39,44 @@ func TestIdentityErrors(t *testing.T) {
 	}
 	if err != nil && strings.Contains(err.Error(), "tiny-tok") {
 		t.Errorf("the error shows the token: %q", err)
+	}
+
+	// A relay.key that holds no key (a file copied in its place, or cut
+	// short) is refused, not replaced: a new key would change the
+	// fingerprint the agents pinned.
+	bad := t.TempDir()
+	key := writeFile(t, bad, "relay.key", "garbage\n", 0o600)
+	cfg.Relay.StateDir = bad
+	_, err = loadIdentity(&cfg)
+	if want := "reading key " + key + ": no PEM private key found"; err == nil || err.Error() != want {
+		t.Errorf("loadIdentity with a garbage relay.key: %v\nwant %s", err, want)
+	}
+	if data, _ := os.ReadFile(key); string(data) != "garbage\n" {
+		t.Errorf("the garbage relay.key was replaced by %q", data)
+	}
+}
+
+// TestStartStateErrors: relayd itself stops on the errors above with exit
+// 1 and their one line, having printed no token.
+func TestStartStateErrors(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	file := writeFile(t, dir, "file", "", 0o600)
+	short := t.TempDir()
+	tokenPath := writeFile(t, short, "token", "tiny-tok\n", 0o600)
+	for _, tt := range []struct {
+		name, stateDir, want string
+	}{
+		{"state_dir under a file", filepath.Join(file, "state"),
+			"creating state_dir " + filepath.Join(file, "state") + ": mkdir " + file + ": not a directory: set [relay] state_dir to a folder relayd can write"},
+		{"short generated token", short,
+			tokenPath + ": the token there is shorter than 16 characters; delete the file to make a new one"},
+	} {
+		config := writeFile(t, t.TempDir(), "relay.toml", fmt.Sprintf("[relay]\nlisten = \"127.0.0.1:0\"\nstate_dir = %q\n[admin]\nlisten = \"\"\n", tt.stateDir), 0o600)
+		out, errOut, code := pt.Run(t, nil, pt.RelaydBin, "--config", config)
+		if code != 1 || out != "" || errOut != "relayd: "+tt.want+"\n" {
+			t.Errorf("%s: exit %d, stdout %q, stderr %q\nwant exit 1, nothing, %q", tt.name, code, out, errOut, "relayd: "+tt.want)
+		}
 	}
 }
 
@@ -90,5 +132,37 @@ func TestRelativeStateDir(t *testing.T) {
 	writeFile(t, filepath.Join(cwd, "state"), "relay.key", "", 0o600)
 	if got, err := cfg.stateDir(); err != nil || got != "state" {
 		t.Errorf("with only the working directory's state_dir: stateDir() = %q, %v; want \"state\"", got, err)
+	}
+}
+
+// TestDefaultStateDir: with no state_dir, the key and token go to
+// systemd's $STATE_DIRECTORY (its first folder), else
+// $XDG_STATE_HOME/relayd, else ~/.local/state/relayd; with none of them
+// (a service started with no home), relayd says which key to set.
+func TestDefaultStateDir(t *testing.T) {
+	home := t.TempDir()
+	cfg := DefaultConfig()
+	for _, tt := range []struct {
+		stateDirectory, xdg, home string
+		want, err                 string
+	}{
+		{"/var/lib/relayd:/var/lib/other", "/xdg", home, "/var/lib/relayd", ""},
+		{"", "/xdg", home, "/xdg/relayd", ""},
+		{"", "", home, filepath.Join(home, ".local", "state", "relayd"), ""},
+		{"", "", "", "", "no state_dir configured and no home directory: $HOME is not defined"},
+	} {
+		for k, v := range map[string]string{"STATE_DIRECTORY": tt.stateDirectory, "XDG_STATE_HOME": tt.xdg, "HOME": tt.home} {
+			t.Setenv(k, v)
+			if v == "" {
+				os.Unsetenv(k)
+			}
+		}
+		got, err := cfg.stateDir()
+		if got != tt.want || tt.err == "" && err != nil || tt.err != "" && (err == nil || err.Error() != tt.err) {
+			t.Errorf("STATE_DIRECTORY=%q XDG_STATE_HOME=%q HOME=%q: %q, %v; want %q, %q", tt.stateDirectory, tt.xdg, tt.home, got, err, tt.want, tt.err)
+		}
+	}
+	if _, err := loadIdentity(&cfg); err == nil || !strings.HasPrefix(err.Error(), "no state_dir configured") {
+		t.Errorf("loadIdentity with no home: %v, want the state_dir error", err)
 	}
 }

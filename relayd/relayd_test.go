@@ -5,6 +5,7 @@ package main
 // generated token, signals.
 
 import (
+	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -116,6 +117,40 @@ func TestExtraArguments(t *testing.T) {
 		if got := pt.LastLine(errOut); code != 2 || out != "" || got != tt.want {
 			t.Errorf("relayd %s: exit %d, stdout %q, stderr ends %q\nwant exit 2, nothing, %q",
 				strings.Join(tt.args, " "), code, out, got, tt.want)
+		}
+	}
+}
+
+// TestLogFlags: --log-level and --log-format override [log]. A value they
+// do not take stops relayd with exit 2 and a line naming the flag, before
+// it binds anything (without --config, relayd would listen on the embedded
+// default, 0.0.0.0:7000).
+func TestLogFlags(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--log-level", "bogus"}, `relayd: --log-level: "bogus" is not debug, info, warn or error`},
+		{[]string{"--log-level", ""}, `relayd: --log-level: "" is not debug, info, warn or error`},
+		{[]string{"--log-format", "xml"}, `relayd: --log-format: "xml" is not text or json`},
+		{[]string{"--config", samplePath, "--log-format", "xml"}, `relayd: --log-format: "xml" is not text or json`},
+	} {
+		out, errOut, code := pt.Run(t, nil, pt.RelaydBin, tt.args...)
+		if code != 2 || out != "" || errOut != tt.want+"\n" {
+			t.Errorf("relayd %s: exit %d, stdout %q, stderr %q\nwant exit 2, nothing, %q",
+				strings.Join(tt.args, " "), code, out, errOut, tt.want)
+		}
+	}
+
+	// --log-format json wins over [log] format = "text".
+	config, _, _, _ := pt.WriteRelaydConfig(t, pt.TokensTOML+"\n[log]\nformat = \"text\"\n")
+	p := pt.Start(t, nil, pt.RelaydBin, "--config", config, "--log-format", "json")
+	p.WaitFor(&p.Stderr, regexp.MustCompile(`(?m)^\{"time":"[^"]+","level":"INFO","msg":"relayd listening","listen":"127\.0\.0\.1:\d+"`), pt.StartTimeout)
+	pt.Stopped(t, p, syscall.SIGTERM)
+	for _, line := range strings.Split(strings.TrimSuffix(p.Stderr.String(), "\n"), "\n") {
+		if !json.Valid([]byte(line)) {
+			t.Errorf("with --log-format json, relayd logged a line that is not JSON: %q", line)
 		}
 	}
 }
@@ -461,6 +496,48 @@ func TestPrintAgentLine(t *testing.T) {
 		}
 		if strings.Contains(logs.String(), secret) {
 			t.Errorf("%s: the secret is in the log: %q", tc.name, logs.String())
+		}
+	}
+}
+
+// TestAdvertisedHost: the relayctl line names public_host, else the listen
+// host when it is one, else, for a wildcard, one of this machine's global
+// IPv4 addresses, or the placeholder RELAY_HOST on a machine with none
+// (which of the two depends on the machine the test runs on).
+func TestAdvertisedHost(t *testing.T) {
+	var global []string
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range addrs {
+		if n, ok := a.(*net.IPNet); ok && n.IP.IsGlobalUnicast() && n.IP.To4() != nil {
+			global = append(global, n.IP.String())
+		}
+	}
+	for _, tt := range []struct{ text, want string }{
+		{"public_host = \"relay.example.com\"", "relay.example.com"},
+		{"listen = \"192.0.2.1:7000\"", "192.0.2.1"},
+		{"listen = \"[2001:db8::1]:7000\"", "2001:db8::1"},
+		{"listen = \"relay.internal:7000\"", "relay.internal"},
+		{"listen = \"0.0.0.0:7000\"", ""},
+		{"listen = \"[::]:7000\"", ""},
+		{"listen = \":7000\"", ""},
+	} {
+		cfg, err := ParseConfig("relay.toml", "[relay]\n"+tt.text+"\n")
+		if err != nil {
+			t.Fatalf("%s: %v", tt.text, err)
+		}
+		got := advertisedHost(cfg)
+		switch {
+		case tt.want != "":
+			if got != tt.want {
+				t.Errorf("%s: advertised %q, want %q", tt.text, got, tt.want)
+			}
+		case len(global) == 0 && got != "RELAY_HOST":
+			t.Errorf("%s on a machine with no global IPv4 address: advertised %q, want RELAY_HOST", tt.text, got)
+		case len(global) > 0 && !slices.Contains(global, got):
+			t.Errorf("%s: advertised %q, want one of this machine's global IPv4 addresses %q", tt.text, got, global)
 		}
 	}
 }
