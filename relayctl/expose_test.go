@@ -201,6 +201,10 @@ func TestExposeRelayAddress(t *testing.T) {
 // it (what agent.toml's message suggests) cannot part two LOCALs on one port.
 func TestExposeSameName(t *testing.T) {
 	fp := "SHA256:" + strings.Repeat("A", 43)
+	// Two servers whose names differ only where a tunnel name, at most 63
+	// characters, leaves them out.
+	long := "." + strings.Repeat("x", 60) + ".example.com:8080"
+	longName := deriveName("a" + long)
 	for _, tt := range []struct {
 		args []string
 		want string
@@ -208,6 +212,9 @@ func TestExposeSameName(t *testing.T) {
 		{[]string{"8080", "8080"}, `LOCAL "8080" is given twice: give it once`},
 		{[]string{"8080", "localhost:8080"}, `LOCAL "8080" and "localhost:8080" are the same server, localhost:8080: give it once`},
 		{[]string{"127.0.0.1:8080", "[::1]:8080", "--name", "web"}, `LOCAL "127.0.0.1:8080" and "[::1]:8080" would both be tunnel "web-8080" (--name web names each web-PORT): run expose once for each, with a --name each, or leave --name out`},
+		// Without --name, two servers can still make one name.
+		{[]string{"a" + long, "b" + long}, `LOCAL "a` + long + `" and "b` + long + `" would both be tunnel "` + longName + `": run expose once for each, with a --name each`},
+		{[]string{"1:8080", "[::1]:8080"}, `LOCAL "1:8080" and "[::1]:8080" would both be tunnel "1-8080": run expose once for each, with a --name each`},
 	} {
 		_, err := parseExpose(t, nil, append(tt.args, "--relay", "r", "--token", "s", "--fingerprint", fp)...)
 		var ec cli.ExitCoder
@@ -225,5 +232,64 @@ func TestExposeSameName(t *testing.T) {
 	cfg, err = parseExpose(t, nil, "127.0.0.1:8080", "[::1]:8080", "--relay", "r", "--token", "s", "--fingerprint", fp)
 	if err != nil || len(cfg.Tunnels) != 2 || cfg.Tunnels[0].Name == cfg.Tunnels[1].Name {
 		t.Errorf("127.0.0.1:8080 [::1]:8080: %v, tunnels %+v; want two names", err, cfg.Tunnels)
+	}
+}
+
+// TestExposeProxyProtocol: --proxy-protocol takes v1 or v2, with or
+// without the v, and v2 on UDP too; the tunnels ask the agent for that
+// header.
+func TestExposeProxyProtocol(t *testing.T) {
+	fp := "SHA256:" + strings.Repeat("A", 43)
+	for _, tt := range []struct {
+		flag, proto string
+		want        int
+	}{
+		{"", "tcp", 0},
+		{"v1", "tcp", 1},
+		{"1", "tcp", 1},
+		{"v2", "tcp", 2},
+		{"2", "tcp", 2},
+		{"v2", "udp", 2},
+		{"2", "tcp,udp", 2},
+	} {
+		args := []string{"8080", "9090", "--proto", tt.proto, "--relay", "r", "--token", "s", "--fingerprint", fp}
+		if tt.flag != "" {
+			args = append(args, "--proxy-protocol", tt.flag)
+		}
+		cfg, err := parseExpose(t, nil, args...)
+		if err != nil {
+			t.Errorf("--proxy-protocol %q --proto %s: %v", tt.flag, tt.proto, err)
+			continue
+		}
+		for _, spec := range cfg.Tunnels {
+			if spec.ProxyProtocol != tt.want {
+				t.Errorf("--proxy-protocol %q --proto %s: tunnel %s has version %d, want %d", tt.flag, tt.proto, spec.Name, spec.ProxyProtocol, tt.want)
+			}
+		}
+	}
+}
+
+// TestNoConfigDir: without --fingerprint, the relay's key is checked
+// against the known-relays file in the user's config folder; with no such
+// folder ($XDG_CONFIG_HOME and $HOME unset, as for some services), a usage
+// error names the settings that do without it.
+func TestNoConfigDir(t *testing.T) {
+	for _, k := range []string{"HOME", "XDG_CONFIG_HOME"} {
+		t.Setenv(k, "")
+		os.Unsetenv(k)
+	}
+	_, err := parseExpose(t, nil, "8080", "--relay", "r", "--token", "s")
+	var ec cli.ExitCoder
+	if want := "no --fingerprint and no config directory for the known-relays file: set --fingerprint or --known-relays"; !errors.As(err, &ec) || ec.ExitCode() != exitUsage || err.Error() != want {
+		t.Errorf("expose with no config folder: %v, want exit %d and %q", err, exitUsage, want)
+	}
+	if _, err := parseExpose(t, nil, "8080", "--relay", "r", "--token", "s", "--known-relays", filepath.Join(t.TempDir(), "known")); err != nil {
+		t.Errorf("expose with --known-relays and no config folder: %v", err)
+	}
+
+	clearTokenEnv(t)
+	_, err = parseAgentFile("agent.toml", "relay = \"r\"\ntoken = \"s\"\n[[tunnels]]\nlocal = \"8080\"\n")
+	if want := "agent.toml: no fingerprint and no config directory for the known-relays file: set fingerprint or known_relays"; err == nil || err.Error() != want {
+		t.Errorf("agent.toml with no config folder: %v, want %q", err, want)
 	}
 }

@@ -69,13 +69,16 @@ func parseLocalRange(s string) (string, tunnel.PortRange, error) {
 		if err != nil {
 			return "", r, fmt.Errorf("%q: %v", s, err)
 		}
-		if host == "" {
-			host = "localhost"
-		}
-		if _, err := parseLocal(net.JoinHostPort(strings.Trim(host, "[]"), lo)); err != nil {
+		// The host is checked as parseLocal checks it, on the LOCAL of
+		// the range's first port. (That LOCAL rebuilt with JoinHostPort,
+		// which brackets whatever holds a colon, let "http://x:2456-2458"
+		// through, with "http://x" as the host.)
+		first, err := parseLocal(strings.TrimSuffix(s, "-"+hi))
+		if err != nil {
 			return "", r, err
 		}
-		return strings.Trim(host, "[]"), r, nil
+		host, _, _ = net.SplitHostPort(first)
+		return host, r, nil
 	}
 	local, err := parseLocal(s)
 	if err != nil {

@@ -103,3 +103,43 @@ func TestDeriveNameFromEveryLocal(t *testing.T) {
 		}
 	}
 }
+
+// TestParseLocalRange: a LOCAL may be a port range, with or without a host;
+// a range that is no range of ports, and a host that parseLocal would
+// refuse, are refused with the whole LOCAL or its first port quoted (a URL
+// in front of a range used to pass, its "http://localhost" taken as a host
+// name to dial).
+func TestParseLocalRange(t *testing.T) {
+	for _, tt := range []struct {
+		in, host string
+		low, hi  uint16
+	}{
+		{"8080", "localhost", 8080, 8080},
+		{"2456-2458", "localhost", 2456, 2458},
+		{":2456-2458", "localhost", 2456, 2458},
+		{"localhost:2456-2458", "localhost", 2456, 2458},
+		{"192.168.1.5:2456-2458", "192.168.1.5", 2456, 2458},
+		{"[::1]:2456-2458", "::1", 2456, 2458},
+		{"game.lan:9000-9000", "game.lan", 9000, 9000},
+	} {
+		host, r, err := parseLocalRange(tt.in)
+		if err != nil || host != tt.host || r != (tunnel.PortRange{Low: tt.low, High: tt.hi}) {
+			t.Errorf("parseLocalRange(%q) = %q, %v, %v; want %q, %d-%d", tt.in, host, r, err, tt.host, tt.low, tt.hi)
+		}
+	}
+	for _, tt := range []struct{ in, want string }{
+		{"9000-8000", `"9000-8000": port range "9000-8000": 8000 is below 9000`},
+		{"localhost:9000-8000", `"localhost:9000-8000": port range "9000-8000": 8000 is below 9000`},
+		{"localhost:1-70000", `"localhost:1-70000": port range "1-70000": "70000" is not a port number from 1 to 65535`},
+		{"0-5", `"0-5": port "0-5": "0" is not a port number from 1 to 65535`},
+		{"02456-2458", `"02456-2458": port "02456-2458": "02456" is not a port number from 1 to 65535`},
+		{"http://localhost:2456-2458", `"http://localhost:2456" is not PORT or HOST:PORT (not a URL: give it without http://, for example localhost:8080)`},
+		{"::1:2456-2458", `"::1:2456" is not PORT or HOST:PORT (an IPv6 address goes in brackets: [::1]:2456)`},
+		{"localhost:2456-", `"localhost:2456-": port must be 1-65535`},
+	} {
+		host, r, err := parseLocalRange(tt.in)
+		if err == nil || !strings.HasPrefix(err.Error(), tt.want) {
+			t.Errorf("parseLocalRange(%q) = %q, %v, %v; want the error %q", tt.in, host, r, err, tt.want)
+		}
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"regexp"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -133,6 +134,23 @@ allow = ["10.0.0.0/8", "192.0.2.7"]
 			return retryMismatch(c, 5, time.Minute, true)
 		})
 	})
+	t.Run("proxy_protocol", func(t *testing.T) {
+		text := "relay = \"r\"\ntoken = \"s\"\n" +
+			"[[tunnels]]\nlocal = \"1\"\nproxy_protocol = \"v1\"\n" +
+			"[[tunnels]]\nlocal = \"2\"\nproxy_protocol = \"2\"\nproto = \"udp\"\n" +
+			"[[tunnels]]\nlocal = \"3\"\nproxy_protocol = \"v2\"\nproto = \"tcp,udp\"\n" +
+			"[[tunnels]]\nlocal = \"4\"\n"
+		check(t, text, nil, func(p *agentPlan) string {
+			var got []int
+			for _, spec := range p.cfg.Tunnels {
+				got = append(got, spec.ProxyProtocol)
+			}
+			if want := []int{1, 2, 2, 0}; !slices.Equal(got, want) {
+				return fmt.Sprintf("PROXY protocol versions %v, want %v", got, want)
+			}
+			return ""
+		})
+	})
 	t.Run("defaults", func(t *testing.T) {
 		check(t, "relay = \"r:1\"\ntoken = \"s\"\nknown_relays = \"known\"\n[[tunnels]]\nlocal = \"1\"\n", nil, func(p *agentPlan) string {
 			if kr := p.cfg.Verifier.KnownRelays; kr != filepath.Join(dir, "known") {
@@ -207,6 +225,7 @@ func TestAgentFileErrors(t *testing.T) {
 		{"bad local", head + "[[tunnels]]\nlocal = \"notaport\"\n", `bad.toml:4: tunnels.local: "notaport" is not PORT or HOST:PORT`},
 		{"local port too big", head + "[[tunnels]]\nlocal = 70000\n", `bad.toml:4: tunnels.local: "70000": port must be 1-65535`},
 		{"local not a string", head + "[[tunnels]]\nlocal = 1.5\n", "bad.toml:4: tunnels.local: 1.5 is not a port number or a string"},
+		{"local range reversed", head + "[[tunnels]]\nlocal = \"9000-8000\"\n", `bad.toml:4: tunnels.local: "9000-8000": port range "9000-8000": 8000 is below 9000`},
 		{"bad name", head + one + "name = \"no spaces\"\n", `bad.toml:5: tunnels.name: tunnel name "no spaces" is invalid`},
 		{"name twice", head + one + "name = \"a\"\n" + one + "name = \"a\"\n", `bad.toml:8: tunnels.name: tunnel name "a" is already taken by tunnel 1`},
 		{"made name twice", head + one + "[[tunnels]]\nlocal = \"localhost:8080\"\n", `bad.toml:5: tunnels.name: tunnel name "localhost-8080" (made from local "localhost:8080"; set name) is already taken by tunnel 1`},
@@ -218,6 +237,11 @@ func TestAgentFileErrors(t *testing.T) {
 		{"bad proto", head + one + "proto = \"sctp\"\n", `bad.toml:5: tunnels.proto: "sctp" is not tcp, udp or tcp,udp`},
 		{"bad allow", head + one + "allow = [\"nope\"]\n", `bad.toml:5: tunnels.allow: "nope" is not an IP address or CIDR prefix`},
 		{"too many deny", head + one + "deny = [" + seventeen + "]\n", "bad.toml:5: tunnels.deny: 17 prefixes given, at most 16"},
+		// A range names each port's tunnel NAME-PORT: a name of 60
+		// characters makes names too long. (The check is the agent's own,
+		// on the names made, so the line names no key.)
+		{"range name too long", head + "[[tunnels]]\nlocal = \"2456-2458\"\nport = \"3000-3002\"\nname = \"" + strings.Repeat("a", 60) + "\"\n",
+			`bad.toml: tunnel name "` + strings.Repeat("a", 60) + `-2456" is invalid: use 1-63 letters, digits, '.', '_' or '-', starting with a letter or digit`},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			p, err := parseAgentFile("bad.toml", tt.text)
