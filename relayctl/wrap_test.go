@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"regexp"
@@ -17,10 +18,12 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
 	pt "github.com/relaytun/relay/internal/proctest"
+	"github.com/relaytun/relay/internal/syncbuf"
 	"github.com/relaytun/relay/tunnel"
 )
 
@@ -98,23 +101,30 @@ func TestWrap(t *testing.T) {
 		}
 	}
 
-	t.Run("exit code", func(t *testing.T) {
-		t.Parallel()
-		local := pt.ClosedPort(t)
-		env := []string{helperEnv + "=" + local, "HELPER_EXIT=7"}
-		p, urls := pt.StartExpose(t, 1, env, append(append([]string{local}, relay...), "--", self)...)
-		pt.CheckEcho(t, urls[0], "", 4096) // the helper exits 7 after this client
-		if code := p.Wait(pt.ExitTimeout); code != 7 {
-			t.Errorf("exit %d, want the command's 7", code)
-		}
-		if out := p.Stdout.String(); out != urls[0]+"\n" {
-			t.Errorf("stdout %q, want the tunnel's line alone", out)
-		}
-		if !strings.Contains(p.Stderr.String(), "helper: listening") {
-			t.Errorf("the command's stderr did not reach relayctl's:\n%s", p.Stderr.String())
-		}
-		noErrorLine(t, p)
-	})
+	// The command's exit code, 0 too, once the tunnel was live.
+	for _, exit := range []int{7, 0} {
+		t.Run(fmt.Sprintf("exit code %d", exit), func(t *testing.T) {
+			t.Parallel()
+			local := pt.ClosedPort(t)
+			env := []string{helperEnv + "=" + local, "HELPER_EXIT=" + strconv.Itoa(exit)}
+			p, urls := pt.StartExpose(t, 1, env, append(append([]string{local}, relay...), "--", self)...)
+			pt.CheckEcho(t, urls[0], "", 4096) // the helper exits after this client
+			if code := p.Wait(pt.ExitTimeout); code != exit {
+				t.Errorf("exit %d, want the command's %d", code, exit)
+			}
+			if out := p.Stdout.String(); out != urls[0]+"\n" {
+				t.Errorf("stdout %q, want the tunnel's line alone", out)
+			}
+			if !strings.Contains(p.Stderr.String(), "helper: listening") {
+				t.Errorf("the command's stderr did not reach relayctl's:\n%s", p.Stderr.String())
+			}
+			want := fmt.Sprintf(`msg="the command ended; closing the tunnels" command=%s status="exited with code %d"`, self, exit)
+			if !strings.Contains(p.Stderr.String(), want) {
+				t.Errorf("stderr lacks %s:\n%s", want, p.Stderr.String())
+			}
+			noErrorLine(t, p)
+		})
+	}
 
 	t.Run("signals", func(t *testing.T) {
 		t.Parallel()
@@ -225,5 +235,92 @@ func TestWaitLocalsUDPOnly(t *testing.T) {
 		if waited := err != nil; waited != tc.wait {
 			t.Errorf("protos %#x: waitLocals returned %v; want a wait for the local server: %v", tc.protos, err, tc.wait)
 		}
+	}
+}
+
+// TestWarnTakenUDPOnly: the warning that something accepts connections on
+// a LOCAL before the command has started is for tunnels that carry TCP: a
+// UDP-only tunnel's port is not tried, as a TCP server on that number says
+// nothing of the UDP port the command is to serve.
+func TestWarnTakenUDPOnly(t *testing.T) {
+	local := pt.StartEcho(t, "")
+	for _, tc := range []struct {
+		protos uint8
+		warn   bool
+	}{
+		{tunnel.ProtoUDP, false},
+		{tunnel.ProtoTCP, true},
+		{tunnel.ProtoTCP | tunnel.ProtoUDP, true},
+	} {
+		var logs strings.Builder
+		warnTaken([]tunnel.TunnelSpec{{Name: "game", Local: local, Protos: tc.protos}}, "srv", slog.New(slog.NewTextHandler(&logs, nil)))
+		if warned := strings.Contains(logs.String(), `msg="something already accepts connections on the local address before the command has started`); warned != tc.warn {
+			t.Errorf("protos %#x: warned %v, want %v\n%s", tc.protos, warned, tc.warn, logs.String())
+		}
+	}
+}
+
+// TestStopAfterGrace: relayctl stops the command it wraps (when the
+// tunnels end first: refused, unverified, reconnects given up) with
+// SIGTERM to its group, and SIGKILL with a warning once the grace is over
+// if it ignores that. relayctl waits stopGrace, 10 s; the test, less.
+func TestStopAfterGrace(t *testing.T) {
+	t.Parallel()
+	const grace = 200 * time.Millisecond
+	for _, tt := range []struct {
+		name, script, status, warn string
+	}{
+		{"exits on SIGTERM", "echo ready; exec sleep 30", "was killed by SIGTERM", ""},
+		{"ignores SIGTERM", "trap '' TERM; echo ready; exec sleep 30", "was killed by SIGKILL",
+			`level=WARN msg="the command did not exit after SIGTERM; killing it" command=sh grace=200ms` + "\n"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			cmd := exec.Command("sh", "-c", tt.script)
+			cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // as startChild, without a terminal
+			out, err := cmd.StdoutPipe()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			var logs syncbuf.Buffer
+			noTime := func(_ []string, a slog.Attr) slog.Attr {
+				if a.Key == slog.TimeKey {
+					return slog.Attr{}
+				}
+				return a
+			}
+			c := &child{name: "sh", pid: cmd.Process.Pid, log: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{ReplaceAttr: noTime})), done: make(chan struct{})}
+			go c.wait(cmd.Process, false)
+			t.Cleanup(func() {
+				select {
+				case <-c.done:
+				default:
+					syscall.Kill(-c.pid, syscall.SIGKILL)
+					<-c.done
+				}
+			})
+			// Once it says so, its trap is set.
+			if line, err := bufio.NewReader(out).ReadString('\n'); line != "ready\n" {
+				t.Fatalf("the command printed %q, %v; want ready", line, err)
+			}
+			start := time.Now()
+			c.stop(grace)
+			took := time.Since(start)
+			if got := c.status(); got != tt.status {
+				t.Errorf("the command %s, want %s", got, tt.status)
+			}
+			if logs.String() != tt.warn {
+				t.Errorf("logged %q, want %q", logs.String(), tt.warn)
+			}
+			if tt.warn != "" && took < grace {
+				t.Errorf("killed after %v, before the grace of %v was over", took, grace)
+			}
+			if tt.warn == "" && took >= grace {
+				t.Errorf("stop took %v for a command that exits on SIGTERM", took)
+			}
+		})
 	}
 }
