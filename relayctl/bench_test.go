@@ -149,26 +149,45 @@ func TestBenchProgressOffTerminal(t *testing.T) {
 	}
 }
 
-// TestBenchTable checks the human-readable output, without UDP.
+// TestBenchTable checks the human-readable output, without UDP and with.
 func TestBenchTable(t *testing.T) {
 	t.Parallel()
 	r := pt.NewRelayd(t, pt.TokensTOML)
-	out, errOut, code := pt.Run(t, nil, pt.RelayctlBin, "bench", "--duration", "200ms", "--udp-rate", "0", "--streams", "2",
-		"--relay", r.Addr, "--token", pt.TestSecret, "--fingerprint", r.FP, "--transport", "tcp")
-	if code != 0 {
-		t.Fatalf("relayctl bench: exit %d\nstderr:\n%s", code, errOut)
-	}
-	for _, want := range []string{"over tcp", "throughput, 1 stream", "throughput, 2 streams", "round trip", "new connections, 2 at a time"} {
-		if !strings.Contains(out, want) {
-			t.Errorf("table lacks %q:\n%s", want, out)
+	bench := func(t *testing.T, rate, transport string) string {
+		t.Helper()
+		out, errOut, code := pt.Run(t, nil, pt.RelayctlBin, "bench", "--duration", "200ms", "--udp-rate", rate, "--streams", "2",
+			"--relay", r.Addr, "--token", pt.TestSecret, "--fingerprint", r.FP, "--transport", transport)
+		if code != 0 {
+			t.Fatalf("relayctl bench: exit %d\nstderr:\n%s", code, errOut)
 		}
+		for _, want := range []string{"over " + transport, "throughput, 1 stream", "throughput, 2 streams", "round trip", "new connections, 2 at a time"} {
+			if !strings.Contains(out, want) {
+				t.Errorf("table lacks %q:\n%s", want, out)
+			}
+		}
+		if strings.Contains(out, "note:") {
+			t.Errorf("a note under the table of a relay with no limit:\n%s", out)
+		}
+		return out
 	}
-	if strings.Contains(out, "UDP") {
-		t.Errorf("--udp-rate 0 still ran the UDP test:\n%s", out)
-	}
-	if strings.Contains(out, "note:") {
-		t.Errorf("a note under the table of a relay with no limit:\n%s", out)
-	}
+	t.Run("no UDP", func(t *testing.T) {
+		t.Parallel()
+		if out := bench(t, "0", "tcp"); strings.Contains(out, "UDP") {
+			t.Errorf("--udp-rate 0 still ran the UDP test:\n%s", out)
+		}
+	})
+	t.Run("UDP", func(t *testing.T) {
+		t.Parallel()
+		out := bench(t, "1M", "quic")
+		for _, re := range []string{
+			`(?m)^UDP 1\.0 Mbit/s, 1200-byte datagrams +loss \d+\.\d{3} %  jitter \d+\.\d{3} ms$`,
+			`(?m)^UDP one-way delay +p50 \d+\.\d{3} ms  p99 \d+\.\d{3} ms \(\d+ of \d+ datagrams arrived\)$`,
+		} {
+			if !regexp.MustCompile(re).MatchString(out) {
+				t.Errorf("table lacks a line matching %s:\n%s", re, out)
+			}
+		}
+	})
 }
 
 // TestBenchLimited: against a token with a max_bandwidth, bench says its
@@ -252,6 +271,55 @@ func TestBenchErrors(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestBenchInterrupted: SIGINT or SIGTERM ends the bench with exit 1 and
+// "interrupted", whether it comes while the bench waits for the relay or
+// while a test runs (whose progress line says so too); no table goes to
+// stdout.
+func TestBenchInterrupted(t *testing.T) {
+	t.Parallel()
+	fp := "SHA256:" + strings.Repeat("A", 43)
+	check := func(t *testing.T, p *pt.Proc, sig syscall.Signal) {
+		t.Helper()
+		p.Signal(sig)
+		code := p.Wait(pt.ExitTimeout)
+		if last := pt.LastLine(p.Stderr.String()); code != exitFailure || p.Stdout.String() != "" || last != "relayctl: interrupted" {
+			t.Errorf("after %v: exit %d, stdout %q, stderr ends %q; want %d, nothing, \"relayctl: interrupted\"",
+				sig, code, p.Stdout.String(), last, exitFailure)
+		}
+	}
+	t.Run("waiting for the relay", func(t *testing.T) {
+		t.Parallel()
+		// A relay that takes the connection and never answers: the bench
+		// waits in the handshake.
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer ln.Close()
+		p := pt.Start(t, nil, pt.RelayctlBin, "bench", "--relay", ln.Addr().String(), "--token", pt.TestSecret, "--fingerprint", fp, "--transport", "tcp")
+		ln.(*net.TCPListener).SetDeadline(time.Now().Add(pt.StartTimeout))
+		c, err := ln.Accept()
+		if err != nil {
+			t.Fatalf("the bench did not dial the relay: %v", err)
+		}
+		defer c.Close()
+		check(t, p, syscall.SIGINT)
+	})
+	t.Run("during a test", func(t *testing.T) {
+		t.Parallel()
+		r := pt.NewRelayd(t, pt.TokensTOML)
+		p := pt.Start(t, nil, pt.RelayctlBin, "bench", "--duration", "1m", "--udp-rate", "0",
+			"--relay", r.Addr, "--token", pt.TestSecret, "--fingerprint", r.FP, "--transport", "tcp")
+		p.WaitFor(&p.Stderr, regexp.MustCompile(`relayctl bench: benchmarking `), pt.StartTimeout)
+		check(t, p, syscall.SIGTERM)
+		// The test cut short says so, not what its connections saw when
+		// they were closed ("use of closed network connection").
+		if want := "relayctl bench: [1/4] throughput, 1 stream: failed: interrupted\n"; !strings.Contains(p.Stderr.String(), want) {
+			t.Errorf("stderr lacks %q:\n%s", want, p.Stderr.String())
+		}
+	})
 }
 
 const erinSecret = "erin-secret-0123456789"
