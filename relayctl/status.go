@@ -289,11 +289,13 @@ func queryAgent(ctx context.Context, path string) (controlStatus, error) {
 		return st, err
 	}
 	defer resp.Body.Close()
+	// Not "the agent answered": the socket may be another program's (a
+	// wrong --control), and the line starts "no agent answers on PATH".
 	if resp.StatusCode != http.StatusOK {
-		return st, fmt.Errorf("the agent answered %s", resp.Status)
+		return st, fmt.Errorf("what answers there said %s", resp.Status)
 	}
 	if err := json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&st); err != nil {
-		return st, fmt.Errorf("reading the agent's status: %w", err)
+		return st, fmt.Errorf("what answers there sent no agent status (%w)", err)
 	}
 	st.Control = path
 	for i, t := range st.Tunnels {

@@ -6,7 +6,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -157,6 +159,23 @@ func TestStatus(t *testing.T) {
 		want := "relayctl: --control " + sock + ": another relayctl is serving this socket: give each agent a --control of its own, or leave --control out (each then gets PID.sock)"
 		if code != 1 || pt.LastLine(errOut) != want {
 			t.Errorf("exit %d, stderr ends %q; want 1, %q", code, pt.LastLine(errOut), want)
+		}
+	})
+
+	t.Run("stale socket replaced", func(t *testing.T) {
+		t.Parallel()
+		// A socket an agent left behind (killed), nothing listening on it.
+		stale := filepath.Join(t.TempDir(), "stale.sock")
+		ln, err := net.Listen("unix", stale)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ln.(*net.UnixListener).SetUnlinkOnClose(false)
+		ln.Close()
+		p, urls := pt.StartExpose(t, 1, nil, local, "--relay", r.Addr, "--token", pt.TestSecret, "--fingerprint", r.FP, "--control", stale)
+		pt.CheckEcho(t, urls[0], "S:", 10)
+		if sts := statusJSON(t, nil, "--control", stale); len(sts) != 1 || sts[0]["pid"] != float64(p.Pid()) {
+			t.Errorf("status --control %s: %v; want the new agent, %d", stale, sts, p.Pid())
 		}
 	})
 
@@ -366,6 +385,21 @@ func TestStatusDisconnected(t *testing.T) {
 	}
 }
 
+// serveUnixHTTP serves handler on a unix socket in a folder of its own,
+// until the test ends, and returns the socket's path.
+func serveUnixHTTP(t *testing.T, handler http.HandlerFunc) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "other.sock")
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: handler}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return path
+}
+
 // TestStatusErrors: mistakes with status and --control, each one line.
 func TestStatusErrors(t *testing.T) {
 	t.Parallel()
@@ -373,6 +407,10 @@ func TestStatusErrors(t *testing.T) {
 	missing := filepath.Join(dir, "none.sock")
 	file := filepath.Join(dir, "file")
 	os.WriteFile(file, nil, 0o600)
+	// Sockets of other programs, that speak HTTP but are no agent (a
+	// --control given the wrong path). The line said "the agent answered".
+	notFound := serveUnixHTTP(t, http.NotFound)
+	notJSON := serveUnixHTTP(t, func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "hello\n") })
 	for _, tt := range []struct {
 		name string
 		args []string
@@ -383,6 +421,10 @@ func TestStatusErrors(t *testing.T) {
 			"relayctl: no agent answers on " + missing + ": connect: no such file or directory: is relayctl running with --control " + missing + "?"},
 		{"empty control", []string{"status", "--control", ""}, 2, "relayctl: --control needs the PATH of an agent's control socket"},
 		{"argument", []string{"status", "web"}, 2, `relayctl: status takes no arguments (got "web"); pick an agent with --control PATH`},
+		{"not an agent", []string{"status", "--control", notFound}, 1,
+			"relayctl: no agent answers on " + notFound + ": what answers there said 404 Not Found: is relayctl running with --control " + notFound + "?"},
+		{"not an agent's answer", []string{"status", "--control", notJSON}, 1,
+			"relayctl: no agent answers on " + notJSON + ": what answers there sent no agent status (invalid character 'h' looking for beginning of value): is relayctl running with --control " + notJSON + "?"},
 		{"control not a socket", []string{"expose", "8080", "--relay", pt.ClosedPort(t), "--token", pt.TestSecret, "--control", file}, 1,
 			"relayctl: --control " + file + ": a file that is not a socket is in the way"},
 		{"control folder missing", []string{"expose", "8080", "--relay", pt.ClosedPort(t), "--token", pt.TestSecret, "--control", filepath.Join(dir, "no", "a.sock")}, 1,
@@ -395,6 +437,48 @@ func TestStatusErrors(t *testing.T) {
 				t.Errorf("exit %d, stdout %q, stderr %q\nwant %d, nothing, %q", code, out, errOut, tt.code, tt.want)
 			}
 		})
+	}
+
+	// --watch --json prints why as JSON, a line a second, while no agent
+	// answers, and goes on until stopped.
+	t.Run("watch json, no agent", func(t *testing.T) {
+		t.Parallel()
+		p := pt.Start(t, nil, pt.RelayctlBin, "status", "--watch", "--json", "--control", missing)
+		line := p.WaitFor(&p.Stdout, regexp.MustCompile(`^[^\n]*\n`), pt.StartTimeout)[0]
+		want, _ := json.Marshal(map[string]string{"error": "no agent answers on " + missing + ": connect: no such file or directory: is relayctl running with --control " + missing + "?"})
+		if line != string(want)+"\n" {
+			t.Errorf("first line %q, want %q", line, want)
+		}
+		pt.Stopped(t, p, syscall.SIGINT)
+	})
+}
+
+// TestStatusLimit: an agent whose token has a max_bandwidth says what the
+// relay lets it send: limit_bps in --json, "sending at most" in the table.
+func TestStatusLimit(t *testing.T) {
+	t.Parallel()
+	r := pt.NewRelayd(t, pt.TokensTOML+"max_bandwidth = \"100M\"\n")
+	local := pt.StartEcho(t, "L:")
+	sock := filepath.Join(t.TempDir(), "agent.sock")
+	agent, _ := pt.StartExpose(t, 1, nil, local, "--relay", r.Addr, "--token", pt.TestSecret, "--fingerprint", r.FP, "--control", sock)
+	// The relay's LIMIT comes on the session after the tunnel is live.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		if cs, err := queryAgent(context.Background(), sock); err == nil && cs.LimitBPS != nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("after 10s, the agent reports no limit")
+		}
+	}
+	if st := statusJSON(t, nil, "--control", sock)[0]; st["limit_bps"] != 100e6 {
+		t.Errorf("status --json: limit_bps %v, want 100000000", st["limit_bps"])
+	}
+	out, errOut, code := pt.Run(t, nil, pt.RelayctlBin, "status", "--control", sock)
+	if want := fmt.Sprintf(" → %s, connected, sending at most 100.0 Mbit/s, reconnects 0  [%s]\n", r.Addr, sock); code != 0 || !strings.Contains(out, want) {
+		t.Errorf("status: exit %d, stdout:\n%s\nstderr: %s\nwant a line with %q", code, out, errOut, want)
+	}
+	if !strings.HasPrefix(out, fmt.Sprintf("agent %d ", agent.Pid())) {
+		t.Errorf("status does not start with agent %d:\n%s", agent.Pid(), out)
 	}
 }
 
