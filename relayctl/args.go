@@ -3,6 +3,7 @@ package main
 import (
 	"strings"
 
+	"github.com/relaytun/relay/internal/clihelp"
 	"github.com/relaytun/relay/tunnel"
 	"github.com/urfave/cli/v2"
 )
@@ -24,6 +25,13 @@ func relayFlags() []cli.Flag {
 func (s *agentSpec) setRelay(c *cli.Context) {
 	s.Relay, s.Token, s.TokenFile = c.String("relay"), c.String("token"), c.String("token-file")
 	s.Fingerprint, s.KnownRelays, s.Transport = c.String("fingerprint"), c.String("known-relays"), c.String("transport")
+}
+
+// commandLine is what relayctl runs for its own arguments: a help request
+// anywhere on the line answered as such (clihelp.HelpArgs), and flags moved
+// ahead of LOCAL.
+func commandLine(app *cli.App, args []string) []string {
+	return reorderArgs(app, clihelp.HelpArgs(app, args))
 }
 
 // reorderArgs moves a command's flags ahead of its positional arguments, so

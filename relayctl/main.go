@@ -65,7 +65,7 @@ func main() {
 	app := newApp()
 	args, command := splitCommand(os.Args)
 	app.Metadata = map[string]any{commandKey: command}
-	err := app.Run(reorderArgs(app, args))
+	err := app.Run(commandLine(app, args))
 	if err == nil {
 		return
 	}

@@ -29,11 +29,23 @@ func TestUnknownCommand(t *testing.T) {
 		{[]string{"help"}, 0, "relayctl - put a local server on a relay's public port"},
 		{[]string{"help", "expose"}, 0, "relayctl expose - put local servers on the relay's public ports"},
 		{nil, 0, "COMMANDS:"},
+		// --help anywhere is a help request, not a help topic to look
+		// up (urfave/cli's "No help topic for 'localhost:8080'", exit 3).
+		{[]string{"expose", "localhost:8080", "--relay", "r:7000", "--help"}, 0, "relayctl expose - put local servers"},
+		{[]string{"expose", "--help", "extra"}, 0, "relayctl expose - put local servers"},
+		{[]string{"status", "-h", "x"}, 0, "relayctl status - "},
+		{[]string{"--help", "expose"}, 0, "relayctl expose - put local servers"},
+		{[]string{"help", "expose", "--help"}, 0, "relayctl expose - put local servers"},
+		{[]string{"--help"}, 0, "COMMANDS:"},
+		{[]string{"--help", "nope"}, exitUsage, `no command "nope" to show help for (commands: expose, run, status, bench, version)`},
+		// A flag's value is not a command, nor a help request.
+		{[]string{"expose", "--name", "run", "8080", "--help"}, 0, "relayctl expose - put local servers"},
+		{[]string{"expose", "--name", "-h"}, exitUsage, "LOCAL"},
 	} {
 		app := newApp()
 		var out bytes.Buffer
 		app.Writer = &out
-		err := app.Run(reorderArgs(app, append([]string{"relayctl"}, tt.args...)))
+		err := app.Run(commandLine(app, append([]string{"relayctl"}, tt.args...)))
 		if tt.code == 0 {
 			if err != nil || !strings.Contains(out.String(), tt.want) {
 				t.Errorf("%q: %v, printed %q; want the help with %q", tt.args, err, out.String(), tt.want)

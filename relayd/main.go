@@ -29,7 +29,7 @@ func main() {
 	for _, cmd := range app.Commands {
 		cmd.OnUsageError = usageError
 	}
-	if err := app.Run(os.Args); err != nil {
+	if err := app.Run(clihelp.HelpArgs(app, os.Args)); err != nil {
 		fmt.Fprintln(os.Stderr, "relayd: "+err.Error())
 		var ec cli.ExitCoder
 		if errors.As(err, &ec) {

@@ -860,17 +860,29 @@ func waitAdmitted(t *testing.T, url, tag string) {
 }
 
 // TestHelpCommand: relayd help [COMMAND] prints the help, as --help does
-// (it used to be refused as an unexpected argument).
+// (it used to be refused as an unexpected argument), and --help anywhere
+// on the line asks for it (urfave/cli took the other argument for a help
+// topic: "No help topic for 'serve'", exit 3).
 func TestHelpCommand(t *testing.T) {
 	t.Parallel()
 	for _, tt := range []struct {
 		args []string
-		want string
+		want string // on stdout; with "relayd: ", the whole of stderr and exit 2
 	}{
 		{[]string{"help"}, "COMMANDS:\n   check"},
 		{[]string{"help", "check"}, "validate relay.toml"},
+		{[]string{"check", "--help", "x"}, "validate relay.toml"},
+		{[]string{"--config", samplePath, "check", "-h"}, "validate relay.toml"},
+		{[]string{"--config", samplePath, "--help"}, "COMMANDS:\n   check"},
+		{[]string{"--help", "serve"}, `relayd: no command "serve" to show help for (commands: check, fingerprint, version)`},
 	} {
 		out, errOut, code := pt.Run(t, nil, pt.RelaydBin, tt.args...)
+		if msg, usage := strings.CutPrefix(tt.want, "relayd: "); usage {
+			if code != 2 || out != "" || errOut != "relayd: "+msg+"\n" {
+				t.Errorf("relayd %s: exit %d, stdout %q, stderr %q; want exit 2 and %q", strings.Join(tt.args, " "), code, out, errOut, tt.want)
+			}
+			continue
+		}
 		if code != 0 || !strings.Contains(out, tt.want) {
 			t.Errorf("relayd %s: exit %d, stdout %q, stderr %q; want exit 0 and %q", strings.Join(tt.args, " "), code, out, errOut, tt.want)
 		}

@@ -93,3 +93,61 @@ func closestFlag(name string, flags []cli.Flag) string {
 	}
 	return best
 }
+
+// HelpArgs rewrites a command line that asks for help (-h or --help) among
+// its other arguments into one urfave/cli answers with that help. Left as
+// it is, "relayctl expose localhost:8080 --help" or "relayd --help serve"
+// has urfave/cli look for a help topic named by the other argument and
+// fail with exit 3, the code scripts read as the relay refusing. A line
+// with a command gets that command's help; one without, the app's help,
+// or, when it holds a word that is no command, `help WORD`'s usage error.
+// args[0] is the program; nothing after "--" is looked at, and a flag's
+// value is not taken for a command or a help request.
+func HelpArgs(app *cli.App, args []string) []string {
+	takesValue := map[string]bool{}
+	learn := func(flags []cli.Flag) {
+		for _, f := range flags {
+			if _, isBool := f.(*cli.BoolFlag); isBool {
+				continue
+			}
+			for _, n := range f.Names() {
+				takesValue[n] = true
+			}
+		}
+	}
+	learn(app.Flags)
+	var cmd *cli.Command
+	var words []string
+	help := false
+	for i := 1; i < len(args) && args[i] != "--"; i++ {
+		a := args[i]
+		if a == "-" || !strings.HasPrefix(a, "-") {
+			if c := app.Command(a); c != nil && cmd == nil && len(words) == 0 {
+				cmd = c
+				learn(c.Flags)
+				continue
+			}
+			words = append(words, a)
+			continue
+		}
+		name, _, inline := strings.Cut(strings.TrimLeft(a, "-"), "=")
+		switch {
+		case name == "h" || name == "help":
+			help = help || !inline
+		case takesValue[name] && !inline:
+			i++
+		}
+	}
+	if len(words) > 0 && words[0] == "help" {
+		words = words[1:]
+	}
+	switch {
+	case !help:
+		return args
+	case cmd != nil:
+		return []string{args[0], cmd.Name, "--help"}
+	case len(words) > 0:
+		return []string{args[0], "help", words[0]}
+	}
+	return []string{args[0], "--help"}
+}
