@@ -39,7 +39,10 @@ func loadIdentity(cfg *Config) (*identity, error) {
 	}
 	key, created, err := transport.LoadOrCreateKey(filepath.Join(dir, "relay.key"))
 	if err != nil {
-		return nil, err
+		// Not replaced on its own: a new key changes the fingerprint
+		// every agent pinned.
+		return nil, fmt.Errorf("%w (restore relay.key from a backup, or delete it to have relayd make a new key, "+
+			"whose fingerprint every agent must then be given)", err)
 	}
 	cert, err := transport.SelfSignedCertificate(key, cfg.Relay.PublicHost)
 	if err != nil {

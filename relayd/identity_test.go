@@ -48,7 +48,8 @@ func TestIdentityErrors(t *testing.T) {
 	key := writeFile(t, bad, "relay.key", "garbage\n", 0o600)
 	cfg.Relay.StateDir = bad
 	_, err = loadIdentity(&cfg)
-	if want := "reading key " + key + ": no PEM private key found"; err == nil || err.Error() != want {
+	if want := "reading key " + key + ": no PEM private key found (restore relay.key from a backup, or delete it to have relayd make a new key, " +
+		"whose fingerprint every agent must then be given)"; err == nil || err.Error() != want {
 		t.Errorf("loadIdentity with a garbage relay.key: %v\nwant %s", err, want)
 	}
 	if data, _ := os.ReadFile(key); string(data) != "garbage\n" {
