@@ -64,7 +64,7 @@ var adminBadConfigs = []struct {
 	key, msg   string
 }{
 	{"listen without port", "[admin]\nlisten = \"127.0.0.1\"\n", 2, "admin.listen", `"127.0.0.1" is not host:port (for example "127.0.0.1:7001"), or "" to turn the admin API off`},
-	{"listen port a name", "[admin]\n\nlisten = \"127.0.0.1:http\"\n", 3, "admin.listen", `"127.0.0.1:http": "http" is not a port number from 1 to 65535`},
+	{"listen port a name", "[admin]\n\nlisten = \"127.0.0.1:http\"\n", 3, "admin.listen", `"127.0.0.1:http": "http" is not a port number from 1 to 65535 (or 0, for a free one)`},
 	{"listen a number", "[admin]\nlisten = 7001\n", 2, "admin.listen", "want a string, got an integer"},
 	{"everywhere without a token", "[admin]\nlisten = \"0.0.0.0:7001\"\n", 2, "admin.listen",
 		`"0.0.0.0:7001" can be reached from other machines, so the admin API needs a bearer token: set [admin] token or token_file, or listen on 127.0.0.1`},

@@ -359,14 +359,15 @@ func splitListen(addr string) (host string, port int, err error) {
 	}
 	n, err := strconv.Atoi(p)
 	if err != nil || n < 0 || n > 65535 || strings.Trim(p, "0123456789") != "" {
-		return "", 0, fmt.Errorf("%q is not a port number from 1 to 65535", p)
+		return "", 0, fmt.Errorf("%q is not a port number from 1 to 65535 (or 0, for a free one)", p)
 	}
 	return host, n, nil
 }
 
 // hostsOverlap reports whether listening on hosts a and b at one port
-// would collide: the same address, or a wildcard that takes the other's.
-// "::" takes IPv4 too (Linux's dual-stack default), "0.0.0.0" only IPv4.
+// would collide: the same address, or a wildcard, which takes every other.
+// "0.0.0.0" as much as "::": Go listens on both for either (a dual-stack
+// socket, on "tcp" and "udp"), so "0.0.0.0:7000" holds [::1]:7000 too.
 // Host names are not resolved (check runs offline): beyond localhost, only
 // the same name, or a name against a wildcard, counts.
 func hostsOverlap(a, b string) bool {
@@ -376,13 +377,10 @@ func hostsOverlap(a, b string) bool {
 	ipa, ipb := listenIP(a), listenIP(b)
 	wildcard := func(ip netip.Addr) bool { return ip.IsValid() && ip.IsUnspecified() }
 	switch {
-	case ipa.IsValid() && ipb.IsValid():
-		if wildcard(ipa) || wildcard(ipb) {
-			return ipa.Is6() && wildcard(ipa) || ipb.Is6() && wildcard(ipb) || ipa.Is4() == ipb.Is4()
-		}
-		return ipa == ipb
 	case wildcard(ipa) || wildcard(ipb):
 		return true
+	case ipa.IsValid() && ipb.IsValid():
+		return ipa == ipb
 	}
 	return strings.EqualFold(a, b)
 }

@@ -26,8 +26,9 @@ import (
 
 // RelayConfig configures a Relay. Start from DefaultRelayConfig.
 type RelayConfig struct {
-	// BindHost is the address public tunnel ports listen on ("" or
-	// "0.0.0.0": every IPv4 address; "::": every address).
+	// BindHost is the address public tunnel ports listen on ("",
+	// "0.0.0.0" or "::": every address, IPv4 and IPv6, as Go listens on
+	// both for any of them).
 	BindHost string
 	// Ports are the public ports tunnels may have.
 	Ports PortSet
