@@ -201,7 +201,7 @@ func TestBenchLimited(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("relayctl bench: exit %d\nstderr:\n%s", code, errOut)
 	}
-	if want := "note: the relay limits the token's bandwidth (max_bandwidth); this agent could send at most 100.0 Mbit/s: the figures show the limit, not the path\n"; !strings.HasSuffix(out, want) {
+	if want := "note: the relay limits the token's bandwidth (max_bandwidth); this agent's share of it reached 100.0 Mbit/s: the figures show the limit, not the path\n"; !strings.HasSuffix(out, want) {
 		t.Errorf("the table does not end %q:\n%s", want, out)
 	}
 	out, errOut, code = pt.Run(t, nil, pt.RelayctlBin, append(args, "--json")...)
