@@ -204,7 +204,7 @@ func TestAgentFileErrors(t *testing.T) {
 		{"unknown key in the second tunnel", head + one + one + "lcal = \"1\"\n", "bad.toml:7: tunnels.lcal: unknown key"},
 		{"unknown table", head + "[logs]\nlevel = \"info\"\n" + one, "bad.toml:3: logs: unknown key"},
 		{"wrong type", "relay = 7000\n", "bad.toml:1: relay: want a string, got an integer"},
-		{"bare number duration", head + "drain_timeout = 30\n" + one, `bad.toml:3: drain_timeout: 30 has no unit: write it with one, in quotes, such as "30s"`},
+		{"bare number duration", head + "drain_timeout = 30\n" + one, `bad.toml:3: drain_timeout: 30 has no unit: give one, as in "30s"`},
 		{"no relay", "token = \"s\"\n" + one, "bad.toml: relay is required: the relay's HOST:PORT"},
 		{"relay URL", "relay = \"tcp://r:7000\"\ntoken = \"s\"\n" + one, `bad.toml:1: relay: "tcp://r:7000": not a URL: give HOST:PORT, without tcp://`},
 		{"no token", "relay = \"r\"\n" + one, "bad.toml: token or token_file (or RELAY_TOKEN or RELAY_TOKEN_FILE in the environment) is required"},

@@ -32,7 +32,7 @@ func (d *Duration) UnmarshalText(b []byte) error {
 		if _, nerr := strconv.ParseFloat(string(b), 64); nerr == nil {
 			// 30 or "30": a bare number, whether quoted or not (the
 			// decoder hands a TOML integer over as its text).
-			return fmt.Errorf("%s has no unit: write it with one, in quotes, such as \"%ss\"", b, b)
+			return fmt.Errorf("%s has no unit: give one, as in \"%ss\"", b, b)
 		}
 		return fmt.Errorf("%q is not a duration with a unit, such as \"10s\"", b)
 	}

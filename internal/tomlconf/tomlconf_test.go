@@ -57,8 +57,8 @@ func TestDecodeErrors(t *testing.T) {
 	}{
 		{"syntax", "top = \"a\"\n[server\n", "s.toml:3: expected '.' or ']' to end table name"},
 		{"wrong type", "top = 3\n", "s.toml:1: top: want a string, got an integer"},
-		{"bare number duration", "wait = 10\n", `s.toml:1: wait: 10 has no unit: write it with one, in quotes, such as "10s"`},
-		{"duration without unit", "wait = \"10\"\n", `s.toml:1: wait: 10 has no unit: write it with one, in quotes, such as "10s"`},
+		{"bare number duration", "wait = 10\n", `s.toml:1: wait: 10 has no unit: give one, as in "10s"`},
+		{"duration without unit", "wait = \"10\"\n", `s.toml:1: wait: 10 has no unit: give one, as in "10s"`},
 		{"not a duration", "wait = \"soon\"\n", `s.toml:1: wait: "soon" is not a duration with a unit, such as "10s"`},
 		{"integer overflow", "top = 12345678901234567890\n", "s.toml:1: top: the number is too large for a TOML integer; if it is text (a secret, a name), put it in quotes"},
 		// Neither echoes the value, which relayd logs: it may be a secret.
