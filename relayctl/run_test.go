@@ -354,3 +354,38 @@ func retryMismatch(c tunnel.AgentConfig, maxRetries int, maxDelay time.Duration,
 	}
 	return ""
 }
+
+// FuzzParseAgentFile: agent.toml as anyone may write it. parseAgentFile
+// never panics, and every error names the file.
+func FuzzParseAgentFile(f *testing.F) {
+	sample, err := os.ReadFile("../examples/agent.toml")
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(string(sample))
+	f.Add("relay = \"relay.example.com:7000\"\ntoken = \"0123456789abcdef\"\n\n[[tunnels]]\nlocal = \"2456-2458\"\nproto = \"udp\"\nport = \"0\"\n")
+	f.Add("relay = \"r:7000\"\ntoken = \"x\"\n[[tunnels]]\nlocal = 8080\nport = 27001\nname = \"web\"\nproxy_protocol = \"v2\"\n")
+	f.Fuzz(func(t *testing.T, data string) {
+		plan, err := parseAgentFile("a.toml", data)
+		if err != nil && (plan != nil || !strings.HasPrefix(err.Error(), "a.toml")) {
+			t.Fatalf("parseAgentFile: %v, %v; want no plan and an error naming the file", plan, err)
+		}
+	})
+}
+
+// FuzzParseLocalRange: a LOCAL as anyone may type it. What parses has a
+// host and an ordered range of ports from 1.
+func FuzzParseLocalRange(f *testing.F) {
+	for _, s := range []string{"8080", "localhost:8080", "[::1]:8080", "2456-2458", "host:1-70000", "http://x:1-2", "::1:2456-2458", "9000-8000", ":8080", "0-5"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		host, r, err := parseLocalRange(s)
+		if err != nil {
+			return
+		}
+		if r.Low < 1 || r.Low > r.High || host == "" {
+			t.Fatalf("parseLocalRange(%q) = %q, %v", s, host, r)
+		}
+	})
+}

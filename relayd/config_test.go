@@ -747,3 +747,32 @@ func TestReadableSecrets(t *testing.T) {
 		})
 	}
 }
+
+// FuzzParseConfig: relay.toml as anyone may write it. ParseConfig never
+// panics, every error names the file, and a config it takes turns into
+// the relay's own (relayConfig) without one either.
+func FuzzParseConfig(f *testing.F) {
+	sample, err := os.ReadFile(samplePath)
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(string(sample))
+	for _, tt := range listenBadConfigs {
+		f.Add(tt.text)
+	}
+	for _, tt := range publicHostBadConfigs {
+		f.Add(tt.text)
+	}
+	f.Add("[relay]\nports = \"20000-20010\"\nidle_timeout = \"20s\"\n[limits]\nallow = [\"10.0.0.0/8\"]\n" +
+		"[[tokens]]\nid = \"a\"\nsecret = \"0123456789abcdef\"\nports = \"20000-20005\"\nnames = [\"web\"]\nmax_bandwidth = \"10M\"\n")
+	f.Fuzz(func(t *testing.T, data string) {
+		cfg, err := ParseConfig("f.toml", data)
+		if err != nil {
+			if cfg != nil || !strings.HasPrefix(err.Error(), "f.toml") {
+				t.Fatalf("ParseConfig: %v, %v; want no config and an error naming the file", cfg, err)
+			}
+			return
+		}
+		relayConfig(cfg)
+	})
+}

@@ -494,3 +494,32 @@ func TestALPN(t *testing.T) {
 		})
 	}
 }
+
+// FuzzParseFingerprint: --fingerprint and known_relays lines as anyone
+// may paste them. What parses is a SHA-256, and the form relayd prints
+// for it parses back to the same bytes.
+func FuzzParseFingerprint(f *testing.F) {
+	sum := sha256.Sum256([]byte("key"))
+	for _, s := range []string{
+		FingerprintPrefix + base64.RawStdEncoding.EncodeToString(sum[:]),
+		"sha256:" + base64.StdEncoding.EncodeToString(sum[:]),
+		hex.EncodeToString(sum[:]),
+		"AB:CD:" + strings.Repeat("00:", 29) + "EF",
+		"SHA256:", "", "SHA256:abc",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		b, err := ParseFingerprint(s)
+		if err != nil {
+			return
+		}
+		if len(b) != sha256.Size {
+			t.Fatalf("ParseFingerprint(%q) = %d bytes", s, len(b))
+		}
+		again, err := ParseFingerprint(FingerprintPrefix + base64.RawStdEncoding.EncodeToString(b))
+		if err != nil || !bytes.Equal(again, b) {
+			t.Fatalf("ParseFingerprint(%q) = %x, whose printed form parses to %x, %v", s, b, again, err)
+		}
+	})
+}

@@ -2,6 +2,7 @@ package tunnel
 
 import (
 	"reflect"
+	"slices"
 	"testing"
 )
 
@@ -268,4 +269,31 @@ func TestPortSetIntersect(t *testing.T) {
 	if s := set.String(); s != "10-12,20,30-31" {
 		t.Errorf("Intersect changed the set to %q", s)
 	}
+}
+
+// FuzzParsePortSet: relay.toml's ports and --port from anyone: a set
+// parsed is sorted, its ranges in order and apart, and its String parses
+// back to the same set.
+func FuzzParsePortSet(f *testing.F) {
+	for _, s := range []string{"20000-29999", "24100-24109,25565", " 1 , 65535", "5-3", "0", "1-2,2", "", ",", "08", "-1", "1-65536"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		set, err := ParsePortSet(s)
+		if err != nil {
+			if set != nil {
+				t.Fatalf("ParsePortSet(%q) returned %v with error %v", s, set, err)
+			}
+			return
+		}
+		for i, r := range set {
+			if r.Low < 1 || r.High < r.Low || i > 0 && r.Low <= set[i-1].High {
+				t.Fatalf("ParsePortSet(%q) = %v: range %d out of order or overlapping", s, set, i)
+			}
+		}
+		again, err := ParsePortSet(set.String())
+		if err != nil || !slices.Equal(again, set) {
+			t.Fatalf("ParsePortSet(%q) = %v, whose String %q parses to %v, %v", s, set, set.String(), again, err)
+		}
+	})
 }
