@@ -10,7 +10,9 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/relaytun/relay/internal/buildinfo"
 	"github.com/relaytun/relay/internal/clihelp"
+	"github.com/relaytun/relay/tunnel"
 )
 
 // Exit codes. Scripts may rely on them.
@@ -36,6 +38,7 @@ func newApp() *cli.App {
 		ExitErrHandler:  func(*cli.Context, error) {},
 		OnUsageError:    flagUsageError,
 	}
+	buildinfo.VersionFlag(app, "relayctl", tunnel.ProtocolVersion)
 	// A command's own flag errors would otherwise print "Incorrect Usage"
 	// and the help on stdout, which carries only the tcp:// lines.
 	for _, cmd := range app.Commands {

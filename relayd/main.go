@@ -9,7 +9,9 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/relaytun/relay/internal/buildinfo"
 	"github.com/relaytun/relay/internal/clihelp"
+	"github.com/relaytun/relay/tunnel"
 )
 
 func main() {
@@ -25,6 +27,7 @@ func main() {
 		ExitErrHandler:  func(*cli.Context, error) {},
 		OnUsageError:    usageError,
 	}
+	buildinfo.VersionFlag(app, "relayd", tunnel.ProtocolVersion)
 	// urfave/cli gives commands the app's usage handler only at the root.
 	for _, cmd := range app.Commands {
 		cmd.OnUsageError = usageError

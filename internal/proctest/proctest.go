@@ -187,13 +187,18 @@ func Run(t testing.TB, env []string, bin string, args ...string) (stdout, stderr
 
 // CheckVersion runs bin's version command and checks its one line: the
 // program's name, its version and commit, the protocol version and the Go
-// toolchain it was built with; and that an argument is a usage error.
+// toolchain it was built with; that --version prints the same; and that
+// an argument is a usage error.
 func CheckVersion(t *testing.T, bin, name string) {
 	t.Helper()
 	out, errOut, code := Run(t, nil, bin, "version")
 	re := regexp.MustCompile(`^` + regexp.QuoteMeta(name) + ` \S+ \(commit \S+, protocol 1, ` + regexp.QuoteMeta(runtime.Version()) + ` \S+/\S+\)\n$`)
 	if code != 0 || !re.MatchString(out) {
 		t.Errorf("%s version: exit %d, stdout %q, stderr %q; want 0 and one line matching %s", name, code, out, errOut, re)
+	}
+	// --version prints the same line (it was an unknown flag).
+	if flagOut, flagErr, code := Run(t, nil, bin, "--version"); code != 0 || flagOut != out || flagErr != "" {
+		t.Errorf("%s --version: exit %d, stdout %q, stderr %q; want 0 and %q, as the version command", name, code, flagOut, flagErr, out)
 	}
 	out, errOut, code = Run(t, nil, bin, "version", "extra")
 	if want := name + `: version takes no arguments (got "extra")` + "\n"; code != 2 || out != "" || errOut != want {
