@@ -986,12 +986,18 @@ func moveWithAgentAway(t *testing.T, kind string, leased bool) {
 	}
 
 	p.Restore()
-	waitFor(t, "the agent that asked for x-y to be back in the tunnel", 20*time.Second, func() bool {
-		ts := r.Relay.Tunnels()
-		return len(ts) == 1 && len(ts[0].Members) == 2
-	})
-	if st := pinned.Status(); !st.Connected || st.Tunnels[0].Public != fmt.Sprintf("tcp://127.0.0.1:%d", other) {
-		t.Errorf("the agent that asked for x-y: %+v, want it back on port %d", st, other)
+	// Its status, not the tunnel's members alone: the relay counts the
+	// member as it answers the agent's REGISTER, a moment before the
+	// agent reads the answer and calls itself connected.
+	want := fmt.Sprintf("tcp://127.0.0.1:%d", other)
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		st, ts := pinned.Status(), r.Relay.Tunnels()
+		if st.Connected && st.Tunnels[0].Public == want && len(ts) == 1 && len(ts[0].Members) == 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the agent that asked for x-y: %+v, want it back on port %d, in the tunnel beside the other (tunnels: %+v)", st, other, ts)
+		}
 	}
 	if strings.Contains(pinned.Log.String(), "refused") {
 		t.Errorf("the agent that asked for x-y was refused on its way back:\n%s", pinned.Log)
