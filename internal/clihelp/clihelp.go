@@ -7,6 +7,7 @@ package clihelp
 import (
 	"fmt"
 	"regexp"
+	"strconv"
 	"strings"
 
 	"github.com/relaytun/relay/internal/editdist"
@@ -102,7 +103,8 @@ func closestFlag(name string, flags []cli.Flag) string {
 // with a command gets that command's help; one without, the app's help,
 // or, when it holds a word that is no command, `help WORD`'s usage error.
 // args[0] is the program; nothing after "--" is looked at, and a flag's
-// value is not taken for a command or a help request.
+// value is not taken for a command or a help request. --help=true asks too;
+// --help=false does not.
 func HelpArgs(app *cli.App, args []string) []string {
 	takesValue := map[string]bool{}
 	learn := func(flags []cli.Flag) {
@@ -130,10 +132,16 @@ func HelpArgs(app *cli.App, args []string) []string {
 			words = append(words, a)
 			continue
 		}
-		name, _, inline := strings.Cut(strings.TrimLeft(a, "-"), "=")
+		name, value, inline := strings.Cut(strings.TrimLeft(a, "-"), "=")
 		switch {
 		case name == "h" || name == "help":
-			help = help || !inline
+			// --help=true (or -h=1) asks as --help does; the flag
+			// package reads the value with strconv.ParseBool.
+			on := !inline
+			if inline {
+				on, _ = strconv.ParseBool(value)
+			}
+			help = help || on
 		case takesValue[name] && !inline:
 			i++
 		}

@@ -34,8 +34,12 @@ func TestHelpArgs(t *testing.T) {
 		{"p --config expose --help", "p --help"},
 		{"p expose --name -h", "p expose --name -h"},
 		{"p expose --name=x --help", "p expose --help"},
-		// Only a bare --help asks; after "--", the wrapped command's.
+		// --help=false does not ask, --help=true does (urfave/cli took
+		// 8080 for a help topic: exit 3); after "--", the wrapped command's.
 		{"p expose --help=false 8080", "p expose --help=false 8080"},
+		{"p expose 8080 --help=true", "p expose --help"},
+		{"p --help=1 nope", "p help nope"},
+		{"p expose -h=maybe 8080", "p expose -h=maybe 8080"},
 		{"p expose 8080 -- server --help", "p expose 8080 -- server --help"},
 	} {
 		if got := HelpArgs(app, strings.Fields(tt.in)); !slices.Equal(got, strings.Fields(tt.want)) {
