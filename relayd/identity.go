@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -39,10 +40,7 @@ func loadIdentity(cfg *Config) (*identity, error) {
 	}
 	key, created, err := transport.LoadOrCreateKey(filepath.Join(dir, "relay.key"))
 	if err != nil {
-		// Not replaced on its own: a new key changes the fingerprint
-		// every agent pinned.
-		return nil, fmt.Errorf("%w (restore relay.key from a backup, or delete it to have relayd make a new key, "+
-			"whose fingerprint every agent must then be given)", err)
+		return nil, keyError(err)
 	}
 	cert, err := transport.SelfSignedCertificate(key, cfg.Relay.PublicHost)
 	if err != nil {
@@ -60,6 +58,22 @@ func (c *Config) certificate() (tls.Certificate, error) {
 		return cert, c.fail("relay.cert_file", "%v (key_file is %s)", err, c.path(c.Relay.KeyFile))
 	}
 	return cert, nil
+}
+
+// keyError says what to do about relay.key when what it holds is no key:
+// restore it, or delete it. Not replaced on its own: a new key changes the
+// fingerprint every agent pinned. A file that could not be read or written
+// (permission denied: a relay.key made by root, under sudo, and a service
+// running as its own user) is no reason to delete the key, and its error
+// says what happened as it is.
+func keyError(err error) error {
+	var pathErr *fs.PathError
+	var linkErr *os.LinkError
+	if errors.As(err, &pathErr) || errors.As(err, &linkErr) {
+		return err
+	}
+	return fmt.Errorf("%w (restore relay.key from a backup, or delete it to have relayd make a new key, "+
+		"whose fingerprint every agent must then be given)", err)
 }
 
 // stateDirError is the error for a state_dir that cannot be created,

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -54,6 +55,20 @@ func TestIdentityErrors(t *testing.T) {
 	}
 	if data, _ := os.ReadFile(key); string(data) != "garbage\n" {
 		t.Errorf("the garbage relay.key was replaced by %q", data)
+	}
+
+	// One that cannot be read, or a folder where it cannot be written, is
+	// no reason to delete the key: the error stays as it is. (As root the
+	// test cannot make either happen for real; these are the errors
+	// transport.LoadOrCreateKey returns then.)
+	for _, ioErr := range []error{
+		fmt.Errorf("reading key: %w", &fs.PathError{Op: "open", Path: key, Err: fs.ErrPermission}),
+		fmt.Errorf("writing key: %w", &fs.PathError{Op: "open", Path: filepath.Join(bad, ".relay.key.tmp1"), Err: fs.ErrPermission}),
+		fmt.Errorf("writing key: %w", &os.LinkError{Op: "rename", Old: filepath.Join(bad, ".relay.key.tmp1"), New: key, Err: fs.ErrPermission}),
+	} {
+		if got := keyError(ioErr); got != ioErr {
+			t.Errorf("keyError(%q) = %q; want it as it is", ioErr, got)
+		}
 	}
 }
 
