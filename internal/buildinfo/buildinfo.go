@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"runtime"
 	"runtime/debug"
+	"sync"
 
 	"github.com/urfave/cli/v2"
 )
@@ -82,12 +83,17 @@ func VersionCommand(program string, protocol int) *cli.Command {
 
 // VersionFlag gives app a --version flag that prints what the version
 // command prints: people type `relayd --version` first, and it was an
-// unknown flag. (urfave/cli shows the flag only for an app with a Version,
-// and reads its flag and printer from package variables.)
+// unknown flag. urfave/cli shows the flag only for an app with a Version,
+// and reads its flag and printer from package variables, set once here so
+// that tests making apps in parallel do not race on them.
 func VersionFlag(app *cli.App, program string, protocol int) {
 	app.Version = Read().Version
-	cli.VersionFlag = &cli.BoolFlag{Name: "version", Usage: "print the version, as the version command does"}
-	cli.VersionPrinter = func(c *cli.Context) {
-		fmt.Fprintln(c.App.Writer, String(program, protocol))
-	}
+	versionOnce.Do(func() {
+		cli.VersionFlag = &cli.BoolFlag{Name: "version", Usage: "print the version, as the version command does"}
+		cli.VersionPrinter = func(c *cli.Context) {
+			fmt.Fprintln(c.App.Writer, String(program, protocol))
+		}
+	})
 }
+
+var versionOnce sync.Once

@@ -31,7 +31,12 @@ func (d *Duration) UnmarshalText(b []byte) error {
 	if err != nil {
 		if _, nerr := strconv.ParseFloat(string(b), 64); nerr == nil {
 			// 30 or "30": a bare number, whether quoted or not (the
-			// decoder hands a TOML integer over as its text).
+			// decoder hands a TOML integer over as its text). The
+			// example is the value with an s when that parses; 1e3,
+			// inf and a float the decoder spells out do not.
+			if _, serr := time.ParseDuration(string(b) + "s"); serr != nil {
+				return fmt.Errorf("%s has no unit: write it as a number with one, as in \"30s\" or \"1.5m\"", b)
+			}
 			return fmt.Errorf("%s has no unit: give one, as in \"%ss\"", b, b)
 		}
 		return fmt.Errorf("%q is not a duration with a unit, such as \"10s\"", b)

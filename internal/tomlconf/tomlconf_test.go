@@ -59,6 +59,9 @@ func TestDecodeErrors(t *testing.T) {
 		{"wrong type", "top = 3\n", "s.toml:1: top: want a string, got an integer"},
 		{"bare number duration", "wait = 10\n", `s.toml:1: wait: 10 has no unit: give one, as in "10s"`},
 		{"duration without unit", "wait = \"10\"\n", `s.toml:1: wait: 10 has no unit: give one, as in "10s"`},
+		{"float duration", "wait = 1e3\n", `s.toml:1: wait: 1000.000000 has no unit: give one, as in "1000.000000s"`},
+		{"fraction duration", "wait = \"1.5\"\n", `s.toml:1: wait: 1.5 has no unit: give one, as in "1.5s"`},
+		{"exponent duration", "wait = \"1e3\"\n", `s.toml:1: wait: 1e3 has no unit: write it as a number with one, as in "30s" or "1.5m"`},
 		{"not a duration", "wait = \"soon\"\n", `s.toml:1: wait: "soon" is not a duration with a unit, such as "10s"`},
 		{"integer overflow", "top = 12345678901234567890\n", "s.toml:1: top: the number is too large for a TOML integer; if it is text (a secret, a name), put it in quotes"},
 		// Neither echoes the value, which relayd logs: it may be a secret.
