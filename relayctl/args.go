@@ -47,12 +47,7 @@ func reorderArgs(app *cli.App, args []string) []string {
 		return args
 	}
 	takesValue := map[string]bool{}
-	for _, f := range cmd.Flags {
-		_, isBool := f.(*cli.BoolFlag)
-		for _, n := range f.Names() {
-			takesValue[n] = !isBool
-		}
-	}
+	clihelp.AddValueFlags(takesValue, cmd.Flags)
 	var flags, pos []string
 	rest := args[2:]
 	for i := 0; i < len(rest); i++ {

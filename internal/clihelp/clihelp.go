@@ -107,17 +107,7 @@ func closestFlag(name string, flags []cli.Flag) string {
 // --help=false does not.
 func HelpArgs(app *cli.App, args []string) []string {
 	takesValue := map[string]bool{}
-	learn := func(flags []cli.Flag) {
-		for _, f := range flags {
-			if _, isBool := f.(*cli.BoolFlag); isBool {
-				continue
-			}
-			for _, n := range f.Names() {
-				takesValue[n] = true
-			}
-		}
-	}
-	learn(app.Flags)
+	AddValueFlags(takesValue, app.Flags)
 	var cmd *cli.Command
 	var words []string
 	help := false
@@ -126,7 +116,7 @@ func HelpArgs(app *cli.App, args []string) []string {
 		if a == "-" || !strings.HasPrefix(a, "-") {
 			if c := app.Command(a); c != nil && cmd == nil && len(words) == 0 {
 				cmd = c
-				learn(c.Flags)
+				AddValueFlags(takesValue, c.Flags)
 				continue
 			}
 			words = append(words, a)
@@ -158,4 +148,18 @@ func HelpArgs(app *cli.App, args []string) []string {
 		return []string{args[0], "help", words[0]}
 	}
 	return []string{args[0], "--help"}
+}
+
+// AddValueFlags marks in takesValue every name of the flags that take a
+// value (all but booleans), which a command line then gives in the
+// argument after the flag unless it is written --flag=value.
+func AddValueFlags(takesValue map[string]bool, flags []cli.Flag) {
+	for _, f := range flags {
+		if _, isBool := f.(*cli.BoolFlag); isBool {
+			continue
+		}
+		for _, n := range f.Names() {
+			takesValue[n] = true
+		}
+	}
 }
