@@ -29,6 +29,7 @@ var exposeCommand = &cli.Command{
 		&cli.StringFlag{Name: "port", Usage: "public port `N` or a range A-B to pick from (default: any the relay allows)"},
 		&cli.StringFlag{Name: "proto", Value: "tcp", Usage: "tcp, udp, or tcp,udp (both on one public port number)"},
 		&cli.StringFlag{Name: "proxy-protocol", Usage: "send the local server a PROXY protocol header with the client's address: v1 or v2 (TCP), v2 (UDP)"},
+		&cli.BoolFlag{Name: "transparent", Usage: "connect to the local server from each client's own address, for servers that read no PROXY header (Linux; needs CAP_NET_ADMIN and two routes, see the README)"},
 		&cli.StringSliceFlag{Name: "allow", Usage: "admit only public clients from `CIDR` (or a bare IP); repeat it or separate with commas"},
 		&cli.StringSliceFlag{Name: "deny", Usage: "turn away public clients from `CIDR` (or a bare IP); repeat it or separate with commas"},
 		&cli.IntFlag{Name: "max-retries", Value: defaultSpec().MaxRetries, Usage: "give up after `N` failed reconnects in a row (0: retry forever)"},
@@ -100,7 +101,7 @@ func exposePlan(c *cli.Context) (*agentPlan, error) {
 	}
 	allow, deny := splitCommas(c.StringSlice("allow")), splitCommas(c.StringSlice("deny"))
 	for _, arg := range c.Args().Slice() {
-		t := tunnelSpec{Name: c.String("name"), Local: portString(arg), Port: portString(port), Proto: c.String("proto"), ProxyProtocol: c.String("proxy-protocol"), Allow: allow, Deny: deny}
+		t := tunnelSpec{Name: c.String("name"), Local: portString(arg), Port: portString(port), Proto: c.String("proto"), ProxyProtocol: c.String("proxy-protocol"), Transparent: c.Bool("transparent"), Allow: allow, Deny: deny}
 		if t.Name != "" && c.NArg() > 1 {
 			// One name per tunnel: NAME-PORT, the port LOCAL's.
 			if local, err := parseLocal(arg); err == nil && tunnel.ValidName(t.Name) {

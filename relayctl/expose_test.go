@@ -269,6 +269,27 @@ func TestExposeProxyProtocol(t *testing.T) {
 	}
 }
 
+// TestExposeTransparent: --transparent asks every tunnel of the command to
+// connect from its clients' addresses.
+func TestExposeTransparent(t *testing.T) {
+	fp := "SHA256:" + strings.Repeat("A", 43)
+	for _, on := range []bool{false, true} {
+		args := []string{"8080", "localhost:9090", "--proto", "tcp,udp", "--relay", "r", "--token", "s", "--fingerprint", fp}
+		if on {
+			args = append(args, "--transparent")
+		}
+		cfg, err := parseExpose(t, nil, args...)
+		if err != nil {
+			t.Fatalf("--transparent=%v: %v", on, err)
+		}
+		for _, spec := range cfg.Tunnels {
+			if spec.Transparent != on {
+				t.Errorf("--transparent=%v: tunnel %s has Transparent %v", on, spec.Name, spec.Transparent)
+			}
+		}
+	}
+}
+
 // TestNoConfigDir: without --fingerprint, the relay's key is checked
 // against the known-relays file in the user's config folder; with no such
 // folder ($XDG_CONFIG_HOME and $HOME unset, as for some services), a usage

@@ -151,6 +151,17 @@ allow = ["10.0.0.0/8", "192.0.2.7"]
 			return ""
 		})
 	})
+	t.Run("transparent", func(t *testing.T) {
+		text := "relay = \"r\"\ntoken = \"s\"\n" +
+			"[[tunnels]]\nlocal = \"1\"\ntransparent = true\nproto = \"tcp,udp\"\n" +
+			"[[tunnels]]\nlocal = \"2\"\n"
+		check(t, text, nil, func(p *agentPlan) string {
+			if got := []bool{p.cfg.Tunnels[0].Transparent, p.cfg.Tunnels[1].Transparent}; !slices.Equal(got, []bool{true, false}) {
+				return fmt.Sprintf("transparent %v, want [true false]", got)
+			}
+			return ""
+		})
+	})
 	t.Run("defaults", func(t *testing.T) {
 		check(t, "relay = \"r:1\"\ntoken = \"s\"\nknown_relays = \"known\"\n[[tunnels]]\nlocal = \"1\"\n", nil, func(p *agentPlan) string {
 			if kr := p.cfg.Verifier.KnownRelays; kr != filepath.Join(dir, "known") {

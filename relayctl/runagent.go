@@ -15,6 +15,7 @@ import (
 
 	"github.com/relaytun/relay/internal/debugpprof"
 	"github.com/relaytun/relay/internal/gcfloor"
+	"github.com/relaytun/relay/internal/transparent"
 	"github.com/relaytun/relay/transport"
 	"github.com/relaytun/relay/tunnel"
 )
@@ -124,7 +125,10 @@ func agentExit(err error, relay string) error {
 	var ref *tunnel.RefusedError
 	var idErr *transport.IdentityError
 	var dialErr *tunnel.DialError
+	var setupErr *transparent.SetupError
 	switch {
+	case errors.As(err, &setupErr):
+		return cli.Exit(oneLine(err.Error()), exitFailure)
 	case errors.As(err, &idErr):
 		return cli.Exit(oneLine(idErr.Error()), exitUnverified)
 	case errors.Is(err, tunnel.ErrGaveUp):

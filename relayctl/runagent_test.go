@@ -10,6 +10,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/relaytun/relay/internal/transparent"
 	"github.com/relaytun/relay/transport"
 	"github.com/relaytun/relay/tunnel"
 )
@@ -45,6 +46,8 @@ func TestAgentExit(t *testing.T) {
 				"and that its port is open (UDP for QUIC, TCP for --transport tcp); --wait-for-relay (wait_for_relay) keeps trying"},
 		{"session lost", fmt.Errorf("%w: %w", tunnel.ErrSessionClosed, io.EOF), exitFailure,
 			"session with the relay closed: EOF: run relayctl again, or with --wait-for-relay (wait_for_relay)"},
+		{"transparent routes missing", &transparent.SetupError{Reason: "the local server's replies to a client's IPv4 address would not come back to relayctl: add the routes, as root: " + transparent.Routes(false)}, exitFailure,
+			"transparent: the local server's replies to a client's IPv4 address would not come back to relayctl: add the routes, as root: " + transparent.Routes(false)},
 		{"something else", errors.New("registering: waiting for REGISTERED\nfrom the relay: timeout"), exitFailure,
 			"session with relay.example.com:7000 failed: registering: waiting for REGISTERED; from the relay: timeout"},
 	} {

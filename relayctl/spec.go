@@ -62,9 +62,11 @@ type tunnelSpec struct {
 	Port  portString `toml:"port"`  // "", "N" or "A-B"
 	Proto string     `toml:"proto"` // "": tcp
 	// ProxyProtocol is "", "v1" or "v2".
-	ProxyProtocol string   `toml:"proxy_protocol"`
-	Allow         []string `toml:"allow"`
-	Deny          []string `toml:"deny"`
+	ProxyProtocol string `toml:"proxy_protocol"`
+	// Transparent connects from each client's own address.
+	Transparent bool     `toml:"transparent"`
+	Allow       []string `toml:"allow"`
+	Deny        []string `toml:"deny"`
 }
 
 // portString is a string that TOML may also give as a bare number, so
@@ -342,6 +344,7 @@ func (ts *tunnelSpec) build() ([]tunnel.TunnelSpec, *specError) {
 	default:
 		return nil, fail("proxy_protocol", "%q is not v1 or v2", ts.ProxyProtocol)
 	}
+	t.Transparent = ts.Transparent
 	if t.Allow, err = parsePrefixList(ts.Allow); err != nil {
 		return nil, fail("allow", "%v", err)
 	}

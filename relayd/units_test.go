@@ -32,6 +32,21 @@ func TestSystemdUnits(t *testing.T) {
 			t.Fatal(err)
 		}
 		units = append(units, path)
+		if src == "relayctl@.service" {
+			// The unit's comment says how to run a config with
+			// transparent = true: that variant must verify too.
+			text = strings.NewReplacer("#ExecStartPre=", "ExecStartPre=",
+				"CapabilityBoundingSet=\n", "CapabilityBoundingSet=CAP_NET_ADMIN\n",
+				"AmbientCapabilities=\n", "AmbientCapabilities=CAP_NET_ADMIN\n").Replace(text)
+			if !strings.Contains(text, "ExecStartPre=+") || strings.Count(text, "=CAP_NET_ADMIN\n") != 2 {
+				t.Fatal("relayctl@.service no longer has the transparent lines this test turns on")
+			}
+			path := filepath.Join(dir, "relayctl@transparent.service")
+			if err := os.WriteFile(path, []byte(text), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			units = append(units, path)
+		}
 	}
 	out, err := exec.Command(analyze, append([]string{"verify", "--man=no"}, units...)...).CombinedOutput()
 	if err != nil || len(out) > 0 {

@@ -52,6 +52,14 @@ type TunnelSpec struct {
 	// header with the client's address: before a TCP connection's first
 	// byte, and (v2 only) in front of a UDP flow's first datagram. 0: none.
 	ProxyProtocol int
+	// Transparent connects to the local server from each client's own
+	// address (Linux's IP_TRANSPARENT), for servers that read no PROXY
+	// header: the server must be on this machine's loopback, and the
+	// machine needs CAP_NET_ADMIN and the routes of package transparent;
+	// Run checks both before it dials the relay. Clients of the other
+	// address family than the server's (IPv4 first, for a name) are
+	// connected from the agent's own address, with a warning.
+	Transparent bool
 	// NoLease asks for a tunnel that leaves no port reserved on the relay
 	// once it closes, and shares its port with no other agent: for a test
 	// such as relayctl bench. A relay older than that gives it a lease
@@ -192,6 +200,11 @@ func (c *AgentConfig) Validate() error {
 		default:
 			return fmt.Errorf("tunnel %s: PROXY protocol version %d is not 1 or 2", t.Name, t.ProxyProtocol)
 		}
+		if t.Transparent {
+			if err := checkTransparentSpec(t); err != nil {
+				return fmt.Errorf("tunnel %s: %w", t.Name, err)
+			}
+		}
 	}
 	if c.FallbackDelay <= 0 || c.HandshakeTimeout <= 0 || c.DialLocalTimeout <= 0 {
 		return errors.New("agent timeouts must be positive")
@@ -259,6 +272,10 @@ type agentTunnel struct {
 	closed *RefusedError
 	id     atomic.Uint32 // the tunnel id in the current session
 	udp    *agentUDP     // nil for a TCP-only tunnel
+	// wrongFamily is set once the agent has warned that a client's
+	// address family has no transparent path to the server: [0] IPv4,
+	// [1] IPv6.
+	wrongFamily [2]atomic.Bool
 	traffic
 }
 
@@ -302,6 +319,14 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.mu.Unlock()
 	if stopped {
 		return nil
+	}
+	if err := CheckTransparent(ctx, a.cfg.Tunnels); err != nil {
+		return err
+	}
+	for _, t := range a.cfg.Tunnels {
+		if t.Transparent {
+			a.log.Info("transparent: the local server sees each client's own address", "name", t.Name, "local", t.Local)
+		}
 	}
 	// Streams in flight end with their session; wait for their goroutines.
 	defer a.clients.Wait()
@@ -1252,7 +1277,7 @@ func (a *Agent) carry(ctx context.Context, st transport.Stream, byID map[uint32]
 		return
 	}
 	log := a.log.With("tunnel", t.spec.Name, "client", h.Client.String())
-	local, err := dialLocal(ctx, t.spec.Local, a.cfg.DialLocalTimeout)
+	local, err := a.dialClient(ctx, t, h.Client)
 	if err != nil {
 		st.Write([]byte{StatusUnreachable})
 		st.Close()

@@ -115,11 +115,7 @@ func (a *Agent) flow(t *agentTunnel, client netip.AddrPort) (*agentFlow, error) 
 	}
 	// Resolving and dialing outside the lock: a slow resolver must not
 	// hold up every other flow's datagrams.
-	raddr, err := net.ResolveUDPAddr("udp", t.spec.Local)
-	if err != nil {
-		return nil, err
-	}
-	conn, err := net.DialUDP("udp", nil, raddr)
+	conn, err := a.dialFlow(context.Background(), t, client)
 	if err != nil {
 		return nil, err
 	}

@@ -1,0 +1,147 @@
+package transparent
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/relaytun/relay/internal/netnstest"
+)
+
+// TestTransparent runs in a network namespace of its own: Check finds the
+// routes missing and says which to add; with them, a local server sees
+// the client's address, its port too where that is free; and a thread
+// without CAP_NET_ADMIN is told what to grant.
+func TestTransparent(t *testing.T) {
+	if !netnstest.Enter(t) {
+		return
+	}
+	ctx := context.Background()
+	for _, v6 := range []bool{false, true} {
+		err := Check(ctx, v6)
+		var se *SetupError
+		if !errors.As(err, &se) || !strings.Contains(err.Error(), "add the routes, as root: "+Routes(v6)) {
+			t.Errorf("Check(v6=%v) without routes: %v, want the routes to add", v6, err)
+		}
+	}
+	netnstest.Routes(t)
+	for _, v6 := range []bool{false, true} {
+		if err := Check(ctx, v6); err != nil {
+			t.Errorf("Check(v6=%v) with the routes: %v", v6, err)
+		}
+	}
+
+	for _, c := range []struct{ server, client string }{
+		{"127.0.0.1:0", "203.0.113.9:40000"},
+		{"[::1]:0", "[2001:db8::9]:40000"},
+	} {
+		from := netip.MustParseAddrPort(c.client)
+		t.Run("tcp "+c.client, func(t *testing.T) {
+			ln, err := net.Listen("tcp", c.server)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer ln.Close()
+			to := netip.MustParseAddrPort(ln.Addr().String())
+			peers := make(chan string, 2)
+			go func() {
+				for {
+					s, err := ln.Accept()
+					if err != nil {
+						return
+					}
+					peers <- s.RemoteAddr().String()
+					s.Write([]byte("hello"))
+					s.Close()
+				}
+			}()
+			first, err := DialTCP(ctx, from, to, 5*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer first.Close()
+			if got := <-peers; got != from.String() {
+				t.Errorf("the server saw %s, want %s", got, from)
+			}
+			// The port is held by the first connection: the second keeps
+			// the address and takes another port.
+			second, err := DialTCP(ctx, from, to, 5*time.Second)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer second.Close()
+			got := netip.MustParseAddrPort(<-peers)
+			if got.Addr() != from.Addr() || got.Port() == from.Port() {
+				t.Errorf("the second connection came from %s, want %s on another port", got, from.Addr())
+			}
+			if b, err := io.ReadAll(second); string(b) != "hello" {
+				t.Errorf("the server's reply: %q, %v", b, err)
+			}
+		})
+		t.Run("udp "+c.client, func(t *testing.T) {
+			pc, err := net.ListenPacket("udp", c.server)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer pc.Close()
+			go func() {
+				b := make([]byte, 64)
+				for {
+					n, peer, err := pc.ReadFrom(b)
+					if err != nil {
+						return
+					}
+					pc.WriteTo(append([]byte(peer.String()+" "), b[:n]...), peer)
+				}
+			}()
+			conn, err := DialUDP(from, netip.MustParseAddrPort(pc.LocalAddr().String()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			conn.Write([]byte("ping"))
+			conn.SetReadDeadline(time.Now().Add(5 * time.Second))
+			b := make([]byte, 64)
+			n, err := conn.Read(b)
+			if want := from.String() + " ping"; err != nil || string(b[:n]) != want {
+				t.Errorf("the reply: %q, %v; want %q", b[:n], err, want)
+			}
+		})
+	}
+
+	t.Run("without CAP_NET_ADMIN or CAP_NET_RAW", func(t *testing.T) {
+		errc := make(chan error, 1)
+		go func() {
+			// Capabilities belong to a thread: drop them on a thread
+			// of its own, which ends with this goroutine.
+			runtime.LockOSThread()
+			hdr := unix.CapUserHeader{Version: unix.LINUX_CAPABILITY_VERSION_3}
+			var data [2]unix.CapUserData
+			if err := unix.Capget(&hdr, &data[0]); err != nil {
+				errc <- err
+				return
+			}
+			// Either capability allows IP_TRANSPARENT.
+			for _, c := range []uint{unix.CAP_NET_ADMIN, unix.CAP_NET_RAW} {
+				data[c/32].Effective &^= 1 << (c % 32)
+			}
+			if err := unix.Capset(&hdr, &data[0]); err != nil {
+				errc <- err
+				return
+			}
+			errc <- Check(ctx, false)
+		}()
+		err := <-errc
+		if !errors.Is(err, unix.EPERM) || !strings.Contains(err.Error(), "run it as root, or give it CAP_NET_ADMIN") {
+			t.Errorf("Check without CAP_NET_ADMIN: %v, want EPERM and what to grant", err)
+		}
+	})
+}

@@ -1,0 +1,100 @@
+package tunnel
+
+import (
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/relaytun/relay/internal/netnstest"
+	"github.com/relaytun/relay/internal/transparent"
+)
+
+// TestTransparent runs in a network namespace of its own, where clients
+// connect from addresses the machine does not have (as they would from the
+// Internet): with Transparent set, the local server sees each client's own
+// address, over TCP and UDP and on both transports. Before the routes are
+// added, Run says which to add; an IPv6 client of a server that listens on
+// 127.0.0.1 only is connected from the agent's address, with a warning.
+func TestTransparent(t *testing.T) {
+	if !netnstest.Enter(t) {
+		return
+	}
+	peerOf := func(c net.Conn) { c.Write([]byte(c.RemoteAddr().String())); c.Close() }
+	t.Run("without routes", func(t *testing.T) {
+		r := startRelay(t, nil)
+		cfg := r.agentConfig(TransportQUIC, startServer(t, peerOf))
+		cfg.Tunnels[0].Transparent = true
+		_, err := runAgent(t, cfg)
+		var se *transparent.SetupError
+		if !errors.As(err, &se) || !strings.Contains(err.Error(), transparent.Routes(false)) {
+			t.Fatalf("Run without the routes: %v, want the routes to add", err)
+		}
+	})
+	netnstest.Routes(t)
+	client := netip.MustParseAddr("203.0.113.9")
+	forEachTransport(t, func(t *testing.T, kind string) {
+		r := startRelay(t, nil)
+		udp := startUDPEcho(t)
+		cfg := r.agentConfig(kind, startServer(t, peerOf))
+		// By name, as a bare port gives it: the server's IPv4 address.
+		cfg.Tunnels[0].Local = strings.Replace(cfg.Tunnels[0].Local, "127.0.0.1", "localhost", 1)
+		cfg.Tunnels = append(cfg.Tunnels, TunnelSpec{Name: "game", Local: udp.Addr, Protos: ProtoUDP})
+		for i := range cfg.Tunnels {
+			cfg.Tunnels[i].Transparent = true
+		}
+		a := mustRunAgent(t, cfg)
+
+		to := netip.MustParseAddrPort(a.Public(0))
+		c, err := transparent.DialTCP(t.Context(), netip.AddrPortFrom(client, 0), to, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		seen, err := io.ReadAll(c)
+		if got, perr := netip.ParseAddrPort(string(seen)); err != nil || perr != nil || got.Addr() != client {
+			t.Errorf("the TCP server saw %q (%v), want %s", seen, err, client)
+		}
+
+		u, err := transparent.DialUDP(netip.AddrPortFrom(client, 0), netip.MustParseAddrPort(endpointFor(t, a, "udp")))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer u.Close()
+		exchange(t, u, []byte("move north"))
+		udp.mu.Lock()
+		defer udp.mu.Unlock()
+		for peer := range udp.peers {
+			if got := netip.MustParseAddrPort(peer); got.Addr() != client {
+				t.Errorf("the UDP server saw %s, want %s", got, client)
+			}
+		}
+		if len(udp.peers) != 1 {
+			t.Errorf("the UDP server saw %d peers, want 1", len(udp.peers))
+		}
+	})
+	t.Run("IPv6 client, IPv4 server", func(t *testing.T) {
+		r := startRelay(t, func(c *RelayConfig) { c.BindHost = "::1" })
+		cfg := r.agentConfig(TransportQUIC, startServer(t, peerOf))
+		cfg.Tunnels[0].Transparent = true
+		a := mustRunAgent(t, cfg)
+		to := netip.AddrPortFrom(netip.IPv6Loopback(), a.Endpoints[0].Port)
+		c, err := transparent.DialTCP(t.Context(), netip.MustParseAddrPort("[2001:db8::9]:0"), to, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		seen, _ := io.ReadAll(c)
+		if host, _, _ := net.SplitHostPort(string(seen)); host != "127.0.0.1" {
+			t.Errorf("the server saw %q, want the agent's 127.0.0.1", seen)
+		}
+		if !strings.Contains(a.Log.String(), "transparent: IPv6 clients reach the local server from the agent's own address, as it is at 127.0.0.1") {
+			t.Errorf("no warning in the agent's log:\n%s", a.Log)
+		}
+	})
+}
