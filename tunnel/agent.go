@@ -321,6 +321,11 @@ func (a *Agent) Run(ctx context.Context) error {
 		return nil
 	}
 	if err := CheckTransparent(ctx, a.cfg.Tunnels); err != nil {
+		if ctx.Err() != nil {
+			// Stopped (a signal, or Drain) while the check waited:
+			// nothing failed.
+			return nil
+		}
 		return err
 	}
 	for _, t := range a.cfg.Tunnels {

@@ -1,6 +1,7 @@
 package tunnel
 
 import (
+	"context"
 	"errors"
 	"io"
 	"net"
@@ -32,6 +33,26 @@ func TestTransparent(t *testing.T) {
 		var se *transparent.SetupError
 		if !errors.As(err, &se) || !strings.Contains(err.Error(), transparent.Routes(false)) {
 			t.Fatalf("Run without the routes: %v, want the routes to add", err)
+		}
+	})
+	t.Run("stopped during the check", func(t *testing.T) {
+		// Ctrl-C (or Drain) while the check waits for a reply that the
+		// missing routes never bring ends Run as a stop does: nil, not
+		// a failed session.
+		r := startRelay(t, nil)
+		cfg := r.agentConfig(TransportQUIC, startServer(t, peerOf))
+		cfg.Tunnels[0].Transparent = true
+		a, err := NewAgent(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Cancelled, as a signal does: a deadline would end the check's
+		// dial a moment before ctx reports it.
+		ctx, cancel := context.WithCancel(t.Context())
+		defer cancel()
+		time.AfterFunc(200*time.Millisecond, cancel)
+		if err := a.Run(ctx); err != nil {
+			t.Errorf("Run stopped during the check: %v, want nil", err)
 		}
 	})
 	netnstest.Routes(t)
