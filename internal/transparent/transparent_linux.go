@@ -33,8 +33,10 @@ func control(network, _ string, c syscall.RawConn) error {
 // DialTCP connects to the server at to from the client address from. It
 // keeps the client's port where it can, and takes another where that one is
 // in use here (the same client on two tunnels, or a connection of a moment
-// ago still in TIME_WAIT): the address is what servers act on.
+// ago still in TIME_WAIT): the address is what servers act on. It never
+// keeps the server's own port (see ownPort).
 func DialTCP(ctx context.Context, from, to netip.AddrPort, timeout time.Duration) (*net.TCPConn, error) {
+	from = ownPort(from, to)
 	dial := func(from netip.AddrPort) (net.Conn, error) {
 		d := net.Dialer{Timeout: timeout, KeepAlive: -1, LocalAddr: net.TCPAddrFromAddrPort(from), Control: control}
 		return d.DialContext(ctx, network("tcp", to), to.String())
@@ -51,6 +53,7 @@ func DialTCP(ctx context.Context, from, to netip.AddrPort, timeout time.Duration
 
 // DialUDP is DialTCP for a UDP flow.
 func DialUDP(from, to netip.AddrPort) (*net.UDPConn, error) {
+	from = ownPort(from, to)
 	dial := func(from netip.AddrPort) (net.Conn, error) {
 		d := net.Dialer{LocalAddr: net.UDPAddrFromAddrPort(from), Control: control}
 		return d.Dial(network("udp", to), to.String())
@@ -63,6 +66,19 @@ func DialUDP(from, to netip.AddrPort) (*net.UDPConn, error) {
 		return nil, err
 	}
 	return c.(*net.UDPConn), nil
+}
+
+// ownPort is from with port 0 where its port is the server's: a socket
+// bound to a client's address on that port, while the server is down or
+// restarting (a UDP flow stays open through that), would keep the server
+// from listening on 0.0.0.0 or [::] at its own port for as long as the
+// client keeps sending. Game clients often use the server's port as their
+// own (ioquake3's 27960).
+func ownPort(from, to netip.AddrPort) netip.AddrPort {
+	if from.Port() == to.Port() {
+		return netip.AddrPortFrom(from.Addr(), 0)
+	}
+	return from
 }
 
 func network(proto string, to netip.AddrPort) string {

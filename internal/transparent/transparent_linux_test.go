@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -117,6 +118,54 @@ func TestTransparent(t *testing.T) {
 		})
 	}
 
+	// A client whose port is the server's own (ioquake3 clients use
+	// 27960, as its servers do), arriving while the server is down or
+	// restarting: a socket holding the client's address on that port
+	// would keep the server from listening on 0.0.0.0 there for as
+	// long as the flow lasts.
+	t.Run("not the server's own port", func(t *testing.T) {
+		for _, proto := range []string{"udp", "tcp"} {
+			free, err := net.ListenPacket("udp4", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			port := netip.MustParseAddrPort(free.LocalAddr().String()).Port()
+			free.Close()
+			from := netip.AddrPortFrom(netip.MustParseAddr("203.0.113.9"), port)
+			to := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port)
+			var held io.Closer
+			if proto == "udp" {
+				held, err = DialUDP(from, to)
+			} else {
+				// A server on 127.0.0.1 only, moving to 0.0.0.0.
+				ln, lerr := net.Listen("tcp4", to.String())
+				if lerr != nil {
+					t.Fatal(lerr)
+				}
+				held, err = DialTCP(ctx, from, to, 5*time.Second)
+				ln.Close()
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if proto == "udp" {
+				var pc net.PacketConn
+				if pc, err = net.ListenPacket("udp4", net.JoinHostPort("0.0.0.0", itoa(port))); err == nil {
+					pc.Close()
+				}
+			} else {
+				var ln net.Listener
+				if ln, err = net.Listen("tcp4", net.JoinHostPort("0.0.0.0", itoa(port))); err == nil {
+					ln.Close()
+				}
+			}
+			held.Close()
+			if err != nil {
+				t.Errorf("%s: the server cannot listen on its port while a client's connection from that port is open: %v", proto, err)
+			}
+		}
+	})
+
 	t.Run("without CAP_NET_ADMIN or CAP_NET_RAW", func(t *testing.T) {
 		errc := make(chan error, 1)
 		go func() {
@@ -145,3 +194,5 @@ func TestTransparent(t *testing.T) {
 		}
 	})
 }
+
+func itoa(port uint16) string { return strconv.Itoa(int(port)) }
