@@ -276,6 +276,11 @@ type agentTunnel struct {
 	// address family has no transparent path to the server: [0] IPv4,
 	// [1] IPv6.
 	wrongFamily [2]atomic.Bool
+	// wildcardUDP is set once the agent has warned that t's transparent
+	// UDP server listens on all addresses; wildcardChecked is when it
+	// last looked (unix nanoseconds).
+	wildcardUDP     atomic.Bool
+	wildcardChecked atomic.Int64
 	traffic
 }
 

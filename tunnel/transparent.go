@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"runtime"
+	"time"
 
 	"github.com/relaytun/relay/internal/transparent"
 )
@@ -144,6 +145,7 @@ func (a *Agent) dialFlow(ctx context.Context, t *agentTunnel, client netip.AddrP
 			return nil, err
 		}
 		if ok {
+			a.checkWildcardUDP(t, to)
 			return transparent.DialUDP(from, to)
 		}
 	}
@@ -152,4 +154,28 @@ func (a *Agent) dialFlow(ctx context.Context, t *agentTunnel, client netip.AddrP
 		return nil, err
 	}
 	return net.DialUDP("udp", nil, raddr)
+}
+
+// wildcardRecheck is how often, at most, a new flow of a transparent UDP
+// tunnel looks at how its server listens: it may start (or restart)
+// after the agent.
+const wildcardRecheck = 10 * time.Second
+
+// checkWildcardUDP warns, once per tunnel, where t's UDP server at to
+// listens on all addresses (transparent.WildcardUDP): the client's
+// datagrams arrive, and its replies do not.
+func (a *Agent) checkWildcardUDP(t *agentTunnel, to netip.AddrPort) {
+	if t.wildcardUDP.Load() {
+		return
+	}
+	now, last := time.Now().UnixNano(), t.wildcardChecked.Load()
+	if last != 0 && now-last < int64(wildcardRecheck) || !t.wildcardChecked.CompareAndSwap(last, now) {
+		return
+	}
+	wild, ok := transparent.WildcardUDP(to)
+	if !ok || t.wildcardUDP.Swap(true) {
+		return
+	}
+	a.log.Warn(fmt.Sprintf("transparent: the local UDP server listens on all addresses (%s), so unless it answers from the address each datagram came to, its replies to a client's address leave by this machine's default route instead of coming back to relayctl, and clients get no answer: have it listen on %s (or see the README for a rule that routes its port's replies back)", wild, to),
+		"tunnel", t.spec.Name, "local", t.spec.Local)
 }

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -97,7 +98,55 @@ func TestTransparent(t *testing.T) {
 		if len(udp.peers) != 1 {
 			t.Errorf("the UDP server saw %d peers, want 1", len(udp.peers))
 		}
+		if strings.Contains(a.Log.String(), wildcardWarning) {
+			t.Errorf("a warning for a UDP server on 127.0.0.1:\n%s", a.Log)
+		}
 	})
+	// A UDP server on all addresses gets the client's datagrams, but its
+	// replies, with no source address of their own, miss the rule and
+	// leave by the main table (here: network unreachable). The agent
+	// cannot fix that; it says so.
+	for _, network := range []string{"udp4", "udp"} {
+		t.Run("UDP server on all addresses, "+network, func(t *testing.T) {
+			pc, err := net.ListenPacket(network, ":0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer pc.Close()
+			got := make(chan string, 1)
+			go func() {
+				b := make([]byte, 64)
+				if _, peer, err := pc.ReadFrom(b); err == nil {
+					got <- peer.String()
+					pc.WriteTo(b, peer)
+				}
+			}()
+			port := netip.MustParseAddrPort(pc.LocalAddr().String()).Port()
+			r := startRelay(t, nil)
+			cfg := r.agentConfig(TransportQUIC, startServer(t, peerOf))
+			cfg.Tunnels = []TunnelSpec{{Name: "game", Local: net.JoinHostPort("127.0.0.1", strconv.Itoa(int(port))), Protos: ProtoUDP, Transparent: true}}
+			a := mustRunAgent(t, cfg)
+			u, err := transparent.DialUDP(netip.AddrPortFrom(client, 0), netip.MustParseAddrPort(endpointFor(t, a, "udp")))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer u.Close()
+			u.Write([]byte("move north"))
+			select {
+			case peer := <-got:
+				if host, _, _ := net.SplitHostPort(peer); strings.TrimPrefix(host, "::ffff:") != client.String() {
+					t.Errorf("the UDP server saw %s, want %s", peer, client)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatal("the UDP server got no datagram")
+			}
+			for deadline := time.Now().Add(5 * time.Second); !strings.Contains(a.Log.String(), wildcardWarning); time.Sleep(10 * time.Millisecond) {
+				if time.Now().After(deadline) {
+					t.Fatalf("no warning that the server listens on all addresses:\n%s", a.Log)
+				}
+			}
+		})
+	}
 	t.Run("IPv6 client, IPv4 server", func(t *testing.T) {
 		r := startRelay(t, func(c *RelayConfig) { c.BindHost = "::1" })
 		cfg := r.agentConfig(TransportQUIC, startServer(t, peerOf))
@@ -119,3 +168,7 @@ func TestTransparent(t *testing.T) {
 		}
 	})
 }
+
+// wildcardWarning begins the agent's warning for a transparent UDP
+// server that listens on all addresses.
+const wildcardWarning = "transparent: the local UDP server listens on all addresses"

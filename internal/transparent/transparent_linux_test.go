@@ -166,6 +166,29 @@ func TestTransparent(t *testing.T) {
 		}
 	})
 
+	t.Run("WildcardUDP", func(t *testing.T) {
+		for _, c := range []struct {
+			network, addr string
+			want          bool
+		}{
+			{"udp4", "127.0.0.1:0", false},
+			{"udp4", "0.0.0.0:0", true},
+			{"udp", "[::]:0", true}, // dual-stack: it gets IPv4 too
+			{"udp6", "[::1]:0", false},
+		} {
+			pc, err := net.ListenPacket(c.network, c.addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			port := netip.MustParseAddrPort(pc.LocalAddr().String()).Port()
+			wild, got := WildcardUDP(netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port))
+			pc.Close()
+			if got != c.want || got && (!wild.Addr().IsUnspecified() || wild.Port() != port) {
+				t.Errorf("a server on %s: WildcardUDP %v, %v; want %v", pc.LocalAddr(), wild, got, c.want)
+			}
+		}
+	})
+
 	t.Run("without CAP_NET_ADMIN or CAP_NET_RAW", func(t *testing.T) {
 		errc := make(chan error, 1)
 		go func() {

@@ -23,3 +23,8 @@ func DialUDP(netip.AddrPort, netip.AddrPort) (*net.UDPConn, error) {
 func Check(context.Context, bool) error {
 	return &SetupError{Reason: "needs Linux (IP_TRANSPARENT); on this system use --proxy-protocol with a server that reads it", Err: ErrUnsupported}
 }
+
+// WildcardUDP needs Linux.
+func WildcardUDP(netip.AddrPort) (netip.AddrPort, bool) {
+	return netip.AddrPort{}, false
+}
