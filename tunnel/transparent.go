@@ -68,8 +68,9 @@ func transparentTarget(ctx context.Context, t TunnelSpec) (netip.AddrPort, error
 // clients' addresses: the capability, and the routes for the address
 // family of each server's address. The error is a *transparent.SetupError.
 func CheckTransparent(ctx context.Context, tunnels []TunnelSpec) error {
-	var need [2]bool
-	for _, t := range tunnels {
+	var need [2]*TunnelSpec // the first tunnel that needs each family
+	var at [2]netip.Addr    // and its server's address
+	for i, t := range tunnels {
 		if !t.Transparent {
 			continue
 		}
@@ -77,13 +78,26 @@ func CheckTransparent(ctx context.Context, tunnels []TunnelSpec) error {
 		if err != nil {
 			return &transparent.SetupError{Reason: fmt.Sprintf("tunnel %s: %v", t.Name, err), Err: err}
 		}
-		need[b2i(to.Addr().Is6())] = true
+		if fam := b2i(to.Addr().Is6()); need[fam] == nil {
+			need[fam], at[fam] = &tunnels[i], to.Addr()
+		}
 	}
-	for fam, needed := range need {
-		if needed {
-			if err := transparent.Check(ctx, fam == 1); err != nil {
-				return err
+	for fam, t := range need {
+		if t == nil {
+			continue
+		}
+		err := transparent.Check(ctx, fam == 1)
+		if errors.Is(err, transparent.ErrNoFamily) {
+			// Not a session's failure, as agentExit would call it.
+			name := "IPv4"
+			if fam == 1 {
+				name = "IPv6"
 			}
+			return &transparent.SetupError{V6: fam == 1, Err: err,
+				Reason: fmt.Sprintf("tunnel %s: its local server is at %s, and this machine has no %s loopback address (%v)", t.Name, at[fam], name, err)}
+		}
+		if err != nil {
+			return err
 		}
 	}
 	return nil

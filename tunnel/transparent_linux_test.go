@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
 	"strconv"
 	"strings"
 	"testing"
@@ -172,3 +173,22 @@ func TestTransparent(t *testing.T) {
 // wildcardWarning begins the agent's warning for a transparent UDP
 // server that listens on all addresses.
 const wildcardWarning = "transparent: the local UDP server listens on all addresses"
+
+// TestTransparentNoIPv6: a transparent tunnel to [::1] on a machine with
+// IPv6 off is refused before any session, saying which tunnel and why.
+func TestTransparentNoIPv6(t *testing.T) {
+	if !netnstest.Enter(t) {
+		return
+	}
+	if err := os.WriteFile("/proc/sys/net/ipv6/conf/lo/disable_ipv6", []byte("1"), 0); err != nil {
+		t.Skipf("turning IPv6 off in the namespace: %v", err)
+	}
+	r := startRelay(t, nil)
+	cfg := r.agentConfig(TransportQUIC, "[::1]:9")
+	cfg.Tunnels[0].Transparent = true
+	_, err := runAgent(t, cfg)
+	var se *transparent.SetupError
+	if !errors.As(err, &se) || !strings.Contains(err.Error(), "tunnel "+cfg.Tunnels[0].Name+": its local server is at ::1, and this machine has no IPv6 loopback address") {
+		t.Errorf("Run with IPv6 off: %v, want a *SetupError naming the tunnel", err)
+	}
+}
