@@ -41,6 +41,15 @@ func runAgent(c *cli.Context, p *agentPlan) error {
 	if err != nil {
 		return cli.Exit(err.Error(), exitUsage)
 	}
+	if len(command) > 0 {
+		// Before the command starts, which Run's own check would
+		// follow only once its server accepts connections: a missing
+		// route is said at once, not after a game server has loaded
+		// its world, and the command is not started for nothing.
+		if err := tunnel.CheckTransparent(context.Background(), p.cfg.Tunnels); err != nil {
+			return agentExit(err, p.cfg.Relay)
+		}
+	}
 	debugpprof.Start(p.log)
 	gcfloor.Set(gcfloor.Relay)
 	stopControl, err := startControl(c, agent, p.log)
