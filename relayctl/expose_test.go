@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -272,6 +273,9 @@ func TestExposeProxyProtocol(t *testing.T) {
 // TestExposeTransparent: --transparent asks every tunnel of the command to
 // connect from its clients' addresses.
 func TestExposeTransparent(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("--transparent is refused off Linux (TestRefusals)")
+	}
 	fp := "SHA256:" + strings.Repeat("A", 43)
 	for _, on := range []bool{false, true} {
 		args := []string{"8080", "localhost:9090", "--proto", "tcp,udp", "--relay", "r", "--token", "s", "--fingerprint", fp}

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -129,8 +130,8 @@ func TestRefusals(t *testing.T) {
 		{"proxy v1 on udp", nil, append([]string{local, "--proto", "udp", "--proxy-protocol", "v1"}, ok...), exitUsage, "--proxy-protocol: v1 has no form for UDP"},
 		{"keepalive not below idle", nil, append([]string{local, "--idle-timeout", "5s", "--keepalive", "5s"}, ok...), exitUsage, "--idle-timeout: 5s: must be longer than the keepalive (5s)"},
 		{"zero flow timeout", nil, append([]string{local, "--udp-flow-timeout", "0s"}, ok...), exitUsage, "--udp-flow-timeout: 0s: must be a positive duration"},
-		{"transparent with a PROXY header", nil, append([]string{local, "--transparent", "--proxy-protocol", "v2"}, ok...), exitUsage, "transparent and a PROXY header both give the server the client's address: use one"},
-		{"transparent to another machine", nil, append([]string{"192.168.1.5:25565", "--transparent"}, ok...), exitUsage, "transparent needs the local server on this machine's loopback (localhost, 127.0.0.1 or [::1]), where its replies to a client's address come back to the agent; 192.168.1.5 is not"},
+		{"transparent with a PROXY header", nil, append([]string{local, "--transparent", "--proxy-protocol", "v2"}, ok...), exitUsage, onLinux("transparent and a PROXY header both give the server the client's address: use one")},
+		{"transparent to another machine", nil, append([]string{"192.168.1.5:25565", "--transparent"}, ok...), exitUsage, onLinux("transparent needs the local server on this machine's loopback (localhost, 127.0.0.1 or [::1]), where its replies to a client's address come back to the agent; 192.168.1.5 is not")},
 		{"bad proxy version", nil, append([]string{local, "--proxy-protocol", "v3"}, ok...), exitUsage, `--proxy-protocol: "v3" is not v1 or v2`},
 		{"range without ports", nil, append([]string{"2456-2458"}, ok...), exitUsage, "range of 3 ports"},
 		{"range of other length", nil, append([]string{"2456-2458", "--port", "3000-3001"}, ok...), exitUsage, "same length"},
@@ -395,4 +396,13 @@ func TestAllowDeny(t *testing.T) {
 			}
 		})
 	}
+}
+
+// onLinux is want where --transparent works; elsewhere relayctl refuses
+// the flag before anything else about it.
+func onLinux(want string) string {
+	if runtime.GOOS != "linux" {
+		return "transparent needs Linux (IP_TRANSPARENT)"
+	}
+	return want
 }

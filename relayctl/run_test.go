@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"regexp"
+	"runtime"
 	"slices"
 	"strings"
 	"syscall"
@@ -152,6 +153,9 @@ allow = ["10.0.0.0/8", "192.0.2.7"]
 		})
 	})
 	t.Run("transparent", func(t *testing.T) {
+		if runtime.GOOS != "linux" {
+			t.Skip("transparent is refused off Linux")
+		}
 		text := "relay = \"r\"\ntoken = \"s\"\n" +
 			"[[tunnels]]\nlocal = \"1\"\ntransparent = true\nproto = \"tcp,udp\"\n" +
 			"[[tunnels]]\nlocal = \"2\"\n"

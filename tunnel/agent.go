@@ -335,7 +335,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	for _, t := range a.cfg.Tunnels {
 		if t.Transparent {
-			a.log.Info("transparent: the local server sees each client's own address", "name", t.Name, "local", t.Local)
+			a.log.Info("transparent: the local server sees each client's own address", "tunnel", t.Name, "local", t.Local)
 		}
 	}
 	// Streams in flight end with their session; wait for their goroutines.

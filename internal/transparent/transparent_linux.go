@@ -30,21 +30,14 @@ func control(network, _ string, c syscall.RawConn) error {
 	return nil
 }
 
-// DialTCP connects to the server at to from the client address from. It
-// keeps the client's port where it can, and takes another where that one is
-// in use here (the same client on two tunnels, or a connection of a moment
-// ago still in TIME_WAIT): the address is what servers act on. It never
-// keeps the server's own port (see ownPort).
+// DialTCP connects to the server at to from the address of the client at
+// from, on a port of this machine's choosing: servers act on the address,
+// and a socket on the client's own port (which the client, or a spoofed
+// UDP source, picks) could keep a local service that restarts meanwhile
+// from listening on that port for as long as the client stays.
 func DialTCP(ctx context.Context, from, to netip.AddrPort, timeout time.Duration) (*net.TCPConn, error) {
-	from = ownPort(from, to)
-	dial := func(from netip.AddrPort) (net.Conn, error) {
-		d := net.Dialer{Timeout: timeout, KeepAlive: -1, LocalAddr: net.TCPAddrFromAddrPort(from), Control: control}
-		return d.DialContext(ctx, network("tcp", to), to.String())
-	}
-	c, err := dial(from)
-	if err != nil && from.Port() != 0 && addrBusy(err) {
-		c, err = dial(netip.AddrPortFrom(from.Addr(), 0))
-	}
+	d := net.Dialer{Timeout: timeout, KeepAlive: -1, LocalAddr: &net.TCPAddr{IP: from.Addr().AsSlice()}, Control: control}
+	c, err := d.DialContext(ctx, network("tcp", to), to.String())
 	if err != nil {
 		return nil, err
 	}
@@ -53,32 +46,12 @@ func DialTCP(ctx context.Context, from, to netip.AddrPort, timeout time.Duration
 
 // DialUDP is DialTCP for a UDP flow.
 func DialUDP(from, to netip.AddrPort) (*net.UDPConn, error) {
-	from = ownPort(from, to)
-	dial := func(from netip.AddrPort) (net.Conn, error) {
-		d := net.Dialer{LocalAddr: net.UDPAddrFromAddrPort(from), Control: control}
-		return d.Dial(network("udp", to), to.String())
-	}
-	c, err := dial(from)
-	if err != nil && from.Port() != 0 && addrBusy(err) {
-		c, err = dial(netip.AddrPortFrom(from.Addr(), 0))
-	}
+	d := net.Dialer{LocalAddr: &net.UDPAddr{IP: from.Addr().AsSlice()}, Control: control}
+	c, err := d.Dial(network("udp", to), to.String())
 	if err != nil {
 		return nil, err
 	}
 	return c.(*net.UDPConn), nil
-}
-
-// ownPort is from with port 0 where its port is the server's: a socket
-// bound to a client's address on that port, while the server is down or
-// restarting (a UDP flow stays open through that), would keep the server
-// from listening on 0.0.0.0 or [::] at its own port for as long as the
-// client keeps sending. Game clients often use the server's port as their
-// own (ioquake3's 27960).
-func ownPort(from, to netip.AddrPort) netip.AddrPort {
-	if from.Port() == to.Port() {
-		return netip.AddrPortFrom(from.Addr(), 0)
-	}
-	return from
 }
 
 func network(proto string, to netip.AddrPort) string {
@@ -86,10 +59,6 @@ func network(proto string, to netip.AddrPort) string {
 		return proto + "4"
 	}
 	return proto + "6"
-}
-
-func addrBusy(err error) bool {
-	return errors.Is(err, unix.EADDRINUSE) || errors.Is(err, unix.EADDRNOTAVAIL)
 }
 
 // checkWait bounds Check's connection: without the routes the listener's
