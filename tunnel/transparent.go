@@ -89,12 +89,8 @@ func CheckTransparent(ctx context.Context, tunnels []TunnelSpec) error {
 		err := transparent.Check(ctx, fam == 1)
 		if errors.Is(err, transparent.ErrNoFamily) {
 			// Not a session's failure, as agentExit would call it.
-			name := "IPv4"
-			if fam == 1 {
-				name = "IPv6"
-			}
 			return &transparent.SetupError{V6: fam == 1, Err: err,
-				Reason: fmt.Sprintf("tunnel %s: its local server is at %s, and this machine has no %s loopback address (%v)", t.Name, at[fam], name, err)}
+				Reason: fmt.Sprintf("tunnel %s: its local server is at %s, and this machine has no %s loopback address (%v)", t.Name, at[fam], transparent.Family(fam == 1), err)}
 		}
 		if err != nil {
 			return err
@@ -110,23 +106,21 @@ func b2i(b bool) int {
 	return 0
 }
 
-// clientTarget is transparentTarget for client; ok is false, after a
-// warning the first time, where the server's address is of the other
-// family, which client's cannot connect from.
-func (a *Agent) clientTarget(ctx context.Context, t *agentTunnel, client netip.Addr) (to netip.AddrPort, ok bool, err error) {
+// clientTarget is the client's address to connect from (unmapped) and
+// transparentTarget, for client; ok is false, after a warning the first
+// time, where the server's address is of the other family, which the
+// client's cannot connect from.
+func (a *Agent) clientTarget(ctx context.Context, t *agentTunnel, client netip.AddrPort) (from, to netip.AddrPort, ok bool, err error) {
+	from = netip.AddrPortFrom(client.Addr().Unmap(), client.Port())
 	to, err = transparentTarget(ctx, t.spec)
-	if err != nil || to.Addr().Is6() == client.Is6() {
-		return to, err == nil, err
+	if err != nil || to.Addr().Is6() == from.Addr().Is6() {
+		return from, to, err == nil, err
 	}
-	if !t.wrongFamily[b2i(client.Is6())].Swap(true) {
-		fam := "IPv4"
-		if client.Is6() {
-			fam = "IPv6"
-		}
-		a.log.Warn("transparent: "+fam+" clients reach the local server from the agent's own address, as it is at "+to.Addr().String()+" and a connection keeps to one address family",
+	if v6 := from.Addr().Is6(); !t.wrongFamily[b2i(v6)].Swap(true) {
+		a.log.Warn("transparent: "+transparent.Family(v6)+" clients reach the local server from the agent's own address, as it is at "+to.Addr().String()+" and a connection keeps to one address family",
 			"tunnel", t.spec.Name, "local", t.spec.Local)
 	}
-	return to, false, nil
+	return from, to, false, nil
 }
 
 // dialClient connects to t's local server for a client: from the client's
@@ -135,8 +129,7 @@ func (a *Agent) dialClient(ctx context.Context, t *agentTunnel, client netip.Add
 	if !t.spec.Transparent {
 		return dialLocal(ctx, t.spec.Local, a.cfg.DialLocalTimeout)
 	}
-	from := netip.AddrPortFrom(client.Addr().Unmap(), client.Port())
-	to, ok, err := a.clientTarget(ctx, t, from.Addr())
+	from, to, ok, err := a.clientTarget(ctx, t, client)
 	if err != nil {
 		return nil, err
 	}
@@ -153,8 +146,7 @@ func (a *Agent) dialClient(ctx context.Context, t *agentTunnel, client netip.Add
 // dialFlow opens the local socket of a UDP flow for client.
 func (a *Agent) dialFlow(ctx context.Context, t *agentTunnel, client netip.AddrPort) (*net.UDPConn, error) {
 	if t.spec.Transparent {
-		from := netip.AddrPortFrom(client.Addr().Unmap(), client.Port())
-		to, ok, err := a.clientTarget(ctx, t, from.Addr())
+		from, to, ok, err := a.clientTarget(ctx, t, client)
 		if err != nil {
 			return nil, err
 		}

@@ -57,7 +57,8 @@ func TestTransparent(t *testing.T) {
 			t.Errorf("Run stopped during the check: %v, want nil", err)
 		}
 	})
-	netnstest.Routes(t)
+	netnstest.Sh(t, transparent.Routes(false))
+	netnstest.Sh(t, transparent.Routes(true))
 	client := netip.MustParseAddr("203.0.113.9")
 	forEachTransport(t, func(t *testing.T, kind string) {
 		r := startRelay(t, nil)

@@ -70,20 +70,11 @@ func unavailable(t *testing.T, why string) {
 	t.Skip(why)
 }
 
-// IP runs ip with args inside the namespace, failing the test on error.
-func IP(t *testing.T, args ...string) {
+// Sh runs script with sh -e inside the namespace, failing the test on
+// error: a test runs the very commands a message tells users to run.
+func Sh(t *testing.T, script string) {
 	t.Helper()
-	if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
-		t.Fatalf("ip %s: %v\n%s", strings.Join(args, " "), err, out)
+	if out, err := exec.Command("sh", "-ec", script).CombinedOutput(); err != nil {
+		t.Fatalf("%s: %v\n%s", script, err, out)
 	}
-}
-
-// Routes adds the routes that bring replies to any address back over lo,
-// for both families, in table 100.
-func Routes(t *testing.T) {
-	t.Helper()
-	IP(t, "rule", "add", "from", "127.0.0.1/8", "iif", "lo", "table", "100")
-	IP(t, "route", "add", "local", "0.0.0.0/0", "dev", "lo", "table", "100")
-	IP(t, "-6", "rule", "add", "from", "::1/128", "iif", "lo", "table", "100")
-	IP(t, "-6", "route", "add", "local", "::/0", "dev", "lo", "table", "100")
 }

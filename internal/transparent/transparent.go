@@ -54,7 +54,8 @@ func (e *SetupError) Error() string {
 
 func (e *SetupError) Unwrap() error { return e.Err }
 
-func family(v6 bool) string {
+// Family names an address family in messages: "IPv4" or "IPv6".
+func Family(v6 bool) string {
 	if v6 {
 		return "IPv6"
 	}

@@ -97,9 +97,9 @@ func Check(ctx context.Context, v6 bool) error {
 	case ctx.Err() != nil:
 		return ctx.Err()
 	case isTimeout(err):
-		return &SetupError{V6: v6, Err: err, Reason: fmt.Sprintf("the local server's replies to a client's %s address would not come back to relayctl: add the routes, as root: %s", family(v6), Routes(v6))}
+		return &SetupError{V6: v6, Err: err, Reason: fmt.Sprintf("the local server's replies to a client's %s address would not come back to relayctl: add the routes, as root: %s", Family(v6), Routes(v6))}
 	}
-	return &SetupError{V6: v6, Err: err, Reason: fmt.Sprintf("connecting from a client's %s address failed: %v", family(v6), err)}
+	return &SetupError{V6: v6, Err: err, Reason: fmt.Sprintf("connecting from a client's %s address failed: %v", Family(v6), err)}
 }
 
 func isTimeout(err error) bool {

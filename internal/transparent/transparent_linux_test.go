@@ -33,7 +33,8 @@ func TestTransparent(t *testing.T) {
 			t.Errorf("Check(v6=%v) without routes: %v, want the routes to add", v6, err)
 		}
 	}
-	netnstest.Routes(t)
+	netnstest.Sh(t, Routes(false))
+	netnstest.Sh(t, Routes(true))
 	for _, v6 := range []bool{false, true} {
 		if err := Check(ctx, v6); err != nil {
 			t.Errorf("Check(v6=%v) with the routes: %v", v6, err)
