@@ -20,7 +20,7 @@ import (
 // set, as main would.
 func parseExpose(t *testing.T, env map[string]string, args ...string) (tunnel.AgentConfig, error) {
 	t.Helper()
-	for _, k := range []string{"RELAY_ADDR", "RELAY_TOKEN", "RELAY_TOKEN_FILE", "RELAY_FINGERPRINT", "RELAY_TRANSPORT", "RELAY_KNOWN_RELAYS"} {
+	for _, k := range []string{"RELAY_ADDR", "RELAY_TOKEN", "RELAY_TOKEN_FILE", "RELAY_FINGERPRINT", "RELAY_TRANSPORT", "RELAY_KNOWN_RELAYS", "RELAY_PROXY"} {
 		t.Setenv(k, env[k])
 		if env[k] == "" {
 			os.Unsetenv(k)

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	pt "github.com/relaytun/relay/internal/proctest"
+	"github.com/relaytun/relay/internal/proxytest"
 )
 
 // TestExpose carries bytes end to end over each transport, with the flags
@@ -39,6 +40,40 @@ func TestExpose(t *testing.T) {
 			}
 			if strings.Count(p.Stdout.String(), "\n") != 1 {
 				t.Errorf("stdout is %q, want exactly one line", p.Stdout.String())
+			}
+		})
+	}
+}
+
+// TestExposeThroughProxy: expose reaches the relay through an HTTP or
+// SOCKS5 proxy, given by --proxy or RELAY_PROXY, over TCP even with
+// --transport auto, and shows the proxy's password nowhere.
+func TestExposeThroughProxy(t *testing.T) {
+	t.Parallel()
+	r := pt.NewRelayd(t, pt.TokensTOML)
+	for _, kind := range []string{proxytest.HTTP, proxytest.SOCKS5} {
+		t.Run(kind, func(t *testing.T) {
+			t.Parallel()
+			px := proxytest.Start(t, kind, proxytest.Config{User: "alice", Password: "pr0xy-secret"})
+			local := pt.StartEcho(t, kind+":")
+			args := []string{local, "--relay", r.Addr, "--token", pt.TestSecret, "--fingerprint", r.FP}
+			var env []string
+			if kind == proxytest.HTTP {
+				args = append(args, "--proxy", px.URL())
+			} else {
+				env = []string{"RELAY_PROXY=" + px.URL()}
+			}
+			p, urls := pt.StartExpose(t, 1, env, args...)
+			pt.CheckEcho(t, urls[0], kind+":", 256<<10)
+			if got := px.Targets(); len(got) != 1 || got[0] != r.Addr {
+				t.Errorf("the proxy was asked for %q, want [%s]", got, r.Addr)
+			}
+			logs := p.Stderr.String()
+			if !strings.Contains(logs, "transport=tcp") || !strings.Contains(logs, "proxy="+kind+"://alice:xxxxx@"+px.Addr) {
+				t.Errorf("relayctl did not log transport=tcp and the proxy without its password:\n%s", logs)
+			}
+			if strings.Contains(logs+p.Stdout.String(), "pr0xy-secret") {
+				t.Errorf("relayctl shows the proxy's password:\n%s", logs)
 			}
 		})
 	}
@@ -92,6 +127,8 @@ func TestRefusals(t *testing.T) {
 	emptyFile := pt.WriteSecret(t, "  ")
 	missingFile := filepath.Join(t.TempDir(), "no-token")
 	seventeen := strings.TrimSuffix(strings.Repeat("10.0.0.0/8,", 17), ",")
+	forbidding := proxytest.Start(t, proxytest.HTTP, proxytest.Config{Status: 403})
+	locked := proxytest.Start(t, proxytest.SOCKS5, proxytest.Config{User: "alice", Password: "pw"})
 
 	ok := []string{"--relay", r.Addr, "--token", pt.TestSecret, "--fingerprint", r.FP}
 	tests := []struct {
@@ -147,6 +184,16 @@ func TestRefusals(t *testing.T) {
 		{"one port two locals", nil, append([]string{local, local, "--port", taken}, ok...), exitUsage, "--port"},
 		{"unknown flag", nil, append([]string{local, "--bogus-flag", "x"}, ok...), exitUsage, "bogus-flag"},
 		{"bad log level", nil, append([]string{local, "--log-level", "loud"}, ok...), exitUsage, "--log-level"},
+		{"bad proxy", nil, append([]string{local, "--proxy", "proxy.example:3128"}, ok...), exitUsage, "--proxy: not a proxy URL: give http://HOST:PORT or socks5://HOST:PORT"},
+		{"bad proxy env", []string{"RELAY_PROXY=socks4://127.0.0.1:1080"}, append([]string{local}, ok...), exitUsage, `--proxy: scheme "socks4" is not http, socks5 or socks5h`},
+		{"proxy with quic", nil, append([]string{local, "--proxy", "http://127.0.0.1:3128", "--transport", "quic"}, ok...), exitUsage,
+			"--proxy carries TCP only, and QUIC needs UDP: set --transport to tcp, or auto (which then means tcp)"},
+		{"proxy down", nil, append([]string{local, "--proxy", "http://" + down}, ok...), exitFailure,
+			"could not reach the relay at " + r.Addr + " over tcp: proxy http://" + down + ": dial tcp " + down + ": connect: connection refused"},
+		{"proxy refuses", nil, append([]string{local, "--proxy", forbidding.URL()}, ok...), exitFailure,
+			"proxy " + forbidding.URL() + ": the proxy refused to connect to " + r.Addr + ": 403 Forbidden (many proxies allow CONNECT only to port 443"},
+		{"proxy wants a password", nil, append([]string{local, "--proxy", locked.URLWith("alice", "wrong-secret")}, ok...), exitFailure,
+			"proxy socks5://alice:xxxxx@" + locked.Addr + ": username/password authentication failed (the proxy did not accept the URL's user and password)"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -157,6 +204,9 @@ func TestRefusals(t *testing.T) {
 			}
 			if out != "" {
 				t.Errorf("stdout %q, want nothing", out)
+			}
+			if strings.Contains(errOut, "wrong-secret") {
+				t.Errorf("stderr shows the proxy's password:\n%s", errOut)
 			}
 			last := pt.LastLine(errOut)
 			if !strings.HasPrefix(last, "relayctl: ") || !strings.Contains(last, tt.want) {

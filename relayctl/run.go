@@ -46,7 +46,8 @@ func runAction(c *cli.Context) error {
 // loadAgentFile reads agent.toml over the defaults, strictly, and checks
 // it: every error names the file, line and key. A relative token_file or
 // known_relays is taken from the file's folder. When the file sets neither
-// token nor token_file, RELAY_TOKEN or RELAY_TOKEN_FILE may give the token.
+// token nor token_file, RELAY_TOKEN or RELAY_TOKEN_FILE may give the token;
+// one without proxy takes RELAY_PROXY's.
 func loadAgentFile(path string) (*agentPlan, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
@@ -68,6 +69,9 @@ func parseAgentFile(path, data string) (*agentPlan, error) {
 	}
 	if s.Token == "" && s.TokenFile == "" {
 		s.Token, s.TokenFile = os.Getenv("RELAY_TOKEN"), os.Getenv("RELAY_TOKEN_FILE")
+	}
+	if s.Proxy == "" {
+		s.Proxy = os.Getenv("RELAY_PROXY")
 	}
 	plan, err := s.build(fileNaming)
 	if err != nil {

@@ -24,7 +24,7 @@ import (
 // token fallback.
 func clearTokenEnv(t *testing.T) {
 	t.Helper()
-	for _, k := range []string{"RELAY_TOKEN", "RELAY_TOKEN_FILE"} {
+	for _, k := range []string{"RELAY_TOKEN", "RELAY_TOKEN_FILE", "RELAY_PROXY"} {
 		t.Setenv(k, "")
 		os.Unsetenv(k)
 	}
@@ -204,6 +204,33 @@ allow = ["10.0.0.0/8", "192.0.2.7"]
 	})
 }
 
+// TestAgentFileProxy: agent.toml's proxy, or RELAY_PROXY when the file has
+// none, reaches the agent's config.
+func TestAgentFileProxy(t *testing.T) {
+	clearTokenEnv(t)
+	const base = "relay = \"r:7000\"\ntoken = \"s\"\nfingerprint = \"SHA256:" + "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\"\n"
+	const tunnels = "[[tunnels]]\nlocal = \"8080\"\n"
+	for _, tt := range []struct{ env, file, want string }{
+		{"", "", ""},
+		{"", "proxy = \"http://u:p@127.0.0.1:3128\"\n", "http://u:p@127.0.0.1:3128"},
+		{"socks5://127.0.0.1:1080", "", "socks5://127.0.0.1:1080"},
+		{"socks5://127.0.0.1:1080", "proxy = \"http://127.0.0.1:3128\"\n", "http://127.0.0.1:3128"},
+	} {
+		t.Setenv("RELAY_PROXY", tt.env)
+		p, err := parseAgentFile("agent.toml", base+tt.file+tunnels)
+		if err != nil {
+			t.Fatalf("env %q, file %q: %v", tt.env, tt.file, err)
+		}
+		got := ""
+		if p.cfg.Proxy != nil {
+			got = p.cfg.Proxy.String()
+		}
+		if got != tt.want {
+			t.Errorf("env %q, file %q: proxy %q, want %q", tt.env, tt.file, got, tt.want)
+		}
+	}
+}
+
 func TestAgentFileErrors(t *testing.T) {
 	clearTokenEnv(t)
 	const head = "relay = \"r:7000\"\ntoken = \"s\"\n"
@@ -226,6 +253,9 @@ func TestAgentFileErrors(t *testing.T) {
 		{"token and token_file", head + "token_file = \"x\"\n" + one, "bad.toml:3: token and token_file are both set"},
 		{"token_file missing", "relay = \"r\"\ntoken_file = \"" + missing + "\"\n" + one, "bad.toml:2: token_file: cannot read " + missing + ": no such file or directory"},
 		{"transport", head + "transport = \"udp\"\n" + one, `bad.toml:3: transport: "udp" is not auto, quic or tcp`},
+		{"proxy", head + "proxy = \"http://proxy.example\"\n" + one, `bad.toml:3: proxy: "proxy.example" is not HOST:PORT: a proxy URL needs the proxy's port`},
+		{"proxy with quic", head + "transport = \"quic\"\nproxy = \"socks5://127.0.0.1:1080\"\n" + one,
+			"bad.toml:4: proxy carries TCP only, and QUIC needs UDP: set transport to tcp, or auto (which then means tcp)"},
 		{"fingerprint", head + "fingerprint = \"abc\"\n" + one, "bad.toml:3: fingerprint: "},
 		{"max_retries", head + "max_retries = -1\n" + one, "bad.toml:3: max_retries: -1: must be 0 (retry forever) or more"},
 		{"retry_max_delay", head + "retry_max_delay = \"100ms\"\n" + one, "bad.toml:3: retry_max_delay: 100ms: must be at least 500ms"},

@@ -135,6 +135,7 @@ func agentExit(err error, relay string) error {
 	var idErr *transport.IdentityError
 	var dialErr *tunnel.DialError
 	var setupErr *transparent.SetupError
+	var proxyErr *transport.ProxyError
 	switch {
 	case errors.As(err, &setupErr):
 		return cli.Exit(oneLine(err.Error()), exitFailure)
@@ -149,6 +150,9 @@ func agentExit(err error, relay string) error {
 		return cli.Exit("the relay closed the agent's last tunnel: "+oneLine(ref.Text), exitRefused)
 	case errors.As(err, &ref):
 		return cli.Exit("the relay refused: "+oneLine(ref.Text), exitRefused)
+	case errors.As(err, &proxyErr):
+		// What the proxy said is the news; the relay was not reached.
+		return cli.Exit(oneLine(err.Error())+"; --wait-for-relay (wait_for_relay) keeps trying", exitFailure)
 	case errors.As(err, &dialErr):
 		return cli.Exit(fmt.Sprintf("%s: check the relay's address, that relayd is running there, and that its port is open (UDP for QUIC, TCP for --transport tcp); --wait-for-relay (wait_for_relay) keeps trying",
 			oneLine(err.Error())), exitFailure)

@@ -44,6 +44,10 @@ func TestAgentExit(t *testing.T) {
 		{"unreachable", dial, exitFailure,
 			"could not reach the relay at relay.example.com:7000 over tcp: dial tcp: connection refused: check the relay's address, that relayd is running there, " +
 				"and that its port is open (UDP for QUIC, TCP for --transport tcp); --wait-for-relay (wait_for_relay) keeps trying"},
+		{"proxy refused", &tunnel.DialError{Addr: "relay.example.com:7000", Kind: "tcp", Err: &transport.ProxyError{Proxy: "http://u:xxxxx@proxy.example:3128",
+			Err: errors.New("the proxy refused to connect to relay.example.com:7000: 502 Bad Gateway")}}, exitFailure,
+			"could not reach the relay at relay.example.com:7000 over tcp: proxy http://u:xxxxx@proxy.example:3128: the proxy refused to connect to relay.example.com:7000: 502 Bad Gateway; " +
+				"--wait-for-relay (wait_for_relay) keeps trying"},
 		{"session lost", fmt.Errorf("%w: %w", tunnel.ErrSessionClosed, io.EOF), exitFailure,
 			"session with the relay closed: EOF: run relayctl again, or with --wait-for-relay (wait_for_relay)"},
 		{"transparent routes missing", &transparent.SetupError{Reason: "the local server's replies to a client's IPv4 address would not come back to relayctl: add the routes, as root: " + transparent.Routes(false)}, exitFailure,

@@ -34,6 +34,8 @@ type agentSpec struct {
 	Fingerprint string `toml:"fingerprint"`
 	KnownRelays string `toml:"known_relays"`
 	Transport   string `toml:"transport"`
+	// Proxy is an HTTP or SOCKS5 proxy's URL to reach the relay through.
+	Proxy string `toml:"proxy"`
 	// Reconnecting: see tunnel.AgentConfig.
 	MaxRetries    int               `toml:"max_retries"`
 	RetryMaxDelay tomlconf.Duration `toml:"retry_max_delay"`
@@ -201,6 +203,17 @@ func (s *agentSpec) build(n naming) (*agentPlan, error) {
 		cfg.Transport = s.Transport
 	default:
 		return nil, fail("transport", 0, "%q is not auto, quic or tcp", s.Transport)
+	}
+	if s.Proxy != "" {
+		p, err := transport.ParseProxy(s.Proxy)
+		if err != nil {
+			return nil, fail("proxy", 0, "%v", err)
+		}
+		if cfg.Transport == tunnel.TransportQUIC {
+			return nil, whole("proxy", "%s carries TCP only, and QUIC needs UDP: set %s to tcp, or auto (which then means tcp)",
+				n.key("proxy"), n.key("transport"))
+		}
+		cfg.Proxy = p
 	}
 	v := &transport.Verifier{}
 	if s.Fingerprint != "" {

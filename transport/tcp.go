@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/url"
 	"os"
 	"strings"
 	"sync"
@@ -82,6 +83,9 @@ func smuxConfig(o Options) *smux.Config {
 type TCPDialer struct {
 	TLS     *tls.Config
 	Options Options
+	// Proxy, when set, is an HTTP or SOCKS5 proxy (ParseProxy) to reach
+	// the relay through.
+	Proxy *url.URL
 }
 
 func (d *TCPDialer) Kind() string { return KindTCP }
@@ -94,8 +98,14 @@ func (d *TCPDialer) Dial(ctx context.Context, addr string) (Session, error) {
 	ctx, cancel := context.WithTimeout(ctx, d.Options.HandshakeTimeout)
 	defer cancel()
 	var nd net.Dialer
-	raw, err := nd.DialContext(ctx, "tcp", addr)
-	if err != nil {
+	var raw net.Conn
+	var err error
+	if d.Proxy != nil {
+		raw, err = dialProxy(ctx, &nd, d.Proxy, addr)
+		if err != nil {
+			return nil, &ProxyError{Proxy: d.Proxy.Redacted(), Err: err}
+		}
+	} else if raw, err = nd.DialContext(ctx, "tcp", addr); err != nil {
 		return nil, err
 	}
 	setTCPOptions(raw)

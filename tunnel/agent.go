@@ -10,6 +10,7 @@ import (
 	"math/big"
 	"net"
 	"net/netip"
+	"net/url"
 	"os"
 	"slices"
 	"strconv"
@@ -103,6 +104,10 @@ type AgentConfig struct {
 	// QUIC first and TCP after FallbackDelay, or at once if QUIC fails.
 	Transport     string
 	FallbackDelay time.Duration
+	// Proxy, when set, is an HTTP or SOCKS5 proxy (transport.ParseProxy)
+	// to reach the relay through. A proxy carries TCP only, so auto then
+	// means TCP.
+	Proxy *url.URL
 	// Verifier decides whether to trust the relay's certificate.
 	Verifier *transport.Verifier
 	// TransportOptions tunes the session.
@@ -166,6 +171,9 @@ func (c *AgentConfig) Validate() error {
 	case TransportAuto, TransportQUIC, TransportTCP:
 	default:
 		return fmt.Errorf("transport %q is not one of auto, quic, tcp", c.Transport)
+	}
+	if c.Proxy != nil && c.Transport == TransportQUIC {
+		return errors.New("a proxy carries TCP only: transport quic cannot go through it; use tcp or auto")
 	}
 	if c.Verifier == nil {
 		return errors.New("no relay verifier configured")
@@ -449,6 +457,9 @@ func (a *Agent) session(ctx context.Context, reconnect bool, failures int, down 
 	stop := context.AfterFunc(ctx, func() { sess.Close() })
 	defer stop()
 	log := a.log.With("relay", a.cfg.Relay, "transport", sess.Kind())
+	if a.cfg.Proxy != nil {
+		log = log.With("proxy", a.cfg.Proxy.Redacted())
+	}
 
 	ctl, welcome, err := a.handshake(ctx, sess)
 	if err != nil {
@@ -730,11 +741,11 @@ func (a *Agent) dial(ctx context.Context) (transport.Session, error) {
 		return nil, err
 	}
 	q := &transport.QUICDialer{TLS: tlsConf, Options: a.cfg.TransportOptions}
-	t := &transport.TCPDialer{TLS: tlsConf, Options: a.cfg.TransportOptions}
-	switch a.cfg.Transport {
-	case TransportQUIC:
+	t := &transport.TCPDialer{TLS: tlsConf, Options: a.cfg.TransportOptions, Proxy: a.cfg.Proxy}
+	switch {
+	case a.cfg.Transport == TransportQUIC:
 		return dialOne(ctx, q, a.cfg.Relay)
-	case TransportTCP:
+	case a.cfg.Transport == TransportTCP, a.cfg.Proxy != nil:
 		return dialOne(ctx, t, a.cfg.Relay)
 	}
 	level := slog.LevelInfo

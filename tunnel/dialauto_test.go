@@ -111,3 +111,26 @@ func TestDialAutoFallsBackWhenFirstNeverAnswers(t *testing.T) {
 		})
 	}
 }
+
+// TestAgentConfigProxy: a proxy carries TCP only, so a config asking for
+// QUIC through one is refused, and auto and tcp are accepted.
+func TestAgentConfigProxy(t *testing.T) {
+	p, err := transport.ParseProxy("http://127.0.0.1:3128")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tr := range []string{TransportAuto, TransportTCP, TransportQUIC} {
+		cfg := DefaultAgentConfig()
+		cfg.Relay, cfg.Token, cfg.Verifier, cfg.Proxy, cfg.Transport = "relay.example:7000", "s", &transport.Verifier{}, p, tr
+		cfg.Tunnels = []TunnelSpec{{Name: "a", Local: "127.0.0.1:8080", Protos: ProtoTCP}}
+		err := cfg.Validate()
+		const want = "a proxy carries TCP only: transport quic cannot go through it; use tcp or auto"
+		if tr == TransportQUIC {
+			if err == nil || err.Error() != want {
+				t.Errorf("quic through a proxy: %v, want %q", err, want)
+			}
+		} else if err != nil {
+			t.Errorf("%s through a proxy: %v", tr, err)
+		}
+	}
+}
