@@ -54,7 +54,7 @@ func TestExposeThroughProxy(t *testing.T) {
 	for _, kind := range []string{proxytest.HTTP, proxytest.SOCKS5} {
 		t.Run(kind, func(t *testing.T) {
 			t.Parallel()
-			px := proxytest.Start(t, kind, proxytest.Config{User: "alice", Password: "pr0xy-secret"})
+			px := proxytest.Start(t, kind, proxytest.Config{User: "alice", Password: "pr0xy-secret", Nagle: kind == proxytest.SOCKS5})
 			local := pt.StartEcho(t, kind+":")
 			args := []string{local, "--relay", r.Addr, "--token", pt.TestSecret, "--fingerprint", r.FP}
 			var env []string

@@ -6,6 +6,7 @@ import (
 	"net"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -39,6 +40,8 @@ type batchConn struct {
 	closed   bool
 	kick     chan struct{} // wakes the flusher; capacity 1
 	finished chan struct{} // closed when the flusher is gone
+	// quickAck: the session goes through a proxy (quickack.go).
+	quickAck atomic.Bool
 }
 
 const (
@@ -270,6 +273,9 @@ func notSentFor(n int, d time.Duration) int {
 
 func (b *batchConn) Read(p []byte) (int, error) {
 	n, err := b.Conn.Read(p)
+	if n > 0 && b.quickAck.Load() {
+		quickAck(b.Conn)
+	}
 	if err != nil {
 		b.mu.Lock()
 		closed := b.closed

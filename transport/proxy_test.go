@@ -60,6 +60,45 @@ func TestDialThroughProxy(t *testing.T) {
 	}
 }
 
+// TestViaProxyQuickAck: both ends of a session through a proxy acknowledge
+// reads at once (quickack.go), with records and with plain TLS; a direct
+// session's do not.
+func TestViaProxyQuickAck(t *testing.T) {
+	for _, plain := range []bool{false, true} {
+		o := testOptions()
+		o.plainTLS = plain
+		s := newTestServer(t, o, nil)
+		px := proxytest.Start(t, proxytest.HTTP, proxytest.Config{Nagle: true})
+		for _, via := range []bool{false, true} {
+			var c Session
+			var err error
+			if via {
+				c, err = s.dialVia(t, px.URL(), o)
+			} else {
+				c, err = s.dialWith(t, KindTCP, &Verifier{Pin: s.pin}, testALPN)
+			}
+			if err != nil {
+				t.Fatalf("plain TLS %v, via a proxy %v: %v", plain, via, err)
+			}
+			srv := s.accept(t)
+			a, b := openPair(t, c, srv)
+			exchange(t, a, b, "ping", "pong")
+			for side, sess := range map[string]Session{"dialer": c, "listener": srv} {
+				ss := sess.(*smuxSession)
+				if got := ss.tc.NetConn().(*batchConn).quickAck.Load(); got != via {
+					t.Errorf("plain TLS %v, via a proxy %v: the %s's quickAck is %v", plain, via, side, got)
+				}
+				if got := ss.tc.ConnectionState().NegotiatedProtocol; got == viaProxyALPN {
+					t.Errorf("the listener chose %q", got)
+				}
+				if _, isRecords := ss.conn.(*recordConn); isRecords == plain {
+					t.Errorf("plain TLS %v, but the session runs on %T", plain, ss.conn)
+				}
+			}
+		}
+	}
+}
+
 // TestDialProxyKeepsTheSocket: what the session runs on is the TCP socket
 // itself, not a wrapper, so its fast paths (raw reads, TCP_NOTSENT_LOWAT)
 // apply through a proxy too.

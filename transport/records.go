@@ -496,6 +496,9 @@ func (r *recordConn) readMore() error {
 			r.buf = recordBufs.Get().(*[]byte)
 		}
 		n, rerr = rawfd.Read(fd, (*r.buf)[r.end:])
+		if n > 0 && r.raw.quickAck.Load() {
+			setQuickAck(fd)
+		}
 		if rerr == syscall.EAGAIN {
 			r.release()
 			return false

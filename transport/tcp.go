@@ -111,6 +111,10 @@ func (d *TCPDialer) Dial(ctx context.Context, addr string) (Session, error) {
 	setTCPOptions(raw)
 	bc := newBatchConn(raw)
 	tlsConf := d.TLS
+	if d.Proxy != nil {
+		bc.quickAck.Store(true)
+		tlsConf = offerViaProxy(tlsConf)
+	}
 	if !d.Options.plainTLS {
 		tlsConf = offerRecords(tlsConf, !d.Options.noAborts)
 	}
@@ -184,6 +188,7 @@ func ListenTCP(ln net.Listener, tlsConf *tls.Config, o Options, onErr func(net.A
 	if err := o.Validate(); err != nil {
 		return nil, err
 	}
+	tlsConf = markViaProxy(tlsConf)
 	if !o.plainTLS {
 		tlsConf = serveRecords(tlsConf, !o.noAborts)
 	}

@@ -40,6 +40,9 @@ type Config struct {
 	Reply byte
 	// Silent accepts connections and never answers.
 	Silent bool
+	// Nagle leaves Nagle's algorithm on (TCP_NODELAY off) on both of the
+	// proxy's sockets, as tinyproxy and microsocks do.
+	Nagle bool
 }
 
 // Proxy is a running proxy; it stops when the test ends.
@@ -82,6 +85,9 @@ func Start(t testing.TB, kind string, cfg Config) *Proxy {
 			}
 			if !p.track(c) {
 				return
+			}
+			if cfg.Nagle {
+				c.(*net.TCPConn).SetNoDelay(false)
 			}
 			wg.Add(1)
 			go func() {
@@ -289,6 +295,9 @@ func (p *Proxy) dial(target string) (net.Conn, error) {
 	c, err := net.Dial("tcp", target)
 	if err != nil {
 		return nil, err
+	}
+	if p.cfg.Nagle {
+		c.(*net.TCPConn).SetNoDelay(false)
 	}
 	if !p.track(c) {
 		return nil, net.ErrClosed
