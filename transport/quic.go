@@ -164,9 +164,24 @@ func (l *quicListener) connContext(ctx context.Context, info *quic.ClientInfo) (
 			// (quic-go issue 5848).
 			err = fmt.Errorf("%w: %w", ErrTooManyHandshakes, err)
 		}
+		if peerGaveUp(err) {
+			err = fmt.Errorf("%w: %w", ErrPeerHungUp, err)
+		}
 		l.onErr(addr, fmt.Errorf("quic handshake: %w", err))
 	})
 	return context.WithValue(ctx, quicHandshakeKey{}, h), nil
+}
+
+// peerGaveUp reports whether err is the peer closing a connection in its
+// handshake with Session.Close's code 0, which before the handshake ends
+// travels as the transport error APPLICATION_ERROR (RFC 9000, 10.2.3).
+func peerGaveUp(err error) bool {
+	var appErr *quic.ApplicationError
+	if errors.As(err, &appErr) {
+		return appErr.Remote && appErr.ErrorCode == 0
+	}
+	var tErr *quic.TransportError
+	return errors.As(err, &tErr) && tErr.Remote && tErr.ErrorCode == quic.ApplicationErrorErrorCode
 }
 
 func (l *quicListener) Accept(ctx context.Context) (Session, error) {

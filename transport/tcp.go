@@ -255,7 +255,16 @@ func (l *tcpListener) acceptLoop() {
 // filled its queue.
 var ErrTooManyHandshakes = errors.New("too many handshakes in progress")
 
+// ErrPeerHungUp is what a listener's onErr hears for a peer that closed the
+// connection in its handshake without a word (no TLS alert, no QUIC error
+// code): mostly a dialer whose attempt over the other transport came up
+// first.
+var ErrPeerHungUp = errors.New("the peer hung up")
+
 func (l *tcpListener) handshakeFailed(a net.Addr, err error) {
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) {
+		err = fmt.Errorf("%w: %w", ErrPeerHungUp, err)
+	}
 	if l.onErr != nil {
 		l.onErr(a, err)
 	}

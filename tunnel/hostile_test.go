@@ -296,6 +296,52 @@ func TestTransportHandshakeFailedReasons(t *testing.T) {
 	}
 }
 
+// TestAbandonedHandshakes: an agent on --transport auto closes the attempt
+// that lost the race, in its TLS handshake or with the session up but no
+// control stream yet. The relay counts these as "abandoned", apart from
+// the failures worth an alert, and logs them only at debug: after every
+// relay restart each such agent used to add a "tls" or "aborted" failure
+// and an info line.
+func TestAbandonedHandshakes(t *testing.T) {
+	r := startRelay(t, nil)
+	// TCP, mid-TLS: the ClientHello sent, the connection closed.
+	c, err := net.Dial("tcp", r.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gone := errors.New("gone")
+	tc := tls.Client(c, &tls.Config{ServerName: "127.0.0.1", NextProtos: []string{ALPN}, InsecureSkipVerify: true,
+		VerifyPeerCertificate: func([][]byte, [][]*x509.Certificate) error { c.Close(); return gone }})
+	if err := tc.Handshake(); !errors.Is(err, gone) {
+		t.Fatalf("TLS handshake: %v, want it cut short", err)
+	}
+	// Both transports: a session up, closed before its control stream.
+	for _, kind := range kinds {
+		tlsConf, err := (&transport.Verifier{Pin: r.Pin}).ClientTLSConfig(r.Addr, ALPN)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var d transport.Dialer = &transport.TCPDialer{TLS: tlsConf, Options: testOptions()}
+		if kind == TransportQUIC {
+			d = &transport.QUICDialer{TLS: tlsConf, Options: testOptions()}
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		s, err := d.Dial(ctx, r.Addr)
+		cancel()
+		if err != nil {
+			t.Fatalf("%s: %v", kind, err)
+		}
+		s.Close()
+	}
+	waitFor(t, "three abandoned handshakes counted", 10*time.Second, func() bool {
+		return r.Relay.Stats().HandshakeFailures["abandoned"] == 3
+	})
+	time.Sleep(100 * time.Millisecond)
+	if got := r.Relay.Stats().HandshakeFailures; len(got) != 1 {
+		t.Errorf("handshake failures %v, want only 3 abandoned", got)
+	}
+}
+
 func roundTrip(t *testing.T, addr, what string) {
 	t.Helper()
 	c := dialPublic(t, addr)

@@ -505,9 +505,10 @@ type agentConn struct {
 // reached Serve: garbage or a failed TLS handshake ("tls": on QUIC, a TLS
 // alert either way, a wrong ALPN, a protocol error or a peer closing the
 // connection), one too slow ("timeout": on QUIC, quic-go's handshake idle
-// or handshake timeout too), or one closed at once because
+// or handshake timeout too), one closed at once because
 // transport.Options.MaxHandshakes others were in their handshake
-// ("too-many-handshakes"). It is the onErr of transport.Listen.
+// ("too-many-handshakes"), or a peer that hung up without a word
+// ("abandoned"). It is the onErr of transport.Listen.
 func (r *Relay) TransportHandshakeFailed(addr net.Addr, err error) {
 	if errors.Is(err, context.Canceled) {
 		return // the listener closing, not the peer failing
@@ -517,6 +518,10 @@ func (r *Relay) TransportHandshakeFailed(addr net.Addr, err error) {
 	switch {
 	case errors.Is(err, transport.ErrTooManyHandshakes):
 		reason = "too-many-handshakes"
+	case errors.Is(err, transport.ErrPeerHungUp):
+		// Mostly an agent on --transport auto whose other attempt came
+		// up first.
+		reason = "abandoned"
 	case errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, context.DeadlineExceeded),
 		errors.As(err, &ne) && ne.Timeout():
 		// smux's own timeout too: a peer through TLS that never opens
@@ -532,6 +537,11 @@ func (r *Relay) TransportHandshakeFailed(addr net.Addr, err error) {
 	r.log.Debug("transport handshake failed", "remote", addr.String(), "transport", kind, "reason", reason, "err", err)
 }
 
+// errAbandoned is a session the agent ended before opening its control
+// stream: mostly --transport auto's other attempt, once one came up first.
+// It is counted, as "abandoned", but no failure worth a log line.
+var errAbandoned = errors.New("the agent closed the session before opening its control stream")
+
 func (r *Relay) serveSession(ctx context.Context, s transport.Session) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -545,12 +555,15 @@ func (r *Relay) serveSession(ctx context.Context, s transport.Session) {
 	if err != nil {
 		var sent *sentRefusal
 		if !errors.As(err, &sent) {
-			reason := "aborted"
-			if errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, context.DeadlineExceeded) {
+			reason, level := "aborted", slog.LevelInfo
+			switch {
+			case errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, context.DeadlineExceeded):
 				reason = "timeout"
+			case errors.Is(err, errAbandoned):
+				reason, level = "abandoned", slog.LevelDebug
 			}
 			r.handshakeFailures.add(reason)
-			log.Info("agent handshake failed", "err", err)
+			log.Log(ctx, level, "agent handshake failed", "err", err)
 		}
 		return
 	}
@@ -787,6 +800,9 @@ func (r *Relay) handshake(ctx context.Context, s transport.Session, log *slog.Lo
 	go a.receiveDatagrams(ctx)
 	ctl, err := s.AcceptStream(hctx)
 	if err != nil {
+		if hctx.Err() == nil {
+			err = fmt.Errorf("%w: %w", errAbandoned, err)
+		}
 		return nil, fmt.Errorf("waiting for control stream: %w", err)
 	}
 	ctl.SetDeadline(deadline)
