@@ -29,9 +29,16 @@ func parseExpose(t *testing.T, env map[string]string, args ...string) (tunnel.Ag
 	var cfg tunnel.AgentConfig
 	cmd := *exposeCommand
 	// Fresh flags each run: urfave/cli keeps a value read from the
-	// environment in the flag itself.
+	// environment in the flag itself. cli.HelpFlag stays out: a Run of the
+	// real command earlier in this process (TestUnknownCommand, before
+	// this test under -count=2 or -shuffle) appended it to
+	// exposeCommand.Flags, and Run appends it again unless it finds that
+	// very pointer, so a copy of it would define --help twice (a panic).
 	cmd.Flags = nil
 	for _, f := range exposeCommand.Flags {
+		if f == cli.HelpFlag {
+			continue
+		}
 		v := reflect.New(reflect.TypeOf(f).Elem())
 		v.Elem().Set(reflect.ValueOf(f).Elem())
 		cmd.Flags = append(cmd.Flags, v.Interface().(cli.Flag))
