@@ -537,11 +537,6 @@ func (r *Relay) TransportHandshakeFailed(addr net.Addr, err error) {
 	r.log.Debug("transport handshake failed", "remote", addr.String(), "transport", kind, "reason", reason, "err", err)
 }
 
-// errAbandoned is a session the agent ended before opening its control
-// stream: mostly --transport auto's other attempt, once one came up first.
-// It is counted, as "abandoned", but no failure worth a log line.
-var errAbandoned = errors.New("the agent closed the session before opening its control stream")
-
 func (r *Relay) serveSession(ctx context.Context, s transport.Session) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -559,7 +554,8 @@ func (r *Relay) serveSession(ctx context.Context, s transport.Session) {
 			switch {
 			case errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, context.DeadlineExceeded):
 				reason = "timeout"
-			case errors.Is(err, errAbandoned):
+			case errors.Is(err, transport.ErrPeerHungUp):
+				// Counted, but no failure worth a log line.
 				reason, level = "abandoned", slog.LevelDebug
 			}
 			r.handshakeFailures.add(reason)
@@ -801,7 +797,10 @@ func (r *Relay) handshake(ctx context.Context, s transport.Session, log *slog.Lo
 	ctl, err := s.AcceptStream(hctx)
 	if err != nil {
 		if hctx.Err() == nil {
-			err = fmt.Errorf("%w: %w", errAbandoned, err)
+			// The agent ended the session before opening its control
+			// stream: mostly --transport auto's other attempt, once one
+			// came up first; as a peer gone in the transport's handshake.
+			err = fmt.Errorf("%w: %w", transport.ErrPeerHungUp, err)
 		}
 		return nil, fmt.Errorf("waiting for control stream: %w", err)
 	}
