@@ -131,7 +131,10 @@ func TestGroupMarkReleasesWaitingClients(t *testing.T) {
 		if y.d < answer*9/10 {
 			t.Fatalf("Y took %v: it did not wait for A, the test proved nothing", y.d)
 		}
-		if x.d > answer*3/4 {
+		// Released, X takes about answer/2; kept waiting, at least answer:
+		// the bound sits near the second, where no timer can undercut it,
+		// so a loaded machine's delays do not fail a relay that works.
+		if x.d > answer*9/10 {
 			t.Errorf("X took %v; want it released at Y's mark, about %v after it came", x.d, answer/2)
 		}
 	})

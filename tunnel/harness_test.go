@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"testing"
 	"time"
@@ -49,6 +50,26 @@ type testRelay struct {
 
 const testSecret = "test-secret-0123456789"
 
+// harnessPorts are the public ports a test relay hands out unless its test
+// says otherwise. The module's tests split the port space so that packages
+// run at once never meet: proctest.ClosedPort (ports a test expects to stay
+// closed, and twoFreePorts here) takes 20000-29999, the kernel's ephemeral
+// range (32768-60999) is for listeners on port 0, tests that need a block
+// of their own take fixed ones in 41000-51999, and the relayds of the relayd
+// and relayctl packages 61000-64999. A relay that chose among all of them
+// could open a port another test had been promised was closed.
+var harnessPorts = PortSet{{1024, 19999}}
+
+// harnessPortsAnd is harnessPorts with the ports given, which lie above
+// them (twoFreePorts's).
+func harnessPortsAnd(ports ...uint16) PortSet {
+	out := slices.Clone(harnessPorts)
+	for _, p := range slices.Sorted(slices.Values(ports)) {
+		out = append(out, PortRange{p, p})
+	}
+	return out
+}
+
 // startRelay runs a relay on 127.0.0.1 with one token, testSecret, and lets
 // mod adjust the config first.
 func startRelay(t testing.TB, mod func(*RelayConfig)) *testRelay {
@@ -80,7 +101,7 @@ func startRelayWith(t testing.TB, mod func(*RelayConfig), optMod func(*transport
 	cfg.BindHost = "127.0.0.1"
 	cfg.Tokens = []Token{{ID: "test", Secret: testSecret}}
 	cfg.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	cfg.Ports = PortSet{{1024, 65535}}
+	cfg.Ports = harnessPorts
 	if mod != nil {
 		mod(&cfg)
 	}

@@ -307,7 +307,7 @@ func TestReloadNarrowsToken(t *testing.T) {
 				`its token "scoped"'s names rule no longer allows the name "out"`, false},
 			{"udp", TunnelSpec{Name: "out", Protos: ProtoUDP}, func(t *Token, _ uint16) { t.DenyUDP = true },
 				`its token "scoped" may no longer open UDP tunnels`, false},
-			{"ports", TunnelSpec{Name: "out"}, func(t *Token, p uint16) { t.Ports = PortSet{{1024, p - 1}, {p + 1, 65535}} },
+			{"ports", TunnelSpec{Name: "out"}, func(t *Token, p uint16) { t.Ports = portsWithout(p) },
 				`port %d is no longer among the ports its token "scoped" may use`, true},
 		} {
 			t.Run(c.name, func(t *testing.T) {
@@ -539,9 +539,9 @@ func TestReloadInvalid(t *testing.T) {
 	})
 }
 
-// portsWithout is every port from 1024 up but those given.
+// portsWithout is every port of harnessPorts but those given.
 func portsWithout(ports ...uint16) PortSet {
-	out := PortSet{{1024, 65535}}
+	out := slices.Clone(harnessPorts)
 	for _, p := range ports {
 		var next PortSet
 		for _, r := range out {
@@ -666,7 +666,7 @@ func udpEchoes(t *testing.T, c net.Conn, what string) {
 func TestReloadClosesTunnelOnAskedPort(t *testing.T) {
 	forEachTransport(t, func(t *testing.T, kind string) {
 		x, _ := twoFreePorts(t)
-		r := startRelay(t, nil)
+		r := startRelay(t, func(c *RelayConfig) { c.Ports = harnessPortsAnd(x) })
 		local := proctest.StartEcho(t, "k:")
 		cfg := r.agentConfig(kind, local)
 		cfg.Tunnels = []TunnelSpec{{Name: "pinned", Local: local, Ports: PortRange{x, x}}, {Name: "free", Local: local}}
@@ -1262,7 +1262,7 @@ func TestReloadMoveSavesLease(t *testing.T) {
 func TestReloadMovesTunnelWithoutPinnedMember(t *testing.T) {
 	forEachTransport(t, func(t *testing.T, kind string) {
 		x, _ := twoFreePorts(t)
-		r := startRelay(t, nil)
+		r := startRelay(t, func(c *RelayConfig) { c.Ports = harnessPortsAnd(x) })
 		local := proctest.StartEcho(t, "p:")
 		pc := tokenAgent(r, kind, local, testSecret, "shared")
 		pc.Tunnels[0].Ports = PortRange{x, x}

@@ -65,7 +65,7 @@ func (h *relayHost) start() *testRelay {
 	cfg.BindHost = "127.0.0.1"
 	cfg.Tokens = []Token{{ID: "test", Secret: testSecret}}
 	cfg.Logger = slog.New(slog.NewTextHandler(h.log, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	cfg.Ports = PortSet{{1024, 65535}}
+	cfg.Ports = harnessPorts
 	if h.mod != nil {
 		h.mod(&cfg)
 	}
