@@ -18,7 +18,7 @@ func relayFlags() []cli.Flag {
 		&cli.StringFlag{Name: "fingerprint", EnvVars: []string{"RELAY_FINGERPRINT"}, Usage: "pin the relay's key (`SHA256:…`, from `relayd fingerprint`)"},
 		&cli.StringFlag{Name: "known-relays", EnvVars: []string{"RELAY_KNOWN_RELAYS"}, Usage: "`FILE` of relay keys trusted on first use (default: ~/.config/relayctl/known_relays)"},
 		&cli.StringFlag{Name: "transport", Value: tunnel.TransportAuto, EnvVars: []string{"RELAY_TRANSPORT"}, Usage: "auto, quic or tcp; auto tries QUIC and falls back to TCP when UDP is blocked"},
-		&cli.StringFlag{Name: "proxy", EnvVars: []string{"RELAY_PROXY"}, Usage: "reach the relay through this HTTP or SOCKS5 proxy (`URL`: http://[USER:PASS@]HOST:PORT or socks5://…); TCP only"},
+		&cli.StringFlag{Name: "proxy", EnvVars: []string{"RELAY_PROXY"}, Usage: "reach the relay through this HTTP or SOCKS5 proxy (`URL`: http://[USER:PASS@]HOST:PORT, https://… or socks5://…); TCP only"},
 	}
 }
 

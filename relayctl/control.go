@@ -43,7 +43,7 @@ func controlFlag() cli.Flag {
 	return &cli.StringFlag{
 		Name: "control",
 		Usage: "serve `PATH`, a unix socket, for relayctl status (which finds it unasked); \"\" serves none " +
-			"(default: PID.sock in $XDG_RUNTIME_DIR/relayctl, else $TMPDIR/relayctl-UID)",
+			"(default: PID.sock in $RUNTIME_DIRECTORY under systemd, else $XDG_RUNTIME_DIR/relayctl, else $TMPDIR/relayctl-UID)",
 	}
 }
 
@@ -58,7 +58,8 @@ type controlStatus struct {
 	Version    string    `json:"version"`
 	Control    string    `json:"control"` // the socket's path
 	Relay      string    `json:"relay"`
-	Transport  string    `json:"transport"` // "quic" or "tcp"; "" while not connected
+	Proxy      string    `json:"proxy,omitempty"` // --proxy, its password as xxxxx; absent: none
+	Transport  string    `json:"transport"`       // "quic" or "tcp"; "" while not connected
 	Connected  bool      `json:"connected"`
 	Since      time.Time `json:"since"` // when the session came up
 	Uptime     float64   `json:"uptime_seconds"`
@@ -101,7 +102,7 @@ type statusSource interface {
 func newControlStatus(st tunnel.AgentStatus, path string, now time.Time) controlStatus {
 	cs := controlStatus{
 		PID: os.Getpid(), Version: buildinfo.Read().Version, Control: path,
-		Relay: st.Relay, Transport: st.Transport, Connected: st.Connected, Since: st.Since,
+		Relay: st.Relay, Proxy: st.Proxy, Transport: st.Transport, Connected: st.Connected, Since: st.Since,
 		Reconnects: st.Reconnects, Draining: st.Draining, Tunnels: []controlTunnel{},
 	}
 	if !cs.Connected {

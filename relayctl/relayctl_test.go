@@ -45,22 +45,28 @@ func TestExpose(t *testing.T) {
 	}
 }
 
-// TestExposeThroughProxy: expose reaches the relay through an HTTP or
-// SOCKS5 proxy, given by --proxy or RELAY_PROXY, over TCP even with
+// TestExposeThroughProxy: expose reaches the relay through an HTTP, HTTPS
+// or SOCKS5 proxy, given by --proxy or RELAY_PROXY, over TCP even with
 // --transport auto, and shows the proxy's password nowhere.
 func TestExposeThroughProxy(t *testing.T) {
 	t.Parallel()
 	r := pt.NewRelayd(t, pt.TokensTOML)
-	for _, kind := range []string{proxytest.HTTP, proxytest.SOCKS5} {
+	for _, kind := range []string{proxytest.HTTP, proxytest.HTTPS, proxytest.SOCKS5} {
 		t.Run(kind, func(t *testing.T) {
 			t.Parallel()
 			px := proxytest.Start(t, kind, proxytest.Config{User: "alice", Password: "pr0xy-secret", Nagle: kind == proxytest.SOCKS5})
 			local := pt.StartEcho(t, kind+":")
-			args := []string{local, "--relay", r.Addr, "--token", pt.TestSecret, "--fingerprint", r.FP}
+			sock := filepath.Join(t.TempDir(), "agent.sock")
+			args := []string{local, "--relay", r.Addr, "--token", pt.TestSecret, "--fingerprint", r.FP, "--control", sock}
 			var env []string
-			if kind == proxytest.HTTP {
+			switch kind {
+			case proxytest.HTTP:
 				args = append(args, "--proxy", px.URL())
-			} else {
+			case proxytest.HTTPS:
+				// Trusting the proxy's certificate as a user would, on Linux.
+				args = append(args, "--proxy", px.URL())
+				env = []string{"SSL_CERT_FILE=" + proxytest.CAFile(t)}
+			default:
 				env = []string{"RELAY_PROXY=" + px.URL()}
 			}
 			p, urls := pt.StartExpose(t, 1, env, args...)
@@ -74,6 +80,11 @@ func TestExposeThroughProxy(t *testing.T) {
 			}
 			if strings.Contains(logs+p.Stdout.String(), "pr0xy-secret") {
 				t.Errorf("relayctl shows the proxy's password:\n%s", logs)
+			}
+			// status names the proxy, without its password too.
+			sts := statusJSON(t, nil, "--control", sock)
+			if len(sts) != 1 || sts[0]["proxy"] != kind+"://alice:xxxxx@"+px.Addr {
+				t.Errorf("status --json: %v; want proxy %s://alice:xxxxx@%s", sts, kind, px.Addr)
 			}
 		})
 	}
@@ -129,6 +140,7 @@ func TestRefusals(t *testing.T) {
 	seventeen := strings.TrimSuffix(strings.Repeat("10.0.0.0/8,", 17), ",")
 	forbidding := proxytest.Start(t, proxytest.HTTP, proxytest.Config{Status: 403})
 	locked := proxytest.Start(t, proxytest.SOCKS5, proxytest.Config{User: "alice", Password: "pw"})
+	untrusted := proxytest.Start(t, proxytest.HTTPS, proxytest.Config{})
 
 	ok := []string{"--relay", r.Addr, "--token", pt.TestSecret, "--fingerprint", r.FP}
 	tests := []struct {
@@ -185,7 +197,7 @@ func TestRefusals(t *testing.T) {
 		{"unknown flag", nil, append([]string{local, "--bogus-flag", "x"}, ok...), exitUsage, "bogus-flag"},
 		{"bad log level", nil, append([]string{local, "--log-level", "loud"}, ok...), exitUsage, "--log-level"},
 		{"bad proxy", nil, append([]string{local, "--proxy", "proxy.example:3128"}, ok...), exitUsage, "--proxy: not a proxy URL: give http://HOST:PORT or socks5://HOST:PORT"},
-		{"bad proxy env", []string{"RELAY_PROXY=socks4://127.0.0.1:1080"}, append([]string{local}, ok...), exitUsage, `--proxy: scheme "socks4" is not http, socks5 or socks5h`},
+		{"bad proxy env", []string{"RELAY_PROXY=socks4://127.0.0.1:1080"}, append([]string{local}, ok...), exitUsage, `--proxy: scheme "socks4" is not http, https, socks5 or socks5h`},
 		{"proxy with quic", nil, append([]string{local, "--proxy", "http://127.0.0.1:3128", "--transport", "quic"}, ok...), exitUsage,
 			"--proxy carries TCP only, and QUIC needs UDP: set --transport to tcp, or auto (which then means tcp)"},
 		{"proxy down", nil, append([]string{local, "--proxy", "http://" + down}, ok...), exitFailure,
@@ -194,6 +206,8 @@ func TestRefusals(t *testing.T) {
 			"proxy " + forbidding.URL() + ": the proxy refused to connect to " + r.Addr + ": 403 Forbidden (many proxies allow CONNECT only to port 443"},
 		{"proxy wants a password", nil, append([]string{local, "--proxy", locked.URLWith("alice", "wrong-secret")}, ok...), exitFailure,
 			"proxy socks5://alice:xxxxx@" + locked.Addr + ": username/password authentication failed (the proxy did not accept the URL's user and password)"},
+		{"proxy certificate not trusted", nil, append([]string{local, "--proxy", untrusted.URL()}, ok...), exitFailure,
+			"proxy " + untrusted.URL() + ": TLS to the proxy: tls: failed to verify certificate: x509: certificate signed by unknown authority (this machine does not trust the proxy's certificate"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

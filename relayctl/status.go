@@ -327,8 +327,12 @@ func writeStatus(w io.Writer, sts []controlStatus, asJSON bool) error {
 		if st.LimitBPS != nil {
 			state += ", sending at most " + bitrate.Format(float64(*st.LimitBPS))
 		}
+		relay := st.Relay
+		if st.Proxy != "" {
+			relay += " via " + st.Proxy
+		}
 		fmt.Fprintf(w, "agent %d (relayctl %s) → %s, %s, reconnects %d  [%s]\n",
-			st.PID, st.Version, st.Relay, state, st.Reconnects, st.Control)
+			st.PID, st.Version, relay, state, st.Reconnects, st.Control)
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 		fmt.Fprintln(tw, "NAME\tPUBLIC\tLOCAL\tTRANSPORT\tRTT\tACTIVE\tIN\tOUT\tUPTIME")
 		transport, rtt, up := "-", "-", "-"

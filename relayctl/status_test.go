@@ -573,7 +573,7 @@ func TestWriteStatus(t *testing.T) {
 	sts := []controlStatus{
 		{PID: 7, Version: "v1.0.0", Control: "/run/relayctl/a/7.sock", Relay: "relay.example.com:7000", Reconnects: 2,
 			Tunnels: []controlTunnel{{Name: "web", Local: "localhost:8080"}}},
-		{PID: 9, Version: "v1.0.0", Control: "/tmp/9.sock", Relay: "relay.example.com:7000", Connected: true, Transport: "quic", Draining: true,
+		{PID: 9, Version: "v1.0.0", Control: "/tmp/9.sock", Relay: "relay.example.com:7000", Proxy: "http://u:xxxxx@proxy.lan:3128", Connected: true, Transport: "quic", Draining: true,
 			Uptime: 3725.4, RTT: new(18.44), LimitBPS: new(uint64(25e6)), Tunnels: []controlTunnel{
 				{Name: "game", Public: "tcp://relay.example.com:24567", Local: "localhost:25565", Active: 3, BytesIn: 1 << 20, BytesOut: 5 << 30},
 				{Name: "old", Local: "localhost:25566", Closed: `tunnel old (localhost:25566): its token "t"'s names rule no longer allows the name "old"`},
@@ -585,7 +585,7 @@ func TestWriteStatus(t *testing.T) {
 NAME  PUBLIC  LOCAL           TRANSPORT  RTT  ACTIVE  IN   OUT  UPTIME
 web   -       localhost:8080  -          -    0       0 B  0 B  -
 
-agent 9 (relayctl v1.0.0) → relay.example.com:7000, connected, draining, sending at most 25.0 Mbit/s, reconnects 0  [/tmp/9.sock]
+agent 9 (relayctl v1.0.0) → relay.example.com:7000 via http://u:xxxxx@proxy.lan:3128, connected, draining, sending at most 25.0 Mbit/s, reconnects 0  [/tmp/9.sock]
 NAME  PUBLIC                         LOCAL            TRANSPORT  RTT   ACTIVE  IN        OUT       UPTIME
 game  tcp://relay.example.com:24567  localhost:25565  quic       18ms  3       1.00 MiB  5.00 GiB  1h2m5s
 old   closed by the relay            localhost:25566  quic       18ms  0       0 B       0 B       1h2m5s

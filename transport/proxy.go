@@ -3,9 +3,12 @@ package transport
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/url"
@@ -19,15 +22,17 @@ import (
 
 // Reaching the relay through a proxy, for agents on networks whose only way
 // out is one: an HTTP proxy's CONNECT (RFC 9110, 9.3.6, with Basic
-// credentials) or SOCKS5 (RFC 1928, with RFC 1929's user and password).
-// Both carry one TCP connection, so only TLS+smux goes through them; QUIC
-// needs UDP. The session runs on the socket to the proxy itself, once the
-// proxy has connected it onwards, so the TCP socket's fast paths (raw
-// reads, TCP_NOTSENT_LOWAT) work as they do on a direct connection.
+// credentials), over TLS to the proxy for https://, or SOCKS5 (RFC 1928,
+// with RFC 1929's user and password). All carry one TCP connection, so
+// only TLS+smux goes through them; QUIC needs UDP. The session runs on the
+// socket to the proxy itself, once the proxy has connected it onwards, so
+// the TCP socket's fast paths (raw reads, TCP_NOTSENT_LOWAT) work as they
+// do on a direct connection; through an https:// proxy it runs inside the
+// TLS to the proxy, which the relay's TLS cannot skip.
 
 // ParseProxy checks a proxy URL as a user writes it:
-// http://[USER:PASS@]HOST:PORT, socks5://… or socks5h://… (both SOCKS
-// schemes let the proxy resolve the relay's name).
+// http://[USER:PASS@]HOST:PORT, https://…, socks5://… or socks5h://… (both
+// SOCKS schemes let the proxy resolve the relay's name).
 func ParseProxy(s string) (*url.URL, error) {
 	u, err := url.Parse(s)
 	if err != nil || u.Opaque != "" || !strings.Contains(s, "://") {
@@ -35,11 +40,9 @@ func ParseProxy(s string) (*url.URL, error) {
 	}
 	u.Scheme = strings.ToLower(u.Scheme)
 	switch u.Scheme {
-	case "http", "socks5", "socks5h":
-	case "https":
-		return nil, errors.New("https:// proxies (TLS to the proxy) are not supported: give the proxy's http:// or socks5:// address")
+	case "http", "https", "socks5", "socks5h":
 	default:
-		return nil, fmt.Errorf("scheme %q is not http, socks5 or socks5h", u.Scheme)
+		return nil, fmt.Errorf("scheme %q is not http, https, socks5 or socks5h", u.Scheme)
 	}
 	if (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" {
 		return nil, errors.New("a proxy URL has no path or query: give SCHEME://HOST:PORT")
@@ -66,9 +69,11 @@ func (e *ProxyError) Error() string { return "proxy " + e.Proxy + ": " + e.Err.E
 
 func (e *ProxyError) Unwrap() error { return e.Err }
 
-// dialProxy returns a TCP connection to addr made by proxy p.
-func dialProxy(ctx context.Context, nd *net.Dialer, p *url.URL, addr string) (net.Conn, error) {
-	c, err := dialVia(ctx, nd, p, addr)
+// dialProxy returns a TCP connection to addr made by proxy p: the socket
+// itself, or for an https:// proxy the TLS connection to it. roots are
+// the certificates an https:// proxy's may be signed by; nil: the system's.
+func dialProxy(ctx context.Context, nd *net.Dialer, p *url.URL, addr string, roots *x509.CertPool) (net.Conn, error) {
+	c, err := dialVia(ctx, nd, p, addr, roots)
 	switch {
 	case err == nil:
 		return c, nil
@@ -82,9 +87,9 @@ func dialProxy(ctx context.Context, nd *net.Dialer, p *url.URL, addr string) (ne
 	return nil, err
 }
 
-func dialVia(ctx context.Context, nd *net.Dialer, p *url.URL, addr string) (net.Conn, error) {
-	if p.Scheme == "http" {
-		return dialConnect(ctx, nd, p, addr)
+func dialVia(ctx context.Context, nd *net.Dialer, p *url.URL, addr string, roots *x509.CertPool) (net.Conn, error) {
+	if p.Scheme == "http" || p.Scheme == "https" {
+		return dialConnect(ctx, nd, p, addr, roots)
 	}
 	var auth *xproxy.Auth
 	if p.User != nil {
@@ -141,24 +146,52 @@ func socksError(err error, addr string, withUser bool) error {
 }
 
 // dialConnect asks an HTTP proxy to CONNECT to addr.
-func dialConnect(ctx context.Context, nd *net.Dialer, p *url.URL, addr string) (net.Conn, error) {
-	c, err := nd.DialContext(ctx, "tcp", p.Host)
+func dialConnect(ctx context.Context, nd *net.Dialer, p *url.URL, addr string, roots *x509.CertPool) (net.Conn, error) {
+	raw, err := nd.DialContext(ctx, "tcp", p.Host)
 	if err != nil {
 		return nil, err
 	}
 	// The handshake's reads and writes end with ctx: a proxy that never
 	// answers would otherwise hold the dial past its timeout.
-	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Unix(1, 0)) })
-	conn, err := connect(c, p, addr)
+	stop := context.AfterFunc(ctx, func() { raw.SetDeadline(time.Unix(1, 0)) })
+	c := raw
+	if p.Scheme == "https" {
+		c, err = proxyTLS(raw, p, roots)
+	}
+	if err == nil {
+		c, err = connect(c, p, addr)
+	}
 	if !stop() {
 		err = ctx.Err()
 	}
 	if err != nil {
-		c.Close()
+		raw.Close()
 		return nil, err
 	}
-	c.SetDeadline(time.Time{})
-	return conn, nil
+	raw.SetDeadline(time.Time{})
+	return c, nil
+}
+
+// proxyTLS runs the TLS handshake with an https:// proxy, checking its
+// certificate as a browser would: for the URL's host, against roots.
+func proxyTLS(raw net.Conn, p *url.URL, roots *x509.CertPool) (net.Conn, error) {
+	tc := tls.Client(raw, &tls.Config{ServerName: p.Hostname(), RootCAs: roots, NextProtos: []string{"http/1.1"}})
+	err := tc.Handshake()
+	var unknown x509.UnknownAuthorityError
+	var hostname x509.HostnameError
+	var record tls.RecordHeaderError
+	switch {
+	case err == nil:
+		return tc, nil
+	case errors.As(err, &unknown):
+		return nil, fmt.Errorf("TLS to the proxy: %w (this machine does not trust the proxy's certificate: "+
+			"add the certificate of the authority that signed it to the system's, or on Linux name a PEM file holding it in SSL_CERT_FILE)", err)
+	case errors.As(err, &hostname):
+		return nil, fmt.Errorf("TLS to the proxy: %w (give the proxy's URL with a name its certificate holds)", err)
+	case errors.As(err, &record):
+		return nil, fmt.Errorf("TLS to the proxy: %w (the proxy does not speak TLS on that port: give http://%s)", err, p.Host)
+	}
+	return nil, fmt.Errorf("TLS to the proxy: %w", err)
 }
 
 func connect(c net.Conn, p *url.URL, addr string) (net.Conn, error) {
@@ -179,6 +212,11 @@ func connect(c net.Conn, p *url.URL, addr string) (net.Conn, error) {
 	br := bufio.NewReaderSize(c, 1024)
 	resp, err := http.ReadResponse(br, &http.Request{Method: http.MethodConnect})
 	if err != nil {
+		// TLS servers (Go's, OpenSSL's) close on a request in the clear
+		// without a word.
+		if p.Scheme == "http" && (err == io.EOF || err == io.ErrUnexpectedEOF) {
+			return nil, fmt.Errorf("reading the proxy's answer: %w (the proxy closed the connection without one; if it expects TLS, give https://%s)", err, p.Host)
+		}
 		return nil, fmt.Errorf("reading the proxy's answer: %w", err)
 	}
 	// The body is left alone: a 2xx answer to CONNECT has none (RFC 9110

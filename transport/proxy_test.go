@@ -2,6 +2,8 @@ package transport
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"net"
 	"net/url"
 	"strings"
@@ -11,10 +13,17 @@ import (
 	"github.com/relaytun/relay/internal/proxytest"
 )
 
-var proxyKinds = []string{proxytest.HTTP, proxytest.SOCKS5}
+var proxyKinds = []string{proxytest.HTTP, proxytest.HTTPS, proxytest.SOCKS5}
 
-// dialVia dials s over TLS+smux through the proxy at proxyURL.
+// dialVia dials s over TLS+smux through the proxy at proxyURL, trusting
+// proxytest's certificate for an https:// one.
 func (s *testServer) dialVia(t *testing.T, proxyURL string, o Options) (Session, error) {
+	t.Helper()
+	return s.dialViaRoots(t, proxyURL, o, proxytest.Roots())
+}
+
+// dialViaRoots is dialVia trusting roots (nil: the system's).
+func (s *testServer) dialViaRoots(t *testing.T, proxyURL string, o Options, roots *x509.CertPool) (Session, error) {
 	t.Helper()
 	p, err := ParseProxy(proxyURL)
 	if err != nil {
@@ -26,7 +35,7 @@ func (s *testServer) dialVia(t *testing.T, proxyURL string, o Options) (Session,
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	sess, err := (&TCPDialer{TLS: tlsConf, Options: o, Proxy: p}).Dial(ctx, s.addr)
+	sess, err := (&TCPDialer{TLS: tlsConf, Options: o, Proxy: p, proxyRoots: roots}).Dial(ctx, s.addr)
 	if err == nil {
 		t.Cleanup(func() { sess.Close() })
 	}
@@ -69,24 +78,25 @@ func TestViaProxyQuickAck(t *testing.T) {
 		o.plainTLS = plain
 		s := newTestServer(t, o, nil)
 		px := proxytest.Start(t, proxytest.HTTP, proxytest.Config{Nagle: true})
-		for _, via := range []bool{false, true} {
+		pxs := proxytest.Start(t, proxytest.HTTPS, proxytest.Config{Nagle: true})
+		for _, via := range []string{"", px.URL(), pxs.URL()} {
 			var c Session
 			var err error
-			if via {
-				c, err = s.dialVia(t, px.URL(), o)
+			if via != "" {
+				c, err = s.dialVia(t, via, o)
 			} else {
 				c, err = s.dialWith(t, KindTCP, &Verifier{Pin: s.pin}, testALPN)
 			}
 			if err != nil {
-				t.Fatalf("plain TLS %v, via a proxy %v: %v", plain, via, err)
+				t.Fatalf("plain TLS %v, via a proxy %q: %v", plain, via, err)
 			}
 			srv := s.accept(t)
 			a, b := openPair(t, c, srv)
 			exchange(t, a, b, "ping", "pong")
 			for side, sess := range map[string]Session{"dialer": c, "listener": srv} {
 				ss := sess.(*smuxSession)
-				if got := ss.tc.NetConn().(*batchConn).quickAck.Load(); got != via {
-					t.Errorf("plain TLS %v, via a proxy %v: the %s's quickAck is %v", plain, via, side, got)
+				if got := ss.tc.NetConn().(*batchConn).quickAck.Load(); got != (via != "") {
+					t.Errorf("plain TLS %v, via a proxy %q: the %s's quickAck is %v", plain, via, side, got)
 				}
 				if got := ss.tc.ConnectionState().NegotiatedProtocol; got == viaProxyALPN {
 					t.Errorf("the listener chose %q", got)
@@ -120,11 +130,16 @@ func TestDialProxyKeepsTheSocket(t *testing.T) {
 	for _, kind := range proxyKinds {
 		px := proxytest.Start(t, kind, proxytest.Config{})
 		u, _ := ParseProxy(px.URL())
-		c, err := dialProxy(context.Background(), &net.Dialer{}, u, ln.Addr().String())
+		c, err := dialProxy(context.Background(), &net.Dialer{}, u, ln.Addr().String(), proxytest.Roots())
 		if err != nil {
 			t.Fatalf("%s: %v", kind, err)
 		}
-		if _, ok := c.(*net.TCPConn); !ok {
+		// Through an https:// proxy, the TLS to it, on the socket.
+		raw := c
+		if tc, ok := c.(*tls.Conn); ok && kind == proxytest.HTTPS {
+			raw = tc.NetConn()
+		}
+		if _, ok := raw.(*net.TCPConn); !ok {
 			t.Errorf("%s: dialProxy returned a %T, want *net.TCPConn", kind, c)
 		}
 		c.Close()
@@ -151,45 +166,72 @@ func TestDialProxyErrors(t *testing.T) {
 		url  func() string
 		opts Options
 		want []string
+		// system: trust only the system's certificates, not proxytest's.
+		system bool
 	}{
 		{"not listening", func() string { return "http://" + closed }, testOptions(),
-			[]string{"proxy http://" + closed + ": dial tcp " + closed + ": connect: connection refused"}},
+			[]string{"proxy http://" + closed + ": dial tcp " + closed + ": connect: connection refused"}, false},
 		{"http needs credentials", func() string {
 			return start(proxytest.HTTP, proxytest.Config{User: "u", Password: "p"}).URLWith("", "")
 		}, testOptions(),
-			[]string{"the proxy refused to connect to " + s.addr + ": 407 Proxy Authentication Required (the proxy wants a user and password: http://USER:PASS@HOST:PORT)"}},
+			[]string{"the proxy refused to connect to " + s.addr + ": 407 Proxy Authentication Required (the proxy wants a user and password: http://USER:PASS@HOST:PORT)"}, false},
 		{"http wrong password", func() string {
 			return start(proxytest.HTTP, proxytest.Config{User: "u", Password: "p"}).URLWith("u", "wrong-secret")
 		}, testOptions(),
-			[]string{"http://u:xxxxx@", ": 407 Proxy Authentication Required (the proxy did not accept the URL's user and password)"}},
+			[]string{"http://u:xxxxx@", ": 407 Proxy Authentication Required (the proxy did not accept the URL's user and password)"}, false},
 		{"http unauthorized", func() string {
 			return start(proxytest.HTTP, proxytest.Config{Status: 401}).URLWith("u", "wrong-secret")
 		}, testOptions(),
-			[]string{": 401 Unauthorized (the proxy did not accept the URL's user and password)"}},
+			[]string{": 401 Unauthorized (the proxy did not accept the URL's user and password)"}, false},
 		{"http forbidden", func() string { return start(proxytest.HTTP, proxytest.Config{Status: 403}).URL() }, testOptions(),
-			[]string{"the proxy refused to connect to " + s.addr + ": 403 Forbidden (many proxies allow CONNECT only to port 443: ask the relay's operator for a relay on 443)"}},
+			[]string{"the proxy refused to connect to " + s.addr + ": 403 Forbidden (many proxies allow CONNECT only to port 443: ask the relay's operator for a relay on 443)"}, false},
 		{"http bad gateway", func() string { return start(proxytest.HTTP, proxytest.Config{Status: 502}).URL() }, testOptions(),
-			[]string{"the proxy refused to connect to " + s.addr + ": 502 Bad Gateway"}},
+			[]string{"the proxy refused to connect to " + s.addr + ": 502 Bad Gateway"}, false},
 		{"http bytes after the answer", func() string { return start(proxytest.HTTP, proxytest.Config{Trailing: "early"}).URL() }, testOptions(),
-			[]string{"the proxy sent 5 bytes after its answer to CONNECT, before the relay could speak"}},
+			[]string{"the proxy sent 5 bytes after its answer to CONNECT, before the relay could speak"}, false},
 		{"http silent", func() string { return start(proxytest.HTTP, proxytest.Config{Silent: true}).URL() }, short,
-			[]string{"proxy http://127.0.0.1:", ": the proxy did not answer in time: context deadline exceeded"}},
+			[]string{"proxy http://127.0.0.1:", ": the proxy did not answer in time: context deadline exceeded"}, false},
+		{"https untrusted", func() string { return start(proxytest.HTTPS, proxytest.Config{}).URL() }, testOptions(),
+			[]string{"proxy https://127.0.0.1:", ": TLS to the proxy: tls: failed to verify certificate: x509: certificate signed by unknown authority " +
+				"(this machine does not trust the proxy's certificate: add the certificate of the authority that signed it to the system's, " +
+				"or on Linux name a PEM file holding it in SSL_CERT_FILE)"}, true},
+		{"https wrong name", func() string {
+			return strings.Replace(start(proxytest.HTTPS, proxytest.Config{}).URL(), "127.0.0.1", "localhost", 1)
+		}, testOptions(),
+			[]string{": TLS to the proxy: tls: failed to verify certificate: x509: certificate is not valid for any names, but wanted to match localhost " +
+				"(give the proxy's URL with a name its certificate holds)"}, false},
+		{"https to a proxy without TLS", func() string {
+			return strings.Replace(start(proxytest.HTTP, proxytest.Config{}).URL(), "http:", "https:", 1)
+		}, testOptions(),
+			[]string{": TLS to the proxy: tls: first record does not look like a TLS handshake (the proxy does not speak TLS on that port: give http://127.0.0.1:"}, false},
+		{"http to a proxy with TLS", func() string {
+			return strings.Replace(start(proxytest.HTTPS, proxytest.Config{}).URL(), "https:", "http:", 1)
+		}, testOptions(),
+			[]string{": reading the proxy's answer: unexpected EOF (the proxy closed the connection without one; if it expects TLS, give https://127.0.0.1:"}, false},
+		{"https needs credentials", func() string {
+			return start(proxytest.HTTPS, proxytest.Config{User: "u", Password: "p"}).URLWith("", "")
+		}, testOptions(),
+			[]string{"proxy https://127.0.0.1:", "the proxy refused to connect to " + s.addr + ": 407 Proxy Authentication Required (the proxy wants a user and password: http://USER:PASS@HOST:PORT)"}, false},
 		{"socks needs credentials", func() string {
 			return start(proxytest.SOCKS5, proxytest.Config{User: "u", Password: "p"}).URLWith("", "")
 		}, testOptions(),
-			[]string{"no acceptable authentication methods (the proxy wants a user and password: socks5://USER:PASS@HOST:PORT)"}},
+			[]string{"no acceptable authentication methods (the proxy wants a user and password: socks5://USER:PASS@HOST:PORT)"}, false},
 		{"socks wrong password", func() string {
 			return start(proxytest.SOCKS5, proxytest.Config{User: "u", Password: "p"}).URLWith("u", "wrong-secret")
 		}, testOptions(),
-			[]string{"socks5://u:xxxxx@", "authentication failed (the proxy did not accept the URL's user and password)"}},
+			[]string{"socks5://u:xxxxx@", "authentication failed (the proxy did not accept the URL's user and password)"}, false},
 		{"socks refused", func() string { return start(proxytest.SOCKS5, proxytest.Config{Reply: 5}).URL() }, testOptions(),
-			[]string{"proxy socks5://127.0.0.1:", ": the proxy could not connect to " + s.addr + ": connection refused"}},
+			[]string{"proxy socks5://127.0.0.1:", ": the proxy could not connect to " + s.addr + ": connection refused"}, false},
 		{"socks silent", func() string { return start(proxytest.SOCKS5, proxytest.Config{Silent: true}).URL() }, short,
-			[]string{"proxy socks5://127.0.0.1:", ": the proxy did not answer in time: context deadline exceeded"}},
+			[]string{"proxy socks5://127.0.0.1:", ": the proxy did not answer in time: context deadline exceeded"}, false},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := s.dialVia(t, tc.url(), tc.opts)
+			roots := proxytest.Roots()
+			if tc.system {
+				roots = nil
+			}
+			_, err := s.dialViaRoots(t, tc.url(), tc.opts, roots)
 			if err == nil {
 				t.Fatal("Dial succeeded")
 			}
@@ -215,6 +257,8 @@ func TestParseProxy(t *testing.T) {
 		"socks5://127.0.0.1:1080":        "socks5://127.0.0.1:1080",
 		"socks5h://user@localhost:1080":  "socks5h://user@localhost:1080",
 		"socks5://u:p@proxy.example:443": "socks5://u:p@proxy.example:443",
+		"https://proxy.example:443":      "https://proxy.example:443",
+		"HTTPS://u:p@10.0.0.1:8443":      "https://u:p@10.0.0.1:8443",
 	}
 	for in, want := range good {
 		u, err := ParseProxy(in)
@@ -229,8 +273,8 @@ func TestParseProxy(t *testing.T) {
 	bad := map[string]string{
 		"127.0.0.1:3128":               "not a proxy URL: give http://HOST:PORT or socks5://HOST:PORT",
 		"proxy.example":                "not a proxy URL: give http://HOST:PORT or socks5://HOST:PORT",
-		"https://proxy.example:443":    "https:// proxies (TLS to the proxy) are not supported: give the proxy's http:// or socks5:// address",
-		"socks4://proxy.example:1080":  `scheme "socks4" is not http, socks5 or socks5h`,
+		"socks4://proxy.example:1080":  `scheme "socks4" is not http, https, socks5 or socks5h`,
+		"https://proxy.example":        `"proxy.example" is not HOST:PORT: a proxy URL needs the proxy's port`,
 		"http://proxy.example":         `"proxy.example" is not HOST:PORT: a proxy URL needs the proxy's port`,
 		"http://:3128":                 `":3128" is not HOST:PORT: a proxy URL needs the proxy's port`,
 		"http://proxy.example:0":       `port "0" is not a number from 1 to 65535`,

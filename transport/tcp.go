@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -83,9 +84,12 @@ func smuxConfig(o Options) *smux.Config {
 type TCPDialer struct {
 	TLS     *tls.Config
 	Options Options
-	// Proxy, when set, is an HTTP or SOCKS5 proxy (ParseProxy) to reach
-	// the relay through.
+	// Proxy, when set, is an HTTP, HTTPS or SOCKS5 proxy (ParseProxy) to
+	// reach the relay through.
 	Proxy *url.URL
+	// proxyRoots, for tests, are the certificates an https:// proxy's may
+	// be signed by; nil: the system's.
+	proxyRoots *x509.CertPool
 }
 
 func (d *TCPDialer) Kind() string { return KindTCP }
@@ -101,7 +105,7 @@ func (d *TCPDialer) Dial(ctx context.Context, addr string) (Session, error) {
 	var raw net.Conn
 	var err error
 	if d.Proxy != nil {
-		raw, err = dialProxy(ctx, &nd, d.Proxy, addr)
+		raw, err = dialProxy(ctx, &nd, d.Proxy, addr, d.proxyRoots)
 		if err != nil {
 			return nil, &ProxyError{Proxy: d.Proxy.Redacted(), Err: err}
 		}

@@ -721,6 +721,9 @@ func (a *Agent) Status() AgentStatus {
 	if a.sess != nil {
 		st.Transport = a.sess.Kind()
 	}
+	if a.cfg.Proxy != nil {
+		st.Proxy = a.cfg.Proxy.Redacted()
+	}
 	for _, t := range a.tunnels {
 		ts := AgentTunnelStatus{
 			Name: t.spec.Name, Local: t.spec.Local, Public: t.public,

@@ -66,7 +66,10 @@ type RelayStats struct {
 
 // AgentStatus is what an agent reports about itself.
 type AgentStatus struct {
-	Relay     string
+	Relay string
+	// Proxy is the proxy the agent reaches the relay through, its
+	// password shown as "xxxxx"; "" for none.
+	Proxy     string
 	Transport string // of the current session; "" while disconnected
 	Connected bool
 	// Since is when the current session (or the outage) began.

@@ -1,26 +1,39 @@
 // Package proxytest runs the proxies agents may have to go through, an HTTP
-// proxy's CONNECT and SOCKS5, on loopback for tests. They connect only to
+// proxy's CONNECT (over TLS too) and SOCKS5, on loopback for tests. They connect only to
 // loopback addresses, so a test cannot send anywhere else through them.
 package proxytest
 
 import (
 	"bufio"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/base64"
 	"encoding/binary"
+	"encoding/pem"
 	"fmt"
 	"io"
+	"math/big"
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 )
 
-// Kinds of proxy.
+// Kinds of proxy. HTTPS is HTTP's CONNECT over TLS, with a certificate
+// only Roots (or the file CAFile writes) trusts.
 const (
 	HTTP   = "http"
+	HTTPS  = "https"
 	SOCKS5 = "socks5"
 )
 
@@ -56,7 +69,7 @@ type Proxy struct {
 	conns   map[net.Conn]bool // open, to close when the test ends
 }
 
-// Start runs a proxy of kind (HTTP or SOCKS5) on 127.0.0.1.
+// Start runs a proxy of kind (HTTP, HTTPS or SOCKS5) on 127.0.0.1.
 func Start(t testing.TB, kind string, cfg Config) *Proxy {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -97,9 +110,15 @@ func Start(t testing.TB, kind string, cfg Config) *Proxy {
 					io.Copy(io.Discard, c)
 					return
 				}
-				if kind == HTTP {
+				switch kind {
+				case HTTP:
 					p.serveHTTP(c)
-				} else {
+				case HTTPS:
+					tc := tls.Server(c, &tls.Config{Certificates: []tls.Certificate{certificate()}})
+					if tc.Handshake() == nil {
+						p.serveHTTP(tc)
+					}
+				default:
 					p.serveSOCKS(c)
 				}
 			}()
@@ -158,6 +177,8 @@ func (p *Proxy) serveHTTP(c net.Conn) {
 	br := bufio.NewReader(c)
 	req, err := http.ReadRequest(br)
 	if err != nil {
+		// As squid and tinyproxy answer one (a TLS hello among them).
+		fmt.Fprintf(c, "HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
 		return
 	}
 	if req.Method != http.MethodConnect {
@@ -308,13 +329,70 @@ func (p *Proxy) dial(target string) (net.Conn, error) {
 // pipe copies both ways between the client c (read through r) and up,
 // passing each end's half-close on.
 func pipe(c net.Conn, r io.Reader, up net.Conn) {
+	type closeWriter interface{ CloseWrite() error }
 	done := make(chan struct{})
 	go func() {
 		io.Copy(c, up)
-		c.(*net.TCPConn).CloseWrite()
+		c.(closeWriter).CloseWrite()
 		close(done)
 	}()
 	io.Copy(up, r)
-	up.(*net.TCPConn).CloseWrite()
+	up.(closeWriter).CloseWrite()
 	<-done
+}
+
+// The HTTPS proxies' certificate, made once per test binary: a
+// self-signed one for 127.0.0.1 and ::1 (not localhost, which tests use
+// for a name it does not hold).
+var (
+	certOnce sync.Once
+	cert     tls.Certificate
+	certPEM  []byte
+)
+
+func certificate() tls.Certificate {
+	certOnce.Do(func() {
+		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+		if err != nil {
+			panic(err)
+		}
+		tmpl := &x509.Certificate{
+			SerialNumber:          big.NewInt(1),
+			Subject:               pkix.Name{CommonName: "proxytest"},
+			NotBefore:             time.Now().Add(-time.Hour),
+			NotAfter:              time.Now().Add(24 * time.Hour),
+			KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+			ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+			BasicConstraintsValid: true,
+			IsCA:                  true,
+			IPAddresses:           []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
+		}
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+		if err != nil {
+			panic(err)
+		}
+		cert = tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+		certPEM = pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+	})
+	return cert
+}
+
+// Roots trusts the HTTPS proxies' certificate, and nothing else.
+func Roots() *x509.CertPool {
+	certificate()
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(certPEM)
+	return pool
+}
+
+// CAFile writes the HTTPS proxies' certificate to a PEM file in a
+// temporary folder of t's, for SSL_CERT_FILE, and returns its path.
+func CAFile(t testing.TB) string {
+	t.Helper()
+	certificate()
+	f := filepath.Join(t.TempDir(), "proxy-ca.pem")
+	if err := os.WriteFile(f, certPEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return f
 }
