@@ -2,8 +2,10 @@ package transport
 
 import (
 	"crypto/tls"
+	"errors"
 	"math/bits"
 	"net"
+	"os"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -42,6 +44,10 @@ type batchConn struct {
 	finished chan struct{} // closed when the flusher is gone
 	// quickAck: the session goes through a proxy (quickack.go).
 	quickAck atomic.Bool
+	// readEnded: a read failed other than by a deadline. The session's
+	// cut reads it: beneath TLS to an https:// proxy, the end may be the
+	// proxy's close_notify on a socket that stays open.
+	readEnded atomic.Bool
 }
 
 const (
@@ -191,7 +197,7 @@ func (b *batchConn) kickFlusher() {
 // waiting for a bulk transfer the bounds must stay where they are.
 func (b *batchConn) flush() {
 	defer close(b.finished)
-	defer b.Conn.Close()
+	defer b.closeSocket()
 	var (
 		window  time.Time     // when the window began
 		written int           // bytes written in it
@@ -277,6 +283,9 @@ func (b *batchConn) Read(p []byte) (int, error) {
 		quickAck(b.Conn)
 	}
 	if err != nil {
+		if !errors.Is(err, os.ErrDeadlineExceeded) {
+			b.readEnded.Store(true)
+		}
 		b.mu.Lock()
 		closed := b.closed
 		b.mu.Unlock()
@@ -285,6 +294,17 @@ func (b *batchConn) Read(p []byte) (int, error) {
 		}
 	}
 	return n, err
+}
+
+// closeSocket closes the connection; beneath TLS to an https:// proxy, the
+// socket itself: TLS's Close would first send a close_notify, under a
+// write deadline of its own (5 s) past closeLinger's.
+func (b *batchConn) closeSocket() {
+	if tc, ok := b.Conn.(*tls.Conn); ok {
+		tc.NetConn().Close()
+		return
+	}
+	b.Conn.Close()
 }
 
 // Close stops reads at once and lets the flusher send what is queued, for
@@ -336,11 +356,22 @@ func (b *batchConn) setDeadline(set func(time.Time) error, t time.Time) error {
 // default already; batchConn does the coalescing Nagle would, and bounds
 // the socket's unsent bytes.
 func setTCPOptions(c net.Conn) {
-	tc, ok := c.(*net.TCPConn)
+	tc, ok := tcpSocket(c)
 	if !ok {
 		return
 	}
 	tc.SetNoDelay(true)
+}
+
+// tcpSocket is the TCP socket beneath c: c itself, or the socket under
+// the TLS to an https:// proxy. Socket options belong on it; reads and
+// writes do not.
+func tcpSocket(c net.Conn) (*net.TCPConn, bool) {
+	if tc, ok := c.(*tls.Conn); ok {
+		c = tc.NetConn()
+	}
+	sc, ok := c.(*net.TCPConn)
+	return sc, ok
 }
 
 // frameConn is the TLS connection as smux sees it. smux's sender writes a

@@ -9,39 +9,56 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/relaytun/relay/internal/looptest"
+	"github.com/relaytun/relay/internal/proxytest"
 )
 
 // Both ends of a TLS+smux session bound their socket's unsent bytes from
-// the start, on records and on plain TLS alike.
+// the start, on records and on plain TLS alike, and through an https://
+// proxy on the socket beneath the TLS to it.
 func TestNotSentLowat(t *testing.T) {
 	for _, plain := range []bool{false, true} {
 		t.Run(map[bool]string{false: "records", true: "plain TLS"}[plain], func(t *testing.T) {
 			o := testOptions()
 			o.plainTLS = plain
-			c, sv := newTestServer(t, o, nil).connect(t, KindTCP)
-			for _, end := range []struct {
-				name string
-				s    Session
-			}{{"dialer", c}, {"listener", sv}} {
-				ss := end.s.(*smuxSession)
-				if ss.records() == plain {
-					t.Fatalf("%s: records %v", end.name, ss.records())
-				}
-				var bc *batchConn
-				switch conn := ss.conn.(type) {
-				case *recordConn:
-					bc = conn.raw
-				case frameConn:
-					bc = conn.NetConn().(*batchConn)
-				default:
-					t.Fatalf("%s: smux runs on a %T", end.name, conn)
-				}
-				got := notSentLowat(t, bc.Conn.(*net.TCPConn))
-				if got != minNotSent {
-					t.Errorf("%s: TCP_NOTSENT_LOWAT %d, want %d", end.name, got, minNotSent)
-				}
+			s := newTestServer(t, o, nil)
+			c, sv := s.connect(t, KindTCP)
+			checkNotSentLowat(t, plain, c, sv)
+			px := proxytest.Start(t, proxytest.HTTPS, proxytest.Config{})
+			c, err := s.dialVia(t, px.URL(), o)
+			if err != nil {
+				t.Fatal(err)
 			}
+			checkNotSentLowat(t, plain, c, s.accept(t))
 		})
+	}
+}
+
+func checkNotSentLowat(t *testing.T, plain bool, c, sv Session) {
+	t.Helper()
+	for _, end := range []struct {
+		name string
+		s    Session
+	}{{"dialer", c}, {"listener", sv}} {
+		ss := end.s.(*smuxSession)
+		if ss.records() == plain {
+			t.Fatalf("%s: records %v", end.name, ss.records())
+		}
+		var bc *batchConn
+		switch conn := ss.conn.(type) {
+		case *recordConn:
+			bc = conn.raw
+		case frameConn:
+			bc = conn.NetConn().(*batchConn)
+		default:
+			t.Fatalf("%s: smux runs on a %T", end.name, conn)
+		}
+		sock, ok := tcpSocket(bc.Conn)
+		if !ok {
+			t.Fatalf("%s: no TCP socket beneath a %T", end.name, bc.Conn)
+		}
+		if got := notSentLowat(t, sock); got != minNotSent {
+			t.Errorf("%s on a %T: TCP_NOTSENT_LOWAT %d, want %d", end.name, bc.Conn, got, minNotSent)
+		}
 	}
 }
 

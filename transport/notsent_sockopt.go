@@ -8,10 +8,10 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// setNotSentLowat sets TCP_NOTSENT_LOWAT on c, a TCP connection, to n,
-// and reports whether it did.
+// setNotSentLowat sets TCP_NOTSENT_LOWAT on c's TCP socket (tcpSocket) to
+// n, and reports whether it did.
 func setNotSentLowat(c net.Conn, n int) bool {
-	tc, ok := c.(*net.TCPConn)
+	tc, ok := tcpSocket(c)
 	if !ok {
 		return false
 	}

@@ -188,7 +188,9 @@ func proxyTLS(raw net.Conn, p *url.URL, roots *x509.CertPool) (net.Conn, error) 
 			"add the certificate of the authority that signed it to the system's, or on Linux name a PEM file holding it in SSL_CERT_FILE)", err)
 	case errors.As(err, &hostname):
 		return nil, fmt.Errorf("TLS to the proxy: %w (give the proxy's URL with a name its certificate holds)", err)
-	case errors.As(err, &record):
+	case errors.As(err, &record) && record.Conn != nil:
+		// Set only for a first record that is no TLS at all (an HTTP
+		// answer, say), not for other malformed records.
 		return nil, fmt.Errorf("TLS to the proxy: %w (the proxy does not speak TLS on that port: give http://%s)", err, p.Host)
 	}
 	return nil, fmt.Errorf("TLS to the proxy: %w", err)
@@ -223,7 +225,7 @@ func connect(c net.Conn, p *url.URL, addr string) (net.Conn, error) {
 	// says to ignore a Content-Length there, and reading one would wait for
 	// the relay), and after any other the connection is closed.
 	if resp.StatusCode/100 != 2 {
-		return nil, connectRefused(resp.Status, resp.StatusCode, addr, p.User != nil)
+		return nil, connectRefused(resp.Status, resp.StatusCode, addr, p)
 	}
 	if n := br.Buffered(); n > 0 {
 		return nil, fmt.Errorf("the proxy sent %d bytes after its answer to CONNECT, before the relay could speak", n)
@@ -231,16 +233,19 @@ func connect(c net.Conn, p *url.URL, addr string) (net.Conn, error) {
 	return c, nil
 }
 
-// connectRefused says why a proxy may have refused, and what to try.
-func connectRefused(status string, code int, addr string, withUser bool) error {
+// connectRefused says why proxy p may have refused, and what to try.
+func connectRefused(status string, code int, addr string, p *url.URL) error {
 	hint := ""
 	// 407 is the standard answer; some proxies (tinyproxy) send 401.
 	auth := code == http.StatusProxyAuthRequired || code == http.StatusUnauthorized
 	switch {
-	case auth && withUser:
+	case auth && p.User != nil:
 		hint = " (the proxy did not accept the URL's user and password)"
 	case auth:
-		hint = " (the proxy wants a user and password: http://USER:PASS@HOST:PORT)"
+		hint = " (the proxy wants a user and password: " + p.Scheme + "://USER:PASS@HOST:PORT)"
+	case code == http.StatusBadRequest && p.Scheme == "http":
+		// nginx's and Go's answer to a request in the clear on a TLS port.
+		hint = " (if the proxy expects TLS, give https://" + p.Host + ")"
 	case code == http.StatusForbidden || code == http.StatusMethodNotAllowed:
 		if _, port, _ := net.SplitHostPort(addr); port != "443" {
 			hint = " (many proxies allow CONNECT only to port 443: ask the relay's operator for a relay on 443)"

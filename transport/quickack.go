@@ -56,10 +56,7 @@ func markViaProxy(base *tls.Config) *tls.Config {
 // quickAck acknowledges at once what c read: on the socket beneath, for a
 // session inside TLS to an https:// proxy.
 func quickAck(c net.Conn) {
-	if tc, ok := c.(*tls.Conn); ok {
-		c = tc.NetConn()
-	}
-	if sc, ok := c.(*net.TCPConn); ok {
+	if sc, ok := tcpSocket(c); ok {
 		if rc, err := sc.SyscallConn(); err == nil {
 			rc.Control(setQuickAck)
 		}

@@ -730,7 +730,10 @@ func (s *smuxSession) cut() bool {
 	if !ok {
 		return false
 	}
-	sc, ok := bc.Conn.(syscall.Conn)
+	if bc.readEnded.Load() {
+		return true
+	}
+	sc, ok := tcpSocket(bc.Conn)
 	if !ok {
 		return false
 	}

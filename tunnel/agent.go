@@ -104,7 +104,7 @@ type AgentConfig struct {
 	// QUIC first and TCP after FallbackDelay, or at once if QUIC fails.
 	Transport     string
 	FallbackDelay time.Duration
-	// Proxy, when set, is an HTTP or SOCKS5 proxy (transport.ParseProxy)
+	// Proxy, when set, is an HTTP, HTTPS or SOCKS5 proxy (transport.ParseProxy)
 	// to reach the relay through. A proxy carries TCP only, so auto then
 	// means TCP.
 	Proxy *url.URL

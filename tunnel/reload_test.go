@@ -934,7 +934,7 @@ func moveWithAgentAway(t *testing.T, kind string, leased bool) {
 	x, y := twoFreePorts(t)
 	// x and y, and none between them: P's range x-y holds two ports of
 	// the relay's, F's any of them.
-	elsewhere := PortRange{1024, 19999}
+	elsewhere := harnessPorts[0]
 	r := startRelayWith(t, func(c *RelayConfig) {
 		c.Ports = PortSet{elsewhere, {x, x}, {y, y}}
 		c.RejoinWindow = time.Minute
