@@ -82,6 +82,8 @@ type options struct {
 	// tempRoot is where the temporary state directory is made; empty means
 	// os.TempDir().
 	tempRoot string
+	// ports are the relay's public ports; nil means the default range.
+	ports tunnel.PortSet
 }
 
 const (
@@ -129,6 +131,9 @@ func run(ctx context.Context, opts options, stdout io.Writer) error {
 	rc := tunnel.DefaultRelayConfig()
 	rc.BindHost = "127.0.0.1"
 	rc.Tokens = []tunnel.Token{{ID: "quickstart", Secret: token}}
+	if opts.ports != nil {
+		rc.Ports = opts.ports
+	}
 	rc.Software = "quickstart-relay"
 	rc.Logger = log.With("component", "relay")
 	relay, err := tunnel.NewRelay(rc)

@@ -18,13 +18,16 @@ import (
 var transports = []string{tunnel.TransportQUIC, tunnel.TransportTCP}
 
 // testOptions logs warnings to the test's output and keeps the state dir in
-// a test temp dir, so the test can see that run removed it.
+// a test temp dir, so the test can see that run removed it. The relay's
+// public ports stay below 20000-29999, which proctest.ClosedPort promises
+// other packages' tests stay closed.
 func testOptions(t *testing.T, kind string) options {
 	t.Helper()
 	return options{
 		transport: kind,
 		log:       slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn})),
 		tempRoot:  t.TempDir(),
+		ports:     tunnel.PortSet{{Low: 1024, High: 19999}},
 	}
 }
 
