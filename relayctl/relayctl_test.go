@@ -90,6 +90,10 @@ func TestExposeThroughProxy(t *testing.T) {
 			if len(sts) != 1 || sts[0]["proxy"] != kind+"://alice:xxxxx@"+px.Addr {
 				t.Errorf("status --json: %v; want proxy %s://alice:xxxxx@%s", sts, kind, px.Addr)
 			}
+			// The relay, which sees the proxy's address, says where it came from.
+			if !strings.Contains(r.Stderr.String(), "agent=127.0.0.1:") || !strings.Contains(r.Stderr.String(), "via_proxy=true") {
+				t.Errorf("relayd did not log via_proxy=true:\n%s", r.Stderr.String())
+			}
 		})
 	}
 }

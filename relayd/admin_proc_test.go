@@ -242,7 +242,7 @@ func TestMetricsAfterTraffic(t *testing.T) {
 			continue
 		}
 		a, _ := agents[0].(map[string]any)
-		if k := pt.Keys(a); k != "active address draining since transport udp_flows" || a["transport"] != tu.transport || a["udp_flows"] != 0.0 {
+		if k := pt.Keys(a); k != "active address draining since transport udp_flows via_proxy" || a["transport"] != tu.transport || a["udp_flows"] != 0.0 {
 			t.Errorf("%s: agent %v, want its address, since, active, draining, udp_flows 0 and transport %s", tu.name, a, tu.transport)
 		}
 		if _, err := time.Parse(time.RFC3339, fmt.Sprint(tj["since"])); err != nil {

@@ -223,6 +223,7 @@ func TestAdminJSON(t *testing.T) {
       {
         "address": "203.0.113.5:40000",
         "transport": "quic",
+        "via_proxy": false,
         "since": "2026-11-21T10:00:00Z",
         "active": 2,
         "udp_flows": 0,

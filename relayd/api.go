@@ -39,6 +39,7 @@ type apiTunnel struct {
 type apiAgent struct {
 	Address   string    `json:"address"`
 	Transport string    `json:"transport"`
+	ViaProxy  bool      `json:"via_proxy"` // address is then the proxy's
 	Since     time.Time `json:"since"`
 	Active    int64     `json:"active"`    // open TCP connections
 	UDPFlows  int64     `json:"udp_flows"` // UDP flows it carries
@@ -114,7 +115,7 @@ func apiTunnels(ts []tunnel.TunnelInfo, publicHost string) []apiTunnel {
 			at.Protocols = []string{}
 		}
 		for _, m := range t.Members {
-			at.Agents = append(at.Agents, apiAgent{Address: m.Agent, Transport: m.Transport, Since: m.Since, Active: m.Active, UDPFlows: m.UDPFlows, Draining: m.Draining})
+			at.Agents = append(at.Agents, apiAgent{Address: m.Agent, Transport: m.Transport, ViaProxy: m.ViaProxy, Since: m.Since, Active: m.Active, UDPFlows: m.UDPFlows, Draining: m.Draining})
 		}
 		out = append(out, at)
 	}

@@ -71,8 +71,8 @@ func TestDialThroughProxy(t *testing.T) {
 }
 
 // TestViaProxyQuickAck: both ends of a session through a proxy acknowledge
-// reads at once (quickack.go), with records and with plain TLS; a direct
-// session's do not.
+// reads at once (quickack.go), with records and with plain TLS, and
+// ViaProxy says so; a direct session's do not, nor a QUIC one's.
 func TestViaProxyQuickAck(t *testing.T) {
 	for _, plain := range []bool{false, true} {
 		o := testOptions()
@@ -99,6 +99,9 @@ func TestViaProxyQuickAck(t *testing.T) {
 				if got := ss.tc.NetConn().(*batchConn).quickAck.Load(); got != (via != "") {
 					t.Errorf("plain TLS %v, via a proxy %q: the %s's quickAck is %v", plain, via, side, got)
 				}
+				if got := ViaProxy(sess); got != (via != "") {
+					t.Errorf("plain TLS %v, via a proxy %q: the %s's ViaProxy is %v", plain, via, side, got)
+				}
 				if got := ss.tc.ConnectionState().NegotiatedProtocol; got == viaProxyALPN {
 					t.Errorf("the listener chose %q", got)
 				}
@@ -107,6 +110,10 @@ func TestViaProxyQuickAck(t *testing.T) {
 				}
 			}
 		}
+	}
+	q, qs := newTestServer(t, testOptions(), nil).connect(t, KindQUIC)
+	if ViaProxy(q) || ViaProxy(qs) {
+		t.Error("a QUIC session says it went through a proxy")
 	}
 }
 

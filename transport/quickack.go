@@ -28,6 +28,18 @@ import (
 // at both ends leaves nothing to wait for them.
 const viaProxyALPN = "relay-via-proxy"
 
+// ViaProxy reports whether s goes through a proxy: its dialer was given
+// one, or, on the listener's side, the dialer said so. A QUIC session
+// never does.
+func ViaProxy(s Session) bool {
+	ss, ok := s.(*smuxSession)
+	if !ok {
+		return false
+	}
+	bc, ok := ss.tc.NetConn().(*batchConn)
+	return ok && bc.quickAck.Load()
+}
+
 // offerViaProxy returns c offering viaProxyALPN last.
 func offerViaProxy(c *tls.Config) *tls.Config {
 	c = c.Clone()

@@ -4,10 +4,13 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/relaytun/relay/internal/proctest"
+	"github.com/relaytun/relay/internal/proxytest"
 	"github.com/relaytun/relay/transport"
 )
 
@@ -132,5 +135,57 @@ func TestAgentConfigProxy(t *testing.T) {
 		} else if err != nil {
 			t.Errorf("%s through a proxy: %v", tr, err)
 		}
+	}
+}
+
+// TestAgentThroughProxy: an agent reaches the relay through an HTTP proxy
+// under auto, over TCP, and carries clients; the relay marks it as come
+// through a proxy (its address is the proxy's), in Tunnels and on the
+// session's log lines, and a direct agent not; the agent's status names
+// the proxy without its password.
+func TestAgentThroughProxy(t *testing.T) {
+	r := startRelay(t, nil)
+	local := proctest.StartEcho(t, "p:")
+	px := proxytest.Start(t, proxytest.HTTP, proxytest.Config{User: "u", Password: "pr0xy-secret"})
+	cfg := r.agentConfig(TransportAuto, local)
+	p, err := transport.ParseProxy(px.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Proxy = p
+	via := mustRunAgent(t, cfg)
+	direct := mustRunAgent(t, r.agentConfig(TransportTCP, proctest.StartEcho(t, "d:")))
+	for a, tag := range map[*testAgent]string{via: "p:", direct: "d:"} {
+		if got, err := visit(a.Public(0), 2); err != nil || got != tag {
+			t.Errorf("client of %s: %q, %v", a.Endpoints[0].Name, got, err)
+		}
+	}
+	for _, ti := range r.Relay.Tunnels() {
+		if len(ti.Members) != 1 {
+			t.Fatalf("tunnel %s: %d members", ti.Name, len(ti.Members))
+		}
+		m := ti.Members[0]
+		if want := ti.Port == via.Endpoints[0].Port; m.ViaProxy != want || m.Transport != TransportTCP {
+			t.Errorf("tunnel %s: member %+v; want via_proxy %v over tcp", ti.Name, m, want)
+		}
+	}
+	// One "agent connected" line each, only the proxied one's marked.
+	var connected, marked int
+	for _, line := range strings.Split(r.Log.String(), "\n") {
+		if strings.Contains(line, `msg="agent connected"`) {
+			connected++
+			if strings.Contains(line, "via_proxy=true") {
+				marked++
+			}
+		}
+	}
+	if connected != 2 || marked != 1 {
+		t.Errorf("%d agent connected lines, %d with via_proxy=true; want 2 and 1:\n%s", connected, marked, r.Log)
+	}
+	if st := via.agent.Status(); st.Proxy != "http://u:xxxxx@"+px.Addr {
+		t.Errorf("agent status proxy %q, want http://u:xxxxx@%s", st.Proxy, px.Addr)
+	}
+	if st := direct.agent.Status(); st.Proxy != "" {
+		t.Errorf("direct agent status proxy %q, want none", st.Proxy)
 	}
 }

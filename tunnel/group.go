@@ -252,7 +252,7 @@ func (g *group) info() TunnelInfo {
 	}
 	for _, m := range g.members {
 		ti.Members = append(ti.Members, MemberInfo{
-			Agent: m.agent.sess.RemoteAddr().String(), Transport: m.agent.sess.Kind(), Since: m.since,
+			Agent: m.agent.sess.RemoteAddr().String(), Transport: m.agent.sess.Kind(), ViaProxy: transport.ViaProxy(m.agent.sess), Since: m.since,
 			Active: m.active.Load(), UDPFlows: m.flows.Load(), Draining: m.draining.Load(),
 		})
 	}

@@ -544,6 +544,10 @@ func (r *Relay) serveSession(ctx context.Context, s transport.Session) {
 	stop := context.AfterFunc(ctx, func() { s.Close() })
 	defer stop()
 	log := r.log.With("agent", s.RemoteAddr().String(), "transport", s.Kind())
+	if transport.ViaProxy(s) {
+		// The address is the proxy's, which other agents may share.
+		log = log.With("via_proxy", true)
+	}
 
 	a, err := r.handshake(ctx, s, log)
 	<-r.pending

@@ -31,7 +31,10 @@ type TunnelInfo struct {
 type MemberInfo struct {
 	Agent     string
 	Transport string
-	Since     time.Time
+	// ViaProxy: the agent came through a proxy (relayctl --proxy), so
+	// Agent is the proxy's address.
+	ViaProxy bool
+	Since    time.Time
 	// Active counts the member's open TCP connections; UDPFlows, the
 	// tunnel's UDP flows it carries.
 	Active   int64
