@@ -44,9 +44,12 @@ type batchConn struct {
 	finished chan struct{} // closed when the flusher is gone
 	// quickAck: the session goes through a proxy (quickack.go).
 	quickAck atomic.Bool
-	// readEnded: a read failed other than by a deadline. The session's
-	// cut reads it: beneath TLS to an https:// proxy, the end may be the
-	// proxy's close_notify on a socket that stays open.
+	// readEnded: a read of the session failed other than by a deadline,
+	// here or in the session's TLS above (frameConn.Read). The session's
+	// cut reads it: the end may be a TLS close_notify (the proxy's, the
+	// peer's on plain TLS) on a socket that stays open a while. Only the
+	// session reads, and none of its read errors but a deadline's is
+	// followed by more data.
 	readEnded atomic.Bool
 }
 
@@ -413,4 +416,17 @@ func (c frameConn) WriteBuffers(v [][]byte) (int, error) {
 		}
 	}
 	return n, nil
+}
+
+// Read notes, as batchConn.Read does, a read of the session's TLS that
+// failed: the peer's close_notify ends the session's TLS while the
+// socket beneath still reads.
+func (c frameConn) Read(p []byte) (int, error) {
+	n, err := c.Conn.Read(p)
+	if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+		if bc, ok := c.Conn.NetConn().(*batchConn); ok {
+			bc.readEnded.Store(true)
+		}
+	}
+	return n, err
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"fmt"
 	"io"
 	"net"
 	"net/url"
@@ -329,38 +330,53 @@ func FuzzProxyAnswer(f *testing.F) {
 	})
 }
 
-// TestProxyCutIsNotEOF: through each kind of proxy, a stream's reader on
-// the dialer's side tells the session's end from the peer's FIN, as
-// TestSmuxCutIsNotEOF checks straight to the relay. Through an https://
-// proxy the end may come as TLS's close_notify from the proxy, on a
-// socket that stays open; 17 of 200 rounds read it as a clean EOF before
-// batchConn noted a failed read.
+// TestProxyCutIsNotEOF: straight to the relay and through each kind of
+// proxy, on records and on plain TLS, a stream's reader on the dialer's
+// side tells the session's end from the peer's FIN, as
+// TestSmuxCutIsNotEOF checks. The end may come as a TLS close_notify on
+// a socket that stays open for a while: the proxy's, through an https://
+// proxy (17 of 200 rounds read as a clean EOF before batchConn noted its
+// failed reads), or the relay's session TLS, on plain TLS (6-24 of 50,
+// direct or through any proxy, before frameConn noted them too).
 func TestProxyCutIsNotEOF(t *testing.T) {
-	for _, kind := range proxyKinds {
-		t.Run(kind, func(t *testing.T) {
-			t.Parallel()
-			s := newTestServer(t, testOptions(), nil)
-			px := proxytest.Start(t, kind, proxytest.Config{})
-			for i := range 50 {
-				c, err := s.dialVia(t, px.URL(), testOptions())
-				if err != nil {
-					t.Fatal(err)
+	for _, plain := range []bool{false, true} {
+		for _, kind := range append([]string{"direct"}, proxyKinds...) {
+			t.Run(fmt.Sprintf("%s/plain=%v", kind, plain), func(t *testing.T) {
+				t.Parallel()
+				o := testOptions()
+				o.plainTLS = plain
+				s := newTestServer(t, o, nil)
+				var px *proxytest.Proxy
+				if kind != "direct" {
+					px = proxytest.Start(t, kind, proxytest.Config{})
 				}
-				srv := s.accept(t)
-				_, b := openPair(t, srv, c)
-				done := make(chan error, 1)
-				go func() {
-					b.SetReadDeadline(time.Now().Add(10 * time.Second))
-					_, err := b.Read(make([]byte, 10))
-					done <- err
-				}()
-				time.Sleep(time.Millisecond)
-				srv.Close()
-				if err := <-done; err == io.EOF || !IsClosed(err) {
-					t.Fatalf("round %d: a stream's Read when the session ends: %v; want the session's end", i, err)
+				for i := range 50 {
+					var c Session
+					var err error
+					if px != nil {
+						c, err = s.dialVia(t, px.URL(), o)
+					} else {
+						c, err = s.dialWith(t, KindTCP, &Verifier{Pin: s.pin}, testALPN)
+					}
+					if err != nil {
+						t.Fatal(err)
+					}
+					srv := s.accept(t)
+					_, b := openPair(t, srv, c)
+					done := make(chan error, 1)
+					go func() {
+						b.SetReadDeadline(time.Now().Add(10 * time.Second))
+						_, err := b.Read(make([]byte, 10))
+						done <- err
+					}()
+					time.Sleep(time.Millisecond)
+					srv.Close()
+					if err := <-done; err == io.EOF || !IsClosed(err) {
+						t.Fatalf("round %d: a stream's Read when the session ends: %v; want the session's end", i, err)
+					}
+					c.Close()
 				}
-				c.Close()
-			}
-		})
+			})
+		}
 	}
 }
