@@ -5,7 +5,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
-	"io"
 	"net"
 	"net/url"
 	"strings"
@@ -363,17 +362,7 @@ func TestProxyCutIsNotEOF(t *testing.T) {
 					}
 					srv := s.accept(t)
 					_, b := openPair(t, srv, c)
-					done := make(chan error, 1)
-					go func() {
-						b.SetReadDeadline(time.Now().Add(10 * time.Second))
-						_, err := b.Read(make([]byte, 10))
-						done <- err
-					}()
-					time.Sleep(time.Millisecond)
-					srv.Close()
-					if err := <-done; err == io.EOF || !IsClosed(err) {
-						t.Fatalf("round %d: a stream's Read when the session ends: %v; want the session's end", i, err)
-					}
+					readsCut(t, i, b, func() { srv.Close() })
 					c.Close()
 				}
 			})

@@ -151,17 +151,24 @@ func TestSmuxCutIsNotEOF(t *testing.T) {
 		proxy, conns := cutProxy(t, srv.addr)
 		client, server := dialTCP(t, srv.ln, proxy, tlsConf)
 		_, b := openPair(t, client, server)
-		done := make(chan error, 1)
-		go func() {
-			b.SetReadDeadline(time.Now().Add(10 * time.Second))
-			_, err := b.Read(make([]byte, 10))
-			done <- err
-		}()
-		time.Sleep(time.Millisecond)
-		conns.cut()
-		if err := <-done; err == io.EOF || !IsClosed(err) {
-			t.Fatalf("round %d: a stream's Read when the connection ends: %v; want the session's end", i, err)
-		}
+		readsCut(t, i, b, conns.cut)
+	}
+}
+
+// readsCut checks that b's Read, waiting when cut ends b's session,
+// reports the session's end rather than a clean end of b.
+func readsCut(t *testing.T, round int, b Stream, cut func()) {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() {
+		b.SetReadDeadline(time.Now().Add(10 * time.Second))
+		_, err := b.Read(make([]byte, 10))
+		done <- err
+	}()
+	time.Sleep(time.Millisecond)
+	cut()
+	if err := <-done; err == io.EOF || !IsClosed(err) {
+		t.Fatalf("round %d: a stream's Read when the session ends: %v; want the session's end", round, err)
 	}
 }
 
