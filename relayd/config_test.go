@@ -773,6 +773,10 @@ func FuzzParseConfig(f *testing.F) {
 			}
 			return
 		}
-		relayConfig(cfg)
+		// What ParseConfig accepts, relayd can run with: relayConfig
+		// parses the same fields again.
+		if _, err := relayConfig(cfg); err != nil {
+			t.Fatalf("ParseConfig accepted a config relayConfig refuses: %v", err)
+		}
 	})
 }
