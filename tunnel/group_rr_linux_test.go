@@ -69,7 +69,10 @@ func TestGroupRoundRobinIgnoresRetries(t *testing.T) {
 		if err != nil || tag != "A:" {
 			t.Fatalf("client %d: %q, %v", i+1, tag, err)
 		}
-		if d >= answer/2 {
+		// Sent to the member that hangs first, a client waits the whole
+		// answer timeout; sent to A, milliseconds. The bound sits near the
+		// first, which no timer undercuts, to spare a loaded machine.
+		if d >= answer*9/10 {
 			slow++
 		}
 	}
