@@ -286,9 +286,7 @@ func (b *batchConn) Read(p []byte) (int, error) {
 		quickAck(b.Conn)
 	}
 	if err != nil {
-		if !errors.Is(err, os.ErrDeadlineExceeded) {
-			b.readEnded.Store(true)
-		}
+		b.readFailed(err)
 		b.mu.Lock()
 		closed := b.closed
 		b.mu.Unlock()
@@ -297,6 +295,14 @@ func (b *batchConn) Read(p []byte) (int, error) {
 		}
 	}
 	return n, err
+}
+
+// readFailed notes err, a read's failure here or in the session's TLS
+// above, as the session's end (readEnded) unless a deadline caused it.
+func (b *batchConn) readFailed(err error) {
+	if !errors.Is(err, os.ErrDeadlineExceeded) {
+		b.readEnded.Store(true)
+	}
 }
 
 // closeSocket closes the connection; beneath TLS to an https:// proxy, the
@@ -423,9 +429,9 @@ func (c frameConn) WriteBuffers(v [][]byte) (int, error) {
 // socket beneath still reads.
 func (c frameConn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
-	if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+	if err != nil {
 		if bc, ok := c.Conn.NetConn().(*batchConn); ok {
-			bc.readEnded.Store(true)
+			bc.readFailed(err)
 		}
 	}
 	return n, err
