@@ -33,7 +33,10 @@ func main() {
 		cmd.OnUsageError = usageError
 	}
 	if err := app.Run(clihelp.HelpArgs(app, os.Args)); err != nil {
-		fmt.Fprintln(os.Stderr, "relayd: "+err.Error())
+		// --version ends the run with an exit 0 that has no message.
+		if msg := err.Error(); msg != "" {
+			fmt.Fprintln(os.Stderr, "relayd: "+msg)
+		}
 		var ec cli.ExitCoder
 		if errors.As(err, &ec) {
 			os.Exit(ec.ExitCode())

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"runtime"
 	"runtime/debug"
-	"sync"
 
 	"github.com/urfave/cli/v2"
 )
@@ -83,17 +82,27 @@ func VersionCommand(program string, protocol int) *cli.Command {
 
 // VersionFlag gives app a --version flag that prints what the version
 // command prints: people type `relayd --version` first, and it was an
-// unknown flag. urfave/cli shows the flag only for an app with a Version,
-// and reads its flag and printer from package variables, set once here so
-// that tests making apps in parallel do not race on them.
+// unknown flag. The flag is the app's own rather than urfave/cli's, which
+// printed the version whatever followed it (`relayd --version extra` exited
+// 0): an argument after it is a usage mistake (exit 2), as after the
+// command. The flag is handled in app.Before, which runs before any command
+// or the app's action, and ends the run with an empty exit 0 that main
+// prints nothing for.
 func VersionFlag(app *cli.App, program string, protocol int) {
-	app.Version = Read().Version
-	versionOnce.Do(func() {
-		cli.VersionFlag = &cli.BoolFlag{Name: "version", Usage: "print the version, as the version command does"}
-		cli.VersionPrinter = func(c *cli.Context) {
-			fmt.Fprintln(c.App.Writer, String(program, protocol))
+	app.HideVersion = true
+	app.Flags = append(app.Flags, &cli.BoolFlag{Name: "version", Usage: "print the version, as the version command does"})
+	before := app.Before
+	app.Before = func(c *cli.Context) error {
+		if !c.Bool("version") {
+			if before != nil {
+				return before(c)
+			}
+			return nil
 		}
-	})
+		if c.Args().Present() {
+			return cli.Exit(fmt.Sprintf("--version takes no arguments (got %q)", c.Args().First()), 2)
+		}
+		fmt.Fprintln(c.App.Writer, String(program, protocol))
+		return cli.Exit("", 0)
+	}
 }
-
-var versionOnce sync.Once

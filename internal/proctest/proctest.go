@@ -200,9 +200,11 @@ func CheckVersion(t *testing.T, bin, name string) {
 	if flagOut, flagErr, code := Run(t, nil, bin, "--version"); code != 0 || flagOut != out || flagErr != "" {
 		t.Errorf("%s --version: exit %d, stdout %q, stderr %q; want 0 and %q, as the version command", name, code, flagOut, flagErr, out)
 	}
-	out, errOut, code = Run(t, nil, bin, "version", "extra")
-	if want := name + `: version takes no arguments (got "extra")` + "\n"; code != 2 || out != "" || errOut != want {
-		t.Errorf("%s version extra: exit %d, stdout %q, stderr %q; want 2, nothing, %q", name, code, out, errOut, want)
+	for _, args := range [][]string{{"version", "extra"}, {"--version", "extra"}, {"--version", "version"}} {
+		out, errOut, code = Run(t, nil, bin, args...)
+		if want := fmt.Sprintf("%s: %s takes no arguments (got %q)\n", name, args[0], args[1]); code != 2 || out != "" || errOut != want {
+			t.Errorf("%s %s: exit %d, stdout %q, stderr %q; want 2, nothing, %q", name, strings.Join(args, " "), code, out, errOut, want)
+		}
 	}
 }
 
