@@ -299,17 +299,41 @@ func (s *quicSession) wrapErr(err error) error {
 	var idle *quic.IdleTimeoutError
 	switch {
 	case errors.As(err, &appErr):
+		e := &closedError{msg: "session closed", code: uint64(appErr.ErrorCode), byPeer: appErr.Remote}
 		if appErr.ErrorMessage != "" {
-			return fmt.Errorf("session closed: %s: %w", appErr.ErrorMessage, net.ErrClosed)
+			e.msg += ": " + appErr.ErrorMessage
 		}
-		return fmt.Errorf("session closed: %w", net.ErrClosed)
+		return e
 	case errors.As(err, &idle):
-		return fmt.Errorf("session timed out: %w", net.ErrClosed)
+		return &closedError{msg: "session timed out"}
 	}
 	if s.c.Context().Err() != nil {
 		return fmt.Errorf("%v: %w", err, net.ErrClosed)
 	}
 	return err
+}
+
+// closedError is net.ErrClosed that says why, without net's own words ("use
+// of closed network connection"), which read as a fault of ours in the logs
+// it ends up in. code is CloseWithError's, when byPeer.
+type closedError struct {
+	msg    string
+	code   uint64
+	byPeer bool
+}
+
+func (e *closedError) Error() string { return e.msg }
+func (e *closedError) Unwrap() error { return net.ErrClosed }
+
+// PeerClosed reports the code the peer gave CloseWithError, when err is the
+// end of a session it closed and the transport carries the code (QUIC's
+// does; TLS+smux's does not, and reports false).
+func PeerClosed(err error) (code uint64, ok bool) {
+	var e *closedError
+	if errors.As(err, &e) && e.byPeer {
+		return e.code, true
+	}
+	return 0, false
 }
 
 // quicStream adds CloseWrite and a both-ways Close to a QUIC stream. quic-go's

@@ -254,9 +254,12 @@ type Agent struct {
 	draining  bool
 	stopRun   context.CancelFunc
 
-	lastPong atomic.Int64  // unix nanoseconds
-	pong     chan struct{} // a PONG arrived (room for one: never blocks)
-	fastest  fastestRTT    // the current session's
+	lastPong atomic.Int64 // unix nanoseconds
+	// relayStopping: the relay said it is shutting down (DRAIN), so the
+	// end of this session is expected, not a loss to warn of.
+	relayStopping atomic.Bool
+	pong          chan struct{} // a PONG arrived (room for one: never blocks)
+	fastest       fastestRTT    // the current session's
 
 	clients sync.WaitGroup // client streams in flight, over every session
 	flows   sync.WaitGroup // UDP flows' goroutines
@@ -373,7 +376,10 @@ func (a *Agent) Run(ctx context.Context) error {
 			// be worth a retry for a tunnel still asked for.
 			return err
 		}
-		if live {
+		if stopping := a.relayStopping.Swap(false) || isRefused(err, CodeShutdown) || closedBy(err, CodeShutdown); live && stopping {
+			// Said at DRAIN already; the session's end is no loss.
+			a.log.Info("the relay closed the session as it shuts down; reconnecting", "relay", a.cfg.Relay)
+		} else if live {
 			a.log.Warn("connection to the relay lost; reconnecting", "relay", a.cfg.Relay, "err", err)
 		}
 		failures++
@@ -797,6 +803,30 @@ func fallbackGrace(took time.Duration) time.Duration {
 	return min(max(took, 100*time.Millisecond), time.Second)
 }
 
+// attemptsError is the failures of dialAuto's attempts. Its message is one
+// line: it ends up in one log line or one exit message. A transport tried
+// twice (first again beside second) failing the same way is said once.
+type attemptsError []error
+
+func joinAttempts(errs []error) error {
+	if len(errs) == 1 {
+		return errs[0]
+	}
+	return attemptsError(errs)
+}
+
+func (e attemptsError) Error() string {
+	var msgs []string
+	for _, err := range e {
+		if m := err.Error(); !slices.Contains(msgs, m) {
+			msgs = append(msgs, m)
+		}
+	}
+	return strings.Join(msgs, "; ")
+}
+
+func (e attemptsError) Unwrap() []error { return e }
+
 // dialAuto is DialAuto logging the turn to second at level, and reporting
 // whether it took that turn.
 //
@@ -890,7 +920,7 @@ func dialAuto(ctx context.Context, addr string, delay time.Duration, log *slog.L
 			// port: QUIC, on the same port number, will not do better.
 			if !r.first && errors.Is(r.err, syscall.ECONNREFUSED) {
 				closeLate()
-				return nil, true, errors.Join(errs...)
+				return nil, true, joinAttempts(errs)
 			}
 			if !tookSecond {
 				log.Log(ctx, level, first.Kind()+" failed; trying "+second.Kind(), "relay", addr, "err", r.err)
@@ -898,7 +928,7 @@ func dialAuto(ctx context.Context, addr string, delay time.Duration, log *slog.L
 				continue
 			}
 			if done == started {
-				return nil, true, errors.Join(errs...)
+				return nil, true, joinAttempts(errs)
 			}
 		case <-graceOver:
 			closeLate()
@@ -1131,6 +1161,7 @@ func (a *Agent) controlLoop(ctl transport.Stream, log *slog.Logger) error {
 			default:
 			}
 		case *Drain:
+			a.relayStopping.Store(true)
 			log.Info("the relay is shutting down: clients in flight continue; reconnecting once it closes the session")
 		case *Closed:
 			if err := a.tunnelClosed(m, log); err != nil {

@@ -115,6 +115,31 @@ func TestDialAutoFallsBackWhenFirstNeverAnswers(t *testing.T) {
 	}
 }
 
+// When every attempt fails, the error says each failure once, on one line
+// (it goes into one log line or exit message), and still matches each.
+func TestDialAutoFailsOnOneLine(t *testing.T) {
+	quicErr, tcpErr := errors.New("no recent network activity"), errors.New("tls: EOF")
+	tcpDone := make(chan struct{})
+	quic := &stubDialer{kind: "quic", dial: func(ctx context.Context, n int32) (transport.Session, error) {
+		<-tcpDone // both quic attempts fail after tcp's
+		return nil, quicErr
+	}}
+	tcp := &stubDialer{kind: "tcp", dial: func(context.Context, int32) (transport.Session, error) {
+		defer close(tcpDone)
+		return nil, tcpErr
+	}}
+	_, _, err := dialAuto(context.Background(), "relay:7000", time.Millisecond, slog.New(slog.DiscardHandler), slog.LevelInfo, quic, tcp, fallbackGrace)
+	if want := "could not reach the relay at relay:7000 over tcp: tls: EOF; could not reach the relay at relay:7000 over quic: no recent network activity"; err == nil || err.Error() != want {
+		t.Errorf("err = %q, want %q", err, want)
+	}
+	if !errors.Is(err, quicErr) || !errors.Is(err, tcpErr) {
+		t.Errorf("err %v does not match both attempts' errors", err)
+	}
+	if n := quic.calls.Load(); n != 2 {
+		t.Errorf("quic tried %d times, want 2 (the first, and afresh beside tcp)", n)
+	}
+}
+
 // TestAgentConfigProxy: a proxy carries TCP only, so a config asking for
 // QUIC through one is refused, and auto and tcp are accepted.
 func TestAgentConfigProxy(t *testing.T) {

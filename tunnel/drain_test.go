@@ -124,6 +124,13 @@ func TestShutdownDrainsTransfers(t *testing.T) {
 		if n := r.Relay.Stats().ClientsActive; n != 0 {
 			t.Errorf("%d clients still counted active", n)
 		}
+		// The session's end was announced: no warning of a loss.
+		waitFor(t, "the agent to note the session's end", 10*time.Second, func() bool {
+			return strings.Contains(a.Log.String(), `msg="the relay closed the session as it shuts down; reconnecting"`)
+		})
+		if strings.Contains(a.Log.String(), "connection to the relay lost") {
+			t.Errorf("the agent warned of a lost connection when the relay shut down:\n%s", a.Log)
+		}
 	})
 }
 

@@ -3,6 +3,8 @@ package tunnel
 import (
 	"errors"
 	"fmt"
+
+	"github.com/relaytun/relay/transport"
 )
 
 // ErrorCode says why the relay refused a session or a request. Codes travel
@@ -61,6 +63,13 @@ func (e *RefusedError) Error() string { return e.Text }
 // Temporary reports whether trying again later may succeed.
 func (e *RefusedError) Temporary() bool {
 	return e.Code == CodeInternal || e.Code == CodeShutdown
+}
+
+// closedBy reports whether err is the end of a session the peer closed
+// with code (over QUIC, where the close can overtake the ERROR before it).
+func closedBy(err error, code ErrorCode) bool {
+	c, ok := transport.PeerClosed(err)
+	return ok && c == uint64(code)
 }
 
 // isRefused reports whether err is a refusal with code.
