@@ -223,7 +223,7 @@ func TestMetricsAfterTraffic(t *testing.T) {
 	if err := json.Unmarshal([]byte(body), &list); code != 200 || err != nil {
 		t.Fatalf("/api/v1/tunnels: %d %v\n%s", code, err, body)
 	}
-	wantKeys := "active agents bytes_in bytes_out name protocols public refused since token total udp_drops udp_flows"
+	wantKeys := "active agents bytes_in bytes_out closed name protocols public refused since token total udp_drops udp_flows"
 	for _, tu := range tuns {
 		i := slices.IndexFunc(list, func(m map[string]any) bool { return m["name"] == tu.name })
 		if i < 0 {

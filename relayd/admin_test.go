@@ -239,7 +239,8 @@ func TestAdminJSON(t *testing.T) {
     },
     "udp_flows": 0,
     "udp_drops": 0,
-    "since": "2026-11-21T10:00:00Z"
+    "since": "2026-11-21T10:00:00Z",
+    "closed": false
   }
 ]
 `
@@ -346,7 +347,9 @@ func TestCollectorLint(t *testing.T) {
 	t.Parallel()
 	f := newFakeRelay()
 	second := f.tunnels[0]
-	second.Port, second.BytesIn, second.Refused = 20002, 1, map[string]int64{"deny": 1, "rate": 2}
+	// The second is one whose port closed as its agents drain, while the
+	// name is open again: listed apart until its clients finish.
+	second.Port, second.BytesIn, second.Refused, second.Closed = 20002, 1, map[string]int64{"deny": 1, "rate": 2}, true
 	f.tunnels = append(f.tunnels, second)
 	c := newRelayCollector(f)
 	problems, err := testutil.CollectAndLint(c)

@@ -33,6 +33,9 @@ type apiTunnel struct {
 	UDPFlows int64            `json:"udp_flows"`
 	UDPDrops int64            `json:"udp_drops"`
 	Since    time.Time        `json:"since"`
+	// Closed: the port is closed (its agents drain) and the tunnel is
+	// listed until its clients finish; the name may be open again beside it.
+	Closed bool `json:"closed"`
 }
 
 // apiAgent is one agent serving a tunnel.
@@ -110,6 +113,7 @@ func apiTunnels(ts []tunnel.TunnelInfo, publicHost string) []apiTunnel {
 			Agents: make([]apiAgent, 0, len(t.Members)),
 			Active: t.Active, Total: t.Total, BytesIn: t.BytesIn, BytesOut: t.BytesOut,
 			Refused: nonNil(t.Refused), UDPFlows: t.UDPFlows, UDPDrops: t.UDPDrops, Since: t.Since,
+			Closed: t.Closed,
 		}
 		if at.Protocols == nil {
 			at.Protocols = []string{}

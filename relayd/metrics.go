@@ -146,6 +146,7 @@ func mergeTunnels(ts []tunnel.TunnelInfo) []tunnel.TunnelInfo {
 		m.BytesOut += t.BytesOut
 		m.UDPFlows += t.UDPFlows
 		m.UDPDrops += t.UDPDrops
+		m.Closed = m.Closed && t.Closed
 		if m.Refused == nil {
 			m.Refused = map[string]int64{}
 		}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -190,5 +191,69 @@ func TestServeStopsWithAgents(t *testing.T) {
 				t.Fatalf("Serve did not return 20 s after its context ended; tunnels: %+v", r.Relay.Tunnels())
 			}
 		}
+	})
+}
+
+// TestDrainingTunnelCountsItsClients: a tunnel whose only agent drains
+// closes its port at once, but stays in Tunnels, marked closed, until its
+// last client ends, and what that client carries meanwhile is counted. It
+// vanished from the metrics at the drain's start, with what was carried
+// after it.
+func TestDrainingTunnelCountsItsClients(t *testing.T) {
+	forEachTransport(t, func(t *testing.T, kind string) {
+		r := startRelay(t, nil)
+		a := liveAgentUp(t, r.agentConfig(kind, startServer(t, echo)))
+		c := dialPublic(t, a.Public(0))
+		c.SetDeadline(time.Now().Add(30 * time.Second))
+		half := make([]byte, 128<<10)
+		rand.Read(half)
+		roundTrip := func() {
+			t.Helper()
+			if _, err := c.Write(half); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := io.ReadFull(c, make([]byte, len(half))); err != nil {
+				t.Fatal(err)
+			}
+		}
+		roundTrip()
+		drained := make(chan struct{})
+		go func() {
+			defer close(drained)
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			a.Agent.Drain(ctx)
+		}()
+		waitFor(t, "the tunnel to close", 10*time.Second, func() bool {
+			return strings.Contains(r.Log.String(), `why="its agents are draining"`)
+		})
+		roundTrip()
+		want := int64(2 * len(half))
+		var ti []TunnelInfo
+		waitFor(t, "the closed tunnel to count both round trips", 10*time.Second, func() bool {
+			ti = r.Relay.Tunnels()
+			return len(ti) == 1 && ti[0].BytesIn == want && ti[0].BytesOut == want
+		})
+		if !ti[0].Closed || ti[0].Active != 1 || len(ti[0].Members) != 1 || !ti[0].Members[0].Draining {
+			t.Errorf("Tunnels while the client goes on = %+v, want the one tunnel, closed, with its client and its draining agent", ti)
+		}
+		if n := r.Relay.Stats().Tunnels; n != 0 {
+			t.Errorf("Stats().Tunnels = %d while the only tunnel's port is closed, want 0", n)
+		}
+		c.Close()
+		waitFor(t, "the tunnel to leave the list once its client is done", 10*time.Second, func() bool {
+			return len(r.Relay.Tunnels()) == 0
+		})
+		// The log's account: at the close, what was carried so far and
+		// the client still open; at the end, all of it.
+		for _, re := range []string{
+			`msg="tunnel closed" tunnel=\S+ port=\d+ token=test why="its agents are draining" clients_total=1 bytes_in=131072 bytes_out=\d+ clients_open=1\n`,
+			`msg="closed tunnel's last client is done" tunnel=\S+ port=\d+ token=test clients_total=1 bytes_in=262144 bytes_out=262144\n`,
+		} {
+			if !regexp.MustCompile(re).MatchString(r.Log.String()) {
+				t.Errorf("relay log has no line matching %s", re)
+			}
+		}
+		<-drained
 	})
 }

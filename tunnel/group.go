@@ -245,7 +245,7 @@ func (g *group) info() TunnelInfo {
 	ti := TunnelInfo{
 		Name: g.key.Name, TokenID: g.key.Token, Protos: strings.Split(protoNames(g.protos), ","), Port: g.port, Since: g.since,
 		Active: g.active.Load(), Total: g.total.Load(), BytesIn: g.bytesIn.Load(), BytesOut: g.bytesOut.Load(),
-		Refused: g.refused.snapshot(),
+		Refused: g.refused.snapshot(), Closed: g.closed,
 	}
 	if u := g.udp.Load(); u != nil {
 		ti.UDPFlows, ti.UDPDrops = u.flowCount(), g.udpDrops.Load()
@@ -303,10 +303,23 @@ func (g *group) take(ctx context.Context, c net.Conn, wg *sync.WaitGroup, summar
 	wg.Add(1)
 	go g.carry(ctx, c, func() {
 		release()
-		g.active.Add(-1)
 		g.r.clientsActive.Add(-1)
+		if g.active.Add(-1) == 0 {
+			g.finished()
+		}
 		wg.Done()
 	})
+}
+
+// finished runs when g carries no TCP client: a closed group leaves the
+// relay's finishing list.
+func (g *group) finished() {
+	g.r.mu.Lock()
+	defer g.r.mu.Unlock()
+	if _, ok := g.r.finishing[g]; ok {
+		delete(g.r.finishing, g)
+		g.logger().Info("closed tunnel's last client is done", "clients_total", g.total.Load(), "bytes_in", g.bytesIn.Load(), "bytes_out", g.bytesOut.Load())
+	}
 }
 
 // carry finds a member for client c, opens a stream to it and joins the

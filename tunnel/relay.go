@@ -175,10 +175,15 @@ type Relay struct {
 	// dummySecret keeps the proof check's cost the same for unknown keys.
 	dummySecret string
 
-	mu        sync.Mutex
-	tokens    map[[keyIDLen]byte]*tokenState
-	groups    map[leaseKey]*group
-	ports     map[uint16]*group
+	mu     sync.Mutex
+	tokens map[[keyIDLen]byte]*tokenState
+	groups map[leaseKey]*group
+	ports  map[uint16]*group
+	// finishing are closed groups whose TCP clients are still being
+	// carried (a tunnel whose agents all drain closes its port at once):
+	// Tunnels lists them until their last client ends, so what those
+	// clients carry reaches the metrics.
+	finishing map[*group]struct{}
 	agents    map[*agentConn]struct{}
 	leases    *leaseTable
 	closing   bool
@@ -216,6 +221,7 @@ func NewRelay(cfg RelayConfig) (*Relay, error) {
 		dummySecret: rand.Text(),
 		groups:      make(map[leaseKey]*group),
 		ports:       make(map[uint16]*group),
+		finishing:   make(map[*group]struct{}),
 		agents:      make(map[*agentConn]struct{}),
 		leaseDirty:  make(chan struct{}, 1),
 	}
@@ -383,8 +389,16 @@ func (r *Relay) activeClients() int64 { return r.clientsActive.Load() }
 func (r *Relay) Tunnels() []TunnelInfo {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	out := make([]TunnelInfo, 0, len(r.groups))
+	out := make([]TunnelInfo, 0, len(r.groups)+len(r.finishing))
 	for _, g := range r.groups {
+		out = append(out, g.info())
+	}
+	for g := range r.finishing {
+		if g.active.Load() == 0 {
+			// Its last client ended as it was added (group.finished).
+			delete(r.finishing, g)
+			continue
+		}
 		out = append(out, g.info())
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Port < out[j].Port })
@@ -1680,6 +1694,9 @@ func (r *Relay) closeGroupLocked(g *group, why string) {
 	}
 	g.closed = true
 	g.closeListeners()
+	if g.active.Load() > 0 {
+		r.finishing[g] = struct{}{}
+	}
 	if g.orphan != nil {
 		g.orphan.Stop()
 	}
@@ -1691,7 +1708,14 @@ func (r *Relay) closeGroupLocked(g *group, why string) {
 		r.leases.release(g.key, time.Now())
 		r.markLeasesDirty()
 	}
-	g.logger().Info("tunnel closed", "why", why)
+	// What the tunnel carried, for logs that answer who used what
+	// without a line per client; clients still open are counted again
+	// when they are done (group.finished).
+	args := []any{"why", why, "clients_total", g.total.Load(), "bytes_in", g.bytesIn.Load(), "bytes_out", g.bytesOut.Load()}
+	if n := g.active.Load(); n > 0 {
+		args = append(args, "clients_open", n)
+	}
+	g.logger().Info("tunnel closed", args...)
 }
 
 func (r *Relay) markLeasesDirty() {

@@ -25,6 +25,10 @@ type TunnelInfo struct {
 	Refused map[string]int64
 	// UDPFlows is how many UDP flows are open; UDPDrops, datagrams dropped.
 	UDPFlows, UDPDrops int64
+	// Closed: the tunnel's port is closed (every agent of it drains, or a
+	// reload took it away), and it is listed until its clients finish.
+	// A tunnel of the same name may meanwhile be open again.
+	Closed bool
 }
 
 // MemberInfo is one agent serving a tunnel.
