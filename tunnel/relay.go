@@ -988,6 +988,19 @@ func (a *agentConn) controlLoop(ctx context.Context) error {
 			if errors.Is(err, ErrFrame) {
 				return a.refuse(CodeProtocol, err.Error())
 			}
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				// Mostly the agent is gone and this reaches no one. An
+				// agent that is there pings too rarely (its keepalive
+				// is over the relay's liveness) and would otherwise
+				// reconnect over and over, told nothing. CodeInternal:
+				// every agent version retries on it, and logs the text.
+				// Over QUIC the close can overtake the notice; its
+				// reason says the same.
+				liveness := a.r.config().Liveness
+				text := fmt.Sprintf("the relay heard nothing from this agent for %v (its idle_timeout) and closes the session: if this repeats, the agent's keepalive must be well under %v", liveness, liveness)
+				a.notice(&Error{Code: CodeInternal, Text: text})
+				a.sess.CloseWithError(uint64(CodeInternal), text)
+			}
 			return err
 		}
 		switch m := m.(type) {

@@ -299,3 +299,22 @@ func TestStallGuardLeavesFewStalledAlone(t *testing.T) {
 		})
 	}
 }
+
+// TestAgentTooQuietIsTold: an agent that pings less often than the relay's
+// liveness is dropped as silent, and hears why, so its user can mend its
+// keepalive instead of watching it reconnect over and over.
+func TestAgentTooQuietIsTold(t *testing.T) {
+	forEachTransport(t, func(t *testing.T, kind string) {
+		r := startRelay(t, func(c *RelayConfig) { c.Liveness = time.Second })
+		cfg := r.agentConfig(kind, startServer(t, echo))
+		cfg.TransportOptions.KeepAlive, cfg.TransportOptions.IdleTimeout = 3*time.Second, 10*time.Second
+		a := mustRunAgent(t, cfg)
+		waitFor(t, "the relay to drop the agent as silent", 10*time.Second, func() bool {
+			return strings.Contains(r.Log.String(), "agent disconnected: silent too long")
+		})
+		want := "the relay heard nothing from this agent for 1s (its idle_timeout) and closes the session: if this repeats, the agent's keepalive must be well under 1s"
+		waitFor(t, "the agent to say why", 10*time.Second, func() bool {
+			return strings.Contains(a.Log.String(), want)
+		})
+	})
+}
