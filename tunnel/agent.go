@@ -378,7 +378,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 		if stopping := a.relayStopping.Swap(false) || isRefused(err, CodeShutdown) || closedBy(err, CodeShutdown); live && stopping {
 			// Said at DRAIN already; the session's end is no loss.
-			a.log.Info("the relay closed the session as it shuts down; reconnecting", "relay", a.cfg.Relay)
+			a.log.Info("the relay is shutting down: it closed the session; reconnecting", "relay", a.cfg.Relay)
 		} else if live {
 			a.log.Warn("connection to the relay lost; reconnecting", "relay", a.cfg.Relay, "err", err)
 		}

@@ -127,7 +127,7 @@ func TestShutdownDrainsTransfers(t *testing.T) {
 		}
 		// The session's end was announced: no warning of a loss.
 		waitFor(t, "the agent to note the session's end", 10*time.Second, func() bool {
-			return strings.Contains(a.Log.String(), `msg="the relay closed the session as it shuts down; reconnecting"`)
+			return strings.Contains(a.Log.String(), `msg="the relay is shutting down: it closed the session; reconnecting"`)
 		})
 		if strings.Contains(a.Log.String(), "connection to the relay lost") {
 			t.Errorf("the agent warned of a lost connection when the relay shut down:\n%s", a.Log)

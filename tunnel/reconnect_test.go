@@ -48,8 +48,8 @@ func TestReconnectAfterRelayRestart(t *testing.T) {
 		// The relay stopped saying so: the session's end is told at info,
 		// with no warning of a lost connection.
 		for line, want := range map[string]int{
-			`msg="the relay closed the session as it shuts down; reconnecting"`: 1,
-			`msg="connection to the relay lost; reconnecting"`:                  0,
+			`msg="the relay is shutting down: it closed the session; reconnecting"`: 1,
+			`msg="connection to the relay lost; reconnecting"`:                      0,
 			`msg=reconnected`: 1,
 		} {
 			if n := strings.Count(logs, line); n != want {
