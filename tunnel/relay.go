@@ -1404,7 +1404,7 @@ func (g *group) serveLocked(ln net.Listener, pc *net.UDPConn) {
 		}()
 	}
 	if pc != nil {
-		u := &udpPort{pc: pc, flows: make(map[netip.AddrPort]*udpFlow)}
+		u := newUDPPort(pc)
 		g.udp.Store(u)
 		r.wg.Add(1)
 		go func() {

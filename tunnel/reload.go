@@ -251,6 +251,9 @@ func (r *Relay) Reload(cfg RelayConfig) (ReloadResult, error) {
 	for _, g := range r.groups {
 		// The relay's or the token's client limits may have changed.
 		g.rebuildGateLocked()
+		if u := g.udp.Load(); u != nil && cfg.FlowIdleTimeout != old.FlowIdleTimeout {
+			u.timeoutChanged()
+		}
 	}
 	// Counted while their sessions, still in r.agents, hold Serve's wait
 	// group above zero.

@@ -32,6 +32,22 @@ type udpPort struct {
 	flows map[netip.AddrPort]*udpFlow
 
 	refusals refusalSummary
+
+	// resweep wakes sweepFlows when a reload changes the flow timeout:
+	// its round, timed by the old one, may be minutes away.
+	resweep chan struct{}
+}
+
+func newUDPPort(pc *net.UDPConn) *udpPort {
+	return &udpPort{pc: pc, flows: make(map[netip.AddrPort]*udpFlow), resweep: make(chan struct{}, 1)}
+}
+
+// timeoutChanged tells the sweep that the flow timeout changed.
+func (u *udpPort) timeoutChanged() {
+	select {
+	case u.resweep <- struct{}{}:
+	default: // one is pending already
+	}
 }
 
 func (u *udpPort) flowCount() int64 {
@@ -178,10 +194,13 @@ func (f *udpFlow) get() *member {
 	return f.member.Load()
 }
 
-// sweepFlows closes flows idle for the flow timeout.
+// sweepFlows closes flows idle for the flow timeout. It looks every
+// eighth of the timeout in force, read afresh each round: a reload may
+// change it, and wakes the sweep (resweep) so a shorter one applies at
+// once rather than after the round the old one timed.
 func (g *group) sweepFlows(u *udpPort, stop <-chan struct{}) {
-	idle := g.r.config().FlowIdleTimeout
-	t := time.NewTicker(max(idle/8, 50*time.Millisecond))
+	interval := func() time.Duration { return max(g.r.config().FlowIdleTimeout/8, 50*time.Millisecond) }
+	t := time.NewTimer(interval())
 	defer t.Stop()
 	for {
 		select {
@@ -194,18 +213,20 @@ func (g *group) sweepFlows(u *udpPort, stop <-chan struct{}) {
 			}
 			u.mu.Unlock()
 			return
-		case now := <-t.C:
-			cut := now.Add(-g.r.config().FlowIdleTimeout).UnixNano()
-			u.mu.Lock()
-			for c, f := range u.flows {
-				if f.last.Load() < cut {
-					delete(u.flows, c)
-					f.member.Load().flows.Add(-1)
-					f.release()
-				}
-			}
-			u.mu.Unlock()
+		case <-u.resweep:
+		case <-t.C:
 		}
+		cut := time.Now().Add(-g.r.config().FlowIdleTimeout).UnixNano()
+		u.mu.Lock()
+		for c, f := range u.flows {
+			if f.last.Load() < cut {
+				delete(u.flows, c)
+				f.member.Load().flows.Add(-1)
+				f.release()
+			}
+		}
+		u.mu.Unlock()
+		t.Reset(interval())
 	}
 }
 

@@ -579,3 +579,23 @@ func proxyEchoUDP(t *testing.T, pc net.PacketConn, echo func(p []byte) bool) <-c
 	}()
 	return firsts
 }
+
+// TestUDPReloadFlowTimeout: a reload that shortens udp_flow_timeout ends
+// idle flows by the new timeout, not after the sweep round the old one
+// timed (an eighth of 120 s). The bound is generous, for slow machines,
+// and still well under that 15 s.
+func TestUDPReloadFlowTimeout(t *testing.T) {
+	forEachTransport(t, func(t *testing.T, kind string) {
+		r := startRelay(t, func(c *RelayConfig) { c.FlowIdleTimeout = 120 * time.Second })
+		srv := startUDPEcho(t)
+		a := mustRunAgent(t, r.udpAgentConfig(kind, ProtoUDP, srv.Addr))
+		exchange(t, dialUDP(t, endpointFor(t, a, "udp")), []byte("one"))
+		rc := *r.Relay.config()
+		rc.FlowIdleTimeout = 500 * time.Millisecond
+		if _, err := r.Relay.Reload(rc); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, "the relay to expire the idle flow after the reload", 7*time.Second,
+			func() bool { return r.Relay.Tunnels()[0].UDPFlows == 0 })
+	})
+}
