@@ -170,7 +170,8 @@ func (a *Agent) serveFlow(t *agentTunnel, client netip.AddrPort, f *agentFlow) {
 		a.log.Info("udp flow closed", "tunnel", t.spec.Name, "client", client.String(),
 			"duration", time.Since(start).Round(time.Millisecond), "bytes_in", f.in.Load(), "bytes_out", out)
 	}()
-	buf := make([]byte, maxStreamHeader+MaxDatagram)
+	// A byte more than a tunnel carries: see serveUDP.
+	buf := make([]byte, maxStreamHeader+MaxDatagram+1)
 	var hdr [maxStreamHeader]byte
 	idle := a.cfg.FlowIdleTimeout
 	for {
@@ -193,6 +194,12 @@ func (a *Agent) serveFlow(t *agentTunnel, client netip.AddrPort, f *agentFlow) {
 		}
 		f.refused.Store(false)
 		f.last.Store(time.Now().UnixNano())
+		if n > MaxDatagram {
+			t.udp.drops.Add(1)
+			a.log.Debug("udp datagram from the local server dropped: larger than a tunnel carries",
+				"tunnel", t.spec.Name, "client", client.String(), "max_bytes", MaxDatagram)
+			continue
+		}
 		link := a.link.Load()
 		if link == nil {
 			t.udp.drops.Add(1) // between sessions

@@ -67,8 +67,10 @@ func (g *group) serveUDP(ctx context.Context, u *udpPort) {
 	defer close(stop)
 	go g.sweepFlows(u, stop)
 	// Room in front of the payload for the header, so each datagram is
-	// sent from one buffer without a copy.
-	buf := make([]byte, maxStreamHeader+MaxDatagram)
+	// sent from one buffer without a copy; and a byte more than a tunnel
+	// carries, so a larger datagram (IPv6 allows 65527 bytes) shows as
+	// too large rather than arriving cut to fit.
+	buf := make([]byte, maxStreamHeader+MaxDatagram+1)
 	var hdr [maxStreamHeader]byte
 	for {
 		n, client, err := u.pc.ReadFromUDPAddrPort(buf[maxStreamHeader:])
@@ -79,6 +81,11 @@ func (g *group) serveUDP(ctx context.Context, u *udpPort) {
 			continue
 		}
 		client = netip.AddrPortFrom(client.Addr().Unmap(), client.Port())
+		if n > MaxDatagram {
+			g.dropUDP()
+			g.logger().Debug("udp datagram dropped: larger than a tunnel carries", "client", client.String(), "max_bytes", MaxDatagram)
+			continue
+		}
 		now := time.Now().UnixNano()
 		f := g.flow(u, client, now)
 		if f == nil {

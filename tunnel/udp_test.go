@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -597,5 +598,85 @@ func TestUDPReloadFlowTimeout(t *testing.T) {
 		}
 		waitFor(t, "the relay to expire the idle flow after the reload", 7*time.Second,
 			func() bool { return r.Relay.Tunnels()[0].UDPFlows == 0 })
+	})
+}
+
+// TestUDPOversizeIPv6: IPv6 lets a datagram carry up to 65527 bytes, more
+// than a tunnel carries (MaxDatagram, IPv4's largest). One that large,
+// from a client or from the local server, is dropped and counted, not
+// delivered cut to 65507 bytes; one of 65507 bytes still passes intact
+// both ways.
+func TestUDPOversizeIPv6(t *testing.T) {
+	if pc, err := net.ListenPacket("udp", "[::1]:0"); err != nil {
+		t.Skipf("no IPv6 loopback: %v", err)
+	} else {
+		pc.Close()
+	}
+	const oversize = 65520
+	forEachTransport(t, func(t *testing.T, kind string) {
+		r := startRelay(t, func(c *RelayConfig) { c.BindHost = "::1" })
+		// The local server echoes, answers "big?" with an oversize
+		// datagram, and notes any datagram that is a cut oversize one.
+		pc, err := net.ListenPacket("udp", "[::1]:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { pc.Close() })
+		big := bytes.Repeat([]byte{0xee}, oversize)
+		var cut atomic.Int64
+		go func() {
+			buf := make([]byte, 65535)
+			for {
+				n, from, err := pc.ReadFrom(buf)
+				if err != nil {
+					return
+				}
+				switch p := buf[:n]; {
+				case string(p) == "big?":
+					pc.WriteTo(big, from)
+				case p[0] == 0xee:
+					cut.Add(1)
+				default:
+					pc.WriteTo(p, from)
+				}
+			}
+		}()
+		a := mustRunAgent(t, r.udpAgentConfig(kind, ProtoUDP, pc.LocalAddr().String()))
+		c := dialUDP(t, net.JoinHostPort("::1", strconv.Itoa(int(a.Endpoints[0].Port))))
+		exchange(t, c, []byte("hello"))
+
+		// From the client.
+		if _, err := c.Write(big); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, "the relay to count the oversize datagram dropped", 10*time.Second,
+			func() bool { return r.Relay.Tunnels()[0].UDPDrops == 1 })
+		if !strings.Contains(r.Log.String(), `msg="udp datagram dropped: larger than a tunnel carries"`) {
+			t.Errorf("the relay logged no debug line for the oversize datagram")
+		}
+
+		// From the local server.
+		if _, err := c.Write([]byte("big?")); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, "the agent to count the oversize datagram dropped", 10*time.Second,
+			func() bool { return a.agent.tunnels[0].udp.drops.Load() == 1 })
+		if !strings.Contains(a.Log.String(), `msg="udp datagram from the local server dropped: larger than a tunnel carries"`) {
+			t.Errorf("the agent logged no debug line for the oversize datagram")
+		}
+		c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+		if n, err := c.Read(make([]byte, 65535)); err == nil {
+			t.Errorf("the client got a datagram of %d bytes; want the oversize one dropped", n)
+		}
+
+		// The largest a tunnel carries passes intact, both ways.
+		p := make([]byte, MaxDatagram)
+		rand.Read(p)
+		p[0] = 1
+		exchange(t, c, p)
+		exchange(t, c, []byte("after"))
+		if n := cut.Load(); n != 0 {
+			t.Errorf("the local server got %d cut oversize datagrams", n)
+		}
 	})
 }
