@@ -83,6 +83,9 @@ type controlTunnel struct {
 	Total      int64    `json:"total"`
 	BytesIn    int64    `json:"bytes_in"` // clients → local server
 	BytesOut   int64    `json:"bytes_out"`
+	// UDPDrops counts the UDP datagrams the agent dropped (the relay
+	// counts its own); absent while none.
+	UDPDrops int64 `json:"udp_drops,omitempty"`
 	// Closed is why the relay closed the tunnel for good (a reload of its
 	// rules); absent while it is open.
 	Closed string `json:"closed,omitempty"`
@@ -122,7 +125,7 @@ func newControlStatus(st tunnel.AgentStatus, path string, now time.Time) control
 	}
 	for _, t := range st.Tunnels {
 		cs.Tunnels = append(cs.Tunnels, controlTunnel{Name: t.Name, Public: t.Public, PublicURLs: publicURLs(t.Public),
-			Local: t.Local, Active: t.Active, Total: t.Total, BytesIn: t.BytesIn, BytesOut: t.BytesOut, Closed: t.Closed})
+			Local: t.Local, Active: t.Active, Total: t.Total, BytesIn: t.BytesIn, BytesOut: t.BytesOut, UDPDrops: t.UDPDrops, Closed: t.Closed})
 	}
 	sortTunnels(cs.Tunnels)
 	return cs

@@ -544,12 +544,13 @@ func TestFormatBytes(t *testing.T) {
 }
 
 // TestControlStatusPublicURLs: public_urls lists a tunnel's public URLs
-// ([] before the relay granted any), beside public, their one string.
+// ([] before the relay granted any), beside public, their one string;
+// udp_drops shows only for a tunnel that dropped datagrams.
 func TestControlStatusPublicURLs(t *testing.T) {
 	t.Parallel()
 	cs := newControlStatus(tunnel.AgentStatus{Connected: true, Tunnels: []tunnel.AgentTunnelStatus{
 		{Name: "a", Local: "localhost:1"},
-		{Name: "b", Local: "localhost:2", Public: "tcp://relay.example.com:2 udp://relay.example.com:2"},
+		{Name: "b", Local: "localhost:2", Public: "tcp://relay.example.com:2 udp://relay.example.com:2", UDPDrops: 3},
 		{Name: "c", Local: "localhost:3", Closed: "tunnel c (localhost:3): no longer allowed"},
 	}}, "/c.sock", time.Now())
 	got, err := json.Marshal(cs.Tunnels)
@@ -558,7 +559,7 @@ func TestControlStatusPublicURLs(t *testing.T) {
 	}
 	const want = `[{"name":"a","public":"","public_urls":[],"local":"localhost:1","active":0,"total":0,"bytes_in":0,"bytes_out":0},` +
 		`{"name":"b","public":"tcp://relay.example.com:2 udp://relay.example.com:2","public_urls":["tcp://relay.example.com:2","udp://relay.example.com:2"],` +
-		`"local":"localhost:2","active":0,"total":0,"bytes_in":0,"bytes_out":0},` +
+		`"local":"localhost:2","active":0,"total":0,"bytes_in":0,"bytes_out":0,"udp_drops":3},` +
 		`{"name":"c","public":"","public_urls":[],"local":"localhost:3","active":0,"total":0,"bytes_in":0,"bytes_out":0,"closed":"tunnel c (localhost:3): no longer allowed"}]`
 	if string(got) != want {
 		t.Errorf("tunnels:\n%s\nwant\n%s", got, want)
@@ -567,7 +568,8 @@ func TestControlStatusPublicURLs(t *testing.T) {
 
 // TestWriteStatus: the table for an agent still connecting, with a tunnel
 // not yet granted a public address, and for one that is up, with a tunnel
-// the relay closed for good.
+// the relay closed for good and one that dropped UDP datagrams (so its
+// table, alone, has a DROPS column).
 func TestWriteStatus(t *testing.T) {
 	t.Parallel()
 	sts := []controlStatus{
@@ -575,6 +577,7 @@ func TestWriteStatus(t *testing.T) {
 			Tunnels: []controlTunnel{{Name: "web", Local: "localhost:8080"}}},
 		{PID: 9, Version: "v1.0.0", Control: "/tmp/9.sock", Relay: "relay.example.com:7000", Proxy: "http://u:xxxxx@proxy.lan:3128", Connected: true, Transport: "quic", Draining: true,
 			Uptime: 3725.4, RTT: new(18.44), LimitBPS: new(uint64(25e6)), Tunnels: []controlTunnel{
+				{Name: "bedrock", Public: "udp://relay.example.com:19132", Local: "localhost:19132", Active: 5, BytesIn: 2048, BytesOut: 4096, UDPDrops: 76},
 				{Name: "game", Public: "tcp://relay.example.com:24567", Local: "localhost:25565", Active: 3, BytesIn: 1 << 20, BytesOut: 5 << 30},
 				{Name: "old", Local: "localhost:25566", Closed: `tunnel old (localhost:25566): its token "t"'s names rule no longer allows the name "old"`},
 			}},
@@ -586,9 +589,10 @@ NAME  PUBLIC  LOCAL           TRANSPORT  RTT  ACTIVE  IN   OUT  UPTIME
 web   -       localhost:8080  -          -    0       0 B  0 B  -
 
 agent 9 (relayctl v1.0.0) → relay.example.com:7000 via http://u:xxxxx@proxy.lan:3128, connected, draining, sending at most 25.0 Mbit/s, reconnects 0  [/tmp/9.sock]
-NAME  PUBLIC                         LOCAL            TRANSPORT  RTT   ACTIVE  IN        OUT       UPTIME
-game  tcp://relay.example.com:24567  localhost:25565  quic       18ms  3       1.00 MiB  5.00 GiB  1h2m5s
-old   closed by the relay            localhost:25566  quic       18ms  0       0 B       0 B       1h2m5s
+NAME     PUBLIC                         LOCAL            TRANSPORT  RTT   ACTIVE  IN        OUT       DROPS  UPTIME
+bedrock  udp://relay.example.com:19132  localhost:19132  quic       18ms  5       2.00 KiB  4.00 KiB  76     1h2m5s
+game     tcp://relay.example.com:24567  localhost:25565  quic       18ms  3       1.00 MiB  5.00 GiB  0      1h2m5s
+old      closed by the relay            localhost:25566  quic       18ms  0       0 B       0 B       0      1h2m5s
 `
 	if b.String() != want {
 		t.Errorf("got\n%s\nwant\n%s", b.String(), want)

@@ -738,6 +738,9 @@ func (a *Agent) Status() AgentStatus {
 		if t.closed != nil {
 			ts.Closed = t.closed.Text
 		}
+		if t.udp != nil {
+			ts.UDPDrops = t.udp.drops.Load()
+		}
 		st.Tunnels = append(st.Tunnels, ts)
 	}
 	return st

@@ -106,6 +106,11 @@ type AgentTunnelStatus struct {
 	Active, Total int64
 	// BytesIn flowed from clients to the local server; BytesOut, back.
 	BytesIn, BytesOut int64
+	// UDPDrops counts the datagrams the agent dropped, either way: for a
+	// client it could open no flow for, one too large, one the local
+	// socket could not send, one over the relay's LIMIT or between
+	// sessions. The relay counts its own drops apart.
+	UDPDrops int64
 }
 
 // counterMap is a set of named monotonic counters, safe for concurrent use.

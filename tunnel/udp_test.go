@@ -660,7 +660,7 @@ func TestUDPOversizeIPv6(t *testing.T) {
 			t.Fatal(err)
 		}
 		waitFor(t, "the agent to count the oversize datagram dropped", 10*time.Second,
-			func() bool { return a.agent.tunnels[0].udp.drops.Load() == 1 })
+			func() bool { return a.agent.Status().Tunnels[0].UDPDrops == 1 })
 		if !strings.Contains(a.Log.String(), `msg="udp datagram from the local server dropped: larger than a tunnel carries"`) {
 			t.Errorf("the agent logged no debug line for the oversize datagram")
 		}
