@@ -137,7 +137,7 @@ type AgentConfig struct {
 	WaitForRelay bool
 
 	// FlowIdleTimeout ends a UDP flow quiet both ways for this long, and
-	// MaxFlows caps a UDP tunnel's flows (local sockets).
+	// MaxFlows caps a UDP tunnel's flows (local sockets; DefaultMaxFlows).
 	FlowIdleTimeout time.Duration
 	MaxFlows        int
 }
@@ -155,7 +155,7 @@ func DefaultAgentConfig() AgentConfig {
 		RetryBaseDelay:   500 * time.Millisecond,
 		RetryMaxDelay:    30 * time.Second,
 		FlowIdleTimeout:  120 * time.Second,
-		MaxFlows:         1024,
+		MaxFlows:         DefaultMaxFlows,
 	}
 }
 

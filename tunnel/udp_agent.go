@@ -20,8 +20,12 @@ import (
 // as the peer of its own local socket.
 type agentFlow struct {
 	conn *net.UDPConn
-	last atomic.Int64 // unix nanoseconds
-	in   atomic.Int64 // bytes to the local server
+	last atomic.Int64 // unix nanoseconds, of a datagram either way
+	// heard is when its client last sent a datagram (unix nanoseconds):
+	// the relay ends a flow whose client is quiet, whatever the server
+	// sends, so at the flow cap a flow quiet that way goes first.
+	heard atomic.Int64
+	in    atomic.Int64 // bytes to the local server
 	// header, when set, is the PROXY v2 header that goes in front of the
 	// flow's next datagram; taken once sent.
 	header atomic.Pointer[[]byte]
@@ -56,8 +60,36 @@ func (a *Agent) localRefused(t *agentTunnel, client netip.AddrPort, f *agentFlow
 type agentUDP struct {
 	mu    sync.Mutex
 	flows map[netip.AddrPort]*agentFlow
-	drops atomic.Int64
+	// evictAfter: no flow's client is quiet enough to close before then
+	// (unix nanoseconds), so evictQuietLocked need not look. Guarded by
+	// mu.
+	evictAfter int64
+	drops      atomic.Int64
+	// noFlow counts the datagrams dropped for want of a flow since the
+	// last warning of it, at warnedNoFlow (unix nanoseconds).
+	noFlow       atomic.Int64
+	warnedNoFlow atomic.Int64
 }
+
+// DefaultMaxFlows is AgentConfig.MaxFlows's default. Each flow holds a
+// local socket, one file descriptor (Go raises the soft limit on them to
+// the hard one at start, on Linux typically 524288 or more), so it can be
+// far above any relay's max_udp_flows: the relay's limit is the one a
+// user meets, and counts and logs its refusals.
+const DefaultMaxFlows = 65536
+
+// flowQuiet is how long a flow's client must have sent nothing for the
+// flow to be closed to make room for a new client, when the tunnel is at
+// its flow cap or out of file descriptors (and the agent's flow timeout,
+// if shorter). Games send several datagrams a second while they play and
+// give up on a silent peer well before 30 s; a flow quiet that long
+// outlives its player only on the server's traffic, and the relay has
+// likely ended its side already.
+const flowQuiet = 30 * time.Second
+
+// noFlowWarnEvery spaces the warnings of datagrams dropped for want of a
+// flow, per tunnel: a full tunnel drops every new client's datagrams.
+const noFlowWarnEvery = time.Minute
 
 // deliverUDP hands a datagram from the relay to its flow's local socket,
 // opening the flow first if it is new.
@@ -72,10 +104,12 @@ func (a *Agent) deliverUDP(p []byte, byID map[uint32]*agentTunnel) {
 	}
 	f, err := a.flow(t, h.Client)
 	if err != nil {
-		t.udp.drops.Add(1)
+		a.noFlow(t, err)
 		return
 	}
-	f.last.Store(time.Now().UnixNano())
+	now := time.Now().UnixNano()
+	f.last.Store(now)
+	f.heard.Store(now)
 	n := len(payload)
 	hp := f.header.Swap(nil)
 	if hp != nil {
@@ -102,22 +136,33 @@ func (a *Agent) deliverUDP(p []byte, byID map[uint32]*agentTunnel) {
 }
 
 // flow returns t's flow for client, opening a local socket for a new one.
+// At the flow cap, or out of file descriptors, it first closes the flows
+// whose clients have been quiet a while (evictQuietLocked), if any.
 func (a *Agent) flow(t *agentTunnel, client netip.AddrPort) (*agentFlow, error) {
 	u := t.udp
 	u.mu.Lock()
-	f, n := u.flows[client], len(u.flows)
+	f := u.flows[client]
+	full := f == nil && len(u.flows) >= a.cfg.MaxFlows && !a.evictQuietLocked(t)
 	u.mu.Unlock()
 	if f != nil {
 		return f, nil
 	}
-	if n >= a.cfg.MaxFlows {
-		return nil, fmt.Errorf("tunnel %s has %d flows, the most allowed", t.spec.Name, a.cfg.MaxFlows)
+	if full {
+		return nil, &flowCapError{max: a.cfg.MaxFlows}
 	}
 	// Resolving and dialing outside the lock: a slow resolver must not
 	// hold up every other flow's datagrams.
 	conn, err := a.dialFlow(context.Background(), t, client)
+	if err != nil && outOfFiles(err) {
+		u.mu.Lock()
+		evicted := a.evictQuietLocked(t)
+		u.mu.Unlock()
+		if evicted {
+			conn, err = a.dialFlow(context.Background(), t, client)
+		}
+	}
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("opening a local socket for the flow: %w", err)
 	}
 	tuneUDPSocket(conn, a.log)
 	u.mu.Lock()
@@ -128,7 +173,9 @@ func (a *Agent) flow(t *agentTunnel, client netip.AddrPort) (*agentFlow, error) 
 		return f, nil
 	}
 	f = &agentFlow{conn: conn}
-	f.last.Store(time.Now().UnixNano())
+	now := time.Now().UnixNano()
+	f.last.Store(now)
+	f.heard.Store(now)
 	if t.spec.ProxyProtocol == 2 {
 		hdr := proxyproto.HeaderProxyFromAddrs(2, net.UDPAddrFromAddrPort(client), a.publicAddr(t, "udp", client))
 		b, err := hdr.Format()
@@ -156,6 +203,79 @@ func (a *Agent) flow(t *agentTunnel, client netip.AddrPort) (*agentFlow, error) 
 	return f, nil
 }
 
+// evictQuietLocked closes t's flows whose clients have sent nothing for
+// flowQuiet (or the flow timeout, if shorter), to make room for new
+// clients, and reports whether it closed any. All of them at once: a full
+// tunnel that new clients keep trying would otherwise look through every
+// flow for each. Called with t.udp.mu held.
+func (a *Agent) evictQuietLocked(t *agentTunnel) bool {
+	u := t.udp
+	now := time.Now().UnixNano()
+	if now < u.evictAfter {
+		return false
+	}
+	quiet := int64(min(flowQuiet, a.cfg.FlowIdleTimeout))
+	// No flow opened from now on is quiet enough before now+quiet.
+	next := now + quiet
+	n := 0
+	for c, f := range u.flows {
+		heard := f.heard.Load()
+		if now-heard < quiet {
+			next = min(next, heard+quiet)
+			continue
+		}
+		// Gone from the table at once, so its place is free now; its
+		// serveFlow ends on the closed socket.
+		delete(u.flows, c)
+		f.conn.Close()
+		n++
+	}
+	u.evictAfter = next
+	if n > 0 {
+		a.log.Info("udp flows closed to make room for new clients: their clients have been quiet a while",
+			"tunnel", t.spec.Name, "closed", n, "quiet_for", time.Duration(quiet))
+	}
+	return n > 0
+}
+
+// flowCapError is a new client's datagram dropped at the tunnel's flow
+// cap, with no flow quiet enough to close.
+type flowCapError struct{ max int }
+
+func (e *flowCapError) Error() string {
+	return fmt.Sprintf("the tunnel is at its flow cap of %d", e.max)
+}
+
+// outOfFiles reports whether err is the process or the system out of
+// file descriptors.
+func outOfFiles(err error) bool {
+	return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE)
+}
+
+// noFlow counts a datagram dropped because no flow could be opened for
+// its client, and warns with the reason and the fix, at most once per
+// noFlowWarnEvery per tunnel, with how many were dropped since the last
+// warning (this one included).
+func (a *Agent) noFlow(t *agentTunnel, err error) {
+	u := t.udp
+	u.drops.Add(1)
+	u.noFlow.Add(1)
+	now, last := time.Now().UnixNano(), u.warnedNoFlow.Load()
+	if last != 0 && now-last < int64(noFlowWarnEvery) || !u.warnedNoFlow.CompareAndSwap(last, now) {
+		return
+	}
+	var msg string
+	switch {
+	case errors.As(err, new(*flowCapError)):
+		msg = fmt.Sprintf("udp datagrams from new clients dropped: the tunnel has as many flows as this agent opens (%d), and none is quiet enough to close; more agents exposing it with the same --name share its players", a.cfg.MaxFlows)
+	case outOfFiles(err):
+		msg = "udp datagrams from new clients dropped: the agent is out of file descriptors, one of which each flow's local socket holds; raise its open-file limit (ulimit -n, or LimitNOFILE= in its systemd unit)"
+	default:
+		msg = "udp datagrams from new clients dropped: no local socket could be opened for their flows; check the tunnel's local address"
+	}
+	a.log.Warn(msg, "tunnel", t.spec.Name, "dropped", u.noFlow.Swap(0), "err", err)
+}
+
 // serveFlow sends the local server's replies on f to its client until the
 // flow is idle for the flow timeout.
 func (a *Agent) serveFlow(t *agentTunnel, client netip.AddrPort, f *agentFlow) {
@@ -163,7 +283,9 @@ func (a *Agent) serveFlow(t *agentTunnel, client netip.AddrPort, f *agentFlow) {
 	var out int64
 	defer func() {
 		t.udp.mu.Lock()
-		delete(t.udp.flows, client)
+		if t.udp.flows[client] == f { // not if evicted, and replaced since
+			delete(t.udp.flows, client)
+		}
 		t.udp.mu.Unlock()
 		f.conn.Close()
 		t.active.Add(-1)
