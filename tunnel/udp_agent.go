@@ -37,6 +37,9 @@ type agentFlow struct {
 	// refused: the local server refused a datagram since it last sent
 	// one, which was logged.
 	refused atomic.Bool
+	// tooBig: a datagram too large to carry the PROXY header was dropped,
+	// which was logged (once per flow).
+	tooBig atomic.Bool
 }
 
 // localRefused notes that the local server refused one of f's datagrams
@@ -125,9 +128,18 @@ func (a *Agent) deliverUDP(p []byte, byID map[uint32]*agentTunnel) {
 			// this one, unsent.
 			a.localRefused(t, h.Client, f, err)
 		case hp != nil:
-			// Not sent (too big with the header, say): the header goes
-			// in front of the next one.
+			// Not sent: the header goes in front of the next one. Sent
+			// alone, or left off this one, it would not be in front of
+			// the first datagram the server gets, the one Geyser reads
+			// it from.
 			f.header.CompareAndSwap(nil, hp)
+			if (errors.Is(err, syscall.EMSGSIZE) || len(payload) > MaxDatagram) && !f.tooBig.Swap(true) {
+				// Only a datagram within a few dozen bytes of the
+				// largest: said once per flow, since every such one
+				// fails until the header has gone in front of another.
+				a.log.Warn("udp datagram dropped: with the PROXY header in front it is larger than a UDP datagram can be; the header goes in front of the flow's next datagram instead",
+					"tunnel", t.spec.Name, "client", h.Client.String(), "bytes", n, "header_bytes", len(*hp), "err", err)
+			}
 		}
 		return
 	}

@@ -523,7 +523,8 @@ func mustFormat(t *testing.T, h *proxyproto.Header) []byte {
 // A datagram the local socket cannot send for a reason of its own (too
 // big once the PROXY header rides in front of it) is a drop, not the local
 // server refusing: the agent does not say the server refused, and the
-// header, which went nowhere, rides in front of the next datagram.
+// header, which went nowhere, rides in front of the next datagram. The
+// agent warns of such a drop once per flow, and counts each.
 func TestUDPLocalWriteErrorNotARefusal(t *testing.T) {
 	forEachTransport(t, func(t *testing.T, kind string) {
 		r := startRelay(t, nil)
@@ -534,12 +535,20 @@ func TestUDPLocalWriteErrorNotARefusal(t *testing.T) {
 		a := mustRunAgent(t, cfg)
 		c := dialUDP(t, endpointFor(t, a, "udp"))
 		// The largest datagram there is: with the header in front, more
-		// than a UDP socket sends.
-		if _, err := c.Write(make([]byte, MaxDatagram)); err != nil {
-			t.Fatal(err)
+		// than a UDP socket sends. Twice: each fails, as the header stays
+		// in front of the next.
+		for range 2 {
+			if _, err := c.Write(make([]byte, MaxDatagram)); err != nil {
+				t.Fatal(err)
+			}
 		}
-		waitFor(t, "the big datagram dropped", 10*time.Second, func() bool { return a.agent.tunnels[0].udp.drops.Load() > 0 })
+		waitFor(t, "both big datagrams dropped", 10*time.Second, func() bool { return a.agent.Status().Tunnels[0].UDPDrops == 2 })
 		exchange(t, c, []byte("small"))
+		want := fmt.Sprintf(`level=WARN msg="udp datagram dropped: with the PROXY header in front it is larger than a UDP datagram can be; the header goes in front of the flow's next datagram instead" tunnel=%s client=%s bytes=%d header_bytes=28 err=`,
+			cfg.Tunnels[0].Name, c.LocalAddr(), MaxDatagram)
+		if n := strings.Count(a.Log.String(), "with the PROXY header in front"); n != 1 || !strings.Contains(a.Log.String(), want) {
+			t.Errorf("%d warnings for the flow's big datagrams; want one line %s", n, want)
+		}
 		if first := <-firsts; !bytes.HasSuffix(first, []byte("small")) {
 			t.Fatalf("the server's first datagram from the flow is %d bytes, want the small one", len(first))
 		} else if _, err := proxyproto.Read(bufio.NewReader(bytes.NewReader(first))); err != nil {
