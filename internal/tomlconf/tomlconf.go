@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"reflect"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -212,6 +213,15 @@ func unknownKeyHint(t reflect.Type, k toml.Key) string {
 		}
 		return "[" + table + "]"
 	}
+	const why = " (a key belongs to the table whose header comes before it)"
+	// A dotted key naming another table's key, as limits.per_ip_rate
+	// under [relay]: it is a key of [relay] then, not of [limits].
+	for j := 1; j < len(k)-1; j++ {
+		other := strings.Join(k[j:len(k)-1], ".")
+		if slices.ContainsFunc(known, func(kk knownKey) bool { return kk.table == other && kk.name == last }) {
+			return fmt.Sprintf("%s is a key of %s: move it under that header as %s%s", strings.Join(k[j:], "."), header(other), last, why)
+		}
+	}
 	var elsewhere []string
 	top := false
 	for _, kk := range known {
@@ -224,7 +234,6 @@ func unknownKeyHint(t reflect.Type, k toml.Key) string {
 			elsewhere = append(elsewhere, header(kk.table))
 		}
 	}
-	const why = " (a key belongs to the table whose header comes before it)"
 	switch {
 	case top && kinds[last] != keyValue:
 		return fmt.Sprintf("%s is a table of its own: start it with its header, %s", last, header(last))
@@ -345,66 +354,3 @@ func (s Source) Fail(key string, index int, format string, args ...any) error {
 	}
 	return &Error{File: file, Line: KeyLine(s.Data, strings.Split(key, "."), index), Key: key, Msg: fmt.Sprintf(format, args...)}
 }
-
-// KeyLine finds the line that sets key, or 0. It understands the plain
-// layout the sample files use: top-level keys, [table] and [[table]]
-// headers, then key = value. For an array of tables, index picks the table
-// (0 is the first); when that table does not set the key, its header's line
-// is returned.
-func KeyLine(data string, key toml.Key, index int) int {
-	line, _ := keyLine(data, key, index)
-	return line
-}
-
-// undecodedLine is KeyLine for a key whose table index is unknown: the
-// first table of an array that sets it.
-func undecodedLine(data string, key toml.Key) int {
-	for i := 0; ; i++ {
-		line, set := keyLine(data, key, i)
-		if set || line == 0 {
-			if line == 0 && i > 0 {
-				return KeyLine(data, key, 0)
-			}
-			return line
-		}
-	}
-}
-
-// keyLine is KeyLine, also saying whether the line sets the key (rather
-// than being its table's header).
-func keyLine(data string, key toml.Key, index int) (line int, set bool) {
-	if len(key) == 0 {
-		return 0, false
-	}
-	table, last := strings.Join(key[:len(key)-1], "."), key[len(key)-1]
-	cur := ""
-	seen := -1  // tables named `table` so far, minus one
-	header := 0 // line of the index-th such table's header
-	for i, line := range strings.Split(data, "\n") {
-		l := strings.TrimSpace(line)
-		if m := headerRE.FindStringSubmatch(l); m != nil {
-			if header > 0 && cur == table && seen == index {
-				return header, false // that table ended without the key
-			}
-			cur = strings.TrimSpace(m[1])
-			if cur == key.String() {
-				return i + 1, true
-			}
-			if cur == table {
-				if seen++; seen == index {
-					header = i + 1
-				}
-			}
-			continue
-		}
-		if cur != table || (table != "" && seen != index) {
-			continue
-		}
-		if k, _, ok := strings.Cut(l, "="); ok && strings.Trim(strings.TrimSpace(k), `"'`) == last {
-			return i + 1, true
-		}
-	}
-	return header, false
-}
-
-var headerRE = regexp.MustCompile(`^\[\[?\s*([^\]]+?)\s*\]\]?`)

@@ -70,6 +70,9 @@ func TestDecodeErrors(t *testing.T) {
 		{"unknown top-level key", "top = \"a\"\ntopp = 1\n", "s.toml:2: topp: unknown key (see the sample sample.toml for the keys there are)"},
 		{"unknown key in a table", "[server]\nport = 1\nhost = \"x\"\n", "s.toml:3: server.host: unknown key"},
 		{"unknown table", "[client]\nport = 1\n", "s.toml:1: client: unknown key"},
+		{"unknown dotted key at the top", "top = \"a\"\nserver.prot = 1\n", "s.toml:2: server.prot: unknown key"},
+		{"unknown dotted key in a table", "[server]\nport = 1\nextra.rate = -1\n", "s.toml:3: server.extra.rate: unknown key"},
+		{"unknown key in an inline table", "server = { port = 1,\n  host = \"x\" }\n", "s.toml:2: server.host: unknown key"},
 		{"unknown key in the second item", "[[items]]\nname = \"a\"\n[[items]]\nname = \"b\"\nsise = 1\n", "s.toml:5: items.sise: unknown key"},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
@@ -139,6 +142,73 @@ func TestKeyLine(t *testing.T) {
 	}
 }
 
+// keysText writes keys every way TOML allows but the plain one: dotted,
+// quoted, in inline tables and in an array of them, with text that looks
+// like keys inside strings and comments.
+const keysText = `top = """
+[server]
+port = 1
+"""
+server.port = 7 # [items]
+"server" . 'listen' = "a = b"
+items = [
+  # name = "no"
+  { name = "one" },
+  {
+    name = "two", size = 2 },
+  'x = 1',
+]
+wait = { at = [1, 2], "in.it" = 1 }
+
+[other]
+a.b.c = 1
+`
+
+// TestKeyLineDotted: KeyLine finds keys however the file writes them.
+func TestKeyLineDotted(t *testing.T) {
+	for _, tt := range []struct {
+		key   []string
+		index int
+		want  int
+	}{
+		{[]string{"top"}, 0, 1},
+		{[]string{"server", "port"}, 0, 5},
+		{[]string{"server", "listen"}, 0, 6},
+		{[]string{"server", "host"}, 0, 5}, // the first line to define server
+		{[]string{"items"}, 0, 9},          // its first element, as for [[items]]
+		{[]string{"items", "name"}, 0, 9},
+		{[]string{"items", "name"}, 1, 11},
+		{[]string{"items", "size"}, 1, 11},
+		{[]string{"items", "size"}, 0, 9}, // the item's line
+		{[]string{"items", "name"}, 3, 0}, // the third element is no table, and there is no fourth
+		{[]string{"wait", "at"}, 0, 14},
+		{[]string{"wait", "in.it"}, 0, 14},
+		{[]string{"other", "a", "b", "c"}, 0, 17},
+		{[]string{"other", "a", "x"}, 0, 17},
+		{[]string{"other", "z"}, 0, 16},
+		{[]string{"port"}, 0, 0},
+	} {
+		if got := KeyLine(keysText, tt.key, tt.index); got != tt.want {
+			t.Errorf("KeyLine(%q, %d) = %d, want %d", tt.key, tt.index, got, tt.want)
+		}
+	}
+}
+
+// FuzzKeyLine: KeyLine reads any text without panicking or looping, and
+// gives a line of it.
+func FuzzKeyLine(f *testing.F) {
+	f.Add(sampleText, "items.size", 1)
+	f.Add(keysText, "wait.in.it", 0)
+	f.Add("a = [{b = '''x", "a.b", 0)
+	f.Add("0\n\x00\x00", "a", 0) // a NUL byte was taken for the end, and the scan stood still
+	f.Fuzz(func(t *testing.T, data, key string, index int) {
+		n := KeyLine(data, strings.Split(key, "."), index)
+		if n < 0 || n > strings.Count(data, "\n")+1 {
+			t.Fatalf("KeyLine = %d, outside the text's lines", n)
+		}
+	})
+}
+
 func TestSourceFail(t *testing.T) {
 	err := Source{File: "s.toml", Data: sampleText}.Fail("items.size", 1, "must be %s", "small")
 	if got, want := err.Error(), "s.toml:12: items.size: must be small"; got != want {
@@ -173,6 +243,12 @@ func TestDecodeUnknownKeyHints(t *testing.T) {
 		{"misspelt table", "[servers]\nport = 1\n", "s.toml:1: servers: " + unknown + "; did you mean [server]?"},
 		{"misspelt array of tables", "[[item]]\nname = \"a\"\n", "s.toml:1: item: " + unknown + "; did you mean [[items]]?"},
 		{"nothing close", "[server]\nxyzzy = 1\n", "s.toml:2: server.xyzzy: " + unknown},
+		// A dotted key is a key of the table it is written in.
+		{"another table's key, dotted", "[server]\nport = 1\nadmin.listen = \"x\"\n",
+			"s.toml:3: server.admin.listen: " + unknown + "; admin.listen is a key of [admin]: move it under that header as listen" + why},
+		{"misspelt dotted key", "server.portt = 1\n", "s.toml:1: server.portt: " + unknown + "; did you mean port?"},
+		{"unknown key in an inline item", "items = [\n  {name = \"a\"},\n  {name = \"b\", sizes = 2},\n]\n",
+			"s.toml:3: items.sizes: " + unknown + "; did you mean size?"},
 		{"short and two edits away", "id = 1\n", "s.toml:1: id: " + unknown},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
