@@ -588,8 +588,14 @@ func (c *Config) clientLimits(table string, index int, s ClientSection) (tunnel.
 	if s.PerIPBurst < 0 {
 		return l, fail("per_ip_burst", "must be 0 (twice the rate) or more")
 	}
-	if s.PerIPBurst > 0 && s.PerIPRate == 0 {
+	// A token's burst alone applies to [limits]' rate (see
+	// tunnel.Token.Clients).
+	switch {
+	case s.PerIPBurst == 0 || s.PerIPRate > 0:
+	case index < 0:
 		return l, fail("per_ip_burst", "applies to per_ip_rate, which this table does not set")
+	case c.Limits.PerIPRate == 0:
+		return l, fail("per_ip_burst", "applies to per_ip_rate, which neither this table nor [limits] sets")
 	}
 	var err error
 	if l.Allow, err = parsePrefixes(s.Allow); err != nil {

@@ -286,7 +286,7 @@ var badConfigs = []struct {
 	{"limits per_ip_rate inf", "[limits]\nper_ip_rate = inf\n", 2, "limits.per_ip_rate", "0 (no limit) or a positive number"},
 	{"limits per_ip_rate string", "[limits]\nper_ip_rate = \"20/s\"\n", 2, "limits.per_ip_rate", "want a number, got a string"},
 	{"limits per_ip_burst negative", "[limits]\nper_ip_rate = 1\nper_ip_burst = -2\n", 3, "limits.per_ip_burst", "0 (twice the rate) or more"},
-	{"limits per_ip_burst without rate", "[limits]\nper_ip_burst = 10\n", 2, "limits.per_ip_burst", "applies to per_ip_rate"},
+	{"limits per_ip_burst without rate", "[limits]\nper_ip_burst = 10\n", 2, "limits.per_ip_burst", "applies to per_ip_rate, which this table does not set"},
 	{"limits allow not an address", "[limits]\nallow = [\"10.0.0.0/8\", \"nope\"]\n", 2, "limits.allow", `"nope" is not an IP address or CIDR prefix`},
 	{"limits deny prefix too long", "[limits]\ndeny = [\"10.0.0.0/33\"]\n", 2, "limits.deny", `"10.0.0.0/33" is not an IP address or CIDR prefix`},
 	{"limits allow not a list", "[limits]\nallow = \"10.0.0.0/8\"\n", 2, "limits.allow", "want an array, got a string"},
@@ -321,7 +321,8 @@ var badConfigs = []struct {
 	{"token deny not an address", "[[tokens]]\nid = \"a\"\nsecret = \"" + secretA + "\"\ndeny = [\"1.2.3\"]\n", 4, "tokens.deny", `"1.2.3" is not an IP address`},
 	{"token per_ip_rate negative", "[[tokens]]\nid = \"a\"\nsecret = \"" + secretA + "\"\nper_ip_rate = -1\n", 4, "tokens.per_ip_rate", "0 (no limit) or a positive number"},
 	{"token per_ip_connections negative", "[[tokens]]\nid = \"a\"\nsecret = \"" + secretA + "\"\nper_ip_connections = -1\n", 4, "tokens.per_ip_connections", "0 (no limit) or more"},
-	{"token per_ip_burst without rate", "[[tokens]]\nid = \"a\"\nsecret = \"" + secretA + "\"\nper_ip_burst = 4\n", 4, "tokens.per_ip_burst", "applies to per_ip_rate"},
+	{"token per_ip_burst without rate", "[[tokens]]\nid = \"a\"\nsecret = \"" + secretA + "\"\nper_ip_burst = 4\n", 4, "tokens.per_ip_burst",
+		`token "a": applies to per_ip_rate, which neither this table nor [limits] sets`},
 	{"unknown key in a token", "[[tokens]]\nid = \"a\"\nsecret = \"" + secretA + "\"\nmax_tunnel = 1\n", 4, "tokens.max_tunnel", "unknown key"},
 }
 
@@ -700,6 +701,26 @@ secret = "plain-secret-0123456789"
 	}
 	if opts := transportOptions(&def); opts.MaxHandshakes != 256 {
 		t.Errorf("default MaxHandshakes = %d, want 256", opts.MaxHandshakes)
+	}
+}
+
+// TestTokenBurstAlone: a token's per_ip_burst without a per_ip_rate of its
+// own is the burst of [limits]' rate, which the relay combines (see
+// tunnel's TestTokenRateAndBurst).
+func TestTokenBurstAlone(t *testing.T) {
+	c, err := ParseConfig("relay.toml", "[limits]\nper_ip_rate = 10\n\n[[tokens]]\nid = \"a\"\nsecret = \""+secretA+"\"\nper_ip_burst = 50\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc, err := relayConfig(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rc.Clients.RatePerIP != 10 || !reflect.DeepEqual(rc.Tokens[0].Clients, tunnel.ClientLimits{BurstPerIP: 50}) {
+		t.Errorf("relay's clients %+v, token's %+v; want a rate of 10 and a burst of 50 alone", rc.Clients, rc.Tokens[0].Clients)
+	}
+	if err := rc.Validate(); err != nil {
+		t.Errorf("the relay refuses the config: %v", err)
 	}
 }
 

@@ -37,7 +37,10 @@ type Token struct {
 	MaxBandwidth uint64
 	// Clients overrides the relay's limits on public clients for this
 	// token's tunnels: a non-zero number replaces the relay's, and the
-	// allow and deny lists apply on top of the relay's.
+	// allow and deny lists apply on top of the relay's. A RatePerIP comes
+	// with its own burst (BurstPerIP, or its default), not the relay's; a
+	// BurstPerIP alone is the burst of the relay's RatePerIP (none when
+	// the relay has no rate).
 	Clients ClientLimits
 }
 
@@ -181,12 +184,15 @@ func newClientGate(layers []ClientLimits, tok *tokenState, ips *ipTable, refused
 		if l.MaxConnsPerIP > 0 {
 			g.maxConns = l.MaxConnsPerIP
 		}
-		if l.RatePerIP > 0 {
+		switch {
+		case l.RatePerIP > 0:
 			g.rate = rate.Limit(l.RatePerIP)
 			g.burst = l.BurstPerIP
 			if g.burst == 0 {
 				g.burst = max(1, int(2*l.RatePerIP))
 			}
+		case l.BurstPerIP > 0 && g.rate > 0:
+			g.burst = l.BurstPerIP
 		}
 	}
 	return g

@@ -13,6 +13,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/time/rate"
+
 	"github.com/relaytun/relay/transport"
 )
 
@@ -164,6 +166,50 @@ func TestPerIPLimits(t *testing.T) {
 		}
 		if n := refusals(r2, RefusedPerIPRate); n != int64(20-ok) {
 			t.Fatalf("per_ip_rate refusals = %d, want %d", n, 20-ok)
+		}
+	})
+}
+
+// A token's per-IP rate comes with its own burst; its burst alone applies
+// to the relay's rate (relay.toml: a [[tokens]] per_ip_burst with [limits]
+// per_ip_rate).
+func TestTokenRateAndBurst(t *testing.T) {
+	for _, tt := range []struct {
+		name         string
+		relay, token ClientLimits
+		rate         rate.Limit
+		burst        int
+	}{
+		{"relay's rate", ClientLimits{RatePerIP: 10}, ClientLimits{}, 10, 20},
+		{"relay's rate and burst", ClientLimits{RatePerIP: 10, BurstPerIP: 30}, ClientLimits{}, 10, 30},
+		{"token's burst alone", ClientLimits{RatePerIP: 10}, ClientLimits{BurstPerIP: 50}, 10, 50},
+		{"token's burst over the relay's", ClientLimits{RatePerIP: 10, BurstPerIP: 30}, ClientLimits{BurstPerIP: 50}, 10, 50},
+		{"token's rate alone", ClientLimits{RatePerIP: 10, BurstPerIP: 30}, ClientLimits{RatePerIP: 0.5}, 0.5, 1},
+		{"token's rate and burst", ClientLimits{RatePerIP: 10, BurstPerIP: 30}, ClientLimits{RatePerIP: 2, BurstPerIP: 5}, 2, 5},
+		{"token's burst, no rate", ClientLimits{}, ClientLimits{BurstPerIP: 50}, 0, 0},
+	} {
+		g := newClientGate([]ClientLimits{tt.relay, tt.token, {}}, nil, &ipTable{})
+		if g.rate != tt.rate || g.burst != tt.burst {
+			t.Errorf("%s: rate %v, burst %d; want %v, %d", tt.name, g.rate, g.burst, tt.rate, tt.burst)
+		}
+	}
+
+	// Through a relay: the token's burst of 3 at the relay's rate of one
+	// connection in 1000 s (whose own burst is 1).
+	forEachTransport(t, func(t *testing.T, kind string) {
+		r := startRelay(t, func(c *RelayConfig) {
+			c.Clients = ClientLimits{RatePerIP: 0.001}
+			c.Tokens[0].Clients = ClientLimits{BurstPerIP: 3}
+		})
+		a := mustRunAgent(t, r.agentConfig(kind, startServer(t, echo)))
+		for range 3 {
+			holdClient(t, a.Public(0))
+		}
+		if !refusedAtOnce(t, a.Public(0)) {
+			t.Fatal("a 4th connection from one IP got through with the token's per-IP burst of 3")
+		}
+		if n := refusals(r, RefusedPerIPRate); n != 1 {
+			t.Fatalf("per_ip_rate refusals = %d, want 1", n)
 		}
 	})
 }
