@@ -91,6 +91,7 @@ func exposePlan(c *cli.Context) (*agentPlan, error) {
 		KeepAlive:     tomlconf.Duration{Duration: c.Duration("keepalive")},
 		FlowTimeout:   tomlconf.Duration{Duration: c.Duration("udp-flow-timeout")},
 		Log:           logSpec{Level: c.String("log-level"), Format: c.String("log-format")},
+		given:         map[string]bool{"idle_timeout": c.IsSet("idle-timeout"), "keepalive": c.IsSet("keepalive")},
 	}
 	s.setRelay(c)
 	port := c.String("port")

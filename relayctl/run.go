@@ -62,6 +62,10 @@ func parseAgentFile(path, data string) (*agentPlan, error) {
 	if err := tomlconf.Decode(path, data, &s, "examples/agent.toml"); err != nil {
 		return nil, err
 	}
+	s.given = map[string]bool{}
+	for _, k := range []string{"idle_timeout", "keepalive"} {
+		s.given[k] = tomlconf.Defined(data, k)
+	}
 	for _, p := range []*string{&s.TokenFile, &s.KnownRelays} {
 		if *p != "" && !filepath.IsAbs(*p) {
 			*p = filepath.Join(filepath.Dir(path), *p)

@@ -262,6 +262,11 @@ func TestAgentFileErrors(t *testing.T) {
 		{"drain_timeout", head + "drain_timeout = \"-1s\"\n" + one, "bad.toml:3: drain_timeout: -1s: must be a duration"},
 		{"keepalive", head + "keepalive = \"0s\"\n" + one, `bad.toml:3: keepalive: 0s: must be a positive duration such as "5s"`},
 		{"idle_timeout", head + "keepalive = \"5s\"\nidle_timeout = \"5s\"\n" + one, "bad.toml:4: idle_timeout: 5s: must be longer than the keepalive (5s), so a live relay is never taken for dead"},
+		// With one of the two left out, its default is named and the other blamed.
+		{"idle_timeout alone", head + "idle_timeout = \"3s\"\n" + one,
+			"bad.toml:3: idle_timeout: 3s: must be longer than the keepalive (5s, its default; set keepalive too), so a live relay is never taken for dead"},
+		{"keepalive alone", head + "keepalive = \"20s\"\n" + one,
+			"bad.toml:3: keepalive: 20s: must be shorter than idle_timeout (15s, its default; set idle_timeout too), so a live relay is never taken for dead"},
 		{"udp_flow_timeout", head + "udp_flow_timeout = \"-1s\"\n" + one, `bad.toml:3: udp_flow_timeout: -1s: must be a positive duration such as "120s"`},
 		{"log level", head + "[log]\nlevel = \"loud\"\n" + one, `bad.toml:4: log.level: "loud" is not debug, info, warn or error`},
 		{"log format", head + "[log]\nformat = \"xml\"\n" + one, `bad.toml:4: log.format: "xml" is not text or json`},

@@ -50,6 +50,10 @@ type agentSpec struct {
 	FlowTimeout tomlconf.Duration `toml:"udp_flow_timeout"`
 	Log         logSpec           `toml:"log"`
 	Tunnels     []tunnelSpec      `toml:"tunnels"`
+
+	// given names the keys the user set (by agent.toml's names), so that
+	// a rule between two keys blames one of those rather than a default.
+	given map[string]bool
 }
 
 type logSpec struct {
@@ -249,7 +253,14 @@ func (s *agentSpec) build(n naming) (*agentPlan, error) {
 		return nil, fail("keepalive", 0, "%v: must be a positive duration such as \"5s\"", s.KeepAlive)
 	}
 	if s.IdleTimeout.Duration <= s.KeepAlive.Duration {
-		return nil, fail("idle_timeout", 0, "%v: must be longer than the keepalive (%v), so a live relay is never taken for dead", s.IdleTimeout, s.KeepAlive)
+		const why = ", so a live relay is never taken for dead"
+		switch {
+		case !s.given["keepalive"]:
+			return nil, fail("idle_timeout", 0, "%v: must be longer than the keepalive (%v, its default; set %s too)"+why, s.IdleTimeout, s.KeepAlive, n.key("keepalive"))
+		case !s.given["idle_timeout"]:
+			return nil, fail("keepalive", 0, "%v: must be shorter than %s (%v, its default; set %s too)"+why, s.KeepAlive, n.key("idle_timeout"), s.IdleTimeout, n.key("idle_timeout"))
+		}
+		return nil, fail("idle_timeout", 0, "%v: must be longer than the keepalive (%v)"+why, s.IdleTimeout, s.KeepAlive)
 	}
 	if s.FlowTimeout.Duration <= 0 {
 		return nil, fail("udp_flow_timeout", 0, "%v: must be a positive duration such as \"120s\"", s.FlowTimeout)

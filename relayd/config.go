@@ -14,8 +14,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/BurntSushi/toml"
-
 	"github.com/relaytun/relay/internal/bitrate"
 	"github.com/relaytun/relay/internal/tomlconf"
 	"github.com/relaytun/relay/tunnel"
@@ -230,6 +228,13 @@ func (c *Config) Validate() error {
 		return c.fail("relay.rejoin_window", "must not be negative (\"0s\" closes a tunnel's port as soon as its agents are gone)")
 	}
 	if r.KeepAlive.Duration >= r.IdleTimeout.Duration {
+		// Blame the key the file sets: the other kept its default.
+		switch {
+		case !c.defined("relay", "keepalive"):
+			return c.fail("relay.idle_timeout", "must be longer than keepalive (%v, its default; set keepalive too)", r.KeepAlive)
+		case !c.defined("relay", "idle_timeout"):
+			return c.fail("relay.keepalive", "must be shorter than idle_timeout (%v, its default; set idle_timeout too)", r.IdleTimeout)
+		}
 		return c.fail("relay.keepalive", "must be shorter than idle_timeout (%v)", r.IdleTimeout)
 	}
 	if r.MaxHandshakes < 1 {
@@ -434,10 +439,7 @@ func (c *Config) checkAdminPort(relayHost string, relayPort int, relayPorts tunn
 // defined reports whether the file sets key itself, rather than leaving
 // it at its default. (The text decoded already; this asks it one more
 // question.)
-func (c *Config) defined(key ...string) bool {
-	md, err := toml.Decode(c.data, &struct{}{})
-	return err == nil && md.IsDefined(key...)
-}
+func (c *Config) defined(key ...string) bool { return tomlconf.Defined(c.data, key...) }
 
 // maxSecretFile bounds a secret_file: it holds one secret, not a document.
 const maxSecretFile = 4 << 10

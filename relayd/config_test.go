@@ -256,7 +256,13 @@ var badConfigs = []struct {
 	{"max udp flows zero", "[limits]\nmax_udp_flows = 0\n", 2, "limits.max_udp_flows", "at least 1"},
 	{"rejoin negative", "[relay]\nrejoin_window = \"-5s\"\n", 2, "relay.rejoin_window", "not be negative"},
 	{"rejoin without unit", "[relay]\nrejoin_window = \"10\"\n", 2, "relay.rejoin_window", `10 has no unit: give one, as in "10s"`},
-	{"keepalive not below idle", "[relay]\nidle_timeout = \"5s\"\nkeepalive = \"5s\"\n", 3, "relay.keepalive", "shorter than idle_timeout"},
+	{"keepalive not below idle", "[relay]\nidle_timeout = \"5s\"\nkeepalive = \"5s\"\n", 3, "relay.keepalive", "must be shorter than idle_timeout (5s)"},
+	// With one of the pair left at its default, the one the file sets is
+	// blamed, and the default named.
+	{"idle below the default keepalive", "[relay]\nidle_timeout = \"3s\"\n", 2, "relay.idle_timeout",
+		"must be longer than keepalive (5s, its default; set keepalive too)"},
+	{"keepalive above the default idle", "[relay]\nlisten = \"127.0.0.1:7000\"\nkeepalive = \"20s\"\n", 3, "relay.keepalive",
+		"must be shorter than idle_timeout (15s, its default; set idle_timeout too)"},
 	{"secret too short", "[[tokens]]\nid = \"alice\"\nsecret = \"short\"\n", 3, "tokens.secret", "at least 16"},
 	// A missing key points at its table's header.
 	{"token without id", "[[tokens]]\nid = \"a\"\nsecret = \"" + secretA + "\"\n[[tokens]]\nsecret = \"" + secretB + "\"\n", 4, "tokens.id", "no id"},

@@ -338,6 +338,14 @@ func tomlName(goType string) string {
 	return goType
 }
 
+// Defined reports whether data, a config's text that Decode took, sets key
+// itself, rather than leaving it at its default: a rule between two keys
+// blames the one the user wrote.
+func Defined(data string, key ...string) bool {
+	md, err := toml.Decode(data, &struct{}{})
+	return err == nil && md.IsDefined(key...)
+}
+
 // Source is a config file's name and text, for errors that point into it.
 // File "" stands for embedded defaults.
 type Source struct {
