@@ -260,6 +260,8 @@ func TestAgentFileErrors(t *testing.T) {
 		{"max_retries", head + "max_retries = -1\n" + one, "bad.toml:3: max_retries: -1: must be 0 (retry forever) or more"},
 		{"retry_max_delay", head + "retry_max_delay = \"100ms\"\n" + one, "bad.toml:3: retry_max_delay: 100ms: must be at least 500ms"},
 		{"drain_timeout", head + "drain_timeout = \"-1s\"\n" + one, "bad.toml:3: drain_timeout: -1s: must be a duration"},
+		{"drain_timeout too large", head + "drain_timeout = \"100000000h\"\n" + one,
+			`bad.toml:3: drain_timeout: "100000000h" is too large: a duration can be at most 2562047h47m16s (about 292 years)`},
 		{"keepalive", head + "keepalive = \"0s\"\n" + one, `bad.toml:3: keepalive: 0s: must be a positive duration such as "5s"`},
 		{"idle_timeout", head + "keepalive = \"5s\"\nidle_timeout = \"5s\"\n" + one, "bad.toml:4: idle_timeout: 5s: must be longer than the keepalive (5s), so a live relay is never taken for dead"},
 		// With one of the two left out, its default is named and the other blamed.

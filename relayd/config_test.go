@@ -249,6 +249,8 @@ var badConfigs = []struct {
 	{"duration word", "[relay]\nhandshake_timeout = \"abc\"\n", 2, "relay.handshake_timeout", "not a duration"},
 	{"duration bare number", "[relay]\n\nidle_timeout = 5\n", 3, "relay.idle_timeout", `5 has no unit: give one, as in "5s"`},
 	{"duration without unit", "[relay]\nkeepalive = \"5\"\n", 2, "relay.keepalive", `5 has no unit: give one, as in "5s"`},
+	{"duration too large", "[relay]\ndrain_timeout = \"100000000h\"\n", 2, "relay.drain_timeout",
+		`"100000000h" is too large: a duration can be at most 2562047h47m16s (about 292 years)`},
 	{"duration zero", "[relay]\nhandshake_timeout = \"0s\"\n", 2, "relay.handshake_timeout", "positive"},
 	{"lease zero", "[relay]\nlease_duration = \"0s\"\n", 2, "relay.lease_duration", "positive"},
 	{"drain negative", "[relay]\ndrain_timeout = \"-1s\"\n", 2, "relay.drain_timeout", "positive"},

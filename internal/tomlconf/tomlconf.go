@@ -11,6 +11,7 @@ import (
 	"encoding"
 	"errors"
 	"fmt"
+	"math"
 	"reflect"
 	"regexp"
 	"slices"
@@ -40,11 +41,22 @@ func (d *Duration) UnmarshalText(b []byte) error {
 			}
 			return fmt.Errorf("%s has no unit: give one, as in \"%ss\"", b, b)
 		}
+		if durationRE.Match(b) {
+			// Written right, so time.ParseDuration's only complaint left
+			// is that it overflows.
+			return fmt.Errorf("%q is too large: a duration can be at most %v (about 292 years)", b, maxDuration)
+		}
 		return fmt.Errorf("%q is not a duration with a unit, such as \"10s\"", b)
 	}
 	d.Duration = v
 	return nil
 }
+
+// durationRE is what time.ParseDuration reads, whatever the size.
+var durationRE = regexp.MustCompile(`^[-+]?((\d+\.?\d*|\.\d+)(ns|us|µs|μs|ms|s|m|h))+$`)
+
+// maxDuration is the longest time.Duration, in whole seconds.
+var maxDuration = time.Duration(math.MaxInt64).Truncate(time.Second)
 
 // MarshalText prints the duration as UnmarshalText reads it.
 func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil }

@@ -63,6 +63,10 @@ func TestDecodeErrors(t *testing.T) {
 		{"fraction duration", "wait = \"1.5\"\n", `s.toml:1: wait: 1.5 has no unit: give one, as in "1.5s"`},
 		{"exponent duration", "wait = \"1e3\"\n", `s.toml:1: wait: 1e3 has no unit: write it as a number with one, as in "30s" or "1.5m"`},
 		{"not a duration", "wait = \"soon\"\n", `s.toml:1: wait: "soon" is not a duration with a unit, such as "10s"`},
+		{"duration too large", "wait = \"100000000h\"\n", `s.toml:1: wait: "100000000h" is too large: a duration can be at most 2562047h47m16s (about 292 years)`},
+		{"duration too large in parts", "wait = \"2562047h47m17s\"\n", `s.toml:1: wait: "2562047h47m17s" is too large: a duration can be at most 2562047h47m16s (about 292 years)`},
+		{"exponent with a unit", "wait = \"-1.5e3h\"\n", `s.toml:1: wait: "-1.5e3h" is not a duration with a unit`},
+		{"negative duration too large", "wait = \"-99999999999h\"\n", `s.toml:1: wait: "-99999999999h" is too large: a duration can be at most 2562047h47m16s (about 292 years)`},
 		{"integer overflow", "top = 12345678901234567890\n", "s.toml:1: top: the number is too large for a TOML integer; if it is text (a secret, a name), put it in quotes"},
 		// Neither echoes the value, which relayd logs: it may be a secret.
 		{"float overflow", "top = 1e99999\n", "s.toml:1: top: the number is too large for a TOML float; if it is text (a secret, a name), put it in quotes"},
