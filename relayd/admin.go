@@ -60,6 +60,10 @@ func (c *Config) validateAdmin() error {
 	if a.tokenPath != "" {
 		key = "admin.token_file"
 	}
+	// The API trims the bearer token it is sent, as token_file's is.
+	if strings.TrimSpace(a.token) != a.token {
+		return c.fail(key, "the admin token has whitespace at its start or end, which the admin API and token_file leave out: remove it")
+	}
 	if a.token != "" && len(a.token) < tunnel.MinSecretLen {
 		return c.fail(key, "the admin token must be at least %d characters (try `openssl rand -base64 24`)", tunnel.MinSecretLen)
 	}

@@ -72,6 +72,8 @@ var adminBadConfigs = []struct {
 	{"host name without a token", "[admin]\nlisten = \"relay.example.com:7001\"\n", 2, "admin.listen", "needs a bearer token"},
 	{"public address without a token", "[admin]\nlisten = \"[2001:db8::1]:7001\"\n", 2, "admin.listen", "needs a bearer token"},
 	{"token too short", "[admin]\ntoken = \"short\"\n", 2, "admin.token", "the admin token must be at least 16 characters"},
+	{"token with a space", "[admin]\ntoken = \"" + adminToken + " \"\n", 2, "admin.token",
+		"the admin token has whitespace at its start or end, which the admin API and token_file leave out: remove it"},
 	{"token and token_file", "[admin]\ntoken = \"" + adminToken + "\"\ntoken_file = \"admin.token\"\n", 3, "admin.token_file", "both token and token_file are set: keep one"},
 	{"token_file missing", "[admin]\ntoken_file = \"no-such.token\"\n", 2, "admin.token_file", "no-such.token: no such file"},
 	{"unknown key", "[admin]\nlisten = \"127.0.0.1:7001\"\ntokn = \"x\"\n", 3, "admin.tokn", "unknown key"},

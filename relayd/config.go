@@ -470,6 +470,12 @@ func (c *Config) resolveSecret(i int) error {
 		}
 		return nil
 	}
+	// secret_file's secret is trimmed, and so is the one relayctl reads
+	// from --token-file: whitespace around an inline one would make a
+	// secret no agent could send from a file.
+	if strings.TrimSpace(t.Secret) != t.Secret {
+		return c.failAt("tokens.secret", i, "token %q: secret has whitespace at its start or end, which secret_file and relayctl's --token-file leave out: remove it", t.ID)
+	}
 	if len(t.Secret) < tunnel.MinSecretLen {
 		return c.failAt("tokens.secret", i, "token %q: secret must be at least %d characters (try `openssl rand -base64 24`)", t.ID, tunnel.MinSecretLen)
 	}
