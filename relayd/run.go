@@ -287,9 +287,11 @@ var partlyApplied = map[string]string{
 
 // changedKeys names the keys of relay.toml, as section.key, whose value
 // differs between a and b; for a token in both (by secret, the relay's
-// way, or by id when its secret changed), as tokens.ID.key with b's id, "secret" also when a
-// secret_file's content changed. The tokens added or removed, the relay's
-// reload result names.
+// way, or by id when its secret changed), as tokens.ID.key with b's id.
+// A token's secret is tokens.ID.secret when its value changed, whether in
+// secret or in a secret_file's content, and nothing when only the key or
+// file holding it did. The tokens added or removed, the relay's reload
+// result names.
 func changedKeys(a, b *Config) []string {
 	var out []string
 	var walk func(prefix string, x, y reflect.Value)
@@ -325,9 +327,14 @@ func changedKeys(a, b *Config) []string {
 			prefix := "tokens." + tb.ID + "."
 			n := len(out)
 			walk(prefix, reflect.ValueOf(ta).Elem(), reflect.ValueOf(tb).Elem())
-			if ta.secret != tb.secret && !slices.Contains(out[n:], prefix+"secret") {
-				out = append(out, prefix+"secret")
+			// The relay applies the secret, not where it was written: a
+			// secret moved from secret_file to secret, unchanged, must not
+			// read as a new one, which closes the token's sessions.
+			keys := slices.DeleteFunc(out[n:], func(k string) bool { return k == prefix+"secret" || k == prefix+"secret_file" })
+			if ta.secret != tb.secret {
+				keys = slices.Insert(keys, 0, prefix+"secret")
 			}
+			out = append(out[:n], keys...)
 		}
 	}
 	return out

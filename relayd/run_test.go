@@ -151,6 +151,29 @@ func TestChangedTokenKeys(t *testing.T) {
 	if got := changedKeys(before, after); !slices.Equal(got, []string{"tokens.a.secret"}) {
 		t.Errorf("a new secret_file content: changedKeys = %q, want [tokens.a.secret]", got)
 	}
+
+	// Where the secret is written is no change; its value is, wherever.
+	os.WriteFile(filepath.Join(dir, "b.secret"), []byte("second-secret-0123456789\n"), 0o600)
+	for _, tt := range []struct {
+		name, text string
+		want       []string
+	}{
+		{"from secret_file to secret, the same", tok + "secret = \"second-secret-0123456789\"\nmax_tunnels = 1\n", []string{"tokens.a.max_tunnels"}},
+		{"to another file, the same", tok + "secret_file = \"b.secret\"\n", nil},
+		{"from secret_file to another secret", tok + "secret = \"third-secret-0123456789\"\n", []string{"tokens.a.secret"}},
+	} {
+		os.WriteFile(file, []byte(tt.text), 0o600)
+		next, err := LoadConfig(file)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := changedKeys(after, next); !slices.Equal(got, tt.want) {
+			t.Errorf("%s: changedKeys = %q, want %q", tt.name, got, tt.want)
+		}
+		if got := changedKeys(next, after); !slices.Equal(got, tt.want) {
+			t.Errorf("%s, back: changedKeys = %q, want %q", tt.name, got, tt.want)
+		}
+	}
 }
 
 var restartWarningRE = regexp.MustCompile(`level=WARN msg="changed in the config, but applies only after a restart" key=(\S+)`)
