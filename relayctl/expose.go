@@ -181,7 +181,6 @@ var exposeNaming = naming{
 	},
 	tokenEnvMissing: " (or RELAY_TOKEN, RELAY_TOKEN_FILE)",
 	tokenEnvBoth:    " (RELAY_TOKEN and RELAY_TOKEN_FILE count as well)",
-	token:           "--token (or RELAY_TOKEN)",
 }
 
 // splitCommas flattens --allow and --deny: the flag repeated, or its values

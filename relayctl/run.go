@@ -71,15 +71,13 @@ func parseAgentFile(path, data string) (*agentPlan, error) {
 			*p = filepath.Join(filepath.Dir(path), *p)
 		}
 	}
-	n := fileNaming
 	if s.Token == "" && s.TokenFile == "" {
 		s.Token, s.TokenFile = os.Getenv("RELAY_TOKEN"), os.Getenv("RELAY_TOKEN_FILE")
-		n.token = "RELAY_TOKEN (the file sets neither token nor token_file)"
 	}
 	if s.Proxy == "" {
 		s.Proxy = os.Getenv("RELAY_PROXY")
 	}
-	plan, err := s.build(n)
+	plan, err := s.build(fileNaming)
 	if err != nil {
 		src := tomlconf.Source{File: path, Data: data}
 		var se *specError
@@ -102,5 +100,4 @@ var fileNaming = naming{
 	key:             func(key string) string { return strings.TrimPrefix(key, "tunnels.") },
 	tokenEnvMissing: " (or RELAY_TOKEN or RELAY_TOKEN_FILE in the environment)",
 	tokenEnvBoth:    " (RELAY_TOKEN and RELAY_TOKEN_FILE count when the file sets neither)",
-	token:           "token",
 }

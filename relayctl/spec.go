@@ -127,9 +127,6 @@ type naming struct {
 	// How the environment may give the token: said when the token is
 	// missing, and when both token and token_file are set.
 	tokenEnvMissing, tokenEnvBoth string
-	// token names where the token came from, for a message about its
-	// value.
-	token string
 }
 
 // relayAddr checks a relay address as the user wrote it and returns it as
@@ -202,12 +199,6 @@ func (s *agentSpec) build(n naming) (*agentPlan, error) {
 	case s.Token == "":
 		return nil, whole("token", "%s or %s%s is required: the secret from the relay's operator (relayd prints one on first start)",
 			n.key("token"), n.key("token_file"), n.tokenEnvMissing)
-	case strings.TrimSpace(s.Token) != s.Token:
-		// relayd refuses such a secret in relay.toml and trims it from a
-		// secret_file, so no relay has one: refused here too, as relayd
-		// does, rather than trimmed behind the user's back.
-		return nil, whole("token", "%s has whitespace at its start or end, which no secret on a relay has: remove it, or use %s, which leaves it out",
-			n.token, n.key("token_file"))
 	default:
 		cfg.Token = s.Token
 	}

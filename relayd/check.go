@@ -33,6 +33,9 @@ var checkCommand = &cli.Command{
 		for _, w := range readableSecrets(cfg) {
 			fmt.Fprintf(c.App.ErrWriter, "relayd: warning: %s: %s (mode %04o): %s\n", w.file, w.msg, w.mode, w.fix)
 		}
+		for _, id := range spacedSecrets(cfg) {
+			fmt.Fprintf(c.App.ErrWriter, "relayd: warning: %s: token %q: %s\n", path, id, spacedSecretWarning)
+		}
 		if w := ephemeralWarning(cfg.Relay.Ports); w != nil {
 			fmt.Fprintf(c.App.ErrWriter, "relayd: warning: %s: %s (%s of them): %s\n", path, w.msg(), w.overlap, w.fix())
 		}

@@ -470,14 +470,16 @@ func (c *Config) resolveSecret(i int) error {
 		}
 		return nil
 	}
-	// secret_file's secret is trimmed, and so is the one relayctl reads
-	// from --token-file: whitespace around an inline one would make a
-	// secret no agent could send from a file.
-	if strings.TrimSpace(t.Secret) != t.Secret {
-		return c.failAt("tokens.secret", i, "token %q: secret has whitespace at its start or end, which secret_file and relayctl's --token-file leave out: remove it", t.ID)
-	}
-	if len(t.Secret) < tunnel.MinSecretLen {
-		return c.failAt("tokens.secret", i, "token %q: secret must be at least %d characters (try `openssl rand -base64 24`)", t.ID, tunnel.MinSecretLen)
+	// Whitespace around a secret is not counted: secret_file leaves it
+	// out, and 20 spaces are no secret. Around a secret long enough it is
+	// only warned of (spacedSecrets), since agents that send it as written
+	// (--token) have been let in.
+	if n := len(strings.TrimSpace(t.Secret)); n < tunnel.MinSecretLen {
+		also := ""
+		if n != len(t.Secret) {
+			also = ", not counting whitespace at its start or end,"
+		}
+		return c.failAt("tokens.secret", i, "token %q: secret must be at least %d characters%s (try `openssl rand -base64 24`)", t.ID, tunnel.MinSecretLen, also)
 	}
 	return nil
 }

@@ -888,3 +888,25 @@ func TestHelpCommand(t *testing.T) {
 		}
 	}
 }
+
+// TestSpacedSecretWarns: a secret with whitespace around it is accepted,
+// since agents that send it as written (--token) have been let in, but
+// check and a start warn of it: secret_file and --token-file leave it out.
+func TestSpacedSecretWarns(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	path := filepath.Join(dir, "relay.toml")
+	cfg := fmt.Sprintf("[relay]\nlisten = \"127.0.0.1:0\"\nports = \"61000-61009\"\nstate_dir = %q\n\n[[tokens]]\nid = \"spaced\"\nsecret = \" %s \"\n",
+		filepath.Join(dir, "state"), pt.TestSecret)
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, errOut, code := pt.Run(t, nil, pt.RelaydBin, "check", "--config", path)
+	want := fmt.Sprintf("relayd: warning: %s: token \"spaced\": the token's secret has whitespace at its start or end, which secret_file and relayctl's --token-file leave out: "+
+		"only agents that give it as written (--token) get in; take it off, and tell the token's agents\n", path)
+	if code != 0 || !strings.HasPrefix(out, path+": ok") || errOut != want {
+		t.Errorf("relayd check: exit %d\nstdout: %s\nstderr: %q\nwant exit 0, ok, and %q", code, out, errOut, want)
+	}
+	r := pt.StartRelayd(t, path, filepath.Join(dir, "state"))
+	r.WaitFor(&r.Stderr, regexp.MustCompile(`level=WARN msg="the token's secret has whitespace at its start or end, [^"]+" token=spaced file=`), pt.StartTimeout)
+}

@@ -88,6 +88,9 @@ func runAction(c *cli.Context) error {
 	for _, w := range readableSecrets(cfg) {
 		log.Warn(w.msg, "file", w.file, "mode", fmt.Sprintf("%04o", w.mode), "fix", w.fix)
 	}
+	for _, id := range spacedSecrets(cfg) {
+		log.Warn(spacedSecretWarning, "token", id, "file", cfg.file)
+	}
 	warnEphemeral(log, cfg)
 
 	stopAdmin, err := startAdmin(cfg, relay, draining.Load, log)
@@ -454,6 +457,23 @@ func readableSecrets(cfg *Config) []fileWarning {
 	}
 	return append(out, adminWarnings(cfg)...)
 }
+
+// spacedSecrets are the ids of the tokens whose secret, inline in the
+// config file, has whitespace at its start or end: agents must send it as
+// written (--token), since secret_file and relayctl's --token-file leave it
+// out. Warned of rather than refused: such agents have been let in.
+func spacedSecrets(cfg *Config) []string {
+	var ids []string
+	for _, t := range cfg.Tokens {
+		if t.secretPath == "" && strings.TrimSpace(t.Secret) != t.Secret {
+			ids = append(ids, t.ID)
+		}
+	}
+	return ids
+}
+
+// spacedSecretWarning is spacedSecrets' sentence.
+const spacedSecretWarning = "the token's secret has whitespace at its start or end, which secret_file and relayctl's --token-file leave out: only agents that give it as written (--token) get in; take it off, and tell the token's agents"
 
 // printAgentLine prints on out the relayctl command that reaches this relay
 // with the generated token: always when this start made the token, and on
