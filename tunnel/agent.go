@@ -1007,6 +1007,7 @@ func (a *Agent) expect(ctl transport.Stream, what string) (Message, error) {
 			}
 		case *Pong:
 		case *Drain:
+			a.relayStopping.Store(true)
 			a.log.Info("the relay is shutting down: reconnecting once it closes the session", "relay", a.cfg.Relay)
 		default:
 			return m, nil

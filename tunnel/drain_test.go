@@ -257,3 +257,58 @@ func TestDrainingTunnelCountsItsClients(t *testing.T) {
 		<-drained
 	})
 }
+
+// TestRollingRestartCountsStayMonotonic: an agent drains with a client
+// still open while a new one opens the tunnel's name again, as in a
+// rolling restart. The two are listed apart (the metrics sum them), and
+// when the old one's last client ends its counts go to the new one, so
+// the sum never goes down: Prometheus would take a drop for a restart and
+// count the new tunnel's traffic twice.
+func TestRollingRestartCountsStayMonotonic(t *testing.T) {
+	forEachTransport(t, func(t *testing.T, kind string) {
+		r := startRelay(t, nil)
+		local := startServer(t, echo)
+		old := liveAgentUp(t, r.agentConfig(kind, local))
+		name := old.eps[0].Name
+		roundTrip := func(c net.Conn, n int) {
+			t.Helper()
+			c.SetDeadline(time.Now().Add(30 * time.Second))
+			if _, err := c.Write(make([]byte, n)); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := io.ReadFull(c, make([]byte, n)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		c1 := dialPublic(t, old.Public(0))
+		roundTrip(c1, 128<<10)
+		go old.Agent.Drain(context.Background())
+		waitFor(t, "the old tunnel to close", 10*time.Second, func() bool {
+			return strings.Contains(r.Log.String(), `why="its agents are draining"`)
+		})
+		fresh := liveAgentUp(t, r.agentConfig(kind, local))
+		c2 := dialPublic(t, fresh.Public(0))
+		roundTrip(c2, 64<<10)
+		sum := func() (entries int, total, in int64) {
+			for _, ti := range r.Relay.Tunnels() {
+				if ti.Name == name {
+					entries, total, in = entries+1, total+ti.Total, in+ti.BytesIn
+				}
+			}
+			return
+		}
+		const want = (128 + 64) << 10
+		waitFor(t, "both tunnels listed, with both clients' bytes", 10*time.Second, func() bool {
+			n, total, in := sum()
+			return n == 2 && total == 2 && in == want
+		})
+		c1.Close()
+		waitFor(t, "the old tunnel to leave the list", 10*time.Second, func() bool {
+			n, _, _ := sum()
+			return n == 1
+		})
+		if _, total, in := sum(); total != 2 || in != want {
+			t.Errorf("once the old tunnel left: %d clients and %d bytes in, want 2 and %d, as before it left", total, in, want)
+		}
+	})
+}

@@ -59,6 +59,9 @@ type group struct {
 
 	// size is len(members), for readers without Relay.mu.
 	size atomic.Int32
+	// finishing: closed, so a closed group with TCP clients left is in
+	// Relay.finishing until the last of them ends (finished).
+	finishing atomic.Bool
 
 	// Guarded by Relay.mu.
 	members     []*member
@@ -304,21 +307,41 @@ func (g *group) take(ctx context.Context, c net.Conn, wg *sync.WaitGroup, summar
 	go g.carry(ctx, c, func() {
 		release()
 		g.r.clientsActive.Add(-1)
-		if g.active.Add(-1) == 0 {
+		if g.active.Add(-1) == 0 && g.finishing.Load() {
 			g.finished()
 		}
 		wg.Done()
 	})
 }
 
-// finished runs when g carries no TCP client: a closed group leaves the
-// relay's finishing list.
+// finished runs when g, closed with clients left (finishing), carries no
+// TCP client any more: it leaves the relay's finishing list, and its counts
+// go to the tunnel of its name still listed, if any, so that the metrics,
+// which sum the two, never go down (Prometheus would take that for a
+// restart, and count the other's traffic twice).
 func (g *group) finished() {
-	g.r.mu.Lock()
-	defer g.r.mu.Unlock()
-	if _, ok := g.r.finishing[g]; ok {
-		delete(g.r.finishing, g)
-		g.logger().Info("closed tunnel's last client is done", "clients_total", g.total.Load(), "bytes_in", g.bytesIn.Load(), "bytes_out", g.bytesOut.Load())
+	r := g.r
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if _, ok := r.finishing[g]; !ok {
+		return
+	}
+	delete(r.finishing, g)
+	g.logger().Info("closed tunnel's last client is done", "clients_total", g.total.Load(), "bytes_in", g.bytesIn.Load(), "bytes_out", g.bytesOut.Load())
+	heir := r.groups[g.key]
+	for o := range r.finishing {
+		if heir == nil && o.key == g.key {
+			heir = o
+		}
+	}
+	if heir != nil {
+		heir.total.Add(g.total.Load())
+		heir.bytesIn.Add(g.bytesIn.Load())
+		heir.bytesOut.Add(g.bytesOut.Load())
+		heir.udpDrops.Add(g.udpDrops.Load())
+		for reason, n := range g.refused.snapshot() {
+			heir.refused.addN(reason, n)
+		}
 	}
 }
 

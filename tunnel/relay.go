@@ -395,8 +395,8 @@ func (r *Relay) Tunnels() []TunnelInfo {
 	}
 	for g := range r.finishing {
 		if g.active.Load() == 0 {
-			// Its last client ended as it was added (group.finished).
-			delete(r.finishing, g)
+			// Its last client is done, and group.finished, waiting for
+			// r.mu, takes it off the list and hands on its counts.
 			continue
 		}
 		out = append(out, g.info())
@@ -793,7 +793,7 @@ func cannotPace(tok *Token) string {
 // control stream is too busy to take it.
 func (a *agentConn) sendLimit() {
 	for {
-		if a.noticeOf(func() Message { return &Limit{Rate: a.limit.Load()} }) {
+		if a.noticeOf(func() Message { return &Limit{Rate: a.limit.Load()} }, noticeWait) {
 			return
 		}
 		select {
@@ -905,14 +905,22 @@ func (a *agentConn) send(m Message) error {
 // it gives up after noticeWait waiting for a writer stuck before it, as
 // well as on its own write. It reports whether m went out.
 func (a *agentConn) notice(m Message) bool {
-	return a.noticeOf(func() Message { return m })
+	return a.noticeOf(func() Message { return m }, noticeWait)
 }
+
+// noticeWithin is notice, waiting at most wait.
+func (a *agentConn) noticeWithin(m Message, wait time.Duration) bool {
+	return a.noticeOf(func() Message { return m }, wait)
+}
+
+// silentNoticeWait bounds the notice to an agent dropped as silent.
+const silentNoticeWait = 100 * time.Millisecond
 
 // noticeOf is notice of the message build makes once the control stream
 // is this notice's: a frame that must say the latest state (MOVED) reads
 // it there, so of two such notices racing, the one written last says it.
-func (a *agentConn) noticeOf(build func() Message) bool {
-	t := time.NewTimer(noticeWait)
+func (a *agentConn) noticeOf(build func() Message, wait time.Duration) bool {
+	t := time.NewTimer(wait)
 	defer t.Stop()
 	select {
 	case a.wmu <- struct{}{}:
@@ -921,7 +929,7 @@ func (a *agentConn) noticeOf(build func() Message) bool {
 		return false
 	}
 	defer func() { <-a.wmu }()
-	a.ctl.SetWriteDeadline(time.Now().Add(noticeWait))
+	a.ctl.SetWriteDeadline(time.Now().Add(wait))
 	return WriteMessage(a.ctl, build()) == nil
 }
 
@@ -997,8 +1005,10 @@ func (a *agentConn) controlLoop(ctx context.Context) error {
 				// Over QUIC the close can overtake the notice; its
 				// reason says the same.
 				liveness := a.r.config().Liveness
-				text := fmt.Sprintf("the relay heard nothing from this agent for %v (its idle_timeout) and closes the session: if this repeats, the agent's keepalive must be well under %v", liveness, liveness)
-				a.notice(&Error{Code: CodeInternal, Text: text})
+				text := fmt.Sprintf("the relay heard nothing from this agent for %v (relayd's idle_timeout) and closes the session: if this repeats, the agent's keepalive must be well under %v", liveness, liveness)
+				// Briefly: a dead agent's full window must not hold up
+				// handing its tunnels' clients to the group's others.
+				a.noticeWithin(&Error{Code: CodeInternal, Text: text}, silentNoticeWait)
 				a.sess.CloseWithError(uint64(CodeInternal), text)
 			}
 			return err
@@ -1707,6 +1717,9 @@ func (r *Relay) closeGroupLocked(g *group, why string) {
 	}
 	g.closed = true
 	g.closeListeners()
+	// Set before the count is read: a client ending meanwhile then
+	// either is counted out already, or sees it and calls finished.
+	g.finishing.Store(true)
 	if g.active.Load() > 0 {
 		r.finishing[g] = struct{}{}
 	}

@@ -276,7 +276,7 @@ func (r *Relay) Reload(cfg RelayConfig) (ReloadResult, error) {
 				r.mu.Lock()
 				defer r.mu.Unlock()
 				return &Moved{Tunnel: mv.id, Port: mv.g.port, Text: mv.g.movedWhy}
-			})
+			}, noticeWait)
 		}()
 	}
 	for _, c := range closed {

@@ -312,7 +312,7 @@ func TestAgentTooQuietIsTold(t *testing.T) {
 		waitFor(t, "the relay to drop the agent as silent", 10*time.Second, func() bool {
 			return strings.Contains(r.Log.String(), "agent disconnected: silent too long")
 		})
-		want := "the relay heard nothing from this agent for 1s (its idle_timeout) and closes the session: if this repeats, the agent's keepalive must be well under 1s"
+		want := "the relay heard nothing from this agent for 1s (relayd's idle_timeout) and closes the session: if this repeats, the agent's keepalive must be well under 1s"
 		waitFor(t, "the agent to say why", 10*time.Second, func() bool {
 			return strings.Contains(a.Log.String(), want)
 		})

@@ -116,9 +116,11 @@ type AgentTunnelStatus struct {
 // counterMap is a set of named monotonic counters, safe for concurrent use.
 type counterMap struct{ m sync.Map }
 
-func (c *counterMap) add(name string) {
+func (c *counterMap) add(name string) { c.addN(name, 1) }
+
+func (c *counterMap) addN(name string, n int64) {
 	v, _ := c.m.LoadOrStore(name, new(atomic.Int64))
-	v.(*atomic.Int64).Add(1)
+	v.(*atomic.Int64).Add(n)
 }
 
 func (c *counterMap) snapshot() map[string]int64 {
