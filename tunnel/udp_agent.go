@@ -40,6 +40,9 @@ type agentFlow struct {
 	// tooBig: a datagram too large to carry the PROXY header was dropped,
 	// which was logged (once per flow).
 	tooBig atomic.Bool
+	// hmu serialises the flow's writes while it has a PROXY header (see
+	// deliverUDP).
+	hmu sync.Mutex
 }
 
 // localRefused notes that the local server refused one of f's datagrams
@@ -105,15 +108,22 @@ func (a *Agent) deliverUDP(p []byte, byID map[uint32]*agentTunnel) {
 	if !ok || t.udp == nil {
 		return
 	}
-	f, err := a.flow(t, h.Client)
+	now := time.Now().UnixNano()
+	f, err := a.flow(t, h.Client, now)
 	if err != nil {
 		a.noFlow(t, err)
 		return
 	}
-	now := time.Now().UnixNano()
 	f.last.Store(now)
-	f.heard.Store(now)
 	n := len(payload)
+	if f.proxyHeader != nil {
+		// The two delivery paths (datagram frames, and the stream that
+		// carries large ones) may hand the flow datagrams at once: the
+		// one that takes the header must be written first, and if it
+		// fails, put it back before another is written without it.
+		f.hmu.Lock()
+		defer f.hmu.Unlock()
+	}
 	hp := f.header.Swap(nil)
 	if hp != nil {
 		// PROXY v2 for UDP: the header rides in front of the flow's first
@@ -150,10 +160,15 @@ func (a *Agent) deliverUDP(p []byte, byID map[uint32]*agentTunnel) {
 // flow returns t's flow for client, opening a local socket for a new one.
 // At the flow cap, or out of file descriptors, it first closes the flows
 // whose clients have been quiet a while (evictQuietLocked), if any.
-func (a *Agent) flow(t *agentTunnel, client netip.AddrPort) (*agentFlow, error) {
+func (a *Agent) flow(t *agentTunnel, client netip.AddrPort, now int64) (*agentFlow, error) {
 	u := t.udp
 	u.mu.Lock()
 	f := u.flows[client]
+	if f != nil {
+		// Under the lock that eviction takes: a flow whose client speaks
+		// again is not closed under the datagram.
+		f.heard.Store(now)
+	}
 	full := f == nil && len(u.flows) >= a.cfg.MaxFlows && !a.evictQuietLocked(t)
 	u.mu.Unlock()
 	if f != nil {
@@ -185,7 +200,6 @@ func (a *Agent) flow(t *agentTunnel, client netip.AddrPort) (*agentFlow, error) 
 		return f, nil
 	}
 	f = &agentFlow{conn: conn}
-	now := time.Now().UnixNano()
 	f.last.Store(now)
 	f.heard.Store(now)
 	if t.spec.ProxyProtocol == 2 {
@@ -270,7 +284,9 @@ func outOfFiles(err error) bool {
 // warning (this one included).
 func (a *Agent) noFlow(t *agentTunnel, err error) {
 	u := t.udp
-	u.drops.Add(1)
+	// Counted in the status after the warning, so whoever sees the count
+	// can find the line.
+	defer u.drops.Add(1)
 	u.noFlow.Add(1)
 	now, last := time.Now().UnixNano(), u.warnedNoFlow.Load()
 	if last != 0 && now-last < int64(noFlowWarnEvery) || !u.warnedNoFlow.CompareAndSwap(last, now) {
@@ -329,9 +345,10 @@ func (a *Agent) serveFlow(t *agentTunnel, client netip.AddrPort, f *agentFlow) {
 		f.refused.Store(false)
 		f.last.Store(time.Now().UnixNano())
 		if n > MaxDatagram {
-			t.udp.drops.Add(1)
+			// Logged first: whoever sees the count can find the line.
 			a.log.Debug("udp datagram from the local server dropped: larger than a tunnel carries",
 				"tunnel", t.spec.Name, "client", client.String(), "max_bytes", MaxDatagram)
+			t.udp.drops.Add(1)
 			continue
 		}
 		link := a.link.Load()

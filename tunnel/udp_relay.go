@@ -82,8 +82,9 @@ func (g *group) serveUDP(ctx context.Context, u *udpPort) {
 		}
 		client = netip.AddrPortFrom(client.Addr().Unmap(), client.Port())
 		if n > MaxDatagram {
-			g.dropUDP()
+			// Logged first: whoever sees the count can find the line.
 			g.logger().Debug("udp datagram dropped: larger than a tunnel carries", "client", client.String(), "max_bytes", MaxDatagram)
+			g.dropUDP()
 			continue
 		}
 		now := time.Now().UnixNano()
