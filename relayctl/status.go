@@ -31,8 +31,8 @@ var statusCommand = &cli.Command{
 	ArgsUsage: " ",
 	Description: "Asks every running agent of this user over its control socket (see --control on expose)\n" +
 		"and prints each tunnel: name, public and local address, transport, relay round-trip time,\n" +
-		"open connections, bytes in (clients to the local server) and out, UDP datagrams dropped\n" +
-		"(DROPS, for an agent that dropped any), and how long the session has been up. Tunnels\n" +
+		"open connections, bytes in (clients to the local server) and out, how long the session\n" +
+		"has been up, and UDP datagrams dropped (DROPS, for an agent that dropped any). Tunnels\n" +
 		"are in name order (game-9 before game-10), each agent under its first.\n" +
 		"Exits 1 when no agent is running.",
 	Flags: []cli.Flag{
@@ -336,13 +336,14 @@ func writeStatus(w io.Writer, sts []controlStatus, asJSON bool) error {
 			st.PID, st.Version, relay, state, st.Reconnects, st.Control)
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 		// DROPS only for an agent that dropped UDP datagrams: most never
-		// do, and their table stays as it was.
+		// do, and their table stays as it was. Last, so the columns
+		// before it keep their places.
 		drops := slices.ContainsFunc(st.Tunnels, func(t controlTunnel) bool { return t.UDPDrops > 0 })
 		dropsHead := ""
 		if drops {
 			dropsHead = "\tDROPS"
 		}
-		fmt.Fprintf(tw, "NAME\tPUBLIC\tLOCAL\tTRANSPORT\tRTT\tACTIVE\tIN\tOUT%s\tUPTIME\n", dropsHead)
+		fmt.Fprintf(tw, "NAME\tPUBLIC\tLOCAL\tTRANSPORT\tRTT\tACTIVE\tIN\tOUT\tUPTIME%s\n", dropsHead)
 		transport, rtt, up := "-", "-", "-"
 		if st.Connected {
 			transport = st.Transport
@@ -363,8 +364,8 @@ func writeStatus(w io.Writer, sts []controlStatus, asJSON bool) error {
 			if drops {
 				dropsCol = fmt.Sprintf("\t%d", t.UDPDrops)
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s%s\t%s\n",
-				t.Name, public, t.Local, transport, rtt, t.Active, formatBytes(t.BytesIn), formatBytes(t.BytesOut), dropsCol, up)
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s%s\n",
+				t.Name, public, t.Local, transport, rtt, t.Active, formatBytes(t.BytesIn), formatBytes(t.BytesOut), up, dropsCol)
 		}
 		tw.Flush()
 	}

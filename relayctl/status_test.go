@@ -589,10 +589,10 @@ NAME  PUBLIC  LOCAL           TRANSPORT  RTT  ACTIVE  IN   OUT  UPTIME
 web   -       localhost:8080  -          -    0       0 B  0 B  -
 
 agent 9 (relayctl v1.0.0) → relay.example.com:7000 via http://u:xxxxx@proxy.lan:3128, connected, draining, sending at most 25.0 Mbit/s, reconnects 0  [/tmp/9.sock]
-NAME     PUBLIC                         LOCAL            TRANSPORT  RTT   ACTIVE  IN        OUT       DROPS  UPTIME
-bedrock  udp://relay.example.com:19132  localhost:19132  quic       18ms  5       2.00 KiB  4.00 KiB  76     1h2m5s
-game     tcp://relay.example.com:24567  localhost:25565  quic       18ms  3       1.00 MiB  5.00 GiB  0      1h2m5s
-old      closed by the relay            localhost:25566  quic       18ms  0       0 B       0 B       0      1h2m5s
+NAME     PUBLIC                         LOCAL            TRANSPORT  RTT   ACTIVE  IN        OUT       UPTIME  DROPS
+bedrock  udp://relay.example.com:19132  localhost:19132  quic       18ms  5       2.00 KiB  4.00 KiB  1h2m5s  76
+game     tcp://relay.example.com:24567  localhost:25565  quic       18ms  3       1.00 MiB  5.00 GiB  1h2m5s  0
+old      closed by the relay            localhost:25566  quic       18ms  0       0 B       0 B       1h2m5s  0
 `
 	if b.String() != want {
 		t.Errorf("got\n%s\nwant\n%s", b.String(), want)

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"runtime"
 	"runtime/debug"
+	"strings"
 
 	"github.com/urfave/cli/v2"
 )
@@ -89,7 +90,12 @@ func VersionCommand(program string, protocol int) *cli.Command {
 // or the app's action, and ends the run with an empty exit 0 that main
 // prints nothing for.
 func VersionFlag(app *cli.App, program string, protocol int) {
-	app.HideVersion = true
+	// HideVersion keeps urfave/cli's own flag out; the help still shows
+	// the VERSION section, which the template hides along with it.
+	app.Version, app.HideVersion = Read().Version, true
+	if app.CustomAppHelpTemplate == "" {
+		app.CustomAppHelpTemplate = strings.Replace(cli.AppHelpTemplate, "{{if .Version}}{{if not .HideVersion}}", "{{if .Version}}{{if true}}", 1)
+	}
 	app.Flags = append(app.Flags, &cli.BoolFlag{Name: "version", Usage: "print the version, as the version command does"})
 	before := app.Before
 	app.Before = func(c *cli.Context) error {

@@ -200,6 +200,11 @@ func CheckVersion(t *testing.T, bin, name string) {
 	if flagOut, flagErr, code := Run(t, nil, bin, "--version"); code != 0 || flagOut != out || flagErr != "" {
 		t.Errorf("%s --version: exit %d, stdout %q, stderr %q; want 0 and %q, as the version command", name, code, flagOut, flagErr, out)
 	}
+	// The help names the version too (urfave/cli hides that section
+	// along with its own --version flag, which the apps replace).
+	if help, _, code := Run(t, nil, bin, "--help"); code != 0 || !strings.Contains(help, "\nVERSION:\n   ") {
+		t.Errorf("%s --help: exit %d, no VERSION: section:\n%s", name, code, help)
+	}
 	for _, args := range [][]string{{"version", "extra"}, {"--version", "extra"}, {"--version", "version"}} {
 		out, errOut, code = Run(t, nil, bin, args...)
 		if want := fmt.Sprintf("%s: %s takes no arguments (got %q)\n", name, args[0], args[1]); code != 2 || out != "" || errOut != want {
