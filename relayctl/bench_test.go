@@ -30,7 +30,7 @@ func TestBench(t *testing.T) {
 	for _, kind := range []string{"quic", "tcp"} {
 		t.Run(kind, func(t *testing.T) {
 			t.Parallel()
-			out, errOut, code := pt.Run(t, nil, pt.RelayctlBin, "bench", "--duration", "300ms", "--json", "--streams", "4",
+			out, errOut, code := runBench(t, "bench", "--duration", "300ms", "--json", "--streams", "4",
 				"--relay", r.Addr, "--token", pt.TestSecret, "--fingerprint", r.FP, "--transport", kind)
 			if code != 0 {
 				t.Fatalf("relayctl bench: exit %d\nstderr:\n%s", code, errOut)
@@ -155,7 +155,7 @@ func TestBenchTable(t *testing.T) {
 	r := pt.NewRelayd(t, pt.TokensTOML)
 	bench := func(t *testing.T, rate, transport string) string {
 		t.Helper()
-		out, errOut, code := pt.Run(t, nil, pt.RelayctlBin, "bench", "--duration", "200ms", "--udp-rate", rate, "--streams", "2",
+		out, errOut, code := runBench(t, "bench", "--duration", "200ms", "--udp-rate", rate, "--streams", "2",
 			"--relay", r.Addr, "--token", pt.TestSecret, "--fingerprint", r.FP, "--transport", transport)
 		if code != 0 {
 			t.Fatalf("relayctl bench: exit %d\nstderr:\n%s", code, errOut)
@@ -329,7 +329,7 @@ const erinSecret = "erin-secret-0123456789"
 func TestBenchName(t *testing.T) {
 	t.Parallel()
 	r := pt.NewRelayd(t, "[[tokens]]\nid = \"erin\"\nsecret = \""+erinSecret+"\"\nnames = [\"game-*\"]\n")
-	_, errOut, code := pt.Run(t, nil, pt.RelayctlBin, "bench", "--duration", "100ms", "--udp-rate", "0", "--streams", "2", "--name", "game-bench",
+	_, errOut, code := runBench(t, "bench", "--duration", "100ms", "--udp-rate", "0", "--streams", "2", "--name", "game-bench",
 		"--relay", r.Addr, "--token", erinSecret, "--fingerprint", r.FP, "--transport", "tcp")
 	if code != 0 {
 		t.Fatalf("relayctl bench --name game-bench: exit %d\nstderr:\n%s", code, errOut)
@@ -388,7 +388,7 @@ func TestBenchLeavesNoLease(t *testing.T) {
 	}
 	bench := func() (code int, port, last string) {
 		t.Helper()
-		_, errOut, code := pt.Run(t, nil, pt.RelayctlBin, "bench", "--duration", "100ms", "--udp-rate", "0", "--streams", "2",
+		_, errOut, code := runBench(t, "bench", "--duration", "100ms", "--udp-rate", "0", "--streams", "2",
 			"--relay", r.Addr, "--token", pt.TestSecret, "--fingerprint", r.FP, "--transport", "tcp")
 		if m := regexp.MustCompile(`through tcp://127\.0\.0\.1:(\d+)`).FindStringSubmatch(errOut); m != nil {
 			port = m[1]
@@ -473,4 +473,18 @@ func TestParseRate(t *testing.T) {
 			t.Errorf("parseRate(%q) = %v, %v; want the error %q", tc.in, got, err, tc.want)
 		}
 	}
+}
+
+// benchExitTimeout bounds a whole relayctl bench run in these tests: its
+// phases, a few hundred milliseconds each, with the session's setup and
+// goodbye, take seconds on a machine busy with CI's other tests under the
+// race detector, where proctest's ExitTimeout was seen to run out.
+const benchExitTimeout = 60 * time.Second
+
+// runBench is pt.Run for relayctl bench, waiting benchExitTimeout.
+func runBench(t *testing.T, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	p := pt.Start(t, nil, pt.RelayctlBin, args...)
+	code = p.Wait(benchExitTimeout)
+	return p.Stdout.String(), p.Stderr.String(), code
 }
