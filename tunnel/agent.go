@@ -255,6 +255,10 @@ type Agent struct {
 	stopRun   context.CancelFunc
 
 	lastPong atomic.Int64 // unix nanoseconds
+	// lastHeard is when the relay last answered on the current session
+	// (it went live, or a PONG; unix nanoseconds), and heardAtLoss what
+	// it was when the last live session was lost.
+	lastHeard, heardAtLoss atomic.Int64
 	// relayStopping: the relay said it is shutting down (DRAIN), so the
 	// end of this session is expected, not a loss to warn of.
 	relayStopping atomic.Bool
@@ -367,6 +371,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		if live {
 			everLive, failures, attempts, down = true, 0, 0, time.Now()
 			a.fellBack = false
+			// The relay's last answer on the lost session: a relay that
+			// vanished is noticed only at the next keepalive or later.
+			a.heardAtLoss.Store(a.lastHeard.Load())
 		} else {
 			attempts++
 		}
@@ -494,6 +501,7 @@ func (a *Agent) session(ctx context.Context, reconnect bool, failures int, down 
 	a.endpoints = eps
 	a.ctl, a.sess = ctl, sess
 	a.connected, a.since = true, time.Now()
+	a.lastHeard.Store(a.since.UnixNano())
 	a.sessions++
 	a.fastest.reset()
 	draining := a.draining
@@ -513,7 +521,13 @@ func (a *Agent) session(ctx context.Context, reconnect bool, failures int, down 
 		a.sendDrain(ctl)
 	}
 	if reconnect {
-		log.Info("reconnected", "after", time.Since(down).Round(time.Millisecond), "attempts", failures)
+		args := []any{"after", time.Since(down).Round(time.Millisecond), "attempts", failures}
+		if h := a.heardAtLoss.Load(); h > 0 && h < down.UnixNano() {
+			// The outage as clients may have seen it: from the relay's
+			// last answer, so at most a keepalive before it began.
+			args = append(args, "since_heard", time.Since(time.Unix(0, h)).Round(time.Millisecond))
+		}
+		log.Info("reconnected", args...)
 	}
 	for _, e := range eps {
 		if !reconnect || changed {
@@ -1153,6 +1167,7 @@ func (a *Agent) controlLoop(ctl transport.Stream, log *slog.Logger) error {
 			}
 		case *Pong:
 			now := time.Now().UnixNano()
+			a.lastHeard.Store(now)
 			if sent := int64(m.Data); sent > 0 {
 				a.mu.Lock()
 				a.rtt = time.Duration(now - sent)

@@ -3,6 +3,7 @@ package tunnel
 import (
 	"errors"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -55,6 +56,15 @@ func TestReconnectAfterRelayRestart(t *testing.T) {
 			if n := strings.Count(logs, line); n != want {
 				t.Errorf("agent logged %s %d times, want %d", line, n, want)
 			}
+		}
+		// after runs from when the agent noticed the loss, since_heard
+		// from the relay's last answer before it.
+		if m := regexp.MustCompile(`msg=reconnected relay=\S+ transport=\S+ after=(\S+) attempts=\d+ since_heard=(\S+)\n`).FindStringSubmatch(logs); m == nil {
+			t.Errorf("no reconnected line with after= and since_heard=:\n%s", logs)
+		} else if after, err1 := time.ParseDuration(m[1]); err1 != nil {
+			t.Errorf("after=%s: %v", m[1], err1)
+		} else if heard, err2 := time.ParseDuration(m[2]); err2 != nil || heard < after {
+			t.Errorf("since_heard=%s (%v), want at least after=%s", m[2], err2, m[1])
 		}
 		if n := strings.Count(logs, "the relay is not answering"); n > 1 {
 			t.Errorf("agent logged \"the relay is not answering\" %d times for one outage, want at most once", n)

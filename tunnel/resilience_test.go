@@ -51,6 +51,16 @@ func TestHalfOpenPath(t *testing.T) {
 		if _, err := visit(a.Public(0), 2); err != nil {
 			t.Fatalf("after the outage: %v", err)
 		}
+		// The agent noticed the loss only after the liveness timeout of
+		// silence: since_heard, from the relay's last answer, holds that
+		// silence, which after, from the notice, leaves out.
+		m := regexp.MustCompile(`msg=reconnected .*since_heard=(\S+)\n`).FindStringSubmatch(a.Log.String())
+		if m == nil {
+			t.Fatalf("no reconnected line with since_heard=:\n%s", a.Log)
+		}
+		if heard, err := time.ParseDuration(m[1]); err != nil || heard < testIdle {
+			t.Errorf("since_heard=%s (%v), want at least the %v of silence before the agent gave up", m[1], err, testIdle)
+		}
 	})
 }
 
