@@ -282,7 +282,7 @@ func TestAgentFileErrors(t *testing.T) {
 		{"name twice", head + one + "name = \"a\"\n" + one + "name = \"a\"\n", `bad.toml:8: tunnels.name: tunnel name "a" is already taken by tunnel 1`},
 		{"made name twice", head + one + "[[tunnels]]\nlocal = \"localhost:8080\"\n", `bad.toml:5: tunnels.name: tunnel name "localhost-8080" (made from local "localhost:8080"; set name) is already taken by tunnel 1`},
 		{"bad port", head + one + "port = \"eighty\"\n", "bad.toml:5: tunnels.port: "},
-		{"range without ports", head + "[[tunnels]]\nlocal = \"2456-2458\"\n", "bad.toml:3: tunnels.port: local 2456-2458 is a range of 3 ports: give a public range of the same length (e.g. 2456-2458), so the offsets between them are kept"},
+		{"range without ports", head + "[[tunnels]]\nlocal = \"2456-2458\"\n", "bad.toml:3: tunnels.port: local 2456-2458 is a range of 3 ports: give a public range of the same length within the relay's ports (e.g. 2456-2458, if it allows those), so the offsets between them are kept"},
 		{"range of other length", head + "[[tunnels]]\nlocal = \"2456-2458\"\nport = \"3000-3001\"\n", "bad.toml:5: tunnels.port: local 2456-2458 is a range of 3 ports"},
 		{"port twice", head + one + "port = \"20000\"\n[[tunnels]]\nlocal = \"9090\"\nport = 20000\n", "bad.toml:8: tunnels.port: port 20000 is already asked for by tunnel 1"},
 		{"proxy v1 on udp", head + one + "proto = \"udp\"\nproxy_protocol = \"v1\"\n", "bad.toml:6: tunnels.proxy_protocol: v1 has no form for UDP: use v2 (Geyser, Velocity and HAProxy read it)"},

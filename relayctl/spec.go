@@ -377,7 +377,7 @@ func (ts *tunnelSpec) build() ([]tunnel.TunnelSpec, *specError) {
 	}
 	n := int(local.High-local.Low) + 1
 	if n > 1 && (t.Ports.Low == 0 || int(t.Ports.High-t.Ports.Low)+1 != n) {
-		return nil, fail("port", "local %s is a range of %d ports: give a public range of the same length (e.g. %d-%d), so the offsets between them are kept",
+		return nil, fail("port", "local %s is a range of %d ports: give a public range of the same length within the relay's ports (e.g. %d-%d, if it allows those), so the offsets between them are kept",
 			ts.Local, n, local.Low, local.High)
 	}
 	var out []tunnel.TunnelSpec
