@@ -348,7 +348,9 @@ func TestTokenFile(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			p, urls := pt.StartExpose(t, 1, tc.env, append([]string{local, "--relay", r.Addr, "--fingerprint", r.FP}, tc.args...)...)
+			// A name each: under one name the two would be a group, and
+			// a client of one could reach the other's agent as it ends.
+			p, urls := pt.StartExpose(t, 1, tc.env, append([]string{local, "--relay", r.Addr, "--fingerprint", r.FP, "--name", tc.name}, tc.args...)...)
 			pt.CheckEcho(t, urls[0], "file:", 4096)
 			cmdline, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", p.Pid()))
 			if err == nil && strings.Contains(string(cmdline), pt.TestSecret) {

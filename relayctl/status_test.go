@@ -172,7 +172,10 @@ func TestStatus(t *testing.T) {
 		}
 		ln.(*net.UnixListener).SetUnlinkOnClose(false)
 		ln.Close()
-		p, urls := pt.StartExpose(t, 1, nil, local, "--relay", r.Addr, "--token", pt.TestSecret, "--fingerprint", r.FP, "--control", stale)
+		// A name of its own: two subtests exposing local under its
+		// default name would make one group, and a client of this one
+		// could go to the other's agent as its test ends and kills it.
+		p, urls := pt.StartExpose(t, 1, nil, local, "--relay", r.Addr, "--token", pt.TestSecret, "--fingerprint", r.FP, "--control", stale, "--name", "stale")
 		pt.CheckEcho(t, urls[0], "S:", 10)
 		if sts := statusJSON(t, nil, "--control", stale); len(sts) != 1 || sts[0]["pid"] != float64(p.Pid()) {
 			t.Errorf("status --control %s: %v; want the new agent, %d", stale, sts, p.Pid())
@@ -189,7 +192,7 @@ func TestStatus(t *testing.T) {
 			t.Fatal(err)
 		}
 		os.Chmod(dir, 0o755) // whatever the umask
-		p, urls := pt.StartExpose(t, 1, []string{"TMPDIR=" + tmp}, local, "--relay", r.Addr, "--token", pt.TestSecret, "--fingerprint", r.FP)
+		p, urls := pt.StartExpose(t, 1, []string{"TMPDIR=" + tmp}, local, "--relay", r.Addr, "--token", pt.TestSecret, "--fingerprint", r.FP, "--name", "private")
 		pt.CheckEcho(t, urls[0], "S:", 10)
 		want := `level=WARN msg="no control socket, so relayctl status will not see this agent" err="` + dir + ` is not a folder that only this user can use: remove it"`
 		if !strings.Contains(p.Stderr.String(), want) {
