@@ -205,18 +205,8 @@ func TestDrainingTunnelCountsItsClients(t *testing.T) {
 		a := liveAgentUp(t, r.agentConfig(kind, startServer(t, echo)))
 		c := dialPublic(t, a.Public(0))
 		c.SetDeadline(time.Now().Add(30 * time.Second))
-		half := make([]byte, 128<<10)
-		rand.Read(half)
-		roundTrip := func() {
-			t.Helper()
-			if _, err := c.Write(half); err != nil {
-				t.Fatal(err)
-			}
-			if _, err := io.ReadFull(c, make([]byte, len(half))); err != nil {
-				t.Fatal(err)
-			}
-		}
-		roundTrip()
+		const half = 128 << 10
+		echoRound(t, c, half)
 		drained := make(chan struct{})
 		go func() {
 			defer close(drained)
@@ -227,8 +217,8 @@ func TestDrainingTunnelCountsItsClients(t *testing.T) {
 		waitFor(t, "the tunnel to close", 10*time.Second, func() bool {
 			return strings.Contains(r.Log.String(), `why="its agents are draining"`)
 		})
-		roundTrip()
-		want := int64(2 * len(half))
+		echoRound(t, c, half)
+		const want = 2 * half
 		var ti []TunnelInfo
 		waitFor(t, "the closed tunnel to count both round trips", 10*time.Second, func() bool {
 			ti = r.Relay.Tunnels()
@@ -270,25 +260,15 @@ func TestRollingRestartCountsStayMonotonic(t *testing.T) {
 		local := startServer(t, echo)
 		old := liveAgentUp(t, r.agentConfig(kind, local))
 		name := old.eps[0].Name
-		roundTrip := func(c net.Conn, n int) {
-			t.Helper()
-			c.SetDeadline(time.Now().Add(30 * time.Second))
-			if _, err := c.Write(make([]byte, n)); err != nil {
-				t.Fatal(err)
-			}
-			if _, err := io.ReadFull(c, make([]byte, n)); err != nil {
-				t.Fatal(err)
-			}
-		}
 		c1 := dialPublic(t, old.Public(0))
-		roundTrip(c1, 128<<10)
+		echoRound(t, c1, 128<<10)
 		go old.Agent.Drain(context.Background())
 		waitFor(t, "the old tunnel to close", 10*time.Second, func() bool {
 			return strings.Contains(r.Log.String(), `why="its agents are draining"`)
 		})
 		fresh := liveAgentUp(t, r.agentConfig(kind, local))
 		c2 := dialPublic(t, fresh.Public(0))
-		roundTrip(c2, 64<<10)
+		echoRound(t, c2, 64<<10)
 		sum := func() (entries int, total, in int64) {
 			for _, ti := range r.Relay.Tunnels() {
 				if ti.Name == name {
@@ -311,4 +291,17 @@ func TestRollingRestartCountsStayMonotonic(t *testing.T) {
 			t.Errorf("once the old tunnel left: %d clients and %d bytes in, want 2 and %d, as before it left", total, in, want)
 		}
 	})
+}
+
+// echoRound sends n bytes on c, through an echo tunnel, and reads as many
+// back.
+func echoRound(t *testing.T, c net.Conn, n int) {
+	t.Helper()
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	if _, err := c.Write(make([]byte, n)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(c, make([]byte, n)); err != nil {
+		t.Fatal(err)
+	}
 }
