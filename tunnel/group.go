@@ -59,9 +59,10 @@ type group struct {
 
 	// size is len(members), for readers without Relay.mu.
 	size atomic.Int32
-	// finishing: closed, so a closed group with TCP clients left is in
-	// Relay.finishing until the last of them ends (finished).
-	finishing atomic.Bool
+	// shut is closed, for a client's end to read without Relay.mu: a
+	// closed group with TCP clients left is in Relay.finishing until the
+	// last of them ends (finished).
+	shut atomic.Bool
 
 	// Guarded by Relay.mu.
 	members     []*member
@@ -307,14 +308,14 @@ func (g *group) take(ctx context.Context, c net.Conn, wg *sync.WaitGroup, summar
 	go g.carry(ctx, c, func() {
 		release()
 		g.r.clientsActive.Add(-1)
-		if g.active.Add(-1) == 0 && g.finishing.Load() {
+		if g.active.Add(-1) == 0 && g.shut.Load() {
 			g.finished()
 		}
 		wg.Done()
 	})
 }
 
-// finished runs when g, closed with clients left (finishing), carries no
+// finished runs when g, closed with clients left (Relay.finishing), carries no
 // TCP client any more: it leaves the relay's finishing list, and its counts
 // go to the tunnel of its name still listed, if any, so that the metrics,
 // which sum the two, never go down (Prometheus would take that for a
@@ -330,7 +331,10 @@ func (g *group) finished() {
 	g.logger().Info("closed tunnel's last client is done", "clients_total", g.total.Load(), "bytes_in", g.bytesIn.Load(), "bytes_out", g.bytesOut.Load())
 	heir := r.groups[g.key]
 	for o := range r.finishing {
-		if heir == nil && o.key == g.key {
+		if heir != nil {
+			break
+		}
+		if o.key == g.key {
 			heir = o
 		}
 	}

@@ -905,7 +905,7 @@ func (a *agentConn) send(m Message) error {
 // it gives up after noticeWait waiting for a writer stuck before it, as
 // well as on its own write. It reports whether m went out.
 func (a *agentConn) notice(m Message) bool {
-	return a.noticeOf(func() Message { return m }, noticeWait)
+	return a.noticeWithin(m, noticeWait)
 }
 
 // noticeWithin is notice, waiting at most wait.
@@ -1719,7 +1719,7 @@ func (r *Relay) closeGroupLocked(g *group, why string) {
 	g.closeListeners()
 	// Set before the count is read: a client ending meanwhile then
 	// either is counted out already, or sees it and calls finished.
-	g.finishing.Store(true)
+	g.shut.Store(true)
 	if g.active.Load() > 0 {
 		r.finishing[g] = struct{}{}
 	}
