@@ -254,11 +254,10 @@ type Agent struct {
 	draining  bool
 	stopRun   context.CancelFunc
 
-	lastPong atomic.Int64 // unix nanoseconds
-	// lastHeard is when the relay last answered on the current session
-	// (it went live, or a PONG; unix nanoseconds), and heardAtLoss what
-	// it was when the last live session was lost.
-	lastHeard, heardAtLoss atomic.Int64
+	// lastPong is when the relay last answered (a PONG, or the session
+	// going live; unix nanoseconds), and heardAtLoss what it was when the
+	// last live session was lost.
+	lastPong, heardAtLoss atomic.Int64
 	// relayStopping: the relay said it is shutting down (DRAIN), so the
 	// end of this session is expected, not a loss to warn of.
 	relayStopping atomic.Bool
@@ -373,7 +372,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			a.fellBack = false
 			// The relay's last answer on the lost session: a relay that
 			// vanished is noticed only at the next keepalive or later.
-			a.heardAtLoss.Store(a.lastHeard.Load())
+			a.heardAtLoss.Store(a.lastPong.Load())
 		} else {
 			attempts++
 		}
@@ -501,7 +500,9 @@ func (a *Agent) session(ctx context.Context, reconnect bool, failures int, down 
 	a.endpoints = eps
 	a.ctl, a.sess = ctl, sess
 	a.connected, a.since = true, time.Now()
-	a.lastHeard.Store(a.since.UnixNano())
+	// As good as a PONG for since_heard; a probe, sent later, still
+	// waits for its own.
+	a.lastPong.Store(a.since.UnixNano())
 	a.sessions++
 	a.fastest.reset()
 	draining := a.draining
@@ -1167,7 +1168,6 @@ func (a *Agent) controlLoop(ctl transport.Stream, log *slog.Logger) error {
 			}
 		case *Pong:
 			now := time.Now().UnixNano()
-			a.lastHeard.Store(now)
 			if sent := int64(m.Data); sent > 0 {
 				a.mu.Lock()
 				a.rtt = time.Duration(now - sent)
