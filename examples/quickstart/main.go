@@ -334,9 +334,10 @@ relayctl next to your server.
 
 This demo's relay takes relayctl too, while it runs. With its address,
 token and fingerprint, this shares the same local server on a second
-public port:
+public port (from another terminal in this folder; a relayctl you built,
+as the README's Deploying shows, takes the same arguments):
 
-    relayctl expose %s --relay %s --token %s --fingerprint %s
+    go run ./relayctl expose %s --relay %s --token %s --fingerprint %s
 
 `,
 		in.public.URL(),

@@ -68,6 +68,7 @@ func TestCheck(t *testing.T) {
 				"nc 127.0.0.1 " + port,
 				"GET / HTTP/1.0",
 				"over " + kind + ";",
+				"go run ./relayctl expose 127.0.0.1:", // runnable before anything is built
 				"--fingerprint SHA256:",
 				"check: GET http://127.0.0.1:" + port + "/ -> 200 OK",
 				"check: Hello from the local server, through the relay!",
