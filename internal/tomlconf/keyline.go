@@ -289,29 +289,15 @@ func (sc *keyScanner) value(path []keyPart) {
 	case '[':
 		sc.i++
 		last := len(path) - 1
-		for n := 0; ; {
-			sc.skipBlank()
-			switch sc.peek() {
-			case 0:
-				return
-			case ']':
-				sc.i++
-				return
-			case ',':
-				sc.i++
-				continue
-			}
-			start := sc.i
+		n := 0
+		sc.items(']', func() {
 			elem := append(path[:last:last], keyPart{path[last].name, n})
 			if sc.peek() == '{' {
 				sc.defs = append(sc.defs, keyDef{elem, sc.lineAt(sc.i)})
 			}
 			sc.value(elem)
-			if sc.i == start {
-				sc.i++
-			}
 			n++
-		}
+		})
 	default:
 		// A number, a boolean or a date (which may hold a space).
 		for c := sc.peek(); c != 0 && !strings.ContainsRune(",]}#\r\n", rune(c)); c = sc.peek() {
@@ -322,12 +308,19 @@ func (sc *keyScanner) value(path []keyPart) {
 
 func (sc *keyScanner) inlineTable(path []keyPart) {
 	sc.i++
+	sc.items('}', func() { sc.keyValue(path) })
+}
+
+// items reads the comma-separated items of an array or inline table, up
+// to and past end, with item, which moves past one; the scan moves on a
+// byte when item cannot, so it always ends.
+func (sc *keyScanner) items(end byte, item func()) {
 	for {
 		sc.skipBlank()
 		switch sc.peek() {
 		case 0:
 			return
-		case '}':
+		case end:
 			sc.i++
 			return
 		case ',':
@@ -335,7 +328,7 @@ func (sc *keyScanner) inlineTable(path []keyPart) {
 			continue
 		}
 		start := sc.i
-		sc.keyValue(path)
+		item()
 		if sc.i == start {
 			sc.i++
 		}
